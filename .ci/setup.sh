@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Creates .venv and installs prefcurate with the given extras (default: train).
+#
+#   bash .ci/setup.sh          # prefcurate + torch/transformers
+#   bash .ci/setup.sh test     # ... + the test suite's needs
+#
+# torch is installed first, and only when the venv has none: the CUDA build where `nvidia-smi` sees a
+# GPU, otherwise the CPU build (a bare `torch` requirement would pull a multi-GB CUDA build). The
+# project itself only asks for a range, so a torch you installed yourself is kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-train}"
+torch_cpu_version="${PREFCURATE_TORCH_VERSION:-2.13.0}"
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+py=.venv/bin/python
+
+if ! "$py" -c "import torch" >/dev/null 2>&1; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    "$py" -m pip install "torch>=2.4"
+  else
+    # The CPU wheel index serves "torch==X+cpu", which sorts above PyPI's "torch==X".
+    "$py" -m pip install "torch==${torch_cpu_version}" \
+      --extra-index-url https://download.pytorch.org/whl/cpu --timeout 30 --retries 1
+  fi
+fi
+"$py" -m pip install -e ".[${extras}]"

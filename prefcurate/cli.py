@@ -1,0 +1,102 @@
+"""The ``prefcurate`` command line: one thin function per command.
+
+Each command parses its flags, calls one library function and renders what it returns. Errors are
+translated here, at the edge: an :class:`~prefcurate.errors.InputError` becomes one line on stderr
+and exit code 2; anything unexpected becomes one line with "please report" and exit code 1. The
+traceback is shown only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+
+from prefcurate.errors import InputError, PrefcurateError, one_line
+
+app = typer.Typer(
+    name="prefcurate",
+    help="Curate preference data by margin and train MixDPO.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class _State:
+    debug = False
+
+
+STATE = _State()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks for errors.", envvar="PREFCURATE_DEBUG")
+    ] = False,
+) -> None:
+    """prefcurate: analyze, route and train on preference data."""
+    STATE.debug = debug
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code (tests call this directly)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("PREFCURATE_DEBUG", "") not in ("", "0")
+    try:
+        result = app(args=args, prog_name="prefcurate", standalone_mode=False)
+        return int(result or 0)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        print("aborted", file=sys.stderr)
+        return 130
+    except click.UsageError as exc:
+        if debug:
+            raise
+        hint = f" (see 'prefcurate {exc.ctx.command_path.split(' ', 1)[-1]} --help')" if exc.ctx else ""
+        print(f"error: {one_line(exc.format_message())}{hint}", file=sys.stderr)
+        return 2
+    except click.ClickException as exc:
+        if debug:
+            raise
+        print(f"error: {one_line(exc.format_message())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except PrefcurateError as exc:
+        if debug:
+            raise
+        if isinstance(exc, InputError):
+            print(f"error: {exc}", file=sys.stderr)
+        else:
+            print(f"error: {one_line(exc)} (please report)", file=sys.stderr)
+        return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - the edge where every failure becomes one line
+        if debug:
+            raise
+        print(
+            f"internal error: {type(exc).__name__}: {one_line(exc)} "
+            "(please report at the prefcurate issue tracker; rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+def _path_arg(help_text: str):
+    return typer.Argument(help=help_text, show_default=False)
+
+
+DataArg = Annotated[Path, _path_arg("Preference data: a file, directory or glob.")]

@@ -1,0 +1,46 @@
+"""Errors that reach the user as one line.
+
+Every problem caused by the user's input or arguments is raised as :class:`InputError` (exit code 2);
+the CLI prints its message as a single line, without a traceback unless ``--debug`` is given. The
+message says what is wrong, where (file, line or row, column) and how to fix it, so a user never has
+to read a stack trace to find a bad row. Anything else is an internal error (exit code 1).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class PrefcurateError(Exception):
+    """Base class of the errors prefcurate reports as one clear line."""
+
+    exit_code = 1
+
+
+class InputError(PrefcurateError):
+    """The user's data, arguments or paths are wrong; exit code 2.
+
+    Build the message from three parts so that every error reads the same way::
+
+        raise InputError("score is not a number", where=f"{path}, line {n}, column score_chosen",
+                         fix="pass --score-chosen with a numeric column")
+    """
+
+    exit_code = 2
+
+    def __init__(self, what: str, *, where: str | Path | None = None, fix: str | None = None):
+        self.what = what
+        self.where = str(where) if where is not None else None
+        self.fix = fix
+        msg = what
+        if self.where:
+            msg = f"{self.where}: {msg}"
+        if fix:
+            msg = f"{msg} ({fix})"
+        super().__init__(" ".join(msg.split()))  # one line, whatever the parts held
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    """Collapse a foreign message (DuckDB, Polars, OS) to one line of at most ``limit`` chars."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
