@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import click
 import typer
 
 from prefcurate.errors import InputError, PrefcurateError, one_line
+from prefcurate.schema import Binarize, ColumnMap
 
 app = typer.Typer(
     name="prefcurate",
@@ -60,7 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     except click.UsageError as exc:
         if debug:
             raise
-        hint = f" (see 'prefcurate {exc.ctx.command_path.split(' ', 1)[-1]} --help')" if exc.ctx else ""
+        hint = (
+            f" (see 'prefcurate {exc.ctx.command_path.split(' ', 1)[-1]} --help')"
+            if exc.ctx
+            else ""
+        )
         print(f"error: {one_line(exc.format_message())}{hint}", file=sys.stderr)
         return 2
     except click.ClickException as exc:
@@ -95,8 +99,79 @@ def run() -> None:
     sys.exit(main())
 
 
-def _path_arg(help_text: str):
-    return typer.Argument(help=help_text, show_default=False)
+# --------------------------------------------------------------------------------------------------
+# options shared by every command that reads data
+
+_COLUMNS = "Columns (override detection)"
+
+DataArg = Annotated[
+    str, typer.Argument(help="Preference data: a file, directory or glob.", show_default=False)
+]
+PromptOpt = Annotated[
+    str | None,
+    typer.Option("--prompt", help="Column or dotted path of the prompt.", rich_help_panel=_COLUMNS),
+]
+ChosenOpt = Annotated[
+    str | None,
+    typer.Option("--chosen", help="Column of the chosen response.", rich_help_panel=_COLUMNS),
+]
+RejectedOpt = Annotated[
+    str | None,
+    typer.Option("--rejected", help="Column of the rejected response.", rich_help_panel=_COLUMNS),
+]
+ScoreChosenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--score-chosen",
+        help="Column or dotted path of the chosen rating, e.g. metadata.score_chosen.",
+        rich_help_panel=_COLUMNS,
+    ),
+]
+ScoreRejectedOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--score-rejected", help="Column of the rejected rating.", rich_help_panel=_COLUMNS
+    ),
+]
+SourceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--source", help="Column naming each pair's sub-dataset.", rich_help_panel=_COLUMNS
+    ),
+]
+BinarizeOpt = Annotated[
+    Binarize,
+    typer.Option(
+        "--binarize",
+        help="How rows with several rated completions become pairs.",
+        rich_help_panel=_COLUMNS,
+    ),
+]
+SplitOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--split",
+        help="Split of a datasets folder or HF repository (default: train).",
+        rich_help_panel=_COLUMNS,
+    ),
+]
 
 
-DataArg = Annotated[Path, _path_arg("Preference data: a file, directory or glob.")]
+def open_source(
+    data: str,
+    *,
+    prompt: str | None = None,
+    chosen: str | None = None,
+    rejected: str | None = None,
+    score_chosen: str | None = None,
+    score_rejected: str | None = None,
+    source: str | None = None,
+    binarize: Binarize = Binarize.BEST_VS_WORST,
+    split: str | None = None,
+    seed: int = 0,
+):
+    """The :class:`~prefcurate.io.PairSource` for a command's DATA argument and column flags."""
+    from prefcurate.io import open_pairs
+
+    columns = ColumnMap(prompt, chosen, rejected, score_chosen, score_rejected, source)
+    return open_pairs(data, columns=columns, binarize=binarize, seed=seed, split=split)

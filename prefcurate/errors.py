@@ -1,9 +1,10 @@
 """Errors that reach the user as one line.
 
-Every problem caused by the user's input or arguments is raised as :class:`InputError` (exit code 2);
-the CLI prints its message as a single line, without a traceback unless ``--debug`` is given. The
-message says what is wrong, where (file, line or row, column) and how to fix it, so a user never has
-to read a stack trace to find a bad row. Anything else is an internal error (exit code 1).
+Every problem caused by the user's input or arguments is raised as :class:`InputError` (exit
+code 2); the CLI prints its message as a single line, without a traceback unless ``--debug`` is
+given. The message says what is wrong, where (file, line or row, column) and how to fix it, so a
+user never has to read a stack trace to find a bad row. Anything else is an internal error (exit
+code 1).
 """
 
 from __future__ import annotations

@@ -18,7 +18,9 @@ def _shared_file(name: str) -> Path:
     path = SHARED_DATA / name
     if not path.exists():
         if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true but {path} is missing: CI must run with ../shared beside the checkout")
+            pytest.fail(
+                f"CI=true but {path} is missing: CI must run with ../shared beside the checkout"
+            )
         pytest.skip(f"real data ../shared/data/{name} is not beside this clone")
     return path
 

@@ -1,0 +1,444 @@
+"""Read preference data into the canonical frame, and write outputs atomically.
+
+``open_pairs`` finds the files, detects the layout and returns a :class:`PairSource`; its
+``scan()`` is a lazy canonical frame and its ``collect()`` materialises it once, validating every
+row on the way (a bad score names its line and column) and translating reader failures into one
+located line. Example::
+
+    >>> from prefcurate.io import open_pairs
+    >>> source = open_pairs("../shared/data/ultrafeedback_1k.jsonl")  # doctest: +SKIP
+    >>> source.layout, source.detected.score_chosen                     # doctest: +SKIP
+    (<Layout.STANDARD: 'standard'>, 'metadata.score_chosen')
+    >>> source.collect().select("margin").describe()                    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import gzip
+import json
+import os
+import shutil
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from prefcurate import layouts
+from prefcurate.errors import InputError, one_line
+from prefcurate.layouts import ISSUE, ROW, Detected
+from prefcurate.margins import difficulty_expr, margin_expr
+from prefcurate.schema import CANONICAL_COLUMNS, Binarize, ColumnMap, Layout
+from prefcurate.sources import RawSource, resolve
+
+#: The canonical columns plus the per-pair flag of implicit/conversational histories that differ.
+PAIR_COLUMNS: tuple[str, ...] = (*CANONICAL_COLUMNS, "history_mismatch")
+
+_SAMPLE_ROWS = 200
+
+
+@dataclass(frozen=True)
+class PairSource:
+    """One DATA argument, understood: its files, format, layout and field mapping."""
+
+    raw: RawSource
+    detected: Detected
+    binarize: Binarize = Binarize.BEST_VS_WORST
+    seed: int = 0
+
+    @property
+    def layout(self) -> Layout:
+        return self.detected.layout
+
+    @property
+    def has_margins(self) -> bool:
+        """Whether the data carries scores or a margin column (else margin is null)."""
+        return bool(self.detected.score_chosen or self.detected.margin)
+
+    def describe(self) -> str:
+        """One line for the user: format, files and detected layout."""
+        files = (
+            f"{len(self.raw.paths)} {self.raw.format} files"
+            if len(self.raw.paths) > 1
+            else (self.raw.format)
+        )
+        return f"{files}; layout {self.detected.describe()}"
+
+    def scan(self, *, keep_input: bool = False) -> pl.LazyFrame:
+        """The canonical frame, lazily, with the internal ``_row`` and ``_issue`` columns.
+
+        ``keep_input=True`` also carries the input's other columns (not for multi-completion data,
+        whose rows are not pairs).
+        """
+        raw = _guard(self.raw, self.raw.scan)
+        schema = _guard(self.raw, raw.collect_schema)
+        frame = layouts.canonical(
+            raw,
+            schema,
+            self.detected,
+            binarize=self.binarize,
+            seed=self.seed,
+            keep_input=keep_input and self.layout is not Layout.MULTI_COMPLETION,
+        )
+        frame = frame.with_columns(margin_expr(self.detected.margin is not None))
+        frame = frame.with_columns(difficulty_expr())
+        pair_id = pair_id_expr(self.layout is Layout.CONVERSATIONAL)
+        frame = frame.with_columns(pair_id)
+        extra = [c for c in frame.collect_schema().names() if c not in (*PAIR_COLUMNS, ROW, ISSUE)]
+        extra = [c for c in extra if c != "_input_margin"]
+        return frame.select(*PAIR_COLUMNS, *extra, ROW, ISSUE)
+
+    def collect(self, frame: pl.LazyFrame | None = None, *, keep_row: bool = False) -> pl.DataFrame:
+        """Materialise ``frame`` (default: :meth:`scan`) once, validated.
+
+        Raises :class:`InputError` naming the file, line/row and column of the first bad row.
+        ``frame`` must keep the ``_issue`` and ``_row`` columns of :meth:`scan`.
+        """
+        frame = self.scan() if frame is None else frame
+        df = _guard(self.raw, frame.collect)
+        if ISSUE in df.columns:
+            bad = df.filter(pl.col(ISSUE).is_not_null())
+            if bad.height:
+                row = int(bad.get_column(ROW)[0])
+                raise InputError(
+                    bad.get_column(ISSUE)[0],
+                    where=locate(self.raw, row),
+                    fix="fix or remove the row, or point --score-chosen/--score-rejected elsewhere",
+                )
+            df = df.drop(ISSUE)
+        if df.height == 0:
+            raise InputError(
+                "no pairs in the data", where=self.raw.display, fix="pass a file that holds pairs"
+            )
+        return df if keep_row else df.drop(ROW, strict=False)
+
+
+def open_pairs(
+    data: str | Path,
+    *,
+    columns: ColumnMap | None = None,
+    binarize: Binarize | str = Binarize.BEST_VS_WORST,
+    seed: int = 0,
+    split: str | None = None,
+) -> PairSource:
+    """Find the files behind ``data`` and detect how they store pairs (nothing is read in full)."""
+    raw = resolve(data, split=split)
+    columns = columns or ColumnMap()
+    lazy = _guard(raw, raw.scan)
+    schema = _guard(raw, lazy.collect_schema)
+    if not schema:
+        raise InputError("no columns in the data", where=raw.display, fix="pass a file of pairs")
+    sample = _guard(raw, lambda: lazy.head(_SAMPLE_ROWS).collect())
+    detected = layouts.detect(schema, columns, where=raw.display, sample=sample)
+    return PairSource(raw, detected, Binarize(binarize), seed)
+
+
+def scan_pairs(data: str | Path, **kwargs) -> pl.LazyFrame:
+    """:func:`open_pairs` then :meth:`PairSource.scan` (keeps ``_row``/``_issue``)."""
+    return open_pairs(data, **kwargs).scan()
+
+
+def read_pairs(data: str | Path, **kwargs) -> pl.DataFrame:
+    """The canonical pairs of ``data`` as a validated DataFrame."""
+    return open_pairs(data, **kwargs).collect()
+
+
+def pair_id_expr(conversational: bool) -> pl.Expr:
+    """A stable id: the first 16 hex digits of BLAKE2b over prompt, chosen and rejected.
+
+    Conversational fields are hashed as compact JSON of their messages. The hash is computed by
+    Python's hashlib, so ids stay the same across Polars versions and machines.
+    """
+    import hashlib
+
+    def text(name: str) -> pl.Expr:
+        col = pl.col(name)
+        if conversational:
+            return pl.format(
+                "[{}]", col.list.eval(pl.element().struct.json_encode()).list.join(",")
+            )
+        return col.fill_null("")
+
+    joined = pl.concat_str([text("prompt"), text("chosen"), text("rejected")], separator="\x1f")
+
+    def digest(batch: pl.Series) -> pl.Series:
+        return pl.Series(
+            [hashlib.blake2b(s.encode(), digest_size=8).hexdigest() for s in batch],
+            dtype=pl.String,
+        )
+
+    return joined.map_batches(digest, return_dtype=pl.String, is_elementwise=True).alias("pair_id")
+
+
+# --------------------------------------------------------------------------------------------------
+# locating problems
+
+
+def _guard(raw: RawSource, call):
+    """Run a Polars call; translate its failure into one located :class:`InputError`."""
+    try:
+        return call()
+    except InputError:
+        raise
+    except (pl.exceptions.PolarsError, OSError, ValueError, EOFError, zlib.error) as exc:
+        if raw.format == "jsonl":
+            located = diagnose_jsonl(raw.paths)
+            if located is not None:
+                raise located from exc
+        if raw.paths and raw.paths[0].suffix == ".gz":
+            located = _diagnose_gzip(raw.paths)
+            if located is not None:
+                raise located from exc
+        raise InputError(
+            f"cannot read {raw.format} data: {one_line(exc, 240)}", where=raw.display
+        ) from exc
+
+
+def diagnose_jsonl(paths: tuple[Path, ...]) -> InputError | None:
+    """Read JSONL line by line to find the first line a reader would choke on.
+
+    Only runs after a fast read failed, so a good file is never read twice.
+    """
+    kinds: dict[str, tuple[str, int]] = {}
+    for path in paths:
+        lineno = 0
+        try:
+            with _open_binary(path) as fh:
+                for lineno, line in enumerate(fh, start=1):  # noqa: B007
+                    problem = _line_problem(line, lineno, kinds)
+                    if problem:
+                        return InputError(
+                            problem[0], where=f"{path}, line {lineno}", fix=problem[1]
+                        )
+        except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
+            return InputError(
+                f"truncated or corrupt compressed file after line {lineno} ({one_line(exc, 80)})",
+                where=path,
+                fix="re-download or re-compress the file",
+            )
+        except Exception as exc:  # noqa: BLE001 - zstandard raises its own error type
+            if type(exc).__module__.startswith("zstandard"):
+                return InputError(
+                    f"truncated or corrupt zstd file after line {lineno}",
+                    where=path,
+                    fix="re-download or re-compress the file",
+                )
+            raise
+    return None
+
+
+def _line_problem(
+    line: bytes, lineno: int, kinds: dict[str, tuple[str, int]]
+) -> tuple[str, str] | None:
+    if lineno == 1 and line.startswith(b"\xef\xbb\xbf"):
+        line = line[3:]
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"invalid UTF-8 at byte {exc.start}", "re-encode the file as UTF-8"
+    if not text.strip():
+        return None
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return f"not valid JSON ({exc.msg}, column {exc.colno})", "fix or remove this line"
+    except RecursionError:
+        return "JSON nested too deeply", "flatten or remove this line"
+    if not isinstance(row, dict):
+        return f"expected a JSON object, found {type(row).__name__}", "one object per line"
+    for key, value in row.items():
+        kind = _json_kind(value)
+        if kind == "null":
+            continue
+        seen = kinds.setdefault(key, (kind, lineno))
+        if seen[0] != kind and {seen[0], kind} != {"integer", "number"}:
+            return (
+                f"column {key!r} holds a {kind} here but a {seen[0]} on line {seen[1]}",
+                "make the column's type consistent",
+            )
+    return None
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "list" if isinstance(value, list) else "object"
+
+
+def _diagnose_gzip(paths: tuple[Path, ...]) -> InputError | None:
+    for path in paths:
+        try:
+            with gzip.open(path, "rb") as fh:
+                while fh.read(1 << 20):
+                    pass
+        except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
+            return InputError(
+                f"truncated or corrupt gzip file ({one_line(exc, 80)})",
+                where=path,
+                fix="re-download or re-compress the file",
+            )
+    return None
+
+
+def _open_binary(path: Path):
+    if path.suffix == ".gz":
+        return gzip.open(path, "rb")
+    if path.suffix == ".zst":
+        import io as stdio
+
+        import zstandard
+
+        return stdio.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb")))  # noqa: SIM115
+    return open(path, "rb")  # noqa: SIM115
+
+
+def locate(raw: RawSource, row: int) -> str:
+    """'file, line N' (JSONL) or 'file, row N' for the 0-based row index over all files."""
+    remaining = row
+    for path in raw.paths:
+        if raw.format == "jsonl":
+            with _open_binary(path) as fh:
+                seen = 0
+                for lineno, line in enumerate(fh, start=1):
+                    if line.strip():
+                        if seen == remaining:
+                            return f"{path}, line {lineno}"
+                        seen += 1
+                remaining -= seen
+        else:
+            n = _row_count(raw, path)
+            if remaining < n:
+                return f"{path}, row {remaining + 1}"
+            remaining -= n
+    return f"{raw.display}, row {row + 1}"
+
+
+def _row_count(raw: RawSource, path: Path) -> int:
+    one = RawSource(str(path), (path,), raw.format)
+    return int(one.scan().select(pl.len()).collect().item())
+
+
+# --------------------------------------------------------------------------------------------------
+# atomic writing
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path, *, force: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary directory that becomes ``path`` only when the block succeeds.
+
+    An existing ``path`` needs ``force``; it is swapped for the new directory in one atomic
+    exchange (``renameat2(RENAME_EXCHANGE)`` on Linux), so a reader, or a run killed at any
+    moment, sees the old directory or the new complete one, never a mix. Leftovers of killed runs
+    (hidden ``.NAME.tmp-PID`` siblings) are removed on the next run.
+    """
+    path = Path(path)
+    check_new_dir(path, force=force)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        for child in tmp.rglob("*"):
+            if child.is_file():
+                _fsync(child)
+        if path.exists():
+            if _exchange(tmp, path):
+                shutil.rmtree(tmp)
+            else:  # no atomic exchange here: the shortest possible window between two renames
+                old = path.with_name(f".{path.name}.old-{os.getpid()}")
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_new_dir(path: Path, *, force: bool) -> None:
+    """Refuse to replace an existing output directory unless asked to."""
+    if path.exists() and not force:
+        raise InputError(
+            "output directory exists",
+            where=path,
+            fix="pass --force to replace it, or choose another",
+        )
+    if path.exists() and not path.is_dir():
+        raise InputError("output path exists and is not a directory", where=path)
+
+
+def _remove_stale(path: Path) -> None:
+    for stale in path.parent.glob(f".{path.name}.*-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2); False where the system can't."""
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:
+        return False
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    rc = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    return rc == 0
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        _fsync(path)

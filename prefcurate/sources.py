@@ -1,0 +1,263 @@
+"""Find the files behind a DATA argument and read them as one raw Polars LazyFrame.
+
+A DATA argument is a file, a directory or a glob. Directories are understood the way users lay data
+out: a `datasets` ``save_to_disk`` folder, a Hugging Face style repository with sharded
+``data/train-*.parquet`` files, or a folder of files of one format. What comes out is the data
+exactly as stored (no renaming, no layout logic); :mod:`prefcurate.layouts` turns it into pairs.
+"""
+
+from __future__ import annotations
+
+import errno
+import glob as globlib
+import gzip
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from prefcurate.errors import InputError, one_line
+
+#: File formats by suffix. Compressed JSONL keeps its inner suffix: ``x.jsonl.gz`` is jsonl.
+_SUFFIX_FORMAT = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".arrow": "arrow",
+}
+_COMPRESSIONS = (".gz", ".zst")
+_GLOB_CHARS = set("*?[")
+
+
+@dataclass(frozen=True)
+class RawSource:
+    """The files behind one DATA argument, their format, and how to scan them."""
+
+    spec: str  # what the user typed
+    paths: tuple[Path, ...]
+    format: str  # jsonl | json | parquet | csv | tsv | arrow
+
+    @property
+    def display(self) -> str:
+        return self.spec
+
+    def scan(self) -> pl.LazyFrame:
+        """The raw rows, lazily where the format allows (JSONL, Parquet, CSV)."""
+        files = [str(p) for p in self.paths]
+        try:
+            if self.format == "jsonl":
+                return pl.scan_ndjson(files, infer_schema_length=1000)
+            if self.format == "parquet":
+                return pl.scan_parquet(files, missing_columns="insert", extra_columns="ignore")
+            if self.format in ("csv", "tsv"):
+                return pl.concat(
+                    [
+                        pl.scan_csv(
+                            f,
+                            separator="\t" if self.format == "tsv" else ",",
+                            infer_schema_length=1000,
+                            encoding="utf8",
+                        )
+                        for f in files
+                    ],
+                    how="diagonal_relaxed",
+                )
+            if self.format == "json":
+                return pl.concat([_read_json_array(p) for p in self.paths], how="diagonal_relaxed")
+            if self.format == "arrow":
+                return pl.concat([_read_arrow(p) for p in self.paths], how="diagonal_relaxed")
+        except InputError:
+            raise
+        except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
+            raise InputError(
+                f"cannot read {self.format} data: {one_line(exc, 200)}", where=self.spec
+            ) from exc
+        msg = f"unsupported format {self.format!r}"
+        raise AssertionError(msg)
+
+
+def resolve(spec: str | Path, *, split: str | None = None) -> RawSource:
+    """Find the files behind ``spec`` and their format; every failure is an :class:`InputError`."""
+    text = str(spec)
+    if any(c in _GLOB_CHARS for c in text) and not Path(text).exists():
+        matches = sorted(Path(p) for p in globlib.glob(text, recursive=True))
+        files = [p for p in matches if p.is_file()]
+        if not files:
+            raise InputError(
+                "no files match this pattern", where=text, fix="check the path and quote the glob"
+            )
+        return RawSource(text, tuple(files), _common_format(files, text))
+
+    path = Path(text)
+    _check_exists(path)
+    if path.is_dir():
+        return _resolve_dir(path, text, split)
+    _check_readable_file(path)
+    return RawSource(text, (path,), _file_format(path))
+
+
+def _check_exists(path: Path) -> None:
+    try:
+        path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError(
+                "symbolic link loop", where=path, fix="point at the real file, not the link"
+            ) from exc
+        if exc.errno == errno.EACCES:
+            raise InputError(
+                "permission denied", where=path, fix="check the read permission of the path"
+            ) from exc
+        raise InputError("no such file or directory", where=path, fix="check the path") from exc
+
+
+def _check_readable_file(path: Path) -> None:
+    if not path.is_file():
+        raise InputError("not a regular file", where=path, fix="pass a data file or directory")
+    if not os.access(path, os.R_OK):
+        raise InputError("permission denied", where=path, fix="check the file's read permission")
+    if path.stat().st_size == 0:
+        raise InputError("the file is empty", where=path, fix="pass a file that holds pairs")
+
+
+def _file_format(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSIONS:
+        suffixes = suffixes[:-1]
+    fmt = _SUFFIX_FORMAT.get(suffixes[-1]) if suffixes else None
+    if fmt is None:
+        raise InputError(
+            f"unknown file type {path.suffix or '(no suffix)'!r}",
+            where=path,
+            fix="use .jsonl, .json, .parquet, .csv, .tsv or .arrow (optionally .gz/.zst)",
+        )
+    if fmt == "json":
+        fmt = _sniff_json(path)
+    return fmt
+
+
+def _sniff_json(path: Path) -> str:
+    """A ``.json`` file holds either one array of objects or one object per line."""
+    with _open_text(path) as fh:
+        try:
+            head = fh.read(4096).lstrip("\ufeff \t\r\n")
+        except (UnicodeDecodeError, EOFError, OSError, gzip.BadGzipFile):
+            return "jsonl"  # let the JSONL reader locate the problem
+    return "json" if head.startswith("[") else "jsonl"
+
+
+def _open_text(path: Path):
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    if path.suffix == ".zst":
+        import io
+
+        import zstandard
+
+        raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"))  # noqa: SIM115
+        return io.TextIOWrapper(raw, encoding="utf-8")
+    return open(path, encoding="utf-8")  # noqa: SIM115
+
+
+def _common_format(files: list[Path], where: str) -> str:
+    formats = {f: _file_format(f) for f in files}
+    kinds = sorted(set(formats.values()))
+    if len(kinds) > 1:
+        raise InputError(
+            f"mixes file types ({', '.join(kinds)})",
+            where=where,
+            fix="point at one file, or a glob that matches one type such as 'dir/*.parquet'",
+        )
+    for f in files:
+        _check_readable_file(f)
+    return kinds[0]
+
+
+def _resolve_dir(path: Path, spec: str, split: str | None) -> RawSource:
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise InputError("permission denied", where=path, fix="check the folder's read permission")
+    # `datasets` save_to_disk: a DatasetDict has dataset_dict.json and one folder per split.
+    if (path / "dataset_dict.json").exists():
+        splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
+        chosen = split or ("train" if "train" in splits else splits[0])
+        if chosen not in splits:
+            raise InputError(
+                f"no split {chosen!r} (splits: {', '.join(splits)})", where=path, fix="pass --split"
+            )
+        return _resolve_dir(path / chosen, spec, None)
+    if (path / "state.json").exists() and (path / "dataset_info.json").exists():
+        state = json.loads((path / "state.json").read_text())
+        files = [path / f["filename"] for f in state.get("_data_files", [])]
+        files = files or sorted(path.glob("*.arrow"))
+        if not files:
+            raise InputError("a datasets folder without .arrow files", where=path)
+        return RawSource(spec, tuple(files), "arrow")
+
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p, path))
+    data_files = [p for p in files if _known_format(p)]
+    if not data_files:
+        raise InputError(
+            "no data files in this folder",
+            where=path,
+            fix="expected .jsonl, .json, .parquet, .csv, .tsv or .arrow files",
+        )
+    # Hugging Face repositories shard splits as data/<split>-00000-of-000NN.parquet.
+    shards = [p for p in data_files if p.name.split("-")[0] == (split or "train")]
+    if split and not shards:
+        raise InputError(f"no files for split {split!r}", where=path, fix="check --split")
+    if shards:
+        data_files = shards
+    return RawSource(spec, tuple(data_files), _common_format(data_files, spec))
+
+
+def _hidden(p: Path, root: Path) -> bool:
+    return any(part.startswith((".", "_")) for part in p.relative_to(root).parts)
+
+
+def _known_format(p: Path) -> bool:
+    suffixes = [s.lower() for s in p.suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSIONS:
+        suffixes = suffixes[:-1]
+    return bool(suffixes) and suffixes[-1] in _SUFFIX_FORMAT
+
+
+def _read_json_array(path: Path) -> pl.LazyFrame:
+    with _open_text(path) as fh:
+        try:
+            rows = json.load(fh)
+        except json.JSONDecodeError as exc:
+            raise InputError(
+                f"not valid JSON: {exc.msg}",
+                where=f"{path}, line {exc.lineno}, column {exc.colno}",
+                fix="fix the JSON, or use one object per line (.jsonl)",
+            ) from exc
+        except UnicodeDecodeError as exc:
+            raise InputError(
+                f"invalid UTF-8 at byte {exc.start}", where=path, fix="re-encode the file as UTF-8"
+            ) from exc
+        except RecursionError as exc:
+            raise InputError("JSON nested too deeply", where=path) from exc
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise InputError(
+            "a .json file must hold an array of objects", where=path, fix="or use .jsonl"
+        )
+    if not rows:
+        raise InputError("the JSON array is empty", where=path, fix="pass a file that holds pairs")
+    try:
+        return pl.DataFrame(rows, infer_schema_length=None).lazy()
+    except (pl.exceptions.PolarsError, TypeError, ValueError) as exc:
+        raise InputError(f"inconsistent rows: {one_line(exc, 200)}", where=path) from exc
+
+
+def _read_arrow(path: Path) -> pl.LazyFrame:
+    """Arrow files written by `datasets` are IPC streams; plain Feather files are IPC files."""
+    try:
+        return pl.read_ipc_stream(path).lazy()
+    except pl.exceptions.PolarsError:
+        return pl.scan_ipc(path)
