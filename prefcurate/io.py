@@ -33,7 +33,7 @@ from prefcurate.errors import InputError, one_line
 from prefcurate.layouts import ISSUE, ROW, Detected
 from prefcurate.margins import difficulty_expr, margin_expr
 from prefcurate.schema import CANONICAL_COLUMNS, Binarize, ColumnMap, Layout
-from prefcurate.sources import RawSource, resolve
+from prefcurate.sources import RawSource, open_binary, resolve
 
 #: The canonical columns plus the per-pair flag of implicit/conversational histories that differ.
 PAIR_COLUMNS: tuple[str, ...] = (*CANONICAL_COLUMNS, "history_mismatch")
@@ -205,10 +205,11 @@ def diagnose_jsonl(paths: tuple[Path, ...]) -> InputError | None:
     """
     kinds: dict[str, tuple[str, int]] = {}
     for path in paths:
-        lineno = 0
+        lineno = rows = 0
         try:
-            with _open_binary(path) as fh:
+            with open_binary(path) as fh:
                 for lineno, line in enumerate(fh, start=1):  # noqa: B007
+                    rows += bool(line.strip())
                     problem = _line_problem(line, lineno, kinds)
                     if problem:
                         return InputError(
@@ -216,7 +217,8 @@ def diagnose_jsonl(paths: tuple[Path, ...]) -> InputError | None:
                         )
         except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
             return InputError(
-                f"truncated or corrupt compressed file after line {lineno} ({one_line(exc, 80)})",
+                f"truncated or corrupt compressed file: {one_line(exc, 80)} "
+                f"({lineno} lines read before the error)",
                 where=path,
                 fix="re-download or re-compress the file",
             )
@@ -228,6 +230,32 @@ def diagnose_jsonl(paths: tuple[Path, ...]) -> InputError | None:
                     fix="re-download or re-compress the file",
                 )
             raise
+        if rows == 0:
+            return InputError("the file holds no rows", where=path, fix="pass a file of pairs")
+    return None
+
+
+class _Constant:
+    """Stands in for NaN/Infinity, which Python's json accepts but JSON (and Polars) does not."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+
+def _find_constant(value: object, path: str = "") -> tuple[str, str] | None:
+    if isinstance(value, _Constant):
+        return path, value.name
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list)
+        else ()
+    )
+    for key, child in items:
+        found = _find_constant(child, f"{path}.{key}" if path else str(key))
+        if found:
+            return found
     return None
 
 
@@ -243,13 +271,19 @@ def _line_problem(
     if not text.strip():
         return None
     try:
-        row = json.loads(text)
+        row = json.loads(text, parse_constant=_Constant)
     except json.JSONDecodeError as exc:
         return f"not valid JSON ({exc.msg}, column {exc.colno})", "fix or remove this line"
     except RecursionError:
         return "JSON nested too deeply", "flatten or remove this line"
     if not isinstance(row, dict):
         return f"expected a JSON object, found {type(row).__name__}", "one object per line"
+    constant = _find_constant(row)
+    if constant:
+        return (
+            f"column {constant[0]!r} is {constant[1]}, which is not valid JSON",
+            "write null for a missing score, or drop the row",
+        )
     for key, value in row.items():
         kind = _json_kind(value)
         if kind == "null":
@@ -292,24 +326,12 @@ def _diagnose_gzip(paths: tuple[Path, ...]) -> InputError | None:
     return None
 
 
-def _open_binary(path: Path):
-    if path.suffix == ".gz":
-        return gzip.open(path, "rb")
-    if path.suffix == ".zst":
-        import io as stdio
-
-        import zstandard
-
-        return stdio.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb")))  # noqa: SIM115
-    return open(path, "rb")  # noqa: SIM115
-
-
 def locate(raw: RawSource, row: int) -> str:
     """'file, line N' (JSONL) or 'file, row N' for the 0-based row index over all files."""
     remaining = row
     for path in raw.paths:
         if raw.format == "jsonl":
-            with _open_binary(path) as fh:
+            with open_binary(path) as fh:
                 seen = 0
                 for lineno, line in enumerate(fh, start=1):
                     if line.strip():

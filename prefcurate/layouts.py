@@ -491,8 +491,8 @@ def _binarized(
             text.alias("_text"),
             rating.cast(pl.List(SCORE_DTYPE)).alias("_rating"),
         )
-        .with_columns(pl.int_range(pl.col("_text").list.len()).alias("_i"))
-        .explode("_text", "_rating", "_i")
+        .explode("_text", "_rating")
+        .with_columns(pl.int_range(pl.len()).over(ROW).alias("_i"))
         .filter(pl.col("_text").is_not_null() & pl.col("_rating").is_finite())
     )
     ranked = long.sort(ROW, "_rating", "_i", descending=[False, True, False])
@@ -551,11 +551,21 @@ def _binarized(
 
 
 def _mix(row: pl.Expr, index: pl.Expr, seed: int) -> pl.Expr:
-    """A seeded pseudo-random key per (row, completion), stable across Polars versions.
+    """A seeded pseudo-random key per (row, completion): BLAKE2b of "seed:row:index".
 
-    Polars' own ``hash`` may change between releases; this multiplicative mix does not.
+    Polars' own ``hash`` may change between releases; hashlib does not, so the same seed picks
+    the same completions on every machine.
     """
-    modulus = 2_147_483_647  # 2**31 - 1: every product below stays inside Int64
-    x = (row.cast(pl.Int64) * 1_000_003 + index.cast(pl.Int64) * 7_919 + seed % modulus) % modulus
-    x = (x * 48_271) % modulus
-    return (x * 48_271 + 12_345) % modulus
+    import hashlib
+
+    def keys(batch: pl.Series) -> pl.Series:
+        return pl.Series(
+            [
+                int.from_bytes(hashlib.blake2b(f"{seed}:{r}:{i}".encode(), digest_size=8).digest())
+                for r, i in zip(batch.struct.field("r"), batch.struct.field("i"), strict=True)
+            ],
+            dtype=pl.UInt64,
+        )
+
+    pair = pl.struct(row.alias("r"), index.alias("i"))
+    return pair.map_batches(keys, return_dtype=pl.UInt64, is_elementwise=True)

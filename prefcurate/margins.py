@@ -6,7 +6,7 @@ Definitions (DESIGN.md, following MixDPO, arXiv 2602.00954):
   steps of 0.5, so margins are multiples of 0.5 and ties (margin 0) are common. A ``margin`` column
   already in the data (for instance written by ``prefcurate score``) takes precedence.
 * ``difficulty`` — the percentile of the margin, 1.0 for the hardest pair (smallest margin) and
-  0.0 for the easiest: ``1 - (r - 1) / (n - 1)`` where ``r`` is the pair's rank by ascending margin
+  0.0 for the easiest: ``(n - r) / (n - 1)`` where ``r`` is the pair's rank by ascending margin
   with ties given the lowest rank, so equal margins get equal difficulty, deterministically.
 * a pair is *difficult* when ``margin < τ`` (strict).
 """
@@ -35,7 +35,7 @@ def difficulty_expr() -> pl.Expr:
     return (
         pl.when(n <= 1)
         .then(pl.when(pl.col("margin").is_not_null()).then(1.0))
-        .otherwise(1.0 - (rank.cast(pl.Float64) - 1.0) / (n.cast(pl.Float64) - 1.0))
+        .otherwise((n - rank).cast(pl.Float64) / (n - 1).cast(pl.Float64))
         .alias("difficulty")
     )
 

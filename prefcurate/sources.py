@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import glob as globlib
 import gzip
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ class RawSource:
         """The raw rows, lazily where the format allows (JSONL, Parquet, CSV)."""
         files = [str(p) for p in self.paths]
         try:
+            if self.format == "jsonl" and any(_starts_with_bom(p) for p in self.paths):
+                return pl.concat([_read_jsonl_bom(p) for p in self.paths], how="diagonal_relaxed")
             if self.format == "jsonl":
                 return pl.scan_ndjson(files, infer_schema_length=1000)
             if self.format == "parquet":
@@ -152,12 +155,39 @@ def _sniff_json(path: Path) -> str:
     return "json" if head.startswith("[") else "jsonl"
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
+def _starts_with_bom(path: Path) -> bool:
+    try:
+        with open_binary(path) as fh:
+            return fh.read(3) == _BOM
+    except Exception:  # noqa: BLE001 - a broken file is diagnosed by the reader, not here
+        return False
+
+
+def _read_jsonl_bom(path: Path) -> pl.LazyFrame:
+    """JSONL saved by editors that prepend a byte-order mark: strip it, then parse as usual."""
+    with open_binary(path) as fh:
+        data = fh.read()
+    return pl.read_ndjson(io.BytesIO(data.removeprefix(_BOM)), infer_schema_length=1000).lazy()
+
+
+def open_binary(path: Path):
+    """Open a possibly compressed (.gz, .zst) file for binary reading."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rb")
+    if path.suffix == ".zst":
+        import zstandard
+
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb")))  # noqa: SIM115
+    return open(path, "rb")  # noqa: SIM115
+
+
 def _open_text(path: Path):
     if path.suffix == ".gz":
         return gzip.open(path, "rt", encoding="utf-8")
     if path.suffix == ".zst":
-        import io
-
         import zstandard
 
         raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"))  # noqa: SIM115
