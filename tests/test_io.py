@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -218,7 +217,8 @@ def test_implicit_prompt_hh_style(tmp_path):
     history = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how to bake bread?\n\nAssistant:"
     rows = [
         {"chosen": history + " Mix flour and water.", "rejected": history + " No idea."},
-        {"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: different\n\nAssistant: c"},
+        {"chosen": "\n\nHuman: a\n\nAssistant: b",
+         "rejected": "\n\nHuman: different\n\nAssistant: c"},
     ]
     source = open_pairs(write_jsonl(tmp_path / "hh.jsonl", rows))
     df = source.collect()
@@ -399,7 +399,10 @@ def test_score_not_a_number_names_line_and_column(tmp_path):
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
 def test_nan_and_inf_in_jsonl(tmp_path, constant):
     path = tmp_path / "nan.jsonl"
-    line = '{"prompt": "x", "chosen": "a", "rejected": "b", "score_chosen": %s, "score_rejected": 1}'
+    line = (
+        '{"prompt": "x", "chosen": "a", "rejected": "b", "score_chosen": %s, '
+        '"score_rejected": 1}'
+    )
     path.write_text(jsonl_text(ROWS) + line % constant + "\n")
     assert f"line 7: column 'score_chosen' is {constant}" in _error(path)
 
