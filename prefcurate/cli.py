@@ -12,7 +12,6 @@ import os
 import sys
 from typing import Annotated
 
-import click
 import typer
 
 from prefcurate.errors import InputError, PrefcurateError, one_line
@@ -26,6 +25,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _click_class(name: str) -> type[Exception]:
+    """Typer >= 0.29 vendors click; find its exception classes whichever click is in use."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
+
+
+_UsageError = _click_class("UsageError")
+_ClickException = _click_class("ClickException")
 
 
 class _State:
@@ -52,12 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = app(args=args, prog_name="prefcurate", standalone_mode=False)
         return int(result or 0)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("aborted", file=sys.stderr)
         return 130
-    except click.UsageError as exc:
+    except _UsageError as exc:
         if debug:
             raise
         hint = (
@@ -67,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"error: {one_line(exc.format_message())}{hint}", file=sys.stderr)
         return 2
-    except click.ClickException as exc:
+    except _ClickException as exc:
         if debug:
             raise
         print(f"error: {one_line(exc.format_message())}", file=sys.stderr)

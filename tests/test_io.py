@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import subprocess
 import sys
@@ -18,8 +17,13 @@ from prefcurate.io import PAIR_COLUMNS, open_pairs, read_pairs
 from prefcurate.schema import ColumnMap, Layout
 
 ROWS = [
-    {"prompt": f"prompt {i}", "chosen": f"good {i}", "rejected": f"bad {i}",
-     "score_chosen": 5.0 + i * 0.5, "score_rejected": 5.0}
+    {
+        "prompt": f"prompt {i}",
+        "chosen": f"good {i}",
+        "rejected": f"bad {i}",
+        "score_chosen": 5.0 + i * 0.5,
+        "score_rejected": 5.0,
+    }
     for i in range(6)
 ]
 
@@ -172,10 +176,10 @@ def test_scan_is_lazy_and_projects(tmp_path):
     assert narrow.columns == ["margin"]
 
 
-def test_pair_id_is_a_stable_blake2b(tmp_path):
+def test_pair_id_is_a_stable_xxh3(tmp_path):
+    """XXH3-64 (seed 0) of b"prompt 0\\x1fgood 0\\x1fbad 0", from the xxHash reference."""
     df = read_pairs(_jsonl(tmp_path))
-    expected = hashlib.blake2b(b"prompt 0\x1fgood 0\x1fbad 0", digest_size=8).hexdigest()
-    assert df["pair_id"][0] == expected
+    assert df["pair_id"][0] == "17501213622631980706"
     assert df["pair_id"].n_unique() == len(ROWS)
 
 
@@ -185,14 +189,27 @@ def test_pair_id_is_a_stable_blake2b(tmp_path):
 
 def test_conversational_splits_prompt_turns_off(tmp_path):
     rows = [
-        {"prompt": "q1", "chosen": [user("q1"), assistant("good")],
-         "rejected": [user("q1"), assistant("bad")], "score_chosen": 8.0, "score_rejected": 5.0},
-        {"prompt": "q2", "chosen": [user("q2"), assistant("a"), user("more?"), assistant("yes")],
-         "rejected": [user("q2"), assistant("a"), user("more?"), assistant("no")],
-         "score_chosen": 7.0, "score_rejected": 7.0},
-        {"prompt": "q3", "chosen": [user("q3"), assistant("x")],
-         "rejected": [user("another question"), assistant("y")],
-         "score_chosen": 6.0, "score_rejected": 2.0},
+        {
+            "prompt": "q1",
+            "chosen": [user("q1"), assistant("good")],
+            "rejected": [user("q1"), assistant("bad")],
+            "score_chosen": 8.0,
+            "score_rejected": 5.0,
+        },
+        {
+            "prompt": "q2",
+            "chosen": [user("q2"), assistant("a"), user("more?"), assistant("yes")],
+            "rejected": [user("q2"), assistant("a"), user("more?"), assistant("no")],
+            "score_chosen": 7.0,
+            "score_rejected": 7.0,
+        },
+        {
+            "prompt": "q3",
+            "chosen": [user("q3"), assistant("x")],
+            "rejected": [user("another question"), assistant("y")],
+            "score_chosen": 6.0,
+            "score_rejected": 2.0,
+        },
     ]
     source = open_pairs(write_jsonl(tmp_path / "conv.jsonl", rows))
     df = source.collect()
@@ -217,8 +234,10 @@ def test_implicit_prompt_hh_style(tmp_path):
     history = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how to bake bread?\n\nAssistant:"
     rows = [
         {"chosen": history + " Mix flour and water.", "rejected": history + " No idea."},
-        {"chosen": "\n\nHuman: a\n\nAssistant: b",
-         "rejected": "\n\nHuman: different\n\nAssistant: c"},
+        {
+            "chosen": "\n\nHuman: a\n\nAssistant: b",
+            "rejected": "\n\nHuman: different\n\nAssistant: c",
+        },
     ]
     source = open_pairs(write_jsonl(tmp_path / "hh.jsonl", rows))
     df = source.collect()
@@ -232,8 +251,11 @@ def test_implicit_prompt_hh_style(tmp_path):
 
 @pytest.mark.parametrize(
     ("chosen_key", "rejected_key"),
-    [("score_chosen", "score_rejected"), ("chosen_score", "rejected_score"),
-     ("chosen_rating", "rejected_rating")],
+    [
+        ("score_chosen", "score_rejected"),
+        ("chosen_score", "rejected_score"),
+        ("chosen_rating", "rejected_rating"),
+    ],
 )
 def test_rating_names(tmp_path, chosen_key, rejected_key):
     rows = [{"prompt": "p", "chosen": "a", "rejected": "b", chosen_key: 4.5, rejected_key: 3}]
@@ -243,18 +265,39 @@ def test_rating_names(tmp_path, chosen_key, rejected_key):
 
 
 def test_nested_ratings_are_found(tmp_path):
-    rows = [{"prompt": "p", "chosen": "a", "rejected": "b",
-             "metadata": {"score_chosen": 9.0, "score_rejected": 2.5}}]
+    rows = [
+        {
+            "prompt": "p",
+            "chosen": "a",
+            "rejected": "b",
+            "metadata": {"score_chosen": 9.0, "score_rejected": 2.5},
+        }
+    ]
     source = open_pairs(write_jsonl(tmp_path / "n.jsonl", rows))
     assert source.detected.score_chosen == "metadata.score_chosen"
     assert source.collect()["margin"].to_list() == [6.5]
 
 
 def test_flags_override_detection_with_dotted_paths(tmp_path):
-    rows = [{"q": "p", "good": "a", "bad": "b", "origin": "web",
-             "judge": {"a": 7, "b": 6}, "score_chosen": 1, "score_rejected": 9}]
-    columns = ColumnMap(prompt="q", chosen="good", rejected="bad", score_chosen="judge.a",
-                        score_rejected="judge.b", source="origin")
+    rows = [
+        {
+            "q": "p",
+            "good": "a",
+            "bad": "b",
+            "origin": "web",
+            "judge": {"a": 7, "b": 6},
+            "score_chosen": 1,
+            "score_rejected": 9,
+        }
+    ]
+    columns = ColumnMap(
+        prompt="q",
+        chosen="good",
+        rejected="bad",
+        score_chosen="judge.a",
+        score_rejected="judge.b",
+        source="origin",
+    )
     df = read_pairs(write_jsonl(tmp_path / "o.jsonl", rows), columns=columns)
     row = df.row(0, named=True)
     assert (row["prompt"], row["chosen"], row["rejected"]) == ("p", "a", "b")
@@ -264,13 +307,23 @@ def test_flags_override_detection_with_dotted_paths(tmp_path):
 def test_source_column_is_detected(tmp_path):
     rows = [{**ROWS[0], "dataset": "flan"}, {**ROWS[1], "dataset": "sharegpt"}]
     assert read_pairs(write_jsonl(tmp_path / "s.jsonl", rows))["source"].to_list() == [
-        "flan", "sharegpt"]
+        "flan",
+        "sharegpt",
+    ]
 
 
 def test_existing_margin_column_wins_over_scores(tmp_path):
     """Data written by `prefcurate score` carries its own margin next to the original ratings."""
-    rows = [{"prompt": "p", "chosen": "a", "rejected": "b", "score_chosen": 5, "score_rejected": 3,
-             "margin": 0.25}]
+    rows = [
+        {
+            "prompt": "p",
+            "chosen": "a",
+            "rejected": "b",
+            "score_chosen": 5,
+            "score_rejected": 3,
+            "margin": 0.25,
+        }
+    ]
     assert read_pairs(write_jsonl(tmp_path / "m.jsonl", rows))["margin"].to_list() == [0.25]
 
 
@@ -282,11 +335,22 @@ def test_keep_input_carries_other_columns(tmp_path):
 
 
 MULTI = [
-    {"instruction": "i1", "completions": [
-        {"response": "a", "overall_score": 3.0}, {"response": "b", "overall_score": 8.5},
-        {"response": "c", "overall_score": 5.0}, {"response": "d", "overall_score": 3.0}]},
-    {"instruction": "i2", "completions": [
-        {"response": "x", "overall_score": 4.0}, {"response": "y", "overall_score": 4.0}]},
+    {
+        "instruction": "i1",
+        "completions": [
+            {"response": "a", "overall_score": 3.0},
+            {"response": "b", "overall_score": 8.5},
+            {"response": "c", "overall_score": 5.0},
+            {"response": "d", "overall_score": 3.0},
+        ],
+    },
+    {
+        "instruction": "i2",
+        "completions": [
+            {"response": "x", "overall_score": 4.0},
+            {"response": "y", "overall_score": 4.0},
+        ],
+    },
     {"instruction": "i3", "completions": [{"response": "alone", "overall_score": 4.0}]},
 ]
 
@@ -305,17 +369,26 @@ def test_multi_completion_all_pairs(tmp_path):
     df = read_pairs(write_jsonl(tmp_path / "m.jsonl", MULTI), binarize="all-pairs")
     pairs = set(df.select("prompt", "chosen", "rejected").rows())
     # C(4,2) = 6 pairs for i1 (higher rating chosen; the a/d tie keeps input order), 1 for i2.
-    assert pairs == {("i1", "b", "a"), ("i1", "b", "c"), ("i1", "b", "d"), ("i1", "c", "a"),
-                     ("i1", "c", "d"), ("i1", "a", "d"), ("i2", "x", "y")}
+    assert pairs == {
+        ("i1", "b", "a"),
+        ("i1", "b", "c"),
+        ("i1", "b", "d"),
+        ("i1", "c", "a"),
+        ("i1", "c", "d"),
+        ("i1", "a", "d"),
+        ("i2", "x", "y"),
+    }
 
 
 def test_multi_completion_best_vs_random_lower_is_seeded(tmp_path):
     path = write_jsonl(tmp_path / "m.jsonl", MULTI)
-    picks = [read_pairs(path, binarize="best-vs-random-lower", seed=s)["rejected"][0]
-             for s in range(60)]
+    picks = [
+        read_pairs(path, binarize="best-vs-random-lower", seed=s)["rejected"][0] for s in range(60)
+    ]
     assert set(picks) == {"a", "c", "d"}  # only completions rated strictly lower than b
-    again = [read_pairs(path, binarize="best-vs-random-lower", seed=s)["rejected"][0]
-             for s in range(60)]
+    again = [
+        read_pairs(path, binarize="best-vs-random-lower", seed=s)["rejected"][0] for s in range(60)
+    ]
     assert picks == again
 
 
@@ -400,8 +473,7 @@ def test_score_not_a_number_names_line_and_column(tmp_path):
 def test_nan_and_inf_in_jsonl(tmp_path, constant):
     path = tmp_path / "nan.jsonl"
     line = (
-        '{"prompt": "x", "chosen": "a", "rejected": "b", "score_chosen": %s, '
-        '"score_rejected": 1}'
+        '{"prompt": "x", "chosen": "a", "rejected": "b", "score_chosen": %s, "score_rejected": 1}'
     )
     path.write_text(jsonl_text(ROWS) + line % constant + "\n")
     assert f"line 7: column 'score_chosen' is {constant}" in _error(path)
