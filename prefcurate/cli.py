@@ -68,11 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     except _UsageError as exc:
         if debug:
             raise
-        hint = (
-            f" (see 'prefcurate {exc.ctx.command_path.split(' ', 1)[-1]} --help')"
-            if exc.ctx
-            else ""
-        )
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
         print(f"error: {one_line(exc.format_message())}{hint}", file=sys.stderr)
         return 2
     except _ClickException as exc:
