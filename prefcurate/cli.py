@@ -323,9 +323,9 @@ def route(
 ) -> None:
     """Route each pair to DPO or SFT by its margin and write curriculum-ordered splits.
 
-    Writes train.parquet (pairs in rank order with route, rank and stage), eval.parquet with
-    --eval-fraction, plan.json, and with --export trl the files TRL's trainers read. The run is
-    recorded in the catalog.
+    Writes train.parquet (rank order, with route, rank and stage columns) and plan.json.
+
+    --eval-fraction adds eval.parquet; --export trl adds dpo.jsonl and sft.jsonl for TRL.
 
     Example:
         prefcurate route ../shared/data/ultrafeedback_1k.jsonl --threshold 0.5 --out out/uf
@@ -333,12 +333,14 @@ def route(
     import json
     from datetime import datetime, timezone
 
+    from prefcurate.io import check_new_dir
     from prefcurate.progress import status
     from prefcurate.route import plan_routes, write_route
 
     started_at = datetime.now(timezone.utc)  # noqa: UP017
     if out is None:
         raise InputError("--out is required", fix="pass --out DIR for the split files")
+    check_new_dir(out, force=force)  # before reading anything: fail fast, write nothing
     if export is not None and export != "trl":
         raise InputError(f"--export must be 'trl', got {export!r}")
     with status("reading and routing"):
@@ -465,7 +467,7 @@ def sql(
 ) -> None:
     """Run read-only SQL over the catalog (runs, inputs, metrics) and, with --data, view 'pairs'.
 
-    The query can read the catalog and the data, nothing else: writes and file access fail.
+    The query reads the catalog and the data, nothing else: writes and file access fail.
 
     Example:
         prefcurate sql "select count(*) from pairs where margin < 0.5" --data pairs.jsonl
