@@ -241,7 +241,9 @@ def plan_routes(
     reasons: dict[str, int] = {}
     for predicate in drop:
         matched = _predicate_matches(frame, predicate)
-        newly = keys.get_column("_drop").is_null() & keys.get_column("_pos").is_in(matched.implode())
+        newly = keys.get_column("_drop").is_null() & keys.get_column("_pos").is_in(
+            matched.implode()
+        )
         reasons[DROP_PREFIX + predicate] = int(newly.sum())
         keys = _mark(keys, newly, DROP_PREFIX + predicate)
 
