@@ -614,21 +614,38 @@ def write_route(
 def write_split(
     plan: RoutePlan, name: str, path: str | Path, *, pause_for_tests: bool = False
 ) -> int:
-    """Write split ``name`` to ``path`` in rank order, one row group at a time; return its rows."""
+    """Write split ``name`` to ``path`` in rank order, one row group at a time; return its rows.
+
+    The next row group is gathered in a thread while the current one is compressed and written
+    (both release the GIL), so at most two row groups exist besides the frame itself.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     import pyarrow.parquet as pq
 
     keys = plan._keys(name)
-    schema = _gather(plan.frame, keys.head(0)).to_arrow(compat_level=pl.CompatLevel.oldest())
-    with pq.ParquetWriter(str(path), schema.schema, **PARQUET_OPTIONS) as writer:
-        if keys.height == 0:
-            writer.write_table(schema)
-        for start in range(0, keys.height, ROW_GROUP_ROWS):
-            chunk = _gather(plan.frame, keys.slice(start, ROW_GROUP_ROWS))
-            table = chunk.to_arrow(compat_level=pl.CompatLevel.oldest())
-            writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+    rows = keys.height
+    size = ROW_GROUP_ROWS
+
+    def row_group(start: int):
+        chunk = _gather(plan.frame, keys.slice(start, size))
+        return chunk.to_arrow(compat_level=pl.CompatLevel.oldest())
+
+    empty = _gather(plan.frame, keys.head(0)).to_arrow(compat_level=pl.CompatLevel.oldest())
+    with (
+        pq.ParquetWriter(str(path), empty.schema, **PARQUET_OPTIONS) as writer,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefcurate-gather") as pool,
+    ):
+        if rows == 0:
+            writer.write_table(empty)
+        pending = pool.submit(row_group, 0) if rows else None
+        for start in range(0, rows, size):
+            table = pending.result()
+            pending = pool.submit(row_group, start + size) if start + size < rows else None
+            writer.write_table(table, row_group_size=size)
             if pause_for_tests and start == 0:
                 _pause_for_tests()
-    return keys.height
+    return rows
 
 
 def _gather(frame: pl.DataFrame, keys: pl.DataFrame) -> pl.DataFrame:
