@@ -240,14 +240,14 @@ def _timeout(timeout: float | None) -> float:
 
 
 def _version(con: duckdb.DuckDBPyConnection) -> int:
-    has_meta = con.execute(
+    (has_meta,) = con.execute(
         "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'meta' AND schema_name = 'main'"
         " AND database_name = current_database()"
-    ).fetchone()[0]
+    ).fetchall()[0]
     if not has_meta:
         return 0
-    row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    return int(row[0]) if row else 0
+    rows = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
+    return int(rows[0][0]) if rows else 0
 
 
 def _check_version(con: duckdb.DuckDBPyConnection, where: Path) -> int:

@@ -430,7 +430,8 @@ def runs(
         print(json.dumps(found, indent=2, default=str, ensure_ascii=False))
         return
     if not found:
-        print(f"no runs recorded in {cat.catalog_path(catalog)}", file=sys.stderr)
+        where = cat.catalog_path(catalog)
+        print(f"no runs recorded in {where}" if where else "the catalog is off", file=sys.stderr)
         return
     header = ["run_id", "kind", "started (UTC)", "status", "input", "summary"]
     rows = []

@@ -80,6 +80,7 @@ def test_record_and_list_round_trip(tmp_path, uf1k):
     assert run["inputs"][0]["sha256"] == hashlib.sha256(uf1k.read_bytes()).hexdigest()
     assert run["inputs"][0]["rows"] == 1000
     with catalog.connect(path, read_only=True) as con:
+        assert con.sql("SELECT count(*) FROM runs").fetchall() == [(1,)]
         assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
             str(catalog.SCHEMA_VERSION),
         )
