@@ -218,6 +218,8 @@ def plan_routes(
     started = time.perf_counter()
     mode, order = _enum(Mode, mode, "--mode"), _enum(Order, order, "--order")
     drop = (drop,) if isinstance(drop, str) else tuple(drop)
+    threshold = None if threshold is None else float(threshold)
+    sft_fraction = None if sft_fraction is None else float(sft_fraction)
     stages = _check_args(mode, threshold, sft_fraction, order, stages, eval_fraction)
     wants_margin = threshold is not None or sft_fraction is not None
     if wants_margin and not source.has_margins:
