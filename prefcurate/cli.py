@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -179,3 +180,363 @@ def open_source(
 
     columns = ColumnMap(prompt, chosen, rejected, score_chosen, score_rejected, source)
     return open_pairs(data, columns=columns, binarize=binarize, seed=seed, split=split)
+
+
+# --------------------------------------------------------------------------------------------------
+# the catalog: shared option and the recording helper every command that runs something calls
+
+CatalogOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--catalog",
+        help="Catalog file (default .prefcurate/catalog.duckdb; 'off' records nothing).",
+        envvar="PREFCURATE_CATALOG",
+        show_default=False,
+    ),
+]
+
+
+def record_run(
+    kind: str,
+    *,
+    catalog: str | None,
+    inputs: list[dict] | tuple = (),
+    params: dict | None = None,
+    figures: dict | None = None,
+    outputs: dict | None = None,
+    summary: str | None = None,
+    command: str | None = None,
+    started_at=None,
+    metrics=(),
+    status: str = "ok",
+) -> str | None:
+    """Record a finished run in the catalog and return its id.
+
+    Called by analyze, route and train after their outputs are written. A catalog that cannot be
+    recorded into (locked for too long, unwritable) costs a warning line on stderr, never the
+    run's result: the command still succeeds. ``catalog='off'`` records nothing.
+    """
+    from prefcurate import catalog as cat
+
+    if cat.catalog_path(catalog) is None:
+        return None
+    try:
+        return cat.record_run(
+            kind,
+            inputs=inputs,
+            params=params,
+            figures=figures,
+            outputs=outputs,
+            summary=summary,
+            command=command,
+            started_at=started_at,
+            metrics=metrics,
+            status=status,
+            path=catalog,
+        )
+    except InputError as exc:
+        print(f"warning: run not recorded in the catalog: {exc}", file=sys.stderr)
+        return None
+
+
+def command_line(name: str, *positional: object, **options: object) -> str:
+    """The command as a user would type it, from the values that differ from the defaults."""
+    import shlex
+
+    parts = ["prefcurate", name, *(str(p) for p in positional)]
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None or value is False or value == () or value == []:
+            continue
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                parts += [flag, str(item)]
+        else:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
+
+
+# --------------------------------------------------------------------------------------------------
+# route
+
+
+@app.command()
+def route(
+    data: DataArg,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Output directory (written atomically).", show_default=False
+        ),
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option("--threshold", help="τ: a pair with margin < τ (strict) goes to SFT."),
+    ] = None,
+    sft_fraction: Annotated[
+        float | None,
+        typer.Option(
+            "--sft-fraction",
+            help="Route the hardest q of the pairs to SFT (picks τ; ties together).",
+        ),
+    ] = None,
+    mode: Annotated[
+        str, typer.Option("--mode", help="mixdpo | dpo | filter | sft (baselines from the data).")
+    ] = "mixdpo",
+    order: Annotated[
+        str,
+        typer.Option("--order", help="curriculum (margin descending) | random | as-is."),
+    ] = "curriculum",
+    stages: Annotated[
+        int | None,
+        typer.Option("--stages", help="Cut the curriculum into K stages, shuffled within each."),
+    ] = None,
+    drop: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--drop",
+            help='Drop pairs matching a DuckDB SQL predicate, e.g. "chosen = rejected" '
+            "(repeatable).",
+        ),
+    ] = None,
+    eval_fraction: Annotated[
+        float | None,
+        typer.Option("--eval-fraction", help="Hold out this share as eval.parquet (stratified)."),
+    ] = None,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of shuffles and the held-out choice.")
+    ] = 0,
+    export: Annotated[
+        str | None, typer.Option("--export", help="trl: also write dpo.jsonl and sft.jsonl.")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing output directory.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print plan.json to stdout.")] = False,
+    catalog: CatalogOpt = None,
+    prompt: PromptOpt = None,
+    chosen: ChosenOpt = None,
+    rejected: RejectedOpt = None,
+    score_chosen: ScoreChosenOpt = None,
+    score_rejected: ScoreRejectedOpt = None,
+    source: SourceOpt = None,
+    binarize: BinarizeOpt = Binarize.BEST_VS_WORST,
+    split: SplitOpt = None,
+) -> None:
+    """Route each pair to DPO or SFT by its margin and write curriculum-ordered splits.
+
+    Writes train.parquet (rank order, with route, rank and stage columns) and plan.json.
+
+    --eval-fraction adds eval.parquet; --export trl adds dpo.jsonl and sft.jsonl for TRL.
+
+    Example:
+        prefcurate route ../shared/data/ultrafeedback_1k.jsonl --threshold 0.5 --out out/uf
+    """
+    import json
+    from datetime import datetime, timezone
+
+    from prefcurate.io import check_new_dir
+    from prefcurate.progress import status
+    from prefcurate.route import plan_routes, write_route
+
+    started_at = datetime.now(timezone.utc)  # noqa: UP017
+    if out is None:
+        raise InputError("--out is required", fix="pass --out DIR for the split files")
+    check_new_dir(out, force=force)  # before reading anything: fail fast, write nothing
+    if export is not None and export != "trl":
+        raise InputError(f"--export must be 'trl', got {export!r}")
+    with status("reading and routing"):
+        pairs = open_source(
+            data,
+            prompt=prompt,
+            chosen=chosen,
+            rejected=rejected,
+            score_chosen=score_chosen,
+            score_rejected=score_rejected,
+            source=source,
+            binarize=binarize,
+            split=split,
+            seed=seed,
+        )
+        plan = plan_routes(
+            pairs,
+            mode=mode,
+            threshold=threshold,
+            sft_fraction=sft_fraction,
+            order=order,
+            stages=stages,
+            drop=drop or (),
+            eval_fraction=eval_fraction,
+            seed=seed,
+        )
+    with status(f"writing {out}"):
+        document = write_route(plan, out, force=force, export=export, plots=None)
+    params = {
+        k: v for k, v in document.items() if k not in ("version", "input", "counts", "outputs")
+    }
+    record_run(
+        "route",
+        catalog=catalog,
+        inputs=[plan.input],
+        params=params,
+        figures={"threshold": plan.threshold, **plan.counts},
+        outputs={"dir": str(out.resolve()), **document["outputs"]},
+        summary=plan.summary(),
+        started_at=started_at,
+        command=command_line(
+            "route",
+            data,
+            out=out,
+            threshold=threshold,
+            sft_fraction=sft_fraction,
+            mode=None if mode == "mixdpo" else mode,
+            order=None if order == "curriculum" else order,
+            stages=stages,
+            drop=drop,
+            eval_fraction=eval_fraction,
+            seed=seed or None,
+            export=export,
+            force=force,
+        ),
+    )
+    if as_json:
+        print(json.dumps(document, indent=2))
+    else:
+        print(f"{plan.summary()} -> {out}")
+
+
+# --------------------------------------------------------------------------------------------------
+# runs and sql
+
+
+@app.command()
+def runs(
+    limit: Annotated[int, typer.Option("--limit", "-n", help="Show at most this many runs.")] = 20,
+    kind: Annotated[
+        str | None, typer.Option("--kind", help="Only runs of this command (analyze, route, ...).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the runs as JSON.")] = False,
+    catalog: CatalogOpt = None,
+) -> None:
+    """List the runs recorded in the catalog, newest first.
+
+    Example:
+        prefcurate runs --limit 5 --kind route
+    """
+    import json
+
+    from prefcurate import catalog as cat
+
+    found = cat.list_runs(catalog, limit=limit, kind=kind)
+    if as_json:
+        print(json.dumps(found, indent=2, default=str, ensure_ascii=False))
+        return
+    if not found:
+        where = cat.catalog_path(catalog)
+        print(f"no runs recorded in {where}" if where else "the catalog is off", file=sys.stderr)
+        return
+    header = ["run_id", "kind", "started (UTC)", "status", "input", "summary"]
+    rows = []
+    for run in found:
+        data = ", ".join(
+            f"{i['path']} ({i['rows']} rows)" if i.get("rows") is not None else i["path"]
+            for i in run["inputs"]
+        )
+        started = run["started_at"].strftime("%Y-%m-%d %H:%M:%S")
+        rows.append(
+            [run["run_id"], run["kind"], started, run["status"], data, run["summary"] or ""]
+        )
+    _print_table(header, rows, title=f"runs in {cat.catalog_path(catalog)}")
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="One read-only SQL statement.", show_default=False)],
+    data: Annotated[
+        str | None,
+        typer.Option("--data", help="Preference data to expose as the view 'pairs'."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array of objects.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV with a header row.")] = False,
+    catalog: CatalogOpt = None,
+    prompt: PromptOpt = None,
+    chosen: ChosenOpt = None,
+    rejected: RejectedOpt = None,
+    score_chosen: ScoreChosenOpt = None,
+    score_rejected: ScoreRejectedOpt = None,
+    source: SourceOpt = None,
+    binarize: BinarizeOpt = Binarize.BEST_VS_WORST,
+    split: SplitOpt = None,
+) -> None:
+    """Run read-only SQL over the catalog (runs, inputs, metrics) and, with --data, view 'pairs'.
+
+    The query reads the catalog and the data, nothing else: writes and file access fail.
+
+    Example:
+        prefcurate sql "select count(*) from pairs where margin < 0.5" --data pairs.jsonl
+        prefcurate sql "select kind, count(*) from runs group by kind" --json
+    """
+    import csv
+    import json
+
+    from prefcurate import catalog as cat
+    from prefcurate.progress import status
+
+    if as_json and as_csv:
+        raise InputError("--json and --csv both given", fix="pass one")
+    pairs = None
+    if data is not None:
+        with status("reading the data"):
+            frame = open_source(
+                data,
+                prompt=prompt,
+                chosen=chosen,
+                rejected=rejected,
+                score_chosen=score_chosen,
+                score_rejected=score_rejected,
+                source=source,
+                binarize=binarize,
+                split=split,
+            ).collect()
+            pairs = frame.to_arrow()
+    result = cat.query(query, catalog=catalog, pairs=pairs)
+    if as_json:
+        print(json.dumps(result.records(), ensure_ascii=False, default=str))
+    elif as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(result.columns)
+        for record in result.records():
+            writer.writerow(
+                json.dumps(v, ensure_ascii=False) if isinstance(v, dict | list) else v
+                for v in record.values()
+            )
+    else:
+        rows = [[_cell(v) for v in row] for row in result.rows]
+        _print_table(result.columns, rows)
+
+
+def _cell(value: object, limit: int = 80) -> str:
+    text = "NULL" if value is None else str(value)
+    text = text.replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _print_table(header: list[str], rows: list[list[str]], *, title: str | None = None) -> None:
+    """A rich table on a terminal; plain aligned columns when stdout is a pipe or file."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if console.is_terminal:
+        table = Table(*header, title=title, title_justify="left")
+        for row in rows:
+            table.add_row(*(str(c) for c in row))
+        console.print(table)
+        return
+    cells = [list(map(str, header)), *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    print("\n".join(lines))

@@ -1,0 +1,723 @@
+"""Routing plans: which pairs are learned as preferences, which as demonstrations, in what order.
+
+MixDPO (arXiv 2602.00954) routes a pair whose margin is below τ (strict) to SFT on the chosen
+response and every other pair to DPO, and reads the pairs sorted by margin, largest first, so the
+SFT pairs come last. :func:`plan_routes` decides all of it from a :class:`~prefcurate.io.PairSource`
+and returns a :class:`RoutePlan` (figures plus the routed keys); :func:`write_route` writes the
+split files, atomically. The split is the contract with the trainer: ``route``, ``rank`` and
+``stage`` are columns of ``train.parquet`` and everything else it needs is in ``plan.json``
+(docs/route.md lists both). Example::
+
+    >>> from prefcurate.io import open_pairs
+    >>> from prefcurate.route import plan_routes, write_route
+    >>> source = open_pairs("../shared/data/ultrafeedback_1k.jsonl")     # doctest: +SKIP
+    >>> plan = plan_routes(source, threshold=0.5)                        # doctest: +SKIP
+    >>> plan.counts["dpo"], plan.counts["sft"]                           # doctest: +SKIP
+    (889, 111)
+    >>> write_route(plan, "out/uf-mixdpo")                               # doctest: +SKIP
+
+Scale: the input is materialised once (the loader validates every row on the way); routes, ranks,
+stages and the held-out split are computed on narrow key columns (position, pair_id, margin,
+difficulty); the wide text columns are then gathered one row group at a time, in rank order,
+straight into the Parquet writer, so the table is never held twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from prefcurate.catalog import content_hash, duckdb_message
+from prefcurate.errors import InputError
+from prefcurate.io import PAIR_COLUMNS, PairSource, atomic_dir
+from prefcurate.margins import (
+    check_fraction,
+    check_threshold,
+    no_margin_error,
+    threshold_for_fraction,
+)
+from prefcurate.schema import ROUTE_DPO, ROUTE_SFT
+
+#: plan.json format version; bump when a key changes meaning.
+PLAN_VERSION = 1
+
+#: Columns of train.parquet / eval.parquet, in this order.
+SPLIT_COLUMNS: tuple[str, ...] = (*PAIR_COLUMNS, "route", "rank", "stage")
+
+#: Fixed Parquet writer settings: the same inputs and flags give byte-identical files.
+ROW_GROUP_ROWS = 32_768
+PARQUET_OPTIONS: dict[str, Any] = {
+    "compression": "zstd",
+    "compression_level": 3,
+    "write_statistics": True,
+    "use_dictionary": ["route", "source"],
+    "data_page_size": 1 << 20,
+}
+
+#: Difficulty bins the held-out split is stratified over (deciles of ``difficulty``).
+EVAL_STRATA = 10
+
+#: Reasons a pair is dropped, as keys of plan.json ``counts.dropped_by_reason``.
+NULL_MARGIN = "null_margin"
+BELOW_THRESHOLD = "below_threshold"
+DROP_PREFIX = "drop: "
+
+#: Test hook: when set to a path, the writer creates that file after the first row group of
+#: train.parquet and then sleeps, so a test can kill the process in the middle of the write.
+PAUSE_ENV = "PREFCURATE_TEST_PAUSE_IN_WRITE"
+
+
+class Mode(str, Enum):
+    """What happens to a pair; MixDPO and the baselines the paper compares it with."""
+
+    MIXDPO = "mixdpo"  # margin < τ -> sft, else dpo
+    DPO = "dpo"  # every pair -> dpo
+    FILTER = "filter"  # margin < τ -> dropped, else dpo (the heuristic the paper argues against)
+    SFT = "sft"  # every pair -> sft
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Order(str, Enum):
+    """The order the trainer reads the pairs in (``rank``)."""
+
+    CURRICULUM = "curriculum"  # margin descending (easiest first), ties by pair_id
+    RANDOM = "random"  # a seeded shuffle
+    AS_IS = "as-is"  # input order
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass
+class RoutePlan:
+    """Everything :func:`write_route` writes, decided but not yet written.
+
+    ``keys`` holds one row per kept pair: ``_pos`` (row of ``frame``), ``pair_id``, ``margin``,
+    ``difficulty``, ``split`` ('train' | 'eval'), ``route``, ``rank`` and ``stage``. ``frame`` is
+    the validated canonical frame in input order (dropped pairs included).
+    """
+
+    input: dict[str, Any]
+    layout: str
+    mode: Mode
+    threshold: float | None
+    sft_fraction: float | None
+    order: Order
+    stages: int
+    seed: int
+    drop: tuple[str, ...]
+    eval_fraction: float | None
+    counts: dict[str, Any]
+    keys: pl.DataFrame = field(repr=False)
+    frame: pl.DataFrame = field(repr=False)
+    seconds: float = 0.0
+
+    def split(self, name: str = "train") -> pl.DataFrame:
+        """The split ``name`` ('train' or 'eval') as written: split columns, rows in rank order.
+
+        Materialises the split (fine in a notebook; :func:`write_route` streams it instead).
+        """
+        keys = self._keys(name)
+        return _gather(self.frame, keys)
+
+    def to_json(self, outputs: dict[str, Any] | None = None) -> dict[str, Any]:
+        """plan.json: DESIGN's core keys plus layout, drop and eval_fraction."""
+        return {
+            "version": PLAN_VERSION,
+            "input": self.input,
+            "layout": self.layout,
+            "mode": str(self.mode),
+            "threshold": self.threshold,
+            "sft_fraction": self.sft_fraction,
+            "order": str(self.order),
+            "stages": self.stages,
+            "seed": self.seed,
+            "drop": list(self.drop),
+            "eval_fraction": self.eval_fraction,
+            "counts": self.counts,
+            "outputs": outputs or {"train": "train.parquet", "eval": None},
+        }
+
+    def summary(self) -> str:
+        """One line for people: what went where."""
+        c = self.counts
+        tau = f", τ = {_fmt(self.threshold)}" if self.threshold is not None else ""
+        frac = (
+            f" (--sft-fraction {_fmt(self.sft_fraction)})" if self.sft_fraction is not None else ""
+        )
+        held = f", {c['eval']} held out" if self.eval_fraction is not None else ""
+        return (
+            f"{c['in']} pairs, {self.mode}{tau}{frac}: {c['dpo']} dpo, {c['sft']} sft, "
+            f"{c['dropped']} dropped{held}; order {self.order}"
+            + (f" in {self.stages} stages" if self.stages > 1 else "")
+        )
+
+    def _keys(self, name: str) -> pl.DataFrame:
+        if name not in ("train", "eval"):
+            msg = f"split must be 'train' or 'eval', not {name!r}"
+            raise ValueError(msg)
+        return self.keys.filter(pl.col("split") == name).sort("rank")
+
+
+# --------------------------------------------------------------------------------------------------
+# planning
+
+
+def plan_routes(
+    source: PairSource,
+    *,
+    mode: Mode | str = Mode.MIXDPO,
+    threshold: float | None = None,
+    sft_fraction: float | None = None,
+    order: Order | str = Order.CURRICULUM,
+    stages: int | None = None,
+    drop: Sequence[str] | str = (),
+    eval_fraction: float | None = None,
+    seed: int = 0,
+) -> RoutePlan:
+    """Decide each pair's route, rank and stage, and which pairs are held out.
+
+    Parameters
+    ----------
+    source
+        The data, from :func:`prefcurate.io.open_pairs`.
+    mode
+        ``mixdpo`` (margin < τ → sft, else dpo), ``filter`` (margin < τ → dropped), ``dpo`` or
+        ``sft`` (every pair to one route; τ is optional there and only recorded).
+    threshold, sft_fraction
+        τ, or the share of hardest pairs to route (τ is then picked from the margins; ties at the
+        cut go together). At most one; ``mixdpo`` and ``filter`` need one.
+    order
+        ``curriculum`` (margin descending, ties by pair_id), ``random`` (seeded) or ``as-is``.
+    stages
+        Cut the curriculum into this many equal contiguous difficulty stages (stage 0 easiest) and
+        shuffle within each stage with ``seed``.
+    drop
+        DuckDB SQL predicates over the canonical columns; a pair matching one is dropped.
+    eval_fraction
+        Hold out this share of the pairs (0 < f < 1), stratified by difficulty, seeded.
+    seed
+        Seeds the shuffles and the held-out choice.
+
+    Raises :class:`~prefcurate.errors.InputError` for bad arguments or data (before anything is
+    written).
+    """
+    started = time.perf_counter()
+    mode, order = _enum(Mode, mode, "--mode"), _enum(Order, order, "--order")
+    drop = (drop,) if isinstance(drop, str) else tuple(drop)
+    threshold = None if threshold is None else float(threshold)
+    sft_fraction = None if sft_fraction is None else float(sft_fraction)
+    stages = _check_args(mode, threshold, sft_fraction, order, stages, eval_fraction)
+    wants_margin = threshold is not None or sft_fraction is not None
+    if wants_margin and not source.has_margins:
+        raise no_margin_error(source.raw.display)
+    if order is Order.CURRICULUM and not source.has_margins:
+        raise InputError(
+            "curriculum order sorts by margin, and the data has no margins",
+            where=source.raw.display,
+            fix="pass --order as-is or --order random, or compute margins with 'prefcurate score'",
+        )
+    scan = source.scan()
+    _check_predicates(drop, scan.collect_schema())
+
+    digest = _HashThread(source)
+    frame = source.collect(scan)
+    input_info = digest.result(rows=frame.height)
+
+    keys = frame.select(
+        pl.int_range(frame.height, dtype=pl.Int64).alias("_pos"), "pair_id", "margin", "difficulty"
+    ).with_columns(pl.lit(None, dtype=pl.String).alias("_drop"))
+    reasons: dict[str, int] = {}
+    for predicate in drop:
+        matched = _predicate_matches(frame, predicate)
+        newly = keys.get_column("_drop").is_null() & keys.get_column("_pos").is_in(
+            matched.implode()
+        )
+        reasons[DROP_PREFIX + predicate] = int(newly.sum())
+        keys = _mark(keys, newly, DROP_PREFIX + predicate)
+
+    routes_by_margin = mode in (Mode.MIXDPO, Mode.FILTER)
+    kept = pl.col("_drop").is_null()
+    if wants_margin:
+        if keys.filter(kept & pl.col("margin").is_not_null()).height == 0:
+            raise no_margin_error(source.raw.display)
+    if routes_by_margin:
+        nulls = keys.get_column("_drop").is_null() & keys.get_column("margin").is_null()
+        reasons[NULL_MARGIN] = int(nulls.sum())
+        keys = _mark(keys, nulls, NULL_MARGIN)
+    if keys.filter(kept).height == 0:
+        raise InputError(
+            "no pairs left after --drop", where=source.raw.display, fix="loosen the predicates"
+        )
+
+    if sft_fraction is not None:
+        threshold = threshold_for_fraction(keys.filter(kept).get_column("margin"), sft_fraction)
+
+    keys = _hold_out(keys, eval_fraction, seed)
+    small = pl.col("margin") < threshold if threshold is not None else pl.lit(False)
+    if mode is Mode.FILTER:
+        below = (
+            keys.get_column("_drop").is_null()
+            & (keys.get_column("split") == "train")
+            & (keys.get_column("margin") < threshold)
+        )
+        reasons[BELOW_THRESHOLD] = int(below.sum())
+        keys = _mark(keys, below, BELOW_THRESHOLD)
+    keys = keys.filter(kept).drop("_drop")
+    if keys.filter(pl.col("split") == "train").height == 0:
+        raise InputError(
+            "no pairs left to train on", where=source.raw.display, fix="check the flags"
+        )
+
+    if mode is Mode.DPO:
+        route = pl.lit(ROUTE_DPO)
+    elif mode is Mode.SFT:
+        route = pl.lit(ROUTE_SFT)
+    else:  # mixdpo; filter only keeps large margins in train, and labels eval by the τ rule
+        route = pl.when(small).then(pl.lit(ROUTE_SFT)).otherwise(pl.lit(ROUTE_DPO))
+    keys = keys.with_columns(route.alias("route"))
+
+    keys = pl.concat(
+        [
+            _order(keys.filter(pl.col("split") == name), order, stages, seed)
+            for name in ("train", "eval")
+        ]
+    )
+    counts = _counts(keys, frame.height, reasons, threshold)
+    return RoutePlan(
+        input=input_info,
+        layout=str(source.layout),
+        mode=mode,
+        threshold=threshold,
+        sft_fraction=sft_fraction,
+        order=order,
+        stages=stages,
+        seed=seed,
+        drop=drop,
+        eval_fraction=eval_fraction,
+        counts=counts,
+        keys=keys,
+        frame=frame,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _enum(kind: type[Enum], value: Enum | str, flag: str):
+    try:
+        return kind(value)
+    except ValueError:
+        choices = ", ".join(str(m.value) for m in kind)
+        raise InputError(f"{flag} must be one of {choices}, got {value!r}") from None
+
+
+def _check_args(
+    mode: Mode,
+    threshold: float | None,
+    sft_fraction: float | None,
+    order: Order,
+    stages: int | None,
+    eval_fraction: float | None,
+) -> int:
+    if threshold is not None and sft_fraction is not None:
+        raise InputError(
+            "--threshold and --sft-fraction both given",
+            fix="pass one: τ itself, or the share of hardest pairs to route to SFT",
+        )
+    if threshold is not None:
+        check_threshold(threshold)
+    if sft_fraction is not None:
+        check_fraction(sft_fraction)
+    if mode in (Mode.MIXDPO, Mode.FILTER) and threshold is None and sft_fraction is None:
+        raise InputError(
+            f"--mode {mode} routes by margin and needs a threshold",
+            fix="pass --threshold τ (0.5 routes the ties of UltraFeedback ratings) "
+            "or --sft-fraction q",
+        )
+    if stages is not None and stages < 1:
+        raise InputError(f"--stages must be at least 1, got {stages}")
+    stages = stages or 1
+    if stages > 1 and order is not Order.CURRICULUM:
+        raise InputError(
+            f"--stages cuts the curriculum order into difficulty stages; --order is {order}",
+            fix="use --order curriculum with --stages, or drop --stages",
+        )
+    if eval_fraction is not None and not (0.0 < eval_fraction < 1.0):
+        raise InputError(
+            f"--eval-fraction must be between 0 and 1 (exclusive), got {eval_fraction}",
+            fix="for example --eval-fraction 0.05 holds out 5% of the pairs",
+        )
+    return stages
+
+
+def _mark(keys: pl.DataFrame, mask: pl.Series, reason: str) -> pl.DataFrame:
+    return keys.with_columns(
+        pl.when(mask).then(pl.lit(reason)).otherwise(pl.col("_drop")).alias("_drop")
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# --drop predicates (DuckDB SQL over the canonical columns)
+
+_PREDICATE_COLUMNS = (*PAIR_COLUMNS,)
+
+
+def _check_predicates(predicates: tuple[str, ...], schema: pl.Schema) -> None:
+    """Fail on a bad predicate before any data is read: run each over an empty frame."""
+    if not predicates:
+        return
+    empty = pl.DataFrame(schema={c: schema[c] for c in _PREDICATE_COLUMNS})
+    for predicate in predicates:
+        _predicate_matches(empty, predicate, columns=_PREDICATE_COLUMNS)
+
+
+def _predicate_matches(
+    frame: pl.DataFrame, predicate: str, *, columns: Sequence[str] | None = None
+) -> pl.Series:
+    """Positions (row numbers of ``frame``) of the pairs ``predicate`` is true for.
+
+    Only the columns the predicate mentions are handed to DuckDB (unless ``columns`` says which),
+    so a predicate on ``margin`` never copies the text columns.
+    """
+    import duckdb
+
+    if not predicate.strip():
+        raise InputError("--drop predicate is empty", fix="e.g. --drop 'chosen = rejected'")
+    used = columns or [c for c in _PREDICATE_COLUMNS if _mentions(predicate, c)]
+    table = frame.select(pl.int_range(frame.height, dtype=pl.Int64).alias("_pos"), *used).to_arrow()
+    con = duckdb.connect(":memory:")
+    try:
+        con.register("pairs", table)
+        con.execute("SET enable_external_access = false")
+        sql = f"SELECT _pos FROM pairs WHERE coalesce(CAST(({predicate}) AS BOOLEAN), false)"
+        try:
+            result = con.execute(sql).fetchnumpy()["_pos"]
+        except duckdb.Error as exc:
+            raise InputError(
+                f"invalid --drop predicate {predicate!r}: {duckdb_message(exc)}",
+                fix="a DuckDB SQL condition over the columns "
+                + ", ".join(_PREDICATE_COLUMNS)
+                + ", e.g. 'chosen = rejected OR margin < 0'",
+            ) from exc
+    finally:
+        con.close()
+    return pl.Series("_pos", np.asarray(result), dtype=pl.Int64)
+
+
+def _mentions(predicate: str, column: str) -> bool:
+    """Whether ``column`` may be referenced (a superset is harmless: it only loads more)."""
+    import re
+
+    return re.search(rf"(?<![A-Za-z0-9_]){column}(?![A-Za-z0-9_])", predicate, re.I) is not None
+
+
+# --------------------------------------------------------------------------------------------------
+# held-out split
+
+
+def _hold_out(keys: pl.DataFrame, fraction: float | None, seed: int) -> pl.DataFrame:
+    """Mark ``round(fraction * n)`` kept pairs as 'eval', stratified by difficulty deciles.
+
+    Each stratum (decile of difficulty; pairs without a margin form their own) gives its share of
+    the held-out count, largest remainders first, and within a stratum the pairs with the smallest
+    seeded hash of their pair_id are held out. The choice depends only on the kept pairs and the
+    seed: the same pairs are held out in every mode.
+    """
+    kept = pl.col("_drop").is_null()
+    if fraction is None:
+        return keys.with_columns(pl.lit("train").alias("split"))
+    pool = keys.filter(kept)
+    n = pool.height
+    n_eval = min(int(math.floor(fraction * n + 0.5)), n - 1)
+    strata = (
+        pl.when(pl.col("difficulty").is_null())
+        .then(-1)
+        .otherwise((pl.col("difficulty") * EVAL_STRATA).floor().clip(0, EVAL_STRATA - 1))
+        .cast(pl.Int64)
+        .alias("_stratum")
+    )
+    pool = pool.select("_pos", "pair_id", strata).with_columns(
+        pl.Series("_key", seeded_keys(pool.get_column("pair_id"), seed, salt=1))
+    )
+    sizes = pool.group_by("_stratum").len().sort("_stratum")
+    quota = _largest_remainder(sizes.get_column("len").to_list(), fraction, n_eval)
+    sizes = sizes.with_columns(pl.Series("_quota", quota, dtype=pl.Int64))
+    chosen = (
+        pool.sort("_stratum", "_key", "_pos")
+        .with_columns(pl.int_range(pl.len()).over("_stratum").alias("_i"))
+        .join(sizes.select("_stratum", "_quota"), on="_stratum")
+        .filter(pl.col("_i") < pl.col("_quota"))
+        .get_column("_pos")
+    )
+    split = pl.when(kept & pl.col("_pos").is_in(chosen.implode())).then(pl.lit("eval"))
+    return keys.with_columns(split.otherwise(pl.lit("train")).alias("split"))
+
+
+def _largest_remainder(sizes: list[int], fraction: float, total: int) -> list[int]:
+    exact = [s * fraction for s in sizes]
+    quota = [min(int(math.floor(e)), s) for e, s in zip(exact, sizes, strict=True)]
+    by_remainder = sorted(range(len(sizes)), key=lambda i: (-(exact[i] - quota[i]), i))
+    for i in by_remainder:
+        if sum(quota) >= total:
+            break
+        if quota[i] < sizes[i]:
+            quota[i] += 1
+    return quota
+
+
+# --------------------------------------------------------------------------------------------------
+# order, rank, stage
+
+
+def _order(keys: pl.DataFrame, order: Order, stages: int, seed: int) -> pl.DataFrame:
+    """Add ``rank`` (0..n-1 reading position) and ``stage``; rows come out in rank order."""
+    n = keys.height
+    if order is Order.AS_IS:
+        ordered = keys.sort("_pos")
+    elif order is Order.RANDOM:
+        ordered = (
+            keys.with_columns(pl.Series("_key", seeded_keys(keys.get_column("pair_id"), seed, 2)))
+            .sort("_key", "_pos")
+            .drop("_key")
+        )
+    else:
+        ordered = keys.sort(
+            ["margin", "pair_id", "_pos"],
+            descending=[True, False, False],
+            nulls_last=True,
+            maintain_order=True,
+        )
+    # Stage s holds curriculum positions [s*n/K, (s+1)*n/K): equal sizes within one pair.
+    stage = (pl.int_range(n, dtype=pl.Int64) * stages // max(n, 1)).cast(pl.Int32)
+    ordered = ordered.with_columns(stage.alias("stage"))
+    if stages > 1:
+        ordered = (
+            ordered.with_columns(
+                pl.Series("_key", seeded_keys(ordered.get_column("pair_id"), seed, 3))
+            )
+            .sort("stage", "_key", "_pos")
+            .drop("_key")
+        )
+    return ordered.with_columns(pl.int_range(n, dtype=pl.Int64).alias("rank"))
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: a fixed, version-independent 64-bit mix (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        z = x + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def seeded_keys(pair_ids: pl.Series, seed: int, salt: int) -> np.ndarray:
+    """A pseudo-random uint64 per pair from (pair_id, seed, salt); sorting by it shuffles.
+
+    The key depends on the pair's content, not its position, so a shuffle is the same whatever
+    order the input file lists the pairs in, and the same on every machine and library version.
+    """
+    ids = pair_ids.str.to_integer(base=16, dtype=pl.UInt64, strict=False).fill_null(0)
+    mixed_seed = _splitmix64(np.array([seed % (1 << 64), salt], dtype=np.uint64))
+    stream = _splitmix64(np.array([mixed_seed[0] ^ mixed_seed[1]], dtype=np.uint64))[0]
+    return _splitmix64(ids.to_numpy().astype(np.uint64) ^ stream)
+
+
+# --------------------------------------------------------------------------------------------------
+# counts
+
+
+def _counts(
+    keys: pl.DataFrame, rows: int, reasons: dict[str, int], threshold: float | None
+) -> dict[str, Any]:
+    def count(split: str, route: str | None = None) -> int:
+        mask = pl.col("split") == split
+        if route is not None:
+            mask &= pl.col("route") == route
+        return keys.filter(mask).height
+
+    dropped = sum(reasons.values())
+    counts: dict[str, Any] = {
+        "in": rows,
+        "dpo": count("train", ROUTE_DPO),
+        "sft": count("train", ROUTE_SFT),
+        "dropped": dropped,
+        "dropped_by_reason": reasons,
+        "train": count("train"),
+        "eval": count("eval"),
+        "eval_dpo": count("eval", ROUTE_DPO),
+        "eval_sft": count("eval", ROUTE_SFT),
+    }
+    if threshold is not None:
+        counts["below_threshold"] = keys.filter(pl.col("margin") < threshold).height + reasons.get(
+            BELOW_THRESHOLD, 0
+        )
+    return counts
+
+
+# --------------------------------------------------------------------------------------------------
+# writing
+
+PlotsHook = Callable[[RoutePlan, Path], None]
+
+
+def write_route(
+    plan: RoutePlan,
+    out_dir: str | Path,
+    *,
+    force: bool = False,
+    export: str | None = None,
+    plots: PlotsHook | None = None,
+) -> dict[str, Any]:
+    """Write train.parquet (+ eval.parquet, TRL files, plots) and plan.json into ``out_dir``.
+
+    The directory appears atomically: a killed run leaves the old ``out_dir`` or the new complete
+    one, never a mix; an existing ``out_dir`` needs ``force``. The same plan gives byte-identical
+    Parquet files. ``export='trl'`` adds dpo.jsonl / sft.jsonl (:mod:`prefcurate.export`).
+    ``plots(plan, directory)`` writes the figures into the directory being built. Returns the
+    plan.json it wrote.
+    """
+    if export not in (None, "trl"):
+        raise InputError(f"--export must be 'trl', got {export!r}")
+    out_dir = Path(out_dir)
+    outputs: dict[str, Any] = {"train": "train.parquet", "eval": None}
+    with atomic_dir(out_dir, force=force) as tmp:
+        write_split(plan, "train", tmp / "train.parquet", pause_for_tests=True)
+        if plan.eval_fraction is not None:
+            write_split(plan, "eval", tmp / "eval.parquet")
+            outputs["eval"] = "eval.parquet"
+        if export == "trl":
+            from prefcurate.export import export_trl
+
+            files = export_trl(tmp / "train.parquet", tmp)
+            outputs["trl"] = {name: path.name for name, path in files.items()}
+        # plots: the analyze plots with the split marked (prefcurate.plots; wired by the CLI).
+        if plots is not None:
+            plots(plan, tmp)
+        document = plan.to_json(outputs)
+        (tmp / "plan.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    return document
+
+
+def write_split(
+    plan: RoutePlan, name: str, path: str | Path, *, pause_for_tests: bool = False
+) -> int:
+    """Write split ``name`` to ``path`` in rank order, one row group at a time; return its rows.
+
+    The next row group is gathered in a thread while the current one is compressed and written
+    (both release the GIL), so at most two row groups exist besides the frame itself.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow.parquet as pq
+
+    keys = plan._keys(name)
+    rows = keys.height
+    size = ROW_GROUP_ROWS
+
+    def row_group(start: int):
+        chunk = _gather(plan.frame, keys.slice(start, size))
+        return chunk.to_arrow(compat_level=pl.CompatLevel.oldest())
+
+    empty = _gather(plan.frame, keys.head(0)).to_arrow(compat_level=pl.CompatLevel.oldest())
+    with (
+        pq.ParquetWriter(str(path), empty.schema, **PARQUET_OPTIONS) as writer,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefcurate-gather") as pool,
+    ):
+        if rows == 0:
+            writer.write_table(empty)
+        pending = pool.submit(row_group, 0) if rows else None
+        for start in range(0, rows, size):
+            table = pending.result()
+            pending = pool.submit(row_group, start + size) if start + size < rows else None
+            writer.write_table(table, row_group_size=size)
+            if pause_for_tests and start == 0:
+                _pause_for_tests()
+    return rows
+
+
+def _gather(frame: pl.DataFrame, keys: pl.DataFrame) -> pl.DataFrame:
+    """Rows ``keys['_pos']`` of ``frame``, in that order, with the split columns."""
+    positions = keys.get_column("_pos")
+    rows = frame.select(pl.col(c).gather(positions) for c in PAIR_COLUMNS)
+    return rows.with_columns(
+        keys.get_column("route").alias("route"),
+        keys.get_column("rank").alias("rank"),
+        keys.get_column("stage").alias("stage"),
+    ).select(SPLIT_COLUMNS)
+
+
+def _pause_for_tests() -> None:
+    ready = os.environ.get(PAUSE_ENV)
+    if ready:
+        Path(ready).write_text(str(os.getpid()))
+        time.sleep(60)
+
+
+# --------------------------------------------------------------------------------------------------
+# input identity
+
+
+class _HashThread:
+    """Hash the input files in a thread while Polars reads them (both release the GIL)."""
+
+    def __init__(self, source: PairSource):
+        self._paths = source.raw.paths
+        self._display = source.raw.display
+        self._value: tuple[str, int] | None = None
+        self._error: BaseException | None = None
+
+        def work() -> None:
+            try:
+                self._value = content_hash(self._paths)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in result()
+                self._error = exc
+
+        self._thread = threading.Thread(target=work, name="prefcurate-hash", daemon=True)
+        self._thread.start()
+
+    def result(self, *, rows: int) -> dict[str, Any]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        sha256, size = self._value
+        return {
+            "path": self._display,
+            "sha256": sha256,
+            "rows": rows,
+            "bytes": size,
+            "files": len(self._paths),
+        }
+
+
+def _fmt(value: float | None) -> str:
+    return "none" if value is None else f"{value:g}"
+
+
+__all__ = [
+    "Mode",
+    "Order",
+    "PARQUET_OPTIONS",
+    "PLAN_VERSION",
+    "RoutePlan",
+    "SPLIT_COLUMNS",
+    "plan_routes",
+    "seeded_keys",
+    "write_route",
+    "write_split",
+]

@@ -1,0 +1,109 @@
+"""The TRL export: dpo.jsonl / sft.jsonl load with `datasets` in the layouts TRL's trainers take."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from prefcurate.export import export_trl
+from prefcurate.io import open_pairs
+from prefcurate.route import plan_routes, write_route
+
+datasets = pytest.importorskip("datasets")
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+
+
+def _load(path: Path, tmp_path: Path):
+    return datasets.load_dataset(
+        "json", data_files=str(path), split="train", cache_dir=str(tmp_path / "hf-cache")
+    )
+
+
+def test_standard_export_loads_with_datasets_in_rank_order(uf1k, tmp_path):
+    out = tmp_path / "uf"
+    write_route(plan_routes(open_pairs(uf1k), threshold=0.5), out, export="trl")
+    train = pl.read_parquet(out / "train.parquet")
+    dpo, sft = _load(out / "dpo.jsonl", tmp_path), _load(out / "sft.jsonl", tmp_path)
+
+    assert dpo.column_names == ["prompt", "chosen", "rejected"]
+    assert sft.column_names == ["prompt", "completion"]
+    assert (dpo.num_rows, sft.num_rows) == (889, 111)
+    want_dpo = train.filter(pl.col("route") == "dpo").sort("rank")
+    want_sft = train.filter(pl.col("route") == "sft").sort("rank")
+    assert dpo["prompt"] == want_dpo["prompt"].to_list()  # curriculum order, largest margin first
+    assert dpo["chosen"] == want_dpo["chosen"].to_list()
+    assert dpo["rejected"] == want_dpo["rejected"].to_list()
+    assert sft["prompt"] == want_sft["prompt"].to_list()
+    assert sft["completion"] == want_sft["chosen"].to_list()  # SFT on the chosen response
+    assert dpo.features["prompt"].dtype == "string"
+
+
+def _conversation(i: int, prompt: str, good: str, bad: str) -> dict:
+    user = {"role": "user", "content": prompt}
+    return {
+        "prompt": prompt,
+        "chosen": [user, {"role": "assistant", "content": good}],
+        "rejected": [user, {"role": "assistant", "content": bad}],
+        "score_chosen": 8.0 - i,
+        "score_rejected": 4.0,
+    }
+
+
+def test_conversational_data_stays_conversational(tmp_path):
+    """UltraFeedback-binarized style: the responses repeat the user turn as history."""
+    rows = [_conversation(i, f"question {i}?", f"answer {i}", f"bad {i}") for i in range(6)]
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "chat"
+    # margins 4, 3, 2, 1, 0, -1: with τ = 1.5 the last three go to SFT
+    write_route(plan_routes(open_pairs(data), threshold=1.5), out, export="trl")
+    dpo, sft = _load(out / "dpo.jsonl", tmp_path), _load(out / "sft.jsonl", tmp_path)
+
+    assert dpo.column_names == ["prompt", "chosen", "rejected"]
+    assert [p[0]["content"] for p in dpo["prompt"]] == ["question 0?", "question 1?", "question 2?"]
+    assert dpo[0]["prompt"] == [{"role": "user", "content": "question 0?"}]
+    assert dpo[0]["chosen"] == [{"role": "assistant", "content": "answer 0"}]
+    assert dpo[0]["rejected"] == [{"role": "assistant", "content": "bad 0"}]
+    assert sft.column_names == ["prompt", "completion"]
+    assert sft[0]["prompt"] == [{"role": "user", "content": "question 3?"}]
+    assert sft["completion"] == [
+        [{"role": "assistant", "content": f"answer {i}"}] for i in (3, 4, 5)
+    ]
+
+
+def test_implicit_prompt_transcripts_export_as_strings(hh, tmp_path):
+    out = tmp_path / "hh"
+    write_route(plan_routes(open_pairs(hh), mode="dpo", order="as-is"), out, export="trl")
+    first = json.loads((out / "dpo.jsonl").open(encoding="utf-8").readline())
+    assert list(first) == ["prompt", "chosen", "rejected"]
+    assert first["prompt"].startswith("\n\nHuman:") and first["prompt"].endswith("Assistant:")
+    assert "Human:" not in first["chosen"]
+    assert (out / "sft.jsonl").read_bytes() == b""  # no pair took the SFT route
+
+
+def test_export_from_an_existing_split_is_deterministic(uf1k, tmp_path):
+    out = tmp_path / "uf"
+    write_route(plan_routes(open_pairs(uf1k), threshold=1.0, stages=2), out)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = export_trl(out / "train.parquet", tmp_path / "a")
+    b = export_trl(out / "train.parquet", tmp_path / "b")
+    assert a["dpo"].read_bytes() == b["dpo"].read_bytes()
+    assert a["sft"].read_bytes() == b["sft"].read_bytes()
+    assert sum(1 for _ in a["sft"].open()) == 111 + 193
+
+
+def test_export_refuses_a_file_that_is_not_a_split(tmp_path):
+    plain = tmp_path / "plain.parquet"
+    pl.DataFrame({"prompt": ["p"], "chosen": ["c"], "rejected": ["r"]}).write_parquet(plain)
+    with pytest.raises(ValueError, match="not a routed split"):
+        export_trl(plain, tmp_path)

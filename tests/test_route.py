@@ -1,0 +1,346 @@
+"""Routing plans and split writing (library): modes, orders, stages, drops, eval, determinism.
+
+The figures on ../shared/data/ultrafeedback_1k.jsonl are facts of that file (its README): margins
+are multiples of 0.5; 111 pairs have margin 0, 193 have 0.5, 193 have 1.0, 120 have 1.5, and the
+largest margin is 8.0 (one pair).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+from prefcurate import route as route_mod
+from prefcurate.errors import InputError
+from prefcurate.io import open_pairs
+from prefcurate.route import SPLIT_COLUMNS, plan_routes, write_route
+
+
+@pytest.fixture
+def uf(uf1k):
+    """The loaded ../shared/data/ultrafeedback_1k.jsonl."""
+    return open_pairs(uf1k)
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# modes
+
+
+def test_mixdpo_tau_half_routes_exactly_the_ties(uf):
+    plan = plan_routes(uf, threshold=0.5)
+    assert (plan.counts["dpo"], plan.counts["sft"], plan.counts["dropped"]) == (889, 111, 0)
+    train = plan.split("train")
+    assert train.columns == list(SPLIT_COLUMNS)
+    assert train.get_column("rank").to_list() == list(range(1000))
+    assert train.get_column("margin")[0] == 8.0
+    margins = train.get_column("margin").to_list()
+    assert all(a >= b for a, b in zip(margins, margins[1:], strict=False))
+    routes = train.get_column("route").to_list()
+    assert routes == ["dpo"] * 889 + ["sft"] * 111  # every sft pair after every dpo pair
+    assert set(train.filter(pl.col("route") == "sft").get_column("margin")) == {0.0}
+    assert set(train.get_column("stage")) == {0}
+
+
+def test_curriculum_breaks_margin_ties_by_pair_id(uf):
+    train = plan_routes(uf, threshold=0.5).split("train")
+    for _, group in train.group_by("margin"):
+        by_rank = group.sort("rank").get_column("pair_id").to_list()
+        assert by_rank == sorted(by_rank)
+
+
+def test_filter_mode_drops_the_small_margins(uf):
+    plan = plan_routes(uf, mode="filter", threshold=0.5)
+    train = plan.split("train")
+    assert train.height == 889
+    assert set(train.get_column("route")) == {"dpo"}
+    assert train.get_column("margin").min() == 0.5
+    assert plan.counts["dropped_by_reason"] == {"null_margin": 0, "below_threshold": 111}
+    assert plan.counts["dropped"] == 111
+
+
+@pytest.mark.parametrize(("mode", "route"), [("dpo", "dpo"), ("sft", "sft")])
+def test_single_route_modes_need_no_threshold_and_record_one(uf, mode, route):
+    plain = plan_routes(uf, mode=mode)
+    assert plain.threshold is None
+    assert set(plain.split().get_column("route")) == {route}
+    assert plain.counts[route] == 1000
+    recorded = plan_routes(uf, mode=mode, threshold=1.0)
+    assert recorded.threshold == 1.0
+    assert recorded.counts[route] == 1000  # τ is recorded, not applied
+    assert recorded.counts["below_threshold"] == 111 + 193
+
+
+@pytest.mark.parametrize(
+    ("fraction", "tau", "sft"), [(0.12, 0.5, 111), (0.3, 1.0, 304), (0.5, 1.5, 497), (0, 0, 0)]
+)
+def test_sft_fraction_picks_tau_and_keeps_ties_together(uf, fraction, tau, sft):
+    plan = plan_routes(uf, sft_fraction=fraction)
+    assert plan.threshold == tau
+    assert plan.sft_fraction == fraction
+    assert plan.counts["sft"] == sft
+    assert plan.to_json()["threshold"] == tau
+
+
+def test_sft_fraction_one_routes_everything(uf):
+    plan = plan_routes(uf, sft_fraction=1.0)
+    assert plan.counts["sft"] == 1000 and plan.threshold > 8.0
+
+
+# --------------------------------------------------------------------------------------------------
+# orders and stages
+
+
+def test_as_is_keeps_the_input_order(uf):
+    train = plan_routes(uf, threshold=0.5, order="as-is").split()
+    assert train.get_column("pair_id").to_list() == uf.collect().get_column("pair_id").to_list()
+
+
+def test_random_order_is_a_seeded_permutation_independent_of_file_order(uf, tmp_path):
+    a = plan_routes(uf, threshold=0.5, order="random", seed=7).split()
+    b = plan_routes(uf, threshold=0.5, order="random", seed=7).split()
+    c = plan_routes(uf, threshold=0.5, order="random", seed=8).split()
+    ids = a.get_column("pair_id").to_list()
+    assert ids == b.get_column("pair_id").to_list()
+    assert ids != c.get_column("pair_id").to_list()
+    assert sorted(ids) == sorted(uf.collect().get_column("pair_id").to_list())
+    assert a.get_column("rank").to_list() == list(range(1000))
+    # the shuffle keys on content: the same pairs listed in another order shuffle the same way
+    lines = Path(uf.raw.paths[0]).read_text(encoding="utf-8").splitlines()
+    random.Random(0).shuffle(lines)
+    shuffled = tmp_path / "shuffled.jsonl"
+    shuffled.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    d = plan_routes(open_pairs(shuffled), threshold=0.5, order="random", seed=7).split()
+    assert d.get_column("pair_id").to_list() == ids
+
+
+def test_stages_are_equal_contiguous_difficulty_chunks_shuffled_inside(uf):
+    train = plan_routes(uf, threshold=0.5, stages=4, seed=3).split()
+    sizes = train.group_by("stage").len().sort("stage").get_column("len").to_list()
+    assert sizes == [250, 250, 250, 250]
+    assert train.get_column("stage").to_list() == sorted(train.get_column("stage").to_list())
+    bounds = train.group_by("stage").agg(
+        pl.col("margin").min().alias("lo"), pl.col("margin").max().alias("hi")
+    )
+    bounds = bounds.sort("stage")
+    lo, hi = bounds.get_column("lo").to_list(), bounds.get_column("hi").to_list()
+    assert hi[0] == 8.0  # stage 0 holds the easiest pairs
+    assert all(lo[s] >= hi[s + 1] for s in range(3))  # stages never overlap in margin
+    first = train.filter(pl.col("stage") == 0).get_column("margin").to_list()
+    assert first != sorted(first, reverse=True)  # shuffled within the stage
+    again = plan_routes(uf, threshold=0.5, stages=4, seed=3).split()
+    assert again.get_column("pair_id").to_list() == train.get_column("pair_id").to_list()
+
+
+def test_stages_need_the_curriculum_order(uf):
+    with pytest.raises(InputError, match="--stages"):
+        plan_routes(uf, threshold=0.5, stages=3, order="random")
+    with pytest.raises(InputError, match="at least 1"):
+        plan_routes(uf, threshold=0.5, stages=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# drops
+
+
+def test_drop_predicates_count_by_reason_first_match_wins(uf):
+    plan = plan_routes(
+        uf, threshold=0.5, drop=["margin >= 7", "margin >= 6.5 OR chosen = rejected"]
+    )
+    reasons = plan.counts["dropped_by_reason"]
+    assert reasons["drop: margin >= 7"] == 9 + 3 + 1
+    assert reasons["drop: margin >= 6.5 OR chosen = rejected"] >= 17
+    assert plan.counts["dropped"] == sum(reasons.values())
+    train = plan.split()
+    assert train.get_column("margin").max() == 6.0
+    assert plan.counts["in"] == train.height + plan.counts["dropped"]
+
+
+def test_drop_predicate_over_text_columns(uf):
+    frame = uf.collect()
+    short = frame.filter(pl.col("chosen").str.len_chars() < 50).height
+    assert short > 0
+    plan = plan_routes(uf, threshold=0.5, drop="length(chosen) < 50")
+    assert plan.counts["dropped_by_reason"]["drop: length(chosen) < 50"] == short
+    assert plan.split().get_column("chosen").str.len_chars().min() >= 50
+
+
+@pytest.mark.parametrize(
+    ("predicate", "duckdb_says"),
+    [("margin <", "Parser Error"), ("no_such_column > 1", "Binder Error"), ("  ", "empty")],
+)
+def test_invalid_drop_predicate_is_one_line_with_duckdbs_message(uf, predicate, duckdb_says):
+    with pytest.raises(InputError) as info:
+        plan_routes(uf, threshold=0.5, drop=predicate)
+    assert duckdb_says in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------------
+# held-out split
+
+
+def test_eval_split_is_stratified_by_difficulty_and_seeded(uf):
+    plan = plan_routes(uf, threshold=0.5, eval_fraction=0.1, seed=1)
+    train, held = plan.split("train"), plan.split("eval")
+    assert held.height == 100 and train.height == 900
+    assert plan.counts["eval"] == 100 and plan.counts["dpo"] + plan.counts["sft"] == 900
+    assert set(train.get_column("pair_id")).isdisjoint(held.get_column("pair_id"))
+    assert held.get_column("rank").to_list() == list(range(100))
+    decile = (pl.col("difficulty") * 10).floor().clip(0, 9).alias("decile")
+    everyone = uf.collect().group_by(decile).len().rename({"len": "all"})
+    picked = held.group_by(decile).len().rename({"len": "eval"})
+    joined = everyone.join(picked, on="decile", how="left").fill_null(0)
+    for row in joined.iter_rows(named=True):
+        assert abs(row["eval"] - 0.1 * row["all"]) < 1, row  # each stratum gives its share
+    assert held.filter(pl.col("route") == "sft").height == plan.counts["eval_sft"]
+    assert plan.counts["eval_sft"] in (11, 12)
+    same = plan_routes(uf, threshold=0.5, eval_fraction=0.1, seed=1).split("eval")
+    other = plan_routes(uf, threshold=0.5, eval_fraction=0.1, seed=2).split("eval")
+    assert same.get_column("pair_id").to_list() == held.get_column("pair_id").to_list()
+    assert set(other.get_column("pair_id")) != set(held.get_column("pair_id"))
+
+
+def test_every_mode_holds_out_the_same_pairs(uf):
+    held = {
+        mode: set(
+            plan_routes(uf, mode=mode, threshold=0.5, eval_fraction=0.1).split("eval")["pair_id"]
+        )
+        for mode in ("mixdpo", "filter", "dpo", "sft")
+    }
+    assert held["mixdpo"] == held["filter"] == held["dpo"] == held["sft"]
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
+def test_eval_fraction_out_of_range(uf, fraction):
+    with pytest.raises(InputError, match="--eval-fraction"):
+        plan_routes(uf, threshold=0.5, eval_fraction=fraction)
+
+
+# --------------------------------------------------------------------------------------------------
+# margins that are missing
+
+
+def test_null_margins_are_dropped_when_a_threshold_routes(tmp_path):
+    rows = [
+        {
+            "prompt": f"p{i}",
+            "chosen": f"c{i}",
+            "rejected": f"r{i}",
+            "score_chosen": s,
+            "score_rejected": 1,
+        }
+        for i, s in enumerate([5, 3, None, 1, None, 2])
+    ]
+    source = open_pairs(_write_jsonl(tmp_path / "gaps.jsonl", rows))
+    plan = plan_routes(source, threshold=1.0)
+    assert plan.counts["dropped_by_reason"]["null_margin"] == 2
+    assert (plan.counts["dpo"], plan.counts["sft"]) == (3, 1)
+    kept = plan_routes(source, mode="dpo")  # no threshold: nothing is dropped, nulls go last
+    train = kept.split()
+    assert train.height == 6
+    assert train.get_column("margin").tail(2).is_null().all()
+
+
+def test_all_null_margins_say_how_to_get_margins(tmp_path):
+    rows = [
+        {
+            "prompt": "p",
+            "chosen": f"c{i}",
+            "rejected": "r",
+            "score_chosen": None,
+            "score_rejected": None,
+        }
+        for i in range(3)
+    ]
+    rows[0]["score_chosen"] = None
+    source = open_pairs(_write_jsonl(tmp_path / "empty_scores.jsonl", rows))
+    with pytest.raises(InputError, match="prefcurate score"):
+        plan_routes(source, threshold=0.5)
+
+
+def test_no_margin_data(hh):
+    source = open_pairs(hh)
+    with pytest.raises(InputError, match="prefcurate score"):
+        plan_routes(source, threshold=0.5)
+    with pytest.raises(InputError, match="--order as-is"):
+        plan_routes(source, mode="dpo")
+    plan = plan_routes(source, mode="dpo", order="as-is")
+    assert plan.counts["dpo"] == 2312
+
+
+# --------------------------------------------------------------------------------------------------
+# writing
+
+
+def test_same_inputs_give_byte_identical_files(uf, tmp_path):
+    plan_a = plan_routes(uf, threshold=0.5, eval_fraction=0.1, stages=3, seed=5)
+    plan_b = plan_routes(uf, threshold=0.5, eval_fraction=0.1, stages=3, seed=5)
+    write_route(plan_a, tmp_path / "a", export="trl")
+    write_route(plan_b, tmp_path / "b", export="trl")
+    for name in ("train.parquet", "eval.parquet", "plan.json", "dpo.jsonl", "sft.jsonl"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_split_file_schema_and_row_groups(uf, tmp_path, monkeypatch):
+    monkeypatch.setattr(route_mod, "ROW_GROUP_ROWS", 300)
+    plan = plan_routes(uf, threshold=0.5)
+    document = write_route(plan, tmp_path / "out")
+    meta = pq.ParquetFile(tmp_path / "out" / "train.parquet").metadata
+    assert meta.num_row_groups == 4 and meta.num_rows == 1000
+    train = pl.read_parquet(tmp_path / "out" / "train.parquet")
+    assert train.columns == list(SPLIT_COLUMNS)
+    assert train.schema["route"] == pl.String
+    assert train.schema["rank"] == pl.Int64
+    assert train.schema["stage"] == pl.Int32
+    assert train.get_column("rank").to_list() == list(range(1000))  # rows in rank order
+    assert train.equals(plan.split())
+    on_disk = json.loads((tmp_path / "out" / "plan.json").read_text())
+    assert on_disk == document
+    assert document["outputs"] == {"train": "train.parquet", "eval": None}
+
+
+def test_plan_json_has_the_core_keys(uf, tmp_path):
+    document = write_route(plan_routes(uf, sft_fraction=0.12, eval_fraction=0.05), tmp_path / "o")
+    for key in (
+        "version", "input", "mode", "threshold", "sft_fraction", "order", "stages", "seed",
+        "counts", "outputs",
+    ):  # fmt: skip
+        assert key in document, key
+    assert set(document["input"]) >= {"path", "sha256", "rows"}
+    assert document["input"]["rows"] == 1000 and len(document["input"]["sha256"]) == 64
+    assert set(document["counts"]) >= {"in", "dpo", "sft", "dropped", "dropped_by_reason"}
+    assert document["threshold"] == 0.5 and document["sft_fraction"] == 0.12
+    assert document["outputs"]["eval"] == "eval.parquet"
+    assert pl.read_parquet(tmp_path / "o" / "eval.parquet").height == 50
+
+
+def test_existing_directory_needs_force(uf, tmp_path):
+    out = tmp_path / "o"
+    write_route(plan_routes(uf, threshold=0.5), out)
+    with pytest.raises(InputError, match="--force"):
+        write_route(plan_routes(uf, threshold=1.0), out)
+    assert json.loads((out / "plan.json").read_text())["threshold"] == 0.5
+    write_route(plan_routes(uf, threshold=1.0), out, force=True)
+    assert json.loads((out / "plan.json").read_text())["threshold"] == 1.0
+
+
+def test_plots_hook_writes_into_the_directory_being_built(uf, tmp_path):
+    seen = {}
+
+    def plots(plan, directory):
+        seen["threshold"] = plan.threshold
+        (directory / "margins.png").write_bytes(b"png")
+
+    write_route(plan_routes(uf, threshold=0.5), tmp_path / "o", plots=plots)
+    assert seen == {"threshold": 0.5}
+    assert (tmp_path / "o" / "margins.png").read_bytes() == b"png"
