@@ -456,8 +456,8 @@ def _split_conversations(
     c_n, r_n = trailing_assistant(c), trailing_assistant(r)
     c_hist = c.list.head(c.list.len() - c_n)
     r_hist = r.list.head(r.list.len() - r_n)
-    if prompt is None:
-        given = pl.lit(None, dtype=MESSAGE_DTYPE)
+    if prompt is None:  # no prompt column and no history: an empty conversation so far
+        given = pl.lit(pl.Series([[]], dtype=MESSAGE_DTYPE)).first()
     elif _is_messages(prompt_type):
         given = _normalise_messages(prompt)
     else:

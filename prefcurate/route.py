@@ -531,7 +531,7 @@ def seeded_keys(pair_ids: pl.Series, seed: int, salt: int) -> np.ndarray:
     The key depends on the pair's content, not its position, so a shuffle is the same whatever
     order the input file lists the pairs in, and the same on every machine and library version.
     """
-    ids = pair_ids.str.to_integer(base=16, dtype=pl.UInt64, strict=False).fill_null(0)
+    ids = pair_ids.str.to_integer(base=10, dtype=pl.UInt64)  # 20-digit XXH3-64, see io.py
     mixed_seed = _splitmix64(np.array([seed % (1 << 64), salt], dtype=np.uint64))
     stream = _splitmix64(np.array([mixed_seed[0] ^ mixed_seed[1]], dtype=np.uint64))[0]
     return _splitmix64(ids.to_numpy().astype(np.uint64) ^ stream)

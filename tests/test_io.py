@@ -230,6 +230,16 @@ def test_trl_conversational_keeps_the_prompt_column(tmp_path):
     assert df["margin"].to_list() == [None]
 
 
+def test_conversational_without_prompt_column(tmp_path):
+    rows = [
+        {"chosen": [assistant("good")], "rejected": [assistant("bad")]},
+        {"chosen": [user("q"), assistant("good")], "rejected": [user("q"), assistant("no")]},
+    ]
+    df = read_pairs(write_jsonl(tmp_path / "np.jsonl", rows))
+    assert df["prompt"].to_list() == [[], [user("q")]]
+    assert df["pair_id"].null_count() == 0 and df["pair_id"].n_unique() == 2
+
+
 def test_implicit_prompt_hh_style(tmp_path):
     history = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how to bake bread?\n\nAssistant:"
     rows = [
