@@ -202,6 +202,12 @@ class Report:
             del out["routing"]  # DESIGN: present when a threshold or fraction is given
         return out
 
+    def to_json(self) -> str:
+        """report.json's text: :meth:`to_dict` as indented JSON, UTF-8, newline-terminated."""
+        import json
+
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
 
 # --------------------------------------------------------------------------------------------------
 # entry points
@@ -222,7 +228,7 @@ def analyze(
     ``fingerprint`` adds the input's size and SHA-256 (one extra sequential read of the files).
     Raises :class:`~prefcurate.errors.InputError` for bad arguments or bad rows.
     """
-    _check_routing_args(threshold, sft_fraction)
+    check_routing_args(threshold, sft_fraction)
     if (threshold is not None or sft_fraction is not None) and not source.has_margins:
         raise margin_defs.no_margin_error(where=source.raw.display)
     lazy = source.scan()
@@ -268,7 +274,7 @@ def analyze_frame(
 
         >>> analyze_frame(split, layout="standard", threshold=0.5).routing.sft  # doctest: +SKIP
     """
-    _check_routing_args(threshold, sft_fraction)
+    check_routing_args(threshold, sft_fraction)
     names = frame.collect_schema().names()
     if "chosen_chars" not in names:
         optional = {"source": pl.String, "history_mismatch": pl.Boolean}
@@ -558,7 +564,8 @@ def input_info(raw, *, fingerprint: bool = True) -> dict[str, Any]:
     return info
 
 
-def _check_routing_args(threshold: float | None, sft_fraction: float | None) -> None:
+def check_routing_args(threshold: float | None, sft_fraction: float | None) -> None:
+    """At most one of τ and q, each in range; an :class:`InputError` otherwise."""
     if threshold is not None and sft_fraction is not None:
         raise InputError(
             "--threshold and --sft-fraction are mutually exclusive",

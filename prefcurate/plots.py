@@ -13,6 +13,7 @@ the same input gives the same bytes. Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -43,11 +44,13 @@ def write_plots(
     *,
     threshold: float | None = None,
     prefix: str = "",
+    on_written: Callable[[Path], None] | None = None,
 ) -> list[Path]:
     """Write the report's figures as PNGs into ``out_dir``; return their paths.
 
     ``threshold`` defaults to the report's routing threshold. ``prefix`` is prepended to each file
-    name (``route`` may write ``routed_margin_hist.png``). Needs ``report.frame`` (set by
+    name (``route`` may write ``routed_margin_hist.png``); ``on_written(path)`` is called after each
+    file (for a progress bar). Needs ``report.frame`` (set by
     :func:`~prefcurate.analyze.analyze` and :func:`~prefcurate.analyze.analyze_frame`).
     """
     if report.frame is None:
@@ -55,18 +58,25 @@ def write_plots(
         raise ValueError(msg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if threshold is None and report.routing is not None:
-        threshold = report.routing.threshold
+    reported = report.routing.threshold if report.routing is not None else None
+    if threshold is None:
+        threshold = reported
     frame = report.frame
-    written = []
+    written: list[Path] = []
+
+    def done(path: Path) -> None:
+        written.append(path)
+        if on_written is not None:
+            on_written(path)
+
     rated = frame.filter(pl.col("margin").is_not_null())
     if rated.height:
         margins = rated.get_column("margin").to_numpy()
         diff = (rated.get_column("chosen_chars") - rated.get_column("rejected_chars")).to_numpy()
         hist = report.histogram
-        if hist is None or (threshold is not None and hist.cut is None):
+        if hist is None or threshold != reported:  # the bins must put this τ on an edge
             hist = make_histogram(rated.get_column("margin"), threshold=threshold)
-        written.append(
+        done(
             margin_histogram(
                 hist,
                 out / f"{prefix}margin_hist.png",
@@ -74,8 +84,8 @@ def write_plots(
                 negative=report.margin.negative,
             )
         )
-        written.append(margin_cdf(margins, out / f"{prefix}margin_cdf.png", threshold=threshold))
-        written.append(
+        done(margin_cdf(margins, out / f"{prefix}margin_cdf.png", threshold=threshold))
+        done(
             margin_vs_length(
                 margins,
                 diff,
@@ -85,7 +95,7 @@ def write_plots(
                 grid=hist.grid,
             )
         )
-    written.append(
+    done(
         lengths(
             frame.get_column("chosen_chars").to_numpy(),
             frame.get_column("rejected_chars").to_numpy(),

@@ -25,8 +25,9 @@ The generative model (docs/synth.md shows the resulting figures):
   data. Prompts are ``exp(5.8 + s + 1.1·z)``. Lengths are clipped to [2, 16000].
 * **Text** is word-like tokens: a seeded corpus of sentences drawn from a Zipf-weighted vocabulary
   (common English function words plus made-up syllable words), with commas and paragraph breaks.
-  Each response is a stretch of that corpus from a word start to the first word end at its drawn
-  length; a prompt joins two stretches, so prompts do not repeat by chance.
+  Each response is a stretch of that corpus from a sentence start to the first word end at its
+  drawn length; a prompt joins two stretches (the second from any word start), so prompts do not
+  repeat by chance.
 * **Sources** are named after UltraFeedback's sub-datasets, with invented shares, quality and length
   offsets (:data:`SOURCES`).
 * **Flaws**, each at ``flaw_rate`` (default 0.1%) of the rows independently: an *inverted* label
@@ -241,7 +242,7 @@ def _chunk(corpus: _Corpus, rng: np.random.Generator, flaw_rate: float) -> pa.Ta
     rejected = corpus.spans(rng, _chars(log_r))
     half = _chars(log_p) // 2
     prompt_a = corpus.spans(rng, np.maximum(half, 1))
-    prompt_b = corpus.spans(rng, np.maximum(half, 1))
+    prompt_b = corpus.spans(rng, np.maximum(half, 1), sentence=False)
 
     flaws = rng.random((4, m)) < flaw_rate
     earlier = (rng.random((2, m)) * np.arange(m)).astype(np.int64)  # a uniform row j < i
@@ -328,17 +329,23 @@ class _Corpus:
         paragraph = rng.random(ends.size) < 0.2
         seps[ends[paragraph]] = ".\n\n"
         self.text = "".join((words + seps).tolist()).encode("ascii")
-        sep = np.frombuffer(self.text, dtype=np.uint8)
-        sep = (sep == ord(" ")) | (sep == ord("\n"))
+        raw = np.frombuffer(self.text, dtype=np.uint8)
+        sep = (raw == ord(" ")) | (raw == ord("\n"))
         self.word_starts = np.flatnonzero(~sep[1:] & sep[:-1]) + 1
         self.word_ends = np.flatnonzero(~sep[:-1] & sep[1:]) + 1  # one past a word's last char
         # a word end may carry "," or "." — fine for text, and keeps every span non-empty
-        usable = self.word_starts < len(self.text) - 2 * _MAX_CHARS
-        self.usable_starts = self.word_starts[usable]
+        usable = self.word_starts[self.word_starts < len(self.text) - 2 * _MAX_CHARS]
+        capital = (raw[usable] >= ord("A")) & (raw[usable] <= ord("Z"))
+        self.sentence_starts = usable[capital]  # only sentence starts are capitalised
+        self.word_starts = usable
 
-    def spans(self, rng: np.random.Generator, lengths: np.ndarray) -> np.ndarray:
-        """(start, end) byte offsets: from a random word start to the first word end ≥ length."""
-        starts = self.usable_starts[rng.integers(0, self.usable_starts.size, size=lengths.size)]
+    def spans(
+        self, rng: np.random.Generator, lengths: np.ndarray, *, sentence: bool = True
+    ) -> np.ndarray:
+        """(start, end) byte offsets: from a random sentence (or word) start to the first word end
+        at or after ``length`` bytes."""
+        pool = self.sentence_starts if sentence else self.word_starts
+        starts = pool[rng.integers(0, pool.size, size=lengths.size)]
         ends = self.word_ends[np.searchsorted(self.word_ends, starts + lengths, side="left")]
         return np.stack([starts, ends], axis=1)
 
