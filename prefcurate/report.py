@@ -142,7 +142,7 @@ def _routing(report: Report) -> RenderableType:
         f"τ = {_fmt(r.threshold)}",
         picked,
         ": ",
-        (f"{r.sft:,} pairs ({_share(r.sft, routed)}) to SFT", f"bold {SFT_STYLE}"),
+        (f"{_pairs(r.sft)} ({_share(r.sft, routed)}) to SFT", f"bold {SFT_STYLE}"),
         ", ",
         (f"{r.dpo:,} ({_share(r.dpo, routed)}) to DPO", f"bold {DPO_STYLE}"),
         (f"; {r.unrouted:,} without a margin are not routed" if r.unrouted else ""),
@@ -257,6 +257,10 @@ def _fmt(value: float | int | None, digits: int | None = None) -> str:
     if digits is not None:
         return f"{value:,.{digits}f}"
     return f"{value:g}"
+
+
+def _pairs(n: int) -> str:
+    return f"{n:,} pair" if n == 1 else f"{n:,} pairs"
 
 
 def _pct(share: float | None) -> str:
