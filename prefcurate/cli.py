@@ -226,9 +226,11 @@ def analyze_command(
 ) -> None:
     """Show what is in a preference dataset and what a margin threshold would route.
 
-    Reports rows, layout, margin quantiles and histogram, ties, label inversions, broken or
-    duplicated pairs, length bias, a per-source table and, with --threshold or --sft-fraction,
-    how many pairs would go to SFT and to DPO. Keys of report.json: docs/report.md.
+    Margins (quantiles, histogram, ties, inversions), lengths and length bias, flags, sources.
+
+    With --threshold τ or --sft-fraction q: the pairs going to SFT (margin < τ) and to DPO.
+
+    Every key of report.json is documented in docs/report.md.
 
     Example:
         prefcurate analyze ../shared/data/ultrafeedback_1k.jsonl --threshold 0.5 --out report/
@@ -296,8 +298,9 @@ def synth_command(
 ) -> None:
     """Write synthetic preference pairs with UltraFeedback-like ratings and realistic lengths.
 
-    Ratings 1-10 in steps of 0.5, about 12% ties and a long tail of large margins; seven named
-    sources; a few planted flaws for analyze to find. The model: docs/synth.md.
+    Ratings 1-10 in steps of 0.5, about 12% ties, a long tail of large margins, seven sources.
+
+    A few planted flaws (--flaw-rate) give analyze something to find. The model: docs/synth.md.
 
     Example:
         prefcurate synth pairs.parquet --n 100000 --seed 0

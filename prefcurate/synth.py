@@ -13,23 +13,25 @@ rows of a larger ``n`` are the rows of ``n = k``. Example::
 The generative model (docs/synth.md shows the resulting figures):
 
 * **Ratings** copy how UltraFeedback-binarized was built. Each prompt has four completions; the
-  prompt's level is ``N(7.3 + source offset, 0.6²)`` and each completion's quality adds
-  ``N(0, 0.6²)``; with probability 0.3 a completion fails and loses ``1 + Exp(2.2)`` points. A
-  rating is the quality rounded to the 0.5 grid and clipped to [1, 10]. The chosen response is the
-  best-rated completion, the rejected one a uniformly drawn other one, so ties (margin 0) happen
-  about 12% of the time and a long tail of margins reaches 8–9 (a failed rejected completion).
-* **Lengths** (characters) are lognormal: chosen ``exp(6.41 + s + 1.2·(0.2·a + 0.98·z))`` and
-  rejected the same with 6.28, where ``a`` is shared by the pair (ρ = 0.04 on the log scale), ``s``
-  a per-source offset and ``z`` independent noise; the chosen one grows by ``exp(0.04·(margin −
-  1.9))`` (a mild length bias). Means land near 1.25 kB (chosen) and 1.1 kB (rejected), like real
-  data. Prompts are ``exp(5.8 + s + 1.1·z)``. Lengths are clipped to [2, 16000].
+  prompt's level is ``N(7.3, 0.6²)`` and each completion's quality adds ``N(0, 0.55²)``; with the
+  source's failure probability (0.2–0.45, about 0.3 overall) a completion fails and loses
+  ``1 + Exp(mean 2.2)`` points. A rating is the quality rounded to the 0.5 grid and clipped to
+  [1, 10]. The chosen response is the best-rated completion, the rejected one a uniformly drawn
+  other one, so ties (margin 0) happen about 12% of the time and a long tail of margins reaches
+  8–9 (a failed rejected completion).
+* **Lengths** (characters) are lognormal: chosen ``exp(6.72 + s + 0.85·(0.6·a + 0.8·z₁))`` and
+  rejected ``exp(6.59 + s + 0.85·(0.6·a + 0.8·z₂))``, where ``a`` is shared by the pair, ``s`` is
+  a per-source offset and ``z`` independent noise; the chosen one also grows by
+  ``exp(0.04·(margin − 1.9))`` (a mild length bias). Means land near 1.2 kB (chosen) and 1.05 kB
+  (rejected), like real data. Prompts are ``exp(5.8 + s + 1.1·z₃)``. Lengths are clipped to
+  [2, 16000].
 * **Text** is word-like tokens: a seeded corpus of sentences drawn from a Zipf-weighted vocabulary
   (common English function words plus made-up syllable words), with commas and paragraph breaks.
   Each response is a stretch of that corpus from a sentence start to the first word end at its
   drawn length; a prompt joins two stretches (the second from any word start), so prompts do not
   repeat by chance.
-* **Sources** are named after UltraFeedback's sub-datasets, with invented shares, quality and length
-  offsets (:data:`SOURCES`).
+* **Sources** are named after UltraFeedback's sub-datasets, with invented shares, failure
+  probabilities and length offsets (:data:`SOURCES`).
 * **Flaws**, each at ``flaw_rate`` (default 0.1%) of the rows independently: an *inverted* label
   (chosen and rejected swapped with their ratings: a negative margin), an *identical* pair (the
   rejected text and rating are the chosen ones: a tie), a *duplicated prompt* (the prompt of an
