@@ -40,6 +40,7 @@ import polars as pl
 
 from prefcurate import margins as margin_defs
 from prefcurate.errors import InputError
+from prefcurate.schema import Layout
 
 #: Version of the report.json layout; bumped only when a key changes meaning or is removed.
 REPORT_VERSION = 1
@@ -229,18 +230,26 @@ def analyze(
     Raises :class:`~prefcurate.errors.InputError` for bad arguments or bad rows.
     """
     check_routing_args(threshold, sft_fraction)
-    if (threshold is not None or sft_fraction is not None) and not source.has_margins:
+    # Fail before reading when the data surely has no margins. Multi-completion data gets its
+    # scores from the completions' ratings, which has_margins does not see; it is checked below.
+    rated = source.has_margins or source.layout is Layout.MULTI_COMPLETION
+    if (threshold is not None or sft_fraction is not None) and not rated:
         raise margin_defs.no_margin_error(where=source.raw.display)
     lazy = source.scan()
     conversational = isinstance(lazy.collect_schema()["chosen"], pl.List)
     narrow = source.collect(lazy.select(*narrow_exprs(conversational), "_row", "_issue"))
-    report = analyze_frame(
-        narrow,
-        layout=str(source.layout),
-        threshold=threshold,
-        sft_fraction=sft_fraction,
-        max_bins=max_bins,
-    )
+    try:
+        report = analyze_frame(
+            narrow,
+            layout=str(source.layout),
+            threshold=threshold,
+            sft_fraction=sft_fraction,
+            max_bins=max_bins,
+        )
+    except InputError as exc:
+        if exc.where is None:  # name the data in the one line the user sees
+            raise InputError(exc.what, where=source.raw.display, fix=exc.fix) from None
+        raise
     d = source.detected
     return replace(
         report,

@@ -332,3 +332,49 @@ def test_analyze_ultrafeedback_sample(uf1k):
     assert report.histogram.counts[:4] == [111, 193, 193, 120]  # checked facts of the sample
     assert report.lengths.chosen_longer_share == 0.552
     assert report.flags.identical == 4
+
+
+def test_every_report_key_is_documented(tmp_path):
+    """docs/report.md names every key report.json can hold (sqlite-utils habit: docs coverage)."""
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "report.md").read_text()
+    path = tmp_path / "pairs.jsonl"
+    rows = [
+        {"prompt": "p", "chosen": "a", "rejected": "b", "rating_chosen": 5, "rating_rejected": 4}
+        | {"source": source}
+        for source in ("x", "y")
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    d = analyze(open_pairs(path), sft_fraction=0.5).to_dict()
+    keys = set(d)
+    for value in d.values():
+        if isinstance(value, dict):
+            keys |= set(value)
+    keys |= set(d["sources"][0])
+    missing = sorted(k for k in keys if f"`{k}`" not in docs)
+    assert not missing, f"undocumented report.json keys: {missing}"
+    assert {"routing", "sources", "histogram", "input", "fields"} <= keys
+
+
+def test_analyze_conversational_file(tmp_path):
+    """UltraFeedback-binarized style: the shared user turn becomes the prompt; lengths count the
+    assistant turns only (6 and 1 chars chosen; 7 and 9 rejected)."""
+
+    def conv(user, reply):
+        return [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+
+    rows = [
+        {"chosen": conv("hi there", "hello!"), "rejected": conv("hi there", "go away")}
+        | {"score_chosen": 8, "score_rejected": 8, "source": "a"},
+        {"chosen": conv("2+2?", "4"), "rejected": conv("2+2?", "5, surely")}
+        | {"score_chosen": 9, "score_rejected": 3, "source": "b"},
+    ]
+    path = tmp_path / "conv.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = analyze(open_pairs(path), threshold=0.5)
+    assert report.layout == "conversational"
+    assert (report.lengths.chosen_chars_mean, report.lengths.rejected_chars_mean) == (3.5, 8.0)
+    assert report.lengths.prompt_chars_mean == 6.0  # "hi there" and "2+2?"
+    assert (report.routing.sft, report.routing.dpo) == (1, 1)
+    assert [s.source for s in report.sources] == ["a", "b"]
