@@ -25,8 +25,9 @@ The generative model (docs/synth.md shows the resulting figures):
   ``exp(0.04·(margin − 1.9))`` (a mild length bias). Means land near 1.2 kB (chosen) and 1.05 kB
   (rejected), like real data. Prompts are ``exp(5.8 + s + 1.1·z₃)``. Lengths are clipped to
   [2, 16000].
-* **Text** is word-like tokens: a seeded corpus of sentences drawn from a Zipf-weighted vocabulary
-  (common English function words plus made-up syllable words), with commas and paragraph breaks.
+* **Text** is word-like tokens: a fixed corpus of sentences drawn from a Zipf-weighted vocabulary
+  (common English function words plus made-up syllable words), with commas and paragraph breaks;
+  the seed decides which stretches of it each text takes.
   Each response is a stretch of that corpus from a sentence start to the first word end at its
   drawn length; a prompt joins two stretches (the second from any word start), so prompts do not
   repeat by chance.
@@ -88,6 +89,7 @@ _LENGTH_BIAS, _MEAN_MARGIN = 0.04, 1.9
 _MIN_CHARS, _MAX_CHARS = 2, 16_000
 # corpus
 _CORPUS_WORDS = 1_500_000
+_CORPUS_SEED = 20_260_201  # fixed: seeds choose different stretches of one corpus
 
 _FUNCTION_WORDS = (
     "the of and to a in is that for it with as on be this are by or you not can from at an "
@@ -207,7 +209,7 @@ def iter_synth(n: int, seed: int = 0, *, flaw_rate: float = 0.001) -> Iterator[p
     _check_args(n, flaw_rate)
     if n == 0:
         return
-    corpus = _corpus(seed)
+    corpus = _corpus()
     for k, start in enumerate(range(0, n, CHUNK_ROWS)):
         rows = min(CHUNK_ROWS, n - start)
         yield _chunk(corpus, np.random.default_rng([seed, 0, k]), flaw_rate).slice(0, rows)
@@ -303,13 +305,14 @@ def _chars(log_len: np.ndarray) -> np.ndarray:
 # text
 
 
-@functools.lru_cache(maxsize=2)
-def _corpus(seed: int) -> _Corpus:
-    return _Corpus(seed)
+@functools.lru_cache(maxsize=1)
+def _corpus() -> _Corpus:
+    """Built once per process (about a second): the same corpus serves every seed."""
+    return _Corpus(_CORPUS_SEED)
 
 
 class _Corpus:
-    """A seeded stream of word-like sentences; texts are stretches of it between word bounds."""
+    """A stream of word-like sentences; texts are stretches of it between word bounds."""
 
     def __init__(self, seed: int):
         rng = np.random.default_rng([seed, 1])

@@ -114,14 +114,14 @@ def test_threshold_on_data_without_margins(cli, hh, tmp_path):
     assert not out.exists()
 
 
-def test_existing_out_needs_force(cli, uf1k, tmp_path):
+def test_existing_out_needs_force(cli, hh, tmp_path):
     out = tmp_path / "report"
     out.mkdir()
     (out / "old.txt").write_text("keep")
-    result = cli("analyze", uf1k, "--out", out)
+    result = cli("analyze", hh, "--out", out)
     assert result.code == 2 and result.err.count("\n") == 1 and "--force" in result.err
     assert [p.name for p in out.iterdir()] == ["old.txt"]
-    assert cli("analyze", uf1k, "--out", out, "--force").code == 0
+    assert cli("analyze", hh, "--out", out, "--force").code == 0
     assert "old.txt" not in {p.name for p in out.iterdir()}
     assert (out / "report.json").exists()
 
@@ -135,7 +135,7 @@ def test_missing_file(cli, tmp_path):
 
 def test_synth_then_analyze(cli, tmp_path):
     data = tmp_path / "pairs.parquet"
-    result = cli("synth", data, "--n", "3000", "--seed", "5")
+    result = cli("synth", data, "--n", "3000", "--seed", "7")
     assert result.code == 0, result.err
     report = json.loads(cli("analyze", data, "--json", "--threshold", "0.5").out)
     assert report["rows"] == 3000

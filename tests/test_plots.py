@@ -6,8 +6,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from prefcurate.analyze import analyze_frame
-from prefcurate.plots import PLOT_FILES, margin_vs_length, write_plots
+from prefcurate.analyze import analyze_frame, histogram
+from prefcurate.plots import PLOT_FILES, margin_histogram, margin_vs_length, write_plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -35,14 +35,24 @@ def grid_report():
     return report_of((rng.integers(0, 17, 400) / 2).tolist())
 
 
+@pytest.fixture(scope="module")
+def written_twice(grid_report, tmp_path_factory):
+    """The figures written twice into two folders; the first time with a progress callback."""
+    root = tmp_path_factory.mktemp("plots")
+    seen = []
+    first = write_plots(grid_report, root / "a", on_written=seen.append)
+    second = write_plots(grid_report, root / "b")
+    return first, second, seen
+
+
 def png_size(path) -> tuple[int, int]:
     data = path.read_bytes()
     assert data[:8] == PNG_SIGNATURE
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
-def test_write_plots_writes_every_figure_as_a_sane_png(tmp_path, grid_report):
-    written = write_plots(grid_report, tmp_path)
+def test_write_plots_writes_every_figure_as_a_sane_png(written_twice):
+    written, _, _ = written_twice
     assert [p.name for p in written] == list(PLOT_FILES)
     for path in written:
         width, height = png_size(path)
@@ -50,30 +60,28 @@ def test_write_plots_writes_every_figure_as_a_sane_png(tmp_path, grid_report):
         assert 10_000 < path.stat().st_size < 1_000_000
 
 
-def test_same_input_same_bytes(tmp_path, grid_report):
-    a = write_plots(grid_report, tmp_path / "a")
-    b = write_plots(grid_report, tmp_path / "b")
-    for x, y in zip(a, b, strict=True):
-        assert x.read_bytes() == y.read_bytes(), x.name
+def test_same_input_same_bytes(written_twice):
+    first, second, _ = written_twice
+    for a, b in zip(first, second, strict=True):
+        assert a.read_bytes() == b.read_bytes(), a.name
 
 
-def test_threshold_changes_the_histogram(tmp_path, grid_report):
-    """route reuses the writers with its own τ: the figure must change with it."""
-    default = write_plots(grid_report, tmp_path / "a")[0]
-    other = write_plots(grid_report, tmp_path / "b", threshold=1.5, prefix="routed_")[0]
-    assert other.name == "routed_margin_hist.png"
-    assert default.read_bytes() != other.read_bytes()
+def test_progress_callback_sees_each_file(written_twice):
+    first, _, seen = written_twice
+    assert seen == first
+
+
+def test_threshold_changes_the_histogram(tmp_path, grid_report, written_twice):
+    """route reuses the writers with its own τ: the bins are recut and the figure changes."""
+    hist = histogram(grid_report.frame.get_column("margin"), threshold=1.5)
+    assert hist.cut == 1.25
+    other = margin_histogram(hist, tmp_path / "routed_margin_hist.png", threshold=1.5)
+    assert other.read_bytes() != written_twice[0][0].read_bytes()
 
 
 def test_without_margins_only_the_lengths_figure(tmp_path):
     report = report_of([None, None, None], threshold=None)
     assert [p.name for p in write_plots(report, tmp_path)] == ["lengths.png"]
-
-
-def test_progress_callback_sees_each_file(tmp_path, grid_report):
-    seen = []
-    write_plots(grid_report, tmp_path, on_written=seen.append)
-    assert [p.name for p in seen] == list(PLOT_FILES)
 
 
 def test_many_points_become_a_2d_histogram_deterministically(tmp_path):
