@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -41,6 +41,10 @@ import polars as pl
 from prefcurate import margins as margin_defs
 from prefcurate.errors import InputError
 from prefcurate.schema import Layout
+
+if TYPE_CHECKING:
+    from prefcurate.io import PairSource
+    from prefcurate.sources import RawSource
 
 #: Version of the report.json layout; bumped only when a key changes meaning or is removed.
 REPORT_VERSION = 1
@@ -215,7 +219,7 @@ class Report:
 
 
 def analyze(
-    source,
+    source: PairSource,
     *,
     threshold: float | None = None,
     sft_fraction: float | None = None,
@@ -277,9 +281,8 @@ def analyze_frame(
     """The report of a canonical frame, or of a narrow one (:data:`NARROW_COLUMNS`).
 
     A canonical frame (``prompt, chosen, rejected, margin``, optionally ``source`` and
-    ``history_mismatch``) is
-    narrowed first; a LazyFrame is collected once. Use this on a routed split to report the same
-    figures as ``analyze``::
+    ``history_mismatch``; extra columns such as ``route`` are ignored) is narrowed first, and a
+    LazyFrame is collected once. Use it on a routed split to report the figures ``analyze`` does::
 
         >>> analyze_frame(split, layout="standard", threshold=0.5).routing.sft  # doctest: +SKIP
     """
@@ -399,7 +402,7 @@ def routing(df: pl.DataFrame, threshold: float, sft_fraction: float | None = Non
     ).row(0, named=True)
     sft, dpo = int(row["sft"]), int(row["dpo"])
     return Routing(
-        threshold=_num(threshold),
+        threshold=float(threshold),  # exact: τ picked just above a margin must stay above it
         sft_fraction=_num(sft_fraction) if sft_fraction is not None else None,
         sft=sft,
         dpo=dpo,
@@ -500,6 +503,7 @@ def histogram(
     on multiples of it counted from τ (or 0). None when there are no margins.
     """
     values = margins.drop_nulls().to_numpy().astype(np.float64)
+    values = values[np.isfinite(values)]  # hand-built frames may hold NaN; the loader refuses it
     if values.size == 0:
         return None
     lo, hi = float(values.min()), float(values.max())
@@ -551,7 +555,7 @@ def _nice_width(raw: float) -> float:
 # input, helpers
 
 
-def input_info(raw, *, fingerprint: bool = True) -> dict[str, Any]:
+def input_info(raw: RawSource, *, fingerprint: bool = True) -> dict[str, Any]:
     """Where the data came from: path as typed, format, files, total bytes and SHA-256.
 
     The digest covers the files' bytes in the order they were read (one file: its usual sha256).

@@ -69,7 +69,7 @@ def write_plots(
         if on_written is not None:
             on_written(path)
 
-    rated = frame.filter(pl.col("margin").is_not_null())
+    rated = frame.filter(pl.col("margin").is_finite())  # drops nulls (and NaN in hand-made frames)
     if rated.height:
         margins = rated.get_column("margin").to_numpy()
         diff = (rated.get_column("chosen_chars") - rated.get_column("rejected_chars")).to_numpy()

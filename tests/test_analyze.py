@@ -92,6 +92,13 @@ def test_sft_fraction_picks_tau_and_reports_it():
     assert (r.threshold, r.sft_fraction, r.sft, r.dpo) == (0.5, 0.3, 2, 8)
 
 
+def test_fraction_one_routes_everything_and_reports_an_exact_tau():
+    """q = 1 picks τ just above the largest margin; rounding it would send that pair to DPO."""
+    r = analyze_frame(pairs([0.0, 8.0]), layout="standard", sft_fraction=1.0).routing
+    assert (r.sft, r.dpo) == (2, 0)
+    assert r.threshold > 8.0
+
+
 def test_routing_arguments_are_checked():
     frame = pairs([0.0, 1.0])
     with pytest.raises(InputError, match="mutually exclusive"):
@@ -222,6 +229,12 @@ def test_histogram_off_grid_tau_cuts_between_grid_values():
     h = histogram(pl.Series([0.0, 0.5, 1.0, 1.5]), threshold=0.7)
     assert h.cut == 0.75
     assert sum(c for c, e in zip(h.counts, h.edges[1:], strict=True) if e <= h.cut) == 2
+
+
+def test_histogram_skips_non_finite_margins():
+    h = histogram(pl.Series([0.0, float("nan"), 1.0, float("inf")]))
+    assert sum(h.counts) == 2
+    assert histogram(pl.Series([float("nan")])) is None
 
 
 def test_histogram_of_continuous_margins_puts_tau_on_an_edge():
