@@ -105,30 +105,62 @@ def _margin_section(report: Report) -> RenderableType:
 def histogram_text(
     hist: Histogram, *, threshold: float | None = None, width: int = BAR_WIDTH
 ) -> Text:
-    """Horizontal bars, one per bin, SFT bins orange, with a τ line between the two routes."""
-    counts = hist.counts
-    total = sum(counts) or 1
-    peak = max(counts) or 1
-    labels = [_bin_label(hist, i) for i in range(len(counts))]
+    """Horizontal bars, SFT bins orange, with a τ line between the two routes.
+
+    Runs of three or more nearly empty bins at either end (each under 0.5% of the pairs, such as a
+    thin tail of label inversions) are shown as one row naming their range, so the bulk stays
+    readable; the figures in report.json keep every bin.
+    """
+    rows = _histogram_rows(hist, threshold)
+    total = sum(hist.counts) or 1
+    peak = max(row[2] for row in rows) or 1
+    labels = [_range_label(hist, first, last) for first, last, _, _ in rows]
     pad = max(len(label) for label in labels)
+    digits = len(f"{peak:,}")
     out = Text()
     out.append("margin histogram", style="bold")
     out.append(f"  ({total:,} pairs, bins of {_fmt(hist.width)})\n", style="dim")
+    cut_line = f"{'':>{pad}} ┼{'╌' * (width + 2)} τ = {_fmt(threshold)}\n"
     drew_cut = threshold is None or hist.cut is None
-    for i, count in enumerate(counts):
-        sft = not drew_cut and hist.edges[i + 1] <= hist.cut + 1e-9
+    for label, (_, _, count, sft) in zip(labels, rows, strict=True):
         if not drew_cut and not sft:
-            out.append(f"{'':>{pad}} ┼{'╌' * (width + 2)} τ = {_fmt(threshold)}\n", style="red")
+            out.append(cut_line, style="red")
             drew_cut = True
         style = SFT_STYLE if sft else (NEUTRAL_STYLE if threshold is None else DPO_STYLE)
-        out.append(f"{labels[i]:>{pad}} │", style="dim")
+        out.append(f"{label:>{pad}} │", style="dim")
         out.append(_bar(count / peak * width, nonzero=count > 0).ljust(width), style=style)
-        out.append(f" {count:>{len(f'{peak:,}')},} ", style="")
+        out.append(f" {count:>{digits},} ")
         out.append(f"{count / total:6.1%}\n", style="dim")
     if not drew_cut:  # every bin is SFT: the cut lies above the last bin
-        out.append(f"{'':>{pad}} ┼{'╌' * (width + 2)} τ = {_fmt(threshold)}\n", style="red")
+        out.append(cut_line, style="red")
     out.rstrip()
     return out
+
+
+_TAIL_SHARE = 0.005
+
+
+def _histogram_rows(hist: Histogram, threshold: float | None) -> list[tuple[int, int, int, bool]]:
+    """(first bin, last bin, count, is SFT) per row, thin end runs merged (never across τ)."""
+    cut = hist.cut if threshold is not None else None
+    rows = [
+        (i, i, count, cut is not None and hist.edges[i + 1] <= cut + 1e-9)
+        for i, count in enumerate(hist.counts)
+    ]
+    thin = _TAIL_SHARE * sum(hist.counts)
+
+    def merge_head(rows: list) -> list:
+        k = 0
+        while k < len(rows) - 1 and rows[k][2] < thin and rows[k][3] == rows[0][3]:
+            k += 1
+        if k < 3:
+            return rows
+        run = rows[:k]
+        return [(run[0][0], run[-1][1], sum(r[2] for r in run), run[0][3]), *rows[k:]]
+
+    rows = merge_head(rows)
+    tail = merge_head([(last, first, c, sft) for first, last, c, sft in reversed(rows)])
+    return [(first, last, c, sft) for last, first, c, sft in reversed(tail)]
 
 
 def _routing(report: Report) -> RenderableType:
@@ -229,15 +261,13 @@ def _threshold(report: Report) -> float | None:
     return report.routing.threshold if report.routing is not None else None
 
 
-def _bin_label(hist: Histogram, i: int) -> str:
-    lo, hi = hist.edges[i], hist.edges[i + 1]
-    if hist.grid is not None and abs(hist.width - hist.grid) < 1e-9:
-        return _fmt(round((lo + hi) / 2, 10))
-    if hist.grid is not None:  # several grid values per bin: name the first and last
-        first = lo + hist.grid / 2
-        last = hi - hist.grid / 2
-        return f"{_fmt(round(first, 10))}…{_fmt(round(last, 10))}"
-    return f"[{_fmt(lo)}, {_fmt(hi)})"
+def _range_label(hist: Histogram, first: int, last: int) -> str:
+    """A row's label: the margin value on a grid, its range if the row spans several values."""
+    lo, hi = hist.edges[first], hist.edges[last + 1]
+    if hist.grid is None:
+        return f"[{_fmt(lo)}, {_fmt(hi)})"
+    low, high = round(lo + hist.grid / 2, 10), round(hi - hist.grid / 2, 10)
+    return _fmt(low) if low == high else f"{_fmt(low)}…{_fmt(high)}"
 
 
 def _bar(length: float, *, nonzero: bool) -> str:

@@ -84,3 +84,16 @@ def test_sources_table():
     assert rows["alpha"][1:4] == ["3", "75.0%", "1.00"]
     assert rows["alpha"][-2:] == ["1", "(33.3%)"]
     assert rows["beta"][1:3] == ["1", "25.0%"]
+
+
+def test_thin_tails_collapse_into_one_row_but_never_across_the_cut():
+    """1000 pairs: margins −3…−0.5 hold 1 pair each (0.1%, six bins), the bulk sits at 0…2.
+    The six thin bins become one row "-3…-0.5" with 6 pairs, still on the SFT side."""
+    margins = [-3.0, -2.5, -2.0, -1.5, -1.0, -0.5] + [0.0] * 300 + [1.0] * 500 + [2.0] * 194
+    hist = histogram(pl.Series(margins), threshold=0.5)
+    lines = histogram_text(hist, threshold=0.5).plain.splitlines()[1:]
+    assert lines[0].split("│")[0].strip() == "-3…-0.5"
+    assert lines[0].rstrip().endswith("6   0.6%")
+    assert lines[1].lstrip().startswith("0 │") and "τ = 0.5" in lines[2]
+    # empty bins inside the bulk stay: 0.5 and 1.5 hold no pair but are shown
+    assert [line.split("│")[0].strip() for line in lines[3:]] == ["0.5", "1", "1.5", "2"]
