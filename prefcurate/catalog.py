@@ -20,7 +20,6 @@ clear line. Example::
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import random
@@ -35,6 +34,7 @@ from typing import Any
 import duckdb
 
 from prefcurate.errors import InputError, one_line
+from prefcurate.sources import content_hash
 
 ENV = "PREFCURATE_CATALOG"
 TIMEOUT_ENV = "PREFCURATE_CATALOG_TIMEOUT"
@@ -78,8 +78,6 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
     ),
 }
-
-_CHUNK = 1 << 20
 
 
 # --------------------------------------------------------------------------------------------------
@@ -283,25 +281,6 @@ def _migrate(con: duckdb.DuckDBPyConnection, where: Path) -> None:
 
 # --------------------------------------------------------------------------------------------------
 # recording
-
-
-def content_hash(paths: Sequence[str | Path]) -> tuple[str, int]:
-    """(sha256 hex, total bytes) of the files' content, streamed in 1 MiB chunks.
-
-    One file: the sha256 of its bytes. Several (a directory or glob): the sha256 of their sorted
-    per-file hex digests joined by newlines, so renaming or reordering files keeps the hash.
-    """
-    digests, total = [], 0
-    for path in paths:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while chunk := fh.read(_CHUNK):
-                h.update(chunk)
-                total += len(chunk)
-        digests.append(h.hexdigest())
-    if len(digests) == 1:
-        return digests[0], total
-    return hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest(), total
 
 
 def describe_input(

@@ -39,6 +39,7 @@ _ClickException = _click_class("ClickException")
 
 class _State:
     debug = False
+    argv: list[str] = []  # the command line being run, recorded in the catalog
 
 
 STATE = _State()
@@ -57,6 +58,7 @@ def _root(
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (tests call this directly)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    STATE.argv = args
     debug = "--debug" in args or os.environ.get("PREFCURATE_DEBUG", "") not in ("", "0")
     try:
         result = app(args=args, prog_name="prefcurate", standalone_mode=False)
@@ -182,6 +184,27 @@ def open_source(
     return open_pairs(data, columns=columns, binarize=binarize, seed=seed, split=split)
 
 
+ThresholdOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--threshold",
+        "-t",
+        help="τ: pairs with margin < τ (strict) go to SFT, the rest to DPO.",
+        show_default=False,
+    ),
+]
+SftFractionOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--sft-fraction",
+        "-q",
+        help="Route about this share (0-1) of the hardest pairs to SFT; τ is picked to fit.",
+        show_default=False,
+    ),
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace the output if it exists.")]
+
+
 # --------------------------------------------------------------------------------------------------
 # the catalog: shared option and the recording helper every command that runs something calls
 
@@ -216,6 +239,8 @@ def record_run(
     recorded into (locked for too long, unwritable) costs a warning line on stderr, never the
     run's result: the command still succeeds. ``catalog='off'`` records nothing.
     """
+    import shlex
+
     from prefcurate import catalog as cat
 
     if cat.catalog_path(catalog) is None:
@@ -228,7 +253,7 @@ def record_run(
             figures=figures,
             outputs=outputs,
             summary=summary,
-            command=command,
+            command=command or shlex.join(["prefcurate", *STATE.argv]),
             started_at=started_at,
             metrics=metrics,
             status=status,
@@ -239,23 +264,149 @@ def record_run(
         return None
 
 
-def command_line(name: str, *positional: object, **options: object) -> str:
-    """The command as a user would type it, from the values that differ from the defaults."""
-    import shlex
+# --------------------------------------------------------------------------------------------------
+# analyze, synth
 
-    parts = ["prefcurate", name, *(str(p) for p in positional)]
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if value is None or value is False or value == () or value == []:
-            continue
-        if value is True:
-            parts.append(flag)
-        elif isinstance(value, list | tuple):
-            for item in value:
-                parts += [flag, str(item)]
-        else:
-            parts += [flag, str(value)]
-    return shlex.join(parts)
+
+@app.command("analyze")
+def analyze_command(
+    data: DataArg,
+    threshold: ThresholdOpt = None,
+    sft_fraction: SftFractionOpt = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Write report.json and PNG plots into this new folder."),
+    ] = None,
+    force: ForceOpt = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print report.json to stdout, and nothing else.")
+    ] = False,
+    catalog: CatalogOpt = None,
+    prompt: PromptOpt = None,
+    chosen: ChosenOpt = None,
+    rejected: RejectedOpt = None,
+    score_chosen: ScoreChosenOpt = None,
+    score_rejected: ScoreRejectedOpt = None,
+    source: SourceOpt = None,
+    binarize: BinarizeOpt = Binarize.BEST_VS_WORST,
+    split: SplitOpt = None,
+) -> None:
+    """Show what is in a preference dataset and what a margin threshold would route.
+
+    Margins (quantiles, histogram, ties, inversions), lengths and length bias, flags, sources.
+
+    With --threshold τ or --sft-fraction q: the pairs going to SFT (margin < τ) and to DPO.
+
+    Every key of report.json is documented in docs/report.md.
+
+    Example:
+        prefcurate analyze ../shared/data/ultrafeedback_1k.jsonl --threshold 0.5 --out report/
+    """
+    from datetime import datetime, timezone
+
+    from prefcurate.analyze import analyze, check_routing_args
+    from prefcurate.io import check_new_dir
+    from prefcurate.progress import status
+    from prefcurate.report import print_json, render_report
+
+    started_at = datetime.now(timezone.utc)  # noqa: UP017
+    check_routing_args(threshold, sft_fraction)
+    if out is not None:
+        check_new_dir(out, force=force)
+    pairs = open_source(
+        data,
+        prompt=prompt,
+        chosen=chosen,
+        rejected=rejected,
+        score_chosen=score_chosen,
+        score_rejected=score_rejected,
+        source=source,
+        binarize=binarize,
+        split=split,
+    )
+    with status(f"analyzing {pairs.raw.display}"):
+        report = analyze(pairs, threshold=threshold, sft_fraction=sft_fraction)
+    if json_out:
+        print_json(report)
+    else:
+        from rich.console import Console
+
+        render_report(report, Console(), description=pairs.describe())
+    if out is not None:
+        _write_report_dir(report, out, force=force, quiet=json_out)
+    core = report.to_dict()
+    record_run(
+        "analyze",
+        catalog=catalog,
+        inputs=[{**report.input, "rows": report.rows}],
+        params={"threshold": threshold, "sft_fraction": sft_fraction, "layout": report.layout},
+        figures={k: core.get(k) for k in ("rows", "margin", "routing", "lengths", "flags")},
+        outputs={"dir": str(out.resolve())} if out is not None else {},
+        summary=report.summary(),
+        started_at=started_at,
+    )
+
+
+def _write_report_dir(report, out: Path, *, force: bool, quiet: bool) -> None:
+    """report.json and the PNGs, all or nothing (an atomic directory)."""
+    from prefcurate.io import atomic_dir
+    from prefcurate.plots import PLOT_FILES, write_plots
+    from prefcurate.progress import bar, stderr
+
+    with atomic_dir(out, force=force) as tmp, bar("writing plots", len(PLOT_FILES)) as progress:
+        (tmp / "report.json").write_text(report.to_json(), encoding="utf-8")
+        written = write_plots(report, tmp, on_written=lambda _: progress.advance(0))
+    if not quiet:
+        names = ", ".join(["report.json", *(p.name for p in written)])
+        stderr.print(f"wrote {out}/: {names}", highlight=False)
+
+
+@app.command("synth")
+def synth_command(
+    out: Annotated[
+        Path, typer.Argument(help="Output file: .jsonl or .parquet.", show_default=False)
+    ],
+    n: Annotated[int, typer.Option("--n", "-n", help="Number of pairs.")] = 10_000,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed; same seed, same bytes.")] = 0,
+    flaw_rate: Annotated[
+        float,
+        typer.Option(
+            "--flaw-rate",
+            help="Share of rows given each flaw (inverted, identical, duplicate prompt or pair).",
+        ),
+    ] = 0.001,
+    force: ForceOpt = False,
+) -> None:
+    """Write synthetic preference pairs with UltraFeedback-like ratings and realistic lengths.
+
+    Ratings 1-10 in steps of 0.5, about 12% ties, a long tail of large margins, seven sources.
+
+    A few planted flaws (--flaw-rate) give analyze something to find. The model: docs/synth.md.
+
+    Example:
+        prefcurate synth pairs.parquet --n 100000 --seed 0
+    """
+    import time
+
+    from prefcurate.progress import bar, stderr
+    from prefcurate.synth import output_format, write_synth
+
+    output_format(out)  # a bad suffix fails before any work
+    started = time.perf_counter()
+    with bar("synthesising pairs", n, unit="pairs") as progress:
+        write_synth(
+            out,
+            n=n,
+            seed=seed,
+            flaw_rate=flaw_rate,
+            force=force,
+            progress=lambda rows: progress.advance(0, rows),
+        )
+    size = out.stat().st_size / 1e6
+    stderr.print(
+        f"wrote {n:,} pairs to {out} ({size:,.1f} MB) in {time.perf_counter() - started:.1f} s",
+        highlight=False,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -271,17 +422,8 @@ def route(
             "--out", "-o", help="Output directory (written atomically).", show_default=False
         ),
     ] = None,
-    threshold: Annotated[
-        float | None,
-        typer.Option("--threshold", help="τ: a pair with margin < τ (strict) goes to SFT."),
-    ] = None,
-    sft_fraction: Annotated[
-        float | None,
-        typer.Option(
-            "--sft-fraction",
-            help="Route the hardest q of the pairs to SFT (picks τ; ties together).",
-        ),
-    ] = None,
+    threshold: ThresholdOpt = None,
+    sft_fraction: SftFractionOpt = None,
     mode: Annotated[
         str, typer.Option("--mode", help="mixdpo | dpo | filter | sft (baselines from the data).")
     ] = "mixdpo",
@@ -311,9 +453,7 @@ def route(
     export: Annotated[
         str | None, typer.Option("--export", help="trl: also write dpo.jsonl and sft.jsonl.")
     ] = None,
-    force: Annotated[
-        bool, typer.Option("--force", help="Replace an existing output directory.")
-    ] = False,
+    force: ForceOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print plan.json to stdout.")] = False,
     catalog: CatalogOpt = None,
     prompt: PromptOpt = None,
@@ -339,7 +479,7 @@ def route(
 
     from prefcurate.io import check_new_dir
     from prefcurate.progress import status
-    from prefcurate.route import plan_routes, write_route
+    from prefcurate.route import plan_routes, write_route, write_split_plots
 
     started_at = datetime.now(timezone.utc)  # noqa: UP017
     if out is None:
@@ -372,7 +512,7 @@ def route(
             seed=seed,
         )
     with status(f"writing {out}"):
-        document = write_route(plan, out, force=force, export=export, plots=None)
+        document = write_route(plan, out, force=force, export=export, plots=write_split_plots)
     params = {
         k: v for k, v in document.items() if k not in ("version", "input", "counts", "outputs")
     }
@@ -385,21 +525,6 @@ def route(
         outputs={"dir": str(out.resolve()), **document["outputs"]},
         summary=plan.summary(),
         started_at=started_at,
-        command=command_line(
-            "route",
-            data,
-            out=out,
-            threshold=threshold,
-            sft_fraction=sft_fraction,
-            mode=None if mode == "mixdpo" else mode,
-            order=None if order == "curriculum" else order,
-            stages=stages,
-            drop=drop,
-            eval_fraction=eval_fraction,
-            seed=seed or None,
-            export=export,
-            force=force,
-        ),
     )
     if as_json:
         print(json.dumps(document, indent=2))

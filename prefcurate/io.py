@@ -57,8 +57,12 @@ class PairSource:
 
     @property
     def has_margins(self) -> bool:
-        """Whether the data carries scores or a margin column (else margin is null)."""
-        return bool(self.detected.score_chosen or self.detected.margin)
+        """Whether the data carries scores or a margin column (else margin is null).
+
+        Multi-completion rows always do: their completions are detected by their ratings.
+        """
+        d = self.detected
+        return bool(d.score_chosen or d.margin or d.layout is Layout.MULTI_COMPLETION)
 
     def describe(self) -> str:
         """One line for the user: format, files and detected layout."""

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from prefcurate.catalog import content_hash, duckdb_message
+from prefcurate.catalog import duckdb_message
 from prefcurate.errors import InputError
 from prefcurate.io import PAIR_COLUMNS, PairSource, atomic_dir
 from prefcurate.margins import (
@@ -48,6 +48,7 @@ from prefcurate.margins import (
     threshold_for_fraction,
 )
 from prefcurate.schema import ROUTE_DPO, ROUTE_SFT
+from prefcurate.sources import content_hash
 
 #: plan.json format version; bump when a key changes meaning.
 PLAN_VERSION = 1
@@ -703,6 +704,20 @@ class _HashThread:
             "bytes": size,
             "files": len(self._paths),
         }
+
+
+def write_split_plots(plan: RoutePlan, directory: Path) -> list[Path]:
+    """The analyze plots of the routed pairs (train and eval), with τ and the SFT region marked.
+
+    The hook :func:`write_route` calls inside the directory it is building, so the figures are
+    swapped in atomically with the splits.
+    """
+    from prefcurate.analyze import analyze_frame
+    from prefcurate.plots import write_plots
+
+    kept = plan.frame[plan.keys.get_column("_pos").sort()]
+    report = analyze_frame(kept, layout=plan.layout, threshold=plan.threshold)
+    return write_plots(report, directory, threshold=plan.threshold)
 
 
 def _fmt(value: float | None) -> str:

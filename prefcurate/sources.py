@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import glob as globlib
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -83,6 +84,26 @@ class RawSource:
             ) from exc
         msg = f"unsupported format {self.format!r}"
         raise AssertionError(msg)
+
+
+def content_hash(paths: tuple[Path, ...] | list[Path]) -> tuple[str, int]:
+    """(sha256 hex, total bytes) of the files' content, streamed in 1 MiB chunks.
+
+    One file: the sha256 of its bytes (what ``sha256sum`` prints). Several (a directory or glob):
+    the sha256 of their sorted per-file hex digests joined by newlines, so renaming or reordering
+    files keeps the hash. The catalog, plan.json and report.json all use this one definition.
+    """
+    digests, total = [], 0
+    for path in paths:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+                total += len(chunk)
+        digests.append(h.hexdigest())
+    if len(digests) == 1:
+        return digests[0], total
+    return hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest(), total
 
 
 def resolve(spec: str | Path, *, split: str | None = None) -> RawSource:

@@ -17,6 +17,9 @@ from prefcurate.route import PAUSE_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 
+PLOTS = ["lengths.png", "margin_cdf.png", "margin_hist.png", "margin_vs_length.png"]
+SPLIT_FILES = sorted([*PLOTS, "plan.json", "train.parquet"])
+
 
 def _snapshot(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
@@ -43,7 +46,16 @@ def test_route_ultrafeedback_at_tau_half(cli, uf1k, tmp_path):
     plan = json.loads((out / "plan.json").read_text())
     assert plan["mode"] == "mixdpo" and plan["threshold"] == 0.5 and plan["order"] == "curriculum"
     assert plan["counts"]["in"] == 1000 and plan["counts"]["dropped"] == 0
-    assert sorted(p.name for p in out.iterdir()) == ["plan.json", "train.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == SPLIT_FILES
+
+
+def test_route_plots_mark_the_split(cli, uf1k, tmp_path):
+    """The analyze figures of the routed pairs: real PNGs of a readable size."""
+    out = tmp_path / "split"
+    assert cli("route", uf1k, "--threshold", "0.5", "--out", out).code == 0
+    for name in PLOTS:
+        data = (out / name).read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000, name
 
 
 def test_filter_mode_writes_889_pairs_and_no_sft(cli, uf1k, tmp_path):
@@ -258,4 +270,4 @@ def test_killed_first_write_leaves_no_directory(cli, uf1k, tmp_path):
     result = cli("route", uf1k, "--threshold", "0.5", "--out", out)  # no --force needed
     assert result.code == 0, result.err
     assert not list(tmp_path.glob(".fresh.*"))
-    assert sorted(p.name for p in out.iterdir()) == ["plan.json", "train.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == SPLIT_FILES

@@ -1,0 +1,439 @@
+"""PNG figures of a report: the margin histogram, its CDF, margin vs length difference, lengths.
+
+Every figure marks the SFT/DPO cut when a threshold τ is given (pairs with ``margin < τ`` go to SFT,
+shaded), so ``route`` can reuse them to show its split. Figures are drawn on Matplotlib's Agg canvas
+directly (no pyplot, no window, no global state) and saved without a timestamp or version stamp, so
+the same input gives the same bytes. Example::
+
+    >>> from prefcurate.analyze import analyze
+    >>> report = analyze(source, threshold=0.5)          # doctest: +SKIP
+    >>> write_plots(report, "out/")                      # doctest: +SKIP
+    [PosixPath('out/margin_hist.png'), PosixPath('out/margin_cdf.png'), ...]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from prefcurate.analyze import Histogram, Report
+from prefcurate.analyze import histogram as make_histogram
+
+#: File names :func:`write_plots` writes (the margin plots only when the data has margins).
+PLOT_FILES = ("margin_hist.png", "margin_cdf.png", "margin_vs_length.png", "lengths.png")
+
+SFT_COLOR = "#d9822b"
+DPO_COLOR = "#3a6ea5"
+NEUTRAL_COLOR = "#5b7083"
+CUT_COLOR = "#b3261e"
+SCATTER_MAX_POINTS = 20_000  # above this, margin vs length is a 2-D histogram
+_DPI = 110
+_MARGIN_LABEL = "margin (score_chosen − score_rejected)"
+
+
+def write_plots(
+    report: Report,
+    out_dir: str | Path,
+    *,
+    threshold: float | None = None,
+    prefix: str = "",
+    on_written: Callable[[Path], None] | None = None,
+) -> list[Path]:
+    """Write the report's figures as PNGs into ``out_dir``; return their paths.
+
+    ``threshold`` defaults to the report's routing threshold. ``prefix`` is prepended to each file
+    name (``route`` may write ``routed_margin_hist.png``); ``on_written(path)`` is called after each
+    file (for a progress bar). Needs ``report.frame`` (set by
+    :func:`~prefcurate.analyze.analyze` and :func:`~prefcurate.analyze.analyze_frame`).
+    """
+    if report.frame is None:
+        msg = "the report has no frame to plot (build it with analyze or analyze_frame)"
+        raise ValueError(msg)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    reported = report.routing.threshold if report.routing is not None else None
+    if threshold is None:
+        threshold = reported
+    frame = report.frame
+    written: list[Path] = []
+
+    def done(path: Path) -> None:
+        written.append(path)
+        if on_written is not None:
+            on_written(path)
+
+    rated = frame.filter(pl.col("margin").is_finite())  # drops nulls (and NaN in hand-made frames)
+    if rated.height:
+        margins = rated.get_column("margin").to_numpy()
+        diff = (rated.get_column("chosen_chars") - rated.get_column("rejected_chars")).to_numpy()
+        hist = report.histogram
+        if hist is None or threshold != reported:  # the bins must put this τ on an edge
+            hist = make_histogram(rated.get_column("margin"), threshold=threshold)
+        done(
+            margin_histogram(
+                hist,
+                out / f"{prefix}margin_hist.png",
+                threshold=threshold,
+                negative=report.margin.negative,
+            )
+        )
+        done(margin_cdf(margins, out / f"{prefix}margin_cdf.png", threshold=threshold))
+        done(
+            margin_vs_length(
+                margins,
+                diff,
+                out / f"{prefix}margin_vs_length.png",
+                threshold=threshold,
+                corr=report.lengths.margin_length_corr,
+                grid=hist.grid,
+            )
+        )
+    done(
+        lengths(
+            frame.get_column("chosen_chars").to_numpy(),
+            frame.get_column("rejected_chars").to_numpy(),
+            out / f"{prefix}lengths.png",
+        )
+    )
+    return written
+
+
+# --------------------------------------------------------------------------------------------------
+# the figures
+
+
+def margin_histogram(
+    hist: Histogram,
+    path: str | Path,
+    *,
+    threshold: float | None = None,
+    negative: int | None = None,
+) -> Path:
+    """Bars of ``hist`` (from :func:`prefcurate.analyze.histogram`), SFT bins in orange.
+
+    ``negative`` (the count of negative margins) is named in the subtitle, since a few label
+    inversions are invisible as bars next to hundreds of thousands of pairs.
+    """
+    edges = np.asarray(hist.edges)
+    counts = np.asarray(hist.counts)
+    total = int(counts.sum())
+    left, width = edges[:-1], np.diff(edges)
+    fig, ax = _figure()
+    if threshold is not None and hist.cut is not None:
+        sft = edges[1:] <= hist.cut + 1e-9
+        colors = np.where(sft, SFT_COLOR, DPO_COLOR)
+        n_sft = int(counts[sft].sum())
+        tau = _fmt(threshold)
+        _shade_sft(ax, hist.cut)
+        _cut_line(ax, hist.cut, threshold)
+        ax.legend(
+            handles=[
+                Patch(color=SFT_COLOR, label=f"SFT (margin < {tau}): {n_sft:,}"),
+                Patch(color=DPO_COLOR, label=f"DPO (margin ≥ {tau}): {total - n_sft:,}"),
+            ],
+            loc="upper right",
+            frameon=False,
+        )
+        subtitle = f"τ = {_fmt(threshold)} routes {n_sft:,} pairs ({_pct(n_sft, total)}) to SFT"
+    else:
+        colors = np.full(counts.size, NEUTRAL_COLOR)
+        subtitle = f"bins of {_fmt(hist.width)}" + (
+            f", centred on the {_fmt(hist.grid)} rating grid" if hist.grid else ""
+        )
+    ax.bar(left, counts, width=width, align="edge", color=colors, edgecolor="white", linewidth=0.6)
+    if counts.size <= 30:
+        for x, w, c in zip(left, width, counts, strict=True):
+            if c:
+                ax.annotate(
+                    f"{c:,}",
+                    (x + w / 2, c),
+                    xytext=(0, 2),
+                    textcoords="offset points",
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                    color="#333333",
+                )
+    if hist.grid is not None:
+        _grid_ticks(ax, edges, hist.grid)
+    ax.set_xlim(edges[0], edges[-1])
+    ax.set_ylim(0, max(1, counts.max()) * 1.22)
+    if negative:
+        subtitle += f"; {negative:,} pairs have a negative margin (label inversions)"
+    ax.yaxis.set_major_formatter(_thousands())
+    ax.set_xlabel(_MARGIN_LABEL)
+    ax.set_ylabel("pairs")
+    _title(ax, f"Margin histogram — {total:,} pairs", subtitle)
+    return _save(fig, path)
+
+
+def margin_cdf(margins: np.ndarray, path: str | Path, *, threshold: float | None = None) -> Path:
+    """Empirical CDF of the margins: the share of pairs with margin ≤ x, τ marked."""
+    values = np.sort(np.asarray(margins, dtype=np.float64))
+    n = values.size
+    xs, first = np.unique(values, return_index=True)
+    below = np.append(first[1:], n) / n  # share of pairs ≤ each distinct value
+    fig, ax = _figure()
+    lo, hi = float(xs[0]), float(xs[-1])
+    pad = max((hi - lo) * 0.03, 0.25)
+    ax.step(
+        np.concatenate([[lo - pad], xs, [hi + pad]]),
+        np.concatenate([[0.0], below, [1.0]]),
+        where="post",
+        color=DPO_COLOR,
+        linewidth=1.8,
+    )
+    subtitle = f"share of pairs with margin ≤ x; median {_fmt(float(np.median(values)))}"
+    if threshold is not None:
+        share = float(np.searchsorted(values, threshold, side="left")) / n
+        _shade_sft(ax, threshold)
+        _cut_line(ax, threshold, threshold)
+        ax.axhline(share, color=SFT_COLOR, linewidth=1, linestyle=":")
+        ax.plot([threshold], [share], "o", color=SFT_COLOR, markersize=6, zorder=5)
+        ax.annotate(
+            f"{share:.1%} have margin < τ",
+            (threshold, share),
+            xytext=(8, -14 if share > 0.1 else 6),
+            textcoords="offset points",
+            fontsize=9,
+            color=SFT_COLOR,
+        )
+        subtitle = f"τ = {_fmt(threshold)}: {share:.1%} of pairs below it go to SFT"
+    ax.set_xlim(lo - pad, hi + pad)
+    ax.set_ylim(0, 1.02)
+    ax.yaxis.set_major_formatter(_percent_formatter())
+    ax.set_xlabel(_MARGIN_LABEL)
+    ax.set_ylabel("pairs with margin ≤ x")
+    _title(ax, f"Margin CDF — {n:,} pairs", subtitle)
+    return _save(fig, path)
+
+
+def margin_vs_length(
+    margins: np.ndarray,
+    length_diff: np.ndarray,
+    path: str | Path,
+    *,
+    threshold: float | None = None,
+    corr: float | None = None,
+    grid: float | None = None,
+) -> Path:
+    """Length difference (chosen − rejected, characters) against margin, with its median per margin.
+
+    Up to :data:`SCATTER_MAX_POINTS` pairs are drawn as points (jittered sideways on a rating
+    grid, with a fixed seed); more are drawn as a 2-D histogram with a log colour scale. The y axis
+    shows the 1st–99th percentile range; the title says how many pairs fall outside.
+    """
+    x = np.asarray(margins, dtype=np.float64)
+    y = np.asarray(length_diff, dtype=np.float64)
+    n = x.size
+    y_lo, y_hi = np.percentile(y, [1, 99])
+    span = max(y_hi - y_lo, 1.0)
+    y_lo, y_hi = y_lo - 0.05 * span, y_hi + 0.05 * span
+    outside = int(((y < y_lo) | (y > y_hi)).sum())
+    fig, ax = _figure()
+    if threshold is not None:
+        cut = _grid_cut(threshold, grid)
+        _shade_sft(ax, cut)
+        _cut_line(ax, cut, threshold)
+    if n <= SCATTER_MAX_POINTS:
+        jitter = 0.0
+        if grid is not None:
+            jitter = np.random.default_rng(0).uniform(-0.3, 0.3, n) * grid
+        colors = (
+            NEUTRAL_COLOR if threshold is None else np.where(x < threshold, SFT_COLOR, DPO_COLOR)
+        )
+        ax.scatter(x + jitter, y, s=6, c=colors, alpha=0.45, linewidths=0, rasterized=False)
+    else:
+        x_edges = _x_edges(x, grid)
+        y_edges = np.linspace(y_lo, y_hi, 61)
+        counts, _, _ = np.histogram2d(x, y, bins=[x_edges, y_edges])
+        mesh = ax.pcolormesh(
+            x_edges,
+            y_edges,
+            np.ma.masked_equal(counts.T, 0),
+            cmap="viridis",
+            norm=LogNorm(vmin=1, vmax=max(1.0, counts.max())),
+        )
+        fig.colorbar(mesh, ax=ax, label="pairs", pad=0.01)
+    centres, medians = _medians_by_margin(x, y, grid)
+    ax.plot(
+        centres,
+        medians,
+        "-o",
+        color="#222222",
+        markersize=3,
+        linewidth=1.4,
+        label="median per margin",
+    )
+    ax.axhline(0, color="#888888", linewidth=0.8)
+    ax.legend(loc="upper right", frameon=False)
+    x_pad = grid if grid is not None else max(float(x.max() - x.min()) * 0.03, 1e-6)
+    ax.set_xlim(float(x.min()) - x_pad, float(x.max()) + x_pad)
+    ax.set_ylim(y_lo, y_hi)
+    ax.yaxis.set_major_formatter(_thousands())
+    ax.set_xlabel(_MARGIN_LABEL)
+    ax.set_ylabel("len(chosen) − len(rejected), characters")
+    r = "n/a" if corr is None else f"{corr:+.3f}"
+    clipped = f"; {outside:,} pairs beyond the 1st–99th percentile not shown" if outside else ""
+    _title(ax, f"Margin vs length difference — Pearson r = {r}", f"{n:,} pairs{clipped}")
+    return _save(fig, path)
+
+
+def lengths(chosen_chars: np.ndarray, rejected_chars: np.ndarray, path: str | Path) -> Path:
+    """Distributions of chosen and rejected lengths (characters, log scale), means marked.
+
+    Empty responses (0 characters) cannot sit on a log axis; they are counted in the subtitle.
+    """
+    c = np.asarray(chosen_chars, dtype=np.float64)
+    r = np.asarray(rejected_chars, dtype=np.float64)
+    hi = max(float(max(c.max(), r.max())), 10.0)
+    edges = np.unique(np.round(np.geomspace(1, hi + 1, 41)))  # integer edges: no empty slivers
+    fig, ax = _figure()
+    for values, color, name in ((c, DPO_COLOR, "chosen"), (r, SFT_COLOR, "rejected")):
+        mean = float(values.mean())
+        ax.hist(
+            values[values >= 1],
+            bins=edges,
+            histtype="step",
+            linewidth=1.8,
+            color=color,
+            label=f"{name} (mean {mean:,.0f}, median {float(np.median(values)):,.0f})",
+        )
+        ax.axvline(max(mean, 1.0), color=color, linestyle="--", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlim(1, edges[-1])
+    ax.set_xlabel("length (characters, log scale; dashed: means)")
+    ax.set_ylabel("responses")
+    ax.yaxis.set_major_formatter(_thousands())
+    ax.legend(loc="upper left", frameon=False)
+    longer = float((c > r).mean()) if c.size else 0.0
+    empty = int((c < 1).sum() + (r < 1).sum())
+    note = f"; {empty:,} empty responses not drawn" if empty else ""
+    _title(
+        ax,
+        f"Response lengths — {c.size:,} pairs",
+        f"the chosen response is longer in {longer:.1%} of pairs{note}",
+    )
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _figure() -> tuple[Figure, object]:
+    fig = Figure(figsize=(8, 4.6), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.grid(axis="y", color="#e6e6e6", linewidth=0.8)
+    ax.set_axisbelow(True)
+    return fig, ax
+
+
+def _title(ax, title: str, subtitle: str) -> None:
+    ax.set_title(f"{title}\n", fontsize=12, loc="left", fontweight="bold")
+    ax.text(0, 1.02, subtitle, transform=ax.transAxes, fontsize=9, color="#555555", va="bottom")
+
+
+def _shade_sft(ax, cut: float) -> None:
+    ax.axvspan(-1e9, cut, color=SFT_COLOR, alpha=0.08, linewidth=0, zorder=0)
+
+
+def _cut_line(ax, x: float, threshold: float) -> None:
+    """The cut as a dashed line: "SFT ◂" on its left, "▸ DPO" and τ on its right, at the top."""
+    ax.axvline(x, color=CUT_COLOR, linestyle="--", linewidth=1.3, zorder=4)
+    box = {"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.8}
+    for text, dx, dy, ha in (
+        (f"τ = {_fmt(threshold)}", 4, -13, "left"),
+        ("SFT ◂", -4, -27, "right"),
+        ("▸ DPO", 4, -27, "left"),
+    ):
+        ax.annotate(
+            text,
+            (x, 1),
+            xycoords=("data", "axes fraction"),
+            xytext=(dx, dy),
+            textcoords="offset points",
+            ha=ha,
+            fontsize=9,
+            color=CUT_COLOR,
+            bbox=box,
+            zorder=6,
+        )
+
+
+def _grid_cut(threshold: float, grid: float | None) -> float:
+    """Where to draw τ on a grid: just below the first grid value ≥ τ (between the two routes)."""
+    if grid is None:
+        return threshold
+    return float(np.ceil(threshold / grid - 1e-9) * grid - grid / 2)
+
+
+def _grid_ticks(ax, edges: np.ndarray, grid: float) -> None:
+    lo, hi = edges[0], edges[-1]
+    step = grid
+    while (hi - lo) / step > 20:
+        step *= 2
+    first = np.ceil(lo / step) * step
+    ax.set_xticks(np.arange(first, hi, step))
+
+
+def _x_edges(x: np.ndarray, grid: float | None) -> np.ndarray:
+    lo, hi = float(x.min()), float(x.max())
+    if grid is not None:
+        return np.arange(lo - grid / 2, hi + grid, grid)
+    return np.linspace(lo, hi if hi > lo else lo + 1, 61)
+
+
+def _medians_by_margin(
+    x: np.ndarray, y: np.ndarray, grid: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Median of y per grid value (or per one of 30 equal-width bins) holding ≥ 5 pairs."""
+    if grid is not None:
+        keys = np.round(x / grid).astype(np.int64)
+    else:
+        lo, hi = float(x.min()), float(x.max())
+        keys = np.floor((x - lo) / max(hi - lo, 1e-12) * 30).clip(0, 29).astype(np.int64)
+    order = np.argsort(keys, kind="stable")
+    keys, xs, ys = keys[order], x[order], y[order]
+    uniq, start, count = np.unique(keys, return_index=True, return_counts=True)
+    centres, medians = [], []
+    for s, c in zip(start, count, strict=True):
+        if c >= 5:
+            centres.append(float(np.median(xs[s : s + c])))
+            medians.append(float(np.median(ys[s : s + c])))
+    return np.asarray(centres), np.asarray(medians)
+
+
+def _thousands():
+    from matplotlib.ticker import StrMethodFormatter
+
+    return StrMethodFormatter("{x:,.0f}")
+
+
+def _percent_formatter():
+    from matplotlib.ticker import PercentFormatter
+
+    return PercentFormatter(1.0, decimals=0)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:g}"
+
+
+def _pct(part: int, whole: int) -> str:
+    return f"{part / whole:.1%}" if whole else "n/a"
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    fig.savefig(path, format="png", metadata={"Software": None})
+    return path
