@@ -1,0 +1,663 @@
+"""The training loop: MixDPO and its baselines on any causal LM, on a CPU, a GPU or under torchrun.
+
+One function, :func:`train`, reads top to bottom: settings → data → reference → optimizer →
+resume → loop → final model. From Python::
+
+    >>> from trainers.loop import TrainConfig, train
+    >>> result = train(TrainConfig("splits/uf", model="tiny", out="runs/tiny", lr=1e-3,
+    ...                            max_steps=24))                              # doctest: +SKIP
+    >>> result.final["rewards/accuracies"]                                      # doctest: +SKIP
+
+The same command line, on 2 processes (each with a strided share of every global batch)::
+
+    torchrun --nproc_per_node=2 -m prefcurate train splits/uf --model tiny --out runs/ddp
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from prefcurate.errors import InputError, PrefcurateError
+from trainers import cache, dist
+from trainers.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    read_state,
+    remove_partial,
+    save_checkpoint,
+)
+from trainers.data import Curriculum, Split, TokenizedPairs, collate, read_split, tokenize_split
+from trainers.logps import SequenceLogps, reference_logps
+from trainers.losses import PREFERENCE_LOSSES
+from trainers.model import (
+    LoadedModel,
+    describe,
+    directory_fingerprint,
+    load_model,
+    load_reference,
+)
+from trainers.objective import STAT_KEYS, Objective, step_metrics
+from trainers.progress import Reporter
+
+METRICS = "metrics.jsonl"
+RUN_JSON = "run.json"
+MODEL_DIR = "model"
+#: What ``--force`` may delete in RUN_DIR; nothing else there is ever touched.
+RUN_OUTPUTS = ("checkpoints", MODEL_DIR, METRICS, RUN_JSON, "curves.png")
+
+
+class NonFiniteLossError(PrefcurateError):
+    """The loss or the gradient became NaN/inf; the run stops with the last good checkpoint kept."""
+
+    exit_code = 1
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; one field per ``prefcurate train`` flag."""
+
+    split_dir: Path
+    model: str
+    out: Path
+    ref_model: str | None = None  # default: the initial policy
+    loss: str = "sigmoid"  # sigmoid | ipo | hinge | robust
+    beta: float = 0.1
+    label_smoothing: float = 0.0  # ε of conservative / robust DPO
+    sft_weight: float = 1.0
+    nll_weight: float = 0.0  # DPO+NLL baseline
+    shuffle: bool = False  # default: the split's rank order, read sequentially
+    epochs: int = 1
+    max_steps: int | None = None
+    max_length: int = 1024
+    batch_size: int = 4  # pairs per micro-batch per process
+    grad_accum: int = 1
+    lr: float = 5e-7
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 autocast on CUDA) | bf16 | fp32
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    save_every: int = 0  # 0: no intermediate checkpoints
+    resume: bool = False
+    force: bool = False
+    cache_dir: Path | None = None
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        self.split_dir, self.out = Path(self.split_dir), Path(self.out)
+        self.cache_dir = Path(self.cache_dir) if self.cache_dir else cache.default_cache_dir()
+
+    def validate(self) -> None:
+        """Refuse impossible settings with an :class:`InputError` naming the flag."""
+        if self.loss not in PREFERENCE_LOSSES:
+            raise InputError(
+                f"unknown --loss {self.loss!r}", fix=f"use one of {', '.join(PREFERENCE_LOSSES)}"
+            )
+        if self.label_smoothing and self.loss not in ("sigmoid", "robust"):
+            raise InputError(
+                f"--label-smoothing applies to the sigmoid and robust losses, not {self.loss}"
+            )
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise InputError(f"--label-smoothing must be in [0, 0.5), not {self.label_smoothing}")
+        checks = {
+            "--beta": self.beta > 0,
+            "--lr": self.lr > 0,
+            "--batch-size": self.batch_size >= 1,
+            "--grad-accum": self.grad_accum >= 1,
+            "--epochs": self.epochs >= 1,
+            "--max-steps": self.max_steps is None or self.max_steps >= 1,
+            "--max-length": self.max_length >= 2,
+            "--warmup-ratio": 0.0 <= self.warmup_ratio < 1.0,
+            "--sft-weight": self.sft_weight >= 0,
+            "--nll-weight": self.nll_weight >= 0,
+            "--save-every": self.save_every >= 0,
+            "--max-grad-norm": self.max_grad_norm >= 0,
+        }
+        for flag, ok in checks.items():
+            if not ok:
+                value = getattr(self, flag[2:].replace("-", "_"))
+                raise InputError(f"{flag} {value} is out of range", fix="see prefcurate train -h")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise InputError(f"unknown --device {self.device!r}", fix="use auto, cpu or cuda")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise InputError(f"unknown --precision {self.precision!r}", fix="use auto, bf16, fp32")
+
+    def resume_key(self, world_size: int) -> dict[str, Any]:
+        """The settings a resumed run must share with the run it continues."""
+        keep = (
+            "model",
+            "ref_model",
+            "loss",
+            "beta",
+            "label_smoothing",
+            "sft_weight",
+            "nll_weight",
+            "shuffle",
+            "epochs",
+            "max_steps",
+            "max_length",
+            "lr",
+            "warmup_ratio",
+            "weight_decay",
+            "max_grad_norm",
+            "seed",
+        )
+        key = {k: getattr(self, k) for k in keep}
+        key["global_batch"] = self.batch_size * self.grad_accum * world_size
+        return key
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports (the CLI prints it; the catalog records :meth:`to_dict`)."""
+
+    run_dir: Path
+    model_dir: Path
+    steps: int
+    resumed_from: int | None
+    world_size: int
+    device: str
+    pairs: dict[str, int]
+    train_seconds: float
+    pairs_per_s: float
+    tokens_per_s: float
+    final: dict[str, Any]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["run_dir"], out["model_dir"] = str(self.run_dir), str(self.model_dir)
+        return out
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``auto`` → CUDA if present else CPU; ``cuda`` without CUDA is the user's error."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise InputError(
+            "--device cuda was given but CUDA is not available", fix="use --device cpu or auto"
+        )
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(requested)
+
+
+def autocast_factory(device: torch.device, precision: str) -> Callable[[], Any]:
+    """bf16 autocast (fp32 master weights) on CUDA by default; plain fp32 on the CPU."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "bf16":
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def lr_factor(step: int, *, warmup: int, total: int) -> float:
+    """Multiplier of ``--lr`` at 0-based optimizer step ``step``.
+
+    1. warmup: linear from 1/warmup up to 1 over the first ``warmup`` steps;
+    2. after the last step: 0;
+    3. otherwise: cosine decay from 1 to 0.
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    if step >= total:
+        return 0.0
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def check_run_dir(config: TrainConfig) -> None:
+    """Nothing is overwritten silently: an existing run needs ``--resume`` or ``--force``."""
+    out = config.out
+    if config.resume:
+        if latest_checkpoint(out) is None:
+            raise InputError(
+                "--resume found no complete checkpoint",
+                where=out / "checkpoints",
+                fix="start the run without --resume (save checkpoints with --save-every N)",
+            )
+        return
+    if out.exists() and not out.is_dir():
+        raise InputError("--out exists and is not a directory", where=out)
+    existing = [name for name in RUN_OUTPUTS if (out / name).exists()]
+    if existing and not config.force:
+        raise InputError(
+            f"the run directory already holds {', '.join(existing)}",
+            where=out,
+            fix="pass --resume to continue it, --force to start over, or another --out",
+        )
+
+
+# --------------------------------------------------------------------------- data and reference
+
+
+def tokenized_pairs(split: Split, loaded: LoadedModel, config: TrainConfig) -> TokenizedPairs:
+    """Tokenise the split once; later runs and other ranks read the token cache."""
+    key = cache.cache_key(
+        split=split.sha256,
+        tokenizer=cache.tokenizer_fingerprint(loaded.tokenizer),
+        max_length=config.max_length,
+    )
+    hit = cache.load(config.cache_dir, "tokens", key)
+    if hit is None and dist.launched().local_rank == 0:
+        pairs = tokenize_split(split, loaded.tokenizer, max_length=config.max_length)
+        meta = {
+            "pair_ids": pairs.pair_ids,
+            "truncated": pairs.truncated,
+            "identical": pairs.identical,
+            "chat_template": pairs.chat_template,
+        }
+        cache.save(config.cache_dir, "tokens", key, pairs.to_tensors(), meta)
+        hit = (pairs.to_tensors(), meta)
+    dist.barrier()
+    if hit is None:
+        hit = cache.load(config.cache_dir, "tokens", key)
+    if hit is None:
+        raise InputError(
+            "the token cache is not shared between ranks",
+            where=config.cache_dir,
+            fix="pass a --cache-dir that every process can read",
+        )
+    return TokenizedPairs.from_tensors(*hit)
+
+
+def reference_for(
+    pairs: TokenizedPairs,
+    policy: LoadedModel,
+    config: TrainConfig,
+    device: torch.device,
+    autocast: Callable[[], Any],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference log-probs of the dpo pairs: from the cache, else one pass then freed."""
+    ref_fingerprint = policy.fingerprint
+    ref_path = Path(config.ref_model) if config.ref_model else None
+    if ref_path is not None:
+        if not ref_path.is_dir():
+            raise InputError(
+                "reference model directory not found",
+                where=ref_path,
+                fix="pass a local save_pretrained directory to --ref-model",
+            )
+        ref_fingerprint = directory_fingerprint(ref_path)
+    key = cache.cache_key(
+        model=ref_fingerprint,
+        tokens=pairs.digest(),
+        max_length=config.max_length,
+        precision=f"{device.type}:{config.precision}",
+    )
+    hit = cache.load(config.cache_dir, "reference", key)
+    hits = dist.sum_(torch.tensor([int(hit is not None)], device=dist.collective_device()))
+    if int(hits) == dist.info().world_size:
+        return hit[0]["chosen"], hit[0]["rejected"]
+    ref = None
+    if ref_path is not None:
+        ref = load_reference(str(ref_path), policy, trust_remote_code=config.trust_remote_code)
+    model = ref.model.to(device) if ref else policy.model
+    module = SequenceLogps(model)
+    chosen, rejected = reference_logps(
+        module,
+        pairs,
+        batch_size=2 * config.batch_size,
+        device=device,
+        autocast=autocast(),
+        pad_id=policy.tokenizer.pad_token_id,
+    )
+    del module, model, ref  # the reference model is freed before training starts
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if dist.info().main:
+        cache.save(
+            config.cache_dir,
+            "reference",
+            key,
+            {"chosen": chosen, "rejected": rejected},
+            {"model": ref_fingerprint},
+        )
+    return chosen, rejected
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
+    """Train on ``config.split_dir`` and write ``config.out``; see the module docstring.
+
+    Raises :class:`InputError` for the user's mistakes (before anything is written) and
+    :class:`NonFiniteLossError` when the loss turns NaN (the last good checkpoint is kept).
+    """
+    config.validate()
+    device = resolve_device(config.device)
+    check_run_dir(config)
+    info = dist.setup(device.type)
+    if device.type == "cuda" and info.world_size > 1:
+        device = torch.device("cuda", info.local_rank)
+    reporter = reporter if (reporter is not None and info.main) else Reporter()
+    try:
+        return _train(config, device, info, reporter)
+    finally:
+        reporter.close()
+        dist.teardown()
+
+
+def _train(
+    config: TrainConfig, device: torch.device, info: dist.DistInfo, reporter: Reporter
+) -> TrainResult:
+    setup_started = time.perf_counter()
+    seed_everything(config.seed)
+    autocast = autocast_factory(device, config.precision)
+
+    # ---- data: the split's pairs in rank order, tokenised once
+    split = read_split(config.split_dir)
+    policy = load_model(config.model, seed=config.seed, trust_remote_code=config.trust_remote_code)
+    pairs = tokenized_pairs(split, policy, config)
+    if pairs.identical:
+        reporter.message(
+            f"warning: {pairs.identical} dpo pairs have identical chosen and rejected tokens after "
+            f"--max-length {config.max_length} truncation; they are trained as sft"
+        )
+
+    # ---- reference log-probs, once, before training (the initial policy unless --ref-model)
+    policy.model.to(device)
+    logps = SequenceLogps(policy.model)
+    logps.check_head()
+    ref_chosen, ref_rejected = reference_for(pairs, policy, config, device, autocast)
+
+    # ---- optimizer, schedule, order
+    curriculum = Curriculum(
+        n_pairs=len(pairs),
+        global_batch=config.batch_size * config.grad_accum * info.world_size,
+        epochs=config.epochs,
+        max_steps=config.max_steps,
+        shuffle=config.shuffle,
+        seed=config.seed,
+    )
+    total = curriculum.total_steps
+    warmup = math.ceil(config.warmup_ratio * total)
+    optimizer = torch.optim.AdamW(
+        policy.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, warmup=warmup, total=total)
+    )
+
+    # ---- run directory: fresh, or resumed from the newest complete checkpoint
+    out = config.out
+    resume_key = config.resume_key(info.world_size)
+    start_step, resumed_from = 0, None
+    if config.resume:
+        checkpoint = latest_checkpoint(out)
+        _check_resume(read_state(checkpoint), resume_key, checkpoint)
+        dist.barrier()
+        state = load_checkpoint(
+            checkpoint, model=policy.model, optimizer=optimizer, scheduler=scheduler
+        )
+        start_step = resumed_from = state["step"]
+        if info.main:
+            remove_partial(out)
+            _truncate_metrics(out / METRICS, start_step)
+    elif info.main:
+        for name in RUN_OUTPUTS:
+            target = out / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    run_json = {
+        "status": "running",
+        "config": config.to_json(),
+        "world_size": info.world_size,
+        "device": str(device),
+        "split": split.summary(),
+        "tokens": pairs.counts(),
+        "model": describe(policy),
+        "steps": {"total": total, "warmup": warmup, "per_epoch": curriculum.steps_per_epoch},
+        "resumed_from": resumed_from,
+    }
+    if info.main:
+        _write_json(out / RUN_JSON, run_json)
+
+    # ---- training
+    if config.gradient_checkpointing:
+        policy.model.gradient_checkpointing_enable({"use_reentrant": False})
+    module = DistributedDataParallel(logps) if info.world_size > 1 else logps
+    module.train()
+    objective = Objective(
+        loss=config.loss,
+        beta=config.beta,
+        label_smoothing=config.label_smoothing,
+        sft_weight=config.sft_weight,
+        nll_weight=config.nll_weight,
+    )
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    pad_id = policy.tokenizer.pad_token_id
+    metrics_file = (out / METRICS).open("a") if info.main else None
+    last_checkpoint = latest_checkpoint(out)
+    run_json["setup_seconds"] = round(time.perf_counter() - setup_started, 3)
+    reporter.start(total_steps=total, first_step=start_step)
+    train_started = time.perf_counter()
+    seen_pairs = seen_tokens = 0
+    metrics: dict[str, Any] = {}
+    try:
+        for step in range(start_step, total):
+            step_started = time.perf_counter()
+            in_step = curriculum.step_pairs(step).numel()
+            micro_batches = curriculum.micro_batches(
+                step,
+                rank=info.rank,
+                world_size=info.world_size,
+                batch_size=config.batch_size,
+                grad_accum=config.grad_accum,
+            )
+            sums = torch.zeros(len(STAT_KEYS), dtype=torch.float64)
+            bad_pairs: list[str] = []
+            for m, index in enumerate(micro_batches):
+                last = m == len(micro_batches) - 1
+                if index.numel() == 0 and not (last and info.world_size > 1):
+                    continue
+                # a rank with no pair left still joins the gradient all-reduce, with weight 0
+                weight = info.world_size / in_step if index.numel() else 0.0
+                batch = collate(
+                    pairs,
+                    index if index.numel() else torch.tensor([0]),
+                    pad_id=pad_id,
+                    ref_chosen=ref_chosen,
+                    ref_rejected=ref_rejected,
+                ).to(device)
+                sync = (
+                    module.no_sync()
+                    if info.world_size > 1 and not last
+                    else contextlib.nullcontext()
+                )
+                with sync:
+                    with autocast():
+                        terms = objective(module, batch)
+                    # mean over the step's pairs on all ranks: DDP averages, so scale by world
+                    (terms.loss.sum() * weight).backward()
+                if index.numel():
+                    sums += terms.sums()
+                    finite = torch.isfinite(terms.loss.detach()).cpu()
+                    bad_pairs += [pairs.pair_ids[i] for i in index[~finite].tolist()]
+            sums = dist.sum_(sums.to(dist.collective_device())).cpu()
+            stats = dict(zip(STAT_KEYS, sums.tolist(), strict=True))
+            if stats["nonfinite"]:
+                bad = [p for ids in dist.gather_objects(bad_pairs) for p in ids]
+                raise _nonfinite("loss", step + 1, bad, last_checkpoint)
+            norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
+            if not torch.isfinite(norm):
+                step_ids = [pairs.pair_ids[i] for i in curriculum.step_pairs(step).tolist()]
+                raise _nonfinite("gradient", step + 1, step_ids, last_checkpoint)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            seconds = time.perf_counter() - step_started
+            seen_pairs += in_step
+            seen_tokens += int(stats["tokens"])
+            epoch, _ = curriculum.position(step)
+            metrics = {
+                "step": step + 1,
+                "epoch": epoch,
+                **step_metrics(sums, pairs_in_step=in_step),
+            }
+            metrics.update(
+                grad_norm=float(norm),
+                lr=lr,
+                tokens_per_s=stats["tokens"] / seconds,
+                pairs_per_s=in_step / seconds,
+                elapsed_s=round(time.perf_counter() - train_started, 3),
+            )
+            if metrics_file is not None:
+                metrics_file.write(json.dumps(metrics) + "\n")
+                metrics_file.flush()
+            reporter.step(metrics)
+            if config.save_every and (step + 1) % config.save_every == 0:
+                next_epoch, position = curriculum.position(step + 1)
+                last_checkpoint = save_checkpoint(
+                    out,
+                    step + 1,
+                    model=policy.model,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    state={
+                        "epoch": next_epoch,
+                        "position": position,
+                        "world_size": info.world_size,
+                        "config": resume_key,
+                    },
+                )
+    except NonFiniteLossError as exc:
+        if info.main:
+            _write_json(out / RUN_JSON, {**run_json, "status": "failed", "error": str(exc)})
+        raise
+    finally:
+        if metrics_file is not None:
+            metrics_file.close()
+    train_seconds = time.perf_counter() - train_started
+
+    # ---- the final model, loadable with AutoModelForCausalLM.from_pretrained
+    if config.gradient_checkpointing:
+        policy.model.gradient_checkpointing_disable()
+    model_dir = out / MODEL_DIR
+    if info.main:
+        _save_final(policy, model_dir)
+    dist.barrier()
+    result = TrainResult(
+        run_dir=out,
+        model_dir=model_dir,
+        steps=total,
+        resumed_from=resumed_from,
+        world_size=info.world_size,
+        device=str(device),
+        pairs=pairs.counts(),
+        train_seconds=round(train_seconds, 3),
+        pairs_per_s=seen_pairs / train_seconds if train_seconds else 0.0,
+        tokens_per_s=seen_tokens / train_seconds if train_seconds else 0.0,
+        final=metrics,
+        summary=summarize(out / METRICS) if info.main else {},
+    )
+    if info.main:
+        _write_json(out / RUN_JSON, {**run_json, "status": "completed", "result": result.to_dict()})
+    return result
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def summarize(metrics_path: Path, window: float = 0.1) -> dict[str, Any]:
+    """Means of the key curves over the first and last ``window`` of a run's steps."""
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
+    if not rows:
+        return {}
+    n = max(1, int(len(rows) * window))
+    out: dict[str, Any] = {"steps": len(rows), "window": n}
+    for key in (
+        "loss",
+        "loss/dpo",
+        "loss/sft",
+        "rewards/accuracies",
+        "rewards/margins",
+        "logps/chosen",
+    ):
+        for part, chunk in (("first", rows[:n]), ("last", rows[-n:])):
+            values = [r[key] for r in chunk if r.get(key) is not None]
+            out[f"{key}:{part}"] = sum(values) / len(values) if values else None
+    return out
+
+
+def _nonfinite(what: str, step: int, pair_ids: list[str], checkpoint: Path | None) -> Exception:
+    shown = ", ".join(pair_ids[:8]) + (
+        f" and {len(pair_ids) - 8} more" if len(pair_ids) > 8 else ""
+    )
+    kept = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was saved"
+    return NonFiniteLossError(
+        f"non-finite {what} at step {step} (pairs: {shown}); training stopped and {kept} "
+        "(lower --lr or --beta, or remove those pairs, then --resume)"
+    )
+
+
+def _check_resume(state: dict[str, Any], key: dict[str, Any], checkpoint: Path) -> None:
+    saved = state.get("config", {})
+    changed = [k for k in key if saved.get(k) != key[k]]
+    if changed:
+        shown = ", ".join(f"{k}: {saved.get(k)!r} → {key[k]!r}" for k in changed)
+        raise InputError(
+            f"--resume with different settings ({shown})",
+            where=checkpoint,
+            fix="resume with the flags the run was started with",
+        )
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metrics of steps after the checkpoint: they will be trained again."""
+    if not path.is_file():
+        return
+    kept = [
+        line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step
+    ]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _save_final(policy: LoadedModel, model_dir: Path) -> None:
+    tmp = model_dir.with_name(f".{model_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.restore_config()
+    policy.model.config.use_cache = True
+    policy.model.save_pretrained(tmp)
+    policy.tokenizer.save_pretrained(tmp)
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    os.replace(tmp, model_dir)
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
