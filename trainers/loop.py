@@ -445,7 +445,7 @@ def _train(
 
     # ---- training
     if config.gradient_checkpointing:
-        policy.model.gradient_checkpointing_enable({"use_reentrant": False})
+        _activation_checkpointing(policy.model, enable=True)
     module = DistributedDataParallel(logps) if info.world_size > 1 else logps
     module.train()
     objective = Objective(
@@ -564,7 +564,7 @@ def _train(
 
     # ---- the final model, loadable with AutoModelForCausalLM.from_pretrained
     if config.gradient_checkpointing:
-        policy.model.gradient_checkpointing_disable()
+        _activation_checkpointing(policy.model, enable=False)
     model_dir = out / MODEL_DIR
     if info.main:
         _save_final(policy, model_dir)
@@ -643,6 +643,19 @@ def _truncate_metrics(path: Path, step: int) -> None:
         line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step
     ]
     path.write_text("".join(line + "\n" for line in kept))
+
+
+def _activation_checkpointing(model: torch.nn.Module, *, enable: bool) -> None:
+    """transformers ≥ 5 names it activation checkpointing; older versions gradient checkpointing."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        if enable:
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.activation_checkpointing_disable()
+    elif enable:
+        model.gradient_checkpointing_enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
 
 
 def _save_final(policy: LoadedModel, model_dir: Path) -> None:
