@@ -115,7 +115,7 @@ def train(
     ref_model: Annotated[
         str | None,
         typer.Option(
-            "--ref-model", help="Reference model directory [default: the initial policy]."
+            "--ref-model", help="Reference model directory (default: the initial policy)."
         ),
     ] = None,
     loss: Annotated[
@@ -131,7 +131,9 @@ def train(
     ] = 0.0,
     shuffle: Annotated[
         bool,
-        typer.Option("--shuffle", help="Shuffle each epoch with --seed [default: rank order]."),
+        typer.Option(
+            "--shuffle", help="Shuffle each epoch with --seed (default: the split's rank order)."
+        ),
     ] = False,
     epochs: Annotated[int, typer.Option(help="Passes over the split.")] = 1,
     max_steps: Annotated[
@@ -165,7 +167,7 @@ def train(
     ] = False,
     cache_dir: Annotated[
         Path | None,
-        typer.Option(help="Token and reference log-prob cache [default: ~/.cache/prefcurate]."),
+        typer.Option(help="Token and reference log-prob cache (default: ~/.cache/prefcurate)."),
     ] = None,
     trust_remote_code: Annotated[
         bool, typer.Option("--trust-remote-code", help="Allow the model directory's own code.")
@@ -217,10 +219,10 @@ def train(
 def plot(
     run_dirs: Annotated[list[Path], _path_arg("One or more run directories (curves overlay).")],
     out: Annotated[
-        Path | None, typer.Option("--out", help="PNG to write [default: RUN_DIR/curves.png].")
+        Path | None, typer.Option("--out", help="PNG to write (default: RUN_DIR/curves.png).")
     ] = None,
     smooth: Annotated[
-        int | None, typer.Option(help="Moving-average window in steps [default: steps/20].")
+        int | None, typer.Option(help="Moving-average window in steps (default: steps/20).")
     ] = None,
 ) -> None:
     """Draw a run's training curves (loss, rewards, log-probs, grad norm, lr) to a PNG.

@@ -137,6 +137,12 @@ class TrainConfig:
             raise InputError(f"unknown --device {self.device!r}", fix="use auto, cpu or cuda")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise InputError(f"unknown --precision {self.precision!r}", fix="use auto, bf16, fp32")
+        if self.ref_model and not Path(self.ref_model).is_dir():
+            raise InputError(
+                "reference model directory not found",
+                where=self.ref_model,
+                fix="pass a local save_pretrained directory to --ref-model",
+            )
 
     def resume_key(self, world_size: int) -> dict[str, Any]:
         """The settings a resumed run must share with the run it continues."""
@@ -297,16 +303,8 @@ def reference_for(
     autocast: Callable[[], Any],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference log-probs of the dpo pairs: from the cache, else one pass then freed."""
-    ref_fingerprint = policy.fingerprint
     ref_path = Path(config.ref_model) if config.ref_model else None
-    if ref_path is not None:
-        if not ref_path.is_dir():
-            raise InputError(
-                "reference model directory not found",
-                where=ref_path,
-                fix="pass a local save_pretrained directory to --ref-model",
-            )
-        ref_fingerprint = directory_fingerprint(ref_path)
+    ref_fingerprint = directory_fingerprint(ref_path) if ref_path else policy.fingerprint
     key = cache.cache_key(
         model=ref_fingerprint,
         tokens=pairs.digest(),

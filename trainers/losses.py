@@ -116,8 +116,7 @@ def routed_pair_losses(
     ``is_dpo``, ``chosen_nll`` have one entry per pair; ``preference`` has one entry per dpo pair,
     in batch order (sft pairs have no reference log-probs, so no preference term is computed).
     """
-    dpo_index = is_dpo.nonzero().squeeze(1)
-    full_preference = chosen_nll.new_zeros(chosen_nll.shape).index_copy(0, dpo_index, preference)
+    full_preference = chosen_nll.new_zeros(chosen_nll.shape).masked_scatter(is_dpo, preference)
     return torch.where(is_dpo, full_preference + nll_weight * chosen_nll, sft_weight * chosen_nll)
 
 
