@@ -31,6 +31,8 @@ PANELS: tuple[tuple[str, str], ...] = (
     ("grad_norm", "grad_norm (before clipping)"),
     ("lr", "lr"),
 )
+#: Schedules, drawn as they are: a moving average would only shift them.
+UNSMOOTHED = frozenset({"lr"})
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -75,6 +77,9 @@ def plot_runs(
             if not points:
                 continue
             steps, values = zip(*points, strict=True)
+            if key in UNSMOOTHED:
+                ax.plot(steps, values, color=color, label=name)
+                continue
             ax.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
             ax.plot(steps, moving_average(values, window), color=color, label=name)
         if key == "rewards/accuracies":

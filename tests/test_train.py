@@ -566,6 +566,12 @@ def test_plot_draws_the_curves(cli, split, tmp_path):
     assert cli("plot", tmp_path / "nothing").code == 2
 
 
+def test_moving_average_is_trailing():
+    from prefcurate.runplots import moving_average
+
+    assert moving_average([1.0, 2.0, 3.0, 4.0], 2) == [1.0, 1.5, 2.5, 3.5]
+
+
 def test_importing_prefcurate_does_not_import_torch():
     code = (
         "import sys, prefcurate, prefcurate.cli, prefcurate.runplots; print('torch' in sys.modules)"
