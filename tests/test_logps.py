@@ -6,6 +6,7 @@ import pytest
 import torch
 from split_helpers import synthetic_rows, write_split
 from torch.testing import assert_close
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from trainers import loop
 from trainers.data import collate, read_split, tokenize_split
@@ -55,6 +56,33 @@ def test_chunked_gradients_equal_full_logits_gradients(batch):
     full_logits_logps(loaded.model, batch)[0].sum().backward()
     for got, want in zip(chunked, (p.grad for p in loaded.model.parameters()), strict=True):
         assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_128k_vocabulary_never_has_more_than_one_chunk_of_logits():
+    """A 131072-token vocabulary: the head sees at most 2**26 / 131072 = 512 positions at once,
+    only response positions, and the backward pass recomputes each chunk."""
+    config = LlamaConfig(
+        vocab_size=131072,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
+    torch.manual_seed(0)
+    module = SequenceLogps(LlamaForCausalLM(config))
+    input_ids = torch.randint(0, 131072, (2, 700))
+    response = torch.zeros(2, 700, dtype=torch.bool)
+    response[:, 100:] = True  # 2 × 600 response tokens (the first is predicted from position 99)
+    rows = []
+    head = module.logits
+    module.logits = lambda states: rows.append(states.shape[0]) or head(states)
+    logps, n = module(input_ids, torch.ones_like(response), response)
+    assert n.tolist() == [600, 600]
+    assert rows == [512, 512, 176]  # 1200 response positions, never a full 2 × 700 × 131072
+    logps.sum().backward()
+    assert sorted(rows[3:]) == [176, 512, 512]  # recomputed in backward (last chunk first)
+    assert torch.isfinite(logps).all()
 
 
 def test_head_check_accepts_llama():

@@ -422,9 +422,12 @@ def _train(
             remove_partial(out)
             _truncate_metrics(out / METRICS, start_step)
     elif info.main:
-        for name in RUN_OUTPUTS:
+        for name in RUN_OUTPUTS:  # --force (checked above): only the run's own files go
             target = out / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
     dist.barrier()
     run_json = {
