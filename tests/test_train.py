@@ -159,6 +159,15 @@ def test_real_ultrafeedback_split(cli, uf1k, tmp_path):
     assert all(r["loss/dpo"] is not None for r in rows)
 
 
+def test_conversational_split_trains(cli, tmp_path):
+    split_dir = write_split(tmp_path / "chat", synthetic_rows(12, conversational=True))
+    out = tmp_path / "run"
+    result = cli("train", split_dir, "--out", out, *FAST, "--batch-size", "4")
+    assert result.code == 0, result.err
+    assert json.loads((out / "run.json").read_text())["split"]["conversational"] is True
+    assert len(metrics(out)) == 3
+
+
 # --------------------------------------------------------------------------- routing
 
 
