@@ -8,10 +8,10 @@ from split_helpers import synthetic_rows, write_split
 from torch.testing import assert_close
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from trainers import loop
+from trainers import prepare
+from trainers.config import TrainConfig, autocast_factory
 from trainers.data import collate, read_split, tokenize_split
 from trainers.logps import SequenceLogps
-from trainers.loop import TrainConfig
 from trainers.model import load_model
 
 
@@ -94,22 +94,24 @@ def test_reference_logps_are_cached_by_model_data_and_length(tmp_path, monkeypat
     split = read_split(split_dir)
     config = TrainConfig(split_dir, model="tiny", out=tmp_path / "run", max_length=48)
     policy = load_model("tiny", seed=0)
-    pairs = loop.tokenized_pairs(split, policy, config)
-    args = (policy, config, torch.device("cpu"), loop.autocast_factory(torch.device("cpu"), "fp32"))
-    chosen, rejected = loop.reference_for(pairs, *args)
+    pairs = prepare.tokenized_pairs(split, policy, config)
+    args = (policy, config, torch.device("cpu"), autocast_factory(torch.device("cpu"), "fp32"))
+    chosen, rejected = prepare.reference_for(pairs, *args)
     assert chosen.isnan().tolist() == (~pairs.is_dpo).tolist()  # sft pairs need no reference
 
     def no_pass(*_, **__):
         raise AssertionError("the reference pass ran although the cache holds the result")
 
-    monkeypatch.setattr(loop, "reference_logps", no_pass)
-    again = loop.reference_for(pairs, *args)
+    monkeypatch.setattr(prepare, "reference_logps", no_pass)
+    again = prepare.reference_for(pairs, *args)
     assert torch.equal(again[0].nan_to_num(), chosen.nan_to_num())
     assert torch.equal(again[1].nan_to_num(), rejected.nan_to_num())
 
     shorter = TrainConfig(split_dir, model="tiny", out=tmp_path / "run", max_length=40)
     with pytest.raises(AssertionError, match="reference pass ran"):  # a new key: recomputed
-        loop.reference_for(loop.tokenized_pairs(split, policy, shorter), policy, shorter, *args[2:])
+        prepare.reference_for(
+            prepare.tokenized_pairs(split, policy, shorter), policy, shorter, *args[2:]
+        )
     other_seed = load_model("tiny", seed=1)  # other initial weights: a new key too
     with pytest.raises(AssertionError, match="reference pass ran"):
-        loop.reference_for(pairs, other_seed, config, *args[2:])
+        prepare.reference_for(pairs, other_seed, config, *args[2:])
