@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trainers.data import collate, read_split, tokenize_split
 from trainers.logps import SequenceLogps, reference_logps
-from trainers.loop import TrainConfig, train
+from trainers.loop import TrainConfig, lr_factor, train
 from trainers.model import load_model
 from trainers.objective import Objective
 
@@ -228,6 +228,15 @@ def test_flipped_route_changes_the_trained_loss(cli, tmp_path):
 
 
 # --------------------------------------------------------------------------- equivalences
+
+
+def test_lr_schedule_is_linear_warmup_then_cosine():
+    """warmup 2 of 10 steps: 1/2, 2/2, then 0.5·(1 + cos(π·(s − 2)/8)): s = 6 → 0.5, s = 10 → 0."""
+    factors = [lr_factor(s, warmup=2, total=10) for s in range(11)]
+    assert factors[:3] == [0.5, 1.0, 1.0]
+    assert factors[6] == pytest.approx(0.5)
+    assert factors[10] == 0.0
+    assert all(a >= b for a, b in zip(factors[1:], factors[2:], strict=False))
 
 
 def test_gradient_accumulation_matches_one_big_batch(cli, split, tmp_path):

@@ -65,6 +65,7 @@ class NonFiniteLossError(PrefcurateError):
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch; ask torch for deterministic kernels (ops without one warn)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
