@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from prefcurate.errors import InputError, one_line
 from prefcurate.sources import content_hash
@@ -367,8 +368,21 @@ def record_run(
             con.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", run_row)
             if input_rows:
                 con.executemany("INSERT INTO inputs VALUES (?, ?, ?, ?, ?, ?, ?)", input_rows)
-            if metric_rows:
-                con.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?)", metric_rows)
+            if metric_rows:  # one columnar insert: executemany costs a round trip per row
+                table = pa.table(
+                    list(zip(*metric_rows, strict=True)),
+                    schema=pa.schema(
+                        [
+                            ("run_id", pa.string()),
+                            ("step", pa.int64()),
+                            ("name", pa.string()),
+                            ("value", pa.float64()),
+                        ]
+                    ),
+                )
+                con.register("_metric_rows", table)
+                con.execute("INSERT INTO metrics SELECT * FROM _metric_rows")
+                con.unregister("_metric_rows")
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")

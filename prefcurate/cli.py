@@ -533,6 +533,169 @@ def route(
 
 
 # --------------------------------------------------------------------------------------------------
+# train and plot
+
+
+@app.command()
+def train(
+    split_dir: Annotated[
+        Path,
+        typer.Argument(help="A split directory written by 'prefcurate route'.", show_default=False),
+    ],
+    model: Annotated[
+        str, typer.Option("--model", help="A local save_pretrained directory, or 'tiny'.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="The run directory to write.")],
+    ref_model: Annotated[
+        str | None,
+        typer.Option(
+            "--ref-model", help="Reference model directory (default: the initial policy)."
+        ),
+    ] = None,
+    loss: Annotated[
+        str, typer.Option("--loss", help="Preference loss of dpo pairs: sigmoid|ipo|hinge|robust.")
+    ] = "sigmoid",
+    beta: Annotated[float, typer.Option(help="β, the DPO inverse temperature.")] = 0.1,
+    label_smoothing: Annotated[
+        float, typer.Option(help="ε of conservative (sigmoid) or robust DPO; MixDPO uses 0.1.")
+    ] = 0.0,
+    sft_weight: Annotated[float, typer.Option(help="Weight of the sft pairs' NLL.")] = 1.0,
+    nll_weight: Annotated[
+        float, typer.Option(help="Adds w·NLL of the chosen response to every dpo pair (DPO+NLL).")
+    ] = 0.0,
+    shuffle: Annotated[
+        bool,
+        typer.Option(
+            "--shuffle", help="Shuffle each epoch with --seed (default: the split's rank order)."
+        ),
+    ] = False,
+    epochs: Annotated[int, typer.Option(help="Passes over the split.")] = 1,
+    max_steps: Annotated[
+        int | None, typer.Option(help="Stop after this many optimizer steps.")
+    ] = None,
+    max_length: Annotated[int, typer.Option(help="Tokens of prompt + response, at most.")] = 1024,
+    batch_size: Annotated[int, typer.Option(help="Pairs per micro-batch per process.")] = 4,
+    grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 5e-7,
+    warmup_ratio: Annotated[float, typer.Option(help="Share of steps of linear warmup.")] = 0.1,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.0,
+    max_grad_norm: Annotated[
+        float, typer.Option(help="Gradient clipping norm (0: no clipping).")
+    ] = 1.0,
+    device: Annotated[str, typer.Option(help="Where to train: auto|cpu|cuda.")] = "auto",
+    precision: Annotated[
+        str, typer.Option(help="auto|bf16|fp32; auto: bf16 autocast on CUDA, fp32 on the CPU.")
+    ] = "auto",
+    gradient_checkpointing: Annotated[
+        bool, typer.Option("--gradient-checkpointing", help="Recompute activations to save memory.")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the shuffle, the tiny model and torch.")] = 0,
+    save_every: Annotated[
+        int, typer.Option(help="Checkpoint every N optimizer steps (0: only the final model).")
+    ] = 0,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the newest complete checkpoint.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Start over in a run directory that has outputs.")
+    ] = False,
+    catalog: CatalogOpt = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="Token and reference log-prob cache (default: ~/.cache/prefcurate)."),
+    ] = None,
+    trust_remote_code: Annotated[
+        bool, typer.Option("--trust-remote-code", help="Allow the model directory's own code.")
+    ] = False,
+) -> None:
+    """Train MixDPO (or a baseline) on a routed split; each pair's loss follows its route.
+
+    Writes RUN_DIR/metrics.jsonl, run.json, checkpoints/step-N/ and the final model/.
+    Under torchrun each process takes a strided share of every global batch.
+
+    Example:
+        prefcurate train splits/uf --model tiny --out runs/tiny --max-length 256 --lr 1e-3
+    """
+    import dataclasses
+    from datetime import datetime, timezone
+
+    from prefcurate.runplots import read_metrics
+    from trainers.loop import NonFiniteLossError, TrainConfig
+    from trainers.loop import train as run_training
+    from trainers.progress import RichReporter
+
+    started_at = datetime.now(timezone.utc)  # noqa: UP017
+    config = TrainConfig(
+        split_dir=split_dir, model=model, out=out, ref_model=ref_model, loss=loss, beta=beta,
+        label_smoothing=label_smoothing, sft_weight=sft_weight, nll_weight=nll_weight,
+        shuffle=shuffle, epochs=epochs, max_steps=max_steps, max_length=max_length,
+        batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_ratio=warmup_ratio,
+        weight_decay=weight_decay, max_grad_norm=max_grad_norm, device=device,
+        precision=precision, gradient_checkpointing=gradient_checkpointing, seed=seed,
+        save_every=save_every, resume=resume, force=force, cache_dir=cache_dir,
+        trust_remote_code=trust_remote_code,
+    )  # fmt: skip
+    try:
+        result = run_training(config, reporter=RichReporter())
+    except NonFiniteLossError as exc:  # the user's run diverged: say so, not "please report"
+        if STATE.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(exc.exit_code) from None
+    if os.environ.get("RANK", "0") != "0":
+        return
+    record_run(
+        "train",
+        catalog=catalog,
+        inputs=[{"path": str(split_dir), "rows": result.pairs["pairs"]}],
+        params=dataclasses.asdict(config),
+        figures=result.to_dict(),
+        outputs={"dir": str(result.run_dir), "model": str(result.model_dir)},
+        summary=f"{result.steps} steps on {split_dir}",
+        started_at=started_at,
+        metrics=[
+            {"step": row["step"], "name": name, "value": value}
+            for row in read_metrics(result.run_dir)
+            for name, value in row.items()
+            if name != "step" and isinstance(value, int | float)
+        ],
+    )
+    final = result.final
+    acc = final.get("rewards/accuracies")
+    print(
+        f"trained {result.steps} steps ({result.pairs['dpo']} dpo + {result.pairs['sft']} sft "
+        f"pairs, {result.pairs_per_s:.1f} pairs/s on {result.world_size}×{result.device}); "
+        f"final loss {final.get('loss', float('nan')):.4f}"
+        + ("" if acc is None else f", rewards/accuracies {acc:.2f}")
+        + f"; model in {result.model_dir}"
+    )
+
+
+@app.command()
+def plot(
+    run_dirs: Annotated[
+        list[Path],
+        typer.Argument(help="One or more run directories (curves overlay).", show_default=False),
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="PNG to write (default: RUN_DIR/curves.png).")
+    ] = None,
+    smooth: Annotated[
+        int | None, typer.Option(help="Moving-average window in steps (default: steps/20).")
+    ] = None,
+) -> None:
+    """Draw a run's training curves (loss, rewards, log-probs, grad norm, lr) to a PNG.
+
+    Example:
+        prefcurate plot runs/mixdpo runs/dpo --out curves.png
+    """
+    from prefcurate.runplots import plot_runs
+
+    path = plot_runs(run_dirs, out or run_dirs[0] / "curves.png", smooth=smooth)
+    print(path)
+
+
+# --------------------------------------------------------------------------------------------------
 # runs and sql
 
 

@@ -1,0 +1,167 @@
+"""A run's settings (:class:`TrainConfig`, one field per ``prefcurate train`` flag) and its result.
+
+:class:`TrainResult` is what :func:`trainers.loop.train` returns and what the catalog records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prefcurate.errors import InputError
+from trainers import cache
+from trainers.losses import PREFERENCE_LOSSES
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; one field per ``prefcurate train`` flag."""
+
+    split_dir: Path
+    model: str
+    out: Path
+    ref_model: str | None = None  # default: the initial policy
+    loss: str = "sigmoid"  # sigmoid | ipo | hinge | robust
+    beta: float = 0.1
+    label_smoothing: float = 0.0  # ε of conservative / robust DPO
+    sft_weight: float = 1.0
+    nll_weight: float = 0.0  # DPO+NLL baseline
+    shuffle: bool = False  # default: the split's rank order, read sequentially
+    epochs: int = 1
+    max_steps: int | None = None
+    max_length: int = 1024
+    batch_size: int = 4  # pairs per micro-batch per process
+    grad_accum: int = 1
+    lr: float = 5e-7
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 autocast on CUDA) | bf16 | fp32
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    save_every: int = 0  # 0: no intermediate checkpoints
+    resume: bool = False
+    force: bool = False
+    cache_dir: Path | None = None
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        self.split_dir, self.out = Path(self.split_dir), Path(self.out)
+        self.cache_dir = Path(self.cache_dir) if self.cache_dir else cache.default_cache_dir()
+
+    def validate(self) -> None:
+        """Refuse impossible settings with an :class:`InputError` naming the flag."""
+        if self.loss not in PREFERENCE_LOSSES:
+            raise InputError(
+                f"unknown --loss {self.loss!r}", fix=f"use one of {', '.join(PREFERENCE_LOSSES)}"
+            )
+        if self.label_smoothing and self.loss not in ("sigmoid", "robust"):
+            raise InputError(
+                f"--label-smoothing applies to the sigmoid and robust losses, not {self.loss}"
+            )
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise InputError(f"--label-smoothing must be in [0, 0.5), not {self.label_smoothing}")
+        checks = {
+            "--beta": self.beta > 0,
+            "--lr": self.lr > 0,
+            "--batch-size": self.batch_size >= 1,
+            "--grad-accum": self.grad_accum >= 1,
+            "--epochs": self.epochs >= 1,
+            "--max-steps": self.max_steps is None or self.max_steps >= 1,
+            "--max-length": self.max_length >= 2,
+            "--warmup-ratio": 0.0 <= self.warmup_ratio < 1.0,
+            "--sft-weight": self.sft_weight >= 0,
+            "--nll-weight": self.nll_weight >= 0,
+            "--save-every": self.save_every >= 0,
+            "--max-grad-norm": self.max_grad_norm >= 0,
+        }
+        for flag, ok in checks.items():
+            if not ok:
+                value = getattr(self, flag[2:].replace("-", "_"))
+                raise InputError(f"{flag} {value} is out of range", fix="see prefcurate train -h")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise InputError(f"unknown --device {self.device!r}", fix="use auto, cpu or cuda")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise InputError(f"unknown --precision {self.precision!r}", fix="use auto, bf16, fp32")
+        if self.ref_model and not Path(self.ref_model).is_dir():
+            raise InputError(
+                "reference model directory not found",
+                where=self.ref_model,
+                fix="pass a local save_pretrained directory to --ref-model",
+            )
+
+    def resume_key(self, world_size: int) -> dict[str, Any]:
+        """The settings a resumed run must share with the run it continues."""
+        keep = (
+            "model",
+            "ref_model",
+            "loss",
+            "beta",
+            "label_smoothing",
+            "sft_weight",
+            "nll_weight",
+            "shuffle",
+            "epochs",
+            "max_steps",
+            "max_length",
+            "lr",
+            "warmup_ratio",
+            "weight_decay",
+            "max_grad_norm",
+            "seed",
+        )
+        key = {k: getattr(self, k) for k in keep}
+        key["global_batch"] = self.batch_size * self.grad_accum * world_size
+        return key
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports (the CLI prints it; the catalog records :meth:`to_dict`)."""
+
+    run_dir: Path
+    model_dir: Path
+    steps: int
+    resumed_from: int | None
+    world_size: int
+    device: str
+    pairs: dict[str, int]
+    train_seconds: float
+    pairs_per_s: float
+    tokens_per_s: float
+    final: dict[str, Any]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["run_dir"], out["model_dir"] = str(self.run_dir), str(self.model_dir)
+        return out
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``auto`` → CUDA if present else CPU; ``cuda`` without CUDA is the user's error."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise InputError(
+            "--device cuda was given but CUDA is not available", fix="use --device cpu or auto"
+        )
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(requested)
+
+
+def autocast_factory(device: torch.device, precision: str) -> Callable[[], Any]:
+    """bf16 autocast (fp32 master weights) on CUDA by default; plain fp32 on the CPU."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "bf16":
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext

@@ -1,0 +1,143 @@
+"""Sequence log-probabilities without full-vocabulary logits, and the one-off reference pass.
+
+A causal LM's logits for a whole batch are ``rows × length × vocab`` floats: 4 GiB in fp32 for 8
+sequences of 1k tokens of a 128k-vocabulary model. Only the response positions matter, so
+:class:`SequenceLogps` runs the decoder to hidden states, gathers the response positions, and
+applies the output head to them in chunks of at most ``chunk_elements`` logits; under autograd each
+chunk is checkpointed, so its logits are recomputed in the backward pass instead of kept.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+from transformers import PreTrainedModel
+
+from prefcurate.errors import InputError
+from trainers import dist
+from trainers.data import TokenizedPairs, collate
+
+#: At most this many logits (2**26 fp32 = 256 MiB) exist at once: 512 tokens of a 128k vocabulary.
+CHUNK_ELEMENTS = 2**26
+
+
+class SequenceLogps(nn.Module):
+    """Summed log-probability of each row's response tokens, and how many tokens were summed.
+
+    Wrap this module (not the bare LM) in DDP: its forward is the whole differentiable path.
+    """
+
+    def __init__(self, model: PreTrainedModel, *, chunk_elements: int = CHUNK_ELEMENTS):
+        super().__init__()
+        self.model = model
+        self.chunk_tokens = max(1, chunk_elements // model.config.vocab_size)
+
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        hidden = self.model.get_decoder()(
+            input_ids=input_ids, attention_mask=attention_mask.long(), use_cache=False
+        ).last_hidden_state
+        # position t predicts token t+1: a response token's log-prob comes from the position before
+        targets = response_mask[:, 1:]
+        states = hidden[:, :-1][targets]
+        labels = input_ids[:, 1:][targets]
+        token_logps = self._token_logps(states, labels)
+        per_token = torch.zeros(targets.shape, dtype=token_logps.dtype, device=hidden.device)
+        per_token = per_token.masked_scatter(targets, token_logps)
+        return per_token.sum(-1), targets.sum(-1)
+
+    def logits(self, states: Tensor) -> Tensor:
+        """The output head on hidden states, in fp32, with the model's logit scaling if any."""
+        logits = self.model.get_output_embeddings()(states).float()
+        config = self.model.config
+        if getattr(config, "logit_scale", None):  # Cohere
+            logits = logits * config.logit_scale
+        if getattr(config, "logits_scaling", None):  # Granite
+            logits = logits / config.logits_scaling
+        if getattr(config, "final_logit_softcapping", None):  # Gemma 2
+            cap = config.final_logit_softcapping
+            logits = cap * torch.tanh(logits / cap)
+        return logits
+
+    def _chunk_logps(self, states: Tensor, labels: Tensor) -> Tensor:
+        logits = self.logits(states)
+        return logits.gather(1, labels[:, None]).squeeze(1) - logits.logsumexp(-1)
+
+    def _token_logps(self, states: Tensor, labels: Tensor) -> Tensor:
+        n = states.shape[0]
+        if n <= self.chunk_tokens:
+            return self._chunk_logps(states, labels)
+        recompute = torch.is_grad_enabled() and states.requires_grad
+        parts = []
+        for start in range(0, n, self.chunk_tokens):
+            chunk = (
+                states[start : start + self.chunk_tokens],
+                labels[start : start + self.chunk_tokens],
+            )
+            if recompute:
+                parts.append(checkpoint(self._chunk_logps, *chunk, use_reentrant=False))
+            else:
+                parts.append(self._chunk_logps(*chunk))
+        return torch.cat(parts)
+
+    @torch.no_grad()
+    def check_head(self) -> None:
+        """Refuse a model whose logits are not this module's head of its decoder's states."""
+        ids = torch.arange(1, 9, device=self.model.device)[None] % self.model.config.vocab_size
+        reference = self.model(input_ids=ids, use_cache=False).logits.float()
+        try:
+            hidden = self.model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
+            same = torch.allclose(self.logits(hidden), reference, rtol=1e-3, atol=1e-3)
+        except (AttributeError, TypeError, RuntimeError):
+            same = False
+        if not same:
+            raise InputError(
+                f"{type(self.model).__name__}'s logits are not its output head applied to its "
+                "decoder's hidden states, so response log-probs cannot be chunked",
+                fix="use a standard causal LM architecture",
+            )
+
+
+def reference_logps(
+    module: SequenceLogps,
+    pairs: TokenizedPairs,
+    *,
+    batch_size: int,
+    device: torch.device,
+    autocast: AbstractContextManager,
+    pad_id: int,
+) -> tuple[Tensor, Tensor]:
+    """Summed log-probs of the chosen and rejected response of every dpo pair under ``module``.
+
+    Runs once, in inference mode; each rank scores a strided share of the dpo pairs (longest
+    first, to waste little padding) and the shares are gathered. Entries of sft pairs are NaN:
+    they never need a reference.
+    """
+    info = dist.info()
+    dpo_index = pairs.is_dpo.nonzero().squeeze(1)
+    share = dpo_index[info.rank :: info.world_size]
+    lengths = pairs.prompt.lengths() + torch.maximum(
+        pairs.chosen.lengths(), pairs.rejected.lengths()
+    )
+    share = share[torch.argsort(lengths[share], descending=True, stable=True)]
+    chosen = torch.full((len(pairs),), float("nan"))
+    rejected = torch.full((len(pairs),), float("nan"))
+    was_training = module.training
+    module.eval()
+    with torch.inference_mode():
+        for start in range(0, share.numel(), batch_size):
+            index = share[start : start + batch_size]
+            batch = collate(pairs, index, pad_id=pad_id, only_dpo=True).to(device)
+            with autocast:
+                logps, _ = module(batch.input_ids, batch.attention_mask, batch.response_mask)
+            logps = logps.float().cpu()
+            chosen[index] = logps[: len(index)]
+            rejected[index] = logps[len(index) :]
+    module.train(was_training)
+    if info.world_size > 1:
+        chosen, rejected = dist.merge_shares(chosen), dist.merge_shares(rejected)
+    return chosen, rejected

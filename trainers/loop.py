@@ -1,0 +1,444 @@
+"""The training loop: MixDPO and its baselines on any causal LM, on a CPU, a GPU or under torchrun.
+
+One function, :func:`train`, reads top to bottom: settings → data → reference → optimizer →
+resume → loop → final model. From Python::
+
+    >>> from trainers.loop import TrainConfig, train
+    >>> result = train(TrainConfig("splits/uf", model="tiny", out="runs/tiny", lr=1e-3,
+    ...                            max_steps=24))                              # doctest: +SKIP
+    >>> result.final["rewards/accuracies"]                                      # doctest: +SKIP
+
+The same command line, on 2 processes (each with a strided share of every global batch)::
+
+    torchrun --nproc_per_node=2 -m prefcurate train splits/uf --model tiny --out runs/ddp
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from prefcurate.errors import InputError, PrefcurateError
+from trainers import dist
+from trainers.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    read_state,
+    remove_partial,
+    save_checkpoint,
+)
+from trainers.config import TrainConfig, TrainResult, autocast_factory, resolve_device
+from trainers.data import Curriculum, collate, read_split
+from trainers.logps import SequenceLogps
+from trainers.model import LoadedModel, describe, load_model
+from trainers.objective import STAT_KEYS, Objective, step_metrics
+from trainers.prepare import reference_for, tokenized_pairs
+from trainers.progress import Reporter
+
+__all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "train"]
+
+METRICS = "metrics.jsonl"
+RUN_JSON = "run.json"
+MODEL_DIR = "model"
+#: What ``--force`` may delete in RUN_DIR; nothing else there is ever touched.
+RUN_OUTPUTS = ("checkpoints", MODEL_DIR, METRICS, RUN_JSON, "curves.png")
+
+
+class NonFiniteLossError(PrefcurateError):
+    """The loss or the gradient became NaN/inf; the run stops with the last good checkpoint kept."""
+
+    exit_code = 1
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch; ask torch for deterministic kernels (ops without one warn)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def lr_factor(step: int, *, warmup: int, total: int) -> float:
+    """Multiplier of ``--lr`` at 0-based optimizer step ``step``.
+
+    1. warmup: linear from 1/warmup up to 1 over the first ``warmup`` steps;
+    2. after the last step: 0;
+    3. otherwise: cosine decay from 1 to 0.
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    if step >= total:
+        return 0.0
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def check_run_dir(config: TrainConfig) -> None:
+    """Nothing is overwritten silently: an existing run needs ``--resume`` or ``--force``."""
+    out = config.out
+    if config.resume:
+        if latest_checkpoint(out) is None:
+            raise InputError(
+                "--resume found no complete checkpoint",
+                where=out / "checkpoints",
+                fix="start the run without --resume (save checkpoints with --save-every N)",
+            )
+        return
+    if out.exists() and not out.is_dir():
+        raise InputError("--out exists and is not a directory", where=out)
+    existing = [name for name in RUN_OUTPUTS if (out / name).exists()]
+    if existing and not config.force:
+        raise InputError(
+            f"the run directory already holds {', '.join(existing)}",
+            where=out,
+            fix="pass --resume to continue it, --force to start over, or another --out",
+        )
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
+    """Train on ``config.split_dir`` and write ``config.out``; see the module docstring.
+
+    Raises :class:`InputError` for the user's mistakes (before anything is written) and
+    :class:`NonFiniteLossError` when the loss turns NaN (the last good checkpoint is kept).
+    """
+    config.validate()
+    device = resolve_device(config.device)
+    check_run_dir(config)
+    info = dist.setup(device.type)
+    if device.type == "cuda" and info.world_size > 1:
+        device = torch.device("cuda", info.local_rank)
+    reporter = reporter if (reporter is not None and info.main) else Reporter()
+    try:
+        return _train(config, device, info, reporter)
+    finally:
+        reporter.close()
+        dist.teardown()
+
+
+def _train(
+    config: TrainConfig, device: torch.device, info: dist.DistInfo, reporter: Reporter
+) -> TrainResult:
+    setup_started = time.perf_counter()
+    seed_everything(config.seed)
+    autocast = autocast_factory(device, config.precision)
+
+    # ---- data: the split's pairs in rank order, tokenised once
+    split = read_split(config.split_dir)
+    policy = load_model(config.model, seed=config.seed, trust_remote_code=config.trust_remote_code)
+    pairs = tokenized_pairs(split, policy, config)
+    if pairs.identical:
+        reporter.message(
+            f"warning: {pairs.identical} dpo pairs have identical chosen and rejected tokens after "
+            f"--max-length {config.max_length} truncation; they are trained as sft"
+        )
+
+    # ---- reference log-probs, once, before training (the initial policy unless --ref-model)
+    policy.model.to(device)
+    logps = SequenceLogps(policy.model)
+    logps.check_head()
+    ref_chosen, ref_rejected = reference_for(pairs, policy, config, device, autocast)
+
+    # ---- optimizer, schedule, order
+    curriculum = Curriculum(
+        n_pairs=len(pairs),
+        global_batch=config.batch_size * config.grad_accum * info.world_size,
+        epochs=config.epochs,
+        max_steps=config.max_steps,
+        shuffle=config.shuffle,
+        seed=config.seed,
+    )
+    total = curriculum.total_steps
+    warmup = math.ceil(config.warmup_ratio * total)
+    optimizer = torch.optim.AdamW(
+        policy.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, warmup=warmup, total=total)
+    )
+
+    # ---- run directory: fresh, or resumed from the newest complete checkpoint
+    out = config.out
+    resume_key = config.resume_key(info.world_size)
+    start_step, resumed_from = 0, None
+    if config.resume:
+        checkpoint = latest_checkpoint(out)
+        _check_resume(read_state(checkpoint), resume_key, checkpoint)
+        dist.barrier()
+        state = load_checkpoint(
+            checkpoint, model=policy.model, optimizer=optimizer, scheduler=scheduler
+        )
+        start_step = resumed_from = state["step"]
+        if info.main:
+            remove_partial(out)
+            _truncate_metrics(out / METRICS, start_step)
+    elif info.main:
+        for name in RUN_OUTPUTS:  # --force (checked above): only the run's own files go
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    run_json = {
+        "status": "running",
+        "config": config.to_json(),
+        "world_size": info.world_size,
+        "device": str(device),
+        "split": split.summary(),
+        "tokens": pairs.counts(),
+        "model": describe(policy),
+        "steps": {"total": total, "warmup": warmup, "per_epoch": curriculum.steps_per_epoch},
+        "resumed_from": resumed_from,
+    }
+    if info.main:
+        _write_json(out / RUN_JSON, run_json)
+
+    # ---- training
+    if config.gradient_checkpointing:
+        _activation_checkpointing(policy.model, enable=True)
+    module = DistributedDataParallel(logps) if info.world_size > 1 else logps
+    module.train()
+    objective = Objective(
+        loss=config.loss,
+        beta=config.beta,
+        label_smoothing=config.label_smoothing,
+        sft_weight=config.sft_weight,
+        nll_weight=config.nll_weight,
+    )
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    pad_id = policy.tokenizer.pad_token_id
+    metrics_file = (out / METRICS).open("a") if info.main else None
+    last_checkpoint = latest_checkpoint(out)
+    run_json["setup_seconds"] = round(time.perf_counter() - setup_started, 3)
+    reporter.start(total_steps=total, first_step=start_step)
+    train_started = time.perf_counter()
+    seen_pairs = seen_tokens = 0
+    metrics: dict[str, Any] = {}
+    try:
+        for step in range(start_step, total):
+            step_started = time.perf_counter()
+            in_step = curriculum.step_pairs(step).numel()
+            micro_batches = curriculum.micro_batches(
+                step,
+                rank=info.rank,
+                world_size=info.world_size,
+                batch_size=config.batch_size,
+                grad_accum=config.grad_accum,
+            )
+            sums = torch.zeros(len(STAT_KEYS), dtype=torch.float64)
+            bad_pairs: list[str] = []
+            for m, index in enumerate(micro_batches):
+                last = m == len(micro_batches) - 1
+                if index.numel() == 0 and not (last and info.world_size > 1):
+                    continue
+                # a rank with no pair left still joins the gradient all-reduce, with weight 0
+                weight = info.world_size / in_step if index.numel() else 0.0
+                batch = collate(
+                    pairs,
+                    index if index.numel() else torch.tensor([0]),
+                    pad_id=pad_id,
+                    ref_chosen=ref_chosen,
+                    ref_rejected=ref_rejected,
+                ).to(device)
+                sync = (
+                    module.no_sync()
+                    if info.world_size > 1 and not last
+                    else contextlib.nullcontext()
+                )
+                with sync:
+                    with autocast():
+                        terms = objective(module, batch)
+                    # mean over the step's pairs on all ranks: DDP averages, so scale by world
+                    (terms.loss.sum() * weight).backward()
+                if index.numel():
+                    sums += terms.sums()
+                    finite = torch.isfinite(terms.loss.detach()).cpu()
+                    bad_pairs += [pairs.pair_ids[i] for i in index[~finite].tolist()]
+            sums = dist.sum_(sums.to(dist.collective_device())).cpu()
+            stats = dict(zip(STAT_KEYS, sums.tolist(), strict=True))
+            if stats["nonfinite"]:
+                bad = [p for ids in dist.gather_objects(bad_pairs) for p in ids]
+                raise _nonfinite("loss", step + 1, bad, last_checkpoint)
+            norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
+            if not torch.isfinite(norm):
+                step_ids = [pairs.pair_ids[i] for i in curriculum.step_pairs(step).tolist()]
+                raise _nonfinite("gradient", step + 1, step_ids, last_checkpoint)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            seconds = time.perf_counter() - step_started
+            seen_pairs += in_step
+            seen_tokens += int(stats["tokens"])
+            epoch, _ = curriculum.position(step)
+            metrics = {
+                "step": step + 1,
+                "epoch": epoch,
+                **step_metrics(sums, pairs_in_step=in_step),
+            }
+            metrics.update(
+                grad_norm=float(norm),
+                lr=lr,
+                tokens_per_s=stats["tokens"] / seconds,
+                pairs_per_s=in_step / seconds,
+                elapsed_s=round(time.perf_counter() - train_started, 3),
+            )
+            if metrics_file is not None:
+                metrics_file.write(json.dumps(metrics) + "\n")
+                metrics_file.flush()
+            reporter.step(metrics)
+            if config.save_every and (step + 1) % config.save_every == 0:
+                next_epoch, position = curriculum.position(step + 1)
+                last_checkpoint = save_checkpoint(
+                    out,
+                    step + 1,
+                    model=policy.model,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    state={
+                        "epoch": next_epoch,
+                        "position": position,
+                        "world_size": info.world_size,
+                        "config": resume_key,
+                    },
+                )
+    except NonFiniteLossError as exc:
+        if info.main:
+            _write_json(out / RUN_JSON, {**run_json, "status": "failed", "error": str(exc)})
+        raise
+    finally:
+        if metrics_file is not None:
+            metrics_file.close()
+    train_seconds = time.perf_counter() - train_started
+
+    # ---- the final model, loadable with AutoModelForCausalLM.from_pretrained
+    if config.gradient_checkpointing:
+        _activation_checkpointing(policy.model, enable=False)
+    model_dir = out / MODEL_DIR
+    if info.main:
+        _save_final(policy, model_dir)
+    dist.barrier()
+    result = TrainResult(
+        run_dir=out,
+        model_dir=model_dir,
+        steps=total,
+        resumed_from=resumed_from,
+        world_size=info.world_size,
+        device=str(device),
+        pairs=pairs.counts(),
+        train_seconds=round(train_seconds, 3),
+        pairs_per_s=seen_pairs / train_seconds if train_seconds else 0.0,
+        tokens_per_s=seen_tokens / train_seconds if train_seconds else 0.0,
+        final=metrics,
+        summary=summarize(out / METRICS) if info.main else {},
+    )
+    if info.main:
+        _write_json(out / RUN_JSON, {**run_json, "status": "completed", "result": result.to_dict()})
+    return result
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def summarize(metrics_path: Path, window: float = 0.1) -> dict[str, Any]:
+    """Means of the key curves over the first and last ``window`` of a run's steps."""
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
+    if not rows:
+        return {}
+    n = max(1, int(len(rows) * window))
+    out: dict[str, Any] = {"steps": len(rows), "window": n}
+    for key in (
+        "loss",
+        "loss/dpo",
+        "loss/sft",
+        "rewards/accuracies",
+        "rewards/margins",
+        "logps/chosen",
+    ):
+        for part, chunk in (("first", rows[:n]), ("last", rows[-n:])):
+            values = [r[key] for r in chunk if r.get(key) is not None]
+            out[f"{key}:{part}"] = sum(values) / len(values) if values else None
+    return out
+
+
+def _nonfinite(what: str, step: int, pair_ids: list[str], checkpoint: Path | None) -> Exception:
+    shown = ", ".join(pair_ids[:8]) + (
+        f" and {len(pair_ids) - 8} more" if len(pair_ids) > 8 else ""
+    )
+    kept = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was saved"
+    return NonFiniteLossError(
+        f"non-finite {what} at step {step} (pairs: {shown}); training stopped and {kept} "
+        "(lower --lr or --beta, or remove those pairs, then --resume)"
+    )
+
+
+def _check_resume(state: dict[str, Any], key: dict[str, Any], checkpoint: Path) -> None:
+    saved = state.get("config", {})
+    changed = [k for k in key if saved.get(k) != key[k]]
+    if changed:
+        shown = ", ".join(f"{k}: {saved.get(k)!r} → {key[k]!r}" for k in changed)
+        raise InputError(
+            f"--resume with different settings ({shown})",
+            where=checkpoint,
+            fix="resume with the flags the run was started with",
+        )
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metrics of steps after the checkpoint: they will be trained again."""
+    if not path.is_file():
+        return
+    kept = [
+        line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step
+    ]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _activation_checkpointing(model: torch.nn.Module, *, enable: bool) -> None:
+    """transformers ≥ 5 names it activation checkpointing; older versions gradient checkpointing."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        if enable:
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.activation_checkpointing_disable()
+    elif enable:
+        model.gradient_checkpointing_enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
+
+
+def _save_final(policy: LoadedModel, model_dir: Path) -> None:
+    tmp = model_dir.with_name(f".{model_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.restore_config()
+    policy.model.config.use_cache = True
+    policy.model.save_pretrained(tmp)
+    policy.tokenizer.save_pretrained(tmp)
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    os.replace(tmp, model_dir)
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    os.replace(tmp, path)

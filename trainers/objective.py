@@ -1,0 +1,147 @@
+"""From a batch to each pair's loss term, routed by the split's ``route`` column.
+
+This is where the route reaches the loss: ``batch.is_dpo`` comes from the split's route column
+(:func:`trainers.data.tokenize_split`) and selects, pair by pair, the preference loss or the
+length-normalised NLL of the chosen response (:func:`trainers.losses.routed_pair_losses`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from trainers.data import Batch
+from trainers.losses import (
+    PREFERENCE_LOSSES,
+    length_normalised_nll,
+    log_ratio_margin,
+    routed_pair_losses,
+)
+
+#: Per-step sums, in this order; the logged metrics are ratios of them (see :func:`step_metrics`).
+STAT_KEYS: tuple[str, ...] = (
+    "loss",
+    "pairs",
+    "pairs/dpo",
+    "pairs/sft",
+    "loss/dpo",
+    "nll/dpo",
+    "loss/sft",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+    "tokens",
+    "nonfinite",
+)
+_DPO_MEANS = (
+    "loss/dpo",
+    "nll/dpo",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+)
+
+
+@dataclass
+class PairTerms:
+    """One micro-batch's per-pair results; ``loss`` carries the graph, the rest are detached."""
+
+    loss: Tensor
+    is_dpo: Tensor
+    chosen_logps: Tensor
+    chosen_nll: Tensor
+    rejected_logps: Tensor
+    preference: Tensor
+    reward_chosen: Tensor
+    reward_rejected: Tensor
+    tokens: int
+
+    def sums(self) -> Tensor:
+        """This micro-batch's contribution to the step sums, in :data:`STAT_KEYS` order."""
+        dpo, sft = self.is_dpo, ~self.is_dpo
+        loss = self.loss.detach()
+        margins = self.reward_chosen - self.reward_rejected
+        values = {
+            "loss": loss.sum(),
+            "pairs": loss.numel(),
+            "pairs/dpo": dpo.sum(),
+            "pairs/sft": sft.sum(),
+            "loss/dpo": self.preference.sum(),
+            "nll/dpo": self.chosen_nll[dpo].sum(),
+            "loss/sft": self.chosen_nll[sft].sum(),
+            "rewards/chosen": self.reward_chosen.sum(),
+            "rewards/rejected": self.reward_rejected.sum(),
+            "rewards/margins": margins.sum(),
+            "rewards/accuracies": (margins > 0).sum(),
+            "logps/chosen": self.chosen_logps[dpo].sum(),
+            "logps/rejected": self.rejected_logps.sum(),
+            "tokens": self.tokens,
+            "nonfinite": (~torch.isfinite(loss)).sum(),
+        }
+        return torch.tensor([float(values[k]) for k in STAT_KEYS], dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The training objective's settings: ``--loss``, ``--beta``, ``--label-smoothing``, weights."""
+
+    loss: str = "sigmoid"
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    sft_weight: float = 1.0
+    nll_weight: float = 0.0
+
+    def __call__(self, logps: nn.Module, batch: Batch) -> PairTerms:
+        """Forward every sequence of ``batch`` once and return each pair's loss term."""
+        sequence_logps, n_tokens = logps(batch.input_ids, batch.attention_mask, batch.response_mask)
+        sequence_logps = sequence_logps.float()
+        pairs = batch.pairs
+        chosen, rejected = sequence_logps[:pairs], sequence_logps[pairs:]
+        chosen_nll = length_normalised_nll(chosen, n_tokens[:pairs])
+        dpo = batch.is_dpo
+        h = log_ratio_margin(chosen[dpo], rejected, batch.ref_chosen[dpo], batch.ref_rejected[dpo])
+        preference = PREFERENCE_LOSSES[self.loss](
+            h, beta=self.beta, label_smoothing=self.label_smoothing
+        )
+        loss = routed_pair_losses(
+            dpo, preference, chosen_nll, sft_weight=self.sft_weight, nll_weight=self.nll_weight
+        )
+        return PairTerms(
+            loss=loss,
+            is_dpo=dpo,
+            chosen_logps=chosen.detach(),
+            chosen_nll=chosen_nll.detach(),
+            rejected_logps=rejected.detach(),
+            preference=preference.detach(),
+            reward_chosen=self.beta * (chosen[dpo] - batch.ref_chosen[dpo]).detach(),
+            reward_rejected=self.beta * (rejected - batch.ref_rejected[dpo]).detach(),
+            tokens=int(batch.attention_mask.sum()),
+        )
+
+
+def step_metrics(sums: Tensor, *, pairs_in_step: int) -> dict[str, float | None]:
+    """Turn a step's (all-rank) sums into the logged means; None where a route had no pair.
+
+    ``loss`` is the optimised objective, the mean over all pairs of the step. ``loss/dpo`` is the
+    mean preference loss and ``nll/dpo`` the mean chosen NLL of dpo pairs; ``loss/sft`` the mean
+    length-normalised NLL of sft pairs (before ``--sft-weight``); rewards and log-probs are means
+    over dpo pairs.
+    """
+    s = dict(zip(STAT_KEYS, sums.tolist(), strict=True))
+    n_dpo, n_sft = int(s["pairs/dpo"]), int(s["pairs/sft"])
+    out: dict[str, float | None] = {"loss": s["loss"] / pairs_in_step}
+    for key in _DPO_MEANS:
+        out[key] = s[key] / n_dpo if n_dpo else None
+    out["loss/sft"] = s["loss/sft"] / n_sft if n_sft else None
+    out["pairs/dpo"] = n_dpo
+    out["pairs/sft"] = n_sft
+    out["tokens"] = int(s["tokens"])
+    return out
