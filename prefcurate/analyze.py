@@ -39,6 +39,7 @@ import polars as pl
 
 from prefcurate import margins as margin_defs
 from prefcurate.errors import InputError
+from prefcurate.io import pair_id_expr
 from prefcurate.sources import content_hash
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ MAX_BINS = 40
 
 #: Columns of the narrow frame :func:`analyze_frame` computes its figures from.
 NARROW_COLUMNS: tuple[str, ...] = (
-    "pair_hash",
+    "pair_id",
     "prompt_hash",
     "margin",
     "source",
@@ -288,8 +289,8 @@ def analyze_frame(
 ) -> Report:
     """The report of a canonical frame, or of a narrow one (:data:`NARROW_COLUMNS`).
 
-    A canonical frame (``prompt, chosen, rejected, margin``, optionally ``source`` and
-    ``history_mismatch``; extra columns such as ``route`` are ignored) is narrowed first, and a
+    A canonical frame (``prompt, chosen, rejected, margin``, optionally ``pair_id``, ``source``
+    and ``history_mismatch``; extra columns such as ``route`` are ignored) is narrowed first, and a
     LazyFrame is collected once. Use it on a routed split to report the figures ``analyze`` does::
 
         >>> analyze_frame(split, layout="standard", threshold=0.5).routing.sft  # doctest: +SKIP
@@ -301,6 +302,8 @@ def analyze_frame(
         missing = [pl.lit(None, dtype=t).alias(c) for c, t in optional.items() if c not in names]
         frame = frame.with_columns(missing) if missing else frame
         conversational = isinstance(frame.collect_schema()["chosen"], pl.List)
+        if "pair_id" not in names:  # a hand-made frame: ids as the loader would compute them
+            frame = frame.with_columns(pair_id_expr(conversational))
         frame = frame.select(narrow_exprs(conversational))
     df = frame.collect() if isinstance(frame, pl.LazyFrame) else frame
     df = df.select(NARROW_COLUMNS)
@@ -355,11 +358,10 @@ def narrow_exprs(conversational: bool) -> list[pl.Expr]:
             visible = col.str.strip_chars().str.len_chars()
         return visible.fill_null(0) == 0
 
-    # Native 64-bit hashes, only compared within this frame: equal (prompt, chosen, rejected) is
-    # what makes pair_ids equal, without paying for pair_id's portable (Python) hash here.
-    hashes = [pl.col(c).hash().alias(c) for c in ("prompt", "chosen", "rejected")]
+    # The prompt's native 64-bit hash is only compared within this frame; duplicate pairs are
+    # pairs whose pair_id (a hash of prompt, chosen and rejected) repeats.
     return [
-        pl.struct(hashes).hash().alias("pair_hash"),
+        pl.col("pair_id"),
         pl.when(empty("prompt")).then(None).otherwise(pl.col("prompt").hash()).alias("prompt_hash"),
         pl.col("margin").cast(pl.Float64),
         pl.col("source").cast(pl.String),
@@ -455,7 +457,7 @@ def flag_counts(df: pl.DataFrame) -> Flags:
         pl.col("empty_prompt").sum().alias("empty_prompt"),
         pl.col("empty_chosen").sum().alias("empty_chosen"),
         pl.col("empty_rejected").sum().alias("empty_rejected"),
-        (pl.len() - pl.col("pair_hash").n_unique()).alias("duplicate_pairs"),
+        (pl.len() - pl.col("pair_id").n_unique()).alias("duplicate_pairs"),
         (prompt_hash.count() - prompt_hash.drop_nulls().n_unique()).alias("duplicate_prompts"),
         pl.col("history_mismatch").sum().alias("history_mismatch"),
     ).row(0, named=True)

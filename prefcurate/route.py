@@ -712,10 +712,12 @@ def write_split_plots(plan: RoutePlan, directory: Path) -> list[Path]:
     The hook :func:`write_route` calls inside the directory it is building, so the figures are
     swapped in atomically with the splits.
     """
-    from prefcurate.analyze import analyze_frame
+    from prefcurate.analyze import analyze_frame, narrow_exprs
     from prefcurate.plots import write_plots
 
-    kept = plan.frame[plan.keys.get_column("_pos").sort()]
+    conversational = isinstance(plan.frame.schema["chosen"], pl.List)
+    narrow = plan.frame.select(narrow_exprs(conversational))  # lengths and flags, no texts
+    kept = narrow[plan.keys.get_column("_pos").sort()]
     report = analyze_frame(kept, layout=plan.layout, threshold=plan.threshold)
     return write_plots(report, directory, threshold=plan.threshold)
 

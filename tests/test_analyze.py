@@ -19,11 +19,10 @@ from prefcurate.schema import MESSAGE_DTYPE
 
 
 def pairs(margins, *, chosen=None, rejected=None, prompts=None, sources=None) -> pl.DataFrame:
-    """A canonical frame; texts default to distinct strings."""
+    """A canonical frame (pair_id as the loader computes it); texts default to distinct strings."""
     n = len(margins)
     return pl.DataFrame(
         {
-            "pair_id": [f"id{i}" for i in range(n)],
             "prompt": prompts or [f"prompt {i}" for i in range(n)],
             "chosen": chosen or [f"chosen {i}" for i in range(n)],
             "rejected": rejected or [f"rejected {i}" for i in range(n)],
