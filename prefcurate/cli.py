@@ -52,14 +52,17 @@ def _root(
     ] = False,
 ) -> None:
     """prefcurate: analyze, route and train on preference data."""
-    STATE.debug = debug
+    STATE.debug = STATE.debug or debug
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (tests call this directly)."""
     args = list(sys.argv[1:] if argv is None else argv)
     STATE.argv = args
+    # --debug works before or after the command name: take it out before Typer parses.
     debug = "--debug" in args or os.environ.get("PREFCURATE_DEBUG", "") not in ("", "0")
+    args = [a for a in args if a != "--debug"]
+    STATE.debug = debug
     try:
         result = app(args=args, prog_name="prefcurate", standalone_mode=False)
         return int(result or 0)

@@ -1,6 +1,9 @@
 """CLI edge behaviour shared by every command."""
 
+import pytest
+
 from prefcurate.cli import app
+from prefcurate.errors import InputError
 
 
 def test_unknown_command_is_one_line_and_exit_2(cli):
@@ -16,3 +19,12 @@ def test_every_command_has_help_with_an_example():
         doc = command.callback.__doc__ or ""
         assert doc.strip(), f"{command.callback.__name__} has no help text"
         assert "Example" in doc, f"{command.callback.__name__} help has no example"
+
+
+def test_debug_shows_the_traceback_wherever_it_is_placed(cli, tmp_path):
+    missing = tmp_path / "missing.jsonl"
+    plain = cli("analyze", missing)
+    assert plain.code == 2 and plain.err.count("\n") == 1 and "no such file" in plain.err
+    for args in (("--debug", "analyze", missing), ("analyze", missing, "--debug")):
+        with pytest.raises(InputError, match="no such file"):
+            cli(*args)
