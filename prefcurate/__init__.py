@@ -3,8 +3,45 @@
 The data side (this package) never imports torch. A notebook gets the same figures as the CLI::
 
     >>> import prefcurate
-    >>> source = prefcurate.open_pairs("pairs.jsonl")   # doctest: +SKIP
-    >>> source.layout, source.collect().height          # doctest: +SKIP
+    >>> source = prefcurate.open_pairs("../shared/data/ultrafeedback_1k.jsonl")  # doctest: +SKIP
+    >>> report = prefcurate.analyze(source, threshold=0.5)                       # doctest: +SKIP
+    >>> report.routing.sft, report.routing.dpo                                   # doctest: +SKIP
+    (111, 889)
+    >>> plan = prefcurate.plan_routes(source, threshold=0.5)                     # doctest: +SKIP
+    >>> prefcurate.write_route(plan, "splits/uf")                                # doctest: +SKIP
+
+Names are imported on first use, so ``import prefcurate`` stays fast and light.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "open_pairs": "prefcurate.io",
+    "read_pairs": "prefcurate.io",
+    "scan_pairs": "prefcurate.io",
+    "PairSource": "prefcurate.io",
+    "analyze": "prefcurate.analyze",
+    "analyze_frame": "prefcurate.analyze",
+    "Report": "prefcurate.analyze",
+    "plan_routes": "prefcurate.route",
+    "write_route": "prefcurate.route",
+    "RoutePlan": "prefcurate.route",
+    "threshold_for_fraction": "prefcurate.margins",
+    "synth": "prefcurate.synth",
+    "write_synth": "prefcurate.synth",
+    "InputError": "prefcurate.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    msg = f"module 'prefcurate' has no attribute {name!r}"
+    raise AttributeError(msg)

@@ -28,3 +28,19 @@ def test_debug_shows_the_traceback_wherever_it_is_placed(cli, tmp_path):
     for args in (("--debug", "analyze", missing), ("analyze", missing, "--debug")):
         with pytest.raises(InputError, match="no such file"):
             cli(*args)
+
+
+def test_the_package_exposes_the_library_without_heavy_imports():
+    """A notebook user gets the CLI's figures from `import prefcurate`; torch stays unloaded."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, prefcurate\n"
+        "assert 'polars' not in sys.modules and 'torch' not in sys.modules\n"
+        "names = ['open_pairs', 'analyze', 'plan_routes', 'write_route', 'synth']\n"
+        "assert all(callable(getattr(prefcurate, n)) for n in names)\n"
+        "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
