@@ -34,7 +34,7 @@ from prefcurate.errors import InputError, one_line
 from prefcurate.layouts import ISSUE, ROW, Detected
 from prefcurate.margins import difficulty_expr, margin_expr
 from prefcurate.schema import CANONICAL_COLUMNS, Binarize, ColumnMap, Layout
-from prefcurate.sources import RawSource, open_binary, resolve
+from prefcurate.sources import SCHEMA_ROWS, RawSource, open_binary, resolve
 
 #: The canonical columns plus the per-pair flag of implicit/conversational histories that differ.
 PAIR_COLUMNS: tuple[str, ...] = (*CANONICAL_COLUMNS, "history_mismatch")
@@ -132,6 +132,10 @@ def open_pairs(
 ) -> PairSource:
     """Find the files behind ``data`` and detect how they store pairs (nothing is read in full)."""
     raw = resolve(data, split=split)
+    if raw.format == "jsonl":
+        problem = diagnose_jsonl(raw.paths, limit=SCHEMA_ROWS)
+        if problem is not None:
+            raise problem
     columns = columns or ColumnMap()
     lazy = _guard(raw, raw.scan)
     schema = _guard(raw, lazy.collect_schema)
@@ -186,8 +190,8 @@ def _guard(raw: RawSource, call):
             located = diagnose_jsonl(raw.paths)
             if located is not None:
                 raise located from exc
-        if raw.paths and raw.paths[0].suffix == ".gz":
-            located = _diagnose_gzip(raw.paths)
+        for path in raw.paths:
+            located = _compression_problem(path)
             if located is not None:
                 raise located from exc
         raise InputError(
@@ -195,13 +199,20 @@ def _guard(raw: RawSource, call):
         ) from exc
 
 
-def diagnose_jsonl(paths: tuple[Path, ...]) -> InputError | None:
+def diagnose_jsonl(paths: tuple[Path, ...], *, limit: int | None = None) -> InputError | None:
     """Read JSONL line by line to find the first line a reader would choke on.
 
-    Only runs after a fast read failed, so a good file is never read twice.
+    With ``limit`` only the first ``limit`` rows of the first file are checked: that is the window
+    Polars infers the schema from, and where it would otherwise merge a list and a string into a
+    string without a word. Without ``limit`` (after a fast read failed) every line is checked, and
+    a compressed file is first checked for truncation.
     """
     kinds: dict[str, tuple[str, int]] = {}
-    for path in paths:
+    for path in paths[:1] if limit else paths:
+        if limit is None:
+            broken = _compression_problem(path)
+            if broken is not None:
+                return broken
         lineno = rows = 0
         try:
             with open_binary(path) as fh:
@@ -212,24 +223,63 @@ def diagnose_jsonl(paths: tuple[Path, ...]) -> InputError | None:
                         return InputError(
                             problem[0], where=f"{path}, line {lineno}", fix=problem[1]
                         )
-        except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
-            return InputError(
-                f"truncated or corrupt compressed file: {one_line(exc, 80)} "
-                f"({lineno} lines read before the error)",
-                where=path,
-                fix="re-download or re-compress the file",
-            )
-        except Exception as exc:  # noqa: BLE001 - zstandard raises its own error type
-            if type(exc).__module__.startswith("zstandard"):
-                return InputError(
-                    f"truncated or corrupt zstd file after line {lineno}",
-                    where=path,
-                    fix="re-download or re-compress the file",
-                )
+                    if limit is not None and rows >= limit:
+                        return None
+        except Exception:  # noqa: BLE001 - a broken stream is named by the full check
+            if limit is not None:
+                return None
             raise
-        if rows == 0:
-            return InputError("the file holds no rows", where=path, fix="pass a file of pairs")
+        if rows == 0:  # an empty stream may be a truncated one
+            return _compression_problem(path) or InputError(
+                "the file holds no rows", where=path, fix="pass a file of pairs"
+            )
     return None
+
+
+def _compression_problem(path: Path) -> InputError | None:
+    """A truncated or corrupt .gz/.zst file, found by decompressing it to the end."""
+    fix = "re-download or re-compress the file"
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as fh:
+                while fh.read(1 << 20):
+                    pass
+        elif path.suffix == ".zst":
+            import zstandard
+
+            stream = zstandard.ZstdDecompressor().decompressobj()
+            with open(path, "rb") as fh:
+                while block := fh.read(1 << 20):
+                    stream.decompress(block)
+            if not stream.eof:
+                return InputError(
+                    "truncated zstd file (the stream ends early)", where=path, fix=fix
+                )
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
+        return InputError(
+            f"truncated or corrupt gzip file ({one_line(exc, 80)})", where=path, fix=fix
+        )
+    except Exception as exc:  # noqa: BLE001 - zstandard raises its own error type
+        if type(exc).__module__.startswith("zstandard"):
+            return InputError(f"corrupt zstd file ({one_line(exc, 80)})", where=path, fix=fix)
+        raise
+    return None
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """JSON allows a key twice and readers silently keep one value; prefcurate refuses."""
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
 
 
 class _Constant:
@@ -268,7 +318,9 @@ def _line_problem(
     if not text.strip():
         return None
     try:
-        row = json.loads(text, parse_constant=_Constant)
+        row = json.loads(text, parse_constant=_Constant, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        return f"key {exc.key!r} appears twice in one object", "keep one of the two values"
     except json.JSONDecodeError as exc:
         return f"not valid JSON ({exc.msg}, column {exc.colno})", "fix or remove this line"
     except RecursionError:
@@ -306,21 +358,6 @@ def _json_kind(value: object) -> str:
     if isinstance(value, str):
         return "string"
     return "list" if isinstance(value, list) else "object"
-
-
-def _diagnose_gzip(paths: tuple[Path, ...]) -> InputError | None:
-    for path in paths:
-        try:
-            with gzip.open(path, "rb") as fh:
-                while fh.read(1 << 20):
-                    pass
-        except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
-            return InputError(
-                f"truncated or corrupt gzip file ({one_line(exc, 80)})",
-                where=path,
-                fix="re-download or re-compress the file",
-            )
-    return None
 
 
 def locate(raw: RawSource, row: int) -> str:

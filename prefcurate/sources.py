@@ -36,6 +36,9 @@ _SUFFIX_FORMAT = {
 _COMPRESSIONS = (".gz", ".zst")
 _GLOB_CHARS = set("*?[")
 
+#: Rows a schema is inferred from (JSONL, CSV); prefcurate.io checks the same rows' types.
+SCHEMA_ROWS = 1000
+
 
 @dataclass(frozen=True)
 class RawSource:
@@ -56,16 +59,18 @@ class RawSource:
             if self.format == "jsonl" and any(_starts_with_bom(p) for p in self.paths):
                 return pl.concat([_read_jsonl_bom(p) for p in self.paths], how="diagonal_relaxed")
             if self.format == "jsonl":
-                return pl.scan_ndjson(files, infer_schema_length=1000)
+                return pl.scan_ndjson(files, infer_schema_length=SCHEMA_ROWS)
             if self.format == "parquet":
                 return pl.scan_parquet(files, missing_columns="insert", extra_columns="ignore")
             if self.format in ("csv", "tsv"):
+                for path in self.paths:
+                    _check_csv_header(path, "\t" if self.format == "tsv" else ",")
                 return pl.concat(
                     [
                         pl.scan_csv(
                             f,
                             separator="\t" if self.format == "tsv" else ",",
-                            infer_schema_length=1000,
+                            infer_schema_length=SCHEMA_ROWS,
                             encoding="utf8",
                         )
                         for f in files
@@ -191,7 +196,9 @@ def _read_jsonl_bom(path: Path) -> pl.LazyFrame:
     """JSONL saved by editors that prepend a byte-order mark: strip it, then parse as usual."""
     with open_binary(path) as fh:
         data = fh.read()
-    return pl.read_ndjson(io.BytesIO(data.removeprefix(_BOM)), infer_schema_length=1000).lazy()
+    return pl.read_ndjson(
+        io.BytesIO(data.removeprefix(_BOM)), infer_schema_length=SCHEMA_ROWS
+    ).lazy()
 
 
 def open_binary(path: Path):
@@ -203,6 +210,26 @@ def open_binary(path: Path):
 
         return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb")))  # noqa: SIM115
     return open(path, "rb")  # noqa: SIM115
+
+
+def _check_csv_header(path: Path, separator: str) -> None:
+    """Readers rename a repeated header name (chosen, chosen_duplicated_0); prefcurate refuses."""
+    import csv
+
+    with _open_text(path) as fh:
+        try:
+            header = next(csv.reader(fh, delimiter=separator), [])
+        except (UnicodeDecodeError, csv.Error):
+            return  # the reader names the problem
+    seen: set[str] = set()
+    for name in header:
+        if name in seen:
+            raise InputError(
+                f"column {name!r} appears twice in the header",
+                where=f"{path}, line 1",
+                fix="rename or remove one of the two columns",
+            )
+        seen.add(name)
 
 
 def _open_text(path: Path):

@@ -476,7 +476,35 @@ def test_score_not_a_number_names_line_and_column(tmp_path):
     bad = {**ROWS[0], "score_chosen": "high"}
     path = write_jsonl(tmp_path / "s.jsonl", [*ROWS, bad])
     message = _error(path)
-    assert f"{path}, line 7: score_chosen is not a number: high" in message
+    assert f"{path}, line 7: column 'score_chosen' holds a string here but a number" in message
+    # a file whose score column is text from the start gets the same located line
+    path = write_jsonl(tmp_path / "t.jsonl", [{**ROWS[0], "score_chosen": "7"}, bad])
+    assert f"{path}, line 2: score_chosen is not a number: high" in _error(path)
+
+
+def test_mixed_layouts_in_one_file_name_the_line(tmp_path):
+    """Readers would turn the list into a string; the loader refuses instead."""
+    conversational = {"prompt": "p", "chosen": [assistant("a")], "rejected": [assistant("b")]}
+    path = write_jsonl(tmp_path / "mixed.jsonl", [*ROWS[:3], conversational])
+    assert f"{path}, line 4: column 'chosen' holds a list here but a string on line 1" in (
+        _error(path)
+    )
+
+
+def test_duplicated_keys_and_columns(tmp_path):
+    path = tmp_path / "dup.jsonl"
+    path.write_text('{"prompt": "p", "chosen": "a", "chosen": "b", "rejected": "r"}\n')
+    assert f"{path}, line 1: key 'chosen' appears twice" in _error(path)
+    path = tmp_path / "dup.csv"
+    path.write_text("prompt,chosen,chosen,rejected\np,a,b,r\n")
+    assert f"{path}, line 1: column 'chosen' appears twice in the header" in _error(path)
+
+
+def test_truncated_zstd(tmp_path):
+    data = zstandard.ZstdCompressor().compress(jsonl_text(ROWS * 50).encode())
+    path = tmp_path / "cut.jsonl.zst"
+    path.write_bytes(data[: len(data) // 2])
+    assert "truncated zstd file" in _error(path)
 
 
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
