@@ -442,15 +442,30 @@ def atomic_dir(path: str | Path, *, force: bool = False) -> Iterator[Path]:
 
 
 def check_new_dir(path: Path, *, force: bool) -> None:
-    """Refuse to replace an existing output directory unless asked to."""
-    if path.exists() and not force:
+    """Refuse to replace an existing output directory unless asked to, or to write where we can't.
+
+    Runs before any data is read, so a wrong ``--out`` costs nothing.
+    """
+    path = Path(path)
+    try:
+        exists = path.exists()
+        parent = next((p for p in path.parents if p.exists()), Path("."))
+    except PermissionError as exc:
+        raise InputError(
+            "permission denied", where=path, fix="choose an output folder you can write to"
+        ) from exc
+    if exists and not force:
         raise InputError(
             "output directory exists",
             where=path,
             fix="pass --force to replace it, or choose another",
         )
-    if path.exists() and not path.is_dir():
+    if exists and not path.is_dir():
         raise InputError("output path exists and is not a directory", where=path)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(
+            "permission denied", where=parent, fix="choose an output folder you can write to"
+        )
 
 
 def _remove_stale(path: Path) -> None:

@@ -1,0 +1,320 @@
+"""A corpus of malformed and hostile inputs, written by the tests themselves.
+
+Each :class:`Case` writes one input into a folder and says what a user must see: the text the one
+error line contains (``message``), or ``None`` for odd-but-valid input that every command must
+accept. docs/reliability.md lists the cases and the messages.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import zstandard
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    make: Callable[[Path], Path]
+    message: str | None  # None: valid input, exit 0
+    line: int | None = None  # the line or row the message must name
+
+
+def row(i: int = 0, **changes) -> dict:
+    base = {
+        "prompt": f"question {i}",
+        "chosen": f"a careful answer {i}",
+        "rejected": f"a sloppy answer {i}",
+        "score_chosen": 8.0 if i % 3 else 6.0,
+        "score_rejected": 6.0,
+    }
+    return {**base, **changes}
+
+
+GOOD = [row(i) for i in range(8)]
+
+#: A line as a sloppy writer (Python's json with allow_nan) would print it.
+RAW_LINE = (
+    '{"prompt": "q", "chosen": "a", "rejected": "b", "score_chosen": %s, "score_rejected": 1}\n'
+)
+
+
+def jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def _text(name: str, content: str) -> Callable[[Path], Path]:
+    def make(folder: Path) -> Path:
+        path = folder / name
+        path.write_text(content, encoding="utf-8")
+        return path
+
+    return make
+
+
+def _bytes(name: str, content: bytes) -> Callable[[Path], Path]:
+    def make(folder: Path) -> Path:
+        path = folder / name
+        path.write_bytes(content)
+        return path
+
+    return make
+
+
+def _parquet(name: str, frame: pl.DataFrame) -> Callable[[Path], Path]:
+    def make(folder: Path) -> Path:
+        path = folder / name
+        frame.write_parquet(path)
+        return path
+
+    return make
+
+
+def _truncated_parquet(folder: Path) -> Path:
+    path = folder / "cut.parquet"
+    pl.DataFrame(GOOD).write_parquet(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _mixed_directory(folder: Path) -> Path:
+    data = folder / "mixed"
+    data.mkdir()
+    (data / "a.jsonl").write_text(jsonl(GOOD))
+    pl.DataFrame(GOOD).write_parquet(data / "b.parquet")
+    return data
+
+
+def _empty_directory(folder: Path) -> Path:
+    data = folder / "nothing"
+    data.mkdir()
+    (data / "notes.txt").write_text("no data here\n")
+    return data
+
+
+def _symlink_loop(folder: Path) -> Path:
+    (folder / "a.jsonl").symlink_to(folder / "b.jsonl")
+    (folder / "b.jsonl").symlink_to(folder / "a.jsonl")
+    return folder / "a.jsonl"
+
+
+def _missing(folder: Path) -> Path:
+    return folder / "no-such-file.jsonl"
+
+
+def _glob_without_match(folder: Path) -> Path:
+    return folder / "shard-*.parquet"
+
+
+def _deep_json(folder: Path) -> Path:
+    path = folder / "deep.jsonl"
+    nested = "[" * 100_000 + "]" * 100_000
+    path.write_text(
+        jsonl(GOOD) + '{"prompt": "p", "chosen": "c", "rejected": "r", "x": ' + nested + "}\n"
+    )
+    return path
+
+
+def _huge_field(folder: Path) -> Path:
+    """A 50 MB response: valid, and it must not be read twice into memory or crash anything."""
+    path = folder / "huge.jsonl"
+    path.write_text(jsonl([*GOOD, row(99, chosen="word " * 10_000_000)]))
+    return path
+
+
+CASES: list[Case] = [
+    Case(
+        "truncated last line",
+        _text("cut.jsonl", jsonl(GOOD) + '{"prompt": "q", "cho'),
+        "not valid JSON",
+        line=9,
+    ),
+    Case(
+        "truncated line in the middle",
+        _text("mid.jsonl", jsonl(GOOD[:3]) + '{"prompt": "q", "chosen": \n' + jsonl(GOOD)),
+        "not valid JSON",
+        line=4,
+    ),
+    Case(
+        "chosen is a number",
+        _text("num.jsonl", jsonl([row(0, chosen=7), row(1, chosen=8)])),
+        "column 'chosen' has type Int64",
+    ),
+    Case(
+        "prompt is an object",
+        _text("obj.jsonl", jsonl([row(0, prompt={"text": "q"})])),
+        "column 'prompt' has type Struct",
+    ),
+    Case(
+        "type changes between lines",
+        _text("types.jsonl", jsonl([*GOOD, row(9, chosen=["a"])])),
+        "column 'chosen' holds a list here but a string",
+        line=9,
+    ),
+    Case(
+        "missing rejected column",
+        _text(
+            "norej.jsonl", jsonl([{k: v for k, v in r.items() if k != "rejected"} for r in GOOD])
+        ),
+        "no 'rejected' column",
+    ),
+    Case(
+        "duplicated key",
+        _text(
+            "dupkey.jsonl",
+            jsonl(GOOD) + '{"prompt": "p", "chosen": "a", "chosen": "b", "rejected": "r"}\n',
+        ),
+        "key 'chosen' appears twice",
+        line=9,
+    ),
+    Case(
+        "duplicated CSV column",
+        _text("dup.csv", "prompt,chosen,chosen,rejected\np,a,b,r\n"),
+        "column 'chosen' appears twice in the header",
+        line=1,
+    ),
+    Case(
+        "NaN score",
+        _text("nan.jsonl", jsonl(GOOD) + RAW_LINE % "NaN"),
+        "column 'score_chosen' is NaN",
+        line=9,
+    ),
+    Case(
+        "+inf score",
+        _text("inf.jsonl", jsonl(GOOD) + RAW_LINE % "Infinity"),
+        "column 'score_chosen' is Infinity",
+        line=9,
+    ),
+    Case(
+        "-inf score in Parquet",
+        _parquet("inf.parquet", pl.DataFrame([*GOOD, row(9, score_rejected=float("-inf"))])),
+        "score_rejected is infinite",
+        line=9,
+    ),
+    Case(
+        "NaN score in CSV",
+        _text(
+            "nan.csv",
+            "prompt,chosen,rejected,score_chosen,score_rejected\np,a,b,5,4\nq,c,d,nan,4\n",
+        ),
+        "score_chosen is NaN",
+        line=2,
+    ),
+    Case(
+        "text in a score column",
+        _text("text.jsonl", jsonl([row(0, score_chosen="7"), row(1, score_chosen="high")])),
+        "score_chosen is not a number: high",
+        line=2,
+    ),
+    Case(
+        "boolean score",
+        _text("bool.jsonl", jsonl([row(0, score_chosen=True)])),
+        "has type Boolean, not a number",
+    ),
+    Case(
+        "null response",
+        _text("null.jsonl", jsonl([*GOOD, row(9, chosen=None)])),
+        "chosen is missing",
+        line=9,
+    ),
+    Case(
+        "empty strings", _text("blank.jsonl", jsonl([*GOOD, row(9, prompt="", rejected="")])), None
+    ),
+    Case("empty file", _text("empty.jsonl", ""), "the file is empty"),
+    Case("blank lines only", _text("blank-lines.jsonl", "\n \n\n"), "holds no rows"),
+    Case(
+        "invalid UTF-8",
+        _bytes("latin1.jsonl", jsonl(GOOD).encode() + '{"prompt": "caf\xe9"}\n'.encode("latin-1")),
+        "invalid UTF-8",
+        line=9,
+    ),
+    Case("byte-order mark", _bytes("bom.jsonl", b"\xef\xbb\xbf" + jsonl(GOOD).encode()), None),
+    Case(
+        "mixed layouts",
+        _text(
+            "layouts.jsonl",
+            jsonl(
+                [
+                    *GOOD,
+                    {
+                        "prompt": "p",
+                        "chosen": [{"role": "assistant", "content": "a"}],
+                        "rejected": [{"role": "assistant", "content": "b"}],
+                    },
+                ]
+            ),
+        ),
+        "holds a list here but a string",
+        line=9,
+    ),
+    Case("50 MB field", _huge_field, None),
+    Case("deeply nested JSON", _deep_json, "JSON nested too deeply", line=9),
+    Case(
+        "CSV with newlines and quotes in fields",
+        _text(
+            "quoted.csv",
+            "prompt,chosen,rejected,score_chosen,score_rejected\n"
+            '"two\nlines","he said ""hi""","a, b",7,5\n"p","c","d",5,5\n',
+        ),
+        None,
+    ),
+    Case(
+        "CSV with a short row",
+        _text("short.csv", "prompt,chosen,rejected,score_chosen,score_rejected\np,c\n"),
+        "rejected is missing",
+        line=1,
+    ),
+    Case(
+        "Parquet with the wrong schema",
+        _parquet("schema.parquet", pl.DataFrame({"prompt": ["p"], "chosen": [1], "rejected": [2]})),
+        "column 'chosen' has type Int64",
+    ),
+    Case("truncated Parquet", _truncated_parquet, "cannot read parquet data"),
+    Case(
+        "random bytes as JSONL",
+        _bytes("noise.jsonl", bytes(range(256)) * 4),
+        "not valid JSON",
+        line=1,
+    ),
+    Case(
+        "truncated gzip",
+        _bytes("cut.jsonl.gz", gzip.compress(jsonl(GOOD * 50).encode())[:300]),
+        "truncated or corrupt gzip",
+    ),
+    Case(
+        "truncated zstd",
+        _bytes(
+            "cut.jsonl.zst", zstandard.ZstdCompressor().compress(jsonl(GOOD * 50).encode())[:200]
+        ),
+        "truncated zstd file",
+    ),
+    Case("JSON array of numbers", _text("numbers.json", "[1, 2, 3]"), "array of objects"),
+    Case("truncated JSON array", _text("cut.json", json.dumps(GOOD)[:-40]), "not valid JSON"),
+    Case(
+        "array on a JSONL line",
+        _text("array-line.jsonl", jsonl(GOOD) + "[1, 2]\n"),
+        "expected a JSON object, found list",
+        line=9,
+    ),
+    Case("directory mixing file types", _mixed_directory, "mixes file types (jsonl, parquet)"),
+    Case("directory without data files", _empty_directory, "no data files in this folder"),
+    Case("symlink loop", _symlink_loop, "symbolic link loop"),
+    Case("missing path", _missing, "no such file or directory"),
+    Case("glob matching nothing", _glob_without_match, "no files match this pattern"),
+    Case("unknown file type", _text("pairs.xlsx", "PK"), "unknown file type '.xlsx'"),
+]
+
+
+def unreadable(folder: Path) -> Path:
+    """A file without read permission (checked in a child process that is not root)."""
+    path = folder / "secret.jsonl"
+    path.write_text(jsonl(GOOD))
+    os.chmod(path, 0)
+    return path
