@@ -509,12 +509,13 @@ def _opener(path: Path, identity: ModelIdentity, key: str):
 
 
 def _free(device: str) -> None:
-    import gc
-
-    gc.collect()
+    """Give a GPU's memory back before the next model loads (the CPU frees by reference)."""
     if device == "cuda":
+        import gc
+
         import torch
 
+        gc.collect()
         torch.cuda.empty_cache()
 
 
