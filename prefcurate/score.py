@@ -212,6 +212,8 @@ def score_pairs(
     models = {REWARD: reward_model, REFERENCE: reference, EMBEDDING: embedding}
     models = {kind: str(spec) for kind, spec in models.items() if spec is not None}
     as_margin = _check_args(models, as_margin, batch_size, max_tokens_per_batch, max_length, cache)
+    if cache is not None and cache_dir is not None:
+        raise InputError("--cache and --cache-dir both given", fix="pass one of them")
     if device not in ("auto", "cpu", "cuda"):
         raise InputError(f"unknown --device {device!r}", fix="use auto, cpu or cuda")
     if precision not in ("auto", "bf16", "fp32"):

@@ -452,6 +452,7 @@ def test_torchrun_two_processes_write_what_one_process_writes(models, short, tmp
     assert document["as_margin"] == "margin_ref"  # without --as-margin: reference before embedding
     for column in ("embed_distance", "margin_ref", "margin_ref_sum"):
         np.testing.assert_allclose(two[column].to_numpy(), one[column].to_numpy(), atol=1e-6)
+    assert (tmp_path / "two.parquet").read_bytes() == (tmp_path / "one.parquet").read_bytes()
     stores = list((tmp_path / "c2" / "score").glob("embedding-*"))
     parts = list(stores[0].glob("part-*.parquet"))
     assert len(parts) == 2  # each rank wrote its own share
