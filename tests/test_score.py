@@ -531,6 +531,12 @@ def test_flag_mistakes_are_refused_before_any_work(cli, short, tmp_path):
         out,
         "--batch-size must be at least 1",
     )
+    check_refused(
+        cli("score", short, "--embedding", MINILM, "--cache", tmp_path / "c",
+            "--cache-dir", tmp_path / "d", "--out", out),
+        out,
+        "--cache and --cache-dir both given",
+    )  # fmt: skip
 
 
 def test_an_existing_output_needs_force_and_is_left_alone(cli, short, tmp_path):

@@ -104,39 +104,57 @@ def inspect_model(
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     device, precision = resolve_precision(device, precision)
-    fix = f"pass {NEEDS[kind]} to {FLAGS[kind]}"
+    pooling, st_limit = None, None
     if kind == REFERENCE and spec == TINY:
         tiny = load_model(TINY)
-        return _identity(kind, spec, "LlamaForCausalLM", tiny.fingerprint, tiny.tokenizer,
-                         tiny.model.config, None, max_length, None, device, precision)  # fmt: skip
-    path = Path(spec)
-    if not path.is_dir():
-        raise InputError("model directory not found", where=path, fix=fix)
-    if not (path / "config.json").is_file():
-        raise InputError("not a Hugging Face model directory (no config.json)", where=path, fix=fix)
-    try:
-        config = AutoConfig.from_pretrained(
-            path, local_files_only=True, trust_remote_code=trust_remote_code
-        )
-    except (ValueError, KeyError, OSError) as exc:
-        raise InputError(f"cannot read config.json: {exc}", where=path, fix=fix) from exc
-    architecture = _check_kind(kind, config, path, fix)
-    if not any(path.glob("*.safetensors")):
-        raise InputError(
-            "no safetensors weights",
-            where=path,
-            fix="re-save the model with save_pretrained (safetensors is the default)",
-        )
-    tokenizer = _load_tokenizer(path, trust_remote_code)
-    pooling, st_limit = _sentence_transformers(path) if kind == EMBEDDING else (None, None)
-    return _identity(kind, spec, architecture, directory_fingerprint(path), tokenizer, config,
-                     st_limit, max_length, pooling, device, precision)  # fmt: skip
+        architecture, config, tokenizer = "LlamaForCausalLM", tiny.model.config, tiny.tokenizer
+        fingerprint = tiny.fingerprint
+    else:
+        path = Path(spec)
+        fix = f"pass {NEEDS[kind]} to {FLAGS[kind]}"
+        if not path.is_dir():
+            raise InputError("model directory not found", where=path, fix=fix)
+        if not (path / "config.json").is_file():
+            raise InputError(
+                "not a Hugging Face model directory (no config.json)", where=path, fix=fix
+            )
+        try:
+            config = AutoConfig.from_pretrained(
+                path, local_files_only=True, trust_remote_code=trust_remote_code
+            )
+        except (ValueError, KeyError, OSError) as exc:
+            raise InputError(f"cannot read config.json: {exc}", where=path, fix=fix) from exc
+        architecture = _check_kind(kind, config, path)
+        if not any(path.glob("*.safetensors")):
+            raise InputError(
+                "no safetensors weights",
+                where=path,
+                fix="re-save the model with save_pretrained (safetensors is the default)",
+            )
+        tokenizer = _load_tokenizer(path, trust_remote_code)
+        if kind == EMBEDDING:
+            pooling, st_limit = _sentence_transformers(path)
+        fingerprint = directory_fingerprint(path)
+    length, limit = _text_limit(config, tokenizer, st_limit, max_length, spec)
+    return ModelIdentity(
+        kind=kind,
+        spec=str(spec),
+        architecture=architecture,
+        fingerprint=fingerprint,
+        tokenizer=cache.tokenizer_fingerprint(tokenizer),
+        max_length=length,
+        limit=limit,
+        pooling=pooling,
+        device=device.type,
+        precision=precision,
+        width={REWARD: 1, REFERENCE: 2}.get(kind) or _hidden_size(config, spec),
+    )
 
 
-def _identity(
-    kind, spec, architecture, fingerprint, tokenizer, config, st_limit, max_length, pooling,
-    device, precision,
-) -> ModelIdentity:  # fmt: skip
+def _text_limit(
+    config, tokenizer, st_limit: int | None, max_length: int | None, spec: str
+) -> tuple[int, str]:
+    """Tokens per text: the smallest limit the model, its tokenizer or the user states."""
     limits: list[tuple[int, str]] = []
     positions = getattr(config, "max_position_embeddings", None)
     if isinstance(positions, int) and positions > 0:
@@ -152,21 +170,7 @@ def _identity(
         raise InputError(
             "the model states no length limit", where=spec, fix="pass --max-length N (tokens)"
         )
-    length, limit = min(limits, key=lambda item: item[0])
-    width = {REWARD: 1, REFERENCE: 2}.get(kind) or _hidden_size(config, spec)
-    return ModelIdentity(
-        kind=kind,
-        spec=str(spec),
-        architecture=architecture,
-        fingerprint=fingerprint,
-        tokenizer=cache.tokenizer_fingerprint(tokenizer),
-        max_length=length,
-        limit=limit,
-        pooling=pooling,
-        device=device.type,
-        precision=precision,
-        width=width,
-    )
+    return min(limits, key=lambda item: item[0])
 
 
 def _hidden_size(config, spec: str) -> int:
@@ -179,7 +183,8 @@ def _hidden_size(config, spec: str) -> int:
     )
 
 
-def _check_kind(kind: str, config, path: Path, fix: str) -> str:
+def _check_kind(kind: str, config, path: Path) -> str:
+    """The architecture, when it is the kind of model ``kind`` needs (by its class name)."""
     architectures = list(getattr(config, "architectures", None) or [])
     shown = architectures[0] if architectures else getattr(config, "model_type", "unknown")
     if kind == REWARD:
@@ -188,7 +193,7 @@ def _check_kind(kind: str, config, path: Path, fix: str) -> str:
             raise InputError(
                 f"{shown} has {config.num_labels} outputs; a reward model has one",
                 where=path,
-                fix=fix,
+                fix="pass a model saved with num_labels=1",
             )
     elif kind == REFERENCE:
         ok = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
@@ -196,7 +201,7 @@ def _check_kind(kind: str, config, path: Path, fix: str) -> str:
         ok = bool(architectures) and not any(_HEAD.search(a) for a in architectures)
         ok = ok and not getattr(config, "is_decoder", False)
     if not ok:
-        raise InputError(f"{FLAGS[kind]} needs {NEEDS[kind]}, not {shown}", where=path, fix=fix)
+        raise InputError(f"{FLAGS[kind]} needs {NEEDS[kind]}, not {shown}", where=path)
     return shown
 
 
