@@ -211,13 +211,19 @@ def score_pairs(
     """
     models = {REWARD: reward_model, REFERENCE: reference, EMBEDDING: embedding}
     models = {kind: str(spec) for kind, spec in models.items() if spec is not None}
-    as_margin = _check_args(models, as_margin, batch_size, max_tokens_per_batch, max_length, cache)
-    if cache is not None and cache_dir is not None:
-        raise InputError("--cache and --cache-dir both given", fix="pass one of them")
-    if device not in ("auto", "cpu", "cuda"):
-        raise InputError(f"unknown --device {device!r}", fix="use auto, cpu or cuda")
-    if precision not in ("auto", "bf16", "fp32"):
-        raise InputError(f"unknown --precision {precision!r}", fix="use auto, bf16 or fp32")
+    as_margin = _check_args(
+        models,
+        as_margin,
+        sizes={
+            "--batch-size": (batch_size, 1),
+            "--max-tokens-per-batch": (max_tokens_per_batch, 1),
+            "--max-length": (max_length, 2),
+        },
+        device=device,
+        precision=precision,
+        cache=cache,
+        cache_dir=cache_dir,
+    )
     if batch_size is None and max_tokens_per_batch is None:
         max_tokens_per_batch = 16_384
     request = {
@@ -288,23 +294,28 @@ def score_pairs(
 def _check_args(
     models: dict[str, str],
     as_margin: str | None,
-    batch_size: int | None,
-    max_tokens: int | None,
-    max_length: int | None,
+    *,
+    sizes: dict[str, tuple[int | None, int]],
+    device: str,
+    precision: str,
     cache: str | Path | None,
+    cache_dir: str | Path | None,
 ) -> str:
+    """Refuse impossible flags before any work; return the column that becomes ``margin``."""
     if not models:
         raise InputError(
             "no model given",
             fix="pass at least one of --reward-model, --reference, --embedding",
         )
-    for flag, value, least in (
-        ("--batch-size", batch_size, 1),
-        ("--max-tokens-per-batch", max_tokens, 1),
-        ("--max-length", max_length, 2),
-    ):
+    for flag, (value, least) in sizes.items():
         if value is not None and value < least:
             raise InputError(f"{flag} must be at least {least}, not {value}")
+    if device not in ("auto", "cpu", "cuda"):
+        raise InputError(f"unknown --device {device!r}", fix="use auto, cpu or cuda")
+    if precision not in ("auto", "bf16", "fp32"):
+        raise InputError(f"unknown --precision {precision!r}", fix="use auto, bf16 or fp32")
+    if cache is not None and cache_dir is not None:
+        raise InputError("--cache and --cache-dir both given", fix="pass one of them")
     if cache is not None and Path(cache).exists() and not Path(cache).is_dir():
         raise InputError("--cache must be a directory", where=cache)
     if as_margin is None:
