@@ -373,8 +373,11 @@ def canonical(
     columns.append(mismatch.fill_null(False).alias("history_mismatch"))
     columns.append(pl.coalesce(issues).alias(ISSUE))
     if keep_input:
+        # the canonical columns are computed, never carried: a re-read output (a split, a scored
+        # file) holds them already
         taken = {"prompt", "chosen", "rejected", "score_chosen", "score_rejected", "source"}
-        columns += [pl.col(n) for n in schema.names() if n not in taken and n != "margin"]
+        taken |= {"pair_id", "margin", "difficulty", "history_mismatch", ROW, ISSUE}
+        columns += [pl.col(n) for n in schema.names() if n not in taken]
     return raw.select(columns)
 
 

@@ -299,6 +299,33 @@ def tokenize_split(
     )
 
 
+def encode_responses(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[Any],
+    responses: list[Any],
+    *,
+    conversational: bool,
+    where: str | Path = "the data",
+) -> tuple[list[list[int]], list[list[int]], bool]:
+    """Token ids of each prompt and its one response, by the rules of :func:`tokenize_split`.
+
+    For callers that score responses one at a time (``prefcurate score --reference``); returns
+    the prompt ids, the response ids (untruncated) and whether the chat template was used.
+    """
+    use_template = conversational and bool(getattr(tokenizer, "chat_template", None))
+    if use_template:
+        rendered = [
+            _render_template(tokenizer, p, r, r, where)[:2]
+            for p, r in zip(prompts, responses, strict=True)
+        ]
+        prompts, responses = [p for p, _ in rendered], [r for _, r in rendered]
+    elif conversational:
+        prompts = [render_messages(p) for p in prompts]
+        responses = [render_response(r) for r in responses]
+    p_ids, r_ids, _ = _encode(tokenizer, prompts, responses, [], use_template)
+    return p_ids, r_ids, use_template
+
+
 def render_messages(messages: list[dict[str, str]]) -> str:
     """Plain-text prompt of a conversation: ``"role: content"`` blocks, then ``"assistant: "``."""
     blocks = [f"{m['role']}: {m['content']}" for m in messages]
@@ -331,7 +358,7 @@ def _render_template(tokenizer, prompt, chosen, rejected, where) -> tuple[str, s
 
 def _encode(tokenizer, prompts, chosens, rejecteds, use_template):
     def ids(texts: list[str]) -> list[list[int]]:
-        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
     p_ids, c_ids, r_ids = ids(prompts), ids(chosens), ids(rejecteds)
     if use_template:  # the template already writes BOS and end-of-turn tokens

@@ -118,18 +118,40 @@ def load_reference(
 
 
 def _load_directory(path: Path, trust_remote_code: bool) -> LoadedModel:
+    return load_pretrained(
+        path,
+        AutoModelForCausalLM,
+        trust_remote_code=trust_remote_code,
+        what="a causal language model",
+        fix=_MODEL_FIX,
+    )
+
+
+def load_pretrained(
+    path: Path,
+    auto_class: type,
+    *,
+    trust_remote_code: bool = False,
+    dtype: torch.dtype = torch.float32,
+    what: str,
+    fix: str,
+) -> LoadedModel:
+    """Load a local directory with ``auto_class`` (an ``AutoModelFor…``) and its tokenizer, safely.
+
+    Local files only, safetensors only, remote code only when asked. ``what`` names the kind of
+    model for the error raised when ``auto_class`` cannot load it; ``fix`` ends every error line.
+    """
+    path = Path(path)
     if not path.is_dir():
-        raise InputError("model directory not found", where=path, fix=_MODEL_FIX)
+        raise InputError("model directory not found", where=path, fix=fix)
     if not (path / "config.json").is_file():
-        raise InputError(
-            "not a Hugging Face model directory (no config.json)", where=path, fix=_MODEL_FIX
-        )
+        raise InputError("not a Hugging Face model directory (no config.json)", where=path, fix=fix)
     try:
         config = AutoConfig.from_pretrained(
             path, local_files_only=True, trust_remote_code=trust_remote_code
         )
     except (ValueError, KeyError, OSError) as exc:
-        raise InputError(f"cannot read config.json: {exc}", where=path, fix=_MODEL_FIX) from exc
+        raise InputError(f"cannot read config.json: {exc}", where=path, fix=fix) from exc
     if not any(path.glob("*.safetensors")):
         raise InputError(
             "no safetensors weights",
@@ -137,19 +159,17 @@ def _load_directory(path: Path, trust_remote_code: bool) -> LoadedModel:
             fix="re-save the model with save_pretrained (safetensors is the default)",
         )
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = auto_class.from_pretrained(
             path,
             config=config,
             local_files_only=True,
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
-            dtype=torch.float32,
+            dtype=dtype,
         )
     except ValueError as exc:
         raise InputError(
-            f"{getattr(config, 'model_type', 'this model')} is not a causal language model",
-            where=path,
-            fix=_MODEL_FIX,
+            f"{getattr(config, 'model_type', 'this model')} is not {what}", where=path, fix=fix
         ) from exc
     try:
         tokenizer = AutoTokenizer.from_pretrained(
