@@ -108,12 +108,12 @@ class PairSource:
         if ISSUE in df.columns:
             bad = df.filter(pl.col(ISSUE).is_not_null())
             if bad.height:
-                row = int(bad.get_column(ROW)[0])
-                raise InputError(
-                    bad.get_column(ISSUE)[0],
-                    where=locate(self.raw, row),
-                    fix="fix or remove the row, or point --score-chosen/--score-rejected elsewhere",
-                )
+                row, issue = int(bad.get_column(ROW)[0]), bad.get_column(ISSUE)[0]
+                fix = "fill in or remove the row"
+                if "score" in issue or "margin" in issue:
+                    fix = "fix or remove the row, or point --score-chosen/--score-rejected at"
+                    fix += " the right columns"
+                raise InputError(issue, where=locate(self.raw, row), fix=fix)
             df = df.drop(ISSUE)
         if df.height == 0:
             raise InputError(
@@ -195,7 +195,9 @@ def _guard(raw: RawSource, call):
             if located is not None:
                 raise located from exc
         raise InputError(
-            f"cannot read {raw.format} data: {one_line(exc, 240)}", where=raw.display
+            f"cannot read {raw.format} data: {one_line(exc, 240)}",
+            where=raw.display,
+            fix=f"check that it is a complete {raw.format} file",
         ) from exc
 
 
