@@ -205,6 +205,13 @@ SftFractionOpt = Annotated[
         show_default=False,
     ),
 ]
+AllowPickleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-pickle",
+        help="Read pickle (.bin) weights when a model has no safetensors (trusted files only).",
+    ),
+]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace the output if it exists.")]
 
 
@@ -630,6 +637,7 @@ def score(
     trust_remote_code: Annotated[
         bool, typer.Option("--trust-remote-code", help="Allow a model directory's own code.")
     ] = False,
+    allow_pickle: AllowPickleOpt = False,
     force: ForceOpt = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print what was done as JSON to stdout.")
@@ -692,6 +700,7 @@ def score(
             cache_dir=cache_dir,
             cache=cache,
             trust_remote_code=trust_remote_code,
+            allow_pickle=allow_pickle,
             progress=lambda kind, done, total: update(f"scoring ({kind})", done / 2, total / 2),
         )
     if not rank0:
@@ -800,6 +809,7 @@ def train(
     trust_remote_code: Annotated[
         bool, typer.Option("--trust-remote-code", help="Allow the model directory's own code.")
     ] = False,
+    allow_pickle: AllowPickleOpt = False,
 ) -> None:
     """Train MixDPO (or a baseline) on a routed split; each pair's loss follows its route.
 
@@ -826,7 +836,7 @@ def train(
         weight_decay=weight_decay, max_grad_norm=max_grad_norm, device=device,
         precision=precision, gradient_checkpointing=gradient_checkpointing, seed=seed,
         save_every=save_every, resume=resume, force=force, cache_dir=cache_dir,
-        trust_remote_code=trust_remote_code,
+        trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
     )  # fmt: skip
     try:
         result = run_training(config, reporter=RichReporter())

@@ -195,6 +195,7 @@ def score_pairs(
     cache_dir: str | Path | None = None,
     cache: str | Path | None = None,
     trust_remote_code: bool = False,
+    allow_pickle: bool = False,
     progress: Progress | None = None,
     batch_order: str = "length",
     flush_every: int = 4096,
@@ -231,6 +232,7 @@ def score_pairs(
         "precision": precision,
         "max_length": max_length,
         "trust_remote_code": trust_remote_code,
+        "allow_pickle": allow_pickle,
     }
     memo_root = _cache_root(cache_dir, cache) / "identities"
     identities = {kind: _identity(kind, spec, request, memo_root) for kind, spec in models.items()}
@@ -259,6 +261,7 @@ def score_pairs(
                 cache_dir=cache_dir,
                 cache=cache,
                 trust_remote_code=trust_remote_code,
+                allow_pickle=allow_pickle,
                 batch_size=batch_size,
                 max_tokens=max_tokens_per_batch,
                 batch_order=batch_order,
@@ -357,6 +360,7 @@ def _score_kind(
     cache_dir,
     cache,
     trust_remote_code: bool,
+    allow_pickle: bool,
     batch_size: int | None,
     max_tokens: int | None,
     batch_order: str,
@@ -393,7 +397,10 @@ def _score_kind(
 
         loading = time.perf_counter()
         scorer = scoring.load_scorer(
-            identity, local_rank=info.local_rank, trust_remote_code=trust_remote_code
+            identity,
+            local_rank=info.local_rank,
+            trust_remote_code=trust_remote_code,
+            allow_pickle=allow_pickle,
         )
         scoring_started = time.perf_counter()
         run.load_seconds = scoring_started - loading

@@ -50,6 +50,7 @@ class TrainConfig:
     force: bool = False
     cache_dir: Path | None = None
     trust_remote_code: bool = False
+    allow_pickle: bool = False  # read pickle (.bin) weights when a model has no safetensors
 
     def __post_init__(self) -> None:
         self.split_dir, self.out = Path(self.split_dir), Path(self.out)

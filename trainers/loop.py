@@ -141,7 +141,12 @@ def _train(
 
     # ---- data: the split's pairs in rank order, tokenised once
     split = read_split(config.split_dir)
-    policy = load_model(config.model, seed=config.seed, trust_remote_code=config.trust_remote_code)
+    policy = load_model(
+        config.model,
+        seed=config.seed,
+        trust_remote_code=config.trust_remote_code,
+        allow_pickle=config.allow_pickle,
+    )
     pairs = tokenized_pairs(split, policy, config)
     if pairs.identical:
         reporter.message(

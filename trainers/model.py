@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,15 +89,27 @@ def build_tiny(seed: int) -> LoadedModel:
     return LoadedModel(model, tokenizer, digest, TINY)
 
 
-def load_model(spec: str, *, seed: int = 0, trust_remote_code: bool = False) -> LoadedModel:
+def load_model(
+    spec: str, *, seed: int = 0, trust_remote_code: bool = False, allow_pickle: bool = False
+) -> LoadedModel:
     """Load ``spec`` (a local directory or ``"tiny"``) in float32, dropout off, ready to train.
 
     Raises :class:`InputError` when the directory is missing, is not a Hugging Face model, is not
-    a causal LM, has no safetensors weights or no tokenizer.
+    a causal LM, has no tokenizer, or has only pickle weights and ``allow_pickle`` is off.
     """
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    loaded = build_tiny(seed) if spec == TINY else _load_directory(Path(spec), trust_remote_code)
+    if spec == TINY:
+        loaded = build_tiny(seed)
+    else:
+        loaded = load_pretrained(
+            Path(spec),
+            AutoModelForCausalLM,
+            trust_remote_code=trust_remote_code,
+            allow_pickle=allow_pickle,
+            what="a causal language model",
+            fix=_MODEL_FIX,
+        )
     loaded.zeroed_config = _disable_dropout(loaded.model)
     loaded.model.config.use_cache = False
     if loaded.tokenizer.pad_token_id is None:
@@ -104,10 +118,10 @@ def load_model(spec: str, *, seed: int = 0, trust_remote_code: bool = False) -> 
 
 
 def load_reference(
-    spec: str, policy: LoadedModel, *, trust_remote_code: bool = False
+    spec: str, policy: LoadedModel, *, trust_remote_code: bool = False, allow_pickle: bool = False
 ) -> LoadedModel:
     """Load ``--ref-model``: like :func:`load_model`, and it must share the policy's tokenizer."""
-    ref = load_model(spec, trust_remote_code=trust_remote_code)
+    ref = load_model(spec, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     if ref.tokenizer.get_vocab() != policy.tokenizer.get_vocab():
         raise InputError(
             "the reference model's tokenizer differs from the policy's",
@@ -117,14 +131,37 @@ def load_reference(
     return ref
 
 
-def _load_directory(path: Path, trust_remote_code: bool) -> LoadedModel:
-    return load_pretrained(
-        path,
-        AutoModelForCausalLM,
-        trust_remote_code=trust_remote_code,
-        what="a causal language model",
-        fix=_MODEL_FIX,
-    )
+def weights_format(path: Path, *, allow_pickle: bool = False, quiet: bool = False) -> bool:
+    """Say how a model directory's weights may be read: ``True`` for safetensors.
+
+    A pickle checkpoint (``pytorch_model.bin``) can run arbitrary code when it is unpickled, so it
+    is refused unless the user passed ``--allow-pickle``; even then it is read with
+    ``weights_only=True`` (transformers' default) and a warning names the file. Returns ``False``
+    when the pickle weights are to be used. Raises :class:`InputError` otherwise.
+    """
+    if any(path.glob("*.safetensors")):
+        return True
+    pickled = sorted(file.name for file in path.glob("*.bin"))
+    if not pickled:
+        raise InputError(
+            "no model weights (no .safetensors file)",
+            where=path,
+            fix="save the model there with save_pretrained (safetensors is the default)",
+        )
+    if not allow_pickle:
+        raise InputError(
+            f"refusing pickle weights {pickled[0]} (unpickling can run code)",
+            where=path,
+            fix="re-save the model as safetensors with save_pretrained, or pass --allow-pickle "
+            "if you trust this file",
+        )
+    if not quiet:
+        print(
+            f"warning: loading pickle weights {pickled[0]} from {path} (--allow-pickle); "
+            "re-save them as safetensors to drop the flag",
+            file=sys.stderr,
+        )
+    return False
 
 
 def load_pretrained(
@@ -132,13 +169,15 @@ def load_pretrained(
     auto_class: type,
     *,
     trust_remote_code: bool = False,
+    allow_pickle: bool = False,
     dtype: torch.dtype = torch.float32,
     what: str,
     fix: str,
 ) -> LoadedModel:
     """Load a local directory with ``auto_class`` (an ``AutoModelFor…``) and its tokenizer, safely.
 
-    Local files only, safetensors only, remote code only when asked. ``what`` names the kind of
+    Local files only, safetensors only (pickle only with ``allow_pickle``, see
+    :func:`weights_format`), remote code only when asked. ``what`` names the kind of
     model for the error raised when ``auto_class`` cannot load it; ``fix`` ends every error line.
     """
     path = Path(path)
@@ -146,30 +185,26 @@ def load_pretrained(
         raise InputError("model directory not found", where=path, fix=fix)
     if not (path / "config.json").is_file():
         raise InputError("not a Hugging Face model directory (no config.json)", where=path, fix=fix)
-    try:
-        config = AutoConfig.from_pretrained(
-            path, local_files_only=True, trust_remote_code=trust_remote_code
-        )
-    except (ValueError, KeyError, OSError) as exc:
-        raise InputError(f"cannot read config.json: {exc}", where=path, fix=fix) from exc
-    if not any(path.glob("*.safetensors")):
-        raise InputError(
-            "no safetensors weights",
-            where=path,
-            fix="re-save the model with save_pretrained (safetensors is the default)",
-        )
+    config = read_config(path, trust_remote_code=trust_remote_code, fix=fix)
+    use_safetensors = weights_format(path, allow_pickle=allow_pickle)
     try:
         model = auto_class.from_pretrained(
             path,
             config=config,
             local_files_only=True,
-            use_safetensors=True,
+            use_safetensors=use_safetensors,
             trust_remote_code=trust_remote_code,
             dtype=dtype,
         )
     except ValueError as exc:
         raise InputError(
             f"{getattr(config, 'model_type', 'this model')} is not {what}", where=path, fix=fix
+        ) from exc
+    except pickle.UnpicklingError as exc:  # weights_only=True met something that is not a tensor
+        raise InputError(
+            "the pickle weights hold objects other than tensors; refused to unpickle them",
+            where=path,
+            fix="use weights from a source you trust, saved as safetensors",
         ) from exc
     try:
         tokenizer = AutoTokenizer.from_pretrained(
@@ -184,6 +219,35 @@ def load_pretrained(
     return LoadedModel(model, tokenizer, directory_fingerprint(path), str(path))
 
 
+def read_config(path: Path, *, trust_remote_code: bool, fix: str) -> Any:
+    """The directory's config; an architecture that only its own code defines needs the flag.
+
+    transformers reads a known ``model_type`` without running anything, even when ``auto_map``
+    names custom code; only an unknown one needs that code, and then the error names the flag
+    rather than transformers' advice to upgrade.
+    """
+    try:
+        return AutoConfig.from_pretrained(
+            path, local_files_only=True, trust_remote_code=trust_remote_code
+        )
+    except (ValueError, KeyError, OSError) as exc:
+        if not trust_remote_code and _asks_for_code(path):
+            raise InputError(
+                "the model's architecture is defined by code in its directory (auto_map), "
+                "which is not run by default",
+                where=path / "config.json",
+                fix="pass --trust-remote-code if you trust that code",
+            ) from exc
+        raise InputError(f"cannot read config.json: {exc}", where=path, fix=fix) from exc
+
+
+def _asks_for_code(path: Path) -> bool:
+    try:
+        return "auto_map" in json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+
+
 def directory_fingerprint(path: Path) -> str:
     """SHA-256 over a model directory's config and weight files, by content.
 
@@ -191,7 +255,7 @@ def directory_fingerprint(path: Path) -> str:
     """
     digest = hashlib.sha256()
     for file in sorted(path.iterdir()):
-        if file.name == "config.json" or file.suffix == ".safetensors":
+        if file.name == "config.json" or file.suffix in (".safetensors", ".bin"):
             digest.update(file.name.encode())
             with file.open("rb") as handle:
                 for block in iter(lambda h=handle: h.read(1 << 24), b""):

@@ -72,7 +72,12 @@ def reference_for(
         return hit[0]["chosen"], hit[0]["rejected"]
     ref = None
     if ref_path is not None:
-        ref = load_reference(str(ref_path), policy, trust_remote_code=config.trust_remote_code)
+        ref = load_reference(
+            str(ref_path),
+            policy,
+            trust_remote_code=config.trust_remote_code,
+            allow_pickle=config.allow_pickle,
+        )
     model = ref.model.to(device) if ref else policy.model
     module = SequenceLogps(model)
     chosen, rejected = reference_logps(

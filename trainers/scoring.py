@@ -31,7 +31,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import (
-    AutoConfig,
     AutoModel,
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -54,7 +53,15 @@ from trainers.data import (
     truncate_pair,
 )
 from trainers.logps import SequenceLogps
-from trainers.model import TINY, LoadedModel, directory_fingerprint, load_model, load_pretrained
+from trainers.model import (
+    TINY,
+    LoadedModel,
+    directory_fingerprint,
+    load_model,
+    load_pretrained,
+    read_config,
+    weights_format,
+)
 
 REWARD, REFERENCE, EMBEDDING = "reward", "reference", "embedding"
 KINDS: tuple[str, ...] = (REWARD, REFERENCE, EMBEDDING)
@@ -94,6 +101,7 @@ def inspect_model(
     precision: str = "auto",
     max_length: int | None = None,
     trust_remote_code: bool = False,
+    allow_pickle: bool = False,
 ) -> ModelIdentity:
     """Check that ``spec`` is the kind of model ``kind`` needs; return its identity.
 
@@ -118,19 +126,9 @@ def inspect_model(
             raise InputError(
                 "not a Hugging Face model directory (no config.json)", where=path, fix=fix
             )
-        try:
-            config = AutoConfig.from_pretrained(
-                path, local_files_only=True, trust_remote_code=trust_remote_code
-            )
-        except (ValueError, KeyError, OSError) as exc:
-            raise InputError(f"cannot read config.json: {exc}", where=path, fix=fix) from exc
+        config = read_config(path, trust_remote_code=trust_remote_code, fix=fix)
         architecture = _check_kind(kind, config, path)
-        if not any(path.glob("*.safetensors")):
-            raise InputError(
-                "no safetensors weights",
-                where=path,
-                fix="re-save the model with save_pretrained (safetensors is the default)",
-            )
+        weights_format(path, allow_pickle=allow_pickle, quiet=True)  # warned at load
         tokenizer = _load_tokenizer(path, trust_remote_code)
         if kind == EMBEDDING:
             pooling, st_limit = _sentence_transformers(path)
@@ -476,7 +474,11 @@ class Scorer:
 
 
 def load_scorer(
-    identity: ModelIdentity, *, local_rank: int = 0, trust_remote_code: bool = False
+    identity: ModelIdentity,
+    *,
+    local_rank: int = 0,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
 ) -> Scorer:
     """Load the model behind ``identity`` for inference (eval mode, bf16 weights when asked)."""
     device = torch.device("cuda", local_rank) if identity.device == "cuda" else torch.device("cpu")
@@ -484,13 +486,15 @@ def load_scorer(
     kind = identity.kind
     fix = f"pass {NEEDS[kind]} to {FLAGS[kind]}"
     if kind == REFERENCE:
-        loaded = load_model(identity.spec, trust_remote_code=trust_remote_code)
+        loaded = load_model(
+            identity.spec, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle
+        )
         loaded.model.to(dtype)
     else:
         auto = AutoModelForSequenceClassification if kind == REWARD else AutoModel
         loaded = load_pretrained(
-            Path(identity.spec), auto, trust_remote_code=trust_remote_code, dtype=dtype,
-            what=NEEDS[kind], fix=fix,
+            Path(identity.spec), auto, trust_remote_code=trust_remote_code,
+            allow_pickle=allow_pickle, dtype=dtype, what=NEEDS[kind], fix=fix,
         )  # fmt: skip
     if loaded.fingerprint != identity.fingerprint:
         raise InputError("the model changed on disk while it was being scored", where=identity.spec)
