@@ -30,6 +30,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from prefcurate.errors import InputError, PrefcurateError
+from prefcurate.io import atomic_dir
 from trainers import dist
 from trainers.checkpoint import (
     latest_checkpoint,
@@ -432,15 +433,12 @@ def _activation_checkpointing(model: torch.nn.Module, *, enable: bool) -> None:
 
 
 def _save_final(policy: LoadedModel, model_dir: Path) -> None:
-    tmp = model_dir.with_name(f".{model_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    """Write the final model; a resumed run that saves again swaps it in one atomic exchange."""
     policy.restore_config()
     policy.model.config.use_cache = True
-    policy.model.save_pretrained(tmp)
-    policy.tokenizer.save_pretrained(tmp)
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    os.replace(tmp, model_dir)
+    with atomic_dir(model_dir, force=True) as tmp:
+        policy.model.save_pretrained(tmp)
+        policy.tokenizer.save_pretrained(tmp)
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
