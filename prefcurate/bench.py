@@ -201,7 +201,7 @@ def make_pairs(
 
 
 def pair_stats(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Ties and inversions (chosen has the lower r*) of the labelled pairs, overall and by margin."""
+    """Ties and inversions (chosen has the lower r*) of the labelled pairs, overall, by margin."""
     margins = [r["score_chosen"] - r["score_rejected"] for r in rows]
     inverted = [r["gold_chosen"] < r["gold_rejected"] for r in rows]
     ties = [m == 0 for m in margins]
@@ -210,7 +210,7 @@ def pair_stats(rows: list[dict[str, Any]]) -> dict[str, float]:
         chosen = [x for x, keep in zip(mask, of or [True] * len(mask), strict=True) if keep]
         return statistics.fmean(chosen) if chosen else None
 
-    tie_decided = [t and r["gold_chosen"] != r["gold_rejected"] for t, r in zip(ties, rows)]
+    tie_decided = [t and r["gold_chosen"] != r["gold_rejected"] for t, r in zip(ties, rows, strict=True)]
     return {
         "pairs": len(rows),
         "tie_share": statistics.fmean(ties),

@@ -16,7 +16,8 @@ response gets an UltraFeedback-like rating, ``clip(round_half(offset + scale · 
 is oriented by a coin flip), and margin = the rating difference. Small margins are therefore
 truly ambiguous: some are inverted with respect to r*. The default scale is compressed (a
 difference in r* of 0.1 is worth 0.5 rating points; the full 1–10 scale, 1 + 9·r* + N(0, 0.75),
-gives only ≈7% ties) so that about 12% of pairs are ties, as in UltraFeedback; the measured tie and inversion shares are in the benchmark's report.
+gives only ≈7% ties) so that about 12% of pairs are ties, as in UltraFeedback; the measured tie
+and inversion shares are in the benchmark's report.
 
 Everything is seeded: :func:`make_prompts` and :class:`RatingNoise` take ``random.Random``
 streams, never the global random state.

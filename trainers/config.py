@@ -17,7 +17,6 @@ from prefcurate.errors import InputError
 from trainers import cache
 from trainers.losses import PREFERENCE_LOSSES
 
-
 #: ``--lr-schedule`` values: after the linear warmup, cosine decay to 0, or the peak held constant.
 LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant")
 
