@@ -210,7 +210,9 @@ def pair_stats(rows: list[dict[str, Any]]) -> dict[str, float]:
         chosen = [x for x, keep in zip(mask, of or [True] * len(mask), strict=True) if keep]
         return statistics.fmean(chosen) if chosen else None
 
-    tie_decided = [t and r["gold_chosen"] != r["gold_rejected"] for t, r in zip(ties, rows, strict=True)]
+    tie_decided = [
+        t and r["gold_chosen"] != r["gold_rejected"] for t, r in zip(ties, rows, strict=True)
+    ]
     return {
         "pairs": len(rows),
         "tie_share": statistics.fmean(ties),

@@ -103,7 +103,9 @@ def chart(result: dict[str, Any], path: str | Path) -> Path:
         (axes[1], "win_rate", "win rate vs base (%, by r*)", 50.0),
     ):
         colors = ["#999999" if n == "base" else "#3b75af" for n in names]
-        colors = ["#c44e52" if n.startswith("mixdpo") else c for n, c in zip(names, colors, strict=True)]
+        colors = [
+            "#c44e52" if n.startswith("mixdpo") else c for n, c in zip(names, colors, strict=True)
+        ]
         ax.bar(names, [r[key] for r in rows], yerr=[r[key + "_sd"] for r in rows], color=colors)
         ax.axhline(ref, color="black", linewidth=0.8, linestyle="--")
         ax.set_ylabel(label)
