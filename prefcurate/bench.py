@@ -76,7 +76,7 @@ class BenchConfig:
 
     out: Path
     seeds: int = 3
-    pairs: int = 1000
+    pairs: int = 3000
     eval_prompts: int = 1000
     arms: tuple[str, ...] = ARM_NAMES
     noise: toytask.RatingNoise = field(default_factory=toytask.RatingNoise)
@@ -111,14 +111,22 @@ class BenchConfig:
         return out
 
 
-Progress = Callable[[str], None]
+#: ``progress(message, done, total)``: ``done`` of ``total`` trained arms so far.
+Progress = Callable[[str, int, int], None]
 
 
 def run_bench(config: BenchConfig, *, progress: Progress | None = None) -> dict[str, Any]:
     """Run every arm for every seed; write ``results.json`` into ``config.out`` and return it."""
     import torch
 
-    say = progress or (lambda _: None)
+    report = progress or (lambda *_: None)
+    total = config.seeds * len(config.arms)
+    finished = [0]
+
+    def say(message: str, arm_done: bool = False) -> None:
+        finished[0] += arm_done
+        report(message, finished[0], total)
+
     out = config.out
     if out.exists() and any(out.iterdir()) and not config.force:
         raise InputError(
@@ -225,7 +233,9 @@ def pair_stats(rows: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-def run_seed(config: BenchConfig, env: Environment, seed: int, say: Progress) -> dict[str, Any]:
+def run_seed(
+    config: BenchConfig, env: Environment, seed: int, say: Callable[..., None]
+) -> dict[str, Any]:
     """One seed: pairs, the base policy's two evaluation draws, then every arm."""
     from prefcurate.io import open_pairs
     from prefcurate.route import plan_routes, write_route
@@ -309,6 +319,7 @@ def run_seed(config: BenchConfig, env: Environment, seed: int, say: Progress) ->
             "steps": result.steps,
             "train_seconds": result.train_seconds,
         }
+        say(f"seed {seed}: arm {arm.name} done", True)
     return {"seed": seed, "pairs": pair_stats(rows), "arms": arms, "evaluation": evaluation}
 
 

@@ -48,12 +48,15 @@ def length_controlled_win_rate(
     import numpy as np
     import pandas as pd
 
-    # alpaca_eval's constants module loads a .env file from the working directory on import
-    from alpaca_eval.metrics.glm_winrate import (
-        GLM_INFO,
-        fit_LogisticRegressionCV,
-        make_dmatrix_for_model,
-    )
+    # alpaca_eval's constants module loads a .env file from the working directory on import,
+    # and its utils import the deprecated pkg_resources (hence setuptools<81 in the bench extra)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from alpaca_eval.metrics.glm_winrate import (
+            GLM_INFO,
+            fit_LogisticRegressionCV,
+            make_dmatrix_for_model,
+        )
 
     raw = 100 * (float(np.mean(prefs)) - 1.0)
     delta = np.array([len(b) - len(m) for m, b in zip(model, base, strict=True)], dtype=float)

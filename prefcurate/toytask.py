@@ -15,7 +15,7 @@ response gets an UltraFeedback-like rating, ``clip(round_half(offset + scale · 
 1, 10)`` (rounded to the nearest 0.5). The pair's chosen response is the higher-rated one (a tie
 is oriented by a coin flip), and margin = the rating difference. Small margins are therefore
 truly ambiguous: some are inverted with respect to r*. The default scale is compressed (a
-difference in r* of 0.1 is worth 0.5 rating points; the full 1–10 scale, 1 + 9·r* + N(0, 0.75),
+difference in r* of 0.1 is worth 0.45 rating points; the full 1–10 scale, 1 + 9·r* + N(0, 0.75),
 gives only ≈7% ties) so that about 12% of pairs are ties, as in UltraFeedback; the measured tie
 and inversion shares are in the benchmark's report.
 
@@ -118,7 +118,7 @@ class RatingNoise:
     """
 
     offset: float = 3.0
-    scale: float = 5.0
+    scale: float = 4.5
     sigma: float = 0.5
 
     def rate(self, reward: float, rng: random.Random) -> float:
