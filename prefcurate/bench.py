@@ -119,6 +119,7 @@ def run_bench(config: BenchConfig, *, progress: Progress | None = None) -> dict[
     """Run every arm for every seed; write ``results.json`` into ``config.out`` and return it."""
     import torch
 
+    gold.require_lc()
     report = progress or (lambda *_: None)
     total = config.seeds * len(config.arms)
     finished = [0]

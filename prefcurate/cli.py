@@ -1076,8 +1076,7 @@ def demo_command(
     """
     from prefcurate.demo import run_demo
 
-    summary = run_demo(out, pairs=pairs, force=force)
-    print(summary)
+    print(run_demo(out, pairs=pairs, force=force).summary())
 
 
 def _cell(value: object, limit: int = 80) -> str:

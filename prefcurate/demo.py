@@ -47,7 +47,7 @@ class DemoResult:
             f"{f['pairs']} pairs, {f['tie_share']:.1%} ties; routed at τ = {THRESHOLD}: "
             f"{f['dpo']} dpo + {f['sft']} sft; MixDPO vs base policy on {f['eval_prompts']} "
             f"held-out prompts: gold r* {f['base_gold']:.3f} → {f['mixdpo_gold']:.3f}, "
-            f"win rate {f['win_rate']:.1f}% (LC {f['lc_win_rate']:.1f}%).",
+            f"win rate {f['win_rate']:.1f}% ({_lc(f['lc_win_rate'])}).",
             "",
             "Artefacts:",
         ]
@@ -185,6 +185,12 @@ def run_demo(
     result.artefacts = {"summary": readme, **result.artefacts}
     readme.write_text(_readme(result))
     return result
+
+
+def _lc(value: float | None) -> str:
+    if value is None:
+        return "LC win rate: install prefcurate[bench] for alpaca-eval"
+    return f"LC {value:.1f}%"
 
 
 def _status(message: str, quiet: bool):

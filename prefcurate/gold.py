@@ -20,12 +20,31 @@ answers; without it, the junk bytes a collapsing DPO run emits.
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
 from prefcurate import toytask
+
+
+def lc_available() -> bool:
+    """Whether alpaca-eval (the ``bench`` extra) is installed; the demo runs without it."""
+    import importlib.util
+
+    return importlib.util.find_spec("alpaca_eval") is not None
+
+
+def require_lc() -> None:
+    """Refuse to start a benchmark that could not report the length-controlled win rate."""
+    if not lc_available():
+        from prefcurate.errors import InputError
+
+        raise InputError(
+            "the length-controlled win rate needs the alpaca-eval package",
+            fix="pip install 'prefcurate[bench]' (or bash .ci/setup.sh test)",
+        )
 
 
 def preferences(prompts: Sequence[str], model: Sequence[str], base: Sequence[str]) -> list[float]:
@@ -48,8 +67,10 @@ def length_controlled_win_rate(
     import numpy as np
     import pandas as pd
 
-    # alpaca_eval's constants module loads a .env file from the working directory on import,
-    # and its utils import the deprecated pkg_resources (hence setuptools<81 in the bench extra)
+    # alpaca_eval loads a .env file into os.environ on import (put back as it was: a benchmark
+    # must not change with the folder it runs in); its utils import the deprecated pkg_resources
+    # (hence setuptools<81 in the bench extra)
+    environ = dict(os.environ)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from alpaca_eval.metrics.glm_winrate import (
@@ -57,6 +78,9 @@ def length_controlled_win_rate(
             fit_LogisticRegressionCV,
             make_dmatrix_for_model,
         )
+    if dict(os.environ) != environ:
+        os.environ.clear()
+        os.environ.update(environ)
 
     raw = 100 * (float(np.mean(prefs)) - 1.0)
     delta = np.array([len(b) - len(m) for m, b in zip(model, base, strict=True)], dtype=float)
@@ -93,7 +117,9 @@ def evaluate(
     return {
         "gold": statistics.fmean(rewards),
         "win_rate": 100 * (statistics.fmean(prefs) - 1.0),
-        "lc_win_rate": length_controlled_win_rate(prefs, responses, base),
+        "lc_win_rate": (
+            length_controlled_win_rate(prefs, responses, base) if lc_available() else None
+        ),
         "invalid": statistics.fmean(invalid),
         "perfect": statistics.fmean(r == 1.0 for r in rewards),
         "length": statistics.fmean(len(r) for r in responses),
