@@ -1023,11 +1023,13 @@ def bench_mixdpo(
 ) -> None:
     """Train MixDPO and its baselines from one base policy and judge them by a gold reward.
 
-    The toy task (sort digits) has a gold reward r*; pairs are sampled from an SFT base policy
-    and labelled by noisy 1-10 ratings (about 12% ties). Arms: oracle (DPO on r* labels), sft,
-    dpo (shuffled), dpo-curriculum, filter, dpo+nll, mixdpo at ~12/30/50% sft. Reported per arm,
-    mean ± sd over seeds: gold reward, win rate vs base, length-controlled win rate. See
-    docs/results.md.
+    The toy task (sort digits) has a gold reward r*; pairs come from an SFT base policy.
+
+    Labels are noisy 1-10 ratings of r* (about 12% ties), as in UltraFeedback.
+
+    Arms: oracle, sft, dpo, dpo-curriculum, filter, dpo+nll, mixdpo at ~12/30/50% sft.
+
+    Per arm, mean ± sd over seeds: gold reward, win rate and LC win rate vs base (docs/results.md).
 
     Example:
         prefcurate bench mixdpo --seeds 3 --out bench-mixdpo
@@ -1067,9 +1069,11 @@ def demo_command(
 ) -> None:
     """The whole pipeline on a built-in toy task, in about a minute on a laptop CPU.
 
-    Makes preference pairs (a sorting task with a gold reward), analyzes them, routes at τ = 0.5,
-    trains MixDPO on the tiny model, judges it against the base policy, and writes the report,
-    PNG plots, split and model into OUT.
+    Makes pairs for a sorting task with a gold reward, analyzes them, routes at τ = 0.5.
+
+    Trains MixDPO on the tiny model and judges it against the base policy by the gold reward.
+
+    Writes the report, PNG plots, split, model and a summary README into OUT.
 
     Example:
         prefcurate demo --out prefcurate-demo
