@@ -239,6 +239,19 @@ def test_lr_schedule_is_linear_warmup_then_cosine():
     assert all(a >= b for a, b in zip(factors[1:], factors[2:], strict=False))
 
 
+def test_lr_schedule_flag_reaches_the_optimizer(cli, split, tmp_path):
+    """``--lr-schedule constant`` holds the peak after warmup; an unknown name is exit 2."""
+    flags = (*FAST, "--max-steps", "6", "--batch-size", "4", "--warmup-ratio", "0.34")
+    assert (
+        cli("train", split, "--out", tmp_path / "c", *flags, "--lr-schedule", "constant").code == 0
+    )
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "c" / "metrics.jsonl").open()]
+    assert lrs == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3, 1e-3, 1e-3, 1e-3])  # warmup ceil(2.04)
+    bad = cli("train", split, "--out", tmp_path / "x", *flags, "--lr-schedule", "linear")
+    assert bad.code == 2 and "unknown --lr-schedule 'linear'" in bad.err
+    assert not (tmp_path / "x").exists()
+
+
 def test_gradient_accumulation_matches_one_big_batch(cli, split, tmp_path):
     """Global batch 4 as 4×1, 2×2 and 1×4 micro-batches: the same loss curve (mean over pairs)."""
     curves = []

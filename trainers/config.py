@@ -17,6 +17,9 @@ from prefcurate.errors import InputError
 from trainers import cache
 from trainers.losses import PREFERENCE_LOSSES
 
+#: ``--lr-schedule`` values: after the linear warmup, cosine decay to 0, or the peak held constant.
+LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant")
+
 
 @dataclass
 class TrainConfig:
@@ -39,6 +42,7 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 5e-7
     warmup_ratio: float = 0.1
+    lr_schedule: str = "cosine"  # cosine | constant (after the warmup)
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0  # 0 disables clipping
     device: str = "auto"  # auto | cpu | cuda
@@ -51,6 +55,9 @@ class TrainConfig:
     cache_dir: Path | None = None
     trust_remote_code: bool = False
     allow_pickle: bool = False  # read pickle (.bin) weights when a model has no safetensors
+    # Only these token ids may be scored or sampled (the others' logits are -inf): a task whose
+    # answers use a small alphabet keeps the policy on it. None: the whole vocabulary.
+    allowed_token_ids: list[int] | None = None
 
     def __post_init__(self) -> None:
         self.split_dir, self.out = Path(self.split_dir), Path(self.out)
@@ -86,6 +93,13 @@ class TrainConfig:
             if not ok:
                 value = getattr(self, flag[2:].replace("-", "_"))
                 raise InputError(f"{flag} {value} is out of range", fix="see prefcurate train -h")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise InputError(
+                f"unknown --lr-schedule {self.lr_schedule!r}",
+                fix=f"use {' or '.join(LR_SCHEDULES)}",
+            )
+        if self.allowed_token_ids is not None and not self.allowed_token_ids:
+            raise InputError("allowed_token_ids is empty", fix="pass None to allow every token")
         if self.device not in ("auto", "cpu", "cuda"):
             raise InputError(f"unknown --device {self.device!r}", fix="use auto, cpu or cuda")
         if self.precision not in ("auto", "bf16", "fp32"):
@@ -113,9 +127,11 @@ class TrainConfig:
             "max_length",
             "lr",
             "warmup_ratio",
+            "lr_schedule",
             "weight_decay",
             "max_grad_norm",
             "seed",
+            "allowed_token_ids",
         )
         key = {k: getattr(self, k) for k in keep}
         key["global_batch"] = self.batch_size * self.grad_accum * world_size

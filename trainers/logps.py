@@ -5,6 +5,11 @@ sequences of 1k tokens of a 128k-vocabulary model. Only the response positions m
 :class:`SequenceLogps` runs the decoder to hidden states, gathers the response positions, and
 applies the output head to them in chunks of at most ``chunk_elements`` logits; under autograd each
 chunk is checkpointed, so its logits are recomputed in the backward pass instead of kept.
+
+``allowed_token_ids`` restricts the distribution to a task's alphabet: the other tokens' logits
+are treated as −inf, so the log-softmax normalises over the allowed columns only (gathered, so
+the chunk is smaller, not larger). A tiny model trained by DPO otherwise pushes probability onto
+bytes the task never uses, and a benchmark then measures that collapse instead of the method.
 """
 
 from __future__ import annotations
@@ -30,10 +35,19 @@ class SequenceLogps(nn.Module):
     Wrap this module (not the bare LM) in DDP: its forward is the whole differentiable path.
     """
 
-    def __init__(self, model: PreTrainedModel, *, chunk_elements: int = CHUNK_ELEMENTS):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        *,
+        chunk_elements: int = CHUNK_ELEMENTS,
+        allowed_token_ids: list[int] | None = None,
+    ):
         super().__init__()
         self.model = model
         self.chunk_tokens = max(1, chunk_elements // model.config.vocab_size)
+        self.allowed: Tensor | None = None
+        if allowed_token_ids is not None:
+            self.allowed = torch.tensor(sorted(set(allowed_token_ids)), dtype=torch.int64)
 
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor
@@ -65,7 +79,14 @@ class SequenceLogps(nn.Module):
 
     def _chunk_logps(self, states: Tensor, labels: Tensor) -> Tensor:
         logits = self.logits(states)
-        return logits.gather(1, labels[:, None]).squeeze(1) - logits.logsumexp(-1)
+        picked = logits.gather(1, labels[:, None]).squeeze(1)
+        if self.allowed is None:
+            return picked - logits.logsumexp(-1)
+        allowed = self.allowed.to(logits.device)
+        # a label outside the alphabet has probability 0 (check_allowed refuses such data first)
+        outside = ~torch.isin(labels, allowed)
+        picked = picked.masked_fill(outside, float("-inf"))
+        return picked - logits.index_select(1, allowed).logsumexp(-1)
 
     def _token_logps(self, states: Tensor, labels: Tensor) -> Tensor:
         n = states.shape[0]
@@ -99,6 +120,20 @@ class SequenceLogps(nn.Module):
                 f"{type(self.model).__name__}'s logits are not its output head applied to its "
                 "decoder's hidden states, so response log-probs cannot be chunked",
                 fix="use a standard causal LM architecture",
+            )
+
+
+def check_allowed(pairs: TokenizedPairs, allowed_token_ids: list[int], where: object) -> None:
+    """Refuse a split whose responses use a token outside ``allowed_token_ids`` (log-prob −inf)."""
+    allowed = torch.tensor(sorted(set(allowed_token_ids)), dtype=torch.int64)
+    for name in ("chosen", "rejected"):
+        values = getattr(pairs, name).values
+        outside = values[~torch.isin(values, allowed)]
+        if outside.numel():
+            raise InputError(
+                f"a {name} response uses token id {int(outside[0])}, outside allowed_token_ids",
+                where=where,
+                fix="allow that token, or train without allowed_token_ids",
             )
 
 

@@ -41,7 +41,7 @@ from trainers.checkpoint import (
 )
 from trainers.config import TrainConfig, TrainResult, autocast_factory, resolve_device
 from trainers.data import Curriculum, collate, read_split
-from trainers.logps import SequenceLogps
+from trainers.logps import SequenceLogps, check_allowed
 from trainers.model import LoadedModel, describe, load_model
 from trainers.objective import STAT_KEYS, Objective, step_metrics
 from trainers.prepare import reference_for, tokenized_pairs
@@ -73,17 +73,22 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def lr_factor(step: int, *, warmup: int, total: int) -> float:
+def lr_factor(step: int, *, warmup: int, total: int, schedule: str = "cosine") -> float:
     """Multiplier of ``--lr`` at 0-based optimizer step ``step``.
 
     1. warmup: linear from 1/warmup up to 1 over the first ``warmup`` steps;
     2. after the last step: 0;
-    3. otherwise: cosine decay from 1 to 0.
+    3. otherwise: cosine decay from 1 to 0, or 1 with ``schedule="constant"``.
+
+    The constant schedule exists for curriculum runs: with cosine decay the last pairs of the
+    order (MixDPO's sft pairs) are trained at almost zero learning rate.
     """
     if step < warmup:
         return (step + 1) / warmup
     if step >= total:
         return 0.0
+    if schedule == "constant":
+        return 1.0
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -157,8 +162,10 @@ def _train(
 
     # ---- reference log-probs, once, before training (the initial policy unless --ref-model)
     policy.model.to(device)
-    logps = SequenceLogps(policy.model)
+    logps = SequenceLogps(policy.model, allowed_token_ids=config.allowed_token_ids)
     logps.check_head()
+    if config.allowed_token_ids is not None:
+        check_allowed(pairs, config.allowed_token_ids, config.split_dir)
     ref_chosen, ref_rejected = reference_for(pairs, policy, config, device, autocast)
 
     # ---- optimizer, schedule, order
@@ -176,7 +183,7 @@ def _train(
         policy.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, warmup=warmup, total=total)
+        optimizer, lambda s: lr_factor(s, warmup=warmup, total=total, schedule=config.lr_schedule)
     )
 
     # ---- run directory: fresh, or resumed from the newest complete checkpoint

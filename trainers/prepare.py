@@ -65,6 +65,7 @@ def reference_for(
         tokens=pairs.digest(),
         max_length=config.max_length,
         precision=f"{device.type}:{config.precision}",
+        **({"allowed": config.allowed_token_ids} if config.allowed_token_ids else {}),
     )
     hit = cache.load(config.cache_dir, "reference", key)
     hits = dist.sum_(torch.tensor([int(hit is not None)], device=dist.collective_device()))
@@ -79,7 +80,7 @@ def reference_for(
             allow_pickle=config.allow_pickle,
         )
     model = ref.model.to(device) if ref else policy.model
-    module = SequenceLogps(model)
+    module = SequenceLogps(model, allowed_token_ids=config.allowed_token_ids)
     chosen, rejected = reference_logps(
         module,
         pairs,
