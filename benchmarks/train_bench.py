@@ -34,7 +34,7 @@ reference forward being inside its loop). Peak RSS is the process's high-water m
 (``os.wait4``). Run from the repository root::
 
     python benchmarks/train_bench.py --json train.json --chart docs/img/train_bench.png
-    python benchmarks/train_bench.py --smoke --json o.json          # 16 pairs, for the test suite
+    python benchmarks/train_bench.py --smoke --json o.json          # 8 pairs, for the test suite
 """
 
 from __future__ import annotations
@@ -332,12 +332,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--pairs", type=int, default=256)
-    parser.add_argument("--smoke", action="store_true", help="16 pairs")
+    parser.add_argument("--smoke", action="store_true", help="8 pairs: one step")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--chart", type=Path, help="write a PNG chart here")
     args = parser.parse_args()
     if args.smoke:
-        args.pairs = 16
+        args.pairs = 8
     with tempfile.TemporaryDirectory(prefix="train-bench-") as tmp:
         work = Path(tmp)
         paths = prepare(args.data, args.pairs, work)
