@@ -285,6 +285,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--chart", type=Path, help="write a PNG chart here")
     args = parser.parse_args()
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     if args.smoke:
         args.pairs = 2_000
     only = args.only.split(",") if args.only else list(VARIANTS)
@@ -310,6 +311,7 @@ def main() -> None:
             "parquet_gb": data.stat().st_size / 1e9,
             "synth_s": synth_s,
             "machine": machine(),
+            "load_average_at_start": load_at_start,
             "results": {
                 k: {m: round(v, 3) if isinstance(v, float) else v for m, v in r.items()}
                 for k, r in results.items()

@@ -336,6 +336,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--chart", type=Path, help="write a PNG chart here")
     args = parser.parse_args()
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     if args.smoke:
         args.pairs = 8
     with tempfile.TemporaryDirectory(prefix="train-bench-") as tmp:
@@ -358,6 +359,7 @@ def main() -> None:
         "pairs": args.pairs,
         "settings": SETTINGS,
         "machine": machine(),
+        "load_average_at_start": load_at_start,
         "results": results,
         "agreement": agreement(results["prefcurate_dpo"], results["trl"]),
         "speedup_vs_trl": {
