@@ -72,8 +72,8 @@ PARQUET_OPTIONS: dict[str, Any] = {
 }
 
 #: At most this many bytes of text are held at once while a split is written; a larger input is
-#: read once per window of ranks (1M UltraFeedback-like pairs, 2.8 GB of text: two windows).
-GATHER_WINDOW_BYTES = 1_600_000_000
+#: read once per window of ranks (1M UltraFeedback-like pairs, 2.8 GB of text: three windows).
+GATHER_WINDOW_BYTES = 1_000_000_000
 
 #: Columns the split takes from the text pass (the rest come from the narrow plan frame).
 WIDE_COLUMNS: tuple[str, ...] = tuple(
