@@ -146,8 +146,11 @@ WORKERS = {
 # measuring
 
 
-def measure(argv: list[str], *, env: dict | None = None) -> tuple[float, float, str]:
-    """Wall seconds and peak RSS (GB) of one process, start to exit; and its stdout."""
+def measure(argv: list[str], *, env: dict | None = None) -> tuple[float, float, float, str]:
+    """Wall seconds, CPU seconds and peak RSS (GB) of one process, start to exit; its stdout.
+
+    CPU time (user + system, all threads) is what other jobs on a shared machine stretch least.
+    """
     started = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env)
@@ -159,36 +162,37 @@ def measure(argv: list[str], *, env: dict | None = None) -> tuple[float, float, 
         stdout, stderr = out.read().decode(), err.read().decode()
     if proc.returncode != 0:
         raise RuntimeError(f"{argv[1:4]} failed ({proc.returncode}):\n{stderr[-3000:]}")
-    return wall, usage.ru_maxrss / 1e6, stdout  # Linux: ru_maxrss in kB
+    cpu = usage.ru_utime + usage.ru_stime
+    return wall, cpu, usage.ru_maxrss / 1e6, stdout  # Linux: ru_maxrss in kB
 
 
 def run_variant(name: str, data: Path, work: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO), "PREFCURATE_CATALOG": "off"}
     cli = [sys.executable, "-m", "prefcurate"]
     if name == "analyze":
-        wall, rss, stdout = measure([*cli, "analyze", str(data), "--threshold", "0.5", "--json"],
-                                    env=env)  # fmt: skip
+        argv = [*cli, "analyze", str(data), "--threshold", "0.5", "--json"]
+        wall, cpu, rss, stdout = measure(argv, env=env)
         report = json.loads(stdout)
-        return {"wall_s": wall, "rss_gb": rss, "rows": report["rows"],
+        return {"wall_s": wall, "cpu_s": cpu, "rss_gb": rss, "rows": report["rows"],
                 "sft": report["routing"]["sft"]}  # fmt: skip
     if name == "route":
         out = work / "route-out"
-        wall, rss, _ = measure([*cli, "route", str(data), "--threshold", "0.5", "--out", str(out),
-                                "--force"], env=env)  # fmt: skip
+        argv = [*cli, "route", str(data), "--threshold", "0.5", "--out", str(out), "--force"]
+        wall, cpu, rss, _ = measure(argv, env=env)
         plan = json.loads((out / "plan.json").read_text())
         size = (out / "train.parquet").stat().st_size
-        return {"wall_s": wall, "rss_gb": rss, "rows": plan["counts"]["train"],
+        return {"wall_s": wall, "cpu_s": cpu, "rss_gb": rss, "rows": plan["counts"]["train"],
                 "sft": plan["counts"]["sft"], "out_bytes": size}  # fmt: skip
     out = work / f"{name}.parquet"
     result = work / f"{name}.json"
-    wall, rss, _ = measure([sys.executable, __file__, "--worker", name, str(data), str(out),
+    wall, cpu, rss, _ = measure([sys.executable, __file__, "--worker", name, str(data), str(out),
                             str(result)], env=env)  # fmt: skip
     figures = json.loads(result.read_text())
     if out.exists():
         figures["out_bytes"] = out.stat().st_size
         out.unlink()
     shutil.rmtree(out.with_suffix(".hf-cache"), ignore_errors=True)
-    return {"wall_s": wall, "rss_gb": rss, **figures}
+    return {"wall_s": wall, "cpu_s": cpu, "rss_gb": rss, **figures}
 
 
 def synthesise(n: int, path: Path) -> float:
@@ -207,6 +211,9 @@ def ratios(results: dict) -> dict:
         "pandas_over_route": results["pandas"]["wall_s"] / route["wall_s"],
         "datasets_over_route": results["datasets"]["wall_s"] / route["wall_s"],
         "route_rss_over_arrow": route["rss_gb"] / (results["arrow_size"]["arrow_bytes"] / 1e9),
+        "route_cpu_over_floor": route["cpu_s"] / floor["cpu_s"],
+        "pandas_cpu_over_route": results["pandas"]["cpu_s"] / route["cpu_s"],
+        "datasets_cpu_over_route": results["datasets"]["cpu_s"] / route["cpu_s"],
     }
     out = {k: round(v, 2) for k, v in out.items()}
     out["goals"] = {
@@ -249,9 +256,11 @@ def table(figures: dict) -> str:
     results, r = figures["results"], figures["ratios"]
     floor = results["floor"]["wall_s"]
     route = results["route"]["wall_s"]
+    floor_cpu, route_cpu = results["floor"]["cpu_s"], results["route"]["cpu_s"]
     lines = [
-        f"| {figures['pairs']:,} pairs | wall s | × I/O floor | × route | peak RSS GB |",
-        "|---|---|---|---|---|",
+        f"| {figures['pairs']:,} pairs | wall s | × I/O floor | × route | CPU s | × I/O floor | "
+        "× route | peak RSS GB |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name in VARIANTS:
         if name not in results:
@@ -259,7 +268,8 @@ def table(figures: dict) -> str:
         res = results[name]
         lines.append(
             f"| {LABELS[name]} | {res['wall_s']:.1f} | {res['wall_s'] / floor:.2f} | "
-            f"{res['wall_s'] / route:.2f} | {res['rss_gb']:.2f} |"
+            f"{res['wall_s'] / route:.2f} | {res['cpu_s']:.1f} | {res['cpu_s'] / floor_cpu:.2f} | "
+            f"{res['cpu_s'] / route_cpu:.2f} | {res['rss_gb']:.2f} |"
         )
     arrow = results["arrow_size"]["arrow_bytes"] / 1e9
     lines.append("")
