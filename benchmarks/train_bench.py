@@ -296,7 +296,7 @@ def chart(figures: dict, path: Path) -> None:
 
     r = figures["results"]
     names = ["trl", "prefcurate_dpo", "prefcurate_mixdpo"]
-    labels = ["TRL DPOTrainer", "prefcurate (all dpo)", "prefcurate (MixDPO τ=0.5)"]
+    labels = ["TRL\nDPOTrainer", "prefcurate\n(all dpo)", "prefcurate\n(MixDPO τ=0.5)"]
     colours = ["#a0aec0", "#2b6cb0", "#2c7a7b"]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
     x = range(len(names))
