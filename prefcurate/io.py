@@ -79,6 +79,17 @@ class PairSource:
         ``keep_input=True`` also carries the input's other columns (not for multi-completion data,
         whose rows are not pairs).
         """
+        frame = self.scan_rows(keep_input=keep_input).with_columns(difficulty_expr())
+        extra = [c for c in frame.collect_schema().names() if c not in (*PAIR_COLUMNS, ROW, ISSUE)]
+        return frame.select(*PAIR_COLUMNS, *extra, ROW, ISSUE)
+
+    def scan_rows(self, *, keep_input: bool = False) -> pl.LazyFrame:
+        """:meth:`scan` without ``difficulty``: every column is computed from its own row.
+
+        ``difficulty`` is a percentile over the whole margin column, which makes a query hold all
+        its columns at once; without it a narrow selection (``pair_id``, ``margin``, lengths)
+        streams through the texts without keeping them (``route`` plans this way).
+        """
         raw = _guard(self.raw, self.raw.scan)
         schema = _guard(self.raw, raw.collect_schema)
         frame = layouts.canonical(
@@ -90,21 +101,25 @@ class PairSource:
             keep_input=keep_input and self.layout is not Layout.MULTI_COMPLETION,
         )
         frame = frame.with_columns(margin_expr(self.detected.margin is not None))
-        frame = frame.with_columns(difficulty_expr())
         pair_id = pair_id_expr(self.layout is Layout.CONVERSATIONAL)
         frame = frame.with_columns(pair_id)
+        columns = [c for c in PAIR_COLUMNS if c != "difficulty"]
         extra = [c for c in frame.collect_schema().names() if c not in (*PAIR_COLUMNS, ROW, ISSUE)]
         extra = [c for c in extra if c != "_input_margin"]
-        return frame.select(*PAIR_COLUMNS, *extra, ROW, ISSUE)
+        return frame.select(*columns, *extra, ROW, ISSUE)
 
-    def collect(self, frame: pl.LazyFrame | None = None, *, keep_row: bool = False) -> pl.DataFrame:
+    def collect(
+        self, frame: pl.LazyFrame | None = None, *, keep_row: bool = False, streaming: bool = False
+    ) -> pl.DataFrame:
         """Materialise ``frame`` (default: :meth:`scan`) once, validated.
 
         Raises :class:`InputError` naming the file, line/row and column of the first bad row.
-        ``frame`` must keep the ``_issue`` and ``_row`` columns of :meth:`scan`.
+        ``frame`` must keep the ``_issue`` and ``_row`` columns of :meth:`scan`. ``streaming``
+        runs Polars' streaming engine: a narrow result of wide rows is then computed in batches.
         """
         frame = self.scan() if frame is None else frame
-        df = _guard(self.raw, frame.collect)
+        engine = "streaming" if streaming else "auto"
+        df = _guard(self.raw, lambda: frame.collect(engine=engine))
         if ISSUE in df.columns:
             bad = df.filter(pl.col(ISSUE).is_not_null())
             if bad.height:

@@ -11,7 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from trainers import prepare
 from trainers.config import TrainConfig, autocast_factory
 from trainers.data import collate, read_split, tokenize_split
-from trainers.logps import SequenceLogps
+from trainers.logps import SequenceLogps, is_right_padded
 from trainers.model import load_model
 
 
@@ -45,6 +45,22 @@ def test_chunked_logps_equal_full_logits(batch, chunk_elements):
     logps, n = module(batch.input_ids, batch.attention_mask, batch.response_mask)
     assert_close(logps, expected, rtol=1e-5, atol=1e-4)
     assert torch.equal(n, expected_n)
+
+
+def test_right_padded_batches_need_no_attention_mask(batch):
+    """The decoder runs unmasked on right-padded batches; the response log-probs are unchanged."""
+    loaded, batch = batch
+    assert is_right_padded(batch.attention_mask)
+    assert batch.attention_mask.sum() < batch.attention_mask.numel()  # the batch has padding
+    module = SequenceLogps(loaded.model)
+    masked = full_logits_logps(loaded.model, batch)[0]
+    logps, _ = module(batch.input_ids, batch.attention_mask, batch.response_mask)
+    assert_close(logps, masked, rtol=1e-5, atol=1e-4)
+    # a left-padded row is not right-padded: such a batch keeps its mask
+    left = batch.attention_mask.clone()
+    shortest = int(left.sum(-1).argmin())
+    left[shortest] = left[shortest].flip(0)
+    assert not is_right_padded(left)
 
 
 def test_chunked_gradients_equal_full_logits_gradients(batch):

@@ -291,6 +291,26 @@ def test_same_inputs_give_byte_identical_files(uf, tmp_path):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
 
+def test_gather_windows_write_the_same_bytes_as_one_window(uf, tmp_path, monkeypatch):
+    """Large inputs are gathered a window of ranks at a time; the bytes must not depend on it."""
+    plan = plan_routes(uf, threshold=0.5, eval_fraction=0.1, stages=3, seed=5)
+    write_route(plan, tmp_path / "whole")
+    monkeypatch.setattr(route_mod, "ROW_GROUP_ROWS", 100)
+    write_route(
+        plan_routes(uf, threshold=0.5, eval_fraction=0.1, stages=3, seed=5), tmp_path / "rg"
+    )
+    text = int(plan.keys.get_column("_bytes").sum())
+    monkeypatch.setattr(route_mod, "GATHER_WINDOW_BYTES", text // 3)  # 3 windows of 300+ rows
+    windowed = plan_routes(uf, threshold=0.5, eval_fraction=0.1, stages=3, seed=5)
+    assert not windowed.texts.whole
+    write_route(windowed, tmp_path / "windows")
+    for name in ("train.parquet", "eval.parquet"):
+        assert (tmp_path / "rg" / name).read_bytes() == (tmp_path / "windows" / name).read_bytes()
+    whole = pl.read_parquet(tmp_path / "whole" / "train.parquet")
+    assert whole.equals(pl.read_parquet(tmp_path / "windows" / "train.parquet"))
+    assert whole.height == 900 and whole.get_column("rank").to_list() == list(range(900))
+
+
 def test_split_file_schema_and_row_groups(uf, tmp_path, monkeypatch):
     monkeypatch.setattr(route_mod, "ROW_GROUP_ROWS", 300)
     plan = plan_routes(uf, threshold=0.5)

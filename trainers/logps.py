@@ -52,8 +52,12 @@ class SequenceLogps(nn.Module):
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor
     ) -> tuple[Tensor, Tensor]:
+        # A right-padded batch needs no mask: causal attention already hides the padding, which
+        # only ever follows a row's real tokens, and padded positions are never read. Without a
+        # mask the attention takes its causal fast path (no per-batch mask tensor to build).
+        mask = None if is_right_padded(attention_mask) else attention_mask.long()
         hidden = self.model.get_decoder()(
-            input_ids=input_ids, attention_mask=attention_mask.long(), use_cache=False
+            input_ids=input_ids, attention_mask=mask, use_cache=False
         ).last_hidden_state
         # position t predicts token t+1: a response token's log-prob comes from the position before
         targets = response_mask[:, 1:]
@@ -135,6 +139,13 @@ def check_allowed(pairs: TokenizedPairs, allowed_token_ids: list[int], where: ob
                 where=where,
                 fix="allow that token, or train without allowed_token_ids",
             )
+
+
+def is_right_padded(attention_mask: Tensor) -> bool:
+    """Whether every row's mask is ones then zeros (real tokens first, padding after)."""
+    lengths = attention_mask.sum(-1, keepdim=True)
+    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    return bool(torch.equal(attention_mask.bool(), positions < lengths))
 
 
 def reference_logps(

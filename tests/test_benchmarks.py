@@ -1,0 +1,73 @@
+"""The data and training benchmarks run end to end at a tiny size (figures in docs/benchmarks.md).
+
+Timings are not checked (they depend on the machine); the structure of the figures is, and so is
+what does not depend on the machine: every variant routes the same pairs, and prefcurate's first
+training step computes the same loss and log-probs as TRL's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _run(script: str, *args: str) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), "--smoke", *args],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_data_benchmark_smoke(tmp_path):
+    out, chart = tmp_path / "data.json", tmp_path / "data.png"
+    done = _run("data_bench.py", "--json", str(out), "--chart", str(chart))
+    figures = json.loads(out.read_text())
+    results = figures["results"]
+    expected = {"floor", "polars_floor", "arrow_size", "analyze", "route", "pandas", "datasets"}
+    assert set(results) == expected
+    assert all(r["wall_s"] > 0 and r["rss_gb"] > 0 for r in results.values())
+    # every tool routed the same 2,000 pairs the same way (the script refuses to report otherwise)
+    assert figures["pairs"] == 2000
+    assert results["route"]["rows"] == results["pandas"]["rows"] == 2000
+    assert 0 < results["route"]["sft"] == results["pandas"]["sft"] == results["datasets"]["sft"]
+    assert results["route"]["sft"] == results["analyze"]["sft"]
+    assert results["arrow_size"]["arrow_bytes"] > 0
+    assert set(figures["ratios"]["goals"]) == {
+        "route <= 1.5x floor",
+        "route >= 10x faster than datasets",
+        "route >= 2x faster than pandas",
+        "route peak RSS <= Arrow size",
+    }
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| prefcurate route --threshold 0.5 |" in done.stdout
+
+
+def test_train_benchmark_smoke_agrees_with_trl(uf1k, tmp_path):
+    out = tmp_path / "train.json"
+    done = _run("train_bench.py", "--data", str(uf1k), "--json", str(out))
+    figures = json.loads(out.read_text())
+    results = figures["results"]
+    assert set(results) == {"trl", "prefcurate_dpo", "prefcurate_mixdpo"}
+    assert results["trl"]["pairs"] == results["prefcurate_dpo"]["pairs"] == 8
+    assert results["prefcurate_dpo"]["dpo"] == 8 >= results["prefcurate_mixdpo"]["dpo"]
+    agreement = figures["agreement"]
+    # the first step: the same loss (ln 2: policy = reference) and the same log-probs
+    assert agreement["first_step_agrees"], agreement
+    assert math.isclose(agreement["first_loss"]["trl"], math.log(2), abs_tol=1e-6)
+    assert agreement["first_loss_abs_diff"] <= 1e-4
+    assert agreement["first_logps_rel_diff"] <= 1e-4
+    assert agreement["first_logps_chosen"]["trl"] < -100  # summed over a response's tokens
+    for res in results.values():
+        assert res["pairs_per_s"] > 0 and res["train_pairs_per_s"] > 0 and res["rss_gb"] > 0
+    assert "first-step loss: prefcurate 0.693147, TRL 0.693147" in done.stdout
