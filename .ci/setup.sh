@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Creates .venv and installs prefcurate with the given extras (default: train).
+# Creates .venv and installs prefcurate with the given extras (default: bench, i.e. everything the
+# commands use: torch/transformers for train and score, alpaca-eval for the demo's and the
+# benchmark's length-controlled win rate, TRL for benchmarks/).
 #
-#   bash .ci/setup.sh          # prefcurate + torch/transformers
-#   bash .ci/setup.sh test     # ... + the test suite's needs
+#   bash .ci/setup.sh          # prefcurate + torch/transformers + alpaca-eval + TRL
+#   bash .ci/setup.sh train    # prefcurate + torch/transformers only
+#   bash .ci/setup.sh test     # everything + the test suite's needs
 #
 # torch is installed first, and only when the venv has none: the CUDA build where `nvidia-smi` sees a
 # GPU, otherwise the CPU build (a bare `torch` requirement would pull a multi-GB CUDA build). The
 # project itself only asks for a range, so a torch you installed yourself is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${1:-train}"
+extras="${1:-bench}"
 torch_cpu_version="${PREFCURATE_TORCH_VERSION:-2.13.0}"
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
