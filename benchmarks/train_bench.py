@@ -42,39 +42,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from machine import describe
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "ultrafeedback_1k.jsonl"
 SETTINGS = {"max_length": 512, "batch_size": 8, "beta": 0.1, "lr": 1e-3, "seed": 0}
 LOSS_TOL = 1e-4
 LOGPS_RTOL = 1e-4
-
-
-def machine() -> dict:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    with open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    with open("/proc/meminfo") as fh:
-        total_kb = int(fh.readline().split()[1])
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "ram_gb": round(total_kb / 1e6, 1),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-    }
 
 
 def measure(argv: list[str], env: dict) -> tuple[float, float, str]:
@@ -358,7 +338,7 @@ def main() -> None:
         "command": " ".join(["python", "benchmarks/train_bench.py", *sys.argv[1:]]),
         "pairs": args.pairs,
         "settings": SETTINGS,
-        "machine": machine(),
+        "machine": describe(torch=True),
         "load_average_at_start": load_at_start,
         "results": results,
         "agreement": agreement(results["prefcurate_dpo"], results["trl"]),
