@@ -32,11 +32,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefcurate import gold, toytask
 from prefcurate.basepolicy import BaseConfig
 from prefcurate.errors import InputError
+
+if TYPE_CHECKING:
+    from trainers.config import TrainConfig
 
 #: Held-out prompts: fixed for every seed and arm (a seed varies the samples, not the questions).
 EVAL_PROMPTS_SEED = "eval-prompts"
@@ -234,13 +237,43 @@ def pair_stats(rows: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
+def arm_config(
+    config: BenchConfig,
+    env: Environment,
+    *,
+    split: Path,
+    out: Path,
+    seed: int,
+    label_smoothing: float | None = None,
+    nll_weight: float = 0.0,
+) -> TrainConfig:
+    """The trainer's settings for one arm: the same base policy, budget and alphabet for all."""
+    from trainers.config import TrainConfig
+
+    return TrainConfig(
+        split_dir=split,
+        model=str(env.base_dir),
+        out=out,
+        beta=config.beta,
+        label_smoothing=config.label_smoothing if label_smoothing is None else label_smoothing,
+        nll_weight=nll_weight,
+        lr=config.lr,
+        lr_schedule=config.lr_schedule,
+        batch_size=config.batch_size,
+        max_length=32,
+        seed=seed,
+        cache_dir=env.cache_dir,
+        allowed_token_ids=env.allowed,
+    )
+
+
 def run_seed(
     config: BenchConfig, env: Environment, seed: int, say: Callable[..., None]
 ) -> dict[str, Any]:
     """One seed: pairs, the base policy's two evaluation draws, then every arm."""
     from prefcurate.io import open_pairs
     from prefcurate.route import plan_routes, write_route
-    from trainers.loop import TrainConfig, train
+    from trainers.loop import train
     from trainers.model import load_model
     from trainers.sample import sample
 
@@ -289,20 +322,14 @@ def run_seed(
         split = directory / arm.name / "split"
         write_route(plan, split)
         result = train(
-            TrainConfig(
-                split_dir=split,
-                model=str(env.base_dir),
+            arm_config(
+                config,
+                env,
+                split=split,
                 out=directory / arm.name / "run",
-                beta=config.beta,
+                seed=seed,
                 label_smoothing=config.label_smoothing if arm.mode != "sft" else 0.0,
                 nll_weight=arm.nll_weight,
-                lr=config.lr,
-                lr_schedule=config.lr_schedule,
-                batch_size=config.batch_size,
-                max_length=32,
-                seed=seed,
-                cache_dir=env.cache_dir,
-                allowed_token_ids=env.allowed,
             )
         )
         policy = load_model(str(result.model_dir))

@@ -225,25 +225,13 @@ def _route(data: Path, split: Path, seed: int, quiet: bool):
 
 
 def _train(config, env, split: Path, run_dir: Path, seed: int, quiet: bool):
+    from prefcurate.bench import arm_config
     from prefcurate.runplots import plot_runs
-    from trainers.loop import TrainConfig, train
+    from trainers.loop import train
     from trainers.progress import Reporter, RichReporter
 
     result = train(
-        TrainConfig(
-            split_dir=split,
-            model=str(env.base_dir),
-            out=run_dir,
-            beta=config.beta,
-            label_smoothing=config.label_smoothing,
-            lr=config.lr,
-            lr_schedule=config.lr_schedule,
-            batch_size=config.batch_size,
-            max_length=32,
-            seed=seed,
-            cache_dir=env.cache_dir,
-            allowed_token_ids=env.allowed,
-        ),
+        arm_config(config, env, split=split, out=run_dir, seed=seed),
         reporter=Reporter() if quiet else RichReporter(),
     )
     plot_runs([run_dir], run_dir / "curves.png")
