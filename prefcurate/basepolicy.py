@@ -38,10 +38,21 @@ class BaseConfig:
     lr: float = 3e-3
     seed: int = 0
 
-    def key(self) -> str:
+    def key(self, exclude: frozenset[str] = frozenset()) -> str:
+        """The cache key: these settings, the task's version and the prompts kept out of training.
+
+        The excluded prompts change the demonstrations, so they are part of the key: the demo
+        (300 held-out prompts) and the benchmark (1,000) each get their own base policy, whichever
+        ran first.
+        """
+        import hashlib
+
         from trainers.cache import cache_key
 
-        return cache_key(kind="basepolicy", task=TASK_VERSION, **asdict(self))[:16]
+        held_out = hashlib.sha256("\n".join(sorted(exclude)).encode()).hexdigest()
+        return cache_key(kind="basepolicy", task=TASK_VERSION, exclude=held_out, **asdict(self))[
+            :16
+        ]
 
 
 def base_policy(
@@ -53,14 +64,13 @@ def base_policy(
 ) -> Path:
     """The base policy's model directory: from the cache, or trained now and cached.
 
-    ``exclude`` are prompts the demonstrations must not use (the benchmark's held-out prompts);
-    they are not part of the key, so callers must pass the same set for the same config (the
-    benchmark's held-out prompts are fixed).
+    ``exclude`` are prompts the demonstrations must not use (the held-out prompts); they are part
+    of the cache key.
     """
     from trainers.cache import default_cache_dir
 
     root = Path(cache_dir) if cache_dir else default_cache_dir()
-    target = root / "basepolicy" / config.key()
+    target = root / "basepolicy" / config.key(exclude)
     if (target / "model" / "config.json").is_file():
         return target / "model"
     target.parent.mkdir(parents=True, exist_ok=True)

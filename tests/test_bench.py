@@ -115,3 +115,15 @@ def test_demo_refuses_an_existing_folder(cli, tmp_path):
     bad = cli("demo", "--out", tmp_path / "d")
     assert bad.code == 2 and "already exists" in bad.err
     assert (tmp_path / "d" / "x").read_text() == "keep"
+
+
+def test_base_policy_key_covers_the_held_out_prompts():
+    """The demo and the benchmark hold out different prompts, so they must not share a cache."""
+    from prefcurate.basepolicy import BaseConfig
+
+    config = BaseConfig()
+    assert config.key(frozenset({"sort:12=", "sort:31="})) == config.key(
+        frozenset({"sort:31=", "sort:12="})
+    )
+    assert config.key(frozenset({"sort:12="})) != config.key(frozenset({"sort:13="}))
+    assert config.key(frozenset()) != BaseConfig(seed=1).key(frozenset())
