@@ -66,12 +66,15 @@ def render(result: dict[str, Any], console=None) -> None:
     from rich.table import Table
 
     console = console or Console()
+    if not console.is_terminal:  # piped to a file or a log: room for the whole table, uncut
+        console = Console(file=console.file, width=max(console.width, 132))
     seeds = len(result["seeds"])
     table = Table(
-        *HEADER,
         title=f"prefcurate bench mixdpo — {seeds} seed(s), mean ± sd over seeds",
         title_justify="left",
     )
+    for i, name in enumerate(HEADER):  # arm names are never cut (three start with "mixdpo-")
+        table.add_column(name, no_wrap=i == 0, justify="left" if i == 0 else "right")
     for cells in table_rows(result):
         table.add_row(*cells)
     console.print(table)

@@ -55,6 +55,22 @@ def test_bench_table_has_every_arm_and_figure(result):
     assert set(result["gates"]) >= {"oracle_beats_base", "eval_noise_small", "eval_noise_gold"}
 
 
+def test_terminal_table_keeps_every_arm_name_when_piped(result):
+    """Piped to a log (80 columns, not a terminal), no arm name or figure is cut short."""
+    import io
+
+    from rich.console import Console
+
+    from prefcurate.benchreport import render
+
+    buffer = io.StringIO()
+    render(result, Console(file=buffer, width=80))
+    text = buffer.getvalue()
+    assert "…" not in text
+    for row in table_rows(result):
+        assert row[0] in text and row[1] in text
+
+
 def test_bench_outputs_markdown_table_and_chart(result, tmp_path):
     (tmp_path / "results.json").write_text(json.dumps(result))
     paths = write_outputs(result, tmp_path)
