@@ -66,9 +66,9 @@ ROW_GROUP_ROWS = 32_768
 PARQUET_OPTIONS: dict[str, Any] = {
     "compression": "zstd",
     "compression_level": 1,
-    "write_statistics": True,
-    "use_dictionary": ["route", "source"],
+    "statistics": True,
     "data_page_size": 1 << 20,
+    "maintain_order": True,
 }
 
 #: At most this many bytes of text are held at once while a split is written; a larger input is
@@ -690,27 +690,26 @@ def write_split(
 ) -> int:
     """Write split ``name`` to ``path`` in rank order, one row group at a time; return its rows.
 
-    Row groups are gathered in a thread while the previous one is compressed and written (both
-    release the GIL). Row groups are cut at the same ranks whatever the window size, so the bytes
-    do not depend on :data:`GATHER_WINDOW_BYTES`.
+    The rank-ordered chunks are a Polars source (gathered in a thread, one chunk ahead) feeding
+    Polars' Parquet sink, which compresses row groups in parallel — on 1M pairs the write took
+    17.7 s against 20.4 s through pyarrow's single-threaded writer (docs/benchmarks.md). Chunks
+    are cut at the same ranks whatever the window size, so the bytes do not depend on
+    :data:`GATHER_WINDOW_BYTES`.
     """
-    import pyarrow.parquet as pq
+    from polars.io.plugins import register_io_source
 
     keys = plan._keys(name)
-    rows = keys.height
-    empty = plan.texts.empty(keys).to_arrow(compat_level=pl.CompatLevel.oldest())
-    tables = (
-        chunk.to_arrow(compat_level=pl.CompatLevel.oldest())
-        for chunk in _split_chunks(plan, keys, ROW_GROUP_ROWS)
-    )
-    with pq.ParquetWriter(str(path), empty.schema, **PARQUET_OPTIONS) as writer:
-        if rows == 0:
-            writer.write_table(empty)
-        for i, table in enumerate(_prefetch(tables)):
-            writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+    schema = plan.texts.empty(keys).schema
+
+    def chunks(with_columns, predicate, n_rows, batch_size) -> Iterator[pl.DataFrame]:
+        for i, chunk in enumerate(_prefetch(_split_chunks(plan, keys, ROW_GROUP_ROWS))):
+            yield chunk
             if pause_for_tests and i == 0:
                 _pause_for_tests()
-    return rows
+
+    source = register_io_source(chunks, schema=schema, is_pure=True)
+    source.sink_parquet(str(path), **PARQUET_OPTIONS, row_group_size=ROW_GROUP_ROWS)
+    return keys.height
 
 
 def _split_chunks(plan: RoutePlan, keys: pl.DataFrame, size: int) -> Iterator[pl.DataFrame]:
