@@ -707,7 +707,7 @@ def write_split(
             if pause_for_tests and i == 0:
                 _pause_for_tests()
 
-    source = register_io_source(chunks, schema=schema, is_pure=True)
+    source = register_io_source(chunks, schema=schema)
     source.sink_parquet(str(path), **PARQUET_OPTIONS, row_group_size=ROW_GROUP_ROWS)
     return keys.height
 
