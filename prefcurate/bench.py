@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
 #: Held-out prompts: fixed for every seed and arm (a seed varies the samples, not the questions).
 EVAL_PROMPTS_SEED = "eval-prompts"
+#: Seed of the evaluation samples (plus the run's seed); the pairs' samples use 2·seed, 2·seed + 1.
+EVAL_SEED = 10_000
 
 
 @dataclass(frozen=True)
@@ -177,27 +179,41 @@ class Environment:
         allowed = toytask.allowed_token_ids(build_tiny(0).tokenizer)
         return cls(base_dir, allowed, prompts, cache_dir)
 
+    def sample(self, config: BenchConfig, loaded, prompts: list[str], *, seed: int) -> list:
+        """``loaded``'s answers to ``prompts``, within the task's alphabet, seeded."""
+        from trainers.sample import sample
+
+        return sample(
+            loaded.model,
+            loaded.tokenizer,
+            prompts,
+            seed=seed,
+            temperature=config.temperature,
+            max_new_tokens=toytask.max_response_tokens(),
+            allowed_token_ids=self.allowed,
+        )
+
+    def judge(self, samples: list, base_texts: list[str]) -> dict[str, Any]:
+        """Gold-reward figures of answers to the held-out prompts, against the base's answers."""
+        return gold.evaluate(
+            self.eval_prompts,
+            [s.text for s in samples],
+            base_texts,
+            finished=[s.finished for s in samples],
+        )
+
 
 def eval_prompts(n: int) -> list[str]:
     """The held-out prompts; the base policy's demonstrations and every seed's pairs avoid them."""
     return toytask.make_prompts(random.Random(EVAL_PROMPTS_SEED), n)
 
 
-def make_pairs(
-    config: BenchConfig, env: Environment, seed: int, model, tokenizer
-) -> list[dict[str, Any]]:
+def make_pairs(config: BenchConfig, env: Environment, seed: int, loaded) -> list[dict[str, Any]]:
     """``config.pairs`` pairs of two distinct base-policy samples, labelled by the noisy judge."""
-    from trainers.sample import sample
-
     rng = random.Random(f"pairs-{seed}")
     prompts = toytask.make_prompts(rng, int(config.pairs * 2.5), exclude=set(env.eval_prompts))
-    kwargs = {
-        "temperature": config.temperature,
-        "max_new_tokens": toytask.max_response_tokens(),
-        "allowed_token_ids": env.allowed,
-    }
-    first = sample(model, tokenizer, prompts, seed=2 * seed, **kwargs)
-    second = sample(model, tokenizer, prompts, seed=2 * seed + 1, **kwargs)
+    first = env.sample(config, loaded, prompts, seed=2 * seed)
+    second = env.sample(config, loaded, prompts, seed=2 * seed + 1)
     noise_rng = random.Random(f"noise-{seed}")
     rows = []
     for prompt, a, b in zip(prompts, first, second, strict=True):
@@ -275,38 +291,25 @@ def run_seed(
     from prefcurate.route import plan_routes, write_route
     from trainers.loop import train
     from trainers.model import load_model
-    from trainers.sample import sample
 
     directory = config.out / f"seed-{seed}"
     directory.mkdir(parents=True)
     base = load_model(str(env.base_dir))
     say(f"seed {seed}: sampling {config.pairs} pairs from the base policy")
-    rows = make_pairs(config, env, seed, base.model, base.tokenizer)
+    rows = make_pairs(config, env, seed, base)
     data = directory / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     oracle = directory / "oracle.jsonl"
     oracle.write_text("".join(json.dumps(toytask.oracle_row(r)) + "\n" for r in rows))
 
-    kwargs = {
-        "temperature": config.temperature,
-        "max_new_tokens": toytask.max_response_tokens(),
-        "allowed_token_ids": env.allowed,
-    }
-    eval_seed = 10_000 + seed
-    draw_a = sample(base.model, base.tokenizer, env.eval_prompts, seed=eval_seed, **kwargs)
-    draw_b = sample(base.model, base.tokenizer, env.eval_prompts, seed=eval_seed + 5000, **kwargs)
+    eval_seed = EVAL_SEED + seed
+    draw_a = env.sample(config, base, env.eval_prompts, seed=eval_seed)
+    draw_b = env.sample(config, base, env.eval_prompts, seed=eval_seed + 5000)
     base_texts = [s.text for s in draw_a]
     evaluation = {
-        "base": gold.evaluate(
-            env.eval_prompts, base_texts, base_texts, finished=[s.finished for s in draw_a]
-        ),
+        "base": env.judge(draw_a, base_texts),
         # the evaluation's own noise: a second draw of the same policy judged against the first
-        "base-redraw": gold.evaluate(
-            env.eval_prompts,
-            [s.text for s in draw_b],
-            base_texts,
-            finished=[s.finished for s in draw_b],
-        ),
+        "base-redraw": env.judge(draw_b, base_texts),
     }
     arms: dict[str, Any] = {}
     for arm in (a for a in ARMS if a.name in config.arms):
@@ -333,13 +336,8 @@ def run_seed(
             )
         )
         policy = load_model(str(result.model_dir))
-        samples = sample(policy.model, policy.tokenizer, env.eval_prompts, seed=eval_seed, **kwargs)
-        evaluation[arm.name] = gold.evaluate(
-            env.eval_prompts,
-            [s.text for s in samples],
-            base_texts,
-            finished=[s.finished for s in samples],
-        )
+        samples = env.sample(config, policy, env.eval_prompts, seed=eval_seed)
+        evaluation[arm.name] = env.judge(samples, base_texts)
         arms[arm.name] = {
             "threshold": plan.threshold,
             "pairs": result.pairs,

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefcurate import gold, toytask
 from prefcurate.basepolicy import BaseConfig
 from prefcurate.errors import InputError
 
@@ -70,7 +69,7 @@ def run_demo(
     """Run the demo into ``out``; see the module docstring. Returns paths and figures."""
     import torch
 
-    from prefcurate.bench import BenchConfig, Environment, make_pairs, pair_stats
+    from prefcurate.bench import EVAL_SEED, BenchConfig, Environment, make_pairs, pair_stats
     from prefcurate.progress import stderr
 
     out = Path(out)
@@ -104,12 +103,11 @@ def run_demo(
             env = Environment.build(config)
         done("base policy", t0)
         from trainers.model import load_model
-        from trainers.sample import sample
 
         base = load_model(str(env.base_dir))
         t0 = time.perf_counter()
         with _status(f"sampling and labelling {pairs} pairs", quiet):
-            rows = make_pairs(config, env, seed, base.model, base.tokenizer)
+            rows = make_pairs(config, env, seed, base)
         data = out / "data" / "pairs.jsonl"
         data.parent.mkdir()
         data.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -136,29 +134,14 @@ def run_demo(
         done("train", t0)
 
         t0 = time.perf_counter()
-        kwargs = {"max_new_tokens": toytask.max_response_tokens(), "allowed_token_ids": env.allowed}
         with _status(f"judging MixDPO and the base policy on {eval_prompts} prompts", quiet):
-            base_samples = sample(
-                base.model, base.tokenizer, env.eval_prompts, seed=10_000 + seed, **kwargs
-            )
+            base_samples = env.sample(config, base, env.eval_prompts, seed=EVAL_SEED + seed)
             policy = load_model(str(run.model_dir))
-            samples = sample(
-                policy.model, policy.tokenizer, env.eval_prompts, seed=10_000 + seed, **kwargs
-            )
+            samples = env.sample(config, policy, env.eval_prompts, seed=EVAL_SEED + seed)
             base_texts = [s.text for s in base_samples]
             evaluation = {
-                "base": gold.evaluate(
-                    env.eval_prompts,
-                    base_texts,
-                    base_texts,
-                    finished=[s.finished for s in base_samples],
-                ),
-                "mixdpo": gold.evaluate(
-                    env.eval_prompts,
-                    [s.text for s in samples],
-                    base_texts,
-                    finished=[s.finished for s in samples],
-                ),
+                "base": env.judge(base_samples, base_texts),
+                "mixdpo": env.judge(samples, base_texts),
             }
         (out / "eval.json").write_text(json.dumps(evaluation, indent=2) + "\n")
         result.artefacts["evaluation"] = out / "eval.json"
