@@ -871,15 +871,35 @@ def train(
             if name != "step" and isinstance(value, int | float)
         ],
     )
-    final = result.final
-    acc = final.get("rewards/accuracies")
-    print(
-        f"trained {result.steps} steps ({result.pairs['dpo']} dpo + {result.pairs['sft']} sft "
-        f"pairs, {result.pairs_per_s:.1f} pairs/s on {result.world_size}×{result.device}); "
-        f"final loss {final.get('loss', float('nan')):.4f}"
-        + ("" if acc is None else f", rewards/accuracies {acc:.2f}")
-        + f"; model in {result.model_dir}"
-    )
+    print(train_summary(result))
+
+
+def train_summary(result) -> str:
+    """The lines ``train`` ends with: what was trained, each route's loss at the end, the model.
+
+    The losses of the two routes are never mixed: loss/dpo (a preference loss, about 0.69 at the
+    start) and loss/sft (an NLL per token, several nats) are each the mean over the last tenth of
+    the steps that trained pairs of that route.
+    """
+    s = result.summary
+    dpo, sft = s.get("pairs/dpo", 0), s.get("pairs/sft", 0)
+    lines = [
+        f"trained {result.steps} steps on {dpo + sft:,} pairs ({dpo:,} dpo + {sft:,} sft), "
+        f"{result.pairs_per_s:.1f} pairs/s on {result.world_size}×{result.device}"
+    ]
+    ends = []
+    if s.get("loss/dpo:last") is not None:
+        acc = s.get("rewards/accuracies:last")
+        shown = "" if acc is None else f", rewards/accuracies {acc:.2f}"
+        ends.append(
+            f"loss/dpo {s['loss/dpo:last']:.4f}{shown} (last {s['window/dpo']} steps with dpo pairs)"
+        )
+    if s.get("loss/sft:last") is not None:
+        ends.append(f"loss/sft {s['loss/sft:last']:.4f} (last {s['window/sft']} with sft pairs)")
+    if ends:
+        lines.append("mean " + "; ".join(ends))
+    lines.append(f"model in {result.model_dir}")
+    return "\n".join(lines)
 
 
 @app.command()
@@ -1019,6 +1039,26 @@ def sql(
 # --------------------------------------------------------------------------------------------------
 # bench and demo
 
+_SIZE = "Size (smaller: faster and noisier)"
+EvalPromptsOpt = Annotated[
+    int, typer.Option("--eval-prompts", help="Held-out prompts judged.", rich_help_panel=_SIZE)
+]
+BaseDemosOpt = Annotated[
+    int,
+    typer.Option(
+        "--base-demos", help="Demonstrations the base policy learns from.", rich_help_panel=_SIZE
+    ),
+]
+ToyCacheOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir",
+        help="Where the base policy is cached (default: ~/.cache/prefcurate).",
+        rich_help_panel=_SIZE,
+        show_default=False,
+    ),
+]
+
 bench_app = typer.Typer(
     help="Benchmarks where the truth is known: MixDPO's claims on a toy task with a gold reward.",
     no_args_is_help=True,
@@ -1037,6 +1077,9 @@ def bench_mixdpo(
         str | None,
         typer.Option("--arms", help="Comma-separated subset of the arms (default: all nine)."),
     ] = None,
+    eval_prompts: EvalPromptsOpt = 1000,
+    base_demos: BaseDemosOpt = 4000,
+    cache_dir: ToyCacheOpt = None,
     force: ForceOpt = False,
 ) -> None:
     """Train MixDPO and its baselines from one base policy and judge them by a gold reward.
@@ -1058,11 +1101,20 @@ def bench_mixdpo(
     from prefcurate.benchreport import render, write_outputs
     from prefcurate.progress import bar, stderr
 
+    from prefcurate.basepolicy import BaseConfig
+
     chosen = tuple(a.strip() for a in arms.split(",")) if arms else None
     config = BenchConfig(
-        out=out, seeds=seeds, pairs=pairs, force=force, **({"arms": chosen} if chosen else {})
+        out=out,
+        seeds=seeds,
+        pairs=pairs,
+        eval_prompts=eval_prompts,
+        base=BaseConfig(demos=base_demos),
+        cache_dir=cache_dir,
+        force=force,
+        **({"arms": chosen} if chosen else {}),
     )
-    with bar("bench mixdpo", seeds * len(config.arms), unit="arms") as progress:
+    with bar("bench mixdpo", seeds * len(config.arms), unit="arms", plain=True) as progress:
 
         def update(message: str, done: int, total: int) -> None:
             progress.update(0, completed=done, description=message)
@@ -1083,6 +1135,9 @@ def demo_command(
         Path, typer.Option("--out", help="Folder for every artefact of the demo.")
     ] = Path("prefcurate-demo"),
     pairs: Annotated[int, typer.Option("--pairs", help="Preference pairs to make.")] = 600,
+    eval_prompts: EvalPromptsOpt = 300,
+    base_demos: BaseDemosOpt = 4000,
+    cache_dir: ToyCacheOpt = None,
     force: ForceOpt = False,
 ) -> None:
     """The whole pipeline on a built-in toy task, in about a minute on a laptop CPU.
@@ -1096,9 +1151,18 @@ def demo_command(
     Example:
         prefcurate demo --out prefcurate-demo
     """
+    from prefcurate.basepolicy import BaseConfig
     from prefcurate.demo import run_demo
 
-    print(run_demo(out, pairs=pairs, force=force).summary())
+    result = run_demo(
+        out,
+        pairs=pairs,
+        eval_prompts=eval_prompts,
+        base=BaseConfig(demos=base_demos),
+        cache_dir=cache_dir,
+        force=force,
+    )
+    print(result.summary())
 
 
 def _cell(value: object, limit: int = 80) -> str:

@@ -21,6 +21,16 @@ from rich.progress import (
 )
 
 
+def losses(metrics: dict[str, Any]) -> str:
+    """``dpo 0.6931 sft 5.84``: each route's loss of the step, never their mix (``loss``)."""
+    parts = [
+        f"{route} {metrics[f'loss/{route}']:.4f}"
+        for route in ("dpo", "sft")
+        if metrics.get(f"loss/{route}") is not None
+    ]
+    return " ".join(parts) or f"{metrics['loss']:.4f}"
+
+
 class Reporter:
     """Receives a run's events; this base class ignores them."""
 
@@ -37,7 +47,7 @@ class Reporter:
         done = step - self.first_step
         eta = (time.monotonic() - self.started) / done * (self.total - step) if done else 0.0
         shown = "" if acc is None else f" acc {acc:.2f}"
-        self.message(f"train {step}/{self.total} loss {metrics['loss']:.4f}{shown} eta {eta:.0f}s")
+        self.message(f"train {step}/{self.total} loss {losses(metrics)}{shown} eta {eta:.0f}s")
 
     def message(self, text: str) -> None:
         """A one-line notice (a warning or a phase change)."""
@@ -85,7 +95,7 @@ class RichReporter(Reporter):
         self.progress.update(
             self.task,
             completed=metrics["step"],
-            loss=f"{metrics['loss']:.4f}",
+            loss=losses(metrics),
             acc="-" if acc is None else f"{acc:.2f}",
         )
 
@@ -96,7 +106,7 @@ class RichReporter(Reporter):
         done = step - self.first_step
         eta = (time.monotonic() - self.started) / done * (self.total - step) if done else 0.0
         shown = "" if acc is None else f" acc {acc:.2f}"
-        self.message(f"train {step}/{self.total} loss {metrics['loss']:.4f}{shown} eta {eta:.0f}s")
+        self.message(f"train {step}/{self.total} loss {losses(metrics)}{shown} eta {eta:.0f}s")
 
     def message(self, text: str) -> None:
         self.console.print(text, highlight=False, markup=False, soft_wrap=True)
