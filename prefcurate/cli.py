@@ -891,8 +891,9 @@ def train_summary(result) -> str:
     if s.get("loss/dpo:last") is not None:
         acc = s.get("rewards/accuracies:last")
         shown = "" if acc is None else f", rewards/accuracies {acc:.2f}"
+        window = s["window/dpo"]
         ends.append(
-            f"loss/dpo {s['loss/dpo:last']:.4f}{shown} (last {s['window/dpo']} steps with dpo pairs)"
+            f"loss/dpo {s['loss/dpo:last']:.4f}{shown} (last {window} steps with dpo pairs)"
         )
     if s.get("loss/sft:last") is not None:
         ends.append(f"loss/sft {s['loss/sft:last']:.4f} (last {s['window/sft']} with sft pairs)")
@@ -1097,11 +1098,10 @@ def bench_mixdpo(
     """
     from rich.console import Console
 
+    from prefcurate.basepolicy import BaseConfig
     from prefcurate.bench import BenchConfig, run_bench
     from prefcurate.benchreport import render, write_outputs
     from prefcurate.progress import bar, stderr
-
-    from prefcurate.basepolicy import BaseConfig
 
     chosen = tuple(a.strip() for a in arms.split(",")) if arms else None
     config = BenchConfig(

@@ -225,9 +225,7 @@ def _train(
     lr_shares = route_lr_shares(
         curriculum, pairs.is_dpo, warmup=warmup, schedule=config.lr_schedule
     )
-    trained_sft = sum(
-        int((~pairs.is_dpo[curriculum.step_pairs(s)]).sum()) for s in range(total)
-    )
+    trained_sft = sum(int((~pairs.is_dpo[curriculum.step_pairs(s)]).sum()) for s in range(total))
     warning = low_lr_warning(lr_shares, trained_sft, config.lr_schedule)
     if warning:
         reporter.message(warning)
