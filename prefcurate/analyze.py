@@ -115,7 +115,11 @@ class Histogram:
 
 @dataclass(frozen=True)
 class Routing:
-    """What ``margin < threshold → SFT, else DPO`` does to these pairs."""
+    """What ``margin < threshold → SFT, else DPO`` does to these pairs, as ``route`` does it.
+
+    ``identical`` pairs (chosen == rejected) are left out, as route drops them: they carry no
+    preference whatever their margin. ``unrouted``: pairs without a margin.
+    """
 
     threshold: float
     sft_fraction: float | None
@@ -123,6 +127,7 @@ class Routing:
     dpo: int
     sft_share: float | None
     unrouted: int
+    identical: int = 0
 
 
 @dataclass(frozen=True)
@@ -405,10 +410,12 @@ def margin_stats(df: pl.DataFrame) -> MarginStats:
 def routing(df: pl.DataFrame, threshold: float, sft_fraction: float | None = None) -> Routing:
     margin_defs.check_threshold(threshold)
     m = pl.col("margin")
+    same = pl.col("identical") if "identical" in df.columns else pl.lit(False)
     row = df.select(
-        (m < threshold).sum().alias("sft"),
-        (m >= threshold).sum().alias("dpo"),
-        m.null_count().alias("unrouted"),
+        ((m < threshold) & ~same).sum().alias("sft"),
+        ((m >= threshold) & ~same).sum().alias("dpo"),
+        (m.is_null() & ~same).sum().alias("unrouted"),
+        same.sum().alias("identical"),
     ).row(0, named=True)
     sft, dpo = int(row["sft"]), int(row["dpo"])
     return Routing(
@@ -418,6 +425,7 @@ def routing(df: pl.DataFrame, threshold: float, sft_fraction: float | None = Non
         dpo=dpo,
         sft_share=_ratio(sft, sft + dpo),
         unrouted=int(row["unrouted"]),
+        identical=int(row["identical"] or 0),
     )
 
 

@@ -33,6 +33,27 @@ def _click_class(name: str) -> type[Exception]:
     return next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
 
 
+def _flags_without_a_type() -> None:
+    """Typer >= 0.29 writes ``<bool>`` beside plain flags (``--force <bool>``), which reads as if
+    the flag took a value; a flag shows no type, as in every other CLI."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "_prefcurate", False):
+        return
+
+    def display_type_rich(self, ctx):
+        if getattr(self, "is_flag", False) and self.metavar is None:
+            return None
+        return shown(self, ctx)
+
+    display_type_rich._prefcurate = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+if hasattr(typer.core, "TyperOption") and hasattr(typer.core.TyperOption, "display_type_rich"):
+    _flags_without_a_type()
+
 _UsageError = _click_class("UsageError")
 _ClickException = _click_class("ClickException")
 
@@ -56,7 +77,12 @@ def _root(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI and return its exit code (tests call this directly)."""
+    """Run the CLI and return its exit code (tests call this directly).
+
+    The exit code depends on what went wrong, never on ``--debug``: 2 for the user's input or
+    arguments, 1 for an internal error, 130 for an interrupt. ``--debug`` only adds the traceback,
+    printed before the one-line message.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     STATE.argv = args
     # --debug works before or after the command name: take it out before Typer parses.
@@ -72,36 +98,41 @@ def main(argv: list[str] | None = None) -> int:
         print("aborted", file=sys.stderr)
         return 130
     except _UsageError as exc:
-        if debug:
-            raise
+        show_traceback()
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
         print(f"error: {one_line(exc.format_message())}{hint}", file=sys.stderr)
         return 2
     except _ClickException as exc:
-        if debug:
-            raise
+        show_traceback()
         print(f"error: {one_line(exc.format_message())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        show_traceback()
         print("interrupted", file=sys.stderr)
         return 130
     except PrefcurateError as exc:
-        if debug:
-            raise
+        show_traceback()
         if isinstance(exc, InputError):
             print(f"error: {exc}", file=sys.stderr)
         else:
             print(f"error: {one_line(exc)} (please report)", file=sys.stderr)
         return exc.exit_code
     except Exception as exc:  # noqa: BLE001 - the edge where every failure becomes one line
-        if debug:
-            raise
+        show_traceback()
         print(
             f"internal error: {type(exc).__name__}: {one_line(exc)} "
             "(please report at the prefcurate issue tracker; rerun with --debug for the traceback)",
             file=sys.stderr,
         )
         return 1
+
+
+def show_traceback() -> None:
+    """With ``--debug``, print the traceback of the exception being handled, on stderr."""
+    if STATE.debug:
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
 
 
 def run() -> None:
@@ -849,8 +880,7 @@ def train(
     try:
         result = run_training(config, reporter=RichReporter())
     except NonFiniteLossError as exc:  # the user's run diverged: say so, not "please report"
-        if STATE.debug:
-            raise
+        show_traceback()
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(exc.exit_code) from None
     if os.environ.get("RANK", "0") != "0":
@@ -918,6 +948,8 @@ def plot(
 ) -> None:
     """Draw a run's training curves (loss, rewards, log-probs, grad norm, lr) to a PNG.
 
+    Several runs overlay in one figure; each route's loss has its own panel.
+
     Example:
         prefcurate plot runs/mixdpo runs/dpo --out curves.png
     """
@@ -941,6 +973,8 @@ def runs(
     catalog: CatalogOpt = None,
 ) -> None:
     """List the runs recorded in the catalog, newest first.
+
+    One line each: id, command, status, input and summary; --json gives every recorded field.
 
     Example:
         prefcurate runs --limit 5 --kind route

@@ -9,6 +9,7 @@ code 1).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 
@@ -45,3 +46,12 @@ def one_line(text: object, limit: int = 300) -> str:
     """Collapse a foreign message (DuckDB, Polars, OS) to one line of at most ``limit`` chars."""
     flat = " ".join(str(text).split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def json_problem(exc: json.JSONDecodeError) -> str:
+    """``unterminated string starting at column 62``: the decoder's message, read as a sentence.
+
+    (``exc.msg`` alone ends in "starting at" or names no place; the column completes it.)
+    """
+    msg = exc.msg[:1].lower() + exc.msg[1:]
+    return f"{msg} column {exc.colno}" if msg.endswith(" at") else f"{msg} at column {exc.colno}"

@@ -85,6 +85,10 @@ EVAL_STRATA = 10
 
 #: Reasons a pair is dropped, as keys of plan.json ``counts.dropped_by_reason``.
 NULL_MARGIN = "null_margin"
+#: chosen == rejected: no preference to learn (the DPO loss of such a pair is constant, so its
+#: gradient is zero), and the two ratings of one text disagree (UltraFeedback has margins of 1.5),
+#: so its margin cannot place it in the curriculum either. Dropped in every mode, counted here.
+IDENTICAL = "identical"
 BELOW_THRESHOLD = "below_threshold"
 DROP_PREFIX = "drop: "
 
@@ -188,9 +192,10 @@ class RoutePlan:
             f" (--sft-fraction {_fmt(self.sft_fraction)})" if self.sft_fraction is not None else ""
         )
         held = f", {c['eval']} held out" if self.eval_fraction is not None else ""
+        why = ", ".join(f"{n} {reason}" for reason, n in c["dropped_by_reason"].items() if n)
         return (
             f"{c['in']} pairs, {self.mode}{tau}{frac}: {c['dpo']} dpo, {c['sft']} sft, "
-            f"{c['dropped']} dropped{held}; order {self.order}"
+            f"{c['dropped']} dropped{f' ({why})' if why else ''}{held}; order {self.order}"
             + (f" in {self.stages} stages" if self.stages > 1 else "")
         )
 
@@ -277,6 +282,10 @@ def plan_routes(
         )
         reasons[DROP_PREFIX + predicate] = int(newly.sum())
         keys = _mark(keys, newly, DROP_PREFIX + predicate)
+
+    same = keys.get_column("_drop").is_null() & narrow.get_column("identical")
+    reasons[IDENTICAL] = int(same.sum())
+    keys = _mark(keys, same, IDENTICAL)
 
     routes_by_margin = mode in (Mode.MIXDPO, Mode.FILTER)
     kept = pl.col("_drop").is_null()

@@ -340,7 +340,8 @@ def test_analyze_ultrafeedback_sample(uf1k):
     report = analyze(open_pairs(uf1k), threshold=0.5)
     assert report.rows == 1000
     assert (report.margin.ties, report.margin.negative, report.margin.max) == (111, 0, 8.0)
-    assert (report.routing.sft, report.routing.dpo, report.routing.sft_share) == (111, 889, 0.111)
+    assert (report.routing.sft, report.routing.dpo, report.routing.sft_share) == (110, 886, 0.1104)
+    assert report.routing.identical == 4  # chosen == rejected: left out, as route drops them
     assert report.histogram.counts[:4] == [111, 193, 193, 120]  # checked facts of the sample
     assert report.lengths.chosen_longer_share == 0.552
     assert report.flags.identical == 4

@@ -38,15 +38,16 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 def test_mixdpo_tau_half_routes_exactly_the_ties(uf):
     plan = plan_routes(uf, threshold=0.5)
-    assert (plan.counts["dpo"], plan.counts["sft"], plan.counts["dropped"]) == (889, 111, 0)
+    assert (plan.counts["dpo"], plan.counts["sft"], plan.counts["dropped"]) == (886, 110, 4)
+    assert plan.counts["dropped_by_reason"]["identical"] == 4
     train = plan.split("train")
     assert train.columns == list(SPLIT_COLUMNS)
-    assert train.get_column("rank").to_list() == list(range(1000))
+    assert train.get_column("rank").to_list() == list(range(996))
     assert train.get_column("margin")[0] == 8.0
     margins = train.get_column("margin").to_list()
     assert all(a >= b for a, b in zip(margins, margins[1:], strict=False))
     routes = train.get_column("route").to_list()
-    assert routes == ["dpo"] * 889 + ["sft"] * 111  # every sft pair after every dpo pair
+    assert routes == ["dpo"] * 886 + ["sft"] * 110  # every sft pair after every dpo pair
     assert set(train.filter(pl.col("route") == "sft").get_column("margin")) == {0.0}
     assert set(train.get_column("stage")) == {0}
 
@@ -61,7 +62,7 @@ def test_curriculum_breaks_margin_ties_by_pair_id(uf):
 def test_filter_mode_drops_the_small_margins(uf):
     plan = plan_routes(uf, mode="filter", threshold=0.5)
     train = plan.split("train")
-    assert train.height == 889
+    assert train.height == 886
     assert set(train.get_column("route")) == {"dpo"}
     assert train.get_column("margin").min() == 0.5
     assert plan.counts["dropped_by_reason"] == {"null_margin": 0, "below_threshold": 111}
@@ -322,7 +323,7 @@ def test_split_file_schema_and_row_groups(uf, tmp_path, monkeypatch):
     assert train.schema["route"] == pl.String
     assert train.schema["rank"] == pl.Int64
     assert train.schema["stage"] == pl.Int32
-    assert train.get_column("rank").to_list() == list(range(1000))  # rows in rank order
+    assert train.get_column("rank").to_list() == list(range(996))  # rows in rank order
     assert train.equals(plan.split())
     on_disk = json.loads((tmp_path / "out" / "plan.json").read_text())
     assert on_disk == document
