@@ -475,7 +475,7 @@ def check_new_dir(path: Path, *, force: bool) -> None:
         raise InputError(
             "output directory exists",
             where=path,
-            fix="pass --force to replace it, or choose another",
+            fix="pass --force (force=True from Python) to replace it, or choose another",
         )
     if exists and not path.is_dir():
         raise InputError("output path exists and is not a directory", where=path)

@@ -260,7 +260,7 @@ def test_sql_over_the_catalog_joins_runs_and_inputs(cli, uf1k, tmp_path):
         "--csv",
     )
     assert result.code == 0, result.err
-    assert result.out.splitlines() == ["mode,sft,rows", "filter,0,1000", "mixdpo,111,1000"]
+    assert result.out.splitlines() == ["mode,sft,rows", "filter,0,1000", "mixdpo,110,1000"]
     both = cli(
         "sql",
         "select count(*) as n, (select count(*) from runs) as runs from pairs where margin < 0.5",

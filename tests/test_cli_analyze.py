@@ -48,7 +48,7 @@ def test_show_ultrafeedback_threshold_with_out(cli, uf1k, tmp_path):
         "sft_fraction": None,
         "sft": 110,
         "dpo": 886,
-        "sft_share": 0.1104,
+        "sft_share": 0.110442,
         "unrouted": 0,
         "identical": 4,
     }

@@ -258,8 +258,8 @@ def test_killed_during_the_write_leaves_the_old_directory(cli, uf1k, tmp_path):
     assert result.code == 0, result.err
     assert not list(tmp_path.glob(".split.*"))  # the leftover is cleaned up
     plan = json.loads((out / "plan.json").read_text())
-    assert plan["threshold"] == 1.0 and plan["counts"]["sft"] == 304
-    assert pl.read_parquet(out / "train.parquet").height == 1000
+    assert plan["threshold"] == 1.0 and plan["counts"]["sft"] == 302
+    assert pl.read_parquet(out / "train.parquet").height == 996
 
 
 def test_killed_first_write_leaves_no_directory(cli, uf1k, tmp_path):

@@ -99,7 +99,7 @@ def test_export_from_an_existing_split_is_deterministic(uf1k, tmp_path):
     b = export_trl(out / "train.parquet", tmp_path / "b")
     assert a["dpo"].read_bytes() == b["dpo"].read_bytes()
     assert a["sft"].read_bytes() == b["sft"].read_bytes()
-    assert sum(1 for _ in a["sft"].open()) == 111 + 193
+    assert sum(1 for _ in a["sft"].open()) == 110 + 192  # margin < 1, chosen ≠ rejected
 
 
 def test_export_refuses_a_file_that_is_not_a_split(tmp_path):
