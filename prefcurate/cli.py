@@ -904,6 +904,10 @@ def train(
     print(train_summary(result))
 
 
+def _steps(n: int) -> str:
+    return "step" if n == 1 else f"{n} steps"
+
+
 def train_summary(result) -> str:
     """The lines ``train`` ends with: what was trained, each route's loss at the end, the model.
 
@@ -921,12 +925,11 @@ def train_summary(result) -> str:
     if s.get("loss/dpo:last") is not None:
         acc = s.get("rewards/accuracies:last")
         shown = "" if acc is None else f", rewards/accuracies {acc:.2f}"
-        window = s["window/dpo"]
-        ends.append(
-            f"loss/dpo {s['loss/dpo:last']:.4f}{shown} (last {window} steps with dpo pairs)"
-        )
+        steps = _steps(s["window/dpo"])
+        ends.append(f"loss/dpo {s['loss/dpo:last']:.4f}{shown} (last {steps} with dpo pairs)")
     if s.get("loss/sft:last") is not None:
-        ends.append(f"loss/sft {s['loss/sft:last']:.4f} (last {s['window/sft']} with sft pairs)")
+        steps = _steps(s["window/sft"])
+        ends.append(f"loss/sft {s['loss/sft:last']:.4f} (last {steps} with sft pairs)")
     if ends:
         lines.append("mean " + "; ".join(ends))
     lines.append(f"model in {result.model_dir}")

@@ -262,7 +262,8 @@ def margin_vs_length(
         colors = (
             NEUTRAL_COLOR if threshold is None else np.where(x < threshold, SFT_COLOR, DPO_COLOR)
         )
-        ax.scatter(x + jitter, y, s=6, c=colors, alpha=0.45, linewidths=0, rasterized=False)
+        size = 6 if n > 2_000 else 16  # a few points are drawn larger, to be seen
+        ax.scatter(x + jitter, y, s=size, c=colors, alpha=0.45, linewidths=0, rasterized=False)
     else:
         x_edges = _x_edges(x, grid)
         y_edges = np.linspace(y_lo, y_hi, 61)
@@ -448,9 +449,13 @@ def _medians_by_margin(
 
 
 def _thousands():
-    from matplotlib.ticker import StrMethodFormatter
+    """``1,500`` for large ticks, ``2.5`` for small fractional ones (never rounded to ``2``)."""
+    from matplotlib.ticker import FuncFormatter
 
-    return StrMethodFormatter("{x:,.0f}")
+    def label(x: float, _pos: int) -> str:
+        return f"{x:,.0f}" if abs(x) >= 1000 or float(x).is_integer() else f"{x:g}"
+
+    return FuncFormatter(label)
 
 
 def _percent_formatter():

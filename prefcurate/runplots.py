@@ -21,6 +21,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from prefcurate.errors import InputError  # noqa: E402
 
@@ -129,6 +130,7 @@ def plot_runs(
                            alpha=0.15, label="steps with sft pairs")  # fmt: skip
                 ax.legend(fontsize=8)
         ax.set_xlim(0.5, last_step + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
         if not ax.has_data():
             ax.text(0.5, 0.5, "no step logged a value", ha="center", va="center",
                     transform=ax.transAxes, color="grey")  # fmt: skip

@@ -203,9 +203,6 @@ def _train(
     logps.check_head()
     if config.allowed_token_ids is not None:
         check_allowed(pairs, config.allowed_token_ids, config.split_dir)
-    ref_chosen, ref_rejected = reference_for(pairs, policy, config, device, autocast)
-
-    # ---- optimizer, schedule, order
     curriculum = Curriculum(
         n_pairs=len(pairs),
         global_batch=config.batch_size * config.grad_accum * info.world_size,
@@ -215,6 +212,12 @@ def _train(
         seed=config.seed,
     )
     total = curriculum.total_steps
+    only = None
+    if total < curriculum.steps_per_epoch * config.epochs:  # --max-steps stops short
+        only = torch.unique(torch.cat([curriculum.step_pairs(s) for s in range(total)]))
+    ref_chosen, ref_rejected = reference_for(pairs, policy, config, device, autocast, only=only)
+
+    # ---- optimizer, schedule, order
     warmup = math.ceil(config.warmup_ratio * total)
     optimizer = torch.optim.AdamW(
         policy.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
