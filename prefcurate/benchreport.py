@@ -69,13 +69,16 @@ def render(result: dict[str, Any], console=None) -> None:
     if not console.is_terminal:  # piped to a file or a log: room for the whole table, uncut
         console = Console(file=console.file, width=max(console.width, 132))
     seeds = len(result["seeds"])
+    spread = "mean ± sd over seeds" if seeds > 1 else "no spread to show"
     table = Table(
-        title=f"prefcurate bench mixdpo — {seeds} seed(s), mean ± sd over seeds",
+        title=f"prefcurate bench mixdpo — {seeds} seed{'s' if seeds > 1 else ''}, {spread}",
         title_justify="left",
     )
     for i, name in enumerate(HEADER):  # arm names are never cut (three start with "mixdpo-")
         table.add_column(name, no_wrap=i == 0, justify="left" if i == 0 else "right")
     for cells in table_rows(result):
+        if seeds == 1:  # "± 0.000" of one seed says nothing, and wraps every cell at 80 columns
+            cells = [c.split(" ± ")[0] for c in cells]
         table.add_row(*cells)
     console.print(table)
     for line in gate_lines(result):

@@ -135,6 +135,17 @@ def show_traceback() -> None:
         traceback.print_exc(file=sys.stderr)
 
 
+def echo(text: str) -> None:
+    """A result line on stdout: wrapped between words to the window on a terminal (a plain
+    ``print`` breaks "curriculum" in two at column 80), exactly as is when piped."""
+    if sys.stdout.isatty():
+        from rich.console import Console
+
+        Console().print(text, markup=False, highlight=False)
+    else:
+        print(text)
+
+
 def run() -> None:
     """Console-script entry point."""
     sys.exit(main())
@@ -570,7 +581,7 @@ def route(
     if as_json:
         print(json.dumps(document, indent=2))
     else:
-        print(f"{plan.summary()} -> {out}")
+        echo(f"{plan.summary()} -> {out}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -762,7 +773,7 @@ def score(
     if as_json:
         print(json.dumps(document, indent=2))
     else:
-        print(f"{result.summary()} -> {out}")
+        echo(f"{result.summary()} -> {out}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -901,7 +912,7 @@ def train(
             if name != "step" and isinstance(value, int | float)
         ],
     )
-    print(train_summary(result))
+    echo(train_summary(result))
 
 
 def _steps(n: int) -> str:
@@ -1005,7 +1016,7 @@ def runs(
         rows.append(
             [run["run_id"], run["kind"], started, run["status"], data, run["summary"] or ""]
         )
-    _print_table(header, rows, title=f"runs in {cat.catalog_path(catalog)}")
+    _print_table(header, rows, title=f"runs in {cat.catalog_path(catalog)}", whole=("run_id",))
 
 
 @app.command()
@@ -1199,7 +1210,7 @@ def demo_command(
         cache_dir=cache_dir,
         force=force,
     )
-    print(result.summary())
+    echo(result.summary())
 
 
 def _cell(value: object, limit: int = 80) -> str:
@@ -1208,14 +1219,27 @@ def _cell(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _print_table(header: list[str], rows: list[list[str]], *, title: str | None = None) -> None:
-    """A rich table on a terminal; plain aligned columns when stdout is a pipe or file."""
+def _print_table(
+    header: list[str],
+    rows: list[list[str]],
+    *,
+    title: str | None = None,
+    whole: tuple[str, ...] = (),
+) -> None:
+    """A rich table on a terminal; plain aligned columns when stdout is a pipe or file.
+
+    Columns named in ``whole`` are never wrapped or cut (a run id must stay copyable).
+    """
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
     if console.is_terminal:
-        table = Table(*header, title=title, title_justify="left")
+        table = Table(title=title, title_justify="left")
+        for i, name in enumerate(header):
+            keep = name in whole
+            widest = max((len(str(row[i])) for row in rows), default=0) if keep else None
+            table.add_column(name, no_wrap=keep, min_width=widest)
         for row in rows:
             table.add_row(*(str(c) for c in row))
         console.print(table)

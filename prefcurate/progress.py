@@ -54,7 +54,7 @@ def bar(
     """A progress bar with rate and ETA; call ``progress.advance(task_id, n)``: task id is 0.
 
     With ``plain=True`` and stderr not a terminal, each update prints one line instead
-    (``bench mixdpo 2/9 arms (mixdpo-ties): 41 s elapsed``).
+    (``bench mixdpo 2/9 arms: seed 0: arm filter; 41 s elapsed``).
     """
     if plain and not stderr.is_terminal:
         yield _PlainLines(message, total, unit)
@@ -88,11 +88,11 @@ class _PlainLines:
         self.completed = self.completed if completed is None else completed
         description = fields.get("description")
         of = f"/{self.total:,}" if self.total is not None else ""
-        what = f" ({description})" if description and description != self.message else ""
+        what = f": {description}" if description and description != self.message else ""
         unit = f" {self.unit}" if self.unit else ""
         elapsed = time.monotonic() - self.started
         stderr.print(
-            f"{self.message} {self.completed:,.0f}{of}{unit}{what}: {elapsed:,.0f} s elapsed",
+            f"{self.message} {self.completed:,.0f}{of}{unit}{what}; {elapsed:,.0f} s elapsed",
             highlight=False,
             markup=False,
             soft_wrap=True,

@@ -142,13 +142,14 @@ def run_in_terminal(
     columns: int = 80,
     rows: int = 40,
     cwd: Path | None = None,
-    env: dict[str, str] | None = None,
+    env: dict[str, str | None] | None = None,
     timeout: float = 300.0,
 ) -> TerminalRun:
     """Run ``prefcurate ARGS`` with a pseudo-terminal of ``columns`` × ``rows`` as its tty."""
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
-    child_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in _OVERRIDES}
+    merged = {**os.environ, **(env or {})}  # a value of None unsets the variable
+    child_env = {k: v for k, v in merged.items() if k not in _OVERRIDES and v is not None}
     child_env["TERM"] = "xterm-256color"
     child_env.setdefault("PYTHONPATH", str(Path(__file__).resolve().parent.parent))
     started = time.monotonic()

