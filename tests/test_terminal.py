@@ -283,3 +283,16 @@ def test_the_first_catch_synth_on_a_terminal(tmp_path):
         run.check()
         assert "wrote 50 pairs to pairs.jsonl" in run.screen
         (tmp_path / "pairs.jsonl").unlink()
+
+
+def test_the_demo_on_a_terminal(tour):
+    """The README's first command, at a small size, on the tour's cached base policy."""
+    args = ["demo", "--out", "demo", "--pairs", "48", "--eval-prompts", "40", "--base-demos"]
+    run = run_in_terminal(
+        [*args, "200", "--cache-dir", str(tour.cache)], columns=80, cwd=tour.dir, timeout=600
+    ).check()
+    screen = " ".join(run.screen.split())
+    assert "prefcurate demo finished" in screen and "routed at τ = 0.5" in screen
+    for name in ("README.md", "report/margin_hist.png", "split/plan.json", "run/curves.png"):
+        assert (tour.dir / "demo" / name).exists(), name
+        assert f"demo/{name.split('/')[0]}" in screen
