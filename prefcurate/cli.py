@@ -1016,7 +1016,47 @@ def runs(
         rows.append(
             [run["run_id"], run["kind"], started, run["status"], data, run["summary"] or ""]
         )
-    _print_table(header, rows, title=f"runs in {cat.catalog_path(catalog)}", whole=("run_id",))
+    title = f"runs in {cat.catalog_path(catalog)}"
+    if _narrow_terminal():
+        _print_runs_as_blocks(rows, title=title)
+    else:
+        _print_table(header, rows, title=title, whole=("run_id",))
+
+
+#: Below this many columns a six-column table squeezes each cell to a few letters.
+WIDE_TABLE_COLUMNS = 120
+
+
+def _narrow_terminal() -> bool:
+    from rich.console import Console
+
+    console = Console()
+    return console.is_terminal and console.width < WIDE_TABLE_COLUMNS
+
+
+def _print_runs_as_blocks(rows: list[list[str]], *, title: str) -> None:
+    """On a narrow terminal, one block per run: id, kind, status and time, then input, summary."""
+    from rich.console import Console
+    from rich.padding import Padding
+    from rich.text import Text
+
+    console = Console()
+    console.print(Text(title, style="bold"))
+    for run_id, kind, started, status, data, summary in rows:
+        console.print()
+        console.print(
+            Text.assemble(
+                (run_id, "bold"),
+                "  ",
+                (kind, "cyan"),
+                "  ",
+                (status, "green" if status == "ok" else "yellow"),
+                f"  {started} UTC",
+            )
+        )
+        for line in (data, summary):
+            if line:
+                console.print(Padding(Text(line), (0, 0, 0, 2)))
 
 
 @app.command()

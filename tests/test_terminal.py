@@ -247,7 +247,8 @@ def test_runs_and_sql_show_what_the_tour_recorded(tour, wide):
     for t in (tour, wide):
         runs = t.screen("runs").screen
         for kind in ("analyze", "route") + (("train", "score") if t is tour else ()):
-            assert f" {kind} " in runs, kind
+            assert re.search(rf"\b{kind}-\d{{8}}-\d{{6}}-[0-9a-f]{{6}}\b", runs), kind  # ids whole
+        assert "886 dpo, 110 sft" in " ".join(runs.split())
         # the route run's sft count, by the catalog
         assert re.search(r"\b110\b", t.screen("sql", index=0).screen)
     ties = tour.screen("sql", index=1).screen
