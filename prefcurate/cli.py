@@ -903,7 +903,8 @@ def train(
         params=dataclasses.asdict(config),
         figures=result.to_dict(),
         outputs={"dir": str(result.run_dir), "model": str(result.model_dir)},
-        summary=f"{result.steps} steps on {split_dir}",
+        summary=f"{result.steps} steps on {split_dir}: {result.summary.get('pairs/dpo', 0)} dpo + "
+        f"{result.summary.get('pairs/sft', 0)} sft pairs",
         started_at=started_at,
         metrics=[
             {"step": row["step"], "name": name, "value": value}
