@@ -131,7 +131,7 @@ def chart(result: dict[str, Any], path: str | Path) -> Path:
         ax.bar(
             positions,
             [r[key] for r in rows],
-            yerr=[r[key + "_sd"] for r in rows],
+            yerr=[r[key + "_sd"] for r in rows] if seeds > 1 else None,
             color=colors,
             capsize=3,
         )
@@ -156,7 +156,8 @@ def chart(result: dict[str, Any], path: str | Path) -> Path:
         framealpha=0.9,
     )
     spread = "error bars: sd over seeds" if seeds > 1 else "one seed: no error bars"
-    fig.suptitle(f"MixDPO and baselines on the toy sorting task — {seeds} seeds; {spread}")
+    plural = "s" if seeds > 1 else ""
+    fig.suptitle(f"MixDPO and baselines on the toy sorting task — {seeds} seed{plural}; {spread}")
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -132,7 +132,8 @@ def plot_runs(
         ax.set_xlim(0.5, last_step + 0.5)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
         if not ax.has_data():
-            ax.text(0.5, 0.5, "no step logged a value", ha="center", va="center",
+            empty = {"loss/sft": "no sft pair in this run", "loss/dpo": "no dpo pair in this run"}
+            ax.text(0.5, 0.5, empty.get(key, "no value logged"), ha="center", va="center",
                     transform=ax.transAxes, color="grey")  # fmt: skip
         if ends:
             title += f"\nmean of the last 10% of its steps: {', '.join(ends)}"
