@@ -297,3 +297,29 @@ def test_the_demo_on_a_terminal(tour):
     for name in ("README.md", "report/margin_hist.png", "split/plan.json", "run/curves.png"):
         assert (tour.dir / "demo" / name).exists(), name
         assert f"demo/{name.split('/')[0]}" in screen
+
+
+def readme_python(readme: Path = REPO / "README.md") -> str:
+    """The README's Python snippet (the code block of its "## Python" section)."""
+    text = readme.read_text(encoding="utf-8")
+    block = text[text.index("## Python") :]
+    block = block[block.index("```python") + len("```python") :]
+    return block[: block.index("\n```")]
+
+
+@pytest.mark.slow
+def test_the_readme_python_snippet_runs_after_the_tour_and_again(tour):
+    """Run in the tour's folder (its outputs exist), twice: the CLI's figures both times."""
+    for _ in range(2):
+        done = subprocess.run(
+            [sys.executable, "-c", readme_python()],
+            cwd=tour.dir,
+            env={**os.environ, "PYTHONPATH": str(REPO), "PREFCURATE_CATALOG": "off"},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        assert lines[0] == "110 886"
+        assert lines[-1].split()[1] == "80"  # 20 steps of 4 pairs from the top: all dpo
