@@ -183,7 +183,7 @@ def test_analyze_and_route_read_the_scored_file(cli, hh_scored, tmp_path):
     assert split.filter(pl.col("chosen") == pl.col("rejected")).height == 0
     plan = json.loads((tmp_path / "split" / "plan.json").read_text())
     assert plan["counts"]["dropped_by_reason"]["identical"] == 1 and split.height == 300
-    assert split.filter(pl.col("margin") < 0.05)["route"].unique().to_list() == ["sft"]
+    assert set(split.filter(pl.col("margin") < 0.05)["route"]) <= {"sft"}
 
 
 def test_a_second_run_is_served_from_the_cache_with_the_same_bytes(hh_scored):
