@@ -289,6 +289,8 @@ def plan_routes(
 
     routes_by_margin = mode in (Mode.MIXDPO, Mode.FILTER)
     kept = pl.col("_drop").is_null()
+    if keys.filter(kept).height == 0:  # before the margin check: its message would mislead
+        raise _nothing_left(source, reasons)
     if wants_margin:
         if keys.filter(kept & pl.col("margin").is_not_null()).height == 0:
             raise no_margin_error(source.raw.display)
@@ -297,9 +299,7 @@ def plan_routes(
         reasons[NULL_MARGIN] = int(nulls.sum())
         keys = _mark(keys, nulls, NULL_MARGIN)
     if keys.filter(kept).height == 0:
-        raise InputError(
-            "no pairs left after --drop", where=source.raw.display, fix="loosen the predicates"
-        )
+        raise _nothing_left(source, reasons)
 
     if sft_fraction is not None:
         threshold = threshold_for_fraction(keys.filter(kept).get_column("margin"), sft_fraction)
@@ -441,6 +441,15 @@ def _check_args(
             fix="for example --eval-fraction 0.05 holds out 5% of the pairs",
         )
     return stages
+
+
+def _nothing_left(source: PairSource, reasons: dict[str, int]) -> InputError:
+    why = ", ".join(f"{n} {reason}" for reason, n in reasons.items() if n)
+    return InputError(
+        f"no pairs left to route ({why} dropped)",
+        where=source.raw.display,
+        fix="loosen the --drop predicates, or check the data (identical: chosen = rejected)",
+    )
 
 
 def _mark(keys: pl.DataFrame, mask: pl.Series, reason: str) -> pl.DataFrame:
