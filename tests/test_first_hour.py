@@ -208,3 +208,28 @@ def test_json_errors_read_as_a_sentence():
     with pytest.raises(json.JSONDecodeError) as info:
         json.loads("")
     assert json_problem(info.value) == "expecting value at column 1"
+
+
+# --------------------------------------------------------------------------------------------------
+# progress
+
+
+def test_long_work_prints_plain_progress_lines_when_not_a_terminal(capsys):
+    """bench mixdpo's bar, with stderr redirected: one line per update instead of silence."""
+    from prefcurate.progress import bar
+
+    with bar("bench mixdpo", 9, unit="arms", plain=True) as progress:
+        progress.update(0, completed=0, description="base policy (trained once, cached)")
+        progress.update(0, completed=2, description="seed 0: arm sft")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("bench mixdpo 0/9 arms: base policy (trained once, cached); ")
+    assert lines[1].startswith("bench mixdpo 2/9 arms: seed 0: arm sft; ")
+    assert all(line.endswith(" s elapsed") for line in lines) and len(lines) == 2
+
+
+def test_short_work_stays_silent_when_not_a_terminal(capsys):
+    from prefcurate.progress import bar
+
+    with bar("writing plots", 4) as progress:
+        progress.advance(0)
+    assert capsys.readouterr().err == ""

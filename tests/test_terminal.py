@@ -266,6 +266,7 @@ def test_bench_prints_its_table_and_writes_its_files(tour):
     assert "wrote bench/results.json, bench/results.md, bench/chart.png" in screen
 
 
+@pytest.mark.slow  # the same lines, in-process: tests/test_first_hour.py
 def test_bench_prints_plain_progress_lines_when_piped(tour):
     """Not a terminal: one line per arm on stderr, as train does, instead of nine silent minutes."""
     args = small(["bench", "mixdpo", "--out", "bench-piped"], tour.cache)
