@@ -317,7 +317,11 @@ def analyze_frame(
     if (threshold is not None or sft_fraction is not None) and margin_values.len() == 0:
         raise margin_defs.no_margin_error()
     if sft_fraction is not None:
-        threshold = margin_defs.threshold_for_fraction(df.get_column("margin"), sft_fraction)
+        # over the pairs route would route: those with chosen ≠ rejected (route drops the rest)
+        routable = df.filter(~pl.col("identical")).get_column("margin")
+        if routable.drop_nulls().len() == 0:  # every rated pair is identical: route refuses it
+            routable = df.get_column("margin")
+        threshold = margin_defs.threshold_for_fraction(routable, sft_fraction)
 
     return Report(
         rows=df.height,
