@@ -1054,9 +1054,9 @@ def bench_mixdpo(
     """
     from rich.console import Console
 
-    from prefcurate.bench import BenchConfig, run_bench
-    from prefcurate.benchreport import render, write_outputs
     from prefcurate.progress import bar, stderr
+    from prefcurate.recipes.bench import BenchConfig, run_bench
+    from prefcurate.recipes.benchreport import render, write_outputs
 
     chosen = tuple(a.strip() for a in arms.split(",")) if arms else None
     config = BenchConfig(
@@ -1096,7 +1096,7 @@ def demo_command(
     Example:
         prefcurate demo --out prefcurate-demo
     """
-    from prefcurate.demo import run_demo
+    from prefcurate.recipes.demo import run_demo
 
     print(run_demo(out, pairs=pairs, force=force).summary())
 

@@ -1,8 +1,8 @@
 """``prefcurate demo``: the whole pipeline on the built-in toy task, in about a minute on a CPU.
 
 A newcomer's first command. It makes preference pairs for the sorting task of
-:mod:`prefcurate.toytask` (sampled from the cached base policy, labelled by noisy ratings), then
-runs the same library functions as the commands a user would type next:
+:mod:`prefcurate.recipes.toytask` (sampled from the cached base policy, labelled by noisy
+ratings), then runs the same library functions as the commands a user would type next:
 
 1. ``analyze`` — margins, ties, inversions → ``report/report.json`` and PNG plots;
 2. ``route --threshold 0.5`` — MixDPO's split, curriculum order → ``split/`` (+ plots);
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefcurate.basepolicy import BaseConfig
 from prefcurate.errors import InputError
+from prefcurate.recipes.basepolicy import BaseConfig
 
 #: The demo routes exactly the ties, as the paper's main setting does on UltraFeedback.
 THRESHOLD = 0.5
@@ -69,8 +69,8 @@ def run_demo(
     """Run the demo into ``out``; see the module docstring. Returns paths and figures."""
     import torch
 
-    from prefcurate.bench import EVAL_SEED, BenchConfig, Environment, make_pairs, pair_stats
     from prefcurate.progress import stderr
+    from prefcurate.recipes.bench import EVAL_SEED, BenchConfig, Environment, make_pairs, pair_stats
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -208,7 +208,7 @@ def _route(data: Path, split: Path, seed: int, quiet: bool):
 
 
 def _train(config, env, split: Path, run_dir: Path, seed: int, quiet: bool):
-    from prefcurate.bench import arm_config
+    from prefcurate.recipes.bench import arm_config
     from prefcurate.runplots import plot_runs
     from trainers.loop import train
     from trainers.progress import Reporter, RichReporter

@@ -7,7 +7,7 @@ of a short run, so it is cached on disk under ``<cache>/basepolicy/<key>/`` wher
 
 It is trained with prefcurate's own pieces: the demonstrations are routed all-``sft`` by
 :func:`prefcurate.route.plan_routes` and trained by :func:`trainers.loop.train`, with the model's
-outputs restricted to the task's alphabet (:func:`prefcurate.toytask.allowed_token_ids`).
+outputs restricted to the task's alphabet (:func:`prefcurate.recipes.toytask.allowed_token_ids`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from prefcurate import toytask
+from prefcurate.recipes import toytask
 
 #: Bump when the task or the recipe changes meaning, so old cached policies are not reused.
 TASK_VERSION = 1
