@@ -315,7 +315,7 @@ def analyze_command(
     from datetime import datetime, timezone
 
     from prefcurate.analyze import analyze, check_routing_args
-    from prefcurate.io import check_new_dir
+    from prefcurate.atomic import check_new_dir
     from prefcurate.progress import status
     from prefcurate.report import print_json, render_report
 
@@ -359,7 +359,7 @@ def analyze_command(
 
 def _write_report_dir(report, out: Path, *, force: bool, quiet: bool) -> None:
     """report.json and the PNGs, all or nothing (an atomic directory)."""
-    from prefcurate.io import atomic_dir
+    from prefcurate.atomic import atomic_dir
     from prefcurate.plots import PLOT_FILES, write_plots
     from prefcurate.progress import bar, stderr
 
@@ -487,7 +487,7 @@ def route(
     import json
     from datetime import datetime, timezone
 
-    from prefcurate.io import check_new_dir
+    from prefcurate.atomic import check_new_dir
     from prefcurate.progress import status
     from prefcurate.route import plan_routes, write_route, write_split_plots
 
@@ -667,7 +667,8 @@ def score(
     from datetime import datetime, timezone
 
     from prefcurate.progress import bars
-    from prefcurate.score import check_output, score_pairs, write_scores
+    from prefcurate.recipes.score import score_pairs
+    from prefcurate.score import check_output, write_scores
 
     started_at = datetime.now(timezone.utc)  # noqa: UP017
     if out is None:

@@ -40,9 +40,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from prefcurate.atomic import atomic_dir
 from prefcurate.catalog import duckdb_message
 from prefcurate.errors import InputError
-from prefcurate.io import PAIR_COLUMNS, PairSource, atomic_dir
+from prefcurate.io import PAIR_COLUMNS, PairSource
 from prefcurate.layouts import ISSUE, ROW
 from prefcurate.margins import (
     check_fraction,

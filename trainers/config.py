@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
+from prefcurate.cachedir import default_cache_dir
 from prefcurate.errors import InputError
-from trainers import cache
 from trainers.losses import PREFERENCE_LOSSES
 
 #: ``--lr-schedule`` values: after the linear warmup, cosine decay to 0, or the peak held constant.
@@ -61,7 +61,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.split_dir, self.out = Path(self.split_dir), Path(self.out)
-        self.cache_dir = Path(self.cache_dir) if self.cache_dir else cache.default_cache_dir()
+        self.cache_dir = Path(self.cache_dir) if self.cache_dir else default_cache_dir()
 
     def validate(self) -> None:
         """Refuse impossible settings with an :class:`InputError` naming the flag."""

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from prefcurate.atomic import atomic_dir
 from prefcurate.errors import InputError, PrefcurateError
-from prefcurate.io import atomic_dir
 from trainers import dist
 from trainers.checkpoint import (
     latest_checkpoint,

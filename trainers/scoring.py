@@ -39,8 +39,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from prefcurate.errors import InputError
-from prefcurate.score import FLAGS
-from prefcurate.score_cache import ModelIdentity
+from prefcurate.scorespec import FLAGS, ModelIdentity
 from trainers import cache
 from trainers.config import resolve_device
 from trainers.data import (

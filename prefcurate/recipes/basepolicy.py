@@ -67,7 +67,7 @@ def base_policy(
     ``exclude`` are prompts the demonstrations must not use (the held-out prompts); they are part
     of the cache key.
     """
-    from trainers.cache import default_cache_dir
+    from prefcurate.cachedir import default_cache_dir
 
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     target = root / "basepolicy" / config.key(exclude)

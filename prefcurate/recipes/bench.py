@@ -170,8 +170,8 @@ class Environment:
 
     @classmethod
     def build(cls, config: BenchConfig) -> Environment:
+        from prefcurate.cachedir import default_cache_dir
         from prefcurate.recipes.basepolicy import base_policy
-        from trainers.cache import default_cache_dir
         from trainers.model import build_tiny
 
         cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()

@@ -186,7 +186,8 @@ def _status(message: str, quiet: bool):
 
 def _analyze(data: Path, report_dir: Path, quiet: bool) -> Path:
     from prefcurate.analyze import analyze
-    from prefcurate.io import atomic_dir, open_pairs
+    from prefcurate.atomic import atomic_dir
+    from prefcurate.io import open_pairs
     from prefcurate.plots import PLOT_FILES, write_plots
     from prefcurate.progress import bar
 
