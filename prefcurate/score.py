@@ -134,6 +134,8 @@ class ScoreResult:
     world_size: int = 1
     pairs: int = 0
     margin: dict[str, Any] = field(default_factory=dict)
+    #: The run's settings as given (models, batching, device, precision), for the catalog.
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def metadata(self) -> dict[str, Any]:
         """What OUT's footer records: reproducible (no timings, no cache hit counts)."""
@@ -154,6 +156,16 @@ class ScoreResult:
                 }
                 for run in self.runs
             ],
+        }
+
+    def params(self) -> dict[str, Any]:
+        """The run's parameters, as the catalog records them."""
+        models = ("reward_model", "reference", "embedding")
+        return {
+            "layout": self.layout,
+            **{k: self.settings.get(k) for k in models},
+            "as_margin": self.as_margin,
+            **{k: v for k, v in self.settings.items() if k not in models},
         }
 
     def to_dict(self) -> dict[str, Any]:

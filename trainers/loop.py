@@ -39,8 +39,9 @@ from trainers.checkpoint import (
     remove_partial,
     save_checkpoint,
 )
-from trainers.config import TrainConfig, TrainResult, autocast_factory, resolve_device
+from trainers.config import TrainConfig, TrainResult
 from trainers.data import Curriculum, collate, read_split
+from trainers.device import autocast_factory, resolve_device
 from trainers.logps import SequenceLogps, check_allowed
 from trainers.model import LoadedModel, describe, load_model
 from trainers.objective import STAT_KEYS, Objective, step_metrics

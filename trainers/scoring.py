@@ -41,7 +41,6 @@ from transformers.utils import logging as hf_logging
 from prefcurate.errors import InputError
 from prefcurate.scorespec import FLAGS, ModelIdentity
 from trainers import cache
-from trainers.config import resolve_device
 from trainers.data import (
     Ragged,
     TokenizedPairs,
@@ -51,6 +50,7 @@ from trainers.data import (
     render_response,
     truncate_pair,
 )
+from trainers.device import resolve_device
 from trainers.logps import SequenceLogps
 from trainers.model import (
     TINY,

@@ -90,6 +90,16 @@ def score_pairs(
         cache=cache,
         cache_dir=cache_dir,
     )
+    settings = {
+        "reward_model": reward_model,
+        "reference": reference,
+        "embedding": embedding,
+        "batch_size": batch_size,
+        "max_tokens_per_batch": max_tokens_per_batch,
+        "max_length": max_length,
+        "device": device,
+        "precision": precision,
+    }
     if batch_size is None and max_tokens_per_batch is None:
         max_tokens_per_batch = 16_384
     request = {
@@ -122,6 +132,7 @@ def score_pairs(
         layout=str(source.layout),
         world_size=world_size,
         pairs=frame.height,
+        settings=settings,
     )
     if main:
         result.frame = assemble(frame, values, as_margin)
