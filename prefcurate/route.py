@@ -28,10 +28,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -46,8 +45,7 @@ from prefcurate.errors import InputError
 from prefcurate.io import PAIR_COLUMNS, PairSource
 from prefcurate.layouts import ISSUE, ROW
 from prefcurate.margins import (
-    check_fraction,
-    check_threshold,
+    check_routing_args,
     difficulty_expr,
     no_margin_error,
     threshold_for_fraction,
@@ -88,10 +86,6 @@ EVAL_STRATA = 10
 NULL_MARGIN = "null_margin"
 BELOW_THRESHOLD = "below_threshold"
 DROP_PREFIX = "drop: "
-
-#: Test hook: when set to a path, the writer creates that file after the first row group of
-#: train.parquet and then sleeps, so a test can kill the process in the middle of the write.
-PAUSE_ENV = "PREFCURATE_TEST_PAUSE_IN_WRITE"
 
 
 class Mode(str, Enum):
@@ -404,15 +398,7 @@ def _check_args(
     stages: int | None,
     eval_fraction: float | None,
 ) -> int:
-    if threshold is not None and sft_fraction is not None:
-        raise InputError(
-            "--threshold and --sft-fraction both given",
-            fix="pass one: τ itself, or the share of hardest pairs to route to SFT",
-        )
-    if threshold is not None:
-        check_threshold(threshold)
-    if sft_fraction is not None:
-        check_fraction(sft_fraction)
+    check_routing_args(threshold, sft_fraction)
     if mode in (Mode.MIXDPO, Mode.FILTER) and threshold is None and sft_fraction is None:
         raise InputError(
             f"--mode {mode} routes by margin and needs a threshold",
@@ -645,31 +631,27 @@ def _counts(
 # --------------------------------------------------------------------------------------------------
 # writing
 
-PlotsHook = Callable[[RoutePlan, Path], None]
-
-
 def write_route(
     plan: RoutePlan,
     out_dir: str | Path,
     *,
     force: bool = False,
     export: str | None = None,
-    plots: PlotsHook | None = None,
+    plots: bool = False,
 ) -> dict[str, Any]:
     """Write train.parquet (+ eval.parquet, TRL files, plots) and plan.json into ``out_dir``.
 
     The directory appears atomically: a killed run leaves the old ``out_dir`` or the new complete
     one, never a mix; an existing ``out_dir`` needs ``force``. The same plan gives byte-identical
     Parquet files. ``export='trl'`` adds dpo.jsonl / sft.jsonl (:mod:`prefcurate.export`).
-    ``plots(plan, directory)`` writes the figures into the directory being built. Returns the
+    ``plots`` adds the analyze plots of the routed pairs (:func:`write_split_plots`). Returns the
     plan.json it wrote.
     """
-    if export not in (None, "trl"):
-        raise InputError(f"--export must be 'trl', got {export!r}")
+    check_export(export)
     out_dir = Path(out_dir)
     outputs: dict[str, Any] = {"train": "train.parquet", "eval": None}
     with atomic_dir(out_dir, force=force) as tmp:
-        write_split(plan, "train", tmp / "train.parquet", pause_for_tests=True)
+        write_split(plan, "train", tmp / "train.parquet")
         if plan.eval_fraction is not None:
             write_split(plan, "eval", tmp / "eval.parquet")
             outputs["eval"] = "eval.parquet"
@@ -678,17 +660,20 @@ def write_route(
 
             files = export_trl(tmp / "train.parquet", tmp)
             outputs["trl"] = {name: path.name for name, path in files.items()}
-        # plots: the analyze plots with the split marked (prefcurate.plots; wired by the CLI).
-        if plots is not None:
-            plots(plan, tmp)
+        if plots:
+            write_split_plots(plan, tmp)
         document = plan.to_json(outputs)
         (tmp / "plan.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     return document
 
 
-def write_split(
-    plan: RoutePlan, name: str, path: str | Path, *, pause_for_tests: bool = False
-) -> int:
+def check_export(export: str | None) -> None:
+    """``--export`` names a format prefcurate writes (only ``trl``), or nothing."""
+    if export not in (None, "trl"):
+        raise InputError(f"--export must be 'trl', got {export!r}")
+
+
+def write_split(plan: RoutePlan, name: str, path: str | Path) -> int:
     """Write split ``name`` to ``path`` in rank order, one row group at a time; return its rows.
 
     The rank-ordered chunks are a Polars source (gathered in a thread, one chunk ahead) feeding
@@ -703,10 +688,7 @@ def write_split(
     schema = plan.texts.empty(keys).schema
 
     def chunks(with_columns, predicate, n_rows, batch_size) -> Iterator[pl.DataFrame]:
-        for i, chunk in enumerate(_prefetch(_split_chunks(plan, keys, ROW_GROUP_ROWS))):
-            yield chunk
-            if pause_for_tests and i == 0:
-                _pause_for_tests()
+        yield from _prefetch(_split_chunks(plan, keys, ROW_GROUP_ROWS))
 
     source = register_io_source(chunks, schema=schema)
     source.sink_parquet(str(path), **PARQUET_OPTIONS, row_group_size=ROW_GROUP_ROWS)
@@ -810,13 +792,6 @@ def _prefetch(items: Iterator[Any]) -> Iterator[Any]:
                 return
             pending = pool.submit(next, items, done)
             yield item
-
-
-def _pause_for_tests() -> None:
-    ready = os.environ.get(PAUSE_ENV)
-    if ready:
-        Path(ready).write_text(str(os.getpid()))
-        time.sleep(60)
 
 
 # --------------------------------------------------------------------------------------------------

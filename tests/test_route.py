@@ -354,13 +354,10 @@ def test_existing_directory_needs_force(uf, tmp_path):
     assert json.loads((out / "plan.json").read_text())["threshold"] == 1.0
 
 
-def test_plots_hook_writes_into_the_directory_being_built(uf, tmp_path):
-    seen = {}
-
-    def plots(plan, directory):
-        seen["threshold"] = plan.threshold
-        (directory / "margins.png").write_bytes(b"png")
-
-    write_route(plan_routes(uf, threshold=0.5), tmp_path / "o", plots=plots)
-    assert seen == {"threshold": 0.5}
-    assert (tmp_path / "o" / "margins.png").read_bytes() == b"png"
+def test_plots_are_written_into_the_split_directory_only_when_asked(uf, tmp_path):
+    write_route(plan_routes(uf, threshold=0.5), tmp_path / "bare")
+    assert sorted(p.name for p in (tmp_path / "bare").iterdir()) == ["plan.json", "train.parquet"]
+    write_route(plan_routes(uf, threshold=0.5), tmp_path / "o", plots=True)
+    written = {p.name for p in (tmp_path / "o").iterdir()}
+    assert {"margin_hist.png", "margin_cdf.png", "lengths.png"} <= written
+    assert (tmp_path / "o" / "margin_hist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -33,7 +33,6 @@ import torch.nn.functional as F
 from transformers import (
     AutoModel,
     AutoModelForSequenceClassification,
-    AutoTokenizer,
     PreTrainedTokenizerBase,
 )
 from transformers.utils import logging as hf_logging
@@ -58,6 +57,7 @@ from trainers.model import (
     directory_fingerprint,
     load_model,
     load_pretrained,
+    load_tokenizer,
     read_config,
     weights_format,
 )
@@ -128,7 +128,7 @@ def inspect_model(
         config = read_config(path, trust_remote_code=trust_remote_code, fix=fix)
         architecture = _check_kind(kind, config, path)
         weights_format(path, allow_pickle=allow_pickle, quiet=True)  # warned at load
-        tokenizer = _load_tokenizer(path, trust_remote_code)
+        tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
         if kind == EMBEDDING:
             pooling, st_limit = _sentence_transformers(path)
         fingerprint = directory_fingerprint(path)
@@ -200,19 +200,6 @@ def _check_kind(kind: str, config, path: Path) -> str:
     if not ok:
         raise InputError(f"{FLAGS[kind]} needs {NEEDS[kind]}, not {shown}", where=path)
     return shown
-
-
-def _load_tokenizer(path: Path, trust_remote_code: bool) -> PreTrainedTokenizerBase:
-    try:
-        return AutoTokenizer.from_pretrained(
-            path, local_files_only=True, trust_remote_code=trust_remote_code
-        )
-    except (ValueError, OSError, TypeError) as exc:
-        raise InputError(
-            "no usable tokenizer in the model directory",
-            where=path,
-            fix="save the tokenizer beside the model with tokenizer.save_pretrained(path)",
-        ) from exc
 
 
 def _sentence_transformers(path: Path) -> tuple[str, int | None]:

@@ -52,8 +52,9 @@ def analyze_command(
     """
     from datetime import datetime, timezone
 
-    from prefcurate.analyze import analyze, check_routing_args
+    from prefcurate.analyze import analyze
     from prefcurate.atomic import check_new_dir
+    from prefcurate.margins import check_routing_args
     from prefcurate.plots import PLOT_FILES, write_report_dir
     from prefcurate.progress import bar, status, stderr
     from prefcurate.report import print_json, render_report
@@ -199,14 +200,13 @@ def route(
 
     from prefcurate.atomic import check_new_dir
     from prefcurate.progress import status
-    from prefcurate.route import plan_routes, write_route, write_split_plots
+    from prefcurate.route import check_export, plan_routes, write_route
 
     started_at = datetime.now(timezone.utc)  # noqa: UP017
     if out is None:
         raise InputError("--out is required", fix="pass --out DIR for the split files")
     check_new_dir(out, force=force)  # before reading anything: fail fast, write nothing
-    if export is not None and export != "trl":
-        raise InputError(f"--export must be 'trl', got {export!r}")
+    check_export(export)
     with status("reading and routing"):
         pairs = columns.open(data, seed=seed)
         plan = plan_routes(
@@ -221,7 +221,7 @@ def route(
             seed=seed,
         )
     with status(f"writing {out}"):
-        document = write_route(plan, out, force=force, export=export, plots=write_split_plots)
+        document = write_route(plan, out, force=force, export=export, plots=True)
     params = {
         k: v for k, v in document.items() if k not in ("version", "input", "counts", "outputs")
     }

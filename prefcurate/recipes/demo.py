@@ -200,11 +200,11 @@ def _analyze(data: Path, report_dir: Path, quiet: bool) -> Path:
 
 def _route(data: Path, split: Path, seed: int, quiet: bool):
     from prefcurate.io import open_pairs
-    from prefcurate.route import plan_routes, write_route, write_split_plots
+    from prefcurate.route import plan_routes, write_route
 
     with _status(f"route: MixDPO at τ = {THRESHOLD}, curriculum order", quiet):
         plan = plan_routes(open_pairs(data), mode="mixdpo", threshold=THRESHOLD, seed=seed)
-        write_route(plan, split, plots=write_split_plots)
+        write_route(plan, split, plots=True)
     return plan
 
 
