@@ -222,11 +222,11 @@ def test_bad_data_is_located_by_the_loader(cli, tmp_path):
 PAUSED_ROUTE = """
 import sys, time
 from pathlib import Path
-import prefcurate.route as route
+import prefcurate.splitwriter as writer
 from prefcurate.cli import main
 
 ready, args = Path(sys.argv[1]), sys.argv[2:]
-chunks = route._split_chunks
+chunks = writer.split_chunks
 
 def paused(*a, **k):
     for i, chunk in enumerate(chunks(*a, **k)):
@@ -235,7 +235,7 @@ def paused(*a, **k):
             ready.write_text("paused")
             time.sleep(60)
 
-route._split_chunks = paused
+writer.split_chunks = paused
 sys.exit(main(args))
 """
 
