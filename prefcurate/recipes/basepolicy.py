@@ -108,18 +108,17 @@ def demonstration_rows(config: BaseConfig, exclude: frozenset[str]) -> list[dict
 
 
 def _train(config: BaseConfig, work: Path, cache_dir: Path, exclude, reporter) -> None:
-    from prefcurate.io import open_pairs
-    from prefcurate.route import Mode, Order, plan_routes, write_route
-    from trainers.loop import TrainConfig, train
+    from prefcurate.recipes.pipeline import route_and_train
+    from prefcurate.route import Mode, Order
+    from trainers.config import TrainConfig
     from trainers.model import build_tiny
 
     data = work / "demos.jsonl"
     rows = demonstration_rows(config, exclude)
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    plan = plan_routes(open_pairs(data), mode=Mode.SFT, order=Order.RANDOM, seed=config.seed)
-    write_route(plan, work / "split")
     tokenizer = build_tiny(config.seed).tokenizer
-    train(
+    route_and_train(
+        data,
         TrainConfig(
             split_dir=work / "split",
             model="tiny",
@@ -133,4 +132,7 @@ def _train(config: BaseConfig, work: Path, cache_dir: Path, exclude, reporter) -
             allowed_token_ids=toytask.allowed_token_ids(tokenizer),
         ),
         reporter=reporter,
+        mode=Mode.SFT,
+        order=Order.RANDOM,
+        seed=config.seed,
     )

@@ -288,9 +288,7 @@ def run_seed(
     config: BenchConfig, env: Environment, seed: int, say: Callable[..., None]
 ) -> dict[str, Any]:
     """One seed: pairs, the base policy's two evaluation draws, then every arm."""
-    from prefcurate.io import open_pairs
-    from prefcurate.route import plan_routes, write_route
-    from trainers.loop import train
+    from prefcurate.recipes.pipeline import route_and_train
     from trainers.model import load_model
 
     directory = config.out / f"seed-{seed}"
@@ -315,26 +313,22 @@ def run_seed(
     arms: dict[str, Any] = {}
     for arm in (a for a in ARMS if a.name in config.arms):
         say(f"seed {seed}: arm {arm.name}")
-        plan = plan_routes(
-            open_pairs(oracle if arm.oracle else data),
+        plan, result = route_and_train(
+            oracle if arm.oracle else data,
+            arm_config(
+                config,
+                env,
+                split=directory / arm.name / "split",
+                out=directory / arm.name / "run",
+                seed=seed,
+                label_smoothing=config.label_smoothing if arm.mode != "sft" else 0.0,
+                nll_weight=arm.nll_weight,
+            ),
             mode=arm.mode,
             threshold=arm.threshold,
             sft_fraction=arm.sft_fraction,
             order=arm.order,
             seed=seed,
-        )
-        split = directory / arm.name / "split"
-        write_route(plan, split)
-        result = train(
-            arm_config(
-                config,
-                env,
-                split=split,
-                out=directory / arm.name / "run",
-                seed=seed,
-                label_smoothing=config.label_smoothing if arm.mode != "sft" else 0.0,
-                nll_weight=arm.nll_weight,
-            )
         )
         policy = load_model(str(result.model_dir))
         samples = env.sample(config, policy, env.eval_prompts, seed=eval_seed)

@@ -186,26 +186,22 @@ def _status(message: str, quiet: bool):
 
 def _analyze(data: Path, report_dir: Path, quiet: bool) -> Path:
     from prefcurate.analyze import analyze
-    from prefcurate.atomic import atomic_dir
     from prefcurate.io import open_pairs
-    from prefcurate.plots import PLOT_FILES, write_plots
+    from prefcurate.plots import PLOT_FILES, write_report_dir
     from prefcurate.progress import bar
 
     report = analyze(open_pairs(data), threshold=THRESHOLD)
-    with atomic_dir(report_dir) as tmp, bar("analyze: plots", len(PLOT_FILES)) as progress:
-        (tmp / "report.json").write_text(report.to_json(), encoding="utf-8")
-        write_plots(report, tmp, threshold=THRESHOLD, on_written=lambda _: progress.advance(0))
+    with bar("analyze: plots", len(PLOT_FILES)) as progress:
+        advance = progress.advance
+        write_report_dir(report, report_dir, threshold=THRESHOLD, on_written=lambda _: advance(0))
     return report_dir
 
 
 def _route(data: Path, split: Path, seed: int, quiet: bool):
-    from prefcurate.io import open_pairs
-    from prefcurate.route import plan_routes, write_route
+    from prefcurate.recipes.pipeline import route_file
 
     with _status(f"route: MixDPO at τ = {THRESHOLD}, curriculum order", quiet):
-        plan = plan_routes(open_pairs(data), mode="mixdpo", threshold=THRESHOLD, seed=seed)
-        write_route(plan, split, plots=True)
-    return plan
+        return route_file(data, split, plots=True, mode="mixdpo", threshold=THRESHOLD, seed=seed)
 
 
 def _train(config, env, split: Path, run_dir: Path, seed: int, quiet: bool):
