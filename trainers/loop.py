@@ -46,7 +46,7 @@ from trainers.logps import SequenceLogps, check_allowed
 from trainers.model import LoadedModel, describe, load_model
 from trainers.objective import STAT_KEYS, Objective, step_metrics
 from trainers.prepare import reference_for, tokenized_pairs
-from trainers.progress import Reporter
+from trainers.reporter import Reporter
 
 __all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "train"]
 

@@ -72,10 +72,10 @@ def train(config: TrainConfig, catalog: CatalogOpt = None) -> None:
     Example:
         prefcurate train splits/uf --model tiny --out runs/tiny --max-length 256 --lr 1e-3
     """
+    from prefcurate.progress import RichReporter
     from prefcurate.runplots import read_metrics
     from trainers.loop import NonFiniteLossError
     from trainers.loop import train as run_training
-    from trainers.progress import RichReporter
 
     started_at = datetime.now(timezone.utc)  # noqa: UP017
     try:

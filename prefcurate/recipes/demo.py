@@ -205,10 +205,11 @@ def _route(data: Path, split: Path, seed: int, quiet: bool):
 
 
 def _train(config, env, split: Path, run_dir: Path, seed: int, quiet: bool):
+    from prefcurate.progress import RichReporter
     from prefcurate.recipes.bench import arm_config
     from prefcurate.runplots import plot_runs
     from trainers.loop import train
-    from trainers.progress import Reporter, RichReporter
+    from trainers.reporter import Reporter
 
     result = train(
         arm_config(config, env, split=split, out=run_dir, seed=seed),

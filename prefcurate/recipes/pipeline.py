@@ -17,7 +17,7 @@ from prefcurate.route import RoutePlan, plan_routes, write_route
 
 if TYPE_CHECKING:
     from trainers.config import TrainConfig, TrainResult
-    from trainers.progress import Reporter
+    from trainers.reporter import Reporter
 
 
 def route_file(
