@@ -219,81 +219,29 @@ def plan_routes(
     sft_fraction = None if sft_fraction is None else float(sft_fraction)
     stages = _check_args(mode, threshold, sft_fraction, order, stages, eval_fraction)
     wants_margin = threshold is not None or sft_fraction is not None
-    if wants_margin and not source.has_margins:
-        raise no_margin_error(source.raw.display)
-    if order is Order.CURRICULUM and not source.has_margins:
-        raise InputError(
-            "curriculum order sorts by margin, and the data has no margins",
-            where=source.raw.display,
-            fix="pass --order as-is or --order random, or compute margins with 'prefcurate score'",
-        )
+    _check_margins_needed(source, order, wants_margin)
+
     scan = source.scan_rows()
     _check_predicates(drop, source.scan().collect_schema())
-
     digest = _HashThread(source)
     narrow = _narrow(source, scan)
     input_info = digest.result(rows=narrow.height)
 
-    keys = narrow.select("_pos", "pair_id", "margin", "difficulty", "_bytes").with_columns(
-        pl.lit(None, dtype=pl.String).alias("_drop")
-    )
     reasons: dict[str, int] = {}
-    for predicate in drop:
-        matched = _predicate_matches(_predicate_frame(scan, narrow, predicate), predicate)
-        newly = keys.get_column("_drop").is_null() & keys.get_column("_pos").is_in(
-            matched.implode()
-        )
-        reasons[DROP_PREFIX + predicate] = int(newly.sum())
-        keys = _mark(keys, newly, DROP_PREFIX + predicate)
-
-    routes_by_margin = mode in (Mode.MIXDPO, Mode.FILTER)
-    kept = pl.col("_drop").is_null()
-    if wants_margin:
-        if keys.filter(kept & pl.col("margin").is_not_null()).height == 0:
-            raise no_margin_error(source.raw.display)
-    if routes_by_margin:
-        nulls = keys.get_column("_drop").is_null() & keys.get_column("margin").is_null()
-        reasons[NULL_MARGIN] = int(nulls.sum())
-        keys = _mark(keys, nulls, NULL_MARGIN)
-    if keys.filter(kept).height == 0:
-        raise InputError(
-            "no pairs left after --drop", where=source.raw.display, fix="loosen the predicates"
-        )
-
+    keys = _drop_matching(scan, narrow, drop, reasons)
+    keys = _drop_unroutable(keys, source, mode, wants_margin, reasons)
     if sft_fraction is not None:
-        threshold = threshold_for_fraction(keys.filter(kept).get_column("margin"), sft_fraction)
-
+        threshold = threshold_for_fraction(_kept(keys).get_column("margin"), sft_fraction)
     keys = _hold_out(keys, eval_fraction, seed)
-    small = pl.col("margin") < threshold if threshold is not None else pl.lit(False)
-    if mode is Mode.FILTER:
-        below = (
-            keys.get_column("_drop").is_null()
-            & (keys.get_column("split") == "train")
-            & (keys.get_column("margin") < threshold)
-        )
-        reasons[BELOW_THRESHOLD] = int(below.sum())
-        keys = _mark(keys, below, BELOW_THRESHOLD)
-    keys = keys.filter(kept).drop("_drop")
-    if keys.filter(pl.col("split") == "train").height == 0:
-        raise InputError(
-            "no pairs left to train on", where=source.raw.display, fix="check the flags"
-        )
-
-    if mode is Mode.DPO:
-        route = pl.lit(ROUTE_DPO)
-    elif mode is Mode.SFT:
-        route = pl.lit(ROUTE_SFT)
-    else:  # mixdpo; filter only keeps large margins in train, and labels eval by the τ rule
-        route = pl.when(small).then(pl.lit(ROUTE_SFT)).otherwise(pl.lit(ROUTE_DPO))
-    keys = keys.with_columns(route.alias("route"))
-
+    keys = _drop_below_threshold(keys, source, mode, threshold, reasons)
+    keys = keys.with_columns(_route_expr(mode, threshold).alias("route"))
     keys = pl.concat(
         [
             _order(keys.filter(pl.col("split") == name), order, stages, seed)
             for name in ("train", "eval")
         ]
     )
-    counts = _counts(keys, narrow.height, reasons, threshold)
+
     plan = RoutePlan(
         input=input_info,
         layout=str(source.layout),
@@ -305,7 +253,7 @@ def plan_routes(
         seed=seed,
         drop=drop,
         eval_fraction=eval_fraction,
-        counts=counts,
+        counts=_counts(keys, narrow.height, reasons, threshold),
         keys=keys,
         narrow=narrow,
         source=source,
@@ -314,6 +262,95 @@ def plan_routes(
         plan.texts.window(keys.get_column("_pos").head(0))
     plan.seconds = time.perf_counter() - started
     return plan
+
+
+def _check_margins_needed(source: PairSource, order: Order, wants_margin: bool) -> None:
+    """τ, q and the curriculum order all read margins: refuse data without them."""
+    if wants_margin and not source.has_margins:
+        raise no_margin_error(source.raw.display)
+    if order is Order.CURRICULUM and not source.has_margins:
+        raise InputError(
+            "curriculum order sorts by margin, and the data has no margins",
+            where=source.raw.display,
+            fix="pass --order as-is or --order random, or compute margins with 'prefcurate score'",
+        )
+
+
+def _kept(keys: pl.DataFrame) -> pl.DataFrame:
+    return keys.filter(pl.col("_drop").is_null())
+
+
+def _drop_matching(
+    scan: pl.LazyFrame, narrow: pl.DataFrame, drop: tuple[str, ...], reasons: dict[str, int]
+) -> pl.DataFrame:
+    """The plan's keys, each pair matching a ``--drop`` predicate marked with the first one."""
+    keys = narrow.select("_pos", "pair_id", "margin", "difficulty", "_bytes").with_columns(
+        pl.lit(None, dtype=pl.String).alias("_drop")
+    )
+    for predicate in drop:
+        matched = _predicate_matches(_predicate_frame(scan, narrow, predicate), predicate)
+        newly = keys.get_column("_drop").is_null() & keys.get_column("_pos").is_in(
+            matched.implode()
+        )
+        reasons[DROP_PREFIX + predicate] = int(newly.sum())
+        keys = _mark(keys, newly, DROP_PREFIX + predicate)
+    return keys
+
+
+def _drop_unroutable(
+    keys: pl.DataFrame,
+    source: PairSource,
+    mode: Mode,
+    wants_margin: bool,
+    reasons: dict[str, int],
+) -> pl.DataFrame:
+    """Mark the pairs without a margin when the mode routes by margin; refuse an empty plan."""
+    if wants_margin and _kept(keys).filter(pl.col("margin").is_not_null()).height == 0:
+        raise no_margin_error(source.raw.display)
+    if mode in (Mode.MIXDPO, Mode.FILTER):
+        nulls = keys.get_column("_drop").is_null() & keys.get_column("margin").is_null()
+        reasons[NULL_MARGIN] = int(nulls.sum())
+        keys = _mark(keys, nulls, NULL_MARGIN)
+    if _kept(keys).height == 0:
+        raise InputError(
+            "no pairs left after --drop", where=source.raw.display, fix="loosen the predicates"
+        )
+    return keys
+
+
+def _drop_below_threshold(
+    keys: pl.DataFrame,
+    source: PairSource,
+    mode: Mode,
+    threshold: float | None,
+    reasons: dict[str, int],
+) -> pl.DataFrame:
+    """``filter`` drops the small-margin training pairs; then only the kept pairs remain."""
+    if mode is Mode.FILTER:
+        below = (
+            keys.get_column("_drop").is_null()
+            & (keys.get_column("split") == "train")
+            & (keys.get_column("margin") < threshold)
+        )
+        reasons[BELOW_THRESHOLD] = int(below.sum())
+        keys = _mark(keys, below, BELOW_THRESHOLD)
+    keys = _kept(keys).drop("_drop")
+    if keys.filter(pl.col("split") == "train").height == 0:
+        raise InputError(
+            "no pairs left to train on", where=source.raw.display, fix="check the flags"
+        )
+    return keys
+
+
+def _route_expr(mode: Mode, threshold: float | None) -> pl.Expr:
+    """Each pair's route: one route for ``dpo`` / ``sft``; else margin < τ → sft, else dpo
+    (``filter`` keeps only large margins in train, and labels eval by the same τ rule)."""
+    if mode is Mode.DPO:
+        return pl.lit(ROUTE_DPO)
+    if mode is Mode.SFT:
+        return pl.lit(ROUTE_SFT)
+    small = pl.col("margin") < threshold if threshold is not None else pl.lit(False)
+    return pl.when(small).then(pl.lit(ROUTE_SFT)).otherwise(pl.lit(ROUTE_DPO))
 
 
 def _narrow(source: PairSource, scan: pl.LazyFrame) -> pl.DataFrame:
