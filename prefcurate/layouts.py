@@ -500,7 +500,7 @@ def _binarized(
     )
     ranked = long.sort(ROW, "_rating", "_i", descending=[False, True, False])
     best = ranked.group_by(ROW, maintain_order=True).first()
-    a = best.select(
+    chosen_side = (
         ROW,
         "prompt",
         "source",
@@ -508,6 +508,7 @@ def _binarized(
         pl.col("_rating").alias("score_chosen"),
         pl.col("_i").alias("_ci"),
     )
+    a = best.select(*chosen_side)
     b = long.select(
         ROW,
         pl.col("_text").alias("rejected"),
@@ -515,14 +516,7 @@ def _binarized(
         pl.col("_i").alias("_ri"),
     )
     if binarize is Binarize.ALL_PAIRS:
-        a = long.select(
-            ROW,
-            "prompt",
-            "source",
-            pl.col("_text").alias("chosen"),
-            pl.col("_rating").alias("score_chosen"),
-            pl.col("_i").alias("_ci"),
-        )
+        a = long.select(*chosen_side)
         pairs = a.join(b, on=ROW).filter(
             (pl.col("score_chosen") > pl.col("score_rejected"))
             | (

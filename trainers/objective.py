@@ -38,15 +38,9 @@ STAT_KEYS: tuple[str, ...] = (
     "tokens",
     "nonfinite",
 )
-_DPO_MEANS = (
-    "loss/dpo",
-    "nll/dpo",
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/margins",
-    "rewards/accuracies",
-    "logps/chosen",
-    "logps/rejected",
+#: The sums logged as means over the step's dpo pairs: the dpo terms, rewards and log-probs.
+_DPO_MEANS = tuple(
+    k for k in STAT_KEYS if k in ("loss/dpo", "nll/dpo") or k.startswith(("rewards/", "logps/"))
 )
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -111,11 +111,7 @@ def score_pairs(
     }
     identities = _identities(models, request, cache_root(cache_dir, cache) / "identities")
     frame, input_figures = read_scoring_frame(source)
-    runs, values, world_size, main = _score_all(
-        frame,
-        identities,
-        cache_dir=cache_dir,
-        cache=cache,
+    options = _Options(
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
         batch_size=batch_size,
@@ -123,6 +119,9 @@ def score_pairs(
         batch_order=batch_order,
         flush_every=flush_every,
         progress=progress,
+    )
+    runs, values, world_size, main = _score_all(
+        frame, identities, cache_dir=cache_dir, cache=cache, options=options
     )
     result = ScoreResult(
         frame=None,
@@ -138,6 +137,19 @@ def score_pairs(
         result.frame = assemble(frame, values, as_margin)
         result.margin = margin_figures(result.frame["margin"])
     return result
+
+
+@dataclass(frozen=True)
+class _Options:
+    """How the missing texts are scored: model loading, batching, cache flushes, progress."""
+
+    trust_remote_code: bool
+    allow_pickle: bool
+    batch_size: int | None
+    max_tokens: int | None
+    batch_order: str
+    flush_every: int
+    progress: Progress | None
 
 
 def _identities(
@@ -160,7 +172,12 @@ def _identities(
 
 
 def _score_all(
-    frame: pl.DataFrame, identities: dict[str, ModelIdentity], **options: Any
+    frame: pl.DataFrame,
+    identities: dict[str, ModelIdentity],
+    *,
+    cache_dir: str | Path | None,
+    cache: str | Path | None,
+    options: _Options,
 ) -> tuple[list[ScorerRun], dict[str, pl.DataFrame], int, bool]:
     """Every model in turn, inside one (torchrun or single-process) group: the runs, each kind's
     per-text table (rank 0 only), the world size and whether this is rank 0."""
@@ -170,7 +187,9 @@ def _score_all(
     values: dict[str, pl.DataFrame] = {}
     try:
         for kind, identity in identities.items():
-            run, table = _score_kind(frame, identity, dist=dist, **options)
+            run, table = _score_kind(
+                frame, identity, dist=dist, cache_dir=cache_dir, cache=cache, options=options
+            )
             runs.append(run)
             if table is not None:
                 values[kind] = table
@@ -186,13 +205,7 @@ def _score_kind(
     dist,
     cache_dir,
     cache,
-    trust_remote_code: bool,
-    allow_pickle: bool,
-    batch_size: int | None,
-    max_tokens: int | None,
-    batch_order: str,
-    flush_every: int,
-    progress: Progress | None,
+    options: _Options,
 ) -> tuple[ScorerRun, pl.DataFrame | None]:
     """Score the distinct texts one model needs: cache first, then the missing ones, sharded."""
     started = time.perf_counter()
@@ -220,20 +233,7 @@ def _score_kind(
         scored=missing.height,
     )
     if missing.height:
-        _score_missing(
-            missing,
-            identity,
-            store,
-            run,
-            info=info,
-            trust_remote_code=trust_remote_code,
-            allow_pickle=allow_pickle,
-            batch_size=batch_size,
-            max_tokens=max_tokens,
-            batch_order=batch_order,
-            flush_every=flush_every,
-            progress=progress,
-        )
+        _score_missing(missing, identity, store, run, info=info, options=options)
     dist.barrier()  # every rank's parts are written
     table = None
     if info.main:
@@ -258,13 +258,7 @@ def _score_missing(
     run: ScorerRun,
     *,
     info,
-    trust_remote_code: bool,
-    allow_pickle: bool,
-    batch_size: int | None,
-    max_tokens: int | None,
-    batch_order: str,
-    flush_every: int,
-    progress: Progress | None,
+    options: _Options,
 ) -> None:
     """Load the model, then score this rank's share of the missing texts into the store."""
     from trainers import scoring
@@ -273,20 +267,23 @@ def _score_missing(
     scorer = scoring.load_scorer(
         identity,
         local_rank=info.local_rank,
-        trust_remote_code=trust_remote_code,
-        allow_pickle=allow_pickle,
+        trust_remote_code=options.trust_remote_code,
+        allow_pickle=options.allow_pickle,
     )
     scoring_started = time.perf_counter()
     run.load_seconds = scoring_started - loading
     encoded = scorer.encode(missing["prompt"].to_list(), missing["response"].to_list())
     batches = scoring.plan_batches(
-        encoded.lengths, batch_size=batch_size, max_tokens=max_tokens, order=batch_order
+        encoded.lengths,
+        batch_size=options.batch_size,
+        max_tokens=options.max_tokens,
+        order=options.batch_order,
     )
     mine = batches[info.rank :: info.world_size]
     total = int(sum(len(b) for b in mine))
     items = missing["item"].to_list()
     lengths, done = encoded.lengths, 0
-    with store.writer(flush_every=flush_every) as writer:
+    with store.writer(flush_every=options.flush_every) as writer:
         for batch in mine:
             values = scorer.run(encoded, batch)
             writer.add(
@@ -296,8 +293,8 @@ def _score_missing(
                 encoded.truncated[batch],
             )
             done += len(batch)
-            if progress is not None and info.main:
-                progress(run.kind, done, total)
+            if options.progress is not None and info.main:
+                options.progress(run.kind, done, total)
     run.score_seconds = time.perf_counter() - scoring_started
     del scorer
     _free(identity.device)
