@@ -200,7 +200,8 @@ def route(
 
     from prefcurate.atomic import check_new_dir
     from prefcurate.progress import status
-    from prefcurate.route import check_export, plan_routes, write_route
+    from prefcurate.route import plan_routes
+    from prefcurate.splitwriter import check_export, write_route
 
     started_at = datetime.now(timezone.utc)  # noqa: UP017
     if out is None:
