@@ -16,9 +16,9 @@ import torch
 from rich.console import Console
 
 from prefcurate import plots
-from prefcurate.benchreport import chart_label
-from prefcurate.cli import train_summary
+from prefcurate.cli.train import train_summary
 from prefcurate.errors import json_problem
+from prefcurate.recipes.benchreport import chart_label
 from prefcurate.report import _FittedRow
 from trainers.data import Curriculum
 from trainers.loop import LOW_LR_SHARE, low_lr_warning, route_lr_shares, summarize
