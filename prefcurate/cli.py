@@ -322,7 +322,7 @@ def analyze_command(
     started_at = datetime.now(timezone.utc)  # noqa: UP017
     check_routing_args(threshold, sft_fraction)
     if out is not None:
-        check_new_dir(out, force=force)
+        check_new_dir(out, force=force, inputs=[data])
     pairs = open_source(
         data,
         prompt=prompt,
@@ -363,7 +363,10 @@ def _write_report_dir(report, out: Path, *, force: bool, quiet: bool) -> None:
     from prefcurate.plots import PLOT_FILES, write_plots
     from prefcurate.progress import bar, stderr
 
-    with atomic_dir(out, force=force) as tmp, bar("writing plots", len(PLOT_FILES)) as progress:
+    with (
+        atomic_dir(out, force=force, kind="analyze") as tmp,
+        bar("writing plots", len(PLOT_FILES)) as progress,
+    ):
         (tmp / "report.json").write_text(report.to_json(), encoding="utf-8")
         written = write_plots(report, tmp, on_written=lambda _: progress.advance(0))
     if not quiet:
@@ -488,58 +491,60 @@ def route(
     from datetime import datetime, timezone
 
     from prefcurate.io import check_new_dir
+    from prefcurate.outdir import out_lock
     from prefcurate.progress import status
     from prefcurate.route import plan_routes, write_route, write_split_plots
 
     started_at = datetime.now(timezone.utc)  # noqa: UP017
     if out is None:
         raise InputError("--out is required", fix="pass --out DIR for the split files")
-    check_new_dir(out, force=force)  # before reading anything: fail fast, write nothing
+    check_new_dir(out, force=force, inputs=[data])  # before reading: fail fast, write nothing
     if export is not None and export != "trl":
         raise InputError(f"--export must be 'trl', got {export!r}")
-    with status("reading and routing"):
-        pairs = open_source(
-            data,
-            prompt=prompt,
-            chosen=chosen,
-            rejected=rejected,
-            score_chosen=score_chosen,
-            score_rejected=score_rejected,
-            source=source,
-            binarize=binarize,
-            split=split,
-            seed=seed,
+    with out_lock(out):  # one writer per --out; a killed one does not keep it
+        with status("reading and routing"):
+            pairs = open_source(
+                data,
+                prompt=prompt,
+                chosen=chosen,
+                rejected=rejected,
+                score_chosen=score_chosen,
+                score_rejected=score_rejected,
+                source=source,
+                binarize=binarize,
+                split=split,
+                seed=seed,
+            )
+            plan = plan_routes(
+                pairs,
+                mode=mode,
+                threshold=threshold,
+                sft_fraction=sft_fraction,
+                order=order,
+                stages=stages,
+                drop=drop or (),
+                eval_fraction=eval_fraction,
+                seed=seed,
+            )
+        with status(f"writing {out}"):
+            document = write_route(plan, out, force=force, export=export, plots=write_split_plots)
+        params = {
+            k: v for k, v in document.items() if k not in ("version", "input", "counts", "outputs")
+        }
+        record_run(
+            "route",
+            catalog=catalog,
+            inputs=[plan.input],
+            params=params,
+            figures={"threshold": plan.threshold, **plan.counts},
+            outputs={"dir": str(out.resolve()), **document["outputs"]},
+            summary=plan.summary(),
+            started_at=started_at,
         )
-        plan = plan_routes(
-            pairs,
-            mode=mode,
-            threshold=threshold,
-            sft_fraction=sft_fraction,
-            order=order,
-            stages=stages,
-            drop=drop or (),
-            eval_fraction=eval_fraction,
-            seed=seed,
-        )
-    with status(f"writing {out}"):
-        document = write_route(plan, out, force=force, export=export, plots=write_split_plots)
-    params = {
-        k: v for k, v in document.items() if k not in ("version", "input", "counts", "outputs")
-    }
-    record_run(
-        "route",
-        catalog=catalog,
-        inputs=[plan.input],
-        params=params,
-        figures={"threshold": plan.threshold, **plan.counts},
-        outputs={"dir": str(out.resolve()), **document["outputs"]},
-        summary=plan.summary(),
-        started_at=started_at,
-    )
-    if as_json:
-        print(json.dumps(document, indent=2))
-    else:
-        print(f"{plan.summary()} -> {out}")
+        if as_json:
+            print(json.dumps(document, indent=2))
+        else:
+            print(f"{plan.summary()} -> {out}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -673,7 +678,7 @@ def score(
     if out is None:
         raise InputError("--out is required", fix="pass --out OUT.parquet")
     rank0 = os.environ.get("RANK", "0") == "0"
-    check_output(out, force=force)  # before reading anything: fail fast, write nothing
+    check_output(out, force=force, inputs=[data])  # before reading: fail fast, write nothing
     pairs = open_source(
         data,
         prompt=prompt,
@@ -826,9 +831,11 @@ def train(
     Example:
         prefcurate train splits/uf --model tiny --out runs/tiny --max-length 256 --lr 1e-3
     """
+    import contextlib
     import dataclasses
     from datetime import datetime, timezone
 
+    from prefcurate.outdir import out_lock
     from prefcurate.runplots import read_metrics
     from trainers.loop import NonFiniteLossError, TrainConfig
     from trainers.loop import train as run_training
@@ -846,8 +853,10 @@ def train(
         save_every=save_every, resume=resume, force=force, cache_dir=cache_dir,
         trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
     )  # fmt: skip
+    lock = out_lock(out) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
     try:
-        result = run_training(config, reporter=RichReporter())
+        with lock:  # one run per directory: a second writer exits 2 naming the first one's PID
+            result = run_training(config, reporter=RichReporter())
     except NonFiniteLossError as exc:  # the user's run diverged: say so, not "please report"
         if STATE.debug:
             raise
@@ -900,8 +909,16 @@ def plot(
     Example:
         prefcurate plot runs/mixdpo runs/dpo --out curves.png
     """
+    from prefcurate.outdir import check_out_file
     from prefcurate.runplots import plot_runs
 
+    if smooth is not None and smooth < 0:
+        raise InputError(f"--smooth must be 0 or more, got {smooth}", fix="e.g. --smooth 20")
+    target = out or run_dirs[0] / "curves.png"
+    if target.suffix.lower() != ".png":
+        raise InputError("--out must be a .png file", where=target, fix="e.g. --out curves.png")
+    inputs = [d / name for d in run_dirs for name in ("metrics.jsonl", "run.json")]
+    check_out_file(target, force=True, inputs=inputs)
     path = plot_runs(run_dirs, out or run_dirs[0] / "curves.png", smooth=smooth)
     print(path)
 

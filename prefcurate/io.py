@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +33,14 @@ from prefcurate import layouts
 from prefcurate.errors import InputError, one_line
 from prefcurate.layouts import ISSUE, ROW, Detected
 from prefcurate.margins import difficulty_expr, margin_expr
+from prefcurate.outdir import (
+    TEMP_MARKER,
+    check_out_dir,
+    make_temp_dir,
+    mark_temp,
+    remove_stale,
+    write_manifest,
+)
 from prefcurate.schema import CANONICAL_COLUMNS, Binarize, ColumnMap, Layout
 from prefcurate.sources import SCHEMA_ROWS, RawSource, open_binary, resolve
 
@@ -423,30 +431,40 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path, *, force: bool = False) -> Iterator[Path]:
+def atomic_dir(
+    path: str | Path,
+    *,
+    force: bool = False,
+    kind: str = "output",
+    inputs: Iterable[str | Path] = (),
+) -> Iterator[Path]:
     """Yield an empty temporary directory that becomes ``path`` only when the block succeeds.
 
-    An existing ``path`` needs ``force``; it is swapped for the new directory in one atomic
-    exchange (``renameat2(RENAME_EXCHANGE)`` on Linux), so a reader, or a run killed at any
-    moment, sees the old directory or the new complete one, never a mix. Leftovers of killed runs
-    (hidden ``.NAME.tmp-PID`` siblings) are removed on the next run.
+    ``path`` is checked by :func:`prefcurate.outdir.check_out_dir` (an existing one needs
+    ``force`` and must be a folder prefcurate wrote); the new folder is signed with prefcurate's
+    manifest (``kind`` names the command) and swapped for the old one in one atomic exchange
+    (``renameat2(RENAME_EXCHANGE)`` on Linux), so a reader, or a run killed at any moment, sees
+    the old directory or the new complete one, never a mix. Temporary siblings of killed runs
+    (marked ``.NAME.tmp-PID`` folders whose process is gone) are removed on the next run.
     """
     path = Path(path)
-    check_new_dir(path, force=force)
+    check_out_dir(path, force=force, inputs=inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    remove_stale(path)
+    tmp = make_temp_dir(path)
     try:
         yield tmp
+        write_manifest(tmp, kind=kind)
         for child in tmp.rglob("*"):
             if child.is_file():
                 _fsync(child)
+        (tmp / TEMP_MARKER).unlink()  # the marker is of the temporary folder, not the output
         if path.exists():
             if _exchange(tmp, path):
+                mark_temp(tmp)
                 shutil.rmtree(tmp)
             else:  # no atomic exchange here: the shortest possible window between two renames
+                mark_temp(path)
                 old = path.with_name(f".{path.name}.old-{os.getpid()}")
                 os.replace(path, old)
                 os.replace(tmp, path)
@@ -455,51 +473,19 @@ def atomic_dir(path: str | Path, *, force: bool = False) -> Iterator[Path]:
             os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
-def check_new_dir(path: Path, *, force: bool) -> None:
-    """Refuse to replace an existing output directory unless asked to, or to write where we can't.
+def check_new_dir(
+    path: Path, *, force: bool, inputs: Iterable[str | Path] = (), flag: str = "--out"
+) -> None:
+    """Refuse a dangerous output folder, or an existing one without ``force``, before any work.
 
-    Runs before any data is read, so a wrong ``--out`` costs nothing.
+    See :func:`prefcurate.outdir.check_out_dir`. Runs before any data is read, so a wrong
+    ``--out`` costs nothing.
     """
-    path = Path(path)
-    try:
-        exists = path.exists()
-        parent = next((p for p in path.parents if p.exists()), Path("."))
-    except PermissionError as exc:
-        raise InputError(
-            "permission denied", where=path, fix="choose an output folder you can write to"
-        ) from exc
-    if exists and not force:
-        raise InputError(
-            "output directory exists",
-            where=path,
-            fix="pass --force to replace it, or choose another",
-        )
-    if exists and not path.is_dir():
-        raise InputError("output path exists and is not a directory", where=path)
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(
-            "permission denied", where=parent, fix="choose an output folder you can write to"
-        )
-
-
-def _remove_stale(path: Path) -> None:
-    for stale in path.parent.glob(f".{path.name}.*-*"):
-        pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    check_out_dir(path, force=force, inputs=inputs, flag=flag)
 
 
 _RENAME_EXCHANGE = 2

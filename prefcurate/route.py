@@ -667,7 +667,7 @@ def write_route(
         raise InputError(f"--export must be 'trl', got {export!r}")
     out_dir = Path(out_dir)
     outputs: dict[str, Any] = {"train": "train.parquet", "eval": None}
-    with atomic_dir(out_dir, force=force) as tmp:
+    with atomic_dir(out_dir, force=force, kind="route") as tmp:
         write_split(plan, "train", tmp / "train.parquet", pause_for_tests=True)
         if plan.eval_fraction is not None:
             write_split(plan, "eval", tmp / "eval.parquet")

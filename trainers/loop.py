@@ -20,7 +20,6 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -31,11 +30,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from prefcurate.errors import InputError, PrefcurateError
 from prefcurate.io import atomic_dir
-from trainers import dist
+from trainers import dist, rundir
 from trainers.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
-    read_state,
     remove_partial,
     save_checkpoint,
 )
@@ -46,14 +44,10 @@ from trainers.model import LoadedModel, describe, load_model
 from trainers.objective import STAT_KEYS, Objective, step_metrics
 from trainers.prepare import reference_for, tokenized_pairs
 from trainers.progress import Reporter
+from trainers.rundir import METRICS, MODEL_DIR, RUN_JSON, read_state
 
 __all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "train"]
 
-METRICS = "metrics.jsonl"
-RUN_JSON = "run.json"
-MODEL_DIR = "model"
-#: What ``--force`` may delete in RUN_DIR; nothing else there is ever touched.
-RUN_OUTPUTS = ("checkpoints", MODEL_DIR, METRICS, RUN_JSON, "curves.png")
 
 
 class NonFiniteLossError(PrefcurateError):
@@ -95,23 +89,19 @@ def lr_factor(step: int, *, warmup: int, total: int, schedule: str = "cosine") -
 
 def check_run_dir(config: TrainConfig) -> None:
     """Nothing is overwritten silently: an existing run needs ``--resume`` or ``--force``."""
-    out = config.out
-    if config.resume:
-        if latest_checkpoint(out) is None:
-            raise InputError(
-                "--resume found no complete checkpoint",
-                where=out / "checkpoints",
-                fix="start the run without --resume (save checkpoints with --save-every N)",
-            )
-        return
-    if out.exists() and not out.is_dir():
-        raise InputError("--out exists and is not a directory", where=out)
-    existing = [name for name in RUN_OUTPUTS if (out / name).exists()]
-    if existing and not config.force:
+    out = Path(config.out)
+    rundir.check_run_dir(
+        out,
+        split_dir=Path(config.split_dir),
+        models=(config.model, config.ref_model),
+        force=config.force,
+        resume=config.resume,
+    )
+    if config.resume and latest_checkpoint(out) is None:
         raise InputError(
-            f"the run directory already holds {', '.join(existing)}",
-            where=out,
-            fix="pass --resume to continue it, --force to start over, or another --out",
+            "--resume found no complete checkpoint",
+            where=out / "checkpoints",
+            fix="start the run without --resume (save checkpoints with --save-every N)",
         )
 
 
@@ -189,10 +179,24 @@ def _train(
     # ---- run directory: fresh, or resumed from the newest complete checkpoint
     out = config.out
     resume_key = config.resume_key(info.world_size)
+    identity = {
+        "split_path": str(config.split_dir),
+        "split_sha256": rundir.split_fingerprint(config.split_dir),
+        "model_path": str(config.model),
+        "model_fingerprint": rundir.model_fingerprint(str(config.model), seed=config.seed),
+    }
     start_step, resumed_from = 0, None
     if config.resume:
         checkpoint = latest_checkpoint(out)
-        _check_resume(read_state(checkpoint), resume_key, checkpoint)
+        saved = read_state(checkpoint)
+        rundir.check_same_run(
+            saved.get("identity", {}),
+            identity,
+            checkpoint=checkpoint,
+            split_dir=config.split_dir,
+            model=str(config.model),
+        )
+        _check_resume(saved, resume_key, checkpoint)
         dist.barrier()
         state = load_checkpoint(
             checkpoint, model=policy.model, optimizer=optimizer, scheduler=scheduler
@@ -200,15 +204,9 @@ def _train(
         start_step = resumed_from = state["step"]
         if info.main:
             remove_partial(out)
-            _truncate_metrics(out / METRICS, start_step)
+            rundir.truncate_metrics(out / METRICS, start_step)
     elif info.main:
-        for name in RUN_OUTPUTS:  # --force (checked above): only the run's own files go
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            else:
-                target.unlink(missing_ok=True)
-        out.mkdir(parents=True, exist_ok=True)
+        rundir.start_run_dir(out)  # --force (checked above): only the run's own files go
     dist.barrier()
     run_json = {
         "status": "running",
@@ -220,6 +218,7 @@ def _train(
         "model": describe(policy),
         "steps": {"total": total, "warmup": warmup, "per_epoch": curriculum.steps_per_epoch},
         "resumed_from": resumed_from,
+        "identity": identity,
     }
     if info.main:
         _write_json(out / RUN_JSON, run_json)
@@ -332,6 +331,7 @@ def _train(
                         "position": position,
                         "world_size": info.world_size,
                         "config": resume_key,
+                        "identity": identity,
                     },
                 )
     except NonFiniteLossError as exc:
@@ -414,16 +414,6 @@ def _check_resume(state: dict[str, Any], key: dict[str, Any], checkpoint: Path) 
             where=checkpoint,
             fix="resume with the flags the run was started with",
         )
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metrics of steps after the checkpoint: they will be trained again."""
-    if not path.is_file():
-        return
-    kept = [
-        line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step
-    ]
-    path.write_text("".join(line + "\n" for line in kept))
 
 
 def _activation_checkpointing(model: torch.nn.Module, *, enable: bool) -> None:
