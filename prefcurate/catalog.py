@@ -462,7 +462,86 @@ class QueryResult:
         ]
 
 
-_READ_STATEMENTS = ("SELECT", "EXPLAIN")
+@contextlib.contextmanager
+def sandbox() -> Iterator[duckdb.DuckDBPyConnection]:
+    """An in-memory DuckDB connection to be locked down with :func:`lock_down`; closed on exit.
+
+    DuckDB keeps its temporary directory readable when external access is off, and for an
+    in-memory database that is ``.tmp/`` under the working directory. Here it is a private, empty
+    directory of this process, removed afterwards, so a query sees no file through it.
+    """
+    import shutil
+    import tempfile
+
+    private = tempfile.mkdtemp(prefix="prefcurate-sql-")
+    con = duckdb.connect(":memory:", config={"temp_directory": private})
+    try:
+        yield con
+    finally:
+        con.close()
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def lock_down(con: duckdb.DuckDBPyConnection) -> None:
+    """No file access beyond what is already attached or registered; settings frozen."""
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+
+
+def read_only_statement(sql: str) -> None:
+    """Refuse ``sql`` unless DuckDB's parser finds one SELECT, or EXPLAIN (not ANALYZE) of one.
+
+    The statement type comes from ``extract_statements``; ``EXPLAIN ANALYZE`` runs its statement,
+    so it is refused whatever follows it, and the statement under a plain EXPLAIN must itself be
+    one SELECT.
+    """
+    fix = "use SELECT (the catalog and the data are read-only)"
+    statements = _statements(sql)
+    if len(statements) != 1:
+        raise InputError(
+            f"expected one SQL statement, got {len(statements)}",
+            fix="run the statements one at a time",
+        )
+    statement = statements[0]
+    kind = statement.type.name
+    if kind == "SELECT":
+        return
+    if kind != "EXPLAIN":
+        raise InputError(f"sql runs read-only queries; this is a {kind} statement", fix=fix)
+    text = statement.query
+    tokens = duckdb.tokenize(text)
+    ends = [start for start, _ in tokens[1:]] + [len(text)]
+    words = [(start, text[start:end].strip().upper(), kind.name)
+             for (start, kind), end in zip(tokens, ends, strict=True)]  # fmt: skip
+    depth, i = 0, 1  # after EXPLAIN: options in parentheses, then the statement it explains
+    while i < len(words):
+        start, word, kind = words[i]
+        if kind == "keyword" and word in ("ANALYZE", "ANALYSE"):
+            raise InputError(
+                "sql does not run EXPLAIN ANALYZE (it executes the statement)",
+                fix="use EXPLAIN without ANALYZE",
+            )
+        if kind == "operator" and word.startswith("("):
+            depth += 1
+        elif kind == "operator" and word.startswith(")"):
+            depth -= 1
+        elif depth == 0:
+            break
+        i += 1
+    if i >= len(words):
+        raise InputError("EXPLAIN of nothing", fix="EXPLAIN SELECT ...")
+    inner = _statements(text[words[i][0] :])
+    if len(inner) != 1 or inner[0].type.name != "SELECT":
+        shown = inner[0].type.name if len(inner) == 1 else f"{len(inner)} statements"
+        raise InputError(f"sql explains only one SELECT, not {shown}", fix=fix)
+
+
+def _statements(sql: str) -> list:
+    with sandbox() as con:
+        try:
+            return con.extract_statements(sql)
+        except duckdb.Error as exc:
+            raise _sql_error(exc) from exc
 
 
 def query(
@@ -476,31 +555,17 @@ def query(
 
     ``pairs`` is a Polars/Arrow frame exposed as the view ``pairs``. The catalog is attached
     read-only (its tables resolve without a prefix); then external access is switched off and the
-    configuration locked, so the query can reach no file. Only SELECT-like statements run.
+    configuration locked, with DuckDB's temporary directory a private empty one, so the query can
+    reach no other file. Only one SELECT, or EXPLAIN of one SELECT, runs
+    (:func:`read_only_statement`).
     """
-    con = duckdb.connect(":memory:")
-    try:
-        try:
-            statements = con.extract_statements(sql)
-        except duckdb.Error as exc:
-            raise _sql_error(exc) from exc
-        if len(statements) != 1:
-            raise InputError(
-                f"expected one SQL statement, got {len(statements)}",
-                fix="run the statements one at a time",
-            )
-        kind = statements[0].type.name
-        if kind not in _READ_STATEMENTS:
-            raise InputError(
-                f"sql runs read-only queries; this is a {kind} statement",
-                fix="use SELECT (the catalog and the data are read-only)",
-            )
+    read_only_statement(sql)
+    with sandbox() as con:
         if pairs is not None:
             con.register("pairs", pairs)
         if attach(con, catalog, timeout=timeout):
             con.execute("SET search_path = 'memory.main,catalog.main'")
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")
+        lock_down(con)
         try:
             result = con.execute(sql)
             columns = [d[0] for d in result.description] if result.description else []
@@ -508,8 +573,6 @@ def query(
             rows = result.fetchall() if result.description else []
         except duckdb.Error as exc:
             raise _sql_error(exc) from exc
-    finally:
-        con.close()
     return QueryResult(columns, types, rows)
 
 
