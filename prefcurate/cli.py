@@ -229,6 +229,13 @@ CatalogOpt = Annotated[
 ]
 
 
+def check_catalog(catalog: str | None) -> None:
+    """Refuse a --catalog that is not a DuckDB file, or a bad timeout, before any work."""
+    from prefcurate import catalog as cat
+
+    cat.check_catalog(catalog)
+
+
 def record_run(
     kind: str,
     *,
@@ -320,6 +327,7 @@ def analyze_command(
     from prefcurate.report import print_json, render_report
 
     started_at = datetime.now(timezone.utc)  # noqa: UP017
+    check_catalog(catalog)  # a wrong --catalog or timeout fails before any work
     check_routing_args(threshold, sft_fraction)
     if out is not None:
         check_new_dir(out, force=force, inputs=[data])
@@ -496,6 +504,7 @@ def route(
     from prefcurate.route import plan_routes, write_route, write_split_plots
 
     started_at = datetime.now(timezone.utc)  # noqa: UP017
+    check_catalog(catalog)  # a wrong --catalog or timeout fails before any work
     if out is None:
         raise InputError("--out is required", fix="pass --out DIR for the split files")
     check_new_dir(out, force=force, inputs=[data])  # before reading: fail fast, write nothing
@@ -675,6 +684,7 @@ def score(
     from prefcurate.score import check_output, score_pairs, write_scores
 
     started_at = datetime.now(timezone.utc)  # noqa: UP017
+    check_catalog(catalog)  # a wrong --catalog or timeout fails before any work
     if out is None:
         raise InputError("--out is required", fix="pass --out OUT.parquet")
     rank0 = os.environ.get("RANK", "0") == "0"
@@ -842,6 +852,7 @@ def train(
     from trainers.progress import RichReporter
 
     started_at = datetime.now(timezone.utc)  # noqa: UP017
+    check_catalog(catalog)  # a wrong --catalog or timeout fails before any work
     config = TrainConfig(
         split_dir=split_dir, model=model, out=out, ref_model=ref_model, loss=loss, beta=beta,
         label_smoothing=label_smoothing, sft_weight=sft_weight, nll_weight=nll_weight,
@@ -945,6 +956,9 @@ def runs(
 
     from prefcurate import catalog as cat
 
+    if limit <= 0:
+        raise InputError(f"--limit must be a positive integer, got {limit}", fix="e.g. --limit 20")
+    cat.check_catalog(catalog)
     found = cat.list_runs(catalog, limit=limit, kind=kind)
     if as_json:
         print(json.dumps(found, indent=2, default=str, ensure_ascii=False))
@@ -1002,6 +1016,8 @@ def sql(
 
     if as_json and as_csv:
         raise InputError("--json and --csv both given", fix="pass one")
+    cat.check_catalog(catalog)
+    cat.read_only_statement(query)  # before the data is read
     pairs = None
     if data is not None:
         with status("reading the data"):
