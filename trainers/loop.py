@@ -40,14 +40,13 @@ from trainers.checkpoint import (
 from trainers.config import TrainConfig, TrainResult, autocast_factory, resolve_device
 from trainers.data import Curriculum, collate, read_split
 from trainers.logps import SequenceLogps, check_allowed
-from trainers.model import LoadedModel, describe, load_model
+from trainers.model import LoadedModel, check_max_length, describe, load_model
 from trainers.objective import STAT_KEYS, Objective, step_metrics
 from trainers.prepare import reference_for, tokenized_pairs
 from trainers.progress import Reporter
 from trainers.rundir import METRICS, MODEL_DIR, RUN_JSON, read_state
 
 __all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "train"]
-
 
 
 class NonFiniteLossError(PrefcurateError):
@@ -143,6 +142,7 @@ def _train(
         trust_remote_code=config.trust_remote_code,
         allow_pickle=config.allow_pickle,
     )
+    check_max_length(policy, config.max_length)
     pairs = tokenized_pairs(split, policy, config)
     if pairs.identical:
         reporter.message(
@@ -183,7 +183,7 @@ def _train(
         "split_path": str(config.split_dir),
         "split_sha256": rundir.split_fingerprint(config.split_dir),
         "model_path": str(config.model),
-        "model_fingerprint": rundir.model_fingerprint(str(config.model), seed=config.seed),
+        "model_fingerprint": policy.fingerprint,
     }
     start_step, resumed_from = 0, None
     if config.resume:

@@ -9,7 +9,6 @@ is refused naming both, so one run directory is always one run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -91,34 +90,6 @@ def start_run_dir(out: Path) -> None:
 def split_fingerprint(split_dir: Path) -> str:
     """sha256 of the split's train.parquet content (the pairs, routes and order trained on)."""
     return content_hash([Path(split_dir) / "train.parquet"])[0]
-
-
-def model_fingerprint(spec: str, *, seed: int) -> str:
-    """A cheap, stable identity of the starting model.
-
-    ``tiny`` is built from the seed. A directory: sha256 over config.json and, per weight file,
-    its name, size and first and last MiB (a different checkpoint differs there; reading every
-    byte of a large model would cost minutes).
-    """
-    if spec == _TINY:
-        return f"tiny:{seed}"
-    root = Path(spec)
-    h = hashlib.sha256()
-    config = root / "config.json"
-    if config.is_file():
-        h.update(config.read_bytes())
-    weights = sorted(
-        p for p in root.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file()
-    )
-    for path in weights:
-        size = path.stat().st_size
-        h.update(f"{path.name}:{size}".encode())
-        with path.open("rb") as fh:
-            h.update(fh.read(1 << 20))
-            if size > 2 << 20:
-                fh.seek(-(1 << 20), 2)
-                h.update(fh.read())
-    return h.hexdigest()
 
 
 def check_same_run(
