@@ -30,7 +30,7 @@ from pathlib import Path
 import polars as pl
 import polars_hash as plh
 
-from prefcurate import layouts
+from prefcurate import interrupt, layouts
 from prefcurate.errors import InputError, one_line
 from prefcurate.layouts import ISSUE, ROW, Detected
 from prefcurate.margins import difficulty_expr, margin_expr
@@ -527,6 +527,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    interrupt.register(tmp)
     try:
         yield tmp
         _fsync(tmp)
@@ -534,6 +535,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        interrupt.unregister(tmp)
 
 
 @contextlib.contextmanager
@@ -558,6 +560,7 @@ def atomic_dir(
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(path)
     tmp = make_temp_dir(path)
+    interrupt.register(tmp)
     try:
         yield tmp
         write_manifest(tmp, kind=kind)
@@ -581,6 +584,7 @@ def atomic_dir(
     finally:
         if tmp.exists() and not tmp.is_symlink():
             shutil.rmtree(tmp, ignore_errors=True)
+        interrupt.unregister(tmp)
 
 
 def check_new_dir(

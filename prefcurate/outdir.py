@@ -89,6 +89,10 @@ def check_out_dir(
                 where=path,
                 fix="pass --force to replace it, or choose another",
             )
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise InputError(
+                "permission denied", where=path, fix="choose an output folder you can write to"
+            )
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(
             "permission denied", where=parent, fix="choose an output folder you can write to"
@@ -339,6 +343,9 @@ def out_lock(path: str | Path, *, flag: str = "--out") -> Iterator[None]:
         if same:
             break
         os.close(fd)
+    from prefcurate import interrupt
+
+    interrupt.register(lock)
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -347,3 +354,4 @@ def out_lock(path: str | Path, *, flag: str = "--out") -> Iterator[None]:
         with contextlib.suppress(OSError):
             os.unlink(lock)
         os.close(fd)
+        interrupt.unregister(lock)
