@@ -161,11 +161,12 @@ def foreign_entries(path: Path, *, allowed: Iterable[str] | None = None) -> list
     entries = sorted(p.name for p in path.iterdir())
     if not entries:
         return []
-    claimed = set(allowed) if allowed is not None else set()
-    manifest = read_manifest(path)
-    if manifest is None:
-        return entries
-    if allowed is None:
+    if allowed is not None:  # the names a folder of this kind may hold (a run directory)
+        claimed = set(allowed)
+    else:  # the names this folder's manifest claims; none without a manifest
+        manifest = read_manifest(path)
+        if manifest is None:
+            return entries
         claimed = set(manifest.get("entries", []))
     claimed |= {MANIFEST}
     return [e for e in entries if not any(fnmatch.fnmatchcase(e, c) for c in claimed)]

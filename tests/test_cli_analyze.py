@@ -87,7 +87,9 @@ def test_show_hh_without_margins(cli, hh):
 def test_hh_out_writes_the_lengths_figure_only(cli, hh, tmp_path):
     result = cli("analyze", hh, "--out", tmp_path / "r")
     assert result.code == 0, result.err
-    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == sorted([MANIFEST, "lengths.png", "report.json"])
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == sorted(
+        [MANIFEST, "lengths.png", "report.json"]
+    )
 
 
 @pytest.mark.parametrize(
