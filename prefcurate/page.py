@@ -5,8 +5,8 @@ plotly.js, which is inlined: the page opens from disk with no network). The page
 (``page_assets/inspect.js``) only does what no chart library does: the pair browser and the τ
 control. All text from the data reaches the page as JSON inside a
 ``<script type="application/json">`` element with ``<``, ``>`` and ``&`` escaped, and the script
-writes it with ``textContent``, so a pair holding ``<script>`` or HTML shows as text, never runs. The server-rendered summary goes
-through :func:`html.escape`. Example::
+writes it with ``textContent``, so a pair holding ``<script>`` or HTML shows as text, never runs.
+The server-rendered summary goes through :func:`html.escape`. Example::
 
     >>> seen = inspect_source(open_pairs("../shared/data/ultrafeedback_1k.jsonl"))  # doctest: +SKIP
     >>> write_page(seen, "inspect.html")                                  # doctest: +SKIP
