@@ -334,8 +334,15 @@ def analyze_command(
         binarize=binarize,
         split=split,
     )
+    seen = None
     with status(f"analyzing {pairs.raw.display}"):
-        report = analyze(pairs, threshold=threshold, sft_fraction=sft_fraction)
+        if out is None:
+            report = analyze(pairs, threshold=threshold, sft_fraction=sft_fraction)
+        else:  # the same figures, plus the pair samples of the folder's index.html
+            from prefcurate.inspection import inspect_source
+
+            seen = inspect_source(pairs, threshold=threshold, sft_fraction=sft_fraction)
+            report = seen.report
     if json_out:
         print_json(report)
     else:
@@ -343,7 +350,7 @@ def analyze_command(
 
         render_report(report, Console(), description=pairs.describe())
     if out is not None:
-        _write_report_dir(report, out, force=force, quiet=json_out)
+        _write_report_dir(report, out, force=force, quiet=json_out, inspection=seen)
     core = report.to_dict()
     record_run(
         "analyze",
@@ -357,8 +364,8 @@ def analyze_command(
     )
 
 
-def _write_report_dir(report, out: Path, *, force: bool, quiet: bool) -> None:
-    """report.json and the PNGs, all or nothing (an atomic directory)."""
+def _write_report_dir(report, out: Path, *, force: bool, quiet: bool, inspection=None) -> None:
+    """report.json, the PNGs and the inspect page (index.html), all or nothing (atomically)."""
     from prefcurate.io import atomic_dir
     from prefcurate.plots import PLOT_FILES, write_plots
     from prefcurate.progress import bar, stderr
@@ -366,9 +373,96 @@ def _write_report_dir(report, out: Path, *, force: bool, quiet: bool) -> None:
     with atomic_dir(out, force=force) as tmp, bar("writing plots", len(PLOT_FILES)) as progress:
         (tmp / "report.json").write_text(report.to_json(), encoding="utf-8")
         written = write_plots(report, tmp, on_written=lambda _: progress.advance(0))
+        if inspection is not None:
+            from prefcurate.page import write_page
+
+            written.append(write_page(inspection, tmp / "index.html"))
     if not quiet:
         names = ", ".join(["report.json", *(p.name for p in written)])
         stderr.print(f"wrote {out}/: {names}", highlight=False)
+
+
+@app.command("inspect")
+def inspect_command(
+    data: Annotated[
+        str,
+        typer.Argument(
+            help="Preference data (file, directory or glob), a SPLIT_DIR or a RUN_DIR.",
+            show_default=False,
+        ),
+    ],
+    threshold: ThresholdOpt = None,
+    sft_fraction: SftFractionOpt = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The HTML page to write.")] = Path(
+        "inspect.html"
+    ),
+    samples_per_bin: Annotated[
+        int, typer.Option("--samples-per-bin", help="Sample pairs kept per histogram bin.")
+    ] = 20,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the pair samples.")] = 0,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace --out even if prefcurate did not write it.")
+    ] = False,
+    prompt: PromptOpt = None,
+    chosen: ChosenOpt = None,
+    rejected: RejectedOpt = None,
+    score_chosen: ScoreChosenOpt = None,
+    score_rejected: ScoreRejectedOpt = None,
+    source: SourceOpt = None,
+    binarize: BinarizeOpt = Binarize.BEST_VS_WORST,
+    split: SplitOpt = None,
+) -> None:
+    """Write one self-contained HTML page to look at a dataset's difficulty and at its pairs.
+
+    analyze's summary, a clickable margin histogram listing sample pairs of each bin (prompt,
+    chosen and rejected side by side), a τ control with the routed counts, the rating grid,
+    margin vs length difference and per-source margins. It opens from disk with no network.
+
+    A SPLIT_DIR starts at plan.json's τ; a RUN_DIR adds the training curves by route and the
+    reward accuracy per margin bin. What each part answers: docs/inspect.md.
+
+    Example:
+        prefcurate inspect ../shared/data/ultrafeedback_1k.jsonl --threshold 0.5 --out uf.html
+    """
+    import time
+
+    from prefcurate.analyze import check_routing_args
+    from prefcurate.page import build_page, check_page_out, is_split_dir
+    from prefcurate.progress import status, stderr
+    from prefcurate.runstats import is_run_dir
+
+    started = time.perf_counter()
+    check_routing_args(threshold, sft_fraction)
+    check_page_out(out, force=force, inputs=[data])
+    pairs = None
+    if not (is_run_dir(data) or is_split_dir(data)):
+        pairs = open_source(
+            data,
+            prompt=prompt,
+            chosen=chosen,
+            rejected=rejected,
+            score_chosen=score_chosen,
+            score_rejected=score_rejected,
+            source=source,
+            binarize=binarize,
+            split=split,
+        )
+    with status(f"inspecting {data}"):
+        seen, _ = build_page(
+            data,
+            out,
+            source=pairs,
+            threshold=threshold,
+            sft_fraction=sft_fraction,
+            samples_per_bin=samples_per_bin,
+            seed=seed,
+        )
+    size = out.stat().st_size / 1e6
+    stderr.print(
+        f"wrote {out} ({size:.1f} MB; {seen.samples.height:,} sample pairs of "
+        f"{seen.report.rows:,}) in {time.perf_counter() - started:.1f} s; open it in a browser",
+        highlight=False,
+    )
 
 
 @app.command("synth")

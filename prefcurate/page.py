@@ -67,6 +67,7 @@ def render_page(inspection: Inspection, *, run: dict[str, Any] | None = None) ->
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f'<meta name="generator" content="{GENERATOR}">\n'
         f"<title>{_e(title)}</title>\n<style>\n{css}\n</style>\n"
         f"<script>{get_plotlyjs()}</script>\n</head>\n<body>\n{body}\n"
         f'<script type="application/json" id="page-data">{script_json(data)}</script>\n'
@@ -552,3 +553,41 @@ def build_page(
         )
     write_page(seen, out, run=run)
     return seen, run
+
+
+#: Marks a page this module wrote: ``inspect`` replaces such a file without ``--force``.
+GENERATOR = "prefcurate inspect"
+
+
+def check_page_out(out: str | Path, *, force: bool, inputs: list[str | Path] = ()) -> None:
+    """Refuse an ``--out`` that is a directory, an input, or a file prefcurate did not write.
+
+    Runs before any data is read. A page written by ``inspect`` (it carries
+    ``<meta name="generator" content="prefcurate inspect">``) is replaced; any other file needs
+    ``force``; an input is never replaced.
+    """
+    out = Path(out)
+    fix = "pass another --out"
+    if out.is_dir():
+        raise InputError("--out is a directory", where=out, fix="pass a file name ending in .html")
+    if not out.exists():
+        return
+    for item in inputs:
+        try:
+            if Path(item).exists() and out.resolve() == Path(item).resolve():
+                raise InputError("--out is the input itself", where=out, fix=fix)
+        except OSError:
+            continue
+    if force:
+        return
+    try:
+        with out.open("rb") as handle:
+            head = handle.read(4096).decode("utf-8", "replace")
+    except OSError as exc:
+        raise InputError(f"cannot read the existing --out ({exc})", where=out, fix=fix) from None
+    if f'<meta name="generator" content="{GENERATOR}">' not in head:
+        raise InputError(
+            "--out exists and was not written by prefcurate inspect",
+            where=out,
+            fix="pass --force to replace it, or another --out",
+        )
