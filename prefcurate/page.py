@@ -521,7 +521,7 @@ def build_page(
             threshold = plan.get("threshold")
         counts = plan.get("counts", {})
         header = (
-            f"split {split_dir}: mode {plan.get('mode')}, order {plan.get('order')}, "
+            f"routed split {split_dir}/: mode {plan.get('mode')}, order {plan.get('order')}, "
             f"{counts.get('dpo', 0):,} dpo / {counts.get('sft', 0):,} sft "
             f"({counts.get('dropped', 0):,} dropped) as plan.json records"
         )
