@@ -273,8 +273,8 @@ def _header(inspection: Inspection) -> str:
     return (
         "<header><h1>prefcurate inspect</h1>"
         f'<p class="path">{_e(info.get("path", "data"))}</p>'
-        f"<p>{report.rows:,} pairs · layout <b>{_e(report.layout)}</b>"
-        f"{' · ' + _e(inspection.description) if inspection.description else ''}</p>"
+        f"<p><b>{report.rows:,} pairs</b> · "
+        f"{_e(inspection.description or 'layout ' + report.layout)}</p>"
         + (f"<p>{_e(extra)}</p>" if extra else "")
         + "</header>"
     )
