@@ -4,7 +4,8 @@ A newcomer's first command. It makes preference pairs for the sorting task of
 :mod:`prefcurate.toytask` (sampled from the cached base policy, labelled by noisy ratings), then
 runs the same library functions as the commands a user would type next:
 
-1. ``analyze`` — margins, ties, inversions → ``report/report.json`` and PNG plots;
+1. ``analyze`` — margins, ties, inversions → ``report/report.json``, PNG plots and the inspect
+   page ``report/index.html`` (rewritten after training with the run's curves);
 2. ``route --threshold 0.5`` — MixDPO's split, curriculum order → ``split/`` (+ plots);
 3. ``train`` — MixDPO on the ``tiny`` model from the base policy → ``run/`` (metrics, model,
    ``curves.png``);
@@ -131,6 +132,7 @@ def run_demo(
         result.artefacts["model"] = run.model_dir
         result.artefacts["metrics"] = run.run_dir / "metrics.jsonl"
         result.artefacts["training curves"] = run.run_dir / "curves.png"
+        result.artefacts["inspect page"] = _inspect_run(run.run_dir, report_dir / "index.html")
         done("train", t0)
 
         t0 = time.perf_counter()
@@ -165,7 +167,8 @@ def run_demo(
     }
     result.seconds = time.perf_counter() - started
     readme = out / "README.md"
-    result.artefacts = {"summary": readme, **result.artefacts}
+    page = result.artefacts.pop("inspect page")
+    result.artefacts = {"inspect page": page, "summary": readme, **result.artefacts}
     readme.write_text(_readme(result))
     return result
 
@@ -185,16 +188,27 @@ def _status(message: str, quiet: bool):
 
 
 def _analyze(data: Path, report_dir: Path, quiet: bool) -> Path:
-    from prefcurate.analyze import analyze
+    from prefcurate.inspection import inspect_source
     from prefcurate.io import atomic_dir, open_pairs
+    from prefcurate.page import write_page
     from prefcurate.plots import PLOT_FILES, write_plots
     from prefcurate.progress import bar
 
-    report = analyze(open_pairs(data), threshold=THRESHOLD)
+    seen = inspect_source(open_pairs(data), threshold=THRESHOLD)  # analyze's report + samples
+    report = seen.report
     with atomic_dir(report_dir) as tmp, bar("analyze: plots", len(PLOT_FILES)) as progress:
         (tmp / "report.json").write_text(report.to_json(), encoding="utf-8")
         write_plots(report, tmp, threshold=THRESHOLD, on_written=lambda _: progress.advance(0))
+        write_page(seen, tmp / "index.html")
     return report_dir
+
+
+def _inspect_run(run_dir: Path, page: Path) -> Path:
+    """Rewrite the report's page with the run: its split's pairs, curves by route, accuracy."""
+    from prefcurate.page import build_page
+
+    build_page(run_dir, page)
+    return page
 
 
 def _route(data: Path, split: Path, seed: int, quiet: bool):
@@ -227,6 +241,10 @@ def _readme(result: DemoResult) -> str:
         "",
         "Made by `prefcurate demo`: the toy sorting task's preference pairs, analyzed, routed",
         f"at τ = {THRESHOLD} (MixDPO), trained on the tiny model, judged by the gold reward.",
+        "",
+        f"Start with `{result.artefacts['inspect page']}`: one page (open it in a browser, no",
+        "network) with the pairs behind each bar of the margin histogram, the τ control, the",
+        "training curves by route and the reward accuracy per margin bin.",
         "",
         "```",
         result.summary(),
