@@ -414,12 +414,13 @@ def inspect_command(
 ) -> None:
     """Write one self-contained HTML page to look at a dataset's difficulty and at its pairs.
 
-    analyze's summary, a clickable margin histogram listing sample pairs of each bin (prompt,
-    chosen and rejected side by side), a τ control with the routed counts, the rating grid,
-    margin vs length difference and per-source margins. It opens from disk with no network.
+    analyze's summary; a margin histogram: click a bar to read its sampled pairs side by side.
 
-    A SPLIT_DIR starts at plan.json's τ; a RUN_DIR adds the training curves by route and the
-    reward accuracy per margin bin. What each part answers: docs/inspect.md.
+    A τ control with the routed counts; rating grid, margin vs length, per-source margins.
+
+    A SPLIT_DIR starts at plan.json's τ; a RUN_DIR adds its curves and accuracy per margin.
+
+    The page opens from disk with no network. What each part answers: docs/inspect.md.
 
     Example:
         prefcurate inspect ../shared/data/ultrafeedback_1k.jsonl --threshold 0.5 --out uf.html

@@ -163,6 +163,14 @@ def test_clicking_the_tie_bar_lists_only_pairs_with_margin_zero(browser, uf_page
     assert len(margins) == 20 and set(margins) == {"0"}
     title = browser.find_element("id", "pairs-title").text
     assert title == "margin 0: 20 of 111 pairs (seeded sample)"
+    # a margin range instead of a bar: the samples of the bins 1 and 1.5
+    for field, value in (("range-lo", "1"), ("range-hi", "1.5")):
+        box = browser.find_element("id", field)
+        box.clear()
+        box.send_keys(value)
+    browser.find_element("css selector", "#range-form button").click()
+    margins = listed_margins(browser)
+    assert len(margins) == 40 and set(margins) == {"1", "1.5"}
     assert errors(browser) == []
 
 
