@@ -152,6 +152,16 @@ def test_page_loads_offline_without_console_errors_and_draws_the_histogram(
     assert heights[1] == max(heights) and heights[0] > 0  # 193 pairs at 0.5, 111 ties
     title = browser.find_element("css selector", "#fig-histogram .gtitle").text
     assert title.startswith("margin histogram")
+    # the figures below are drawn as they come into view: scroll down, all of them draw cleanly
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.execute_script("window.scrollTo(0, document.body.scrollHeight)")
+    WebDriverWait(browser, 20).until(
+        lambda d: d.execute_script("var p = window.prefcurateInspect; return p.drawn === p.figures")
+    )
+    assert browser.execute_script("return window.prefcurateInspect.figures") == 3  # + ratings,
+    assert len(browser.find_elements("css selector", ".js-plotly-plot")) == 3  # length; no source
+    assert errors(browser) == []
 
 
 def test_clicking_the_tie_bar_lists_only_pairs_with_margin_zero(browser, uf_page):

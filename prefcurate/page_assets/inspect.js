@@ -23,11 +23,29 @@
   function pct(part, whole) { return whole ? (100 * part / whole).toFixed(1) + "%" : "–"; }
 
   // ---------------------------------------------------------------- charts
+  // The histogram is drawn at once; the figures below it when they come near the screen, so the
+  // page is ready sooner (each is drawn once; window.prefcurateInspect.drawn counts them).
+  var drawn = 0;
+  function draw(node, key) {
+    if (node.getAttribute("data-drawn")) return;
+    node.setAttribute("data-drawn", "1");
+    var fig = data.figures[key];
+    Plotly.newPlot(node, fig.data, fig.layout, data.config);
+    drawn += 1;
+    if (window.prefcurateInspect) window.prefcurateInspect.drawn = drawn;
+  }
+  var observer = "IntersectionObserver" in window ? new IntersectionObserver(function (entries) {
+    entries.forEach(function (entry) {
+      if (!entry.isIntersecting) return;
+      observer.unobserve(entry.target);
+      draw(entry.target, entry.target.id.slice(4));
+    });
+  }, { rootMargin: "400px" }) : null;
   Object.keys(data.figures).forEach(function (key) {
     var node = document.getElementById("fig-" + key);
     if (!node) return;
-    var fig = data.figures[key];
-    Plotly.newPlot(node, fig.data, fig.layout, data.config);
+    if (key === "histogram" || !observer) draw(node, key);
+    else observer.observe(node);
   });
 
   // ---------------------------------------------------------------- τ control
@@ -223,5 +241,8 @@
     showBin(-1);
   }
   showBin.scroll = true;
-  window.prefcurateInspect = { showBin: showBin, showRange: showRange, setTau: setTau, ready: true };
+  window.prefcurateInspect = {
+    showBin: showBin, showRange: showRange, setTau: setTau, ready: true, drawn: drawn,
+    figures: Object.keys(data.figures).filter(function (k) { return document.getElementById("fig-" + k); }).length
+  };
 })();
