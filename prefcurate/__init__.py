@@ -31,7 +31,7 @@ _EXPORTS = {
     "inspect_source": "prefcurate.inspection",
     "write_page": "prefcurate.page",
     "plan_routes": "prefcurate.route",
-    "write_route": "prefcurate.route",
+    "write_route": "prefcurate.splitwriter",
     "RoutePlan": "prefcurate.route",
     "threshold_for_fraction": "prefcurate.margins",
     "synth": "prefcurate.synth",

@@ -41,13 +41,13 @@ from prefcurate.analyze import (
     Report,
     _nice_width,
     analyze_frame,
-    check_routing_args,
     input_info,
     narrow_exprs,
 )
 from prefcurate.errors import InputError
 from prefcurate.io import _guard
 from prefcurate.layouts import ISSUE, ROW
+from prefcurate.margins import check_routing_args
 
 if TYPE_CHECKING:
     from prefcurate.io import PairSource

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from prefcurate.analyze import Histogram, Report
+from prefcurate.atomic import atomic_file
 from prefcurate.errors import InputError
 from prefcurate.inspection import TEXT_LIMIT, Inspection
-from prefcurate.io import atomic_file
 from prefcurate.plots import DPO_COLOR, NEUTRAL_COLOR, SFT_COLOR
 from prefcurate.report import FLAG_HELP
 
