@@ -461,7 +461,12 @@ def route(
         int, typer.Option("--seed", help="Seed of shuffles and the held-out choice.")
     ] = 0,
     export: Annotated[
-        str | None, typer.Option("--export", help="trl: also write dpo.jsonl and sft.jsonl.")
+        str | None,
+        typer.Option(
+            "--export",
+            help="Also write the split for another trainer: trl (dpo.jsonl + sft.jsonl), "
+            "trl-mixdpo (mixdpo.jsonl for prefcurate.integrations.trl), llamafactory, openrlhf.",
+        ),
     ] = None,
     force: ForceOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print plan.json to stdout.")] = False,
@@ -479,7 +484,9 @@ def route(
 
     Writes train.parquet (rank order, with route, rank and stage columns) and plan.json.
 
-    --eval-fraction adds eval.parquet; --export trl adds dpo.jsonl and sft.jsonl for TRL.
+    --eval-fraction adds eval.parquet. --export writes the split for another trainer too:
+    trl-mixdpo (mixdpo.jsonl: per-pair routing in TRL), trl, llamafactory, openrlhf
+    (docs/integrations.md).
 
     Example:
         prefcurate route ../shared/data/ultrafeedback_1k.jsonl --threshold 0.5 --out out/uf
@@ -487,6 +494,7 @@ def route(
     import json
     from datetime import datetime, timezone
 
+    from prefcurate.export import check_export
     from prefcurate.io import check_new_dir
     from prefcurate.progress import status
     from prefcurate.route import plan_routes, write_route, write_split_plots
@@ -495,8 +503,7 @@ def route(
     if out is None:
         raise InputError("--out is required", fix="pass --out DIR for the split files")
     check_new_dir(out, force=force)  # before reading anything: fail fast, write nothing
-    if export is not None and export != "trl":
-        raise InputError(f"--export must be 'trl', got {export!r}")
+    check_export(export)
     with status("reading and routing"):
         pairs = open_source(
             data,

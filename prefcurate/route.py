@@ -659,12 +659,15 @@ def write_route(
 
     The directory appears atomically: a killed run leaves the old ``out_dir`` or the new complete
     one, never a mix; an existing ``out_dir`` needs ``force``. The same plan gives byte-identical
-    Parquet files. ``export='trl'`` adds dpo.jsonl / sft.jsonl (:mod:`prefcurate.export`).
+    Parquet files. ``export`` adds the files of one of :data:`prefcurate.export.EXPORTS`
+    (``'trl'``: dpo.jsonl / sft.jsonl; ``'trl-mixdpo'``: mixdpo.jsonl; ``'llamafactory'`` /
+    ``'openrlhf'``: a folder for that tool).
     ``plots(plan, directory)`` writes the figures into the directory being built. Returns the
     plan.json it wrote.
     """
-    if export not in (None, "trl"):
-        raise InputError(f"--export must be 'trl', got {export!r}")
+    from prefcurate.export import check_export, export_split
+
+    check_export(export)
     out_dir = Path(out_dir)
     outputs: dict[str, Any] = {"train": "train.parquet", "eval": None}
     with atomic_dir(out_dir, force=force) as tmp:
@@ -672,11 +675,9 @@ def write_route(
         if plan.eval_fraction is not None:
             write_split(plan, "eval", tmp / "eval.parquet")
             outputs["eval"] = "eval.parquet"
-        if export == "trl":
-            from prefcurate.export import export_trl
-
-            files = export_trl(tmp / "train.parquet", tmp)
-            outputs["trl"] = {name: path.name for name, path in files.items()}
+        if export is not None:
+            files = export_split(export, tmp / "train.parquet", tmp)
+            outputs[export] = {name: str(path.relative_to(tmp)) for name, path in files.items()}
         # plots: the analyze plots with the split marked (prefcurate.plots; wired by the CLI).
         if plots is not None:
             plots(plan, tmp)
