@@ -51,7 +51,6 @@ from prefcurate.score_cache import (
     recall_identity,
     remember_identity,
 )
-from prefcurate.sources import content_hash
 
 #: OUT's metadata format version (the ``prefcurate.score`` key of the Parquet footer).
 SCORE_FORMAT = 1
@@ -237,7 +236,7 @@ def score_pairs(
     memo_root = _cache_root(cache_dir, cache) / "identities"
     identities = {kind: _identity(kind, spec, request, memo_root) for kind, spec in models.items()}
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefcurate-hash") as pool:
-        hashed = pool.submit(content_hash, source.raw.paths)
+        hashed = pool.submit(source.raw.content_hash)
         frame = source.collect(source.scan(keep_input=True))
         sha256, size = hashed.result()
     conversational = isinstance(frame.schema["chosen"], pl.List)
