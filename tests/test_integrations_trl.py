@@ -8,7 +8,12 @@ prefcurate's own trainer within 1e-5 on a batch that mixes dpo and sft pairs.
 from __future__ import annotations
 
 import copy
+import json
 import math
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -247,6 +252,7 @@ def test_a_plain_dpo_config_is_refused(tmp_path):
         config(tmp_path, loss_type=["ipo"])
 
 
+@pytest.mark.slow
 def test_lora_through_peft_config_trains_only_the_adapter(tmp_path):
     """LoRA via TRL's peft_config: the reference is the base model (adapter off), so the first
     step's DPO loss is log 2; after training only lora_ weights changed."""
@@ -275,6 +281,7 @@ def test_lora_through_peft_config_trains_only_the_adapter(tmp_path):
             assert torch.equal(param.detach(), base[key]), name
 
 
+@pytest.mark.slow
 def test_precomputed_reference_gives_the_same_losses(tmp_path):
     """precompute_ref_log_probs stores NaN for sft pairs and the same values for dpo pairs."""
     split_dir = write_split(tmp_path / "split", synthetic_rows(8, seed=1), threshold=1.0)
@@ -287,3 +294,52 @@ def test_precomputed_reference_gives_the_same_losses(tmp_path):
     pre.train()
     losses = [[r["loss"] for r in t.state.log_history if "loss" in r] for t in (live, pre)]
     assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_accelerate_two_cpu_processes_match_one_process(tmp_path):
+    """accelerate launch, 2 gloo processes × batch 2 against 1 process × batch 4 on 12 pairs:
+    the same loss curve within 1e-5 and the curriculum kept across processes (step k trains
+    ranks 4k..4k+3: process 0 the first two, process 1 the next two). accelerate's ``--cpu``
+    launcher needs MPI for several processes; ``--multi_gpu`` starts them through torchrun,
+    which on a machine without GPUs runs them on CPU with gloo."""
+    split_dir = write_split(tmp_path / "split", synthetic_rows(12, seed=1), threshold=1.0)
+    worker = str(Path(__file__).with_name("trl_launch_worker.py"))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", TQDM_DISABLE="1")
+    accelerate = Path(sys.executable).with_name("accelerate")
+    runs = {
+        "one": [sys.executable, worker, str(split_dir), str(tmp_path / "one"), "4"],
+        "two": [
+            str(accelerate),
+            "launch",
+            "--multi_gpu",
+            "--num_processes=2",
+            "--num_machines=1",
+            "--mixed_precision=no",
+            "--dynamo_backend=no",
+            f"--main_process_port={_free_port()}",
+            worker,
+            str(split_dir),
+            str(tmp_path / "two"),
+            "2",
+        ],
+    }
+    for argv in runs.values():
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    one = json.loads((tmp_path / "one" / "log.json").read_text())
+    two = json.loads((tmp_path / "two" / "log.json").read_text())
+    assert (one["world_size"], two["world_size"]) == (1, 2)
+    assert two["distributed_type"] == "DistributedType.MULTI_CPU"
+    losses = [[r["loss"] for r in run["log"] if "loss" in r] for run in (one, two)]
+    assert len(losses[0]) == 3
+    assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), atol=1e-5, rtol=0)
+    seen = [json.loads((tmp_path / "two" / f"seen-{p}.json").read_text()) for p in (0, 1)]
+    assert seen == [[[0, 1], [4, 5], [8, 9]], [[2, 3], [6, 7], [10, 11]]]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -39,6 +39,7 @@ Tested with TRL 1.16 (the ``trl`` extra pins the range).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -255,6 +256,9 @@ class MixDPOTrainer(DPOTrainer):
                 fix="build the arguments with prefcurate.integrations.trl.MixDPOConfig",
             )
         train_dataset = routed_dataset(train_dataset, "train_dataset")
+        if ref_model is None and _needs_reference_copy(model, args, kwargs):
+            # TRL reloads the reference from the model's path; a model built in memory has none
+            ref_model = copy.deepcopy(model)
         if eval_dataset is not None:
             eval_dataset = routed_dataset(eval_dataset, "eval_dataset")
         super().__init__(
@@ -424,6 +428,15 @@ class MixDPOTrainer(DPOTrainer):
         if mode == "train":
             self._total_train_tokens += int(tokens) // self._tp_size
         metrics["num_tokens"] = [self._total_train_tokens]
+
+
+def _needs_reference_copy(model: Any, args: MixDPOConfig, kwargs: dict[str, Any]) -> bool:
+    """Whether the reference must be a copy: a full fine-tune of a model with no path to reload."""
+    if isinstance(model, str) or kwargs.get("peft_config") is not None:
+        return False
+    if args.precompute_ref_log_probs or getattr(model, "peft_config", None):
+        return False
+    return not str(getattr(model.config, "_name_or_path", "") or "")
 
 
 def _is_dpo(inputs: Mapping[str, Any]) -> Tensor:
