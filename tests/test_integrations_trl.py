@@ -11,6 +11,7 @@ import copy
 import json
 import math
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -343,3 +344,35 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_the_trl_example_of_the_docs_runs_end_to_end(cli, uf1k, tmp_path, monkeypatch):
+    """docs/integrations.md, section TRL: its prefcurate commands on 16 real UltraFeedback pairs,
+    then its Python script on the tiny model (saved as the local model directory it names),
+    with CPU settings added; the run trains both routes and saves the model."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "integrations.md").read_text()
+    section = doc.split("## TRL: `MixDPOTrainer`")[1].split("\n## ")[0]
+    commands = _code_block(section, "bash")
+    script = _code_block(section, "python")
+    monkeypatch.chdir(tmp_path)
+    lines = uf1k.read_text(encoding="utf-8").splitlines(keepends=True)
+    Path("ultrafeedback.jsonl").write_text("".join(lines[:16]), encoding="utf-8")
+    for line in commands.splitlines():
+        if line.startswith("prefcurate "):
+            result = cli(*shlex.split(line.split("#")[0])[1:])
+            assert result.code == 0, (line, result.err)
+    tiny = load_model("tiny", seed=0)
+    tiny.model.save_pretrained("models/Qwen2.5-0.5B-Instruct")
+    tiny.tokenizer.save_pretrained("models/Qwen2.5-0.5B-Instruct")
+    cpu = 'num_train_epochs=1, bf16=False, use_cpu=True, report_to="none", logging_steps=1,'
+    assert script.count("num_train_epochs=1,") == 1
+    namespace: dict = {}
+    exec(compile(script.replace("num_train_epochs=1,", cpu), "integrations.md", "exec"), namespace)
+    steps = [r for r in namespace["trainer"].state.log_history if "loss" in r]
+    assert len(steps) == 2  # 16 pairs, batch 8
+    assert sum(r["pairs/sft"] for r in steps) > 0 and sum(r["pairs/dpo"] for r in steps) > 0
+    assert Path("uf-mixdpo/model.safetensors").is_file()
+
+
+def _code_block(markdown: str, language: str) -> str:
+    return markdown.split(f"```{language}\n")[1].split("```")[0]
