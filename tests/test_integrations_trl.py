@@ -227,6 +227,22 @@ def test_a_split_without_route_is_an_error_never_plain_dpo(tmp_path):
         )
 
 
+def test_flipping_a_route_changes_only_that_pairs_term(tmp_path):
+    """At the reference policy every DPO term is log 2; routing pair 2 to sft turns its term
+    into its chosen response's NLL and leaves the other three unchanged."""
+    split_dir = write_split(tmp_path / "split", synthetic_rows(4, seed=1), routes=["dpo"] * 4)
+    trainer = trainer_for(split_dir, tmp_path)
+    examples = [trainer.train_dataset[i] for i in range(4)]
+    with torch.no_grad():
+        before = trainer.pair_terms(trainer.model, trainer.data_collator(examples))
+        examples[2] = {**examples[2], "route": "sft"}
+        after = trainer.pair_terms(trainer.model, trainer.data_collator(examples))
+    assert_close(before.loss, torch.full((4,), math.log(2)), atol=1e-6, rtol=0)
+    assert after.loss[2].item() == pytest.approx(before.chosen_nll[2].item(), abs=1e-6)
+    assert after.loss[2].item() > 3.0
+    assert_close(after.loss[[0, 1, 3]], before.loss[[0, 1, 3]], atol=1e-6, rtol=0)
+
+
 def test_a_batch_that_lost_its_route_is_an_error(tmp_path):
     """A user's own collator that drops the route cannot silently train plain DPO."""
     split_dir = write_split(tmp_path / "split", synthetic_rows(4, seed=1))

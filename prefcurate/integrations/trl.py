@@ -489,21 +489,23 @@ def routed_dataset(dataset: Any, name: str = "dataset") -> Any:
     return dataset
 
 
-def load_pairs(path: str | Path) -> Dataset:
+def load_pairs(path: str | Path, *, split: str = "train") -> Dataset:
     """The routed pairs of a split as a ``datasets.Dataset`` in curriculum (rank) order.
 
-    ``path`` is a split directory written by ``prefcurate route`` (its train.parquet is read),
-    a routed Parquet file, or the ``mixdpo.jsonl`` of ``--export trl-mixdpo``. Example::
+    ``path`` is a split directory written by ``prefcurate route`` (its ``{split}.parquet`` is
+    read: ``"train"``, or ``"eval"`` with ``--eval-fraction``), a routed Parquet file, or the
+    ``mixdpo.jsonl`` of ``--export trl-mixdpo``. Example::
 
-        >>> pairs = load_pairs("out/uf-mixdpo")          # doctest: +SKIP
-        >>> pairs.column_names                            # doctest: +SKIP
+        >>> train = load_pairs("out/uf-mixdpo")                   # doctest: +SKIP
+        >>> train.column_names                                     # doctest: +SKIP
         ['pair_id', 'prompt', 'chosen', 'rejected', 'margin', 'route', 'rank']
+        >>> held_out = load_pairs("out/uf-mixdpo", split="eval")  # doctest: +SKIP
     """
     from prefcurate.export import mixdpo_frame
 
     path = Path(path)
     if path.is_dir():
-        path = path / "train.parquet"
+        path = path / f"{split}.parquet"
     if not path.is_file():
         raise InputError("no such split file", where=path, fix=_FIX)
     if path.suffix == ".parquet":
