@@ -73,8 +73,18 @@ def config(tmp_path: Path, **overrides) -> MixDPOConfig:
     return MixDPOConfig(**settings)
 
 
-def trainer_for(split_dir: Path, tmp_path: Path, *, ref: bool = True, **overrides):
+#: A minimal chat template for the tiny byte-level tokenizer (it has none of its own).
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def trainer_for(
+    split_dir: Path, tmp_path: Path, *, ref: bool = True, chat_template=None, **overrides
+):
     loaded = load_model("tiny", seed=0)
+    loaded.tokenizer.chat_template = chat_template
     return MixDPOTrainer(
         loaded.model,
         ref_model=copy.deepcopy(loaded.model) if ref else None,
@@ -84,19 +94,26 @@ def trainer_for(split_dir: Path, tmp_path: Path, *, ref: bool = True, **override
     )
 
 
-def test_per_pair_losses_and_gradients_equal_prefcurate_train(tmp_path):
+@pytest.mark.parametrize("layout", ["standard", "conversational"])
+def test_per_pair_losses_and_gradients_equal_prefcurate_train(tmp_path, layout):
     """One mixed batch (6 dpo + 4 sft pairs), cDPO with β = 0.1, ε = 0.1, at a policy that has
     moved away from its reference (one SGD step on the policy only, so the DPO terms are not all
     log 2): the same tokens, the same 10 loss terms and the same gradient of their mean for
-    every parameter, within 1e-5."""
-    split_dir = write_split(tmp_path / "split", synthetic_rows(10, seed=3), routes=ROUTES)
+    every parameter, within 1e-5. Conversations go through a chat template on both sides."""
+    conversational = layout == "conversational"
+    template = CHAT_TEMPLATE if conversational else None
+    rows = synthetic_rows(10, seed=3, conversational=conversational)
+    split_dir = write_split(tmp_path / "split", rows, routes=ROUTES)
     n = len(ROUTES)
 
     # prefcurate train's path: read → tokenise → reference pass → collate → objective
     ours = load_model("tiny", seed=0)
+    ours.tokenizer.chat_template = template
     split = read_split(split_dir)
+    assert split.conversational == conversational
     routes = split.frame["route"].to_list()  # rank order: the 4 sft pairs rank after the dpo ones
     pairs = tokenize_split(split, ours.tokenizer, max_length=256)
+    assert pairs.chat_template == conversational
     module = SequenceLogps(ours.model)
     ref = reference_logps(
         module,
@@ -119,7 +136,7 @@ def test_per_pair_losses_and_gradients_equal_prefcurate_train(tmp_path):
     expected.loss.mean().backward()
 
     # MixDPOTrainer's path: TRL's dataset preparation → the routed collator → pair_terms
-    trainer = trainer_for(split_dir, tmp_path, gradient_checkpointing=False)
+    trainer = trainer_for(split_dir, tmp_path, chat_template=template, gradient_checkpointing=False)
     model = trainer.model
     _nudge(model, moved)
     examples = [trainer.train_dataset[i] for i in MIXED]
