@@ -131,7 +131,10 @@ def test_per_pair_losses_and_gradients_equal_prefcurate_train(tmp_path, layout):
         ref_chosen=ref[0],
         ref_rejected=ref[1],
     )
-    expected = Objective(loss="sigmoid", beta=BETA, label_smoothing=EPSILON)(module, batch)
+    objective = Objective(
+        loss="sigmoid", beta=BETA, label_smoothing=EPSILON, sft_weight=1.0, nll_weight=0.0
+    )
+    expected = objective(module, batch)
     ours.model.zero_grad()
     expected.loss.mean().backward()
 
