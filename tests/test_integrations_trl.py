@@ -210,10 +210,27 @@ def _pair_ids_per_step(split_dir: Path, tmp_path: Path, **overrides) -> list[lis
 
 
 def test_logs_route_losses_and_rewards_under_trls_names(tmp_path):
+    """The metrics reach the callbacks that report_to's integrations (TensorBoard, W&B) are."""
+    from transformers import TrainerCallback
+
+    class Reporter(TrainerCallback):
+        def __init__(self):
+            self.logs: list[dict] = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.logs.append(dict(logs or {}))
+
     split_dir = write_split(tmp_path / "split", synthetic_rows(12, seed=1), threshold=1.0)
     trainer = trainer_for(split_dir, tmp_path)
+    reporter = Reporter()
+    trainer.add_callback(reporter)
     trainer.train()
     steps = [r for r in trainer.state.log_history if "loss" in r]
+    reported = [r for r in reporter.logs if "loss" in r]
+    assert [r["loss/dpo"] for r in reported if "loss/dpo" in r] == [
+        r["loss/dpo"] for r in steps if "loss/dpo" in r
+    ]
+    assert any("loss/sft" in r for r in reported)
     assert len(steps) == 3
     first = steps[0]
     assert first["loss/dpo"] == pytest.approx(math.log(2), abs=1e-6)  # policy = reference
