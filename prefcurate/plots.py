@@ -453,7 +453,7 @@ def write_report_dir(
     The folder is built aside and swapped in whole (:func:`prefcurate.atomic.atomic_dir`); an
     existing ``out`` needs ``force``. Returns the names written, report.json first.
     """
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=force, kind="analyze") as tmp:
         (tmp / "report.json").write_text(report.to_json(), encoding="utf-8")
         written = write_plots(report, tmp, threshold=threshold, on_written=on_written)
     return ["report.json", *(p.name for p in written)]

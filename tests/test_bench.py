@@ -129,7 +129,7 @@ def test_demo_refuses_an_existing_folder(cli, tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "x").write_text("keep")
     bad = cli("demo", "--out", tmp_path / "d")
-    assert bad.code == 2 and "already exists" in bad.err
+    assert bad.code == 2 and "prefcurate did not write (x)" in bad.err
     assert (tmp_path / "d" / "x").read_text() == "keep"
 
 

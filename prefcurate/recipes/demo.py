@@ -17,13 +17,11 @@ on stderr; the closing summary says where everything is.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefcurate.errors import InputError
 from prefcurate.recipes.basepolicy import BaseConfig
 
 #: The demo routes exactly the ties, as the paper's main setting does on UltraFeedback.
@@ -55,6 +53,10 @@ class DemoResult:
         return "\n".join(lines)
 
 
+#: What the demo writes into its folder (and the temporary siblings of its atomic parts).
+DEMO_ENTRIES = ("data", "report", "split", "run", "eval.json", "README.md", ".*.tmp-*", ".*.lock")
+
+
 def run_demo(
     out: str | Path = "prefcurate-demo",
     *,
@@ -69,17 +71,11 @@ def run_demo(
     """Run the demo into ``out``; see the module docstring. Returns paths and figures."""
     import torch
 
+    from prefcurate.outdir import open_dir
     from prefcurate.progress import stderr
     from prefcurate.recipes.bench import EVAL_SEED, BenchConfig, Environment, make_pairs, pair_stats
 
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise InputError(
-                "the demo folder already exists", where=out, fix="pass --force or another --out"
-            )
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = open_dir(out, force=force, kind="demo", entries=DEMO_ENTRIES)
     started = time.perf_counter()
     result = DemoResult(out)
     threads = torch.get_num_threads()
