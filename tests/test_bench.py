@@ -123,6 +123,10 @@ def test_demo_writes_report_plots_split_model_and_summary(tmp_path, cache):
         assert path.exists() and str(path) in summary
     assert demo.figures["dpo"] + demo.figures["sft"] == 48
     assert (out / "README.md").read_text().count(str(out / "eval.json")) == 1
+    page = (out / "report" / "index.html").read_text(encoding="utf-8")
+    assert "Training run: run" in page and '"accuracy"' in page  # the run's figures
+    readme = (out / "README.md").read_text()
+    assert readme.index("index.html") < readme.index("eval.json")  # the page comes first
 
 
 def test_demo_refuses_an_existing_folder(cli, tmp_path):

@@ -51,7 +51,8 @@ def test_show_ultrafeedback_threshold_with_out(cli, uf1k, tmp_path):
         "sft_share": 0.111,
         "unrouted": 0,
     }
-    assert sorted(p.name for p in out.iterdir()) == sorted(["report.json", *PLOT_FILES, MANIFEST])
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(["report.json", "index.html", *PLOT_FILES, MANIFEST])
     for name in PLOT_FILES:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -87,9 +88,8 @@ def test_show_hh_without_margins(cli, hh):
 def test_hh_out_writes_the_lengths_figure_only(cli, hh, tmp_path):
     result = cli("analyze", hh, "--out", tmp_path / "r")
     assert result.code == 0, result.err
-    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == sorted(
-        [MANIFEST, "lengths.png", "report.json"]
-    )
+    names = sorted(p.name for p in (tmp_path / "r").iterdir())
+    assert names == sorted([MANIFEST, "index.html", "lengths.png", "report.json"])
 
 
 @pytest.mark.parametrize(

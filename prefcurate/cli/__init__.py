@@ -6,7 +6,8 @@ and exit code 2; anything unexpected becomes one line with "please report" and e
 traceback is shown only with ``--debug``.
 
 Modules: :mod:`~prefcurate.cli.common` (the app, shared options, the catalog record),
-:mod:`~prefcurate.cli.data` (analyze, synth, route), :mod:`~prefcurate.cli.score`,
+:mod:`~prefcurate.cli.data` (analyze, synth, route), :mod:`~prefcurate.cli.page` (inspect),
+:mod:`~prefcurate.cli.score`,
 :mod:`~prefcurate.cli.train` (train, plot), :mod:`~prefcurate.cli.catalog` (runs, sql),
 :mod:`~prefcurate.cli.recipes` (bench, demo). Importing them registers their commands, in the
 order ``--help`` lists them.
@@ -19,7 +20,7 @@ import sys
 
 import typer
 
-from prefcurate.cli import catalog, data, recipes, score, train  # noqa: F401 - registers commands
+from prefcurate.cli import catalog, data, page, recipes, score, train  # noqa: F401 - registers
 from prefcurate.cli.common import STATE, _ClickException, _UsageError, app
 from prefcurate.errors import InputError, PrefcurateError, machine_fault, one_line
 

@@ -66,8 +66,15 @@ def analyze_command(
     if out is not None:
         check_new_dir(out, force=force, inputs=[data])
     pairs = columns.open(data)
+    seen = None
     with status(f"analyzing {pairs.raw.display}"):
-        report = analyze(pairs, threshold=threshold, sft_fraction=sft_fraction)
+        if out is None:
+            report = analyze(pairs, threshold=threshold, sft_fraction=sft_fraction)
+        else:  # the same figures, plus the pair samples of the folder's index.html
+            from prefcurate.inspection import inspect_source
+
+            seen = inspect_source(pairs, threshold=threshold, sft_fraction=sft_fraction)
+            report = seen.report
     if json_out:
         print_json(report)
     else:
@@ -77,7 +84,11 @@ def analyze_command(
     if out is not None:
         with bar("writing plots", len(PLOT_FILES)) as progress:
             names = write_report_dir(
-                report, out, force=force, on_written=lambda _: progress.advance(0)
+                report,
+                out,
+                force=force,
+                on_written=lambda _: progress.advance(0),
+                inspection=seen,
             )
         if not json_out:
             stderr.print(f"wrote {out}/: {', '.join(names)}", highlight=False)
