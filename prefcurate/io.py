@@ -25,7 +25,7 @@ import polars as pl
 import polars_hash as plh
 
 from prefcurate import layouts
-from prefcurate.errors import InputError, one_line
+from prefcurate.errors import InputError, json_problem, one_line
 from prefcurate.layouts import ISSUE, ROW, Detected
 from prefcurate.margins import difficulty_expr, margin_expr
 from prefcurate.schema import CANONICAL_COLUMNS, Binarize, ColumnMap, Layout
@@ -438,7 +438,7 @@ def _line_problem(
     except _DuplicateKey as exc:
         return f"key {exc.key!r} appears twice in one object", "keep one of the two values"
     except json.JSONDecodeError as exc:
-        return f"not valid JSON ({exc.msg}, column {exc.colno})", "fix or remove this line"
+        return f"not valid JSON: {json_problem(exc)}", "fix or remove this line"
     except RecursionError:
         return "JSON nested too deeply", "flatten or remove this line"
     if not isinstance(row, dict):

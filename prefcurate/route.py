@@ -56,6 +56,10 @@ EVAL_STRATA = 10
 
 #: Reasons a pair is dropped, as keys of plan.json ``counts.dropped_by_reason``.
 NULL_MARGIN = "null_margin"
+#: chosen == rejected: no preference to learn (the DPO loss of such a pair is constant, so its
+#: gradient is zero), and the two ratings of one text disagree (UltraFeedback has margins of 1.5),
+#: so its margin cannot place it in the curriculum either. Dropped in every mode, counted here.
+IDENTICAL = "identical"
 BELOW_THRESHOLD = "below_threshold"
 DROP_PREFIX = "drop: "
 
@@ -155,9 +159,10 @@ class RoutePlan:
             f" (--sft-fraction {_fmt(self.sft_fraction)})" if self.sft_fraction is not None else ""
         )
         held = f", {c['eval']} held out" if self.eval_fraction is not None else ""
+        why = ", ".join(f"{n} {reason}" for reason, n in c["dropped_by_reason"].items() if n)
         return (
             f"{c['in']} pairs, {self.mode}{tau}{frac}: {c['dpo']} dpo, {c['sft']} sft, "
-            f"{c['dropped']} dropped{held}; order {self.order}"
+            f"{c['dropped']} dropped{f' ({why})' if why else ''}{held}; order {self.order}"
             + (f" in {self.stages} stages" if self.stages > 1 else "")
         )
 
@@ -228,6 +233,7 @@ def plan_routes(
 
     reasons: dict[str, int] = {}
     keys = _drop_matching(scan, narrow, drop, reasons)
+    keys = _drop_identical(keys, narrow, source, reasons)
     keys = _drop_unroutable(keys, source, mode, wants_margin, reasons)
     if sft_fraction is not None:
         threshold = threshold_for_fraction(_kept(keys).get_column("margin"), sft_fraction)
@@ -296,6 +302,18 @@ def _drop_matching(
     return keys
 
 
+def _drop_identical(
+    keys: pl.DataFrame, narrow: pl.DataFrame, source: PairSource, reasons: dict[str, int]
+) -> pl.DataFrame:
+    """Mark the pairs whose chosen equals rejected (:data:`IDENTICAL`), in every mode."""
+    same = keys.get_column("_drop").is_null() & narrow.get_column("identical")
+    reasons[IDENTICAL] = int(same.sum())
+    keys = _mark(keys, same, IDENTICAL)
+    if _kept(keys).height == 0:  # before the margin check: its message would mislead
+        raise _nothing_left(source, reasons)
+    return keys
+
+
 def _drop_unroutable(
     keys: pl.DataFrame,
     source: PairSource,
@@ -311,9 +329,7 @@ def _drop_unroutable(
         reasons[NULL_MARGIN] = int(nulls.sum())
         keys = _mark(keys, nulls, NULL_MARGIN)
     if _kept(keys).height == 0:
-        raise InputError(
-            "no pairs left after --drop", where=source.raw.display, fix="loosen the predicates"
-        )
+        raise _nothing_left(source, reasons)
     return keys
 
 
@@ -428,6 +444,15 @@ def _check_args(
             fix="for example --eval-fraction 0.05 holds out 5% of the pairs",
         )
     return stages
+
+
+def _nothing_left(source: PairSource, reasons: dict[str, int]) -> InputError:
+    why = ", ".join(f"{n} {reason}" for reason, n in reasons.items() if n)
+    return InputError(
+        f"no pairs left to route ({why} dropped)",
+        where=source.raw.display,
+        fix="loosen the --drop predicates, or check the data (identical: chosen = rejected)",
+    )
 
 
 def _mark(keys: pl.DataFrame, mask: pl.Series, reason: str) -> pl.DataFrame:

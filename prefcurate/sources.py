@@ -20,7 +20,7 @@ from pathlib import Path
 
 import polars as pl
 
-from prefcurate.errors import InputError, one_line
+from prefcurate.errors import InputError, json_problem, one_line
 
 #: File formats by suffix. Compressed JSONL keeps its inner suffix: ``x.jsonl.gz`` is jsonl.
 _SUFFIX_FORMAT = {
@@ -401,7 +401,7 @@ def _read_json_array(path: Path) -> pl.LazyFrame:
             rows = json.load(fh)
         except json.JSONDecodeError as exc:
             raise InputError(
-                f"not valid JSON: {exc.msg}",
+                f"not valid JSON: {json_problem(exc)}",
                 where=f"{path}, line {exc.lineno}, column {exc.colno}",
                 fix="fix the JSON, or use one object per line (.jsonl)",
             ) from exc

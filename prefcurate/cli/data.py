@@ -18,6 +18,7 @@ from prefcurate.cli.common import (
     app,
     check_catalog,
     column_options,
+    echo,
     record_run,
 )
 from prefcurate.errors import InputError
@@ -262,4 +263,4 @@ def route(
         if as_json:
             print(json.dumps(document, indent=2))
         else:
-            print(f"{plan.summary()} -> {out}")
+            echo(f"{plan.summary()} -> {out}")
