@@ -1,21 +1,23 @@
 """The training loop: MixDPO and its baselines on any causal LM, on a CPU, a GPU or under torchrun.
 
-One function, :func:`train`, reads top to bottom: settings → data → reference → optimizer →
-resume → loop → final model. From Python::
+One function, :func:`train`, reads top to bottom: settings → memory plan → data → model (LoRA,
+sharding) → reference → optimizer → resume → loop → final model. From Python::
 
     >>> from trainers.loop import TrainConfig, train
     >>> result = train(TrainConfig("splits/uf", model="tiny", out="runs/tiny", lr=1e-3,
     ...                            max_steps=24))                              # doctest: +SKIP
     >>> result.final["rewards/accuracies"]                                      # doctest: +SKIP
 
-The same command line, on 2 processes (each with a strided share of every global batch)::
+The same command line, on 2 processes (each with a strided share of every global batch), with the
+model replicated (ddp) or sharded (fsdp, :mod:`trainers.strategy`)::
 
     torchrun --nproc_per_node=2 -m prefcurate train splits/uf --model tiny --out runs/ddp
+    torchrun --nproc_per_node=2 -m prefcurate train splits/uf --model tiny --strategy fsdp \
+        --out runs/fsdp
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -27,11 +29,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from prefcurate.errors import InputError, PrefcurateError
-from prefcurate.io import atomic_dir
-from trainers import dist
+from trainers import dist, lora, memory
 from trainers.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -39,13 +39,22 @@ from trainers.checkpoint import (
     remove_partial,
     save_checkpoint,
 )
-from trainers.config import TrainConfig, TrainResult, autocast_factory, resolve_device
+from trainers.config import TrainConfig, TrainResult, resolve_device
 from trainers.data import Curriculum, collate, read_split
+from trainers.export import ADAPTER_DIR, full_state_dict, save_final
 from trainers.logps import SequenceLogps, check_allowed
-from trainers.model import LoadedModel, describe, load_model
+from trainers.model import describe, load_model
 from trainers.objective import STAT_KEYS, Objective, step_metrics
 from trainers.prepare import reference_for, tokenized_pairs
 from trainers.progress import Reporter
+from trainers.strategy import (
+    autocast_for,
+    full_value,
+    gradient_sync,
+    is_sharded,
+    resolve_precision,
+    wrap,
+)
 
 __all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "train"]
 
@@ -53,7 +62,7 @@ METRICS = "metrics.jsonl"
 RUN_JSON = "run.json"
 MODEL_DIR = "model"
 #: What ``--force`` may delete in RUN_DIR; nothing else there is ever touched.
-RUN_OUTPUTS = ("checkpoints", MODEL_DIR, METRICS, RUN_JSON, "curves.png")
+RUN_OUTPUTS = ("checkpoints", MODEL_DIR, ADAPTER_DIR, METRICS, RUN_JSON, "curves.png")
 
 
 class NonFiniteLossError(PrefcurateError):
@@ -126,32 +135,51 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     """
     config.validate()
     device = resolve_device(config.device)
+    if config.load_in_4bit:
+        lora.check_4bit(device)
     check_run_dir(config)
-    info = dist.setup(device.type)
+    info = dist.launched()
     if device.type == "cuda" and info.world_size > 1:
         device = torch.device("cuda", info.local_rank)
+    planned = memory.check(config, device, world_size=info.world_size)
+    info = dist.setup(device.type)
+    if planned.settings.strategy == "fsdp":
+        dist.single_process_group(device.type)  # a no-op under torchrun
     reporter = reporter if (reporter is not None and info.main) else Reporter()
     try:
-        return _train(config, device, info, reporter)
+        return _train(config, device, info, reporter, planned)
     finally:
         reporter.close()
         dist.teardown()
 
 
 def _train(
-    config: TrainConfig, device: torch.device, info: dist.DistInfo, reporter: Reporter
+    config: TrainConfig,
+    device: torch.device,
+    info: dist.DistInfo,
+    reporter: Reporter,
+    planned: memory.MemoryPlan,
 ) -> TrainResult:
     setup_started = time.perf_counter()
     seed_everything(config.seed)
-    autocast = autocast_factory(device, config.precision)
+    strategy = planned.settings.strategy
+    precision = resolve_precision(config.precision, device)
+    autocast = autocast_for(strategy, precision, device)
+    adapter = config.lora
 
     # ---- data: the split's pairs in rank order, tokenised once
     split = read_split(config.split_dir)
+    # the frozen base of an adapter needs no fp32 master copy
+    bf16_base = precision == "bf16" or (adapter is not None and precision == "bf16-mixed")
     policy = load_model(
         config.model,
         seed=config.seed,
         trust_remote_code=config.trust_remote_code,
         allow_pickle=config.allow_pickle,
+        dtype=torch.bfloat16 if bf16_base else torch.float32,
+        attn_implementation=config.attn_implementation,
+        quantization_config=lora.quantization_config() if config.load_in_4bit else None,
+        device_map={"": device} if config.load_in_4bit else None,
     )
     pairs = tokenized_pairs(split, policy, config)
     if pairs.identical:
@@ -160,13 +188,50 @@ def _train(
             f"--max-length {config.max_length} truncation; they are trained as sft"
         )
 
-    # ---- reference log-probs, once, before training (the initial policy unless --ref-model)
-    policy.model.to(device)
-    logps = SequenceLogps(policy.model, allowed_token_ids=config.allowed_token_ids)
+    # ---- the policy: an adapter on a frozen base (LoRA), then replicated or sharded
+    peft_model = None
+    if adapter is not None:
+        peft_model = lora.apply_lora(
+            policy.model, adapter, checkpointing=config.gradient_checkpointing
+        )
+        policy.model = lora.language_model(peft_model)
+    if not config.load_in_4bit:
+        policy.model.to(device)
+    logps = SequenceLogps(
+        policy.model, allowed_token_ids=config.allowed_token_ids, packed=config.packed
+    )
     logps.check_head()
     if config.allowed_token_ids is not None:
         check_allowed(pairs, config.allowed_token_ids, config.split_dir)
-    ref_chosen, ref_rejected = reference_for(pairs, policy, config, device, autocast)
+    if config.gradient_checkpointing:
+        _activation_checkpointing(policy.model, enable=True)
+    module = wrap(
+        logps,
+        policy.model,
+        strategy=strategy,
+        world_size=info.world_size,
+        precision=precision,
+        offload=config.offload,
+    )
+    sharded = is_sharded(module)
+
+    # ---- reference log-probs, once, before training: the initial policy (LoRA: the base with
+    # the adapter disabled) unless --ref-model; sharded like the policy under fsdp
+    with lora.reference_mode(peft_model):
+        ref_chosen, ref_rejected = reference_for(
+            pairs,
+            policy,
+            config,
+            device,
+            autocast,
+            module=logps,
+            shard=(
+                (lambda m, root: wrap(root, m, strategy="fsdp", world_size=info.world_size,
+                                      precision=precision, offload=config.offload))
+                if sharded
+                else None
+            ),
+        )  # fmt: skip
 
     # ---- optimizer, schedule, order
     curriculum = Curriculum(
@@ -179,9 +244,8 @@ def _train(
     )
     total = curriculum.total_steps
     warmup = math.ceil(config.warmup_ratio * total)
-    optimizer = torch.optim.AdamW(
-        policy.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, warmup=warmup, total=total, schedule=config.lr_schedule)
     )
@@ -195,7 +259,12 @@ def _train(
         _check_resume(read_state(checkpoint), resume_key, checkpoint)
         dist.barrier()
         state = load_checkpoint(
-            checkpoint, model=policy.model, optimizer=optimizer, scheduler=scheduler
+            checkpoint,
+            model=policy.model,
+            root=logps,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            sharded=sharded,
         )
         start_step = resumed_from = state["step"]
         if info.main:
@@ -215,6 +284,9 @@ def _train(
         "config": config.to_json(),
         "world_size": info.world_size,
         "device": str(device),
+        "strategy": strategy,
+        "precision": precision,
+        "memory_plan": planned.to_dict(),
         "split": split.summary(),
         "tokens": pairs.counts(),
         "model": describe(policy),
@@ -225,9 +297,6 @@ def _train(
         _write_json(out / RUN_JSON, run_json)
 
     # ---- training
-    if config.gradient_checkpointing:
-        _activation_checkpointing(policy.model, enable=True)
-    module = DistributedDataParallel(logps) if info.world_size > 1 else logps
     module.train()
     objective = Objective(
         loss=config.loss,
@@ -236,7 +305,6 @@ def _train(
         sft_weight=config.sft_weight,
         nll_weight=config.nll_weight,
     )
-    params = [p for p in policy.model.parameters() if p.requires_grad]
     pad_id = policy.tokenizer.pad_token_id
     metrics_file = (out / METRICS).open("a") if info.main else None
     last_checkpoint = latest_checkpoint(out)
@@ -260,9 +328,10 @@ def _train(
             bad_pairs: list[str] = []
             for m, index in enumerate(micro_batches):
                 last = m == len(micro_batches) - 1
-                if index.numel() == 0 and not (last and info.world_size > 1):
+                # under fsdp every forward is a collective, under ddp the last backward
+                if index.numel() == 0 and not (info.world_size > 1 and (last or sharded)):
                     continue
-                # a rank with no pair left still joins the gradient all-reduce, with weight 0
+                # a rank with no pair left still joins the collectives, with weight 0
                 weight = info.world_size / in_step if index.numel() else 0.0
                 batch = collate(
                     pairs,
@@ -271,12 +340,7 @@ def _train(
                     ref_chosen=ref_chosen,
                     ref_rejected=ref_rejected,
                 ).to(device)
-                sync = (
-                    module.no_sync()
-                    if info.world_size > 1 and not last
-                    else contextlib.nullcontext()
-                )
-                with sync:
+                with gradient_sync(module, enabled=last):
                     with autocast():
                         terms = objective(module, batch)
                     # mean over the step's pairs on all ranks: DDP averages, so scale by world
@@ -290,7 +354,9 @@ def _train(
             if stats["nonfinite"]:
                 bad = [p for ids in dist.gather_objects(bad_pairs) for p in ids]
                 raise _nonfinite("loss", step + 1, bad, last_checkpoint)
-            norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
+            norm = full_value(
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
+            )
             if not torch.isfinite(norm):
                 step_ids = [pairs.pair_ids[i] for i in curriculum.step_pairs(step).tolist()]
                 raise _nonfinite("gradient", step + 1, step_ids, last_checkpoint)
@@ -325,6 +391,9 @@ def _train(
                     out,
                     step + 1,
                     model=policy.model,
+                    root=logps,
+                    sharded=sharded,
+                    keep=config.save_total_limit,
                     optimizer=optimizer,
                     scheduler=scheduler,
                     state={
@@ -346,9 +415,18 @@ def _train(
     # ---- the final model, loadable with AutoModelForCausalLM.from_pretrained
     if config.gradient_checkpointing:
         _activation_checkpointing(policy.model, enable=False)
-    model_dir = out / MODEL_DIR
+    state_dict = full_state_dict(logps, policy.model, sharded=sharded)
+    model_dir = out / (MODEL_DIR if adapter is None or config.merge_lora else ADAPTER_DIR)
     if info.main:
-        _save_final(policy, model_dir)
+        save_final(
+            policy,
+            out,
+            state_dict,
+            peft_model=peft_model,
+            adapter=adapter,
+            merge=config.merge_lora,
+            max_shard_size=config.max_shard_size,
+        )
     dist.barrier()
     result = TrainResult(
         run_dir=out,
@@ -437,15 +515,6 @@ def _activation_checkpointing(model: torch.nn.Module, *, enable: bool) -> None:
         model.gradient_checkpointing_enable({"use_reentrant": False})
     else:
         model.gradient_checkpointing_disable()
-
-
-def _save_final(policy: LoadedModel, model_dir: Path) -> None:
-    """Write the final model; a resumed run that saves again swaps it in one atomic exchange."""
-    policy.restore_config()
-    policy.model.config.use_cache = True
-    with atomic_dir(model_dir, force=True) as tmp:
-        policy.model.save_pretrained(tmp)
-        policy.tokenizer.save_pretrained(tmp)
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:

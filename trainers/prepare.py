@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from prefcurate.errors import InputError
 from trainers import cache, dist
@@ -56,8 +57,15 @@ def reference_for(
     config: TrainConfig,
     device: torch.device,
     autocast: Callable[[], Any],
+    *,
+    module: SequenceLogps | None = None,
+    shard: Callable[[nn.Module, nn.Module], nn.Module] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference log-probs of the dpo pairs: from the cache, else one pass then freed."""
+    """Reference log-probs of the dpo pairs: from the cache, else one pass then freed.
+
+    ``module`` is the policy's log-prob module (sharded or not), used when the reference is the
+    initial policy; ``shard(model, root)`` shards a ``--ref-model`` the same way under fsdp.
+    """
     ref_path = Path(config.ref_model) if config.ref_model else None
     ref_fingerprint = directory_fingerprint(ref_path) if ref_path else policy.fingerprint
     key = cache.cache_key(
@@ -65,6 +73,8 @@ def reference_for(
         tokens=pairs.digest(),
         max_length=config.max_length,
         precision=f"{device.type}:{config.precision}",
+        dtype=str(next(policy.model.parameters()).dtype),
+        packed=config.packed,
         **({"allowed": config.allowed_token_ids} if config.allowed_token_ids else {}),
     )
     hit = cache.load(config.cache_dir, "reference", key)
@@ -79,8 +89,18 @@ def reference_for(
             trust_remote_code=config.trust_remote_code,
             allow_pickle=config.allow_pickle,
         )
-    model = ref.model.to(device) if ref else policy.model
-    module = SequenceLogps(model, allowed_token_ids=config.allowed_token_ids)
+    if ref is not None:
+        model = ref.model.to(device)
+        module = SequenceLogps(
+            model, allowed_token_ids=config.allowed_token_ids, packed=config.packed
+        )
+        if shard is not None:
+            module = shard(model, module)
+    elif module is None:
+        model = policy.model
+        module = SequenceLogps(model, allowed_token_ids=config.allowed_token_ids)
+    else:
+        model = module.model
     chosen, rejected = reference_logps(
         module,
         pairs,
@@ -88,6 +108,7 @@ def reference_for(
         device=device,
         autocast=autocast(),
         pad_id=policy.tokenizer.pad_token_id,
+        lockstep=shard is not None,
     )
     del module, model, ref  # the reference model is freed before training starts
     if device.type == "cuda":
