@@ -793,14 +793,75 @@ def train(
     ] = 1.0,
     device: Annotated[str, typer.Option(help="Where to train: auto|cpu|cuda.")] = "auto",
     precision: Annotated[
-        str, typer.Option(help="auto|bf16|fp32; auto: bf16 autocast on CUDA, fp32 on the CPU.")
+        str,
+        typer.Option(
+            help="auto|fp32|bf16-mixed|bf16 (pure bf16 weights and AdamW state); auto: "
+            "bf16-mixed on CUDA, fp32 on the CPU."
+        ),
     ] = "auto",
     gradient_checkpointing: Annotated[
-        bool, typer.Option("--gradient-checkpointing", help="Recompute activations to save memory.")
+        bool,
+        typer.Option(
+            "--gradient-checkpointing", help="Recompute each decoder layer's activations."
+        ),
     ] = False,
+    strategy: Annotated[
+        str,
+        typer.Option(
+            help="auto|ddp|fsdp: replicate the model on every process, or shard it (FSDP2); "
+            "auto: ddp unless the memory plan says a replica does not fit."
+        ),
+    ] = "auto",
+    offload: Annotated[
+        bool, typer.Option("--offload", help="fsdp: keep parameters and AdamW state in CPU RAM.")
+    ] = False,
+    attn_implementation: Annotated[
+        str | None,
+        typer.Option(help="sdpa|flash_attention_2|eager, passed to transformers."),
+    ] = None,
+    packed: Annotated[
+        bool,
+        typer.Option("--packed", help="Padding-free micro-batches (same per-pair losses)."),
+    ] = False,
+    lora_r: Annotated[
+        int, typer.Option(help="Train a LoRA adapter of this rank instead of every weight.")
+    ] = 0,
+    lora_alpha: Annotated[float, typer.Option(help="LoRA scale numerator (alpha / r).")] = 16.0,
+    lora_dropout: Annotated[float, typer.Option(help="Dropout on the LoRA input.")] = 0.0,
+    lora_target: Annotated[
+        str, typer.Option(help="all-linear, or layer names such as q_proj,v_proj.")
+    ] = "all-linear",
+    load_in_4bit: Annotated[
+        bool,
+        typer.Option("--load-in-4bit", help="QLoRA: the frozen base in 4-bit (CUDA only)."),
+    ] = False,
+    merge_lora: Annotated[
+        bool, typer.Option("--merge-lora", help="Also save the adapter merged into the model.")
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Print the per-device memory plan from config.json and stop."
+        ),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="--dry-run: print JSON.")] = False,
+    world_size: Annotated[
+        int | None,
+        typer.Option(help="--dry-run: plan for this many processes (default: torchrun's)."),
+    ] = None,
+    device_memory: Annotated[
+        float | None,
+        typer.Option(help="GiB per device to plan against (default: the device's own)."),
+    ] = None,
+    max_shard_size: Annotated[
+        str, typer.Option(help="Largest safetensors file of the final model.")
+    ] = "5GB",
     seed: Annotated[int, typer.Option(help="Seed of the shuffle, the tiny model and torch.")] = 0,
     save_every: Annotated[
         int, typer.Option(help="Checkpoint every N optimizer steps (0: only the final model).")
+    ] = 0,
+    save_total_limit: Annotated[
+        int, typer.Option(help="Keep only the newest N checkpoints (0: all).")
     ] = 0,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the newest complete checkpoint.")
@@ -820,11 +881,13 @@ def train(
 ) -> None:
     """Train MixDPO (or a baseline) on a routed split; each pair's loss follows its route.
 
-    Writes RUN_DIR/metrics.jsonl, run.json, checkpoints/step-N/ and the final model/.
-    Under torchrun each process takes a strided share of every global batch.
+    Writes RUN_DIR/metrics.jsonl, run.json, checkpoints/step-N/ and the final model/ (with
+    LoRA: adapter/). Under torchrun each process takes a strided share of every global batch.
 
     Example:
         prefcurate train splits/uf --model tiny --out runs/tiny --max-length 256 --lr 1e-3
+
+        prefcurate train splits/uf --model llama3-8b --out runs/8b --dry-run --world-size 8
     """
     import dataclasses
     from datetime import datetime, timezone
@@ -844,8 +907,17 @@ def train(
         weight_decay=weight_decay, max_grad_norm=max_grad_norm, device=device,
         precision=precision, gradient_checkpointing=gradient_checkpointing, seed=seed,
         save_every=save_every, resume=resume, force=force, cache_dir=cache_dir,
-        trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, strategy=strategy,
+        offload=offload, attn_implementation=attn_implementation, packed=packed,
+        lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_target=lora_target,
+        load_in_4bit=load_in_4bit, merge_lora=merge_lora, device_memory=device_memory,
+        max_shard_size=max_shard_size, save_total_limit=save_total_limit,
     )  # fmt: skip
+    if dry_run:
+        from trainers.memory import dry_run as plan_run
+
+        print(plan_run(config, world_size=world_size, as_json=as_json))
+        return
     try:
         result = run_training(config, reporter=RichReporter())
     except NonFiniteLossError as exc:  # the user's run diverged: say so, not "please report"

@@ -34,6 +34,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 from prefcurate.errors import InputError
 from trainers import dist
+from trainers.dist import initialized as dist_initialized
 
 CHECKPOINTS = "checkpoints"
 #: The sub-directory of a sharded (DCP) checkpoint.
@@ -146,7 +147,7 @@ def load_checkpoint(
     if (path / SHARDED).is_dir():
         model_state, optim_state = get_state_dict(root or model, optimizer)
         loaded = {"model": model_state, "optimizer": optim_state}
-        dcp.load(loaded, checkpoint_id=path / SHARDED)
+        dcp.load(loaded, checkpoint_id=path / SHARDED, no_dist=not dist_initialized())
         set_state_dict(
             root or model,
             optimizer,

@@ -116,3 +116,7 @@ def collective_device() -> torch.device:
     if tdist.is_initialized() and tdist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def initialized() -> bool:
+    return tdist.is_initialized()

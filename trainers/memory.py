@@ -9,19 +9,24 @@ device, the bytes of:
   ``P · w / W`` plus what FSDP2 gathers at once: the root (embeddings, head) and two decoder
   layers (the one running and the one prefetched) in the compute dtype;
 * **gradients**: ``T · w`` for the ``T`` trainable parameters (sharded ``/ W`` under fsdp);
-* **optimizer**: AdamW's two moments, ``2 · T · w`` (sharded ``/ W``), plus one ``T · w``
-  temporary while it steps;
+* **optimizer**: AdamW's two moments, ``2 · T · w`` (sharded ``/ W``);
 * **reference**: a separate ``--ref-model`` during the one-off reference pass (0 when the
   reference is the initial policy, LoRA's disabled adapter, or already cached);
 * **activations**: what autograd keeps for the backward pass of one micro-batch of ``2·B`` rows
   of ``L`` tokens (every pair dpo, every row full: the worst case). A Llama-style decoder layer
-  keeps about ``11·h + 2·kv + 4·i`` values per token (two RMSNorms, the q/k/v/o projections'
-  inputs and outputs, the attention output, the SwiGLU's four ``i``-wide tensors); with
+  keeps about ``9·h + 2·kv + 4·i`` values per token (two RMSNorms' inputs and outputs, the
+  rotated queries and keys, the values, the attention output before and after its reshape, the
+  SwiGLU's four ``i``-wide tensors); with
   activation checkpointing only each layer's input ``h`` is kept and one layer is recomputed at
   a time. The output head adds the response tokens' logits (``min(tokens, chunk) · vocab``
   floats, twice: forward and gradient).
 
-``total`` is the larger of the training peak and the reference pass's peak. The rule it follows
+The peak is not the plain sum: gradients are set to None after every step, so during the forward
+pass only the parameters, the moments and the growing activations are alive; the backward pass
+frees activations as it creates gradients; and the optimizer step holds the gradients and one
+``T · w`` temporary. So ``total = parameters + optimizer + max(activations (+ gradients when
+accumulating), gradients + T · w / shards)``, or the reference pass's peak if larger. The rule it
+follows
 is the usual one (16 bytes per parameter for full AdamW training in mixed precision, divided by
 the world size under full sharding); docs/training.md checks it by hand for Llama-3-8B.
 """
@@ -72,6 +77,7 @@ class PlanSettings:
     lora: bool = False
     load_in_4bit: bool = False
     batch_size: int = 4
+    grad_accum: int = 1
     max_length: int = 1024
     checkpointing: bool = False
     offload: bool = False
@@ -187,14 +193,18 @@ def plan(shape: ModelShape, settings: PlanSettings) -> MemoryPlan:
     if s.offload:
         parameters -= stored / shards  # the shards live in CPU memory
     gradients = trainable * master / shards
-    optimizer = 3 * trainable * master / shards  # two moments and one step temporary
+    optimizer = 2 * trainable * master / shards  # AdamW's two moments
+    step_temporary = trainable * master / shards
     if s.offload:
-        gradients = optimizer = 0.0
+        gradients = optimizer = step_temporary = 0.0
     activations = activation_bytes(shape, s, compute)
     reference = 0.0
     if s.separate_reference:
         reference = shape.parameters * (2 if s.precision != "fp32" else 4) / shards
-    training = parameters + gradients + optimizer + activations
+    accumulating = gradients if s.grad_accum > 1 else 0.0
+    training = (
+        parameters + optimizer + max(activations + accumulating, gradients + step_temporary)
+    )
     reference_pass = parameters + reference + activations / (2 * shape.layers or 1)
     return MemoryPlan(
         settings=settings,
@@ -210,7 +220,7 @@ def plan(shape: ModelShape, settings: PlanSettings) -> MemoryPlan:
 def activation_bytes(shape: ModelShape, settings: PlanSettings, compute: int) -> float:
     """Autograd's saved tensors for one micro-batch at full length (see the module docstring)."""
     tokens = 2 * settings.batch_size * settings.max_length
-    per_layer = (11 * shape.hidden + 2 * shape.kv + 4 * shape.intermediate) * compute
+    per_layer = (9 * shape.hidden + 2 * shape.kv + 4 * shape.intermediate) * compute
     if settings.checkpointing:
         layers = shape.layers * shape.hidden * compute + per_layer
     else:
@@ -259,6 +269,7 @@ def settings_for(
         lora=bool(config.lora_r),
         load_in_4bit=config.load_in_4bit,
         batch_size=config.batch_size,
+        grad_accum=config.grad_accum,
         max_length=config.max_length,
         checkpointing=config.gradient_checkpointing,
         offload=config.offload,
@@ -343,3 +354,23 @@ def to_json(shape: ModelShape, chosen: MemoryPlan, others: list[MemoryPlan], bud
         "alternatives": [o.to_dict() | {"fits": o.total <= budget} for o in others],
     }
     return json.dumps(payload, indent=2)
+
+
+def dry_run(config: Any, *, world_size: int | None = None, as_json: bool = False) -> str:
+    """``prefcurate train --dry-run``: the plan as text or JSON; nothing is loaded or written.
+
+    ``world_size`` defaults to torchrun's ``WORLD_SIZE`` (1 without torchrun). ``--device cuda``
+    plans for a GPU even on a machine without one (with ``--device-memory``).
+    """
+    config.validate()
+    world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size < 1:
+        raise InputError(f"--world-size {world_size} is out of range", fix="use 1 or more")
+    if config.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(config.device)
+    shape, chosen, others, budget = for_config(config, device, world_size=world_size)
+    if as_json:
+        return to_json(shape, chosen, others, budget)
+    return render(shape, chosen, others, budget)
