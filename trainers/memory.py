@@ -7,7 +7,8 @@ device, the bytes of:
 * **parameters**: ``P · w`` (``w`` = 4 for fp32 and bf16-mixed masters, 2 for bf16; a LoRA base
   is frozen in its load dtype, a QLoRA base in 4-bit NF4 ≈ 0.52 bytes); under fsdp the sharded
   ``P · w / W`` plus what FSDP2 gathers at once: the root (embeddings, head) and two decoder
-  layers (the one running and the one prefetched) in the compute dtype;
+  layers (the one running and the one prefetched) in the compute dtype, and in the backward
+  pass one layer's unsharded fp32 gradient and its reduce-scatter buffer;
 * **gradients**: ``T · w`` for the ``T`` trainable parameters (sharded ``/ W`` under fsdp);
 * **optimizer**: AdamW's two moments, ``2 · T · w`` (sharded ``/ W``);
 * **reference**: a separate ``--ref-model`` during the one-off reference pass (0 when the
@@ -23,9 +24,9 @@ device, the bytes of:
 
 The peak is not the plain sum: gradients are set to None after every step, so during the forward
 pass only the parameters, the moments and the growing activations are alive; the backward pass
-frees activations as it creates gradients; and the optimizer step holds the gradients and one
-``T · w`` temporary. So ``total = parameters + optimizer + max(activations (+ gradients when
-accumulating), gradients + T · w / shards)``, or the reference pass's peak if larger. The rule it
+frees activations as it creates gradients; and the optimizer step holds the gradients and, on
+CUDA (multi-tensor AdamW), one ``T · w`` temporary. So ``total = parameters + optimizer +
+max(activations (+ gradients when accumulating), gradients (+ T · w / shards on CUDA))``, or the reference pass's peak if larger. The rule it
 follows
 is the usual one (16 bytes per parameter for full AdamW training in mixed precision, divided by
 the world size under full sharding); docs/training.md checks it by hand for Llama-3-8B.
@@ -82,6 +83,7 @@ class PlanSettings:
     checkpointing: bool = False
     offload: bool = False
     separate_reference: bool = False  # a --ref-model still to be scored (not cached)
+    device: str = "cuda"  # cuda | cpu
 
     @property
     def label(self) -> str:
@@ -190,11 +192,14 @@ def plan(shape: ModelShape, settings: PlanSettings) -> MemoryPlan:
     if s.strategy == "fsdp" and shards > 1:
         gathered_bytes = compute if not lora else max(compute, frozen_bytes)
         parameters += (shape.root + 2 * shape.layer) * gathered_bytes
+        parameters += 2 * shape.layer * 4  # a layer's unsharded fp32 gradient and its reduction
     if s.offload:
         parameters -= stored / shards  # the shards live in CPU memory
     gradients = trainable * master / shards
     optimizer = 2 * trainable * master / shards  # AdamW's two moments
-    step_temporary = trainable * master / shards
+    # AdamW's multi-tensor (foreach) step, torch's default on CUDA, makes one temporary copy;
+    # on the CPU it steps one tensor at a time
+    step_temporary = trainable * master / shards if s.device == "cuda" else 0.0
     if s.offload:
         gradients = optimizer = step_temporary = 0.0
     activations = activation_bytes(shape, s, compute)
@@ -202,9 +207,7 @@ def plan(shape: ModelShape, settings: PlanSettings) -> MemoryPlan:
     if s.separate_reference:
         reference = shape.parameters * (2 if s.precision != "fp32" else 4) / shards
     accumulating = gradients if s.grad_accum > 1 else 0.0
-    training = (
-        parameters + optimizer + max(activations + accumulating, gradients + step_temporary)
-    )
+    training = parameters + optimizer + max(activations + accumulating, gradients + step_temporary)
     reference_pass = parameters + reference + activations / (2 * shape.layers or 1)
     return MemoryPlan(
         settings=settings,
@@ -274,6 +277,7 @@ def settings_for(
         checkpointing=config.gradient_checkpointing,
         offload=config.offload,
         separate_reference=config.ref_model is not None,
+        device=device.type,
     )
 
 
