@@ -25,11 +25,14 @@ device, the bytes of:
 The peak is not the plain sum: gradients are set to None after every step, so during the forward
 pass only the parameters, the moments and the growing activations are alive; the backward pass
 frees activations as it creates gradients; and the optimizer step holds the gradients and, on
-CUDA (multi-tensor AdamW), one ``T · w`` temporary. So ``total = parameters + optimizer +
-max(activations (+ gradients when accumulating), gradients (+ T · w / shards on CUDA))``, or the reference pass's peak if larger. The rule it
-follows
-is the usual one (16 bytes per parameter for full AdamW training in mixed precision, divided by
-the world size under full sharding); docs/training.md checks it by hand for Llama-3-8B.
+CUDA (multi-tensor AdamW), one ``T · w`` temporary. So::
+
+    total = parameters + optimizer + max(activations (+ gradients when accumulating),
+                                         gradients (+ T · w / shards on CUDA))
+
+or the reference pass's peak if that is larger. The rule it follows is the usual one (16 bytes
+per parameter for full AdamW training in mixed precision, divided by the world size under full
+sharding); docs/training.md checks it by hand for Llama-3-8B.
 """
 
 from __future__ import annotations
