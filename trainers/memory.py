@@ -146,6 +146,7 @@ def model_shape(spec: str, *, lora: Any = None, trust_remote_code: bool = False)
     layers = decoder_layers(model)
     parameters = sum(p.numel() for p in model.parameters())
     in_layers = sum(p.numel() for layer in layers for p in layer.parameters())
+    largest = max(sum(p.numel() for p in layer.parameters()) for layer in layers)
     trainable = 0
     if lora is not None:
         from trainers.lora import apply_lora
@@ -161,7 +162,7 @@ def model_shape(spec: str, *, lora: Any = None, trust_remote_code: bool = False)
         parameters=parameters,
         lora_trainable=trainable,
         root=parameters - in_layers,
-        layer=max(sum(p.numel() for p in layer.parameters()) for layer in layers),
+        layer=largest,
         layers=len(layers),
         hidden=text.hidden_size,
         intermediate=getattr(text, "intermediate_size", 4 * text.hidden_size),
