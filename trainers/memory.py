@@ -5,10 +5,12 @@ device (no weights, no memory) to count its parameters exactly; :func:`plan` the
 device, the bytes of:
 
 * **parameters**: ``P · w`` (``w`` = 4 for fp32 and bf16-mixed masters, 2 for bf16; a LoRA base
-  is frozen in its load dtype, a QLoRA base in 4-bit NF4 ≈ 0.52 bytes); under fsdp the sharded
+  is frozen in its load dtype (bf16 unless fp32), a QLoRA base's decoder layers in 4-bit NF4 ≈
+  0.52 bytes, its embeddings and head in bf16); under fsdp the sharded
   ``P · w / W`` plus what FSDP2 gathers at once: the root (embeddings, head) and two decoder
   layers (the one running and the one prefetched) in the compute dtype, and in the backward
-  pass one layer's unsharded fp32 gradient and its reduce-scatter buffer;
+  pass about three layers' worth of fp32 gradient buffers (the layer being reduced, its
+  reduce-scatter output, the next layer's gradient);
 * **gradients**: ``T · w`` for the ``T`` trainable parameters (sharded ``/ W`` under fsdp);
 * **optimizer**: AdamW's two moments, ``2 · T · w`` (sharded ``/ W``);
 * **reference**: a separate ``--ref-model`` during the one-off reference pass (0 when the
@@ -179,24 +181,25 @@ def plan(shape: ModelShape, settings: PlanSettings) -> MemoryPlan:
     compute = 4 if s.precision == "fp32" else 2  # bytes of a value in the forward pass
     lora = s.lora or s.load_in_4bit
     trainable = shape.lora_trainable if lora else shape.parameters
-    if s.load_in_4bit:
-        frozen_bytes = NF4_BYTES
-    elif lora and s.precision != "fp32":
+    if lora and s.precision != "fp32":
         frozen_bytes = 2.0  # the frozen base is loaded in bf16
     else:
         frozen_bytes = float(master)
-    frozen = shape.parameters if lora else 0
     # parameters: the (sharded) store, plus FSDP2's gathered root and two layers at a time
-    stored = (
-        (frozen * frozen_bytes + (trainable if lora else 0) * master)
-        if lora
-        else (shape.parameters * master)
-    )
+    if s.load_in_4bit:  # bitsandbytes quantises the decoder's linear layers, not embeddings/head
+        stored = (shape.parameters - shape.root) * NF4_BYTES + shape.root * 2.0
+        stored += trainable * master
+    elif lora:
+        stored = shape.parameters * frozen_bytes + trainable * master
+    else:
+        stored = shape.parameters * master
     parameters = stored / shards
     if s.strategy == "fsdp" and shards > 1:
         gathered_bytes = compute if not lora else max(compute, frozen_bytes)
         parameters += (shape.root + 2 * shape.layer) * gathered_bytes
-        parameters += 2 * shape.layer * 4  # a layer's unsharded fp32 gradient and its reduction
+        # backward: a layer's unsharded fp32 gradient, its reduce-scatter output, and the next
+        # layer's gradient already in flight
+        parameters += 3 * shape.layer * 4
     if s.offload:
         parameters -= stored / shards  # the shards live in CPU memory
     gradients = trainable * master / shards
