@@ -123,28 +123,30 @@ def model_shape(spec: str, *, lora: Any = None, trust_remote_code: bool = False)
 
     ``lora`` (a :class:`trainers.lora.LoraSettings`) also counts the adapter's parameters.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    from trainers.model import TINY, tiny_config
+    from trainers.model import MODEL_FIX, TINY, read_config, tiny_config
 
     if spec == TINY:
         config = tiny_config()
     else:
         path = Path(spec)
+        if not path.is_dir():
+            raise InputError("model directory not found", where=path, fix=MODEL_FIX)
         if not (path / "config.json").is_file():
             raise InputError(
-                "no config.json to plan from",
-                where=path,
-                fix="pass a local model directory (only its config.json is read)",
+                "not a Hugging Face model directory (no config.json)", where=path, fix=MODEL_FIX
             )
-        try:
-            config = AutoConfig.from_pretrained(
-                path, local_files_only=True, trust_remote_code=trust_remote_code
-            )
-        except (ValueError, KeyError, OSError) as exc:
-            raise InputError(f"cannot read config.json: {exc}", where=path) from exc
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        config = read_config(path, trust_remote_code=trust_remote_code, fix=MODEL_FIX)
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        raise InputError(
+            f"{getattr(config, 'model_type', 'this model')} is not a causal language model",
+            where=spec,
+            fix=MODEL_FIX,
+        ) from exc
     layers = decoder_layers(model)
     parameters = sum(p.numel() for p in model.parameters())
     in_layers = sum(p.numel() for layer in layers for p in layer.parameters())

@@ -52,7 +52,7 @@ TINY_SHAPE: dict[str, Any] = {
     "tie_word_embeddings": False,
 }
 
-_MODEL_FIX = "pass a local save_pretrained directory of a causal LM, or 'tiny'"
+MODEL_FIX = "pass a local save_pretrained directory of a causal LM, or 'tiny'"
 
 
 @dataclass
@@ -143,7 +143,7 @@ def load_model(
                 allow_pickle=allow_pickle,
                 dtype=dtype,
                 what="a causal language model",
-                fix=_MODEL_FIX,
+                fix=MODEL_FIX,
                 **extra,
             )
         except ImportError as exc:  # flash_attention_2 or bitsandbytes missing
