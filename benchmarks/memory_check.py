@@ -4,8 +4,11 @@ For one model shape and strategy this script writes a random-initialised Llama o
 (byte tokenizer) and a split whose every pair is dpo and long enough to fill ``--max-length``
 (the plan's worst case), runs ``trainers.loop.train`` for a few steps under PyTorch's profiler
 with ``profile_memory=True``, and takes the peak of the CPU tensor memory it allocated (the
-running sum of every allocation and free the profiler saw) in each process. It prints one JSON
-object: per rank the measured peak, the plan's total, and their ratio.
+running sum of every allocation and free the profiler saw) in each process, up to the start of the
+final model's export: the plan is the training's. The export's own peak is reported beside it
+(under fsdp rank 0 gathers a full fp32 copy of the weights into CPU memory to write them, which
+the plan does not count). It prints one JSON object: per rank the measured peak, the plan's
+total, and their ratio.
 
     python benchmarks/memory_check.py --shape 20m --strategy fsdp --nproc 2
     python benchmarks/memory_check.py --shape tiny --strategy ddp --json out.json
@@ -100,9 +103,21 @@ def worker(args: argparse.Namespace) -> None:
         gradient_checkpointing=args.checkpointing,
         **SETTINGS,
     )
+    import time
+
+    import trainers.loop
+
+    marks = {}
+    gather = trainers.loop.full_state_dict
+
+    def marked(*args, **kwargs):  # training ends here: the final model's export starts
+        marks["export"] = time.time_ns()
+        return gather(*args, **kwargs)
+
+    trainers.loop.full_state_dict = marked
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         train(config)
-    peak = peak_allocated(prof)
+    peak, export_peak = peak_allocated(prof, split_ns=marks["export"])
     world = int(os.environ.get("WORLD_SIZE", "1"))
     settings = memory.settings_for(
         config, torch.device("cpu"), world_size=world, strategy=args.strategy
@@ -110,12 +125,20 @@ def worker(args: argparse.Namespace) -> None:
     planned = memory.plan(memory.model_shape(args.model), settings)
     rank = int(os.environ.get("RANK", "0"))
     Path(f"{args.result}.rank{rank}").write_text(
-        json.dumps({"rank": rank, "peak_bytes": peak, "plan": planned.to_dict()})
+        json.dumps(
+            {
+                "rank": rank,
+                "peak_bytes": peak,
+                "export_peak_bytes": export_peak,
+                "plan": planned.to_dict(),
+            }
+        )
     )
 
 
-def peak_allocated(prof) -> int:
-    """The most CPU tensor memory live at once: the running sum of the allocation events."""
+def peak_allocated(prof, *, split_ns: int) -> tuple[int, int]:
+    """The most CPU tensor memory live at once (the running sum of the profiler's allocation
+    events), before ``split_ns`` (training) and from it on (the final model's export)."""
     from torch._C._profiler import _EventType
 
     events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
@@ -124,11 +147,14 @@ def peak_allocated(prof) -> int:
         stack.extend(event.children)
         if event.typed[0] == _EventType.Allocation and event.typed[1].device.type == "cpu":
             events.append((event.start_time_ns, event.typed[1].alloc_size))
-    running = peak = 0
-    for _, size in sorted(events):
+    running = before = after = 0
+    for t, size in sorted(events):
         running += size
-        peak = max(peak, running)
-    return peak
+        if t < split_ns:
+            before = max(before, running)
+        else:
+            after = max(after, running)
+    return before, after
 
 
 def run(shape: str, strategy: str, nproc: int, checkpointing: bool = False) -> dict:
@@ -175,6 +201,7 @@ def run(shape: str, strategy: str, nproc: int, checkpointing: bool = False) -> d
             {
                 "rank": r["rank"],
                 "measured_mib": round(r["peak_bytes"] / 2**20, 2),
+                "export_mib": round(r["export_peak_bytes"] / 2**20, 2),
                 "planned_mib": round(r["plan"]["bytes"]["total"] / 2**20, 2),
                 "planned_over_measured": round(r["plan"]["bytes"]["total"] / r["peak_bytes"], 3),
                 "plan": r["plan"]["gib"],
