@@ -291,15 +291,19 @@ def settings_for(
 
 
 def for_config(
-    config: Any, device: torch.device, *, world_size: int
+    config: Any, device: torch.device, *, world_size: int, alternatives_too: bool = True
 ) -> tuple[ModelShape, MemoryPlan, list[MemoryPlan], float]:
     """The run's plan, with ``--strategy auto`` resolved, its alternatives and the budget.
 
-    ``auto`` is ddp unless several processes run and a replica does not fit, then fsdp.
+    ``auto`` is ddp unless several processes run and a replica does not fit, then fsdp. The
+    alternatives include a LoRA adapter (r = 16 unless the run has one), which costs a PEFT
+    import; ``alternatives_too=False`` skips them (an empty list).
     """
     from trainers.lora import LoraSettings
 
-    planned_lora = config.lora or LoraSettings(r=16, target=config.lora_target)
+    planned_lora = config.lora
+    if planned_lora is None and alternatives_too:
+        planned_lora = LoraSettings(r=16, target=config.lora_target)
     shape = model_shape(config.model, lora=planned_lora, trust_remote_code=config.trust_remote_code)
     if config.device_memory is None and device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(
@@ -314,13 +318,16 @@ def for_config(
         strategy = "fsdp" if world_size > 1 and replicated.total > budget else "ddp"
     chosen = plan(shape, settings_for(config, device, world_size=world_size, strategy=strategy))
     others = alternatives(shape, chosen.settings, cuda=device.type == "cuda")
-    return shape, chosen, others, budget
+    return shape, chosen, others if alternatives_too else [], budget
 
 
 def check(config: Any, device: torch.device, *, world_size: int) -> MemoryPlan:
     """The run's plan; an :class:`InputError` naming what would fit when the run would not."""
-    shape, chosen, others, budget = for_config(config, device, world_size=world_size)
+    shape, chosen, _, budget = for_config(
+        config, device, world_size=world_size, alternatives_too=False
+    )
     if chosen.total > budget:
+        _, _, others, _ = for_config(config, device, world_size=world_size)
         fitting = [o.settings.label for o in others if o.total <= budget]
         raise InputError(
             f"the memory plan needs {chosen.total / GiB:.2f} GiB per device "
