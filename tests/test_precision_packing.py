@@ -101,6 +101,7 @@ def test_bf16_precision_trains_and_saves_bf16_weights(cli, split, tmp_path):
         (["--strategy", "zero3"], "unknown --strategy 'zero3'"),
         (["--attn-implementation", "flash"], "unknown --attn-implementation 'flash'"),
         (["--offload"], "--offload needs --strategy fsdp"),
+        (["--offload", "--strategy", "fsdp"], "--offload keeps FSDP shards in CPU memory"),
         (["--save-total-limit", "-1"], "--save-total-limit -1 is out of range"),
     ],
 )

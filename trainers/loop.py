@@ -137,6 +137,11 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     device = resolve_device(config.device)
     if config.load_in_4bit:
         lora.check_4bit(device)
+    if config.offload and device.type != "cuda":
+        raise InputError(
+            "--offload keeps FSDP shards in CPU memory while a GPU computes; it needs CUDA",
+            fix="drop --offload on the CPU (the shards are in CPU memory already)",
+        )
     check_run_dir(config)
     info = dist.launched()
     if device.type == "cuda" and info.world_size > 1:
