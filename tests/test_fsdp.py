@@ -193,3 +193,22 @@ def test_unsharded_checkpoint_cannot_resume_sharded(cli, tmp_path):
     )
     assert result.code == 2
     assert "--strategy ddp" in result.err
+
+
+def test_sharded_final_model_is_written_in_hf_shards_that_load(cli, tmp_path):
+    """FSDP2 on a 1-rank group; --max-shard-size 200KB splits the 0.56 MB model into files."""
+    split = write_split(tmp_path / "split", synthetic_rows(8, seed=2))
+    out = tmp_path / "run"
+    result = cli(
+        "train", split, *FAST, "--max-steps", "2", "--out", out, "--strategy", "fsdp",
+        "--max-shard-size", "200KB",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    shards = sorted(p.name for p in (out / "model").glob("model-*.safetensors"))
+    assert len(shards) >= 3 and (out / "model" / "model.safetensors.index.json").is_file()
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    weights = {}
+    for shard in shards:
+        weights.update(load_file(out / "model" / shard))
+    for name, param in model.state_dict().items():
+        assert torch.equal(param, weights[name]), name
