@@ -1,22 +1,26 @@
 """A run's settings (:class:`TrainConfig`, one field per ``prefcurate train`` flag) and its result.
 
 :class:`TrainResult` is what :func:`trainers.loop.train` returns and what the catalog records.
+Every default of a run lives here, once: the CLI builds ``prefcurate train``'s flags from these
+fields, so this module imports neither torch nor transformers (the CLI starts fast).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
+from prefcurate.cachedir import default_cache_dir
 from prefcurate.errors import InputError
-from trainers import cache
-from trainers.lora import LoraSettings
-from trainers.losses import PREFERENCE_LOSSES
-from trainers.strategy import PRECISIONS, STRATEGIES
 
+if TYPE_CHECKING:
+    from trainers.lora import LoraSettings
+
+#: ``--strategy`` values (trainers.strategy): ddp replicates, fsdp shards, auto asks the plan.
+STRATEGIES: tuple[str, ...] = ("auto", "ddp", "fsdp")
+#: ``--precision`` values (trainers.strategy).
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16-mixed", "bf16")
 #: ``--attn-implementation`` values, passed to transformers.
 ATTN_IMPLEMENTATIONS: tuple[str, ...] = ("sdpa", "flash_attention_2", "eager")
 
@@ -79,10 +83,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.split_dir, self.out = Path(self.split_dir), Path(self.out)
-        self.cache_dir = Path(self.cache_dir) if self.cache_dir else cache.default_cache_dir()
+        self.cache_dir = Path(self.cache_dir) if self.cache_dir else default_cache_dir()
 
     def validate(self) -> None:
         """Refuse impossible settings with an :class:`InputError` naming the flag."""
+        from trainers.losses import PREFERENCE_LOSSES
+
         if self.loss not in PREFERENCE_LOSSES:
             raise InputError(
                 f"unknown --loss {self.loss!r}", fix=f"use one of {', '.join(PREFERENCE_LOSSES)}"
@@ -190,6 +196,8 @@ class TrainConfig:
     @property
     def lora(self) -> LoraSettings | None:
         """The adapter's settings, or None for full fine-tuning."""
+        from trainers.lora import LoraSettings
+
         if not self.lora_r:
             return None
         return LoraSettings(
@@ -225,14 +233,3 @@ class TrainResult:
         out = asdict(self)
         out["run_dir"], out["model_dir"] = str(self.run_dir), str(self.model_dir)
         return out
-
-
-def resolve_device(requested: str) -> torch.device:
-    """``auto`` → CUDA if present else CPU; ``cuda`` without CUDA is the user's error."""
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise InputError(
-            "--device cuda was given but CUDA is not available", fix="use --device cpu or auto"
-        )
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(requested)

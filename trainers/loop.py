@@ -24,6 +24,8 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +41,15 @@ from trainers.checkpoint import (
     remove_partial,
     save_checkpoint,
 )
-from trainers.config import TrainConfig, TrainResult, resolve_device
-from trainers.data import Curriculum, collate, read_split
-from trainers.export import ADAPTER_DIR, full_state_dict, save_final
+from trainers.config import TrainConfig, TrainResult
+from trainers.data import Curriculum, Split, TokenizedPairs, collate, read_split
+from trainers.device import resolve_device
+from trainers.export import ADAPTER_DIR, MODEL_DIR, full_state_dict, save_final
 from trainers.logps import SequenceLogps, check_allowed
-from trainers.model import describe, load_model
+from trainers.model import LoadedModel, describe, load_model
 from trainers.objective import STAT_KEYS, Objective, step_metrics
 from trainers.prepare import reference_for, tokenized_pairs
-from trainers.progress import Reporter
+from trainers.reporter import Reporter
 from trainers.strategy import (
     autocast_for,
     full_value,
@@ -60,7 +63,6 @@ __all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "train"]
 
 METRICS = "metrics.jsonl"
 RUN_JSON = "run.json"
-MODEL_DIR = "model"
 #: What ``--force`` may delete in RUN_DIR; nothing else there is ever touched.
 RUN_OUTPUTS = ("checkpoints", MODEL_DIR, ADAPTER_DIR, METRICS, RUN_JSON, "curves.png")
 
@@ -158,6 +160,31 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
         dist.teardown()
 
 
+@dataclass
+class _Run:
+    """What the steps of one run share: settings, where it runs, the model and its data."""
+
+    config: TrainConfig
+    device: torch.device
+    info: dist.DistInfo
+    reporter: Reporter
+    autocast: Callable[[], Any]
+    split: Split
+    policy: LoadedModel
+    pairs: TokenizedPairs
+    logps: SequenceLogps
+    ref_chosen: torch.Tensor
+    ref_rejected: torch.Tensor
+    planned: memory.MemoryPlan
+    precision: str
+    module: torch.nn.Module  # what the loop calls: logps, DDP-wrapped or FSDP2-sharded
+    peft_model: Any = None  # the PEFT wrapper when training a LoRA adapter
+
+    @property
+    def sharded(self) -> bool:
+        return is_sharded(self.module)
+
+
 def _train(
     config: TrainConfig,
     device: torch.device,
@@ -166,13 +193,55 @@ def _train(
     planned: memory.MemoryPlan,
 ) -> TrainResult:
     setup_started = time.perf_counter()
+    run = _prepare(config, device, info, reporter, planned)
+    curriculum, optimizer, scheduler, warmup = _optimizer(run)
+    start_step, resumed_from = _open_run_dir(run, optimizer, scheduler)
+    run_json = _run_json(run, curriculum, warmup, resumed_from)
+    run_json["setup_seconds"] = round(time.perf_counter() - setup_started, 3)
+    try:
+        metrics, seen_pairs, seen_tokens, train_seconds = _steps(
+            run, curriculum, optimizer, scheduler, start_step
+        )
+    except NonFiniteLossError as exc:
+        if info.main:
+            _write_json(config.out / RUN_JSON, {**run_json, "status": "failed", "error": str(exc)})
+        raise
+    model_dir = _save_model(run)
+    result = TrainResult(
+        run_dir=config.out,
+        model_dir=model_dir,
+        steps=curriculum.total_steps,
+        resumed_from=resumed_from,
+        world_size=info.world_size,
+        device=str(device),
+        pairs=run.pairs.counts(),
+        train_seconds=round(train_seconds, 3),
+        pairs_per_s=seen_pairs / train_seconds if train_seconds else 0.0,
+        tokens_per_s=seen_tokens / train_seconds if train_seconds else 0.0,
+        final=metrics,
+        summary=summarize(config.out / METRICS) if info.main else {},
+    )
+    if info.main:
+        completed = {**run_json, "status": "completed", "result": result.to_dict()}
+        _write_json(config.out / RUN_JSON, completed)
+    return result
+
+
+def _prepare(
+    config: TrainConfig,
+    device: torch.device,
+    info: dist.DistInfo,
+    reporter: Reporter,
+    planned: memory.MemoryPlan,
+) -> _Run:
+    """Seed, read the split in rank order, load the policy (with its LoRA adapter), tokenise
+    once, replicate or shard it, and compute the reference log-probs once, before training (the
+    initial policy — with LoRA the base, adapter off — unless --ref-model)."""
     seed_everything(config.seed)
     strategy = planned.settings.strategy
     precision = resolve_precision(config.precision, device)
     autocast = autocast_for(strategy, precision, device)
     adapter = config.lora
-
-    # ---- data: the split's pairs in rank order, tokenised once
     split = read_split(config.split_dir)
     # the frozen base of an adapter needs no fp32 master copy
     bf16_base = precision == "bf16" or (adapter is not None and precision == "bf16-mixed")
@@ -192,8 +261,6 @@ def _train(
             f"warning: {pairs.identical} dpo pairs have identical chosen and rejected tokens after "
             f"--max-length {config.max_length} truncation; they are trained as sft"
         )
-
-    # ---- the policy: an adapter on a frozen base (LoRA), then replicated or sharded
     peft_model = None
     if adapter is not None:
         peft_model = lora.apply_lora(
@@ -218,10 +285,11 @@ def _train(
         precision=precision,
         offload=config.offload,
     )
-    sharded = is_sharded(module)
 
-    # ---- reference log-probs, once, before training: the initial policy (LoRA: the base with
-    # the adapter disabled) unless --ref-model; sharded like the policy under fsdp
+    def shard(model: torch.nn.Module, root: torch.nn.Module) -> torch.nn.Module:
+        return wrap(root, model, strategy="fsdp", world_size=info.world_size,
+                    precision=precision, offload=config.offload)  # fmt: skip
+
     with lora.reference_mode(peft_model):
         ref_chosen, ref_rejected = reference_for(
             pairs,
@@ -230,18 +298,20 @@ def _train(
             device,
             autocast,
             module=logps,
-            shard=(
-                (lambda m, root: wrap(root, m, strategy="fsdp", world_size=info.world_size,
-                                      precision=precision, offload=config.offload))
-                if sharded
-                else None
-            ),
-        )  # fmt: skip
+            shard=shard if is_sharded(module) else None,
+        )
+    return _Run(
+        config, device, info, reporter, autocast, split, policy, pairs, logps,
+        ref_chosen, ref_rejected, planned, precision, module, peft_model,
+    )  # fmt: skip
 
-    # ---- optimizer, schedule, order
+
+def _optimizer(run: _Run):
+    """The pair order (:class:`Curriculum`), AdamW, and the warmup-then-decay schedule."""
+    config = run.config
     curriculum = Curriculum(
-        n_pairs=len(pairs),
-        global_batch=config.batch_size * config.grad_accum * info.world_size,
+        n_pairs=len(run.pairs),
+        global_batch=config.batch_size * config.grad_accum * run.info.world_size,
         epochs=config.epochs,
         max_steps=config.max_steps,
         shuffle=config.shuffle,
@@ -249,27 +319,30 @@ def _train(
     )
     total = curriculum.total_steps
     warmup = math.ceil(config.warmup_ratio * total)
-    params = [p for p in module.parameters() if p.requires_grad]
+    params = [p for p in run.module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, warmup=warmup, total=total, schedule=config.lr_schedule)
     )
+    return curriculum, optimizer, scheduler, warmup
 
-    # ---- run directory: fresh, or resumed from the newest complete checkpoint
-    out = config.out
-    resume_key = config.resume_key(info.world_size)
+
+def _open_run_dir(run: _Run, optimizer, scheduler) -> tuple[int, int | None]:
+    """A fresh run directory, or the newest complete checkpoint resumed: (first step, resumed
+    from)."""
+    config, info, out = run.config, run.info, run.config.out
     start_step, resumed_from = 0, None
     if config.resume:
         checkpoint = latest_checkpoint(out)
-        _check_resume(read_state(checkpoint), resume_key, checkpoint)
+        _check_resume(read_state(checkpoint), config.resume_key(info.world_size), checkpoint)
         dist.barrier()
         state = load_checkpoint(
             checkpoint,
-            model=policy.model,
-            root=logps,
+            model=run.policy.model,
+            root=run.logps,
             optimizer=optimizer,
             scheduler=scheduler,
-            sharded=sharded,
+            sharded=run.sharded,
         )
         start_step = resumed_from = state["step"]
         if info.main:
@@ -284,24 +357,39 @@ def _train(
                 target.unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
     dist.barrier()
+    return start_step, resumed_from
+
+
+def _run_json(
+    run: _Run, curriculum: Curriculum, warmup: int, resumed_from: int | None
+) -> dict[str, Any]:
+    """run.json while the run trains (written now; completed or failed at the end)."""
+    total = curriculum.total_steps
     run_json = {
         "status": "running",
-        "config": config.to_json(),
-        "world_size": info.world_size,
-        "device": str(device),
-        "strategy": strategy,
-        "precision": precision,
-        "memory_plan": planned.to_dict(),
-        "split": split.summary(),
-        "tokens": pairs.counts(),
-        "model": describe(policy),
+        "config": run.config.to_json(),
+        "world_size": run.info.world_size,
+        "device": str(run.device),
+        "strategy": run.planned.settings.strategy,
+        "precision": run.precision,
+        "memory_plan": run.planned.to_dict(),
+        "split": run.split.summary(),
+        "tokens": run.pairs.counts(),
+        "model": describe(run.policy),
         "steps": {"total": total, "warmup": warmup, "per_epoch": curriculum.steps_per_epoch},
         "resumed_from": resumed_from,
     }
-    if info.main:
-        _write_json(out / RUN_JSON, run_json)
+    if run.info.main:
+        _write_json(run.config.out / RUN_JSON, run_json)
+    return run_json
 
-    # ---- training
+
+def _steps(run: _Run, curriculum: Curriculum, optimizer, scheduler, start_step: int):
+    """The training loop: per step, forward and backward each micro-batch, check the loss and
+    the gradient are finite, clip, step, log, and checkpoint every --save-every steps. Returns
+    the last step's metrics, the pairs and tokens seen, and the seconds the loop took."""
+    config, info, out = run.config, run.info, run.config.out
+    module = run.module
     module.train()
     objective = Objective(
         loss=config.loss,
@@ -310,50 +398,20 @@ def _train(
         sft_weight=config.sft_weight,
         nll_weight=config.nll_weight,
     )
-    pad_id = policy.tokenizer.pad_token_id
+    params = [p for p in module.parameters() if p.requires_grad]
+    resume_key = config.resume_key(info.world_size)
+    total = curriculum.total_steps
     metrics_file = (out / METRICS).open("a") if info.main else None
     last_checkpoint = latest_checkpoint(out)
-    run_json["setup_seconds"] = round(time.perf_counter() - setup_started, 3)
-    reporter.start(total_steps=total, first_step=start_step)
-    train_started = time.perf_counter()
+    run.reporter.start(total_steps=total, first_step=start_step)
+    started = time.perf_counter()
     seen_pairs = seen_tokens = 0
     metrics: dict[str, Any] = {}
     try:
         for step in range(start_step, total):
             step_started = time.perf_counter()
             in_step = curriculum.step_pairs(step).numel()
-            micro_batches = curriculum.micro_batches(
-                step,
-                rank=info.rank,
-                world_size=info.world_size,
-                batch_size=config.batch_size,
-                grad_accum=config.grad_accum,
-            )
-            sums = torch.zeros(len(STAT_KEYS), dtype=torch.float64)
-            bad_pairs: list[str] = []
-            for m, index in enumerate(micro_batches):
-                last = m == len(micro_batches) - 1
-                # under fsdp every forward is a collective, under ddp the last backward
-                if index.numel() == 0 and not (info.world_size > 1 and (last or sharded)):
-                    continue
-                # a rank with no pair left still joins the collectives, with weight 0
-                weight = info.world_size / in_step if index.numel() else 0.0
-                batch = collate(
-                    pairs,
-                    index if index.numel() else torch.tensor([0]),
-                    pad_id=pad_id,
-                    ref_chosen=ref_chosen,
-                    ref_rejected=ref_rejected,
-                ).to(device)
-                with gradient_sync(module, enabled=last):
-                    with autocast():
-                        terms = objective(module, batch)
-                    # mean over the step's pairs on all ranks: DDP averages, so scale by world
-                    (terms.loss.sum() * weight).backward()
-                if index.numel():
-                    sums += terms.sums()
-                    finite = torch.isfinite(terms.loss.detach()).cpu()
-                    bad_pairs += [pairs.pair_ids[i] for i in index[~finite].tolist()]
+            sums, bad_pairs = _accumulate(run, module, objective, curriculum, step, in_step)
             sums = dist.sum_(sums.to(dist.collective_device())).cpu()
             stats = dict(zip(STAT_KEYS, sums.tolist(), strict=True))
             if stats["nonfinite"]:
@@ -363,7 +421,7 @@ def _train(
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
             )
             if not torch.isfinite(norm):
-                step_ids = [pairs.pair_ids[i] for i in curriculum.step_pairs(step).tolist()]
+                step_ids = [run.pairs.pair_ids[i] for i in curriculum.step_pairs(step).tolist()]
                 raise _nonfinite("gradient", step + 1, step_ids, last_checkpoint)
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
@@ -384,20 +442,20 @@ def _train(
                 lr=lr,
                 tokens_per_s=stats["tokens"] / seconds,
                 pairs_per_s=in_step / seconds,
-                elapsed_s=round(time.perf_counter() - train_started, 3),
+                elapsed_s=round(time.perf_counter() - started, 3),
             )
             if metrics_file is not None:
                 metrics_file.write(json.dumps(metrics) + "\n")
                 metrics_file.flush()
-            reporter.step(metrics)
+            run.reporter.step(metrics)
             if config.save_every and (step + 1) % config.save_every == 0:
                 next_epoch, position = curriculum.position(step + 1)
                 last_checkpoint = save_checkpoint(
                     out,
                     step + 1,
-                    model=policy.model,
-                    root=logps,
-                    sharded=sharded,
+                    model=run.policy.model,
+                    root=run.logps,
+                    sharded=run.sharded,
                     keep=config.save_total_limit,
                     optimizer=optimizer,
                     scheduler=scheduler,
@@ -408,48 +466,74 @@ def _train(
                         "config": resume_key,
                     },
                 )
-    except NonFiniteLossError as exc:
-        if info.main:
-            _write_json(out / RUN_JSON, {**run_json, "status": "failed", "error": str(exc)})
-        raise
     finally:
         if metrics_file is not None:
             metrics_file.close()
-    train_seconds = time.perf_counter() - train_started
+    return metrics, seen_pairs, seen_tokens, time.perf_counter() - started
 
-    # ---- the final model, loadable with AutoModelForCausalLM.from_pretrained
+
+def _accumulate(
+    run: _Run, module, objective: Objective, curriculum: Curriculum, step: int, in_step: int
+) -> tuple[torch.Tensor, list[str]]:
+    """Forward and backward this rank's micro-batches of ``step``; return the summed pair
+    statistics and the pairs whose loss was not finite."""
+    config, info, pairs = run.config, run.info, run.pairs
+    micro_batches = curriculum.micro_batches(
+        step,
+        rank=info.rank,
+        world_size=info.world_size,
+        batch_size=config.batch_size,
+        grad_accum=config.grad_accum,
+    )
+    sums = torch.zeros(len(STAT_KEYS), dtype=torch.float64)
+    bad_pairs: list[str] = []
+    for m, index in enumerate(micro_batches):
+        last = m == len(micro_batches) - 1
+        # under fsdp every forward is a collective, under ddp the last backward
+        if index.numel() == 0 and not (info.world_size > 1 and (last or run.sharded)):
+            continue
+        # a rank with no pair left still joins the collectives, with weight 0
+        weight = info.world_size / in_step if index.numel() else 0.0
+        batch = collate(
+            pairs,
+            index if index.numel() else torch.tensor([0]),
+            pad_id=run.policy.tokenizer.pad_token_id,
+            ref_chosen=run.ref_chosen,
+            ref_rejected=run.ref_rejected,
+        ).to(run.device)
+        with gradient_sync(module, enabled=last):
+            with run.autocast():
+                terms = objective(module, batch)
+            # mean over the step's pairs on all ranks: DDP averages, so scale by world
+            (terms.loss.sum() * weight).backward()
+        if index.numel():
+            sums += terms.sums()
+            finite = torch.isfinite(terms.loss.detach()).cpu()
+            bad_pairs += [pairs.pair_ids[i] for i in index[~finite].tolist()]
+    return sums, bad_pairs
+
+
+def _save_model(run: _Run) -> Path:
+    """The final model (gathered from the shards under fsdp), loadable with
+    AutoModelForCausalLM.from_pretrained; with LoRA the adapter, and the merged model if asked."""
+    config = run.config
     if config.gradient_checkpointing:
-        _activation_checkpointing(policy.model, enable=False)
-    state_dict = full_state_dict(logps, policy.model, sharded=sharded)
-    model_dir = out / (MODEL_DIR if adapter is None or config.merge_lora else ADAPTER_DIR)
-    if info.main:
+        _activation_checkpointing(run.policy.model, enable=False)
+    state_dict = full_state_dict(run.logps, run.policy.model, sharded=run.sharded)
+    adapter = config.lora
+    model_dir = config.out / (MODEL_DIR if adapter is None or config.merge_lora else ADAPTER_DIR)
+    if run.info.main:
         save_final(
-            policy,
-            out,
+            run.policy,
+            config.out,
             state_dict,
-            peft_model=peft_model,
+            peft_model=run.peft_model,
             adapter=adapter,
             merge=config.merge_lora,
             max_shard_size=config.max_shard_size,
         )
     dist.barrier()
-    result = TrainResult(
-        run_dir=out,
-        model_dir=model_dir,
-        steps=total,
-        resumed_from=resumed_from,
-        world_size=info.world_size,
-        device=str(device),
-        pairs=pairs.counts(),
-        train_seconds=round(train_seconds, 3),
-        pairs_per_s=seen_pairs / train_seconds if train_seconds else 0.0,
-        tokens_per_s=seen_tokens / train_seconds if train_seconds else 0.0,
-        final=metrics,
-        summary=summarize(out / METRICS) if info.main else {},
-    )
-    if info.main:
-        _write_json(out / RUN_JSON, {**run_json, "status": "completed", "result": result.to_dict()})
-    return result
+    return model_dir
 
 
 # --------------------------------------------------------------------------- helpers

@@ -37,9 +37,9 @@ from torch.distributed.fsdp import (
 from torch.nn.parallel import DistributedDataParallel
 
 from prefcurate.errors import InputError
+from trainers.config import PRECISIONS, STRATEGIES
 
-STRATEGIES: tuple[str, ...] = ("auto", "ddp", "fsdp")
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16-mixed", "bf16")
+__all__ = ["PRECISIONS", "STRATEGIES", "autocast_for", "resolve_precision", "wrap"]
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -3,20 +3,21 @@
 The paper (arXiv 2602.00954) reports, on 7–8B models judged by GPT-4, that reading pairs easy →
 hard helps, that training small-margin pairs with SFT beats DPO on them and beats discarding
 them, and that τ matters. This benchmark tests those claims where the truth is known: the toy
-sorting task of :mod:`prefcurate.toytask`, the ``tiny`` model, one CPU, minutes.
+sorting task of :mod:`prefcurate.recipes.toytask`, the ``tiny`` model, one CPU, minutes.
 
-Per seed: sample two responses per prompt from the base policy (:mod:`prefcurate.basepolicy`,
-shared by every arm and seed), label each pair by a noisy judge's ratings, then for every arm
-route the pairs with :func:`prefcurate.route.plan_routes` / :func:`~prefcurate.route.write_route`
-and train with :func:`trainers.loop.train` — the library functions behind ``prefcurate route``
-and ``prefcurate train`` — from the base policy, one epoch, same pairs, same settings. Each
-trained policy answers held-out prompts and is judged by r* (:mod:`prefcurate.gold`).
+Per seed: sample two responses per prompt from the base policy
+(:mod:`prefcurate.recipes.basepolicy`, shared by every arm and seed), label each pair by a
+noisy judge's ratings, then for every arm route the pairs with
+:func:`prefcurate.route.plan_routes` / :func:`~prefcurate.route.write_route` and train
+with :func:`trainers.loop.train` — the library functions behind ``prefcurate route`` and
+``prefcurate train`` — from the base policy, one epoch, same pairs, same settings. Each
+trained policy answers held-out prompts and is judged by r* (:mod:`prefcurate.recipes.gold`).
 
 Before any comparison the result carries two gates: the oracle arm (DPO on the same pairs
 labelled by r*) must beat the base policy, and the evaluation's own noise (two draws from the base
 policy) must be well below the differences between arms. Example::
 
-    >>> from prefcurate.bench import BenchConfig, run_bench
+    >>> from prefcurate.recipes.bench import BenchConfig, run_bench
     >>> result = run_bench(BenchConfig(out="bench-out", seeds=3))          # doctest: +SKIP
     >>> result["gates"]["oracle_beats_base"]                                 # doctest: +SKIP
     True
@@ -34,9 +35,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prefcurate import gold, toytask
-from prefcurate.basepolicy import BaseConfig
 from prefcurate.errors import InputError
+from prefcurate.recipes import gold, toytask
+from prefcurate.recipes.basepolicy import BaseConfig
 
 if TYPE_CHECKING:
     from trainers.config import TrainConfig
@@ -169,8 +170,8 @@ class Environment:
 
     @classmethod
     def build(cls, config: BenchConfig) -> Environment:
-        from prefcurate.basepolicy import base_policy
-        from trainers.cache import default_cache_dir
+        from prefcurate.cachedir import default_cache_dir
+        from prefcurate.recipes.basepolicy import base_policy
         from trainers.model import build_tiny
 
         cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
@@ -287,9 +288,7 @@ def run_seed(
     config: BenchConfig, env: Environment, seed: int, say: Callable[..., None]
 ) -> dict[str, Any]:
     """One seed: pairs, the base policy's two evaluation draws, then every arm."""
-    from prefcurate.io import open_pairs
-    from prefcurate.route import plan_routes, write_route
-    from trainers.loop import train
+    from prefcurate.recipes.pipeline import route_and_train
     from trainers.model import load_model
 
     directory = config.out / f"seed-{seed}"
@@ -314,26 +313,22 @@ def run_seed(
     arms: dict[str, Any] = {}
     for arm in (a for a in ARMS if a.name in config.arms):
         say(f"seed {seed}: arm {arm.name}")
-        plan = plan_routes(
-            open_pairs(oracle if arm.oracle else data),
+        plan, result = route_and_train(
+            oracle if arm.oracle else data,
+            arm_config(
+                config,
+                env,
+                split=directory / arm.name / "split",
+                out=directory / arm.name / "run",
+                seed=seed,
+                label_smoothing=config.label_smoothing if arm.mode != "sft" else 0.0,
+                nll_weight=arm.nll_weight,
+            ),
             mode=arm.mode,
             threshold=arm.threshold,
             sft_fraction=arm.sft_fraction,
             order=arm.order,
             seed=seed,
-        )
-        split = directory / arm.name / "split"
-        write_route(plan, split)
-        result = train(
-            arm_config(
-                config,
-                env,
-                split=split,
-                out=directory / arm.name / "run",
-                seed=seed,
-                label_smoothing=config.label_smoothing if arm.mode != "sft" else 0.0,
-                nll_weight=arm.nll_weight,
-            )
         )
         policy = load_model(str(result.model_dir))
         samples = env.sample(config, policy, env.eval_prompts, seed=eval_seed)

@@ -1,7 +1,7 @@
 """Rendering a benchmark result: a rich table for the terminal, a markdown table, a PNG chart.
 
-:func:`prefcurate.bench.run_bench` returns figures; this module only shows them, so a notebook
-gets the same numbers as the terminal.
+:func:`prefcurate.recipes.bench.run_bench` returns figures; this module only shows them, so a
+notebook gets the same numbers as the terminal.
 """
 
 from __future__ import annotations

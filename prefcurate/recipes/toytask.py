@@ -1,8 +1,8 @@
 """A toy alignment task with a gold reward code can compute: sort the digits of the prompt.
 
-The benchmark (:mod:`prefcurate.bench`) needs a task where the truth is known, small enough for
-the byte-level ``tiny`` model on a CPU. A prompt is ``"sort:4917="``; the ideal response is
-``"1479"``. The gold reward r* ∈ [0, 1] of a response (:func:`gold_reward`) gives partial credit,
+The benchmark (:mod:`prefcurate.recipes.bench`) needs a task where the truth is known, small
+enough for the byte-level ``tiny`` model on a CPU. A prompt is ``"sort:4917="``; the ideal response
+is ``"1479"``. The gold reward r* ∈ [0, 1] of a response (:func:`gold_reward`) gives partial credit,
 so imperfect responses differ in quality by small steps:
 
     r* = ½ · (positions equal to the sorted answer) / max(len(response), len(answer))
