@@ -142,7 +142,9 @@ def train_steps(model, strategy: str, data, sizes, *, precision: str, lora: bool
     autocast = autocast_for(strategy, precision, device)
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-6)
-    objective = Objective(beta=0.1)
+    objective = Objective(
+        loss="sigmoid", beta=0.1, label_smoothing=0.0, sft_weight=1.0, nll_weight=0.0
+    )
     losses, times = [], []
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     if device.type == "cuda":

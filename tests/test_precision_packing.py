@@ -43,7 +43,9 @@ def batch(split):
 
 def test_packed_batch_gives_the_same_per_pair_losses_and_gradients(batch):
     model = build_tiny(0).model
-    objective = Objective(beta=0.1, label_smoothing=0.1)
+    objective = Objective(
+        loss="sigmoid", beta=0.1, label_smoothing=0.1, sft_weight=1.0, nll_weight=0.0
+    )
     padded = objective(SequenceLogps(model), batch)
     padded.loss.sum().backward()
     expected = [p.grad.clone() for p in model.parameters()]
