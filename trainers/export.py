@@ -23,9 +23,9 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from prefcurate.atomic import atomic_dir
 from trainers.lora import LoraSettings, merged_model, save_adapter
 from trainers.model import LoadedModel
+from trainers.rundir import ADAPTER_DIR, MODEL_DIR
 
-MODEL_DIR = "model"
-ADAPTER_DIR = "adapter"
+__all__ = ["ADAPTER_DIR", "MODEL_DIR", "full_state_dict", "save_final"]
 
 
 def full_state_dict(root: nn.Module, model: nn.Module, *, sharded: bool) -> dict[str, torch.Tensor]:

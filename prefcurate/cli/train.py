@@ -20,9 +20,11 @@ from prefcurate.cli.common import (
     STATE,
     CatalogOpt,
     app,
+    check_catalog,
     config_options,
     record_run,
 )
+from prefcurate.errors import InputError
 from trainers.config import TrainConfig
 
 #: The help of each ``prefcurate train`` flag, by TrainConfig field (in the order shown).
@@ -109,14 +111,21 @@ def train(
 
         print(plan_run(config, world_size=world_size, as_json=as_json))
         return
+    import contextlib
+
+    from prefcurate.outdir import out_lock
     from prefcurate.progress import RichReporter
     from prefcurate.runplots import read_metrics
     from trainers.loop import NonFiniteLossError
     from trainers.loop import train as run_training
 
     started_at = datetime.now(timezone.utc)  # noqa: UP017
+    check_catalog(catalog)  # a wrong --catalog or timeout fails before any work
+    rank0 = os.environ.get("RANK", "0") == "0"
+    lock = out_lock(config.out) if rank0 else contextlib.nullcontext()
     try:
-        result = run_training(config, reporter=RichReporter())
+        with lock:  # one run per directory: a second writer exits 2 naming the first one's PID
+            result = run_training(config, reporter=RichReporter())
     except NonFiniteLossError as exc:  # the user's run diverged: say so, not "please report"
         if STATE.debug:
             raise
@@ -169,7 +178,15 @@ def plot(
     Example:
         prefcurate plot runs/mixdpo runs/dpo --out curves.png
     """
+    from prefcurate.outdir import check_out_file
     from prefcurate.runplots import plot_runs
 
+    if smooth is not None and smooth < 0:
+        raise InputError(f"--smooth must be 0 or more, got {smooth}", fix="e.g. --smooth 20")
+    target = out or run_dirs[0] / "curves.png"
+    if target.suffix.lower() != ".png":
+        raise InputError("--out must be a .png file", where=target, fix="e.g. --out curves.png")
+    inputs = [d / name for d in run_dirs for name in ("metrics.jsonl", "run.json")]
+    check_out_file(target, force=True, inputs=inputs)
     path = plot_runs(run_dirs, out or run_dirs[0] / "curves.png", smooth=smooth)
     print(path)
