@@ -40,7 +40,6 @@ import polars as pl
 from prefcurate import margins as margin_defs
 from prefcurate.errors import InputError
 from prefcurate.io import pair_id_expr
-from prefcurate.sources import content_hash
 
 if TYPE_CHECKING:
     from prefcurate.io import PairSource
@@ -577,7 +576,7 @@ def input_info(raw: RawSource, *, fingerprint: bool = True) -> dict[str, Any]:
         "bytes": sum(p.stat().st_size for p in raw.paths),
     }
     if fingerprint:
-        info["sha256"] = content_hash(raw.paths)[0]
+        info["sha256"] = raw.content_hash()[0]
     return info
 
 

@@ -46,7 +46,6 @@ from prefcurate.margins import (
     threshold_for_fraction,
 )
 from prefcurate.schema import ROUTE_DPO, ROUTE_SFT
-from prefcurate.sources import content_hash
 from prefcurate.splitwriter import SPLIT_COLUMNS, Texts, split_chunks, write_route  # noqa: F401
 
 #: plan.json format version; bump when a key changes meaning.
@@ -695,14 +694,14 @@ class _HashThread:
     """Hash the input files in a thread while Polars reads them (both release the GIL)."""
 
     def __init__(self, source: PairSource):
-        self._paths = source.raw.paths
+        self._raw = source.raw
         self._display = source.raw.display
         self._value: tuple[str, int] | None = None
         self._error: BaseException | None = None
 
         def work() -> None:
             try:
-                self._value = content_hash(self._paths)
+                self._value = self._raw.content_hash()
             except BaseException as exc:  # noqa: BLE001 - re-raised in result()
                 self._error = exc
 
@@ -720,7 +719,7 @@ class _HashThread:
             "sha256": sha256,
             "rows": rows,
             "bytes": size,
-            "files": len(self._paths),
+            "files": len(self._raw.paths),
         }
 
 

@@ -149,7 +149,7 @@ def test_two_runs_write_identical_bytes(cli, uf1k, tmp_path):
         ([], "needs a threshold"),
         (["--threshold", "0.5", "--mode", "mix"], "--mode must be one of"),
         (["--threshold", "0.5", "--order", "sorted"], "--order must be one of"),
-        (["--threshold", "0.5", "--export", "csv"], "--export must be 'trl'"),
+        (["--threshold", "0.5", "--export", "csv"], "--export must be one of trl, trl-mixdpo"),
         (["--threshold", "0.5", "--eval-fraction", "1"], "--eval-fraction"),
         (["--threshold", "0.5", "--stages", "2", "--order", "random"], "--stages"),
     ],

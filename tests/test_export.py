@@ -8,6 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from prefcurate.errors import InputError
 from prefcurate.export import export_trl
 from prefcurate.io import open_pairs
 from prefcurate.route import plan_routes, write_route
@@ -105,5 +106,5 @@ def test_export_from_an_existing_split_is_deterministic(uf1k, tmp_path):
 def test_export_refuses_a_file_that_is_not_a_split(tmp_path):
     plain = tmp_path / "plain.parquet"
     pl.DataFrame({"prompt": ["p"], "chosen": ["c"], "rejected": ["r"]}).write_parquet(plain)
-    with pytest.raises(ValueError, match="not a routed split"):
+    with pytest.raises(InputError, match="not a routed split: no 'route', 'rank' column"):
         export_trl(plain, tmp_path)

@@ -18,6 +18,7 @@ import pytest
 from prefcurate import splitwriter
 from prefcurate.errors import InputError
 from prefcurate.io import open_pairs
+from prefcurate.outdir import MANIFEST
 from prefcurate.route import SPLIT_COLUMNS, plan_routes, write_route
 
 
@@ -356,7 +357,8 @@ def test_existing_directory_needs_force(uf, tmp_path):
 
 def test_plots_are_written_into_the_split_directory_only_when_asked(uf, tmp_path):
     write_route(plan_routes(uf, threshold=0.5), tmp_path / "bare")
-    assert sorted(p.name for p in (tmp_path / "bare").iterdir()) == ["plan.json", "train.parquet"]
+    bare = sorted(p.name for p in (tmp_path / "bare").iterdir())
+    assert bare == sorted([MANIFEST, "plan.json", "train.parquet"])
     write_route(plan_routes(uf, threshold=0.5), tmp_path / "o", plots=True)
     written = {p.name for p in (tmp_path / "o").iterdir()}
     assert {"margin_hist.png", "margin_cdf.png", "lengths.png"} <= written

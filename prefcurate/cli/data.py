@@ -192,7 +192,12 @@ def route(
         int, typer.Option("--seed", help="Seed of shuffles and the held-out choice.")
     ] = 0,
     export: Annotated[
-        str | None, typer.Option("--export", help="trl: also write dpo.jsonl and sft.jsonl.")
+        str | None,
+        typer.Option(
+            "--export",
+            help="Also write the split for another trainer: trl (dpo.jsonl + sft.jsonl), "
+            "trl-mixdpo (mixdpo.jsonl for prefcurate.integrations.trl), llamafactory, openrlhf.",
+        ),
     ] = None,
     force: ForceOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print plan.json to stdout.")] = False,
@@ -203,7 +208,9 @@ def route(
 
     Writes train.parquet (rank order, with route, rank and stage columns) and plan.json.
 
-    --eval-fraction adds eval.parquet; --export trl adds dpo.jsonl and sft.jsonl for TRL.
+    --eval-fraction adds eval.parquet. --export writes the split for another trainer too:
+    trl-mixdpo (mixdpo.jsonl: per-pair routing in TRL), trl, llamafactory, openrlhf
+    (docs/integrations.md).
 
     Example:
         prefcurate route ../shared/data/ultrafeedback_1k.jsonl --threshold 0.5 --out out/uf
