@@ -229,6 +229,23 @@ CatalogOpt = Annotated[
 ]
 
 
+def explicit_flags(**values: object) -> dict[str, object]:
+    """The subset of ``values`` the user typed (not left at their defaults): they beat a recipe."""
+    import click
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    typed = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return {k: v for k, v in values.items() if ctx.get_parameter_source(k) in typed}
+
+
+def resolve_recipe(command: str, recipe: str | None, explicit: dict[str, object]) -> dict:
+    """``--recipe``'s settings for ``command`` with the typed flags on top (prefcurate.presets)."""
+    from prefcurate.presets import resolve
+
+    return resolve(command, recipe, explicit)
+
+
 def record_run(
     kind: str,
     *,
@@ -438,9 +455,31 @@ def route(
         str, typer.Option("--mode", help="mixdpo | dpo | filter | sft (baselines from the data).")
     ] = "mixdpo",
     order: Annotated[
-        str,
-        typer.Option("--order", help="curriculum (margin descending) | random | as-is."),
-    ] = "curriculum",
+        str | None,
+        typer.Option(
+            "--order",
+            help="curriculum (margin descending) | random | as-is. Default: curriculum for "
+            "mixdpo and filter, random (seeded) for dpo and sft.",
+            show_default=False,
+        ),
+    ] = None,
+    soft: Annotated[
+        float | None,
+        typer.Option(
+            "--soft",
+            help="Soft routing at temperature T: a weight column σ((τ − margin)/T), the SFT "
+            "share of each pair's loss (mixdpo).",
+            show_default=False,
+        ),
+    ] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            "--recipe",
+            help="paper: MixDPO's main setting (mixdpo, τ 0.5, curriculum); flags override it.",
+            show_default=False,
+        ),
+    ] = None,
     stages: Annotated[
         int | None,
         typer.Option("--stages", help="Cut the curriculum into K stages, shuffled within each."),
@@ -481,8 +520,10 @@ def route(
 
     --eval-fraction adds eval.parquet; --export trl adds dpo.jsonl and sft.jsonl for TRL.
 
+    --recipe paper is the paper's route (mixdpo, τ 0.5, curriculum order) in one word.
+
     Example:
-        prefcurate route ../shared/data/ultrafeedback_1k.jsonl --threshold 0.5 --out out/uf
+        prefcurate route ../shared/data/ultrafeedback_1k.jsonl --recipe paper --out out/uf
     """
     import json
     from datetime import datetime, timezone
@@ -510,16 +551,22 @@ def route(
             split=split,
             seed=seed,
         )
+        chosen_flags = explicit_flags(
+            mode=mode, threshold=threshold, sft_fraction=sft_fraction, order=order
+        )
+        settings = resolve_recipe("route", recipe, chosen_flags)
         plan = plan_routes(
             pairs,
-            mode=mode,
-            threshold=threshold,
-            sft_fraction=sft_fraction,
-            order=order,
+            mode=settings.get("mode", mode),
+            threshold=settings.get("threshold"),
+            sft_fraction=settings.get("sft_fraction"),
+            order=settings.get("order"),
             stages=stages,
             drop=drop or (),
             eval_fraction=eval_fraction,
             seed=seed,
+            soft=soft,
+            recipe=recipe,
         )
     with status(f"writing {out}"):
         document = write_route(plan, out, force=force, export=export, plots=write_split_plots)
@@ -817,11 +864,22 @@ def train(
         bool, typer.Option("--trust-remote-code", help="Allow the model directory's own code.")
     ] = False,
     allow_pickle: AllowPickleOpt = False,
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            "--recipe",
+            help="paper: β 0.01, label smoothing 0.1, lr 1e-6, cosine with 10% warmup, one "
+            "epoch, the split's order; flags override it.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Train MixDPO (or a baseline) on a routed split; each pair's loss follows its route.
 
     Writes RUN_DIR/metrics.jsonl, run.json, checkpoints/step-N/ and the final model/.
     Under torchrun each process takes a strided share of every global batch.
+
+    --recipe paper trains with the paper's settings (run.json records the recipe).
 
     Example:
         prefcurate train splits/uf --model tiny --out runs/tiny --max-length 256 --lr 1e-3
@@ -835,12 +893,31 @@ def train(
     from trainers.progress import RichReporter
 
     started_at = datetime.now(timezone.utc)  # noqa: UP017
+    recipe_settings = resolve_recipe(
+        "train",
+        recipe,
+        explicit_flags(
+            loss=loss, beta=beta, label_smoothing=label_smoothing, lr=lr,
+            warmup_ratio=warmup_ratio, lr_schedule=lr_schedule, epochs=epochs, shuffle=shuffle,
+        ),
+    )  # fmt: skip
+    loss, beta, label_smoothing = (
+        recipe_settings.get(k, v)
+        for k, v in (("loss", loss), ("beta", beta), ("label_smoothing", label_smoothing))
+    )
+    lr, warmup_ratio, lr_schedule, epochs, shuffle = (
+        recipe_settings.get(k, v)
+        for k, v in (
+            ("lr", lr), ("warmup_ratio", warmup_ratio), ("lr_schedule", lr_schedule),
+            ("epochs", epochs), ("shuffle", shuffle),
+        )
+    )  # fmt: skip
     config = TrainConfig(
         split_dir=split_dir, model=model, out=out, ref_model=ref_model, loss=loss, beta=beta,
         label_smoothing=label_smoothing, sft_weight=sft_weight, nll_weight=nll_weight,
         shuffle=shuffle, epochs=epochs, max_steps=max_steps, max_length=max_length,
         batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_ratio=warmup_ratio,
-        lr_schedule=lr_schedule,
+        lr_schedule=lr_schedule, recipe=recipe,
         weight_decay=weight_decay, max_grad_norm=max_grad_norm, device=device,
         precision=precision, gradient_checkpointing=gradient_checkpointing, seed=seed,
         save_every=save_every, resume=resume, force=force, cache_dir=cache_dir,
