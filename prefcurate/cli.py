@@ -229,14 +229,14 @@ CatalogOpt = Annotated[
 ]
 
 
-def explicit_flags(**values: object) -> dict[str, object]:
+def explicit_flags(ctx: typer.Context, **values: object) -> dict[str, object]:
     """The subset of ``values`` the user typed (not left at their defaults): they beat a recipe."""
-    import click
-    from click.core import ParameterSource
 
-    ctx = click.get_current_context()
-    typed = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
-    return {k: v for k, v in values.items() if ctx.get_parameter_source(k) in typed}
+    def typed(name: str) -> bool:
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+    return {k: v for k, v in values.items() if typed(k)}
 
 
 def resolve_recipe(command: str, recipe: str | None, explicit: dict[str, object]) -> dict:
@@ -442,6 +442,7 @@ def synth_command(
 
 @app.command()
 def route(
+    ctx: typer.Context,
     data: DataArg,
     out: Annotated[
         Path | None,
@@ -552,7 +553,7 @@ def route(
             seed=seed,
         )
         chosen_flags = explicit_flags(
-            mode=mode, threshold=threshold, sft_fraction=sft_fraction, order=order
+            ctx, mode=mode, threshold=threshold, sft_fraction=sft_fraction, order=order
         )
         settings = resolve_recipe("route", recipe, chosen_flags)
         plan = plan_routes(
@@ -787,6 +788,7 @@ def score(
 
 @app.command()
 def train(
+    ctx: typer.Context,
     split_dir: Annotated[
         Path,
         typer.Argument(help="A split directory written by 'prefcurate route'.", show_default=False),
@@ -897,7 +899,7 @@ def train(
         "train",
         recipe,
         explicit_flags(
-            loss=loss, beta=beta, label_smoothing=label_smoothing, lr=lr,
+            ctx, loss=loss, beta=beta, label_smoothing=label_smoothing, lr=lr,
             warmup_ratio=warmup_ratio, lr_schedule=lr_schedule, epochs=epochs, shuffle=shuffle,
         ),
     )  # fmt: skip
