@@ -172,8 +172,8 @@ class BenchConfig:
 
     out: Path
     seeds: int = 10
-    pairs: int = 1500
-    eval_prompts: int = 800
+    pairs: int = 2000
+    eval_prompts: int = 1000
     arms: tuple[str, ...] = ARM_NAMES
     noise: toytask.RatingNoise = field(default_factory=lambda: BENCH_NOISE)
     base: BaseConfig = field(default_factory=BaseConfig)
@@ -188,6 +188,7 @@ class BenchConfig:
     batch_size: int = 16
     temperature: float = 1.0
     threads: int = 1  # the tiny model is far faster on 1 thread than on 2 busy cores
+    workers: int = 2  # seeds run in this many processes (one per core; results do not change)
     cache_dir: Path | None = None
     force: bool = False
 
@@ -197,6 +198,8 @@ class BenchConfig:
             raise InputError(f"--seeds must be at least 1, not {self.seeds}")
         if self.pairs < 16:
             raise InputError(f"--pairs must be at least 16, not {self.pairs}")
+        if self.workers < 1:
+            raise InputError(f"--workers must be at least 1, not {self.workers}")
         unknown = [a for a in self.arms if a not in ARM_NAMES]
         if unknown:
             raise InputError(
@@ -226,8 +229,8 @@ def run_bench(config: BenchConfig, *, progress: Progress | None = None) -> dict[
     total = config.seeds * len(config.arms)
     finished = [0]
 
-    def say(message: str, arm_done: bool = False) -> None:
-        finished[0] += arm_done
+    def say(message: str, arms_done: int = 0) -> None:
+        finished[0] += arms_done
         report(message, finished[0], total)
 
     out = config.out
@@ -238,25 +241,63 @@ def run_bench(config: BenchConfig, *, progress: Progress | None = None) -> dict[
     if out.exists() and config.force:
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    started, cpu_started = time.perf_counter(), time.process_time()
+    started, cpu_started = time.perf_counter(), _cpu_seconds()
     load_before = _load_average()
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
-        say("base policy (trained once, cached)")
+        say("three policies (trained once, cached)")
         env = Environment.build(config)
-        seeds = []
-        for seed in range(config.seeds):
-            seeds.append(run_seed(config, env, seed, say))
+        seeds = _run_seeds(config, env, say)
     finally:
         torch.set_num_threads(threads)
     result = summarize(config, env, seeds)
     result["seconds"] = round(time.perf_counter() - started, 1)
     # a shared machine stretches wall time; CPU time and the load say by how much
-    result["cpu_seconds"] = round(time.process_time() - cpu_started, 1)
+    result["cpu_seconds"] = round(_cpu_seconds() - cpu_started, 1)
+    result["workers"] = config.workers
     result["load_average"] = {"start": load_before, "end": _load_average()}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _run_seeds(config: BenchConfig, env: Environment, say: Callable[..., None]) -> list:
+    """Every seed, in ``config.workers`` processes (each seed is independent and seeded, so the
+    results are the same however many processes run them)."""
+    if config.workers == 1 or config.seeds == 1:
+        return [
+            run_seed(config, env, seed, lambda m, done=False: say(m, int(done)))
+            for seed in range(config.seeds)
+        ]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    say(f"{config.seeds} seeds in {config.workers} processes")
+    results: dict[int, dict[str, Any]] = {}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(config.workers, config.seeds), mp_context=context) as pool:
+        futures = {pool.submit(_seed_worker, config, env, s): s for s in range(config.seeds)}
+        for future in as_completed(futures):
+            seed = futures[future]
+            results[seed] = future.result()
+            say(f"seed {seed} done", len(results[seed]["arms"]))
+    return [results[s] for s in range(config.seeds)]
+
+
+def _seed_worker(config: BenchConfig, env: Environment, seed: int) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(config.threads)
+    return run_seed(config, env, seed, lambda *_args, **_kw: None)
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the seed workers)."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _load_average() -> list[float] | None:

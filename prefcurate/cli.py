@@ -1116,7 +1116,7 @@ def bench_mixdpo(
     pairs: Annotated[
         int | None,
         typer.Option(
-            "--pairs", help="Preference pairs per seed (default 1500).", show_default=False
+            "--pairs", help="Preference pairs per seed (default 2000).", show_default=False
         ),
     ] = None,
     out: Annotated[
