@@ -29,7 +29,7 @@ _EXPORTS = {
     "analyze_frame": "prefcurate.analyze",
     "Report": "prefcurate.analyze",
     "plan_routes": "prefcurate.route",
-    "write_route": "prefcurate.route",
+    "write_route": "prefcurate.splitwriter",
     "RoutePlan": "prefcurate.route",
     "threshold_for_fraction": "prefcurate.margins",
     "synth": "prefcurate.synth",

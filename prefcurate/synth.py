@@ -124,7 +124,7 @@ def write_synth(
     Raises :class:`~prefcurate.errors.InputError` for a bad suffix, ``n`` or an existing ``out``
     without ``force``.
     """
-    from prefcurate.io import atomic_file
+    from prefcurate.atomic import atomic_file
 
     out = Path(out)
     fmt = output_format(out)

@@ -206,8 +206,14 @@ def load_pretrained(
             where=path,
             fix="use weights from a source you trust, saved as safetensors",
         ) from exc
+    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    return LoadedModel(model, tokenizer, directory_fingerprint(path), str(path))
+
+
+def load_tokenizer(path: Path, *, trust_remote_code: bool) -> PreTrainedTokenizerBase:
+    """The tokenizer saved in a model directory, from local files only."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
+        return AutoTokenizer.from_pretrained(
             path, local_files_only=True, trust_remote_code=trust_remote_code
         )
     except (ValueError, OSError, TypeError) as exc:
@@ -216,7 +222,6 @@ def load_pretrained(
             where=path,
             fix="save the tokenizer beside the model with tokenizer.save_pretrained(path)",
         ) from exc
-    return LoadedModel(model, tokenizer, directory_fingerprint(path), str(path))
 
 
 def read_config(path: Path, *, trust_remote_code: bool, fix: str) -> Any:

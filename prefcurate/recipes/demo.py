@@ -1,8 +1,8 @@
 """``prefcurate demo``: the whole pipeline on the built-in toy task, in about a minute on a CPU.
 
 A newcomer's first command. It makes preference pairs for the sorting task of
-:mod:`prefcurate.toytask` (sampled from the cached base policy, labelled by noisy ratings), then
-runs the same library functions as the commands a user would type next:
+:mod:`prefcurate.recipes.toytask` (sampled from the cached base policy, labelled by noisy
+ratings), then runs the same library functions as the commands a user would type next:
 
 1. ``analyze`` — margins, ties, inversions → ``report/report.json`` and PNG plots;
 2. ``route --threshold 0.5`` — MixDPO's split, curriculum order → ``split/`` (+ plots);
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefcurate.basepolicy import BaseConfig
 from prefcurate.errors import InputError
+from prefcurate.recipes.basepolicy import BaseConfig
 
 #: The demo routes exactly the ties, as the paper's main setting does on UltraFeedback.
 THRESHOLD = 0.5
@@ -69,8 +69,8 @@ def run_demo(
     """Run the demo into ``out``; see the module docstring. Returns paths and figures."""
     import torch
 
-    from prefcurate.bench import EVAL_SEED, BenchConfig, Environment, make_pairs, pair_stats
     from prefcurate.progress import stderr
+    from prefcurate.recipes.bench import EVAL_SEED, BenchConfig, Environment, make_pairs, pair_stats
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -186,32 +186,30 @@ def _status(message: str, quiet: bool):
 
 def _analyze(data: Path, report_dir: Path, quiet: bool) -> Path:
     from prefcurate.analyze import analyze
-    from prefcurate.io import atomic_dir, open_pairs
-    from prefcurate.plots import PLOT_FILES, write_plots
+    from prefcurate.io import open_pairs
+    from prefcurate.plots import PLOT_FILES, write_report_dir
     from prefcurate.progress import bar
 
     report = analyze(open_pairs(data), threshold=THRESHOLD)
-    with atomic_dir(report_dir) as tmp, bar("analyze: plots", len(PLOT_FILES)) as progress:
-        (tmp / "report.json").write_text(report.to_json(), encoding="utf-8")
-        write_plots(report, tmp, threshold=THRESHOLD, on_written=lambda _: progress.advance(0))
+    with bar("analyze: plots", len(PLOT_FILES)) as progress:
+        advance = progress.advance
+        write_report_dir(report, report_dir, threshold=THRESHOLD, on_written=lambda _: advance(0))
     return report_dir
 
 
 def _route(data: Path, split: Path, seed: int, quiet: bool):
-    from prefcurate.io import open_pairs
-    from prefcurate.route import plan_routes, write_route, write_split_plots
+    from prefcurate.recipes.pipeline import route_file
 
     with _status(f"route: MixDPO at τ = {THRESHOLD}, curriculum order", quiet):
-        plan = plan_routes(open_pairs(data), mode="mixdpo", threshold=THRESHOLD, seed=seed)
-        write_route(plan, split, plots=write_split_plots)
-    return plan
+        return route_file(data, split, plots=True, mode="mixdpo", threshold=THRESHOLD, seed=seed)
 
 
 def _train(config, env, split: Path, run_dir: Path, seed: int, quiet: bool):
-    from prefcurate.bench import arm_config
+    from prefcurate.progress import RichReporter
+    from prefcurate.recipes.bench import arm_config
     from prefcurate.runplots import plot_runs
     from trainers.loop import train
-    from trainers.progress import Reporter, RichReporter
+    from trainers.reporter import Reporter
 
     result = train(
         arm_config(config, env, split=split, out=run_dir, seed=seed),
