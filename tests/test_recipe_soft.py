@@ -163,7 +163,7 @@ def _terms(split_dir, loaded, module):
     index = torch.arange(len(pairs))
     batch = collate(pairs, index, pad_id=0, ref_chosen=ref[0], ref_rejected=ref[1])
     with torch.no_grad():
-        out = Objective(beta=0.1, label_smoothing=0.1)(module, batch)
+        out = Objective("sigmoid", 0.1, 0.1, 1.0, 0.0)(module, batch)
     return pairs, out
 
 
