@@ -447,13 +447,20 @@ def write_report_dir(
     force: bool = False,
     threshold: float | None = None,
     on_written: Callable[[Path], None] | None = None,
+    inspection=None,
 ) -> list[str]:
     """Write ``report.json`` and the PNG plots into the folder ``out``, all or nothing.
 
     The folder is built aside and swapped in whole (:func:`prefcurate.atomic.atomic_dir`); an
-    existing ``out`` needs ``force``. Returns the names written, report.json first.
+    existing ``out`` needs ``force``. Returns the names written, report.json first. With an
+    ``inspection`` (:func:`prefcurate.inspection.inspect_source`, whose report is ``report``)
+    the folder also gets ``index.html``, the inspect page.
     """
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=force, kind="analyze") as tmp:
         (tmp / "report.json").write_text(report.to_json(), encoding="utf-8")
         written = write_plots(report, tmp, threshold=threshold, on_written=on_written)
+        if inspection is not None:
+            from prefcurate.page import write_page
+
+            written.append(write_page(inspection, tmp / "index.html"))
     return ["report.json", *(p.name for p in written)]

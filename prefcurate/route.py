@@ -521,12 +521,62 @@ _PREDICATE_COLUMNS = (*PAIR_COLUMNS,)
 
 
 def _check_predicates(predicates: tuple[str, ...], schema: pl.Schema) -> None:
-    """Fail on a bad predicate before any data is read: run each over an empty frame."""
+    """Fail on a bad predicate before any data is read: parse it, run it over an empty frame."""
     if not predicates:
         return
     empty = pl.DataFrame(schema={c: schema[c] for c in _PREDICATE_COLUMNS})
     for predicate in predicates:
+        check_predicate(predicate)
         _predicate_matches(empty, predicate, columns=_PREDICATE_COLUMNS)
+
+
+def check_predicate(predicate: str) -> None:
+    """Refuse a ``--drop`` predicate that is not one expression (DuckDB's own tokenizer and parser).
+
+    The predicate is spliced into ``... WHERE (<predicate>)``; text that closes that parenthesis,
+    ends the statement, comments out the rest or holds a subquery could make it something else,
+    so it is refused, and the whole must parse as exactly one SELECT.
+    """
+    import duckdb
+
+    from prefcurate.catalog import sandbox
+
+    fix = "a DuckDB SQL condition over the columns, e.g. 'chosen = rejected OR margin < 0'"
+    if not predicate.strip():
+        raise InputError("--drop predicate is empty", fix="e.g. --drop 'chosen = rejected'")
+    try:
+        tokens = duckdb.tokenize(predicate)
+    except duckdb.Error as exc:
+        raise InputError(f"invalid --drop predicate {predicate!r}: {duckdb_message(exc)}") from exc
+    ends = [start for start, _ in tokens[1:]] + [len(predicate)]
+    depth = 0
+    for (start, kind), end in zip(tokens, ends, strict=True):
+        text = predicate[start:end].strip()
+        problem = None
+        if kind.name == "comment":
+            problem = "a comment"
+        elif kind.name == "keyword" and text.upper() in ("SELECT", "FROM", "WITH", "TABLE"):
+            problem = f"a subquery ({text.upper()})"
+        elif kind.name == "operator":
+            if ";" in text:
+                problem = "';' (one expression, not statements)"
+            for char in text:
+                depth += (char == "(") - (char == ")")
+                if depth < 0:
+                    problem = "a ')' that closes more than it opened"
+        if problem:
+            raise InputError(f"--drop predicate {predicate!r} holds {problem}", fix=fix)
+    if depth != 0:
+        raise InputError(f"--drop predicate {predicate!r} has unbalanced parentheses", fix=fix)
+    with sandbox() as con:
+        try:
+            statements = con.extract_statements(f"SELECT _pos FROM pairs WHERE ({predicate})")
+        except duckdb.Error as exc:
+            raise InputError(
+                f"invalid --drop predicate {predicate!r}: {duckdb_message(exc)}", fix=fix
+            ) from exc
+    if len(statements) != 1 or statements[0].type.name != "SELECT":
+        raise InputError(f"--drop predicate {predicate!r} is not one expression", fix=fix)
 
 
 def _predicate_matches(
@@ -535,18 +585,19 @@ def _predicate_matches(
     """Positions (row numbers of ``frame``) of the pairs ``predicate`` is true for.
 
     Only the columns the predicate mentions are handed to DuckDB (unless ``columns`` says which),
-    so a predicate on ``margin`` never copies the text columns.
+    so a predicate on ``margin`` never copies the text columns. The connection is the locked-down
+    sandbox of ``prefcurate sql``: no file is reachable from a predicate.
     """
     import duckdb
 
-    if not predicate.strip():
-        raise InputError("--drop predicate is empty", fix="e.g. --drop 'chosen = rejected'")
+    from prefcurate.catalog import lock_down, sandbox
+
+    check_predicate(predicate)
     used = columns or [c for c in _PREDICATE_COLUMNS if _mentions(predicate, c)]
     table = frame.select(pl.int_range(frame.height, dtype=pl.Int64).alias("_pos"), *used).to_arrow()
-    con = duckdb.connect(":memory:")
-    try:
+    with sandbox() as con:
         con.register("pairs", table)
-        con.execute("SET enable_external_access = false")
+        lock_down(con)
         sql = f"SELECT _pos FROM pairs WHERE coalesce(CAST(({predicate}) AS BOOLEAN), false)"
         try:
             result = con.execute(sql).fetchnumpy()["_pos"]
@@ -557,8 +608,6 @@ def _predicate_matches(
                 + ", ".join(_PREDICATE_COLUMNS)
                 + ", e.g. 'chosen = rejected OR margin < 0'",
             ) from exc
-    finally:
-        con.close()
     return pl.Series("_pos", np.asarray(result), dtype=pl.Int64)
 
 

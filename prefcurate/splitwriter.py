@@ -69,7 +69,7 @@ def write_route(
     check_export(export)
     out_dir = Path(out_dir)
     outputs: dict[str, Any] = {"train": "train.parquet", "eval": None}
-    with atomic_dir(out_dir, force=force) as tmp:
+    with atomic_dir(out_dir, force=force, kind="route") as tmp:
         write_split(plan, "train", tmp / "train.parquet")
         if plan.eval_fraction is not None:
             write_split(plan, "eval", tmp / "eval.parquet")

@@ -192,13 +192,17 @@ def test_demo_writes_report_plots_split_model_and_summary(tmp_path, cache):
         assert path.exists() and str(path) in summary
     assert demo.figures["dpo"] + demo.figures["sft"] == 48
     assert (out / "README.md").read_text().count(str(out / "eval.json")) == 1
+    page = (out / "report" / "index.html").read_text(encoding="utf-8")
+    assert "Training run: run" in page and '"accuracy"' in page  # the run's figures
+    readme = (out / "README.md").read_text()
+    assert readme.index("index.html") < readme.index("eval.json")  # the page comes first
 
 
 def test_demo_refuses_an_existing_folder(cli, tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "x").write_text("keep")
     bad = cli("demo", "--out", tmp_path / "d")
-    assert bad.code == 2 and "already exists" in bad.err
+    assert bad.code == 2 and "prefcurate did not write (x)" in bad.err
     assert (tmp_path / "d" / "x").read_text() == "keep"
 
 

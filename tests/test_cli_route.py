@@ -13,10 +13,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from prefcurate.outdir import MANIFEST
+
 REPO = Path(__file__).resolve().parent.parent
 
 PLOTS = ["lengths.png", "margin_cdf.png", "margin_hist.png", "margin_vs_length.png"]
-SPLIT_FILES = sorted([*PLOTS, "plan.json", "train.parquet"])
+SPLIT_FILES = sorted([*PLOTS, "plan.json", "train.parquet", MANIFEST])
 
 
 def _snapshot(directory: Path) -> dict[str, bytes]:
@@ -191,10 +193,11 @@ def test_existing_directory_without_force_is_left_untouched(cli, uf1k, tmp_path)
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    result = cli("route", uf1k, "--threshold", "0.5", "--out", out)
-    assert result.code == 2 and result.err.count("\n") == 1
-    assert "output directory exists" in result.err and "--force" in result.err
-    assert _snapshot(out) == {"notes.txt": b"keep me"}
+    for extra in ((), ("--force",)):
+        result = cli("route", uf1k, "--threshold", "0.5", "--out", out, *extra)
+        assert result.code == 2 and result.err.count("\n") == 1
+        assert "prefcurate did not write (notes.txt)" in result.err
+        assert _snapshot(out) == {"notes.txt": b"keep me"}
 
 
 def test_missing_out_is_an_input_error(cli, uf1k):

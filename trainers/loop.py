@@ -20,7 +20,6 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,11 +32,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from prefcurate.atomic import atomic_dir
 from prefcurate.errors import InputError, PrefcurateError
-from trainers import dist
+from trainers import dist, rundir
 from trainers.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
-    read_state,
     remove_partial,
     save_checkpoint,
 )
@@ -45,18 +43,13 @@ from trainers.config import TrainConfig, TrainResult
 from trainers.data import Curriculum, Split, TokenizedPairs, collate, read_split
 from trainers.device import autocast_factory, resolve_device
 from trainers.logps import SequenceLogps, check_allowed
-from trainers.model import LoadedModel, describe, load_model
+from trainers.model import LoadedModel, check_max_length, describe, load_model
 from trainers.objective import STAT_KEYS, Objective, step_metrics
 from trainers.prepare import reference_for, tokenized_pairs
 from trainers.reporter import Reporter
+from trainers.rundir import METRICS, MODEL_DIR, RUN_JSON, read_state
 
 __all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "train"]
-
-METRICS = "metrics.jsonl"
-RUN_JSON = "run.json"
-MODEL_DIR = "model"
-#: What ``--force`` may delete in RUN_DIR; nothing else there is ever touched.
-RUN_OUTPUTS = ("checkpoints", MODEL_DIR, METRICS, RUN_JSON, "curves.png")
 
 
 class NonFiniteLossError(PrefcurateError):
@@ -98,23 +91,19 @@ def lr_factor(step: int, *, warmup: int, total: int, schedule: str = "cosine") -
 
 def check_run_dir(config: TrainConfig) -> None:
     """Nothing is overwritten silently: an existing run needs ``--resume`` or ``--force``."""
-    out = config.out
-    if config.resume:
-        if latest_checkpoint(out) is None:
-            raise InputError(
-                "--resume found no complete checkpoint",
-                where=out / "checkpoints",
-                fix="start the run without --resume (save checkpoints with --save-every N)",
-            )
-        return
-    if out.exists() and not out.is_dir():
-        raise InputError("--out exists and is not a directory", where=out)
-    existing = [name for name in RUN_OUTPUTS if (out / name).exists()]
-    if existing and not config.force:
+    out = Path(config.out)
+    rundir.check_run_dir(
+        out,
+        split_dir=Path(config.split_dir),
+        models=(config.model, config.ref_model),
+        force=config.force,
+        resume=config.resume,
+    )
+    if config.resume and latest_checkpoint(out) is None:
         raise InputError(
-            f"the run directory already holds {', '.join(existing)}",
-            where=out,
-            fix="pass --resume to continue it, --force to start over, or another --out",
+            "--resume found no complete checkpoint",
+            where=out / "checkpoints",
+            fix="start the run without --resume (save checkpoints with --save-every N)",
         )
 
 
@@ -156,6 +145,8 @@ class _Run:
     logps: SequenceLogps
     ref_chosen: torch.Tensor
     ref_rejected: torch.Tensor
+    #: the split's content hash and the model's fingerprint: a resume must match them
+    identity: dict[str, str]
 
 
 def _train(
@@ -210,6 +201,7 @@ def _prepare(
         trust_remote_code=config.trust_remote_code,
         allow_pickle=config.allow_pickle,
     )
+    check_max_length(policy, config.max_length)
     pairs = tokenized_pairs(split, policy, config)
     if pairs.identical:
         reporter.message(
@@ -222,9 +214,15 @@ def _prepare(
     if config.allowed_token_ids is not None:
         check_allowed(pairs, config.allowed_token_ids, config.split_dir)
     ref_chosen, ref_rejected = reference_for(pairs, policy, config, device, autocast)
+    identity = {
+        "split_path": str(config.split_dir),
+        "split_sha256": rundir.split_fingerprint(config.split_dir),
+        "model_path": str(config.model),
+        "model_fingerprint": policy.fingerprint,
+    }
     return _Run(
         config, device, info, reporter, autocast, split, policy, pairs, logps,
-        ref_chosen, ref_rejected,
+        ref_chosen, ref_rejected, identity,
     )  # fmt: skip
 
 
@@ -251,13 +249,21 @@ def _optimizer(run: _Run):
 
 
 def _open_run_dir(run: _Run, optimizer, scheduler) -> tuple[int, int | None]:
-    """A fresh run directory, or the newest complete checkpoint resumed: (first step, resumed
-    from)."""
+    """A fresh run directory, or the newest complete checkpoint resumed (after checking it is
+    the same split and model): (first step, resumed from)."""
     config, info, out = run.config, run.info, run.config.out
     start_step, resumed_from = 0, None
     if config.resume:
         checkpoint = latest_checkpoint(out)
-        _check_resume(read_state(checkpoint), config.resume_key(info.world_size), checkpoint)
+        saved = read_state(checkpoint)
+        rundir.check_same_run(
+            saved.get("identity", {}),
+            run.identity,
+            checkpoint=checkpoint,
+            split_dir=config.split_dir,
+            model=str(config.model),
+        )
+        _check_resume(saved, config.resume_key(info.world_size), checkpoint)
         dist.barrier()
         state = load_checkpoint(
             checkpoint, model=run.policy.model, optimizer=optimizer, scheduler=scheduler
@@ -265,15 +271,9 @@ def _open_run_dir(run: _Run, optimizer, scheduler) -> tuple[int, int | None]:
         start_step = resumed_from = state["step"]
         if info.main:
             remove_partial(out)
-            _truncate_metrics(out / METRICS, start_step)
+            rundir.truncate_metrics(out / METRICS, start_step)
     elif info.main:
-        for name in RUN_OUTPUTS:  # --force (checked above): only the run's own files go
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            else:
-                target.unlink(missing_ok=True)
-        out.mkdir(parents=True, exist_ok=True)
+        rundir.start_run_dir(out)  # --force (checked above): only the run's own files go
     dist.barrier()
     return start_step, resumed_from
 
@@ -293,6 +293,7 @@ def _run_json(
         "model": describe(run.policy),
         "steps": {"total": total, "warmup": warmup, "per_epoch": curriculum.steps_per_epoch},
         "resumed_from": resumed_from,
+        "identity": run.identity,
     }
     if run.info.main:
         _write_json(run.config.out / RUN_JSON, run_json)
@@ -376,6 +377,7 @@ def _steps(run: _Run, curriculum: Curriculum, optimizer, scheduler, start_step: 
                         "position": position,
                         "world_size": info.world_size,
                         "config": resume_key,
+                        "identity": run.identity,
                     },
                 )
     finally:
@@ -481,16 +483,6 @@ def _check_resume(state: dict[str, Any], key: dict[str, Any], checkpoint: Path) 
             where=checkpoint,
             fix="resume with the flags the run was started with",
         )
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metrics of steps after the checkpoint: they will be trained again."""
-    if not path.is_file():
-        return
-    kept = [
-        line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step
-    ]
-    path.write_text("".join(line + "\n" for line in kept))
 
 
 def _activation_checkpointing(model: torch.nn.Module, *, enable: bool) -> None:

@@ -6,7 +6,8 @@ and exit code 2; anything unexpected becomes one line with "please report" and e
 traceback is shown only with ``--debug``.
 
 Modules: :mod:`~prefcurate.cli.common` (the app, shared options, the catalog record),
-:mod:`~prefcurate.cli.data` (analyze, synth, route), :mod:`~prefcurate.cli.score`,
+:mod:`~prefcurate.cli.data` (analyze, synth, route), :mod:`~prefcurate.cli.page` (inspect),
+:mod:`~prefcurate.cli.score`,
 :mod:`~prefcurate.cli.train` (train, plot), :mod:`~prefcurate.cli.catalog` (runs, sql),
 :mod:`~prefcurate.cli.recipes` (bench, demo). Importing them registers their commands, in the
 order ``--help`` lists them.
@@ -19,9 +20,9 @@ import sys
 
 import typer
 
-from prefcurate.cli import catalog, data, recipes, score, train  # noqa: F401 - registers commands
+from prefcurate.cli import catalog, data, page, recipes, score, train  # noqa: F401 - registers
 from prefcurate.cli.common import STATE, _ClickException, _UsageError, app
-from prefcurate.errors import InputError, PrefcurateError, one_line
+from prefcurate.errors import InputError, PrefcurateError, machine_fault, one_line
 
 __all__ = ["app", "main", "run"]
 
@@ -67,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the edge where every failure becomes one line
         if debug:
             raise
+        fault = machine_fault(exc)
+        if fault is not None:
+            print(fault[1], file=sys.stderr)
+            return fault[0]
         print(
             f"internal error: {type(exc).__name__}: {one_line(exc)} "
             "(please report at the prefcurate issue tracker; rerun with --debug for the traceback)",
@@ -76,5 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: Ctrl-C is one line and exit 130 (prefcurate.interrupt)."""
+    from prefcurate import interrupt
+
+    interrupt.install()
     sys.exit(main())

@@ -37,6 +37,9 @@ def runs(
 
     from prefcurate import catalog as cat
 
+    if limit <= 0:
+        raise InputError(f"--limit must be a positive integer, got {limit}", fix="e.g. --limit 20")
+    cat.check_catalog(catalog)
     found = cat.list_runs(catalog, limit=limit, kind=kind)
     if as_json:
         print(json.dumps(found, indent=2, default=str, ensure_ascii=False))
@@ -88,6 +91,8 @@ def sql(
 
     if as_json and as_csv:
         raise InputError("--json and --csv both given", fix="pass one")
+    cat.check_catalog(catalog)
+    cat.read_only_statement(query)  # before the data is read
     pairs = None
     if data is not None:
         with status("reading the data"):

@@ -244,6 +244,13 @@ def resolve_recipe(command: str, recipe: str | None, explicit: dict[str, object]
     return resolve(command, recipe, explicit)
 
 
+def check_catalog(catalog: str | None) -> None:
+    """Refuse a --catalog that is not a DuckDB file, or a bad timeout, before any work."""
+    from prefcurate import catalog as cat
+
+    cat.check_catalog(catalog)
+
+
 def record_run(
     kind: str,
     *,

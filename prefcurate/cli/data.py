@@ -16,6 +16,7 @@ from prefcurate.cli.common import (
     SftFractionOpt,
     ThresholdOpt,
     app,
+    check_catalog,
     column_options,
     explicit_flags,
     record_run,
@@ -62,12 +63,20 @@ def analyze_command(
     from prefcurate.report import print_json, render_report
 
     started_at = datetime.now(timezone.utc)  # noqa: UP017
+    check_catalog(catalog)  # a wrong --catalog or timeout fails before any work
     check_routing_args(threshold, sft_fraction)
     if out is not None:
-        check_new_dir(out, force=force)
+        check_new_dir(out, force=force, inputs=[data])
     pairs = columns.open(data)
+    seen = None
     with status(f"analyzing {pairs.raw.display}"):
-        report = analyze(pairs, threshold=threshold, sft_fraction=sft_fraction)
+        if out is None:
+            report = analyze(pairs, threshold=threshold, sft_fraction=sft_fraction)
+        else:  # the same figures, plus the pair samples of the folder's index.html
+            from prefcurate.inspection import inspect_source
+
+            seen = inspect_source(pairs, threshold=threshold, sft_fraction=sft_fraction)
+            report = seen.report
     if json_out:
         print_json(report)
     else:
@@ -77,7 +86,11 @@ def analyze_command(
     if out is not None:
         with bar("writing plots", len(PLOT_FILES)) as progress:
             names = write_report_dir(
-                report, out, force=force, on_written=lambda _: progress.advance(0)
+                report,
+                out,
+                force=force,
+                on_written=lambda _: progress.advance(0),
+                inspection=seen,
             )
         if not json_out:
             stderr.print(f"wrote {out}/: {', '.join(names)}", highlight=False)
@@ -226,50 +239,53 @@ def route(
     from datetime import datetime, timezone
 
     from prefcurate.atomic import check_new_dir
+    from prefcurate.outdir import out_lock
     from prefcurate.progress import status
     from prefcurate.route import plan_routes
     from prefcurate.splitwriter import check_export, write_route
 
     started_at = datetime.now(timezone.utc)  # noqa: UP017
+    check_catalog(catalog)  # a wrong --catalog or timeout fails before any work
     if out is None:
         raise InputError("--out is required", fix="pass --out DIR for the split files")
-    check_new_dir(out, force=force)  # before reading anything: fail fast, write nothing
+    check_new_dir(out, force=force, inputs=[data])  # before reading: fail fast, write nothing
     check_export(export)
-    with status("reading and routing"):
-        pairs = columns.open(data, seed=seed)
-        typed = explicit_flags(
-            ctx, mode=mode, threshold=threshold, sft_fraction=sft_fraction, order=order
+    with out_lock(out):  # one writer per --out; a killed one does not keep it
+        with status("reading and routing"):
+            pairs = columns.open(data, seed=seed)
+            typed = explicit_flags(
+                ctx, mode=mode, threshold=threshold, sft_fraction=sft_fraction, order=order
+            )
+            settings = resolve_recipe("route", recipe, typed)
+            plan = plan_routes(
+                pairs,
+                mode=settings.get("mode", mode),
+                threshold=settings.get("threshold"),
+                sft_fraction=settings.get("sft_fraction"),
+                order=settings.get("order"),
+                stages=stages,
+                drop=drop or (),
+                eval_fraction=eval_fraction,
+                seed=seed,
+                soft=soft,
+                recipe=recipe,
+            )
+        with status(f"writing {out}"):
+            document = write_route(plan, out, force=force, export=export, plots=True)
+        params = {
+            k: v for k, v in document.items() if k not in ("version", "input", "counts", "outputs")
+        }
+        record_run(
+            "route",
+            catalog=catalog,
+            inputs=[plan.input],
+            params=params,
+            figures={"threshold": plan.threshold, **plan.counts},
+            outputs={"dir": str(out.resolve()), **document["outputs"]},
+            summary=plan.summary(),
+            started_at=started_at,
         )
-        settings = resolve_recipe("route", recipe, typed)
-        plan = plan_routes(
-            pairs,
-            mode=settings.get("mode", mode),
-            threshold=settings.get("threshold"),
-            sft_fraction=settings.get("sft_fraction"),
-            order=settings.get("order"),
-            stages=stages,
-            drop=drop or (),
-            eval_fraction=eval_fraction,
-            seed=seed,
-            soft=soft,
-            recipe=recipe,
-        )
-    with status(f"writing {out}"):
-        document = write_route(plan, out, force=force, export=export, plots=True)
-    params = {
-        k: v for k, v in document.items() if k not in ("version", "input", "counts", "outputs")
-    }
-    record_run(
-        "route",
-        catalog=catalog,
-        inputs=[plan.input],
-        params=params,
-        figures={"threshold": plan.threshold, **plan.counts},
-        outputs={"dir": str(out.resolve()), **document["outputs"]},
-        summary=plan.summary(),
-        started_at=started_at,
-    )
-    if as_json:
-        print(json.dumps(document, indent=2))
-    else:
-        print(f"{plan.summary()} -> {out}")
+        if as_json:
+            print(json.dumps(document, indent=2))
+        else:
+            print(f"{plan.summary()} -> {out}")

@@ -20,11 +20,13 @@ from prefcurate.cli.common import (
     STATE,
     CatalogOpt,
     app,
+    check_catalog,
     config_options,
     explicit_flags,
     record_run,
     resolve_recipe,
 )
+from prefcurate.errors import InputError
 from trainers.config import TrainConfig
 
 #: The help of each ``prefcurate train`` flag, by TrainConfig field (in the order shown).
@@ -81,6 +83,9 @@ def train(ctx: typer.Context, config: TrainConfig, catalog: CatalogOpt = None) -
     Example:
         prefcurate train splits/uf --model tiny --out runs/tiny --max-length 256 --lr 1e-3
     """
+    import contextlib
+
+    from prefcurate.outdir import out_lock
     from prefcurate.progress import RichReporter
     from prefcurate.runplots import read_metrics
     from trainers.loop import NonFiniteLossError
@@ -90,8 +95,12 @@ def train(ctx: typer.Context, config: TrainConfig, catalog: CatalogOpt = None) -
     if config.recipe is not None:
         typed = explicit_flags(ctx, **{k: getattr(config, k) for k in RECIPE_FIELDS})
         config = dataclasses.replace(config, **resolve_recipe("train", config.recipe, typed))
+    check_catalog(catalog)  # a wrong --catalog or timeout fails before any work
+    rank0 = os.environ.get("RANK", "0") == "0"
+    lock = out_lock(config.out) if rank0 else contextlib.nullcontext()
     try:
-        result = run_training(config, reporter=RichReporter())
+        with lock:  # one run per directory: a second writer exits 2 naming the first one's PID
+            result = run_training(config, reporter=RichReporter())
     except NonFiniteLossError as exc:  # the user's run diverged: say so, not "please report"
         if STATE.debug:
             raise
@@ -144,7 +153,15 @@ def plot(
     Example:
         prefcurate plot runs/mixdpo runs/dpo --out curves.png
     """
+    from prefcurate.outdir import check_out_file
     from prefcurate.runplots import plot_runs
 
+    if smooth is not None and smooth < 0:
+        raise InputError(f"--smooth must be 0 or more, got {smooth}", fix="e.g. --smooth 20")
+    target = out or run_dirs[0] / "curves.png"
+    if target.suffix.lower() != ".png":
+        raise InputError("--out must be a .png file", where=target, fix="e.g. --out curves.png")
+    inputs = [d / name for d in run_dirs for name in ("metrics.jsonl", "run.json")]
+    check_out_file(target, force=True, inputs=inputs)
     path = plot_runs(run_dirs, out or run_dirs[0] / "curves.png", smooth=smooth)
     print(path)

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -168,6 +167,10 @@ CLAIMS: tuple[Claim, ...] = (
 )
 
 
+#: What the bench writes into its folder: one folder per seed and the results.
+BENCH_ENTRIES = ("seed-*", "results.json", "results.md", "chart.png", ".*.tmp-*", ".*.lock")
+
+
 @dataclass
 class BenchConfig:
     """The benchmark's settings; ``prefcurate bench mixdpo`` exposes seeds, pairs, out, arms."""
@@ -235,14 +238,9 @@ def run_bench(config: BenchConfig, *, progress: Progress | None = None) -> dict[
         finished[0] += arms_done
         report(message, finished[0], total)
 
-    out = config.out
-    if out.exists() and any(out.iterdir()) and not config.force:
-        raise InputError(
-            "the output directory is not empty", where=out, fix="pass --force or another --out"
-        )
-    if out.exists() and config.force:
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    from prefcurate.outdir import open_dir
+
+    out = open_dir(config.out, force=config.force, kind="bench", entries=BENCH_ENTRIES)
     started, cpu_started = time.perf_counter(), _cpu_seconds()
     load_before = _load_average()
     threads = torch.get_num_threads()
