@@ -244,7 +244,7 @@ def analyze(
     ``fingerprint`` adds the input's size and SHA-256 (one extra sequential read of the files).
     Raises :class:`~prefcurate.errors.InputError` for bad arguments or bad rows.
     """
-    check_routing_args(threshold, sft_fraction)
+    margin_defs.check_routing_args(threshold, sft_fraction)
     # Fail before reading when the data surely has no margins.
     if (threshold is not None or sft_fraction is not None) and not source.has_margins:
         raise margin_defs.no_margin_error(where=source.raw.display)
@@ -295,7 +295,7 @@ def analyze_frame(
 
         >>> analyze_frame(split, layout="standard", threshold=0.5).routing.sft  # doctest: +SKIP
     """
-    check_routing_args(threshold, sft_fraction)
+    margin_defs.check_routing_args(threshold, sft_fraction)
     names = frame.collect_schema().names()
     if "chosen_chars" not in names:
         optional = {"source": pl.String, "history_mismatch": pl.Boolean}
@@ -579,19 +579,6 @@ def input_info(raw: RawSource, *, fingerprint: bool = True) -> dict[str, Any]:
     if fingerprint:
         info["sha256"] = content_hash(raw.paths)[0]
     return info
-
-
-def check_routing_args(threshold: float | None, sft_fraction: float | None) -> None:
-    """At most one of τ and q, each in range; an :class:`InputError` otherwise."""
-    if threshold is not None and sft_fraction is not None:
-        raise InputError(
-            "--threshold and --sft-fraction are mutually exclusive",
-            fix="give τ with --threshold, or the share to route to SFT with --sft-fraction",
-        )
-    if threshold is not None:
-        margin_defs.check_threshold(threshold)
-    if sft_fraction is not None:
-        margin_defs.check_fraction(sft_fraction)
 
 
 def _num(value: Any, digits: int = 6) -> float | None:

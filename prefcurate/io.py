@@ -14,15 +14,10 @@ located line. Example::
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import ctypes.util
 import gzip
 import json
-import os
-import shutil
+import math
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +96,15 @@ class PairSource:
             keep_input=keep_input and self.layout is not Layout.MULTI_COMPLETION,
         )
         frame = frame.with_columns(margin_expr(self.detected.margin is not None))
+        overflow = pl.col("margin").is_infinite()  # finite scores whose difference is not
+        frame = frame.with_columns(
+            pl.coalesce(
+                pl.col(ISSUE),
+                pl.when(overflow).then(
+                    pl.lit("the margin (score_chosen − score_rejected) is infinite")
+                ),
+            ).alias(ISSUE)
+        )
         pair_id = pair_id_expr(self.layout is Layout.CONVERSATIONAL)
         frame = frame.with_columns(pair_id)
         columns = [c for c in PAIR_COLUMNS if c != "difficulty"]
@@ -156,6 +160,8 @@ def open_pairs(
     schema = _guard(raw, lazy.collect_schema)
     if not schema:
         raise InputError("no columns in the data", where=raw.display, fix="pass a file of pairs")
+    if raw.format == "jsonl":
+        check_jsonl_types(raw, list(schema))
     sample = _guard(raw, lambda: lazy.head(_SAMPLE_ROWS).collect())
     detected = layouts.detect(schema, columns, where=raw.display, sample=sample)
     return PairSource(raw, detected, Binarize(binarize), seed)
@@ -224,7 +230,7 @@ def diagnose_jsonl(paths: tuple[Path, ...], *, limit: int | None = None) -> Inpu
     string without a word. Without ``limit`` (after a fast read failed) every line is checked, and
     a compressed file is first checked for truncation.
     """
-    kinds: dict[str, tuple[str, int]] = {}
+    kinds: dict[str, tuple[str, int, Path | None]] = {}
     for path in paths[:1] if limit else paths:
         if limit is None:
             broken = _compression_problem(path)
@@ -235,7 +241,7 @@ def diagnose_jsonl(paths: tuple[Path, ...], *, limit: int | None = None) -> Inpu
             with open_binary(path) as fh:
                 for lineno, line in enumerate(fh, start=1):  # noqa: B007
                     rows += bool(line.strip())
-                    problem = _line_problem(line, lineno, kinds)
+                    problem = _line_problem(line, lineno, kinds, path)
                     if problem:
                         return InputError(
                             problem[0], where=f"{path}, line {lineno}", fix=problem[1]
@@ -251,6 +257,77 @@ def diagnose_jsonl(paths: tuple[Path, ...], *, limit: int | None = None) -> Inpu
                 "the file holds no rows", where=path, fix="pass a file of pairs"
             )
     return None
+
+
+def check_jsonl_types(raw: RawSource, columns: list[str]) -> None:
+    """Refuse a column whose JSON type changes anywhere in the input (every line of every file).
+
+    Polars infers a column's type from the first rows and turns a later number, list or object
+    into text without a word. When the input is longer than the window already checked line by
+    line, DuckDB's JSON reader streams every line once more (C++, in parallel, never holding the
+    file) and lists the JSON types each column takes; only when a column holds two kinds is the
+    input read line by line in Python to name the file, line and column.
+    """
+    import duckdb
+
+    if not columns or _head_covers_all(raw.paths):
+        return
+    files = [str(p) for p in raw.paths]
+    paths = [_sql_str("/" + c.replace("~", "~0").replace("/", "~1")) for c in columns]
+    sql = (
+        f"SELECT list(DISTINCT json_type(json, [{', '.join(paths)}])) "
+        f"FROM read_ndjson_objects({_sql_list(files)}, compression = 'auto', "
+        "maximum_object_size = 2147483647)"
+    )
+    combos = None
+    try:
+        con = duckdb.connect(":memory:")
+        try:
+            con.execute("SET enable_progress_bar = false")
+            combos = con.execute(sql).fetchone()[0]
+        finally:
+            con.close()
+    except duckdb.Error:
+        pass  # DuckDB could not read it (a byte-order mark...): check line by line
+    if combos is not None:
+        kinds: list[set[str]] = [set() for _ in columns]
+        for combo in combos:
+            for i, kind in enumerate(combo or []):
+                if kind is not None and kind != "NULL":
+                    kinds[i].add(_NUMBER_TYPES.get(kind, kind))
+        if all(len(k) <= 1 for k in kinds):
+            return
+    located = diagnose_jsonl(raw.paths)
+    if located is not None:
+        raise located
+
+
+#: DuckDB's JSON number types, one kind as in :func:`_json_kind`'s type check.
+_NUMBER_TYPES = {"BIGINT": "number", "UBIGINT": "number", "DOUBLE": "number", "HUGEINT": "number"}
+
+
+def _head_covers_all(paths: tuple[Path, ...]) -> bool:
+    """Whether one file has no more rows than the head window checked line by line."""
+    if len(paths) != 1:
+        return False
+    rows = 0
+    try:
+        with open_binary(paths[0]) as fh:
+            for line in fh:
+                rows += bool(line.strip())
+                if rows > SCHEMA_ROWS:
+                    return False
+    except Exception:  # noqa: BLE001 - a broken stream is named by the reader
+        return False
+    return True
+
+
+def _sql_str(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _sql_list(items: list[str]) -> str:
+    return "[" + ", ".join(_sql_str(i) for i in items) + "]"
 
 
 def _compression_problem(path: Path) -> InputError | None:
@@ -306,6 +383,14 @@ class _Constant:
         self.name = name
 
 
+def _float(text: str) -> float | _Constant:
+    """A JSON number; one beyond a 64-bit float (1e400) is marked, as readers reject it."""
+    value = float(text)
+    if math.isinf(value):
+        return _Constant(f"too large for a 64-bit float ({text[:40]})")
+    return value
+
+
 def _find_constant(value: object, path: str = "") -> tuple[str, str] | None:
     if isinstance(value, _Constant):
         return path, value.name
@@ -324,7 +409,10 @@ def _find_constant(value: object, path: str = "") -> tuple[str, str] | None:
 
 
 def _line_problem(
-    line: bytes, lineno: int, kinds: dict[str, tuple[str, int]]
+    line: bytes,
+    lineno: int,
+    kinds: dict[str, tuple[str, int, Path | None]],
+    path: Path | None = None,
 ) -> tuple[str, str] | None:
     if lineno == 1 and line.startswith(b"\xef\xbb\xbf"):
         line = line[3:]
@@ -335,7 +423,9 @@ def _line_problem(
     if not text.strip():
         return None
     try:
-        row = json.loads(text, parse_constant=_Constant, object_pairs_hook=_unique_keys)
+        row = json.loads(
+            text, parse_constant=_Constant, parse_float=_float, object_pairs_hook=_unique_keys
+        )
     except _DuplicateKey as exc:
         return f"key {exc.key!r} appears twice in one object", "keep one of the two values"
     except json.JSONDecodeError as exc:
@@ -345,6 +435,11 @@ def _line_problem(
     if not isinstance(row, dict):
         return f"expected a JSON object, found {type(row).__name__}", "one object per line"
     constant = _find_constant(row)
+    if constant and constant[1].startswith("too large"):
+        return (
+            f"column {constant[0]!r} is {constant[1]}",
+            "write a finite score, or null for a missing one",
+        )
     if constant:
         return (
             f"column {constant[0]!r} is {constant[1]}, which is not valid JSON",
@@ -354,13 +449,18 @@ def _line_problem(
         kind = _json_kind(value)
         if kind == "null":
             continue
-        seen = kinds.setdefault(key, (kind, lineno))
+        seen = kinds.setdefault(key, (kind, lineno, path))
         if seen[0] != kind and {seen[0], kind} != {"integer", "number"}:
+            there = f"line {seen[1]}" if seen[2] == path else f"line {seen[1]} of {seen[2]}"
             return (
-                f"column {key!r} holds a {kind} here but a {seen[0]} on line {seen[1]}",
+                f"column {key!r} holds {_article(kind)} here but {_article(seen[0])} on {there}",
                 "make the column's type consistent",
             )
     return None
+
+
+def _article(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
 
 
 def _json_kind(value: object) -> str:
@@ -401,132 +501,3 @@ def locate(raw: RawSource, row: int) -> str:
 def _row_count(raw: RawSource, path: Path) -> int:
     one = RawSource(str(path), (path,), raw.format)
     return int(one.scan().select(pl.len()).collect().item())
-
-
-# --------------------------------------------------------------------------------------------------
-# atomic writing
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        _fsync(tmp)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str | Path, *, force: bool = False) -> Iterator[Path]:
-    """Yield an empty temporary directory that becomes ``path`` only when the block succeeds.
-
-    An existing ``path`` needs ``force``; it is swapped for the new directory in one atomic
-    exchange (``renameat2(RENAME_EXCHANGE)`` on Linux), so a reader, or a run killed at any
-    moment, sees the old directory or the new complete one, never a mix. Leftovers of killed runs
-    (hidden ``.NAME.tmp-PID`` siblings) are removed on the next run.
-    """
-    path = Path(path)
-    check_new_dir(path, force=force)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        for child in tmp.rglob("*"):
-            if child.is_file():
-                _fsync(child)
-        if path.exists():
-            if _exchange(tmp, path):
-                shutil.rmtree(tmp)
-            else:  # no atomic exchange here: the shortest possible window between two renames
-                old = path.with_name(f".{path.name}.old-{os.getpid()}")
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def check_new_dir(path: Path, *, force: bool) -> None:
-    """Refuse to replace an existing output directory unless asked to, or to write where we can't.
-
-    Runs before any data is read, so a wrong ``--out`` costs nothing.
-    """
-    path = Path(path)
-    try:
-        exists = path.exists()
-        parent = next((p for p in path.parents if p.exists()), Path("."))
-    except PermissionError as exc:
-        raise InputError(
-            "permission denied", where=path, fix="choose an output folder you can write to"
-        ) from exc
-    if exists and not force:
-        raise InputError(
-            "output directory exists",
-            where=path,
-            fix="pass --force to replace it, or choose another",
-        )
-    if exists and not path.is_dir():
-        raise InputError("output path exists and is not a directory", where=path)
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(
-            "permission denied", where=parent, fix="choose an output folder you can write to"
-        )
-
-
-def _remove_stale(path: Path) -> None:
-    for stale in path.parent.glob(f".{path.name}.*-*"):
-        pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux renameat2); False where the system can't."""
-    libc_name = ctypes.util.find_library("c")
-    if not libc_name:
-        return False
-    libc = ctypes.CDLL(libc_name, use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)
-    if renameat2 is None:
-        return False
-    rc = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
-    return rc == 0
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        _fsync(path)

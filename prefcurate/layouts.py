@@ -21,7 +21,14 @@ from dataclasses import dataclass
 import polars as pl
 
 from prefcurate.errors import InputError
-from prefcurate.schema import MESSAGE_DTYPE, SCORE_DTYPE, Binarize, ColumnMap, Layout
+from prefcurate.schema import (
+    MESSAGE_DTYPE,
+    SCORE_DTYPE,
+    Binarize,
+    ColumnMap,
+    Layout,
+    is_messages,
+)
 
 PROMPT_NAMES = ("prompt", "instruction", "question", "input", "query")
 CHOSEN_NAMES = ("chosen", "chosen_response", "response_chosen")
@@ -134,13 +141,6 @@ def _first(schema: pl.Schema, names: tuple[str, ...]) -> str | None:
     return next((n for n in names if n in schema), None)
 
 
-def _is_messages(dtype: pl.DataType | None) -> bool:
-    if not isinstance(dtype, pl.List) or not isinstance(dtype.inner, pl.Struct):
-        return False
-    fields = {f.name for f in dtype.inner.fields}
-    return {"role", "content"} <= fields
-
-
 def _is_text(dtype: pl.DataType | None) -> bool:
     return dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum)
 
@@ -199,8 +199,8 @@ def detect(schema: pl.Schema, columns: ColumnMap, *, where: str, sample: pl.Data
     score_chosen, score_rejected = _score_columns(schema, columns, where)
     c_type, r_type = field_dtype(schema, chosen), field_dtype(schema, rejected)
     p_type = field_dtype(schema, prompt) if prompt else None
-    if _is_messages(c_type) and _is_messages(r_type):
-        if prompt and not (_is_text(p_type) or _is_messages(p_type)):
+    if is_messages(c_type) and is_messages(r_type):
+        if prompt and not (_is_text(p_type) or is_messages(p_type)):
             raise _bad_type(prompt, p_type, where)
         layout, marker = Layout.CONVERSATIONAL, None
     elif _is_text(c_type) and _is_text(r_type):
@@ -218,7 +218,7 @@ def detect(schema: pl.Schema, columns: ColumnMap, *, where: str, sample: pl.Data
     else:
         bad, dtype = (
             (chosen, c_type)
-            if not (_is_text(c_type) or _is_messages(c_type))
+            if not (_is_text(c_type) or is_messages(c_type))
             else (
                 rejected,
                 r_type,
@@ -461,7 +461,7 @@ def _split_conversations(
     r_hist = r.list.head(r.list.len() - r_n)
     if prompt is None:  # no prompt column and no history: an empty conversation so far
         given = pl.lit(pl.Series([[]], dtype=MESSAGE_DTYPE)).first()
-    elif _is_messages(prompt_type):
+    elif is_messages(prompt_type):
         given = _normalise_messages(prompt)
     else:
         given = pl.concat_list(
@@ -500,7 +500,7 @@ def _binarized(
     )
     ranked = long.sort(ROW, "_rating", "_i", descending=[False, True, False])
     best = ranked.group_by(ROW, maintain_order=True).first()
-    a = best.select(
+    chosen_side = (
         ROW,
         "prompt",
         "source",
@@ -508,6 +508,7 @@ def _binarized(
         pl.col("_rating").alias("score_chosen"),
         pl.col("_i").alias("_ci"),
     )
+    a = best.select(*chosen_side)
     b = long.select(
         ROW,
         pl.col("_text").alias("rejected"),
@@ -515,14 +516,7 @@ def _binarized(
         pl.col("_i").alias("_ri"),
     )
     if binarize is Binarize.ALL_PAIRS:
-        a = long.select(
-            ROW,
-            "prompt",
-            "source",
-            pl.col("_text").alias("chosen"),
-            pl.col("_rating").alias("score_chosen"),
-            pl.col("_i").alias("_ci"),
-        )
+        a = long.select(*chosen_side)
         pairs = a.join(b, on=ROW).filter(
             (pl.col("score_chosen") > pl.col("score_rejected"))
             | (

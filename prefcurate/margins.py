@@ -83,3 +83,16 @@ def no_margin_error(where: str | None = None) -> InputError:
         where=where,
         fix="pass --score-chosen/--score-rejected, or compute margins with 'prefcurate score'",
     )
+
+
+def check_routing_args(threshold: float | None, sft_fraction: float | None) -> None:
+    """At most one of τ and q, each in range; an :class:`InputError` otherwise."""
+    if threshold is not None and sft_fraction is not None:
+        raise InputError(
+            "--threshold and --sft-fraction are mutually exclusive",
+            fix="give τ with --threshold, or the share to route to SFT with --sft-fraction",
+        )
+    if threshold is not None:
+        check_threshold(threshold)
+    if sft_fraction is not None:
+        check_fraction(sft_fraction)

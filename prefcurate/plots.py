@@ -25,6 +25,7 @@ from matplotlib.patches import Patch
 
 from prefcurate.analyze import Histogram, Report
 from prefcurate.analyze import histogram as make_histogram
+from prefcurate.atomic import atomic_dir
 
 #: File names :func:`write_plots` writes (the margin plots only when the data has margins).
 PLOT_FILES = ("margin_hist.png", "margin_cdf.png", "margin_vs_length.png", "lengths.png")
@@ -437,3 +438,29 @@ def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     fig.savefig(path, format="png", metadata={"Software": None})
     return path
+
+
+def write_report_dir(
+    report: Report,
+    out: str | Path,
+    *,
+    force: bool = False,
+    threshold: float | None = None,
+    on_written: Callable[[Path], None] | None = None,
+    inspection=None,
+) -> list[str]:
+    """Write ``report.json`` and the PNG plots into the folder ``out``, all or nothing.
+
+    The folder is built aside and swapped in whole (:func:`prefcurate.atomic.atomic_dir`); an
+    existing ``out`` needs ``force``. Returns the names written, report.json first. With an
+    ``inspection`` (:func:`prefcurate.inspection.inspect_source`, whose report is ``report``)
+    the folder also gets ``index.html``, the inspect page.
+    """
+    with atomic_dir(out, force=force, kind="analyze") as tmp:
+        (tmp / "report.json").write_text(report.to_json(), encoding="utf-8")
+        written = write_plots(report, tmp, threshold=threshold, on_written=on_written)
+        if inspection is not None:
+            from prefcurate.page import write_page
+
+            written.append(write_page(inspection, tmp / "index.html"))
+    return ["report.json", *(p.name for p in written)]

@@ -1,5 +1,8 @@
 """Progress display shared by every command: rich, on stderr, silent when stderr is not a terminal.
 
+One module for all of it: :func:`status` and :func:`bar` for the data commands, and
+:class:`RichReporter` for a training run (the events of :class:`trainers.reporter.Reporter`).
+
 Anything that may take more than a second runs inside :func:`status` (an indeterminate task) or
 :func:`bar` (a known number of steps), so stdout stays clean for ``--json`` and pipes.
 """
@@ -7,7 +10,9 @@ Anything that may take more than a second runs inside :func:`status` (an indeter
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -95,3 +100,69 @@ def bars(*, unit: str) -> Iterator[Callable[[str, float, float], None]]:
             p.update(tasks[name], completed=done, total=total)
 
         yield update
+
+
+class RichReporter:
+    """A training run's progress bar with loss and ETA on stderr; notices print above it.
+
+    Implements :class:`trainers.reporter.Reporter`'s events (``start``, ``step``, ``message``,
+    ``close``). When stderr is not a terminal (a log file, CI) it prints one plain line every
+    tenth of the run instead.
+    """
+
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console(stderr=True)
+        self.progress: Progress | None = None
+        self.task = None
+        self.total = 0
+        self.started = 0.0
+        self.first_step = 0
+
+    def start(self, *, total_steps: int, first_step: int) -> None:
+        self.total, self.first_step, self.started = total_steps, first_step, time.monotonic()
+        if not self.console.is_terminal:
+            return
+        self.progress = Progress(
+            TextColumn("[bold]train[/]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("acc {task.fields[acc]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=self.console,
+        )
+        self.task = self.progress.add_task(
+            "train", total=total_steps, completed=first_step, loss="-", acc="-"
+        )
+        self.progress.start()
+
+    def step(self, metrics: dict[str, Any]) -> None:
+        acc = metrics.get("rewards/accuracies")
+        if self.progress is None:
+            self._log_line(metrics, acc)
+            return
+        self.progress.update(
+            self.task,
+            completed=metrics["step"],
+            loss=f"{metrics['loss']:.4f}",
+            acc="-" if acc is None else f"{acc:.2f}",
+        )
+
+    def _log_line(self, metrics: dict[str, Any], acc: float | None) -> None:
+        step = metrics["step"]
+        if step != self.total and step % max(1, self.total // 10):
+            return
+        done = step - self.first_step
+        eta = (time.monotonic() - self.started) / done * (self.total - step) if done else 0.0
+        shown = "" if acc is None else f" acc {acc:.2f}"
+        self.message(f"train {step}/{self.total} loss {metrics['loss']:.4f}{shown} eta {eta:.0f}s")
+
+    def message(self, text: str) -> None:
+        self.console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None

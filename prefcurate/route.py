@@ -18,23 +18,18 @@ split files, atomically. The split is the contract with the trainer: ``route``, 
 
 Scale: the plan comes from one streaming pass that reads the texts but keeps only narrow columns
 (position, pair_id, margin, lengths and flags; the loader validates every row on the way); routes,
-ranks, stages and the held-out split are decided on that small frame. The texts are then read
-again, a window of ranks at a time (at most :data:`GATHER_WINDOW_BYTES` of text, so a window is
-the whole input for most data), and gathered one row group at a time, in rank order, straight into
-the Parquet writer. Peak memory is one window of text plus the narrow frame, never the table twice.
+ranks, stages and the held-out split are decided on that small frame. This module plans;
+:mod:`prefcurate.splitwriter` writes, reading the texts again a window of ranks at a time.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,43 +37,20 @@ import polars as pl
 
 from prefcurate.catalog import duckdb_message
 from prefcurate.errors import InputError
-from prefcurate.io import PAIR_COLUMNS, PairSource, atomic_dir
+from prefcurate.io import PAIR_COLUMNS, PairSource
 from prefcurate.layouts import ISSUE, ROW
 from prefcurate.margins import (
-    check_fraction,
-    check_threshold,
+    check_routing_args,
     difficulty_expr,
     no_margin_error,
     threshold_for_fraction,
 )
 from prefcurate.schema import ROUTE_DPO, ROUTE_SFT, WEIGHT_COLUMN
 from prefcurate.sources import content_hash
+from prefcurate.splitwriter import SPLIT_COLUMNS, Texts, split_chunks, write_route  # noqa: F401
 
 #: plan.json format version; bump when a key changes meaning.
 PLAN_VERSION = 1
-
-#: Columns of train.parquet / eval.parquet, in this order.
-SPLIT_COLUMNS: tuple[str, ...] = (*PAIR_COLUMNS, "route", "rank", "stage")
-
-#: Fixed Parquet writer settings: the same inputs and flags give byte-identical files.
-ROW_GROUP_ROWS = 32_768
-#: zstd level 1 (Arrow's default): level 3 wrote files 16% smaller at half the speed (200k pairs).
-PARQUET_OPTIONS: dict[str, Any] = {
-    "compression": "zstd",
-    "compression_level": 1,
-    "statistics": True,
-    "data_page_size": 1 << 20,
-    "maintain_order": True,
-}
-
-#: At most this many bytes of text are held at once while a split is written; a larger input is
-#: read once per window of ranks (1M UltraFeedback-like pairs, 2.8 GB of text: three windows).
-GATHER_WINDOW_BYTES = 1_000_000_000
-
-#: Columns the split takes from the text pass (the rest come from the narrow plan frame).
-WIDE_COLUMNS: tuple[str, ...] = tuple(
-    c for c in PAIR_COLUMNS if c not in ("pair_id", "margin", "difficulty")
-)
 
 #: Difficulty bins the held-out split is stratified over (deciles of ``difficulty``).
 EVAL_STRATA = 10
@@ -87,10 +59,6 @@ EVAL_STRATA = 10
 NULL_MARGIN = "null_margin"
 BELOW_THRESHOLD = "below_threshold"
 DROP_PREFIX = "drop: "
-
-#: Test hook: when set to a path, the writer creates that file after the first row group of
-#: train.parquet and then sleeps, so a test can kill the process in the middle of the write.
-PAUSE_ENV = "PREFCURATE_TEST_PAUSE_IN_WRITE"
 
 
 class Mode(str, Enum):
@@ -156,7 +124,7 @@ class RoutePlan:
     soft: float | None = None  # route --soft T: a weight column, σ((τ − margin) / T)
     recipe: str | None = None  # route --recipe NAME, recorded in plan.json
     seconds: float = 0.0
-    _texts: _Texts | None = field(default=None, repr=False)
+    _texts: Texts | None = field(default=None, repr=False)
 
     def split(self, name: str = "train") -> pl.DataFrame:
         """The split ``name`` ('train' or 'eval') as written: split columns, rows in rank order.
@@ -164,14 +132,14 @@ class RoutePlan:
         Materialises the split (fine in a notebook; :func:`write_route` streams it instead).
         """
         keys = self._keys(name)
-        chunks = list(_split_chunks(self, keys, max(keys.height, 1)))
+        chunks = list(split_chunks(self, keys, max(keys.height, 1)))
         return pl.concat(chunks) if chunks else self.texts.empty(keys)
 
     @property
-    def texts(self) -> _Texts:
+    def texts(self) -> Texts:
         """The second read of the input: its wide columns, a window of positions at a time."""
         if self._texts is None:
-            self._texts = _Texts(self.source, total_bytes=int(self.narrow["_bytes"].sum()))
+            self._texts = Texts(self.source, total_bytes=int(self.narrow["_bytes"].sum()))
         return self._texts
 
     def to_json(self, outputs: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -285,78 +253,26 @@ def plan_routes(
     stages = _check_args(mode, threshold, sft_fraction, order, stages, eval_fraction)
     soft = _check_soft(soft, mode)
     wants_margin = threshold is not None or sft_fraction is not None
-    if wants_margin and not source.has_margins:
-        raise no_margin_error(source.raw.display)
-    if order is Order.CURRICULUM and not source.has_margins:
-        raise InputError(
-            "curriculum order sorts by margin, and the data has no margins",
-            where=source.raw.display,
-            fix="pass --order as-is or --order random, or compute margins with 'prefcurate score'",
-        )
+    _check_margins_needed(source, order, wants_margin)
+
     scan = source.scan_rows()
     _check_predicates(drop, source.scan().collect_schema())
-
     digest = _HashThread(source)
     narrow = _narrow(source, scan)
     input_info = digest.result(rows=narrow.height)
 
-    keys = narrow.select("_pos", "pair_id", "margin", "difficulty", "_bytes").with_columns(
-        pl.lit(None, dtype=pl.String).alias("_drop")
-    )
     reasons: dict[str, int] = {}
-    for predicate in drop:
-        matched = _predicate_matches(_predicate_frame(scan, narrow, predicate), predicate)
-        newly = keys.get_column("_drop").is_null() & keys.get_column("_pos").is_in(
-            matched.implode()
-        )
-        reasons[DROP_PREFIX + predicate] = int(newly.sum())
-        keys = _mark(keys, newly, DROP_PREFIX + predicate)
-
-    routes_by_margin = mode in (Mode.MIXDPO, Mode.FILTER)
-    kept = pl.col("_drop").is_null()
-    if wants_margin:
-        if keys.filter(kept & pl.col("margin").is_not_null()).height == 0:
-            raise no_margin_error(source.raw.display)
-    if routes_by_margin:
-        nulls = keys.get_column("_drop").is_null() & keys.get_column("margin").is_null()
-        reasons[NULL_MARGIN] = int(nulls.sum())
-        keys = _mark(keys, nulls, NULL_MARGIN)
-    if keys.filter(kept).height == 0:
-        raise InputError(
-            "no pairs left after --drop", where=source.raw.display, fix="loosen the predicates"
-        )
-
+    keys = _drop_matching(scan, narrow, drop, reasons)
+    keys = _drop_unroutable(keys, source, mode, wants_margin, reasons)
     if sft_fraction is not None:
-        threshold = threshold_for_fraction(keys.filter(kept).get_column("margin"), sft_fraction)
-
+        threshold = threshold_for_fraction(_kept(keys).get_column("margin"), sft_fraction)
     keys = _hold_out(keys, eval_fraction, seed)
-    small = pl.col("margin") < threshold if threshold is not None else pl.lit(False)
-    if mode is Mode.FILTER:
-        below = (
-            keys.get_column("_drop").is_null()
-            & (keys.get_column("split") == "train")
-            & (keys.get_column("margin") < threshold)
-        )
-        reasons[BELOW_THRESHOLD] = int(below.sum())
-        keys = _mark(keys, below, BELOW_THRESHOLD)
-    keys = keys.filter(kept).drop("_drop")
-    if keys.filter(pl.col("split") == "train").height == 0:
-        raise InputError(
-            "no pairs left to train on", where=source.raw.display, fix="check the flags"
-        )
-
-    if mode is Mode.DPO:
-        route = pl.lit(ROUTE_DPO)
-    elif mode is Mode.SFT:
-        route = pl.lit(ROUTE_SFT)
-    else:  # mixdpo; filter only keeps large margins in train, and labels eval by the τ rule
-        route = pl.when(small).then(pl.lit(ROUTE_SFT)).otherwise(pl.lit(ROUTE_DPO))
-    keys = keys.with_columns(route.alias("route"))
+    keys = _drop_below_threshold(keys, source, mode, threshold, reasons)
+    keys = keys.with_columns(_route_expr(mode, threshold).alias("route"))
     if soft is not None:
         keys = keys.with_columns(
             soft_weights(pl.col("margin"), threshold, soft).alias(WEIGHT_COLUMN)
         )
-
     keys = pl.concat(
         [
             _order(keys.filter(pl.col("split") == name), order, stages, seed)
@@ -389,6 +305,95 @@ def plan_routes(
         plan.texts.window(keys.get_column("_pos").head(0))
     plan.seconds = time.perf_counter() - started
     return plan
+
+
+def _check_margins_needed(source: PairSource, order: Order, wants_margin: bool) -> None:
+    """τ, q and the curriculum order all read margins: refuse data without them."""
+    if wants_margin and not source.has_margins:
+        raise no_margin_error(source.raw.display)
+    if order is Order.CURRICULUM and not source.has_margins:
+        raise InputError(
+            "curriculum order sorts by margin, and the data has no margins",
+            where=source.raw.display,
+            fix="pass --order as-is or --order random, or compute margins with 'prefcurate score'",
+        )
+
+
+def _kept(keys: pl.DataFrame) -> pl.DataFrame:
+    return keys.filter(pl.col("_drop").is_null())
+
+
+def _drop_matching(
+    scan: pl.LazyFrame, narrow: pl.DataFrame, drop: tuple[str, ...], reasons: dict[str, int]
+) -> pl.DataFrame:
+    """The plan's keys, each pair matching a ``--drop`` predicate marked with the first one."""
+    keys = narrow.select("_pos", "pair_id", "margin", "difficulty", "_bytes").with_columns(
+        pl.lit(None, dtype=pl.String).alias("_drop")
+    )
+    for predicate in drop:
+        matched = _predicate_matches(_predicate_frame(scan, narrow, predicate), predicate)
+        newly = keys.get_column("_drop").is_null() & keys.get_column("_pos").is_in(
+            matched.implode()
+        )
+        reasons[DROP_PREFIX + predicate] = int(newly.sum())
+        keys = _mark(keys, newly, DROP_PREFIX + predicate)
+    return keys
+
+
+def _drop_unroutable(
+    keys: pl.DataFrame,
+    source: PairSource,
+    mode: Mode,
+    wants_margin: bool,
+    reasons: dict[str, int],
+) -> pl.DataFrame:
+    """Mark the pairs without a margin when the mode routes by margin; refuse an empty plan."""
+    if wants_margin and _kept(keys).filter(pl.col("margin").is_not_null()).height == 0:
+        raise no_margin_error(source.raw.display)
+    if mode in (Mode.MIXDPO, Mode.FILTER):
+        nulls = keys.get_column("_drop").is_null() & keys.get_column("margin").is_null()
+        reasons[NULL_MARGIN] = int(nulls.sum())
+        keys = _mark(keys, nulls, NULL_MARGIN)
+    if _kept(keys).height == 0:
+        raise InputError(
+            "no pairs left after --drop", where=source.raw.display, fix="loosen the predicates"
+        )
+    return keys
+
+
+def _drop_below_threshold(
+    keys: pl.DataFrame,
+    source: PairSource,
+    mode: Mode,
+    threshold: float | None,
+    reasons: dict[str, int],
+) -> pl.DataFrame:
+    """``filter`` drops the small-margin training pairs; then only the kept pairs remain."""
+    if mode is Mode.FILTER:
+        below = (
+            keys.get_column("_drop").is_null()
+            & (keys.get_column("split") == "train")
+            & (keys.get_column("margin") < threshold)
+        )
+        reasons[BELOW_THRESHOLD] = int(below.sum())
+        keys = _mark(keys, below, BELOW_THRESHOLD)
+    keys = _kept(keys).drop("_drop")
+    if keys.filter(pl.col("split") == "train").height == 0:
+        raise InputError(
+            "no pairs left to train on", where=source.raw.display, fix="check the flags"
+        )
+    return keys
+
+
+def _route_expr(mode: Mode, threshold: float | None) -> pl.Expr:
+    """Each pair's route: one route for ``dpo`` / ``sft``; else margin < τ → sft, else dpo
+    (``filter`` keeps only large margins in train, and labels eval by the same τ rule)."""
+    if mode is Mode.DPO:
+        return pl.lit(ROUTE_DPO)
+    if mode is Mode.SFT:
+        return pl.lit(ROUTE_SFT)
+    small = pl.col("margin") < threshold if threshold is not None else pl.lit(False)
+    return pl.when(small).then(pl.lit(ROUTE_SFT)).otherwise(pl.lit(ROUTE_DPO))
 
 
 def _narrow(source: PairSource, scan: pl.LazyFrame) -> pl.DataFrame:
@@ -446,15 +451,7 @@ def _check_args(
     stages: int | None,
     eval_fraction: float | None,
 ) -> int:
-    if threshold is not None and sft_fraction is not None:
-        raise InputError(
-            "--threshold and --sft-fraction both given",
-            fix="pass one: τ itself, or the share of hardest pairs to route to SFT",
-        )
-    if threshold is not None:
-        check_threshold(threshold)
-    if sft_fraction is not None:
-        check_fraction(sft_fraction)
+    check_routing_args(threshold, sft_fraction)
     if mode in (Mode.MIXDPO, Mode.FILTER) and threshold is None and sft_fraction is None:
         raise InputError(
             f"--mode {mode} routes by margin and needs a threshold",
@@ -524,12 +521,62 @@ _PREDICATE_COLUMNS = (*PAIR_COLUMNS,)
 
 
 def _check_predicates(predicates: tuple[str, ...], schema: pl.Schema) -> None:
-    """Fail on a bad predicate before any data is read: run each over an empty frame."""
+    """Fail on a bad predicate before any data is read: parse it, run it over an empty frame."""
     if not predicates:
         return
     empty = pl.DataFrame(schema={c: schema[c] for c in _PREDICATE_COLUMNS})
     for predicate in predicates:
+        check_predicate(predicate)
         _predicate_matches(empty, predicate, columns=_PREDICATE_COLUMNS)
+
+
+def check_predicate(predicate: str) -> None:
+    """Refuse a ``--drop`` predicate that is not one expression (DuckDB's own tokenizer and parser).
+
+    The predicate is spliced into ``... WHERE (<predicate>)``; text that closes that parenthesis,
+    ends the statement, comments out the rest or holds a subquery could make it something else,
+    so it is refused, and the whole must parse as exactly one SELECT.
+    """
+    import duckdb
+
+    from prefcurate.catalog import sandbox
+
+    fix = "a DuckDB SQL condition over the columns, e.g. 'chosen = rejected OR margin < 0'"
+    if not predicate.strip():
+        raise InputError("--drop predicate is empty", fix="e.g. --drop 'chosen = rejected'")
+    try:
+        tokens = duckdb.tokenize(predicate)
+    except duckdb.Error as exc:
+        raise InputError(f"invalid --drop predicate {predicate!r}: {duckdb_message(exc)}") from exc
+    ends = [start for start, _ in tokens[1:]] + [len(predicate)]
+    depth = 0
+    for (start, kind), end in zip(tokens, ends, strict=True):
+        text = predicate[start:end].strip()
+        problem = None
+        if kind.name == "comment":
+            problem = "a comment"
+        elif kind.name == "keyword" and text.upper() in ("SELECT", "FROM", "WITH", "TABLE"):
+            problem = f"a subquery ({text.upper()})"
+        elif kind.name == "operator":
+            if ";" in text:
+                problem = "';' (one expression, not statements)"
+            for char in text:
+                depth += (char == "(") - (char == ")")
+                if depth < 0:
+                    problem = "a ')' that closes more than it opened"
+        if problem:
+            raise InputError(f"--drop predicate {predicate!r} holds {problem}", fix=fix)
+    if depth != 0:
+        raise InputError(f"--drop predicate {predicate!r} has unbalanced parentheses", fix=fix)
+    with sandbox() as con:
+        try:
+            statements = con.extract_statements(f"SELECT _pos FROM pairs WHERE ({predicate})")
+        except duckdb.Error as exc:
+            raise InputError(
+                f"invalid --drop predicate {predicate!r}: {duckdb_message(exc)}", fix=fix
+            ) from exc
+    if len(statements) != 1 or statements[0].type.name != "SELECT":
+        raise InputError(f"--drop predicate {predicate!r} is not one expression", fix=fix)
 
 
 def _predicate_matches(
@@ -538,18 +585,19 @@ def _predicate_matches(
     """Positions (row numbers of ``frame``) of the pairs ``predicate`` is true for.
 
     Only the columns the predicate mentions are handed to DuckDB (unless ``columns`` says which),
-    so a predicate on ``margin`` never copies the text columns.
+    so a predicate on ``margin`` never copies the text columns. The connection is the locked-down
+    sandbox of ``prefcurate sql``: no file is reachable from a predicate.
     """
     import duckdb
 
-    if not predicate.strip():
-        raise InputError("--drop predicate is empty", fix="e.g. --drop 'chosen = rejected'")
+    from prefcurate.catalog import lock_down, sandbox
+
+    check_predicate(predicate)
     used = columns or [c for c in _PREDICATE_COLUMNS if _mentions(predicate, c)]
     table = frame.select(pl.int_range(frame.height, dtype=pl.Int64).alias("_pos"), *used).to_arrow()
-    con = duckdb.connect(":memory:")
-    try:
+    with sandbox() as con:
         con.register("pairs", table)
-        con.execute("SET enable_external_access = false")
+        lock_down(con)
         sql = f"SELECT _pos FROM pairs WHERE coalesce(CAST(({predicate}) AS BOOLEAN), false)"
         try:
             result = con.execute(sql).fetchnumpy()["_pos"]
@@ -560,8 +608,6 @@ def _predicate_matches(
                 + ", ".join(_PREDICATE_COLUMNS)
                 + ", e.g. 'chosen = rejected OR margin < 0'",
             ) from exc
-    finally:
-        con.close()
     return pl.Series("_pos", np.asarray(result), dtype=pl.Int64)
 
 
@@ -719,185 +765,6 @@ def _counts(
 
 
 # --------------------------------------------------------------------------------------------------
-# writing
-
-PlotsHook = Callable[[RoutePlan, Path], None]
-
-
-def write_route(
-    plan: RoutePlan,
-    out_dir: str | Path,
-    *,
-    force: bool = False,
-    export: str | None = None,
-    plots: PlotsHook | None = None,
-) -> dict[str, Any]:
-    """Write train.parquet (+ eval.parquet, TRL files, plots) and plan.json into ``out_dir``.
-
-    The directory appears atomically: a killed run leaves the old ``out_dir`` or the new complete
-    one, never a mix; an existing ``out_dir`` needs ``force``. The same plan gives byte-identical
-    Parquet files. ``export='trl'`` adds dpo.jsonl / sft.jsonl (:mod:`prefcurate.export`).
-    ``plots(plan, directory)`` writes the figures into the directory being built. Returns the
-    plan.json it wrote.
-    """
-    if export not in (None, "trl"):
-        raise InputError(f"--export must be 'trl', got {export!r}")
-    out_dir = Path(out_dir)
-    outputs: dict[str, Any] = {"train": "train.parquet", "eval": None}
-    with atomic_dir(out_dir, force=force) as tmp:
-        write_split(plan, "train", tmp / "train.parquet", pause_for_tests=True)
-        if plan.eval_fraction is not None:
-            write_split(plan, "eval", tmp / "eval.parquet")
-            outputs["eval"] = "eval.parquet"
-        if export == "trl":
-            from prefcurate.export import export_trl
-
-            files = export_trl(tmp / "train.parquet", tmp)
-            outputs["trl"] = {name: path.name for name, path in files.items()}
-        # plots: the analyze plots with the split marked (prefcurate.plots; wired by the CLI).
-        if plots is not None:
-            plots(plan, tmp)
-        document = plan.to_json(outputs)
-        (tmp / "plan.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    return document
-
-
-def write_split(
-    plan: RoutePlan, name: str, path: str | Path, *, pause_for_tests: bool = False
-) -> int:
-    """Write split ``name`` to ``path`` in rank order, one row group at a time; return its rows.
-
-    The rank-ordered chunks are a Polars source (gathered in a thread, one chunk ahead) feeding
-    Polars' Parquet sink, which compresses row groups in parallel — on 1M pairs the write took
-    17.7 s against 20.4 s through pyarrow's single-threaded writer (docs/benchmarks.md). Chunks
-    are cut at the same ranks whatever the window size, so the bytes do not depend on
-    :data:`GATHER_WINDOW_BYTES`.
-    """
-    from polars.io.plugins import register_io_source
-
-    keys = plan._keys(name)
-    schema = plan.texts.empty(keys).schema
-
-    def chunks(with_columns, predicate, n_rows, batch_size) -> Iterator[pl.DataFrame]:
-        for i, chunk in enumerate(_prefetch(_split_chunks(plan, keys, ROW_GROUP_ROWS))):
-            yield chunk
-            if pause_for_tests and i == 0:
-                _pause_for_tests()
-
-    source = register_io_source(chunks, schema=schema)
-    source.sink_parquet(str(path), **PARQUET_OPTIONS, row_group_size=ROW_GROUP_ROWS)
-    return keys.height
-
-
-def _split_chunks(plan: RoutePlan, keys: pl.DataFrame, size: int) -> Iterator[pl.DataFrame]:
-    """The split ``keys`` (rank order) as frames of ``size`` rows with the split columns.
-
-    The ranks are cut into windows of at most :data:`GATHER_WINDOW_BYTES` of text (a whole number
-    of chunks each); each window's rows are read in one pass over the input and gathered in rank
-    order.
-    """
-    rows = keys.height
-    if rows == 0:
-        return
-    window = _window_rows(keys.get_column("_bytes"), size)
-    for first in range(0, rows, window):
-        part = keys.slice(first, window)
-        wide, local = plan.texts.window(part.get_column("_pos"))
-        for start in range(0, part.height, size):
-            yield _assemble(wide, local[start : start + size], part.slice(start, size))
-        del wide  # before the next window is read
-
-
-def _window_rows(pair_bytes: pl.Series, chunk: int) -> int:
-    """Rows per gather window: a whole number of chunks, holding at most about the budget."""
-    total = int(pair_bytes.sum())
-    windows = max(1, math.ceil(total / GATHER_WINDOW_BYTES))
-    per_window = math.ceil(pair_bytes.len() / windows)
-    return max(chunk, math.ceil(per_window / chunk) * chunk)
-
-
-class _Texts:
-    """The input's wide columns (texts, scores, source), read a window of positions at a time.
-
-    When the whole input's text fits one window it is read once and kept for every split.
-    """
-
-    def __init__(self, source: PairSource, *, total_bytes: int):
-        self.source = source
-        self.lazy = (
-            source.scan_rows()
-            .with_row_index("_pos")
-            .select(pl.col("_pos").cast(pl.Int64), *WIDE_COLUMNS)
-        )
-        #: the whole input's text fits one window: read it once, keep it for every split
-        self.whole = total_bytes <= GATHER_WINDOW_BYTES
-        self._all: pl.DataFrame | None = None
-
-    def window(self, positions: pl.Series) -> tuple[pl.DataFrame, np.ndarray]:
-        """The rows at ``positions`` (any order): a frame, and each position's row in it."""
-        wanted = positions.to_numpy()
-        if self.whole:
-            if self._all is None:
-                self._all = self._read(self.lazy)
-            return self._all, wanted
-        ordered = np.sort(wanted)
-        frame = self._read(self.lazy.filter(pl.col("_pos").is_in(pl.Series(ordered).implode())))
-        return frame, np.searchsorted(ordered, wanted)
-
-    def empty(self, keys: pl.DataFrame) -> pl.DataFrame:
-        return _assemble(self.lazy.head(0).collect(), np.zeros(0, dtype=np.int64), keys.head(0))
-
-    def _read(self, lazy: pl.LazyFrame) -> pl.DataFrame:
-        """Collect ``lazy`` batch by batch into compact Arrow buffers.
-
-        A filtered Polars string column still points into the buffers of the rows it dropped, so
-        a window collected directly would hold the whole input's text; copying each streamed
-        batch to Arrow keeps only the window's. (The narrow pass already read and validated the
-        same rows, so reader errors are not expected here.)
-        """
-        import pyarrow as pa
-
-        parts = [
-            batch.drop("_pos").to_arrow(compat_level=pl.CompatLevel.oldest())
-            for batch in lazy.collect_batches()
-        ]
-        return pl.from_arrow(pa.concat_tables(parts), rechunk=False)
-
-
-def _assemble(wide: pl.DataFrame, rows: np.ndarray, keys: pl.DataFrame) -> pl.DataFrame:
-    """Rows ``rows`` of ``wide``, in that order, beside ``keys``: the split's columns."""
-    index = pl.Series(rows, dtype=pl.Int64)
-    gathered = wide.select(pl.col(c).gather(index) for c in WIDE_COLUMNS)
-    weight = (WEIGHT_COLUMN,) if WEIGHT_COLUMN in keys.columns else ()
-    return gathered.with_columns(
-        keys.get_column(c)
-        for c in ("pair_id", "margin", "difficulty", "route", "rank", "stage", *weight)
-    ).select(*SPLIT_COLUMNS, *weight)
-
-
-def _prefetch(items: Iterator[Any]) -> Iterator[Any]:
-    """Yield ``items``, producing the next one in a thread while the caller handles this one."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    done = object()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefcurate-gather") as pool:
-        pending = pool.submit(next, items, done)
-        while True:
-            item = pending.result()
-            if item is done:
-                return
-            pending = pool.submit(next, items, done)
-            yield item
-
-
-def _pause_for_tests() -> None:
-    ready = os.environ.get(PAUSE_ENV)
-    if ready:
-        Path(ready).write_text(str(os.getpid()))
-        time.sleep(60)
-
-
-# --------------------------------------------------------------------------------------------------
 # input identity
 
 
@@ -934,20 +801,6 @@ class _HashThread:
         }
 
 
-def write_split_plots(plan: RoutePlan, directory: Path) -> list[Path]:
-    """The analyze plots of the routed pairs (train and eval), with τ and the SFT region marked.
-
-    The hook :func:`write_route` calls inside the directory it is building, so the figures are
-    swapped in atomically with the splits.
-    """
-    from prefcurate.analyze import NARROW_COLUMNS, analyze_frame
-    from prefcurate.plots import write_plots
-
-    kept = plan.narrow.select(NARROW_COLUMNS)[plan.keys.get_column("_pos").sort()]
-    report = analyze_frame(kept, layout=plan.layout, threshold=plan.threshold)
-    return write_plots(report, directory, threshold=plan.threshold)
-
-
 def _fmt(value: float | None) -> str:
     return "none" if value is None else f"{value:g}"
 
@@ -955,7 +808,6 @@ def _fmt(value: float | None) -> str:
 __all__ = [
     "Mode",
     "Order",
-    "PARQUET_OPTIONS",
     "PLAN_VERSION",
     "RoutePlan",
     "SPLIT_COLUMNS",
@@ -965,5 +817,4 @@ __all__ = [
     "plan_routes",
     "seeded_keys",
     "write_route",
-    "write_split",
 ]

@@ -36,13 +36,48 @@ UNSMOOTHED = frozenset({"lr"})
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The rows of ``RUN_DIR/metrics.jsonl``, one per optimizer step."""
+    """The rows of ``RUN_DIR/metrics.jsonl``, one per optimizer step.
+
+    A torn final line (a run killed mid-write) is skipped with one warning on stderr; a broken
+    line before the last is an :class:`InputError` naming it.
+    """
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise InputError("no metrics.jsonl", where=run_dir, fix="pass a RUN_DIR written by train")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = metrics_rows(path)
     if not rows:
         raise InputError("metrics.jsonl has no steps yet", where=path)
+    return rows
+
+
+def metrics_rows(path: Path, *, warn: bool = True) -> list[dict]:
+    """Parse a metrics.jsonl, ignoring (with a warning) a torn final line."""
+    import sys
+
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        raise InputError(f"cannot read metrics ({exc.strerror})", where=path) from exc
+    numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
+    rows = []
+    for i, (lineno, line) in enumerate(numbered):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError("not a metrics row")
+        except ValueError as exc:
+            if i == len(numbered) - 1:
+                if warn:
+                    print(
+                        f"warning: {path}, line {lineno}: ignoring a torn final line "
+                        "(the run was stopped while writing it)",
+                        file=sys.stderr,
+                    )
+                break
+            raise InputError(
+                "not a metrics row", where=f"{path}, line {lineno}", fix="remove the broken line"
+            ) from exc
+        rows.append(row)
     return rows
 
 

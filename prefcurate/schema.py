@@ -83,3 +83,10 @@ class ColumnMap:
     def given(self) -> dict[str, str]:
         """The overrides the user actually passed, by canonical name."""
         return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def is_messages(dtype: pl.DataType | None) -> bool:
+    """A conversational column: a list of structs with at least ``role`` and ``content``."""
+    if not isinstance(dtype, pl.List) or not isinstance(dtype.inner, pl.Struct):
+        return False
+    return {f.name for f in dtype.inner.fields} >= {"role", "content"}

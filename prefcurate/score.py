@@ -8,31 +8,32 @@ Three model-based margins (the paper's authors tried each as a difficulty signal
 * ``embed_distance = 1 − cos(e(chosen), e(rejected))`` in [0, 2] from a sentence encoder, the
   responses only: near-identical responses are hard pairs.
 
-:func:`score_pairs` computes the chosen ones for every pair of a :class:`~prefcurate.io.PairSource`
-and returns the frame that :func:`write_scores` writes: the canonical columns, every other input
-column, the score columns, and ``margin`` (with ``difficulty``) taken from ``as_margin``, so
-``analyze`` and ``route`` read the file like any other data::
+:func:`prefcurate.recipes.score.score_pairs` computes the chosen ones for every pair of a
+:class:`~prefcurate.io.PairSource` and returns the frame that :func:`write_scores` writes: the
+canonical columns, every other input column, the score columns, and ``margin`` (with
+``difficulty``) taken from ``as_margin``, so ``analyze`` and ``route`` read the file like
+any other data::
 
     >>> from prefcurate.io import open_pairs
-    >>> from prefcurate.score import score_pairs, write_scores
+    >>> from prefcurate.recipes.score import score_pairs
+    >>> from prefcurate.score import write_scores
     >>> result = score_pairs(open_pairs("pairs.jsonl"), embedding="models/minilm")  # doctest: +SKIP
     >>> write_scores(result, "scored.parquet")                                      # doctest: +SKIP
 
 Each distinct text is scored once; scores are cached per model identity and text hash
 (:mod:`prefcurate.score_cache`), so a rerun, or a run after an interrupted one, scores only what
 is missing. Under torchrun every rank scores a strided share of the batches and rank 0 writes.
-The model side (loading, tokenising, batching, forward passes) is :mod:`trainers.scoring`; this
-module never imports torch at module level.
+This module is the data half (flags, texts and their cache keys, per-pair columns, the output
+file) and never imports torch; the recipe :mod:`prefcurate.recipes.score` composes it with the
+model half, :mod:`trainers.scoring` (loading, tokenising, batching, forward passes).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,24 +41,20 @@ import numpy as np
 import polars as pl
 import polars_hash as plh
 
+from prefcurate.atomic import atomic_file
+from prefcurate.cachedir import default_cache_dir
 from prefcurate.errors import InputError
-from prefcurate.io import PAIR_COLUMNS, PairSource, atomic_file
+from prefcurate.io import PAIR_COLUMNS, PairSource
 from prefcurate.margins import difficulty_expr
 from prefcurate.score_cache import (
-    ModelIdentity,
     ScoreStore,
-    default_cache_dir,
-    memo_key,
-    recall_identity,
-    remember_identity,
 )
+from prefcurate.scorespec import EMBEDDING, FLAGS, REFERENCE, REWARD, ModelIdentity
 from prefcurate.sources import content_hash
 
 #: OUT's metadata format version (the ``prefcurate.score`` key of the Parquet footer).
 SCORE_FORMAT = 1
 METADATA_KEY = "prefcurate.score"
-
-REWARD, REFERENCE, EMBEDDING = "reward", "reference", "embedding"
 
 #: The columns each kind of model adds, in the order they are written.
 SCORE_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -73,9 +70,6 @@ MARGIN_SOURCES: dict[str, str] = {
     "margin_ref_sum": REFERENCE,
     "embed_distance": EMBEDDING,
 }
-
-#: The flag that passes each kind of model.
-FLAGS = {REWARD: "--reward-model", REFERENCE: "--reference", EMBEDDING: "--embedding"}
 
 #: Without ``--as-margin``: the first of these whose model was given.
 DEFAULT_MARGINS: tuple[str, ...] = ("margin_rm", "margin_ref", "embed_distance")
@@ -140,6 +134,8 @@ class ScoreResult:
     world_size: int = 1
     pairs: int = 0
     margin: dict[str, Any] = field(default_factory=dict)
+    #: The run's settings as given (models, batching, device, precision), for the catalog.
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def metadata(self) -> dict[str, Any]:
         """What OUT's footer records: reproducible (no timings, no cache hit counts)."""
@@ -162,6 +158,16 @@ class ScoreResult:
             ],
         }
 
+    def params(self) -> dict[str, Any]:
+        """The run's parameters, as the catalog records them."""
+        models = ("reward_model", "reference", "embedding")
+        return {
+            "layout": self.layout,
+            **{k: self.settings.get(k) for k in models},
+            "as_margin": self.as_margin,
+            **{k: v for k, v in self.settings.items() if k not in models},
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """Everything about the run (the catalog's figures and ``--json``)."""
         return {
@@ -177,124 +183,10 @@ class ScoreResult:
 
 
 # --------------------------------------------------------------------------------------------------
-# the run
+# before the models: flags and texts
 
 
-def score_pairs(
-    source: PairSource,
-    *,
-    reward_model: str | None = None,
-    reference: str | None = None,
-    embedding: str | None = None,
-    as_margin: str | None = None,
-    batch_size: int | None = None,
-    max_tokens_per_batch: int | None = None,
-    max_length: int | None = None,
-    device: str = "auto",
-    precision: str = "auto",
-    cache_dir: str | Path | None = None,
-    cache: str | Path | None = None,
-    trust_remote_code: bool = False,
-    allow_pickle: bool = False,
-    progress: Progress | None = None,
-    batch_order: str = "length",
-    flush_every: int = 4096,
-) -> ScoreResult:
-    """Score every pair of ``source`` with the given models; see the module docstring.
-
-    ``batch_size`` / ``max_tokens_per_batch`` bound a batch (texts; texts × longest text); with
-    neither, a batch holds at most 16,384 padded tokens. ``max_length`` lowers the model's own
-    text limit. ``cache`` names a store directory bound to these models; else stores live under
-    ``cache_dir`` (default ``$PREFCURATE_CACHE_DIR`` or ``~/.cache/prefcurate``).
-    ``batch_order="random"`` batches texts in a seeded random order instead of by length (only
-    for measuring what sorting saves). Raises :class:`InputError` before reading any data when a
-    flag or a model is wrong.
-    """
-    models = {REWARD: reward_model, REFERENCE: reference, EMBEDDING: embedding}
-    models = {kind: str(spec) for kind, spec in models.items() if spec is not None}
-    as_margin = _check_args(
-        models,
-        as_margin,
-        sizes={
-            "--batch-size": (batch_size, 1),
-            "--max-tokens-per-batch": (max_tokens_per_batch, 1),
-            "--max-length": (max_length, 2),
-        },
-        device=device,
-        precision=precision,
-        cache=cache,
-        cache_dir=cache_dir,
-    )
-    if batch_size is None and max_tokens_per_batch is None:
-        max_tokens_per_batch = 16_384
-    request = {
-        "device": device,
-        "precision": precision,
-        "max_length": max_length,
-        "trust_remote_code": trust_remote_code,
-        "allow_pickle": allow_pickle,
-    }
-    memo_root = _cache_root(cache_dir, cache) / "identities"
-    identities = {kind: _identity(kind, spec, request, memo_root) for kind, spec in models.items()}
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefcurate-hash") as pool:
-        hashed = pool.submit(content_hash, source.raw.paths)
-        frame = source.collect(source.scan(keep_input=True))
-        sha256, size = hashed.result()
-    conversational = isinstance(frame.schema["chosen"], pl.List)
-    frame = frame.with_columns(
-        item_expr("prompt", "chosen", conversational).alias("_item_chosen"),
-        item_expr("prompt", "rejected", conversational).alias("_item_rejected"),
-        item_expr(None, "chosen", conversational).alias("_text_chosen"),
-        item_expr(None, "rejected", conversational).alias("_text_rejected"),
-    )
-    dist = _distributed()
-    device_type = next(iter(identities.values())).device
-    info = dist.setup(device_type)
-    runs: list[ScorerRun] = []
-    values: dict[str, pl.DataFrame] = {}
-    try:
-        for kind, identity in identities.items():
-            run, table = _score_kind(
-                frame,
-                identity,
-                dist=dist,
-                cache_dir=cache_dir,
-                cache=cache,
-                trust_remote_code=trust_remote_code,
-                allow_pickle=allow_pickle,
-                batch_size=batch_size,
-                max_tokens=max_tokens_per_batch,
-                batch_order=batch_order,
-                flush_every=flush_every,
-                progress=progress,
-            )
-            runs.append(run)
-            if table is not None:
-                values[kind] = table
-    finally:
-        dist.teardown()
-    result = ScoreResult(
-        frame=None,
-        runs=runs,
-        as_margin=as_margin,
-        input={
-            "path": source.raw.display,
-            "sha256": sha256,
-            "rows": frame.height,
-            "bytes": size,
-            "files": len(source.raw.paths),
-        },
-        layout=str(source.layout),
-        world_size=info.world_size,
-        pairs=frame.height,
-    )
-    if info.main:
-        result.frame = _assemble(frame, values, as_margin)
-        result.margin = _margin_figures(result.frame["margin"])
-    return result
-
-
-def _check_args(
+def check_args(
     models: dict[str, str],
     as_margin: str | None,
     *,
@@ -336,6 +228,31 @@ def _check_args(
     return as_margin
 
 
+def read_scoring_frame(source: PairSource) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """The pairs with each text's cache key (``_item_*``: prompt and response; ``_text_*``: the
+    response alone), and the input's figures (path, sha256, rows, bytes, files). The input is
+    hashed on a thread while the pairs are read."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefcurate-hash") as pool:
+        hashed = pool.submit(content_hash, source.raw.paths)
+        frame = source.collect(source.scan(keep_input=True))
+        sha256, size = hashed.result()
+    conversational = isinstance(frame.schema["chosen"], pl.List)
+    frame = frame.with_columns(
+        item_expr("prompt", "chosen", conversational).alias("_item_chosen"),
+        item_expr("prompt", "rejected", conversational).alias("_item_rejected"),
+        item_expr(None, "chosen", conversational).alias("_text_chosen"),
+        item_expr(None, "rejected", conversational).alias("_text_rejected"),
+    )
+    figures = {
+        "path": source.raw.display,
+        "sha256": sha256,
+        "rows": frame.height,
+        "bytes": size,
+        "files": len(source.raw.paths),
+    }
+    return frame, figures
+
+
 def item_expr(prompt: str | None, response: str, conversational: bool) -> pl.Expr:
     """The cache key of one text: XXH3-128 of the prompt and the response (typed, so a string that
     looks like JSON never collides with messages), as 39 decimal digits."""
@@ -352,99 +269,7 @@ def item_expr(prompt: str | None, response: str, conversational: bool) -> pl.Exp
     return joined.nchash.xxh3_128().cast(pl.String).str.zfill(39)
 
 
-def _score_kind(
-    frame: pl.DataFrame,
-    identity: ModelIdentity,
-    *,
-    dist,
-    cache_dir,
-    cache,
-    trust_remote_code: bool,
-    allow_pickle: bool,
-    batch_size: int | None,
-    max_tokens: int | None,
-    batch_order: str,
-    flush_every: int,
-    progress: Progress | None,
-) -> tuple[ScorerRun, pl.DataFrame | None]:
-    """Score the distinct texts one model needs: cache first, then the missing ones, sharded."""
-    started = time.perf_counter()
-    info = dist.info()
-    kind = identity.kind
-    texts = _texts(frame, kind)
-    key = identity.key()
-    store_path = _store_path(kind, key, cache_dir=cache_dir, cache=cache)
-    open_store = _opener(store_path, identity, key)
-    store = open_store(create=True) if info.main else None
-    dist.barrier()  # rank 0 has bound the store to the model before the others open it
-    store = store or open_store(create=False)
-    found = store.lookup(texts["item"])
-    dist.barrier()  # every rank has read the cache before any rank adds to it
-    missing = texts.join(found.select("item"), on="item", how="anti", maintain_order="left")
-    run = ScorerRun(
-        kind=kind,
-        flag=FLAGS[kind],
-        model=identity.spec,
-        identity=identity.describe(),
-        columns=SCORE_COLUMNS[kind],
-        store=str(store_path),
-        texts=texts.height,
-        cached=found.height,
-        scored=missing.height,
-    )
-    if missing.height:
-        from trainers import scoring
-
-        loading = time.perf_counter()
-        scorer = scoring.load_scorer(
-            identity,
-            local_rank=info.local_rank,
-            trust_remote_code=trust_remote_code,
-            allow_pickle=allow_pickle,
-        )
-        scoring_started = time.perf_counter()
-        run.load_seconds = scoring_started - loading
-        encoded = scorer.encode(missing["prompt"].to_list(), missing["response"].to_list())
-        batches = scoring.plan_batches(
-            encoded.lengths, batch_size=batch_size, max_tokens=max_tokens, order=batch_order
-        )
-        mine = batches[info.rank :: info.world_size]
-        total = int(sum(len(b) for b in mine))
-        items = missing["item"].to_list()
-        lengths, done = encoded.lengths, 0
-        with store.writer(flush_every=flush_every) as writer:
-            for batch in mine:
-                values = scorer.run(encoded, batch)
-                writer.add(
-                    [items[i] for i in batch.tolist()],
-                    values,
-                    lengths[batch],
-                    encoded.truncated[batch],
-                )
-                done += len(batch)
-                if progress is not None and info.main:
-                    progress(kind, done, total)
-        run.score_seconds = time.perf_counter() - scoring_started
-        del scorer
-        _free(identity.device)
-    dist.barrier()  # every rank's parts are written
-    table = None
-    if info.main:
-        table = store.lookup(texts["item"])
-        if table.height != texts.height:
-            raise InputError(
-                f"{texts.height - table.height} scores are missing from the cache after scoring: "
-                "the cache is not shared between the processes",
-                where=store_path,
-                fix="pass a --cache-dir that every process can read and write",
-            )
-        run.truncated = int(table["truncated"].sum())
-        store.compact()
-    run.seconds = time.perf_counter() - started
-    return run, table
-
-
-def _texts(frame: pl.DataFrame, kind: str) -> pl.DataFrame:
+def texts_for(frame: pl.DataFrame, kind: str) -> pl.DataFrame:
     """The distinct texts a kind of model needs: (item, prompt, response), first seen first."""
     if kind == EMBEDDING:
         columns = [("_text_chosen", "chosen"), ("_text_rejected", "rejected")]
@@ -459,61 +284,20 @@ def _texts(frame: pl.DataFrame, kind: str) -> pl.DataFrame:
     return pl.concat(parts).unique("item", keep="first", maintain_order=True)
 
 
-def _cache_root(cache_dir, cache) -> Path:
+def cache_root(cache_dir, cache) -> Path:
     """Where stores (and remembered identities) live: ``--cache DIR``, else CACHE_DIR/score."""
     if cache is not None:
         return Path(cache)
     return (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "score"
 
 
-def _store_path(kind: str, key: str, *, cache_dir, cache) -> Path:
+def store_path(kind: str, key: str, *, cache_dir, cache) -> Path:
     if cache is not None:
         return Path(cache) / kind
-    return _cache_root(cache_dir, cache) / f"{kind}-{key[:24]}"
+    return cache_root(cache_dir, cache) / f"{kind}-{key[:24]}"
 
 
-def _identity(kind: str, spec: str, request: dict[str, Any], memo_root: Path) -> ModelIdentity:
-    """The model's identity: remembered from an earlier run on the same files, else inspected
-    (which imports torch and transformers and hashes the weights)."""
-    key = memo_key(kind, spec, request)
-    known = recall_identity(memo_root, key)
-    if known is not None:
-        return replace(known, spec=spec)
-    from trainers.scoring import inspect_model
-
-    identity = inspect_model(kind, spec, **request)
-    remember_identity(memo_root, key, identity)
-    return identity
-
-
-class _Single:
-    """The few torch.distributed helpers scoring uses, for one process, without torch."""
-
-    rank, world_size, local_rank, main = 0, 1, 0, True
-
-    def setup(self, device_type: str) -> _Single:
-        return self
-
-    def info(self) -> _Single:
-        return self
-
-    def barrier(self) -> None:
-        pass
-
-    def teardown(self) -> None:
-        pass
-
-
-def _distributed():
-    """:mod:`trainers.dist` under torchrun; no-ops (and no torch import) in a single process."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from trainers import dist
-
-        return dist
-    return _Single()
-
-
-def _opener(path: Path, identity: ModelIdentity, key: str):
+def store_opener(path: Path, identity: ModelIdentity, key: str):
     def open_store(*, create: bool):
         return ScoreStore.open(
             path,
@@ -528,22 +312,11 @@ def _opener(path: Path, identity: ModelIdentity, key: str):
     return open_store
 
 
-def _free(device: str) -> None:
-    """Give a GPU's memory back before the next model loads (the CPU frees by reference)."""
-    if device == "cuda":
-        import gc
-
-        import torch
-
-        gc.collect()
-        torch.cuda.empty_cache()
-
-
 # --------------------------------------------------------------------------------------------------
 # from per-text values to per-pair columns
 
 
-def _assemble(frame: pl.DataFrame, values: dict[str, pl.DataFrame], as_margin: str) -> pl.DataFrame:
+def assemble(frame: pl.DataFrame, values: dict[str, pl.DataFrame], as_margin: str) -> pl.DataFrame:
     """The output frame: canonical columns, the input's other columns, the score columns."""
     made = [c for kind in values for c in SCORE_COLUMNS[kind]]
     scores = {}
@@ -616,7 +389,7 @@ def _distances(frame: pl.DataFrame, table: pl.DataFrame, chunk: int = 65_536) ->
     return out
 
 
-def _margin_figures(margin: pl.Series) -> dict[str, Any]:
+def margin_figures(margin: pl.Series) -> dict[str, Any]:
     values = margin.drop_nulls()
     if values.len() == 0:
         return {"count": 0}
@@ -628,18 +401,16 @@ def _margin_figures(margin: pl.Series) -> dict[str, Any]:
 # writing
 
 
-def check_output(out: str | Path, *, force: bool) -> Path:
-    """Refuse a non-Parquet OUT, or an existing one without ``force``, before any work."""
+def check_output(out: str | Path, *, force: bool, inputs: Sequence[str | Path] = ()) -> Path:
+    """Refuse a non-Parquet OUT, an input, or an existing one without ``force``, before any work."""
+    from prefcurate.outdir import check_out_file
+
     out = Path(out)
     if out.suffix != ".parquet":
         raise InputError(
             "the output must be a .parquet file", where=out, fix="name it like scored.parquet"
         )
-    if out.exists() and not force:
-        raise InputError("output file exists", where=out, fix="pass --force to replace it")
-    if out.exists() and not out.is_file():
-        raise InputError("output path exists and is not a file", where=out)
-    return out
+    return check_out_file(out, force=force, inputs=inputs)
 
 
 def write_scores(result: ScoreResult, out: str | Path, *, force: bool = False) -> Path:

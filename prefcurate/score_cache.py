@@ -17,14 +17,13 @@ text (:func:`prefcurate.score.item_expr`), ``value`` the model's numbers for it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import socket
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,67 +31,12 @@ import numpy as np
 import polars as pl
 
 from prefcurate.errors import InputError
+from prefcurate.scorespec import SCORE_VERSION, ModelIdentity, sha256_of
 
 STORE_FORMAT = 1
-#: Bump when a change to the scoring code changes what a cached score would be.
-SCORE_VERSION = 1
 STORE_JSON = "store.json"
 #: Merge a store's parts into one when a run ends with more than this many.
 COMPACT_PARTS = 32
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """What a score depends on, known before any weight is loaded: the cache's key."""
-
-    kind: str
-    spec: str
-    architecture: str
-    fingerprint: str  # weights and config by content (trainers.model.directory_fingerprint)
-    tokenizer: str  # trainers.cache.tokenizer_fingerprint
-    max_length: int  # tokens per text, at most; longer texts are truncated
-    limit: str  # where max_length comes from
-    pooling: str | None  # embedding: "mean" or "cls"
-    device: str
-    precision: str  # "fp32" or "bf16"
-    width: int  # numbers per text: a reward; a summed log-prob and its token count; an embedding
-
-    def binding(self) -> dict[str, Any]:
-        """The fields a cached score is valid for (everything but the path it was loaded from)."""
-        return {
-            "score_version": SCORE_VERSION,
-            "kind": self.kind,
-            "architecture": self.architecture,
-            "fingerprint": self.fingerprint,
-            "tokenizer": self.tokenizer,
-            "max_length": self.max_length,
-            "pooling": self.pooling,
-            "device": self.device,
-            "precision": self.precision,
-        }
-
-    def key(self) -> str:
-        return _sha256(self.binding())
-
-    def describe(self) -> dict[str, Any]:
-        return {"model": self.spec, **self.binding()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelIdentity:
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
-
-
-def default_cache_dir() -> Path:
-    """``$PREFCURATE_CACHE_DIR``, else ``$XDG_CACHE_HOME/prefcurate`` (``~/.cache/prefcurate``):
-    the trainer's rule (``trainers.cache.default_cache_dir``), without importing torch."""
-    if env := os.environ.get("PREFCURATE_CACHE_DIR"):
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "prefcurate"
-
-
-def _sha256(parts: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -115,7 +59,7 @@ def memo_key(kind: str, spec: str, request: dict[str, Any]) -> str | None:
         if file.is_file() and not any(part.startswith(".") for part in relative.parts):
             stat = file.stat()
             files.append((str(relative), stat.st_size, stat.st_mtime_ns))
-    return _sha256(
+    return sha256_of(
         {
             "score_version": SCORE_VERSION,
             "kind": kind,

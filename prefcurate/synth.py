@@ -124,13 +124,14 @@ def write_synth(
     Raises :class:`~prefcurate.errors.InputError` for a bad suffix, ``n`` or an existing ``out``
     without ``force``.
     """
-    from prefcurate.io import atomic_file
+    from prefcurate.atomic import atomic_file
 
     out = Path(out)
     fmt = output_format(out)
     _check_args(n, flaw_rate)
-    if out.exists() and not force:
-        raise InputError("output file exists", where=out, fix="pass --force to replace it")
+    from prefcurate.outdir import check_out_file
+
+    check_out_file(out, force=force)
     if out.exists() and out.is_dir():
         raise InputError("output path is a directory", where=out, fix="name a file")
     with atomic_file(out) as tmp:

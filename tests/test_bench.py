@@ -13,10 +13,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from prefcurate.basepolicy import BaseConfig
-from prefcurate.bench import BenchConfig, run_bench
-from prefcurate.benchreport import HEADER, markdown, table_rows, write_outputs
-from prefcurate.demo import run_demo
+from prefcurate.recipes.basepolicy import BaseConfig
+from prefcurate.recipes.bench import BenchConfig, run_bench
+from prefcurate.recipes.benchreport import HEADER, markdown, table_rows, write_outputs
+from prefcurate.recipes.demo import run_demo
 
 SMALL_BASE = BaseConfig(demos=200, epochs=1)
 ARMS = ("oracle", "dpo", "filter", "mixdpo-0.5", "soft-0.5")
@@ -118,7 +118,7 @@ def test_terminal_table_keeps_every_arm_name_when_piped(result):
 
     from rich.console import Console
 
-    from prefcurate.benchreport import render
+    from prefcurate.recipes.benchreport import render
 
     buffer = io.StringIO()
     render(result, Console(file=buffer, width=80))
@@ -192,19 +192,23 @@ def test_demo_writes_report_plots_split_model_and_summary(tmp_path, cache):
         assert path.exists() and str(path) in summary
     assert demo.figures["dpo"] + demo.figures["sft"] == 48
     assert (out / "README.md").read_text().count(str(out / "eval.json")) == 1
+    page = (out / "report" / "index.html").read_text(encoding="utf-8")
+    assert "Training run: run" in page and '"accuracy"' in page  # the run's figures
+    readme = (out / "README.md").read_text()
+    assert readme.index("index.html") < readme.index("eval.json")  # the page comes first
 
 
 def test_demo_refuses_an_existing_folder(cli, tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "x").write_text("keep")
     bad = cli("demo", "--out", tmp_path / "d")
-    assert bad.code == 2 and "already exists" in bad.err
+    assert bad.code == 2 and "prefcurate did not write (x)" in bad.err
     assert (tmp_path / "d" / "x").read_text() == "keep"
 
 
 def test_base_policy_key_covers_the_held_out_prompts():
     """The demo and the benchmark hold out different prompts, so they must not share a cache."""
-    from prefcurate.basepolicy import BaseConfig
+    from prefcurate.recipes.basepolicy import BaseConfig
 
     config = BaseConfig()
     assert config.key(frozenset({"sort:12=", "sort:31="})) == config.key(

@@ -13,12 +13,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from prefcurate.route import PAUSE_ENV
+from prefcurate.outdir import MANIFEST
 
 REPO = Path(__file__).resolve().parent.parent
 
 PLOTS = ["lengths.png", "margin_cdf.png", "margin_hist.png", "margin_vs_length.png"]
-SPLIT_FILES = sorted([*PLOTS, "plan.json", "train.parquet"])
+SPLIT_FILES = sorted([*PLOTS, "plan.json", "train.parquet", MANIFEST])
 
 
 def _snapshot(directory: Path) -> dict[str, bytes]:
@@ -143,7 +143,7 @@ def test_two_runs_write_identical_bytes(cli, uf1k, tmp_path):
         (["--sft-fraction", "-0.1"], "--sft-fraction must be between 0 and 1"),
         (["--sft-fraction", "1.5"], "--sft-fraction must be between 0 and 1"),
         (["--sft-fraction", "nan"], "--sft-fraction must be between 0 and 1"),
-        (["--threshold", "0.5", "--sft-fraction", "0.1"], "both given"),
+        (["--threshold", "0.5", "--sft-fraction", "0.1"], "mutually exclusive"),
         (["--threshold", "0.5", "--drop", "margin <"], "Parser Error"),
         (["--threshold", "0.5", "--drop", "no_col = 1"], 'column "no_col" not found'),
         ([], "needs a threshold"),
@@ -193,10 +193,11 @@ def test_existing_directory_without_force_is_left_untouched(cli, uf1k, tmp_path)
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    result = cli("route", uf1k, "--threshold", "0.5", "--out", out)
-    assert result.code == 2 and result.err.count("\n") == 1
-    assert "output directory exists" in result.err and "--force" in result.err
-    assert _snapshot(out) == {"notes.txt": b"keep me"}
+    for extra in ((), ("--force",)):
+        result = cli("route", uf1k, "--threshold", "0.5", "--out", out, *extra)
+        assert result.code == 2 and result.err.count("\n") == 1
+        assert "prefcurate did not write (notes.txt)" in result.err
+        assert _snapshot(out) == {"notes.txt": b"keep me"}
 
 
 def test_missing_out_is_an_input_error(cli, uf1k):
@@ -218,10 +219,35 @@ def test_bad_data_is_located_by_the_loader(cli, tmp_path):
 # atomic writing: a run killed in the middle of the write
 
 
+#: Runs ``prefcurate route`` with a fault injected from outside: after the first chunk of
+#: train.parquet has gone to the writer, it creates the file READY and sleeps, so the test can
+#: kill the process in the middle of the write.
+PAUSED_ROUTE = """
+import sys, time
+from pathlib import Path
+import prefcurate.splitwriter as writer
+from prefcurate.cli import main
+
+ready, args = Path(sys.argv[1]), sys.argv[2:]
+chunks = writer.split_chunks
+
+def paused(*a, **k):
+    for i, chunk in enumerate(chunks(*a, **k)):
+        yield chunk
+        if i == 0 and not ready.exists():
+            ready.write_text("paused")
+            time.sleep(60)
+
+writer.split_chunks = paused
+sys.exit(main(args))
+"""
+
+
 def _start_paused_route(uf1k: Path, out: Path, ready: Path, *flags: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), PAUSE_ENV: str(ready)}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = ["route", str(uf1k), "--out", str(out), *flags]
     return subprocess.Popen(
-        [sys.executable, "-m", "prefcurate", "route", str(uf1k), "--out", str(out), *flags],
+        [sys.executable, "-c", PAUSED_ROUTE, str(ready), *args],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,

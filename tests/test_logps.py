@@ -9,8 +9,9 @@ from torch.testing import assert_close
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from trainers import prepare
-from trainers.config import TrainConfig, autocast_factory
+from trainers.config import TrainConfig
 from trainers.data import collate, read_split, tokenize_split
+from trainers.device import autocast_factory
 from trainers.logps import SequenceLogps, is_right_padded
 from trainers.model import load_model
 

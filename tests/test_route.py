@@ -15,7 +15,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from prefcurate import route as route_mod
+from prefcurate import splitwriter
 from prefcurate.errors import InputError
 from prefcurate.io import open_pairs
 from prefcurate.route import SPLIT_COLUMNS, plan_routes, write_route
@@ -298,12 +298,12 @@ def test_gather_windows_write_the_same_bytes_as_one_window(uf, tmp_path, monkeyp
     """Large inputs are gathered a window of ranks at a time; the bytes must not depend on it."""
     plan = plan_routes(uf, threshold=0.5, eval_fraction=0.1, stages=3, seed=5)
     write_route(plan, tmp_path / "whole")
-    monkeypatch.setattr(route_mod, "ROW_GROUP_ROWS", 100)
+    monkeypatch.setattr(splitwriter, "ROW_GROUP_ROWS", 100)
     write_route(
         plan_routes(uf, threshold=0.5, eval_fraction=0.1, stages=3, seed=5), tmp_path / "rg"
     )
     text = int(plan.keys.get_column("_bytes").sum())
-    monkeypatch.setattr(route_mod, "GATHER_WINDOW_BYTES", text // 3)  # 3 windows of 300+ rows
+    monkeypatch.setattr(splitwriter, "GATHER_WINDOW_BYTES", text // 3)  # 3 windows of 300+ rows
     windowed = plan_routes(uf, threshold=0.5, eval_fraction=0.1, stages=3, seed=5)
     assert not windowed.texts.whole
     write_route(windowed, tmp_path / "windows")
@@ -315,7 +315,7 @@ def test_gather_windows_write_the_same_bytes_as_one_window(uf, tmp_path, monkeyp
 
 
 def test_split_file_schema_and_row_groups(uf, tmp_path, monkeypatch):
-    monkeypatch.setattr(route_mod, "ROW_GROUP_ROWS", 300)
+    monkeypatch.setattr(splitwriter, "ROW_GROUP_ROWS", 300)
     plan = plan_routes(uf, threshold=0.5)
     document = write_route(plan, tmp_path / "out")
     meta = pq.ParquetFile(tmp_path / "out" / "train.parquet").metadata
@@ -357,13 +357,10 @@ def test_existing_directory_needs_force(uf, tmp_path):
     assert json.loads((out / "plan.json").read_text())["threshold"] == 1.0
 
 
-def test_plots_hook_writes_into_the_directory_being_built(uf, tmp_path):
-    seen = {}
-
-    def plots(plan, directory):
-        seen["threshold"] = plan.threshold
-        (directory / "margins.png").write_bytes(b"png")
-
-    write_route(plan_routes(uf, threshold=0.5), tmp_path / "o", plots=plots)
-    assert seen == {"threshold": 0.5}
-    assert (tmp_path / "o" / "margins.png").read_bytes() == b"png"
+def test_plots_are_written_into_the_split_directory_only_when_asked(uf, tmp_path):
+    write_route(plan_routes(uf, threshold=0.5), tmp_path / "bare")
+    assert sorted(p.name for p in (tmp_path / "bare").iterdir()) == ["plan.json", "train.parquet"]
+    write_route(plan_routes(uf, threshold=0.5), tmp_path / "o", plots=True)
+    written = {p.name for p in (tmp_path / "o").iterdir()}
+    assert {"margin_hist.png", "margin_cdf.png", "lengths.png"} <= written
+    assert (tmp_path / "o" / "margin_hist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -11,8 +11,8 @@ import torch
 from split_helpers import write_split
 from torch.testing import assert_close
 
-from prefcurate import toytask
 from prefcurate.errors import InputError
+from prefcurate.recipes import toytask
 from trainers.data import read_split, tokenize_split
 from trainers.logps import SequenceLogps, check_allowed
 from trainers.loop import lr_factor

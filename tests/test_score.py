@@ -26,11 +26,12 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
+from prefcurate.cachedir import default_cache_dir
 from prefcurate.cli import main
 from prefcurate.io import open_pairs
-from prefcurate.score import read_metadata, score_pairs, write_scores
-from prefcurate.score_cache import default_cache_dir, memo_key
-from trainers import cache as trainer_cache
+from prefcurate.recipes.score import score_pairs
+from prefcurate.score import read_metadata, write_scores
+from prefcurate.score_cache import memo_key
 from trainers.model import build_tiny
 from trainers.scoring import plan_batches
 
@@ -563,12 +564,12 @@ def test_length_sorted_batches_group_similar_lengths_within_both_bounds():
     assert [len(b) for b in shuffled] == [3, 3, 2]
 
 
-def test_the_default_cache_dir_is_the_trainers(monkeypatch, tmp_path):
+def test_the_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("PREFCURATE_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert default_cache_dir() == trainer_cache.default_cache_dir() == tmp_path / "prefcurate"
+    assert default_cache_dir() == tmp_path / "prefcurate"
     monkeypatch.setenv("PREFCURATE_CACHE_DIR", str(tmp_path / "x"))
-    assert default_cache_dir() == trainer_cache.default_cache_dir() == tmp_path / "x"
+    assert default_cache_dir() == tmp_path / "x"
 
 
 def test_a_remembered_identity_is_forgotten_when_a_model_file_changes(models, tmp_path):

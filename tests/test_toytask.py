@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from prefcurate import gold, toytask
+from prefcurate.recipes import gold, toytask
 
 
 @pytest.mark.parametrize(

@@ -195,7 +195,7 @@ def test_flipping_one_pairs_route_changes_that_pairs_loss_term(tmp_path):
         )
         batch = collate(pairs, torch.arange(6), pad_id=0, ref_chosen=ref[0], ref_rejected=ref[1])
         with torch.no_grad():
-            out = Objective(beta=0.1)(module, batch)
+            out = Objective("sigmoid", 0.1, 0.0, 1.0, 0.0)(module, batch)
         terms[name] = dict(zip(pairs.pair_ids, out.loss.tolist(), strict=True))
         nll = dict(zip(pairs.pair_ids, out.chosen_nll.tolist(), strict=True))
     flipped_id = split.frame.filter(split.frame["route"] == "sft")["pair_id"][0]

@@ -29,13 +29,6 @@ from transformers import PreTrainedTokenizerBase
 CACHE_VERSION = 1
 
 
-def default_cache_dir() -> Path:
-    if env := os.environ.get("PREFCURATE_CACHE_DIR"):
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "prefcurate"
-
-
 def cache_key(**parts: Any) -> str:
     """SHA-256 of the JSON of ``parts`` plus the cache version."""
     payload = json.dumps({"version": CACHE_VERSION, **parts}, sort_keys=True, default=str)

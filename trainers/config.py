@@ -1,21 +1,19 @@
 """A run's settings (:class:`TrainConfig`, one field per ``prefcurate train`` flag) and its result.
 
 :class:`TrainResult` is what :func:`trainers.loop.train` returns and what the catalog records.
+Every default of a run lives here, once: the CLI builds ``prefcurate train``'s flags from these
+fields, so this module imports neither torch nor transformers (the CLI starts fast).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from prefcurate.cachedir import default_cache_dir
 from prefcurate.errors import InputError
-from trainers import cache
-from trainers.losses import PREFERENCE_LOSSES
 
 #: ``--lr-schedule`` values: after the linear warmup, cosine decay to 0, or the peak held constant.
 LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant")
@@ -63,10 +61,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.split_dir, self.out = Path(self.split_dir), Path(self.out)
-        self.cache_dir = Path(self.cache_dir) if self.cache_dir else cache.default_cache_dir()
+        self.cache_dir = Path(self.cache_dir) if self.cache_dir else default_cache_dir()
 
     def validate(self) -> None:
         """Refuse impossible settings with an :class:`InputError` naming the flag."""
+        from trainers.losses import PREFERENCE_LOSSES
+
         if self.loss not in PREFERENCE_LOSSES:
             raise InputError(
                 f"unknown --loss {self.loss!r}", fix=f"use one of {', '.join(PREFERENCE_LOSSES)}"
@@ -77,9 +77,25 @@ class TrainConfig:
             )
         if not 0.0 <= self.label_smoothing < 0.5:
             raise InputError(f"--label-smoothing must be in [0, 0.5), not {self.label_smoothing}")
+        finite = {
+            "--beta": self.beta,
+            "--lr": self.lr,
+            "--label-smoothing": self.label_smoothing,
+            "--sft-weight": self.sft_weight,
+            "--nll-weight": self.nll_weight,
+            "--warmup-ratio": self.warmup_ratio,
+            "--weight-decay": self.weight_decay,
+            "--max-grad-norm": self.max_grad_norm,
+        }
+        for flag, value in finite.items():
+            if not math.isfinite(value):
+                raise InputError(
+                    f"{flag} must be a finite number, got {value}", fix="see prefcurate train -h"
+                )
         checks = {
             "--beta": self.beta > 0,
             "--lr": self.lr > 0,
+            "--weight-decay": self.weight_decay >= 0,
             "--batch-size": self.batch_size >= 1,
             "--grad-accum": self.grad_accum >= 1,
             "--epochs": self.epochs >= 1,
@@ -164,23 +180,3 @@ class TrainResult:
         out = asdict(self)
         out["run_dir"], out["model_dir"] = str(self.run_dir), str(self.model_dir)
         return out
-
-
-def resolve_device(requested: str) -> torch.device:
-    """``auto`` → CUDA if present else CPU; ``cuda`` without CUDA is the user's error."""
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise InputError(
-            "--device cuda was given but CUDA is not available", fix="use --device cpu or auto"
-        )
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(requested)
-
-
-def autocast_factory(device: torch.device, precision: str) -> Callable[[], Any]:
-    """bf16 autocast (fp32 master weights) on CUDA by default; plain fp32 on the CPU."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "bf16":
-        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext

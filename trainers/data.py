@@ -35,7 +35,7 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from prefcurate.errors import InputError
-from prefcurate.schema import ROUTE_DPO, ROUTES, SPLIT_EXTRA_COLUMNS, WEIGHT_COLUMN
+from prefcurate.schema import ROUTE_DPO, ROUTES, SPLIT_EXTRA_COLUMNS, WEIGHT_COLUMN, is_messages
 
 #: Columns the trainer reads; a split without any of them is refused.
 REQUIRED_COLUMNS: tuple[str, ...] = (
@@ -115,7 +115,7 @@ def _check_text_columns(frame: pl.DataFrame, where: Path) -> bool:
     dtypes = {c: frame.schema[c] for c in TEXT_COLUMNS}
     if all(d == pl.String for d in dtypes.values()):
         conversational = False
-    elif all(_is_messages(d) for d in dtypes.values()):
+    elif all(is_messages(d) for d in dtypes.values()):
         conversational = True
     else:
         shown = ", ".join(f"{c}: {d}" for c, d in dtypes.items())
@@ -132,12 +132,6 @@ def _check_text_columns(frame: pl.DataFrame, where: Path) -> bool:
                 fix="drop or repair those pairs before routing",
             )
     return conversational
-
-
-def _is_messages(dtype: pl.DataType) -> bool:
-    if not isinstance(dtype, pl.List) or not isinstance(dtype.inner, pl.Struct):
-        return False
-    return {f.name for f in dtype.inner.fields} >= {"role", "content"}
 
 
 def _check_routes(frame: pl.DataFrame, where: Path) -> None:

@@ -88,15 +88,6 @@ def gather_objects(obj: Any) -> list[Any]:
     return out
 
 
-def broadcast_object(obj: Any) -> Any:
-    """Rank 0's ``obj`` on every rank."""
-    if not tdist.is_initialized():
-        return obj
-    box = [obj]
-    tdist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def collective_device() -> torch.device:
     """Where tensors must live for collectives: the GPU under nccl, else the CPU."""
     if tdist.is_initialized() and tdist.get_backend() == "nccl":

@@ -20,8 +20,9 @@ import json
 import math
 import os
 import random
-import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,31 +30,26 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from prefcurate.atomic import atomic_dir
 from prefcurate.errors import InputError, PrefcurateError
-from prefcurate.io import atomic_dir
-from trainers import dist
+from trainers import dist, rundir
 from trainers.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
-    read_state,
     remove_partial,
     save_checkpoint,
 )
-from trainers.config import TrainConfig, TrainResult, autocast_factory, resolve_device
-from trainers.data import Curriculum, collate, read_split
+from trainers.config import TrainConfig, TrainResult
+from trainers.data import Curriculum, Split, TokenizedPairs, collate, read_split
+from trainers.device import autocast_factory, resolve_device
 from trainers.logps import SequenceLogps, check_allowed
-from trainers.model import LoadedModel, describe, load_model
+from trainers.model import LoadedModel, check_max_length, describe, load_model
 from trainers.objective import STAT_KEYS, Objective, step_metrics
 from trainers.prepare import reference_for, tokenized_pairs
-from trainers.progress import Reporter
+from trainers.reporter import Reporter
+from trainers.rundir import METRICS, MODEL_DIR, RUN_JSON, read_state
 
 __all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "train"]
-
-METRICS = "metrics.jsonl"
-RUN_JSON = "run.json"
-MODEL_DIR = "model"
-#: What ``--force`` may delete in RUN_DIR; nothing else there is ever touched.
-RUN_OUTPUTS = ("checkpoints", MODEL_DIR, METRICS, RUN_JSON, "curves.png")
 
 
 class NonFiniteLossError(PrefcurateError):
@@ -95,23 +91,19 @@ def lr_factor(step: int, *, warmup: int, total: int, schedule: str = "cosine") -
 
 def check_run_dir(config: TrainConfig) -> None:
     """Nothing is overwritten silently: an existing run needs ``--resume`` or ``--force``."""
-    out = config.out
-    if config.resume:
-        if latest_checkpoint(out) is None:
-            raise InputError(
-                "--resume found no complete checkpoint",
-                where=out / "checkpoints",
-                fix="start the run without --resume (save checkpoints with --save-every N)",
-            )
-        return
-    if out.exists() and not out.is_dir():
-        raise InputError("--out exists and is not a directory", where=out)
-    existing = [name for name in RUN_OUTPUTS if (out / name).exists()]
-    if existing and not config.force:
+    out = Path(config.out)
+    rundir.check_run_dir(
+        out,
+        split_dir=Path(config.split_dir),
+        models=(config.model, config.ref_model),
+        force=config.force,
+        resume=config.resume,
+    )
+    if config.resume and latest_checkpoint(out) is None:
         raise InputError(
-            f"the run directory already holds {', '.join(existing)}",
-            where=out,
-            fix="pass --resume to continue it, --force to start over, or another --out",
+            "--resume found no complete checkpoint",
+            where=out / "checkpoints",
+            fix="start the run without --resume (save checkpoints with --save-every N)",
         )
 
 
@@ -138,14 +130,70 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
         dist.teardown()
 
 
+@dataclass
+class _Run:
+    """What the steps of one run share: settings, where it runs, the model and its data."""
+
+    config: TrainConfig
+    device: torch.device
+    info: dist.DistInfo
+    reporter: Reporter
+    autocast: Callable[[], Any]
+    split: Split
+    policy: LoadedModel
+    pairs: TokenizedPairs
+    logps: SequenceLogps
+    ref_chosen: torch.Tensor
+    ref_rejected: torch.Tensor
+    #: the split's content hash and the model's fingerprint: a resume must match them
+    identity: dict[str, str]
+
+
 def _train(
     config: TrainConfig, device: torch.device, info: dist.DistInfo, reporter: Reporter
 ) -> TrainResult:
     setup_started = time.perf_counter()
+    run = _prepare(config, device, info, reporter)
+    curriculum, optimizer, scheduler, warmup = _optimizer(run)
+    start_step, resumed_from = _open_run_dir(run, optimizer, scheduler)
+    run_json = _run_json(run, curriculum, warmup, resumed_from)
+    run_json["setup_seconds"] = round(time.perf_counter() - setup_started, 3)
+    try:
+        metrics, seen_pairs, seen_tokens, train_seconds = _steps(
+            run, curriculum, optimizer, scheduler, start_step
+        )
+    except NonFiniteLossError as exc:
+        if info.main:
+            _write_json(config.out / RUN_JSON, {**run_json, "status": "failed", "error": str(exc)})
+        raise
+    model_dir = _save_model(run)
+    result = TrainResult(
+        run_dir=config.out,
+        model_dir=model_dir,
+        steps=curriculum.total_steps,
+        resumed_from=resumed_from,
+        world_size=info.world_size,
+        device=str(device),
+        pairs=run.pairs.counts(),
+        train_seconds=round(train_seconds, 3),
+        pairs_per_s=seen_pairs / train_seconds if train_seconds else 0.0,
+        tokens_per_s=seen_tokens / train_seconds if train_seconds else 0.0,
+        final=metrics,
+        summary=summarize(config.out / METRICS) if info.main else {},
+    )
+    if info.main:
+        completed = {**run_json, "status": "completed", "result": result.to_dict()}
+        _write_json(config.out / RUN_JSON, completed)
+    return result
+
+
+def _prepare(
+    config: TrainConfig, device: torch.device, info: dist.DistInfo, reporter: Reporter
+) -> _Run:
+    """Seed, read the split in rank order, load the policy, tokenise once, and compute the
+    reference log-probs once, before training (the initial policy unless --ref-model)."""
     seed_everything(config.seed)
     autocast = autocast_factory(device, config.precision)
-
-    # ---- data: the split's pairs in rank order, tokenised once
     split = read_split(config.split_dir)
     policy = load_model(
         config.model,
@@ -153,25 +201,37 @@ def _train(
         trust_remote_code=config.trust_remote_code,
         allow_pickle=config.allow_pickle,
     )
+    check_max_length(policy, config.max_length)
     pairs = tokenized_pairs(split, policy, config)
     if pairs.identical:
         reporter.message(
             f"warning: {pairs.identical} dpo pairs have identical chosen and rejected tokens after "
             f"--max-length {config.max_length} truncation; they are trained as sft"
         )
-
-    # ---- reference log-probs, once, before training (the initial policy unless --ref-model)
     policy.model.to(device)
     logps = SequenceLogps(policy.model, allowed_token_ids=config.allowed_token_ids)
     logps.check_head()
     if config.allowed_token_ids is not None:
         check_allowed(pairs, config.allowed_token_ids, config.split_dir)
     ref_chosen, ref_rejected = reference_for(pairs, policy, config, device, autocast)
+    identity = {
+        "split_path": str(config.split_dir),
+        "split_sha256": rundir.split_fingerprint(config.split_dir),
+        "model_path": str(config.model),
+        "model_fingerprint": policy.fingerprint,
+    }
+    return _Run(
+        config, device, info, reporter, autocast, split, policy, pairs, logps,
+        ref_chosen, ref_rejected, identity,
+    )  # fmt: skip
 
-    # ---- optimizer, schedule, order
+
+def _optimizer(run: _Run):
+    """The pair order (:class:`Curriculum`), AdamW, and the warmup-then-decay schedule."""
+    config = run.config
     curriculum = Curriculum(
-        n_pairs=len(pairs),
-        global_batch=config.batch_size * config.grad_accum * info.world_size,
+        n_pairs=len(run.pairs),
+        global_batch=config.batch_size * config.grad_accum * run.info.world_size,
         epochs=config.epochs,
         max_steps=config.max_steps,
         shuffle=config.shuffle,
@@ -180,54 +240,74 @@ def _train(
     total = curriculum.total_steps
     warmup = math.ceil(config.warmup_ratio * total)
     optimizer = torch.optim.AdamW(
-        policy.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        run.policy.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, warmup=warmup, total=total, schedule=config.lr_schedule)
     )
+    return curriculum, optimizer, scheduler, warmup
 
-    # ---- run directory: fresh, or resumed from the newest complete checkpoint
-    out = config.out
-    resume_key = config.resume_key(info.world_size)
+
+def _open_run_dir(run: _Run, optimizer, scheduler) -> tuple[int, int | None]:
+    """A fresh run directory, or the newest complete checkpoint resumed (after checking it is
+    the same split and model): (first step, resumed from)."""
+    config, info, out = run.config, run.info, run.config.out
     start_step, resumed_from = 0, None
     if config.resume:
         checkpoint = latest_checkpoint(out)
-        _check_resume(read_state(checkpoint), resume_key, checkpoint)
+        saved = read_state(checkpoint)
+        rundir.check_same_run(
+            saved.get("identity", {}),
+            run.identity,
+            checkpoint=checkpoint,
+            split_dir=config.split_dir,
+            model=str(config.model),
+        )
+        _check_resume(saved, config.resume_key(info.world_size), checkpoint)
         dist.barrier()
         state = load_checkpoint(
-            checkpoint, model=policy.model, optimizer=optimizer, scheduler=scheduler
+            checkpoint, model=run.policy.model, optimizer=optimizer, scheduler=scheduler
         )
         start_step = resumed_from = state["step"]
         if info.main:
             remove_partial(out)
-            _truncate_metrics(out / METRICS, start_step)
+            rundir.truncate_metrics(out / METRICS, start_step)
     elif info.main:
-        for name in RUN_OUTPUTS:  # --force (checked above): only the run's own files go
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            else:
-                target.unlink(missing_ok=True)
-        out.mkdir(parents=True, exist_ok=True)
+        rundir.start_run_dir(out)  # --force (checked above): only the run's own files go
     dist.barrier()
+    return start_step, resumed_from
+
+
+def _run_json(
+    run: _Run, curriculum: Curriculum, warmup: int, resumed_from: int | None
+) -> dict[str, Any]:
+    """run.json while the run trains (written now; completed or failed at the end)."""
+    total = curriculum.total_steps
     run_json = {
         "status": "running",
-        "config": config.to_json(),
-        "world_size": info.world_size,
-        "device": str(device),
-        "split": split.summary(),
-        "tokens": pairs.counts(),
-        "model": describe(policy),
+        "config": run.config.to_json(),
+        "world_size": run.info.world_size,
+        "device": str(run.device),
+        "split": run.split.summary(),
+        "tokens": run.pairs.counts(),
+        "model": describe(run.policy),
         "steps": {"total": total, "warmup": warmup, "per_epoch": curriculum.steps_per_epoch},
         "resumed_from": resumed_from,
+        "identity": run.identity,
     }
-    if info.main:
-        _write_json(out / RUN_JSON, run_json)
+    if run.info.main:
+        _write_json(run.config.out / RUN_JSON, run_json)
+    return run_json
 
-    # ---- training
+
+def _steps(run: _Run, curriculum: Curriculum, optimizer, scheduler, start_step: int):
+    """The training loop: per step, forward and backward each micro-batch, check the loss and
+    the gradient are finite, clip, step, log, and checkpoint every --save-every steps. Returns
+    the last step's metrics, the pairs and tokens seen, and the seconds the loop took."""
+    config, info, out = run.config, run.info, run.config.out
     if config.gradient_checkpointing:
-        _activation_checkpointing(policy.model, enable=True)
-    module = DistributedDataParallel(logps) if info.world_size > 1 else logps
+        _activation_checkpointing(run.policy.model, enable=True)
+    module = DistributedDataParallel(run.logps) if info.world_size > 1 else run.logps
     module.train()
     objective = Objective(
         loss=config.loss,
@@ -236,55 +316,20 @@ def _train(
         sft_weight=config.sft_weight,
         nll_weight=config.nll_weight,
     )
-    params = [p for p in policy.model.parameters() if p.requires_grad]
-    pad_id = policy.tokenizer.pad_token_id
+    params = [p for p in run.policy.model.parameters() if p.requires_grad]
+    resume_key = config.resume_key(info.world_size)
+    total = curriculum.total_steps
     metrics_file = (out / METRICS).open("a") if info.main else None
     last_checkpoint = latest_checkpoint(out)
-    run_json["setup_seconds"] = round(time.perf_counter() - setup_started, 3)
-    reporter.start(total_steps=total, first_step=start_step)
-    train_started = time.perf_counter()
+    run.reporter.start(total_steps=total, first_step=start_step)
+    started = time.perf_counter()
     seen_pairs = seen_tokens = 0
     metrics: dict[str, Any] = {}
     try:
         for step in range(start_step, total):
             step_started = time.perf_counter()
             in_step = curriculum.step_pairs(step).numel()
-            micro_batches = curriculum.micro_batches(
-                step,
-                rank=info.rank,
-                world_size=info.world_size,
-                batch_size=config.batch_size,
-                grad_accum=config.grad_accum,
-            )
-            sums = torch.zeros(len(STAT_KEYS), dtype=torch.float64)
-            bad_pairs: list[str] = []
-            for m, index in enumerate(micro_batches):
-                last = m == len(micro_batches) - 1
-                if index.numel() == 0 and not (last and info.world_size > 1):
-                    continue
-                # a rank with no pair left still joins the gradient all-reduce, with weight 0
-                weight = info.world_size / in_step if index.numel() else 0.0
-                batch = collate(
-                    pairs,
-                    index if index.numel() else torch.tensor([0]),
-                    pad_id=pad_id,
-                    ref_chosen=ref_chosen,
-                    ref_rejected=ref_rejected,
-                ).to(device)
-                sync = (
-                    module.no_sync()
-                    if info.world_size > 1 and not last
-                    else contextlib.nullcontext()
-                )
-                with sync:
-                    with autocast():
-                        terms = objective(module, batch)
-                    # mean over the step's pairs on all ranks: DDP averages, so scale by world
-                    (terms.loss.sum() * weight).backward()
-                if index.numel():
-                    sums += terms.sums()
-                    finite = torch.isfinite(terms.loss.detach()).cpu()
-                    bad_pairs += [pairs.pair_ids[i] for i in index[~finite].tolist()]
+            sums, bad_pairs = _accumulate(run, module, objective, curriculum, step, in_step)
             sums = dist.sum_(sums.to(dist.collective_device())).cpu()
             stats = dict(zip(STAT_KEYS, sums.tolist(), strict=True))
             if stats["nonfinite"]:
@@ -292,7 +337,7 @@ def _train(
                 raise _nonfinite("loss", step + 1, bad, last_checkpoint)
             norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
             if not torch.isfinite(norm):
-                step_ids = [pairs.pair_ids[i] for i in curriculum.step_pairs(step).tolist()]
+                step_ids = [run.pairs.pair_ids[i] for i in curriculum.step_pairs(step).tolist()]
                 raise _nonfinite("gradient", step + 1, step_ids, last_checkpoint)
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
@@ -313,18 +358,18 @@ def _train(
                 lr=lr,
                 tokens_per_s=stats["tokens"] / seconds,
                 pairs_per_s=in_step / seconds,
-                elapsed_s=round(time.perf_counter() - train_started, 3),
+                elapsed_s=round(time.perf_counter() - started, 3),
             )
             if metrics_file is not None:
                 metrics_file.write(json.dumps(metrics) + "\n")
                 metrics_file.flush()
-            reporter.step(metrics)
+            run.reporter.step(metrics)
             if config.save_every and (step + 1) % config.save_every == 0:
                 next_epoch, position = curriculum.position(step + 1)
                 last_checkpoint = save_checkpoint(
                     out,
                     step + 1,
-                    model=policy.model,
+                    model=run.policy.model,
                     optimizer=optimizer,
                     scheduler=scheduler,
                     state={
@@ -332,41 +377,65 @@ def _train(
                         "position": position,
                         "world_size": info.world_size,
                         "config": resume_key,
+                        "identity": run.identity,
                     },
                 )
-    except NonFiniteLossError as exc:
-        if info.main:
-            _write_json(out / RUN_JSON, {**run_json, "status": "failed", "error": str(exc)})
-        raise
     finally:
         if metrics_file is not None:
             metrics_file.close()
-    train_seconds = time.perf_counter() - train_started
+    return metrics, seen_pairs, seen_tokens, time.perf_counter() - started
 
-    # ---- the final model, loadable with AutoModelForCausalLM.from_pretrained
-    if config.gradient_checkpointing:
-        _activation_checkpointing(policy.model, enable=False)
-    model_dir = out / MODEL_DIR
-    if info.main:
-        _save_final(policy, model_dir)
-    dist.barrier()
-    result = TrainResult(
-        run_dir=out,
-        model_dir=model_dir,
-        steps=total,
-        resumed_from=resumed_from,
+
+def _accumulate(
+    run: _Run, module, objective: Objective, curriculum: Curriculum, step: int, in_step: int
+) -> tuple[torch.Tensor, list[str]]:
+    """Forward and backward this rank's micro-batches of ``step``; return the summed pair
+    statistics and the pairs whose loss was not finite."""
+    config, info, pairs = run.config, run.info, run.pairs
+    micro_batches = curriculum.micro_batches(
+        step,
+        rank=info.rank,
         world_size=info.world_size,
-        device=str(device),
-        pairs=pairs.counts(),
-        train_seconds=round(train_seconds, 3),
-        pairs_per_s=seen_pairs / train_seconds if train_seconds else 0.0,
-        tokens_per_s=seen_tokens / train_seconds if train_seconds else 0.0,
-        final=metrics,
-        summary=summarize(out / METRICS) if info.main else {},
+        batch_size=config.batch_size,
+        grad_accum=config.grad_accum,
     )
-    if info.main:
-        _write_json(out / RUN_JSON, {**run_json, "status": "completed", "result": result.to_dict()})
-    return result
+    sums = torch.zeros(len(STAT_KEYS), dtype=torch.float64)
+    bad_pairs: list[str] = []
+    for m, index in enumerate(micro_batches):
+        last = m == len(micro_batches) - 1
+        if index.numel() == 0 and not (last and info.world_size > 1):
+            continue
+        # a rank with no pair left still joins the gradient all-reduce, with weight 0
+        weight = info.world_size / in_step if index.numel() else 0.0
+        batch = collate(
+            pairs,
+            index if index.numel() else torch.tensor([0]),
+            pad_id=run.policy.tokenizer.pad_token_id,
+            ref_chosen=run.ref_chosen,
+            ref_rejected=run.ref_rejected,
+        ).to(run.device)
+        sync = module.no_sync() if info.world_size > 1 and not last else contextlib.nullcontext()
+        with sync:
+            with run.autocast():
+                terms = objective(module, batch)
+            # mean over the step's pairs on all ranks: DDP averages, so scale by world
+            (terms.loss.sum() * weight).backward()
+        if index.numel():
+            sums += terms.sums()
+            finite = torch.isfinite(terms.loss.detach()).cpu()
+            bad_pairs += [pairs.pair_ids[i] for i in index[~finite].tolist()]
+    return sums, bad_pairs
+
+
+def _save_model(run: _Run) -> Path:
+    """The final model, loadable with AutoModelForCausalLM.from_pretrained."""
+    if run.config.gradient_checkpointing:
+        _activation_checkpointing(run.policy.model, enable=False)
+    model_dir = run.config.out / MODEL_DIR
+    if run.info.main:
+        _save_final(run.policy, model_dir)
+    dist.barrier()
+    return model_dir
 
 
 # --------------------------------------------------------------------------- helpers
@@ -414,16 +483,6 @@ def _check_resume(state: dict[str, Any], key: dict[str, Any], checkpoint: Path) 
             where=checkpoint,
             fix="resume with the flags the run was started with",
         )
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metrics of steps after the checkpoint: they will be trained again."""
-    if not path.is_file():
-        return
-    kept = [
-        line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step
-    ]
-    path.write_text("".join(line + "\n" for line in kept))
 
 
 def _activation_checkpointing(model: torch.nn.Module, *, enable: bool) -> None:

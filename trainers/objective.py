@@ -38,15 +38,9 @@ STAT_KEYS: tuple[str, ...] = (
     "tokens",
     "nonfinite",
 )
-_DPO_MEANS = (
-    "loss/dpo",
-    "nll/dpo",
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/margins",
-    "rewards/accuracies",
-    "logps/chosen",
-    "logps/rejected",
+#: The sums logged as means over the step's dpo pairs: the dpo terms, rewards and log-probs.
+_DPO_MEANS = tuple(
+    k for k in STAT_KEYS if k in ("loss/dpo", "nll/dpo") or k.startswith(("rewards/", "logps/"))
 )
 
 
@@ -91,13 +85,15 @@ class PairTerms:
 
 @dataclass(frozen=True)
 class Objective:
-    """The training objective's settings: ``--loss``, ``--beta``, ``--label-smoothing``, weights."""
+    """The training objective's settings: ``--loss``, ``--beta``, ``--label-smoothing``, weights.
 
-    loss: str = "sigmoid"
-    beta: float = 0.1
-    label_smoothing: float = 0.0
-    sft_weight: float = 1.0
-    nll_weight: float = 0.0
+    No defaults here: a run's defaults live in :class:`trainers.config.TrainConfig`, once."""
+
+    loss: str
+    beta: float
+    label_smoothing: float
+    sft_weight: float
+    nll_weight: float
 
     def __call__(self, logps: nn.Module, batch: Batch) -> PairTerms:
         """Forward every sequence of ``batch`` once and return each pair's loss term."""

@@ -33,16 +33,13 @@ import torch.nn.functional as F
 from transformers import (
     AutoModel,
     AutoModelForSequenceClassification,
-    AutoTokenizer,
     PreTrainedTokenizerBase,
 )
 from transformers.utils import logging as hf_logging
 
 from prefcurate.errors import InputError
-from prefcurate.score import FLAGS
-from prefcurate.score_cache import ModelIdentity
+from prefcurate.scorespec import FLAGS, ModelIdentity
 from trainers import cache
-from trainers.config import resolve_device
 from trainers.data import (
     Ragged,
     TokenizedPairs,
@@ -52,6 +49,7 @@ from trainers.data import (
     render_response,
     truncate_pair,
 )
+from trainers.device import resolve_device
 from trainers.logps import SequenceLogps
 from trainers.model import (
     TINY,
@@ -59,6 +57,7 @@ from trainers.model import (
     directory_fingerprint,
     load_model,
     load_pretrained,
+    load_tokenizer,
     read_config,
     weights_format,
 )
@@ -129,7 +128,7 @@ def inspect_model(
         config = read_config(path, trust_remote_code=trust_remote_code, fix=fix)
         architecture = _check_kind(kind, config, path)
         weights_format(path, allow_pickle=allow_pickle, quiet=True)  # warned at load
-        tokenizer = _load_tokenizer(path, trust_remote_code)
+        tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
         if kind == EMBEDDING:
             pooling, st_limit = _sentence_transformers(path)
         fingerprint = directory_fingerprint(path)
@@ -201,19 +200,6 @@ def _check_kind(kind: str, config, path: Path) -> str:
     if not ok:
         raise InputError(f"{FLAGS[kind]} needs {NEEDS[kind]}, not {shown}", where=path)
     return shown
-
-
-def _load_tokenizer(path: Path, trust_remote_code: bool) -> PreTrainedTokenizerBase:
-    try:
-        return AutoTokenizer.from_pretrained(
-            path, local_files_only=True, trust_remote_code=trust_remote_code
-        )
-    except (ValueError, OSError, TypeError) as exc:
-        raise InputError(
-            "no usable tokenizer in the model directory",
-            where=path,
-            fix="save the tokenizer beside the model with tokenizer.save_pretrained(path)",
-        ) from exc
 
 
 def _sentence_transformers(path: Path) -> tuple[str, int | None]:

@@ -1,9 +1,9 @@
 """Rendering a benchmark result: rich tables for the terminal, markdown tables, a PNG chart.
 
-:func:`prefcurate.bench.run_bench` returns figures; this module only shows them, so a notebook
-gets the same numbers as the terminal. Every figure is printed with its 95% interval over seeds:
-an arm's mean ± the half-width of its t interval, and every claim as a paired difference with
-its t and bootstrap intervals, p-value, Holm-adjusted p-value and verdict.
+:func:`prefcurate.recipes.bench.run_bench` returns figures; this module only shows them, so a
+notebook gets the same numbers as the terminal. Every figure is printed with its 95% interval over
+seeds: an arm's mean ± the half-width of its t interval, and every claim as a paired difference
+with its t and bootstrap intervals, p-value, Holm-adjusted p-value and verdict.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """A toy alignment task with a gold reward code can compute: sort the digits of the prompt.
 
-The benchmark (:mod:`prefcurate.bench`) needs a task where the truth is known, small enough for
-the byte-level ``tiny`` model on a CPU. A prompt is ``"sort:4917="``; the ideal response is
-``"1479"``. The gold reward r* ∈ [0, 1] of a response (:func:`gold_reward`) gives partial credit,
+The benchmark (:mod:`prefcurate.recipes.bench`) needs a task where the truth is known, small
+enough for the byte-level ``tiny`` model on a CPU. A prompt is ``"sort:4917="``; the ideal response
+is ``"1479"``. The gold reward r* ∈ [0, 1] of a response (:func:`gold_reward`) gives partial credit,
 so imperfect responses differ in quality by small steps:
 
     r* = ½ · (positions equal to the sorted answer) / max(len(response), len(answer))
@@ -120,7 +120,7 @@ class RatingNoise:
     ``excess`` is the response's length minus the ideal answer's, in characters (negative for a
     short answer). The defaults compress the scale (UltraFeedback ratings of one prompt's
     responses are close); ``length_bias`` 0 and ``power`` 1 are a judge without systematic
-    error or saturation. The benchmark's judge sets all four (:data:`prefcurate.bench.
+    error or saturation. The benchmark's judge sets all four (:data:`prefcurate.recipes.bench.
     BENCH_NOISE`, docs/results.md).
     """
 

@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from prefcurate import toytask
+from prefcurate.recipes import toytask
 
 
 def lc_available() -> bool:

@@ -3,7 +3,7 @@
 The paper (arXiv 2602.00954) reports, on 7–8B models judged by GPT-4, that reading pairs easy →
 hard helps, that training small-margin pairs with SFT beats DPO on them and beats discarding
 them, and that τ matters. This benchmark tests those claims where the truth is known: the toy
-sorting task of :mod:`prefcurate.toytask`, the ``tiny`` model, one CPU, minutes.
+sorting task of :mod:`prefcurate.recipes.toytask`, the ``tiny`` model, one CPU, minutes.
 
 The data imitates UltraFeedback's two properties the paper's mechanism relies on:
 
@@ -13,22 +13,23 @@ The data imitates UltraFeedback's two properties the paper's mechanism relies on
   better demonstrations). A tie therefore often pairs two answers better than the base policy's,
   and SFT on a tie's chosen response distils from a better policy, as in UltraFeedback where the
   completions come from 17 models;
-- **a judge with random and systematic error.** :class:`prefcurate.toytask.RatingNoise` rates
-  each response with Gaussian noise *and* a preference for longer answers.
+- **a judge with random and systematic error.** :class:`prefcurate.recipes.toytask.RatingNoise`
+  rates each response with Gaussian noise *and* a preference for longer answers.
 
 Per seed: sample the pairs, label them by the judge, then for every arm route the pairs with
 :func:`prefcurate.route.plan_routes` / :func:`~prefcurate.route.write_route` and train with
 :func:`trainers.loop.train` — the library functions behind ``prefcurate route`` and ``prefcurate
 train`` — from the base policy, one epoch, same pairs. Each trained policy answers held-out
-prompts and is judged by r* (:mod:`prefcurate.gold`). The arms form a grid: every recipe under
-the paper's training settings (β 0.01, cDPO ε 0.1, cosine decay) and under a constant schedule.
+prompts and is judged by r* (:mod:`prefcurate.recipes.gold`). The arms form a grid: every recipe
+under the paper's training settings (β 0.01, cDPO ε 0.1, cosine decay) and under a constant
+schedule.
 
 Every claim is a paired difference over seeds with 95% intervals (:mod:`prefcurate.stats`): one
 primary comparison declared in advance (:data:`PRIMARY`), the others exploratory with Holm's
 correction. Before any comparison the result carries two gates: the oracle arm must beat the
 base policy, and the evaluation's own noise must be well below the differences between arms::
 
-    >>> from prefcurate.bench import BenchConfig, run_bench
+    >>> from prefcurate.recipes.bench import BenchConfig, run_bench
     >>> result = run_bench(BenchConfig(out="bench-out", seeds=3))          # doctest: +SKIP
     >>> result["gates"]["oracle_beats_base"]                                 # doctest: +SKIP
     True
@@ -46,9 +47,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prefcurate import gold, stats, toytask
-from prefcurate.basepolicy import BaseConfig
+from prefcurate import stats
 from prefcurate.errors import InputError
+from prefcurate.recipes import gold, toytask
+from prefcurate.recipes.basepolicy import BaseConfig
 
 if TYPE_CHECKING:
     from trainers.config import TrainConfig
@@ -166,6 +168,10 @@ CLAIMS: tuple[Claim, ...] = (
 )
 
 
+#: What the bench writes into its folder: one folder per seed and the results.
+BENCH_ENTRIES = ("seed-*", "results.json", "results.md", "chart.png", ".*.tmp-*", ".*.lock")
+
+
 @dataclass
 class BenchConfig:
     """The benchmark's settings; ``prefcurate bench mixdpo`` exposes seeds, pairs, out, arms."""
@@ -233,14 +239,9 @@ def run_bench(config: BenchConfig, *, progress: Progress | None = None) -> dict[
         finished[0] += arms_done
         report(message, finished[0], total)
 
-    out = config.out
-    if out.exists() and any(out.iterdir()) and not config.force:
-        raise InputError(
-            "the output directory is not empty", where=out, fix="pass --force or another --out"
-        )
-    if out.exists() and config.force:
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    from prefcurate.outdir import open_dir
+
+    out = open_dir(config.out, force=config.force, kind="bench", entries=BENCH_ENTRIES)
     started, cpu_started = time.perf_counter(), _cpu_seconds()
     load_before = _load_average()
     threads = torch.get_num_threads()
@@ -325,8 +326,8 @@ class Environment:
 
     @classmethod
     def build(cls, config: BenchConfig, reporter: Any = None) -> Environment:
-        from prefcurate.basepolicy import base_policy
-        from trainers.cache import default_cache_dir
+        from prefcurate.cachedir import default_cache_dir
+        from prefcurate.recipes.basepolicy import base_policy
         from trainers.model import build_tiny
 
         cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
@@ -524,9 +525,7 @@ def run_seed(
     config: BenchConfig, env: Environment, seed: int, say: Callable[..., None]
 ) -> dict[str, Any]:
     """One seed: pairs, the base policy's two evaluation draws, then every arm."""
-    from prefcurate.io import open_pairs
-    from prefcurate.route import plan_routes, write_route
-    from trainers.loop import train
+    from prefcurate.recipes.pipeline import route_and_train
     from trainers.model import load_model
 
     directory = config.out / f"seed-{seed}"
@@ -551,26 +550,23 @@ def run_seed(
     arms: dict[str, Any] = {}
     for arm in (a for a in ARMS if a.name in config.arms):
         say(f"seed {seed}: arm {arm.name}")
-        plan = plan_routes(
-            open_pairs(oracle if arm.oracle else data),
+        folder = directory / arm.name.replace("/", "-")
+        plan, result = route_and_train(
+            oracle if arm.oracle else data,
+            arm_config(
+                config,
+                env,
+                split=folder / "split",
+                out=folder / "run",
+                seed=seed,
+                label_smoothing=config.label_smoothing if arm.mode != "sft" else 0.0,
+                lr_schedule=arm.schedule,
+            ),
             mode=arm.mode,
             threshold=arm.threshold,
             order=arm.order,
             seed=seed,
             soft=config.soft_temperature if arm.soft else None,
-        )
-        split = directory / arm.name.replace("/", "-") / "split"
-        write_route(plan, split)
-        result = train(
-            arm_config(
-                config,
-                env,
-                split=split,
-                out=split.parent / "run",
-                seed=seed,
-                label_smoothing=config.label_smoothing if arm.mode != "sft" else 0.0,
-                lr_schedule=arm.schedule,
-            )
         )
         policy = load_model(str(result.model_dir))
         samples = env.sample(config, policy, env.eval_prompts, seed=eval_seed)
@@ -584,7 +580,7 @@ def run_seed(
             "steps": result.steps,
             "train_seconds": result.train_seconds,
         }
-        shutil.rmtree(split.parent / "run" / "model")  # 1.2 MB per arm: keep metrics, not weights
+        shutil.rmtree(folder / "run" / "model")  # 1.2 MB per arm: keep metrics, not weights
         say(f"seed {seed}: arm {arm.name} done", True)
     return {"seed": seed, "pairs": pair_stats(rows), "arms": arms, "evaluation": evaluation}
 

@@ -7,7 +7,7 @@ of a short run, so it is cached on disk under ``<cache>/basepolicy/<key>/`` wher
 
 It is trained with prefcurate's own pieces: the demonstrations are routed all-``sft`` by
 :func:`prefcurate.route.plan_routes` and trained by :func:`trainers.loop.train`, with the model's
-outputs restricted to the task's alphabet (:func:`prefcurate.toytask.allowed_token_ids`).
+outputs restricted to the task's alphabet (:func:`prefcurate.recipes.toytask.allowed_token_ids`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from prefcurate import toytask
+from prefcurate.recipes import toytask
 
 #: Bump when the task or the recipe changes meaning, so old cached policies are not reused.
 TASK_VERSION = 1
@@ -67,7 +67,7 @@ def base_policy(
     ``exclude`` are prompts the demonstrations must not use (the held-out prompts); they are part
     of the cache key.
     """
-    from trainers.cache import default_cache_dir
+    from prefcurate.cachedir import default_cache_dir
 
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     target = root / "basepolicy" / config.key(exclude)
@@ -108,18 +108,17 @@ def demonstration_rows(config: BaseConfig, exclude: frozenset[str]) -> list[dict
 
 
 def _train(config: BaseConfig, work: Path, cache_dir: Path, exclude, reporter) -> None:
-    from prefcurate.io import open_pairs
-    from prefcurate.route import Mode, Order, plan_routes, write_route
-    from trainers.loop import TrainConfig, train
+    from prefcurate.recipes.pipeline import route_and_train
+    from prefcurate.route import Mode, Order
+    from trainers.config import TrainConfig
     from trainers.model import build_tiny
 
     data = work / "demos.jsonl"
     rows = demonstration_rows(config, exclude)
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    plan = plan_routes(open_pairs(data), mode=Mode.SFT, order=Order.RANDOM, seed=config.seed)
-    write_route(plan, work / "split")
     tokenizer = build_tiny(config.seed).tokenizer
-    train(
+    route_and_train(
+        data,
         TrainConfig(
             split_dir=work / "split",
             model="tiny",
@@ -133,4 +132,7 @@ def _train(config: BaseConfig, work: Path, cache_dir: Path, exclude, reporter) -
             allowed_token_ids=toytask.allowed_token_ids(tokenizer),
         ),
         reporter=reporter,
+        mode=Mode.SFT,
+        order=Order.RANDOM,
+        seed=config.seed,
     )

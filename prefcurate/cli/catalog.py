@@ -1,0 +1,114 @@
+"""The catalog commands: ``runs`` lists what was run, ``sql`` queries the catalog and data."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from prefcurate.cli.common import (
+    DEFAULT_COLUMNS,
+    CatalogOpt,
+    Columns,
+    app,
+    cell,
+    column_options,
+    print_table,
+)
+from prefcurate.errors import InputError
+
+
+@app.command()
+def runs(
+    limit: Annotated[int, typer.Option("--limit", "-n", help="Show at most this many runs.")] = 20,
+    kind: Annotated[
+        str | None, typer.Option("--kind", help="Only runs of this command (analyze, route, ...).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the runs as JSON.")] = False,
+    catalog: CatalogOpt = None,
+) -> None:
+    """List the runs recorded in the catalog, newest first.
+
+    Example:
+        prefcurate runs --limit 5 --kind route
+    """
+    import json
+
+    from prefcurate import catalog as cat
+
+    if limit <= 0:
+        raise InputError(f"--limit must be a positive integer, got {limit}", fix="e.g. --limit 20")
+    cat.check_catalog(catalog)
+    found = cat.list_runs(catalog, limit=limit, kind=kind)
+    if as_json:
+        print(json.dumps(found, indent=2, default=str, ensure_ascii=False))
+        return
+    if not found:
+        where = cat.catalog_path(catalog)
+        print(f"no runs recorded in {where}" if where else "the catalog is off", file=sys.stderr)
+        return
+    header = ["run_id", "kind", "started (UTC)", "status", "input", "summary"]
+    rows = []
+    for run in found:
+        data = ", ".join(
+            f"{i['path']} ({i['rows']} rows)" if i.get("rows") is not None else i["path"]
+            for i in run["inputs"]
+        )
+        started = run["started_at"].strftime("%Y-%m-%d %H:%M:%S")
+        rows.append(
+            [run["run_id"], run["kind"], started, run["status"], data, run["summary"] or ""]
+        )
+    print_table(header, rows, title=f"runs in {cat.catalog_path(catalog)}")
+
+
+@app.command()
+@column_options
+def sql(
+    query: Annotated[str, typer.Argument(help="One read-only SQL statement.", show_default=False)],
+    data: Annotated[
+        str | None,
+        typer.Option("--data", help="Preference data to expose as the view 'pairs'."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array of objects.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV with a header row.")] = False,
+    catalog: CatalogOpt = None,
+    columns: Columns = DEFAULT_COLUMNS,
+) -> None:
+    """Run read-only SQL over the catalog (runs, inputs, metrics) and, with --data, view 'pairs'.
+
+    The query reads the catalog and the data, nothing else: writes and file access fail.
+
+    Example:
+        prefcurate sql "select count(*) from pairs where margin < 0.5" --data pairs.jsonl
+        prefcurate sql "select kind, count(*) from runs group by kind" --json
+    """
+    import csv
+    import json
+
+    from prefcurate import catalog as cat
+    from prefcurate.progress import status
+
+    if as_json and as_csv:
+        raise InputError("--json and --csv both given", fix="pass one")
+    cat.check_catalog(catalog)
+    cat.read_only_statement(query)  # before the data is read
+    pairs = None
+    if data is not None:
+        with status("reading the data"):
+            frame = columns.open(data).collect()
+            pairs = frame.to_arrow()
+    result = cat.query(query, catalog=catalog, pairs=pairs)
+    if as_json:
+        print(json.dumps(result.records(), ensure_ascii=False, default=str))
+    elif as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(result.columns)
+        for record in result.records():
+            writer.writerow(
+                json.dumps(v, ensure_ascii=False) if isinstance(v, dict | list) else v
+                for v in record.values()
+            )
+    else:
+        rows = [[cell(v) for v in row] for row in result.rows]
+        print_table(result.columns, rows)

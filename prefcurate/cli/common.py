@@ -1,0 +1,325 @@
+"""What every command shares: the Typer app, shared options, the catalog record, tables.
+
+Options used by several commands are declared once here. The eight column options (``--prompt``,
+``--chosen``, ...) come as one decorator, :func:`column_options`, that adds them to a command and
+hands it one :class:`Columns` value, as sqlite-utils' ``@output_options`` does.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, fields
+from typing import Annotated, Any, get_type_hints
+
+import typer
+
+from prefcurate.errors import InputError
+from prefcurate.schema import Binarize, ColumnMap
+
+app = typer.Typer(
+    name="prefcurate",
+    help="Curate preference data by margin and train MixDPO.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _click_class(name: str) -> type[Exception]:
+    """Typer >= 0.29 vendors click; find its exception classes whichever click is in use."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
+
+
+_UsageError = _click_class("UsageError")
+_ClickException = _click_class("ClickException")
+
+
+class _State:
+    debug = False
+    argv: list[str] = []  # the command line being run, recorded in the catalog
+
+
+STATE = _State()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks for errors.", envvar="PREFCURATE_DEBUG")
+    ] = False,
+) -> None:
+    """prefcurate: analyze, route and train on preference data."""
+    STATE.debug = STATE.debug or debug
+
+
+# --------------------------------------------------------------------------------------------------
+# options shared by several commands
+
+DataArg = Annotated[
+    str, typer.Argument(help="Preference data: a file, directory or glob.", show_default=False)
+]
+
+_COLUMNS = "Columns (override detection)"
+KEYWORD = inspect.Parameter.KEYWORD_ONLY
+
+
+def _column(flag: str, help: str) -> Any:
+    return typer.Option(flag, help=help, rich_help_panel=_COLUMNS, show_default=False)
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The column flags of a command that reads data: which column holds what, how to pair."""
+
+    prompt: Annotated[str | None, _column("--prompt", "Column or dotted path of the prompt.")] = (
+        None
+    )
+    chosen: Annotated[str | None, _column("--chosen", "Column of the chosen response.")] = None
+    rejected: Annotated[str | None, _column("--rejected", "Column of the rejected response.")] = (
+        None
+    )
+    score_chosen: Annotated[
+        str | None,
+        _column(
+            "--score-chosen",
+            "Column or dotted path of the chosen rating, e.g. metadata.score_chosen.",
+        ),
+    ] = None
+    score_rejected: Annotated[
+        str | None, _column("--score-rejected", "Column of the rejected rating.")
+    ] = None
+    source: Annotated[str | None, _column("--source", "Column naming each pair's sub-dataset.")] = (
+        None
+    )
+    binarize: Annotated[
+        Binarize,
+        typer.Option(
+            "--binarize",
+            help="How rows with several rated completions become pairs.",
+            rich_help_panel=_COLUMNS,
+        ),
+    ] = Binarize.BEST_VS_WORST
+    split: Annotated[
+        str | None,
+        _column("--split", "Split of a datasets folder or HF repository (default: train)."),
+    ] = None
+
+    def open(self, data: str, *, seed: int = 0):
+        """The :class:`~prefcurate.io.PairSource` for a command's DATA argument."""
+        from prefcurate.io import open_pairs
+
+        columns = ColumnMap(
+            self.prompt,
+            self.chosen,
+            self.rejected,
+            self.score_chosen,
+            self.score_rejected,
+            self.source,
+        )
+        return open_pairs(
+            data, columns=columns, binarize=self.binarize, seed=seed, split=self.split
+        )
+
+
+#: A command's columns when no column flag is given (all detected).
+DEFAULT_COLUMNS = Columns()
+
+
+def column_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the :class:`Columns` flags to ``command``, which takes them as one ``columns`` value."""
+    hints = get_type_hints(Columns, include_extras=True)
+    added = [
+        inspect.Parameter(f.name, KEYWORD, default=f.default, annotation=hints[f.name])
+        for f in fields(Columns)
+    ]
+    return _with_value(command, "columns", added, Columns)
+
+
+def config_options(
+    config_class: type, helps: dict[str, str], *, argument: str | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add one flag per field of the dataclass ``config_class`` named in ``helps``; the command
+    takes them as one ``config`` value.
+
+    Each default is read from the dataclass, never restated: ``--beta`` shows and uses
+    ``TrainConfig.beta``. A field without a default is a required flag; ``argument`` names the
+    field given as the positional argument; a bool is a plain ``--flag``.
+    """
+    hints = get_type_hints(config_class)
+    added = []
+    for f in fields(config_class):
+        if f.name not in helps:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == argument:
+            declared = typer.Argument(help=helps[f.name], show_default=False)
+        else:  # one name: a bool is a plain --flag, as before
+            declared = typer.Option(flag, help=helps[f.name])
+        default = inspect.Parameter.empty if f.default is MISSING else f.default
+        annotation = Annotated[hints[f.name], declared]
+        added.append(inspect.Parameter(f.name, KEYWORD, default=default, annotation=annotation))
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        return _with_value(command, "config", added, config_class)
+
+    return decorate
+
+
+def _with_value(
+    command: Callable[..., Any], name: str, added: list[inspect.Parameter], make: Callable
+) -> Callable[..., Any]:
+    """``command`` with the parameter ``name`` replaced by ``added``, built into one value."""
+    signature = inspect.signature(command, eval_str=True)
+    own = [p.replace(kind=KEYWORD) for key, p in signature.parameters.items() if key != name]
+    names = [p.name for p in added]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        value = make(**{key: kwargs.pop(key) for key in names})
+        return command(**{name: value}, **kwargs)
+
+    parameters = [*added, *own] if name == "config" else [*own, *added]
+    wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+    return wrapper
+
+
+ThresholdOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--threshold",
+        "-t",
+        help="τ: pairs with margin < τ (strict) go to SFT, the rest to DPO.",
+        show_default=False,
+    ),
+]
+SftFractionOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--sft-fraction",
+        "-q",
+        help="Route about this share (0-1) of the hardest pairs to SFT; τ is picked to fit.",
+        show_default=False,
+    ),
+]
+ALLOW_PICKLE_HELP = (
+    "Read pickle (.bin) weights when a model has no safetensors (trusted files only)."
+)
+AllowPickleOpt = Annotated[bool, typer.Option("--allow-pickle", help=ALLOW_PICKLE_HELP)]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace the output if it exists.")]
+
+
+# --------------------------------------------------------------------------------------------------
+# the catalog: shared option and the recording helper every command that runs something calls
+
+CatalogOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--catalog",
+        help="Catalog file (default .prefcurate/catalog.duckdb; 'off' records nothing).",
+        envvar="PREFCURATE_CATALOG",
+        show_default=False,
+    ),
+]
+
+
+def explicit_flags(ctx: typer.Context, **values: object) -> dict[str, object]:
+    """The subset of ``values`` the user typed (not left at their defaults): they beat a recipe."""
+
+    def typed(name: str) -> bool:
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+    return {k: v for k, v in values.items() if typed(k)}
+
+
+def resolve_recipe(command: str, recipe: str | None, explicit: dict[str, object]) -> dict:
+    """``--recipe``'s settings for ``command`` with the typed flags on top (prefcurate.presets)."""
+    from prefcurate.presets import resolve
+
+    return resolve(command, recipe, explicit)
+
+
+def check_catalog(catalog: str | None) -> None:
+    """Refuse a --catalog that is not a DuckDB file, or a bad timeout, before any work."""
+    from prefcurate import catalog as cat
+
+    cat.check_catalog(catalog)
+
+
+def record_run(
+    kind: str,
+    *,
+    catalog: str | None,
+    inputs: list[dict] | tuple = (),
+    params: dict | None = None,
+    figures: dict | None = None,
+    outputs: dict | None = None,
+    summary: str | None = None,
+    command: str | None = None,
+    started_at=None,
+    metrics=(),
+    status: str = "ok",
+) -> str | None:
+    """Record a finished run in the catalog and return its id.
+
+    Called by analyze, route and train after their outputs are written. A catalog that cannot be
+    recorded into (locked for too long, unwritable) costs a warning line on stderr, never the
+    run's result: the command still succeeds. ``catalog='off'`` records nothing.
+    """
+    import shlex
+
+    from prefcurate import catalog as cat
+
+    if cat.catalog_path(catalog) is None:
+        return None
+    try:
+        return cat.record_run(
+            kind,
+            inputs=inputs,
+            params=params,
+            figures=figures,
+            outputs=outputs,
+            summary=summary,
+            command=command or shlex.join(["prefcurate", *STATE.argv]),
+            started_at=started_at,
+            metrics=metrics,
+            status=status,
+            path=catalog,
+        )
+    except InputError as exc:
+        print(f"warning: run not recorded in the catalog: {exc}", file=sys.stderr)
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# tables
+
+
+def cell(value: object, limit: int = 80) -> str:
+    text = "NULL" if value is None else str(value)
+    text = text.replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def print_table(header: list[str], rows: list[list[str]], *, title: str | None = None) -> None:
+    """A rich table on a terminal; plain aligned columns when stdout is a pipe or file."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if console.is_terminal:
+        table = Table(*header, title=title, title_justify="left")
+        for row in rows:
+            table.add_row(*(str(c) for c in row))
+        console.print(table)
+        return
+    cells = [list(map(str, header)), *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    print("\n".join(lines))

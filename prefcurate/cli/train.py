@@ -1,0 +1,167 @@
+"""``prefcurate train`` and ``prefcurate plot``.
+
+The train flags are built from :class:`trainers.config.TrainConfig`, one per field: the defaults
+are read from the dataclass (written once, there); only the help texts live here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from prefcurate.cli.common import (
+    ALLOW_PICKLE_HELP,
+    STATE,
+    CatalogOpt,
+    app,
+    check_catalog,
+    config_options,
+    explicit_flags,
+    record_run,
+    resolve_recipe,
+)
+from prefcurate.errors import InputError
+from trainers.config import TrainConfig
+
+#: The help of each ``prefcurate train`` flag, by TrainConfig field (in the order shown).
+TRAIN_HELP = {
+    "split_dir": "A split directory written by 'prefcurate route'.",
+    "model": "A local save_pretrained directory, or 'tiny'.",
+    "out": "The run directory to write.",
+    "ref_model": "Reference model directory (default: the initial policy).",
+    "loss": "Preference loss of dpo pairs: sigmoid|ipo|hinge|robust.",
+    "beta": "β, the DPO inverse temperature.",
+    "label_smoothing": "ε of conservative (sigmoid) or robust DPO; MixDPO uses 0.1.",
+    "sft_weight": "Weight of the sft pairs' NLL.",
+    "nll_weight": "Adds w·NLL of the chosen response to every dpo pair (DPO+NLL).",
+    "shuffle": "Shuffle each epoch with --seed (default: the split's rank order).",
+    "epochs": "Passes over the split.",
+    "max_steps": "Stop after this many optimizer steps.",
+    "max_length": "Tokens of prompt + response, at most.",
+    "batch_size": "Pairs per micro-batch per process.",
+    "grad_accum": "Micro-batches per optimizer step.",
+    "lr": "Peak AdamW learning rate.",
+    "warmup_ratio": "Share of steps of linear warmup.",
+    "lr_schedule": "After the warmup: cosine decay, or constant (keeps the curriculum's last, "
+    "hardest pairs from training at almost no learning rate).",
+    "weight_decay": "AdamW weight decay.",
+    "max_grad_norm": "Gradient clipping norm (0: no clipping).",
+    "device": "Where to train: auto|cpu|cuda.",
+    "precision": "auto|bf16|fp32; auto: bf16 autocast on CUDA, fp32 on the CPU.",
+    "gradient_checkpointing": "Recompute activations to save memory.",
+    "seed": "Seed of the shuffle, the tiny model and torch.",
+    "save_every": "Checkpoint every N optimizer steps (0: only the final model).",
+    "resume": "Continue from the newest complete checkpoint.",
+    "force": "Start over in a run directory that has outputs.",
+    "cache_dir": "Token and reference log-prob cache (default: ~/.cache/prefcurate).",
+    "trust_remote_code": "Allow the model directory's own code.",
+    "allow_pickle": ALLOW_PICKLE_HELP,
+    "recipe": "paper: β 0.01, label smoothing 0.1, lr 1e-6, cosine with 10% warmup, one epoch, "
+    "the split's order; flags override it.",
+}
+#: The TrainConfig fields a recipe may set (prefcurate.presets); a flag the user typed wins.
+RECIPE_FIELDS = ("loss", "beta", "label_smoothing", "lr", "warmup_ratio", "lr_schedule", "epochs")
+RECIPE_FIELDS += ("shuffle",)
+
+
+@app.command()
+@config_options(TrainConfig, TRAIN_HELP, argument="split_dir")
+def train(ctx: typer.Context, config: TrainConfig, catalog: CatalogOpt = None) -> None:
+    """Train MixDPO (or a baseline) on a routed split; each pair's loss follows its route.
+
+    Writes RUN_DIR/metrics.jsonl, run.json, checkpoints/step-N/ and the final model/.
+    Under torchrun each process takes a strided share of every global batch.
+
+    --recipe paper trains with the paper's settings (run.json records the recipe).
+
+    Example:
+        prefcurate train splits/uf --model tiny --out runs/tiny --max-length 256 --lr 1e-3
+    """
+    import contextlib
+
+    from prefcurate.outdir import out_lock
+    from prefcurate.progress import RichReporter
+    from prefcurate.runplots import read_metrics
+    from trainers.loop import NonFiniteLossError
+    from trainers.loop import train as run_training
+
+    started_at = datetime.now(timezone.utc)  # noqa: UP017
+    if config.recipe is not None:
+        typed = explicit_flags(ctx, **{k: getattr(config, k) for k in RECIPE_FIELDS})
+        config = dataclasses.replace(config, **resolve_recipe("train", config.recipe, typed))
+    check_catalog(catalog)  # a wrong --catalog or timeout fails before any work
+    rank0 = os.environ.get("RANK", "0") == "0"
+    lock = out_lock(config.out) if rank0 else contextlib.nullcontext()
+    try:
+        with lock:  # one run per directory: a second writer exits 2 naming the first one's PID
+            result = run_training(config, reporter=RichReporter())
+    except NonFiniteLossError as exc:  # the user's run diverged: say so, not "please report"
+        if STATE.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(exc.exit_code) from None
+    if os.environ.get("RANK", "0") != "0":
+        return
+    record_run(
+        "train",
+        catalog=catalog,
+        inputs=[{"path": str(config.split_dir), "rows": result.pairs["pairs"]}],
+        params=dataclasses.asdict(config),
+        figures=result.to_dict(),
+        outputs={"dir": str(result.run_dir), "model": str(result.model_dir)},
+        summary=f"{result.steps} steps on {config.split_dir}",
+        started_at=started_at,
+        metrics=[
+            {"step": row["step"], "name": name, "value": value}
+            for row in read_metrics(result.run_dir)
+            for name, value in row.items()
+            if name != "step" and isinstance(value, int | float)
+        ],
+    )
+    final = result.final
+    acc = final.get("rewards/accuracies")
+    print(
+        f"trained {result.steps} steps ({result.pairs['dpo']} dpo + {result.pairs['sft']} sft "
+        f"pairs, {result.pairs_per_s:.1f} pairs/s on {result.world_size}×{result.device}); "
+        f"final loss {final.get('loss', float('nan')):.4f}"
+        + ("" if acc is None else f", rewards/accuracies {acc:.2f}")
+        + f"; model in {result.model_dir}"
+    )
+
+
+@app.command()
+def plot(
+    run_dirs: Annotated[
+        list[Path],
+        typer.Argument(help="One or more run directories (curves overlay).", show_default=False),
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="PNG to write (default: RUN_DIR/curves.png).")
+    ] = None,
+    smooth: Annotated[
+        int | None, typer.Option(help="Moving-average window in steps (default: steps/20).")
+    ] = None,
+) -> None:
+    """Draw a run's training curves (loss, rewards, log-probs, grad norm, lr) to a PNG.
+
+    Example:
+        prefcurate plot runs/mixdpo runs/dpo --out curves.png
+    """
+    from prefcurate.outdir import check_out_file
+    from prefcurate.runplots import plot_runs
+
+    if smooth is not None and smooth < 0:
+        raise InputError(f"--smooth must be 0 or more, got {smooth}", fix="e.g. --smooth 20")
+    target = out or run_dirs[0] / "curves.png"
+    if target.suffix.lower() != ".png":
+        raise InputError("--out must be a .png file", where=target, fix="e.g. --out curves.png")
+    inputs = [d / name for d in run_dirs for name in ("metrics.jsonl", "run.json")]
+    check_out_file(target, force=True, inputs=inputs)
+    path = plot_runs(run_dirs, out or run_dirs[0] / "curves.png", smooth=smooth)
+    print(path)

@@ -1,0 +1,5 @@
+"""Adapters to other training engines (for instance TRL), for people who stay on them.
+
+An integration may import the engine it adapts and both floors, like a recipe; the data floor and
+the trainer never import an integration. See docs/architecture.md.
+"""

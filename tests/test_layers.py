@@ -1,0 +1,158 @@
+"""The three floors, checked statically: every import of every module, inside functions too.
+
+- the data floor (``prefcurate/`` but the CLI, recipes and integrations) never imports torch,
+  transformers, peft, safetensors, accelerate or ``trainers``, nor the CLI or recipes;
+- the trainer floor (``trainers/``) imports from ``prefcurate`` only the split contract
+  (:data:`CONTRACT`), never the CLI, recipes or integrations;
+- recipes never import the CLI or integrations; integrations never import the CLI or recipes.
+
+See docs/architecture.md. A lazy import inside a function is still an import: ``ast`` sees it.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: What the trainer may take from the data floor: names, errors, atomic writes (with the output
+#: guard and interrupt clean-up they use), cache rules.
+CONTRACT = {
+    "prefcurate.errors",
+    "prefcurate.schema",
+    "prefcurate.atomic",
+    "prefcurate.outdir",
+    "prefcurate.interrupt",
+    "prefcurate.cachedir",
+    "prefcurate.scorespec",
+}
+
+MODEL_LIBRARIES = ("torch", "transformers", "peft", "safetensors", "accelerate", "trl")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports(path: Path, module: str | None = None) -> list[tuple[int, str]]:
+    """Every module ``path`` imports (absolute names, relative ones resolved), with its line."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    module = module or module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            found.append((node.lineno, base))
+            if (REPO / base.replace(".", "/")).is_dir():  # ``from prefcurate import recipes``
+                found += [(node.lineno, f"{base}.{alias.name}") for alias in node.names]
+        elif isinstance(node, ast.Call) and _is_import_module(node):
+            found.append((node.lineno, node.args[0].value))
+    return found
+
+
+def _is_import_module(node: ast.Call) -> bool:
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+    return (
+        name in ("import_module", "__import__")
+        and bool(node.args)
+        and isinstance(node.args[0], ast.Constant)
+        and isinstance(node.args[0].value, str)
+    )
+
+
+def floor(module: str) -> str:
+    if module == "prefcurate.cli" or module.startswith(("prefcurate.cli.", "prefcurate.__main__")):
+        return "cli"
+    if module.startswith("prefcurate.recipes"):
+        return "recipes"
+    if module.startswith("prefcurate.integrations"):
+        return "integrations"
+    if module.startswith("prefcurate"):
+        return "data"
+    return "trainer"
+
+
+def _under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def violation(module: str, imported: str) -> str | None:
+    """Why ``module`` may not import ``imported``, or None when it may."""
+    where = floor(module)
+    if where == "cli":
+        return None
+    upper = [p for p in ("prefcurate.cli", "prefcurate.__main__") if _under(imported, p)]
+    if upper:
+        return "only the entry point imports the CLI"
+    if where == "data":
+        if any(_under(imported, lib) for lib in (*MODEL_LIBRARIES, "trainers")):
+            return "the data floor never imports torch, transformers or trainers"
+        if _under(imported, "prefcurate.recipes") or _under(imported, "prefcurate.integrations"):
+            return "the data floor never imports recipes or integrations"
+    if where == "trainer" and _under(imported, "prefcurate"):
+        if imported == "prefcurate" or not any(_under(imported, c) for c in CONTRACT):
+            return f"the trainer takes from prefcurate only {sorted(CONTRACT)}"
+    if where == "recipes" and _under(imported, "prefcurate.integrations"):
+        return "recipes never import integrations"
+    if where == "integrations" and _under(imported, "prefcurate.recipes"):
+        return "integrations never import recipes"
+    return None
+
+
+def all_modules() -> list[Path]:
+    return sorted([*(REPO / "prefcurate").rglob("*.py"), *(REPO / "trainers").rglob("*.py")])
+
+
+def test_every_import_of_every_module_respects_the_floors():
+    broken = []
+    for path in all_modules():
+        module = module_name(path)
+        for line, imported in imports(path):
+            why = violation(module, imported)
+            if why:
+                broken.append(f"{path.relative_to(REPO)}:{line} imports {imported}: {why}")
+    assert not broken, "\n".join(broken)
+
+
+@pytest.mark.parametrize(
+    ("module", "imported", "allowed"),
+    [
+        ("prefcurate.route", "torch", False),
+        ("prefcurate.score", "trainers.scoring", False),
+        ("prefcurate.analyze", "prefcurate.recipes.demo", False),
+        ("prefcurate.route", "polars", True),
+        ("trainers.loop", "prefcurate.atomic", True),
+        ("trainers.scoring", "prefcurate.score", False),
+        ("trainers.loop", "prefcurate.cli", False),
+        ("trainers.loop", "prefcurate", False),
+        ("prefcurate.recipes.bench", "trainers.loop", True),
+        ("prefcurate.recipes.bench", "prefcurate.cli", False),
+        ("prefcurate.cli", "trainers.loop", True),
+    ],
+)
+def test_the_rule_itself(module, imported, allowed):
+    assert (violation(module, imported) is None) is allowed
+
+
+def test_a_lazy_import_inside_a_function_is_seen(tmp_path):
+    source = tmp_path / "lazy.py"
+    source.write_text("def f():\n    import torch\n    from trainers.loop import train\n")
+    assert [name for _, name in imports(source, "prefcurate.lazy")] == ["torch", "trainers.loop"]
+
+
+def test_the_scan_covers_every_floor():
+    floors = {floor(module_name(p)) for p in all_modules()}
+    assert floors >= {"cli", "recipes", "data", "trainer"}
