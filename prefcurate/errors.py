@@ -9,6 +9,7 @@ code 1).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 
@@ -78,3 +79,12 @@ def machine_fault(exc: BaseException) -> tuple[int, str] | None:
             )
         current = current.__cause__ or current.__context__
     return None
+
+
+def json_problem(exc: json.JSONDecodeError) -> str:
+    """``unterminated string starting at column 62``: the decoder's message, read as a sentence.
+
+    (``exc.msg`` alone ends in "starting at" or names no place; the column completes it.)
+    """
+    msg = exc.msg[:1].lower() + exc.msg[1:]
+    return f"{msg} column {exc.colno}" if msg.endswith(" at") else f"{msg} at column {exc.colno}"

@@ -25,11 +25,11 @@ import polars as pl
 import polars_hash as plh
 
 from prefcurate import layouts
-from prefcurate.errors import InputError, one_line
+from prefcurate.errors import InputError, json_problem, one_line
 from prefcurate.layouts import ISSUE, ROW, Detected
 from prefcurate.margins import difficulty_expr, margin_expr
 from prefcurate.schema import CANONICAL_COLUMNS, Binarize, ColumnMap, Layout
-from prefcurate.sources import SCHEMA_ROWS, RawSource, open_binary, resolve
+from prefcurate.sources import SCHEMA_ROWS, RawSource, frame_source, open_binary, resolve
 
 #: The canonical columns plus the per-pair flag of implicit/conversational histories that differ.
 PAIR_COLUMNS: tuple[str, ...] = (*CANONICAL_COLUMNS, "history_mismatch")
@@ -142,15 +142,24 @@ class PairSource:
 
 
 def open_pairs(
-    data: str | Path,
+    data: str | Path | object,
     *,
     columns: ColumnMap | None = None,
     binarize: Binarize | str = Binarize.BEST_VS_WORST,
     seed: int = 0,
     split: str | None = None,
 ) -> PairSource:
-    """Find the files behind ``data`` and detect how they store pairs (nothing is read in full)."""
-    raw = resolve(data, split=split)
+    """Find the files behind ``data`` and detect how they store pairs (nothing is read in full).
+
+    ``data`` is a path (file, directory or glob), or rows already in memory: a Polars DataFrame
+    or LazyFrame, a pandas DataFrame or a ``datasets.Dataset``. Example::
+
+        >>> import polars as pl
+        >>> rows = pl.DataFrame({"prompt": ["2+2?"], "chosen": ["4"], "rejected": ["5"]})
+        >>> open_pairs(rows).collect()["chosen"].to_list()
+        ['4']
+    """
+    raw = frame_source(data) or resolve(data, split=split)
     if raw.format == "jsonl":
         problem = diagnose_jsonl(raw.paths, limit=SCHEMA_ROWS)
         if problem is not None:
@@ -167,12 +176,12 @@ def open_pairs(
     return PairSource(raw, detected, Binarize(binarize), seed)
 
 
-def scan_pairs(data: str | Path, **kwargs) -> pl.LazyFrame:
+def scan_pairs(data: str | Path | object, **kwargs) -> pl.LazyFrame:
     """:func:`open_pairs` then :meth:`PairSource.scan` (keeps ``_row``/``_issue``)."""
     return open_pairs(data, **kwargs).scan()
 
 
-def read_pairs(data: str | Path, **kwargs) -> pl.DataFrame:
+def read_pairs(data: str | Path | object, **kwargs) -> pl.DataFrame:
     """The canonical pairs of ``data`` as a validated DataFrame."""
     return open_pairs(data, **kwargs).collect()
 
@@ -429,7 +438,7 @@ def _line_problem(
     except _DuplicateKey as exc:
         return f"key {exc.key!r} appears twice in one object", "keep one of the two values"
     except json.JSONDecodeError as exc:
-        return f"not valid JSON ({exc.msg}, column {exc.colno})", "fix or remove this line"
+        return f"not valid JSON: {json_problem(exc)}", "fix or remove this line"
     except RecursionError:
         return "JSON nested too deeply", "flatten or remove this line"
     if not isinstance(row, dict):

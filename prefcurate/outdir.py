@@ -87,7 +87,7 @@ def check_out_dir(
             raise InputError(
                 "output directory exists",
                 where=path,
-                fix="pass --force to replace it, or choose another",
+                fix="pass --force (force=True from Python) to replace it, or choose another",
             )
         if not os.access(path, os.W_OK | os.X_OK):
             raise InputError(

@@ -46,7 +46,6 @@ from prefcurate.margins import (
     threshold_for_fraction,
 )
 from prefcurate.schema import ROUTE_DPO, ROUTE_SFT, WEIGHT_COLUMN
-from prefcurate.sources import content_hash
 from prefcurate.splitwriter import SPLIT_COLUMNS, Texts, split_chunks, write_route  # noqa: F401
 
 #: plan.json format version; bump when a key changes meaning.
@@ -57,6 +56,10 @@ EVAL_STRATA = 10
 
 #: Reasons a pair is dropped, as keys of plan.json ``counts.dropped_by_reason``.
 NULL_MARGIN = "null_margin"
+#: chosen == rejected: no preference to learn (the DPO loss of such a pair is constant, so its
+#: gradient is zero), and the two ratings of one text disagree (UltraFeedback has margins of 1.5),
+#: so its margin cannot place it in the curriculum either. Dropped in every mode, counted here.
+IDENTICAL = "identical"
 BELOW_THRESHOLD = "below_threshold"
 DROP_PREFIX = "drop: "
 
@@ -170,6 +173,7 @@ class RoutePlan:
             f" (--sft-fraction {_fmt(self.sft_fraction)})" if self.sft_fraction is not None else ""
         )
         held = f", {c['eval']} held out" if self.eval_fraction is not None else ""
+        why = ", ".join(f"{n} {reason}" for reason, n in c["dropped_by_reason"].items() if n)
         soft = (
             f" (soft, T = {_fmt(self.soft)}: mean sft weight {c['weight_mean']:.3f})"
             if (self.soft is not None)
@@ -178,7 +182,7 @@ class RoutePlan:
         recipe = f"recipe {self.recipe}: " if self.recipe else ""
         return (
             f"{recipe}{c['in']} pairs, {self.mode}{tau}{frac}: {c['dpo']} dpo, {c['sft']} sft"
-            f"{soft}, {c['dropped']} dropped{held}; order {self.order}"
+            f"{soft}, {c['dropped']} dropped{f' ({why})' if why else ''}{held}; order {self.order}"
             + (" (largest margin first)" if self.order is Order.CURRICULUM else "")
             + (" (seeded shuffle)" if self.order is Order.RANDOM else "")
             + (f" in {self.stages} stages" if self.stages > 1 else "")
@@ -263,6 +267,7 @@ def plan_routes(
 
     reasons: dict[str, int] = {}
     keys = _drop_matching(scan, narrow, drop, reasons)
+    keys = _drop_identical(keys, narrow, source, reasons)
     keys = _drop_unroutable(keys, source, mode, wants_margin, reasons)
     if sft_fraction is not None:
         threshold = threshold_for_fraction(_kept(keys).get_column("margin"), sft_fraction)
@@ -340,6 +345,18 @@ def _drop_matching(
     return keys
 
 
+def _drop_identical(
+    keys: pl.DataFrame, narrow: pl.DataFrame, source: PairSource, reasons: dict[str, int]
+) -> pl.DataFrame:
+    """Mark the pairs whose chosen equals rejected (:data:`IDENTICAL`), in every mode."""
+    same = keys.get_column("_drop").is_null() & narrow.get_column("identical")
+    reasons[IDENTICAL] = int(same.sum())
+    keys = _mark(keys, same, IDENTICAL)
+    if _kept(keys).height == 0:  # before the margin check: its message would mislead
+        raise _nothing_left(source, reasons)
+    return keys
+
+
 def _drop_unroutable(
     keys: pl.DataFrame,
     source: PairSource,
@@ -355,9 +372,7 @@ def _drop_unroutable(
         reasons[NULL_MARGIN] = int(nulls.sum())
         keys = _mark(keys, nulls, NULL_MARGIN)
     if _kept(keys).height == 0:
-        raise InputError(
-            "no pairs left after --drop", where=source.raw.display, fix="loosen the predicates"
-        )
+        raise _nothing_left(source, reasons)
     return keys
 
 
@@ -506,6 +521,15 @@ def soft_weights(margin: pl.Expr, threshold: float, temperature: float) -> pl.Ex
         return pl.when(margin < threshold).then(1.0).otherwise(0.0).cast(pl.Float64)
     z = ((pl.lit(threshold) - margin) / temperature).clip(-700.0, 700.0)
     return (1.0 / (1.0 + (-z).exp())).cast(pl.Float64)
+
+
+def _nothing_left(source: PairSource, reasons: dict[str, int]) -> InputError:
+    why = ", ".join(f"{n} {reason}" for reason, n in reasons.items() if n)
+    return InputError(
+        f"no pairs left to route ({why} dropped)",
+        where=source.raw.display,
+        fix="loosen the --drop predicates, or check the data (identical: chosen = rejected)",
+    )
 
 
 def _mark(keys: pl.DataFrame, mask: pl.Series, reason: str) -> pl.DataFrame:
@@ -772,14 +796,14 @@ class _HashThread:
     """Hash the input files in a thread while Polars reads them (both release the GIL)."""
 
     def __init__(self, source: PairSource):
-        self._paths = source.raw.paths
+        self._raw = source.raw
         self._display = source.raw.display
         self._value: tuple[str, int] | None = None
         self._error: BaseException | None = None
 
         def work() -> None:
             try:
-                self._value = content_hash(self._paths)
+                self._value = self._raw.content_hash()
             except BaseException as exc:  # noqa: BLE001 - re-raised in result()
                 self._error = exc
 
@@ -797,7 +821,7 @@ class _HashThread:
             "sha256": sha256,
             "rows": rows,
             "bytes": size,
-            "files": len(self._paths),
+            "files": len(self._raw.paths),
         }
 
 

@@ -50,7 +50,6 @@ from prefcurate.score_cache import (
     ScoreStore,
 )
 from prefcurate.scorespec import EMBEDDING, FLAGS, REFERENCE, REWARD, ModelIdentity
-from prefcurate.sources import content_hash
 
 #: OUT's metadata format version (the ``prefcurate.score`` key of the Parquet footer).
 SCORE_FORMAT = 1
@@ -233,7 +232,7 @@ def read_scoring_frame(source: PairSource) -> tuple[pl.DataFrame, dict[str, Any]
     response alone), and the input's figures (path, sha256, rows, bytes, files). The input is
     hashed on a thread while the pairs are read."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefcurate-hash") as pool:
-        hashed = pool.submit(content_hash, source.raw.paths)
+        hashed = pool.submit(source.raw.content_hash)
         frame = source.collect(source.scan(keep_input=True))
         sha256, size = hashed.result()
     conversational = isinstance(frame.schema["chosen"], pl.List)

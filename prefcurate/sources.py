@@ -20,7 +20,7 @@ from pathlib import Path
 
 import polars as pl
 
-from prefcurate.errors import InputError, one_line
+from prefcurate.errors import InputError, json_problem, one_line
 
 #: File formats by suffix. Compressed JSONL keeps its inner suffix: ``x.jsonl.gz`` is jsonl.
 _SUFFIX_FORMAT = {
@@ -89,6 +89,65 @@ class RawSource:
             ) from exc
         msg = f"unsupported format {self.format!r}"
         raise AssertionError(msg)
+
+    def content_hash(self) -> tuple[str, int]:
+        """(sha256 hex, bytes) identifying the data: :func:`content_hash` of the files."""
+        return content_hash(self.paths)
+
+
+@dataclass(frozen=True)
+class FrameSource(RawSource):
+    """Data handed over in memory (a Polars or pandas DataFrame, a ``datasets.Dataset``).
+
+    ``paths`` is empty; the rows are ``frame``. Its identity (plan.json's ``input.sha256``) is
+    the SHA-256 of the frame's uncompressed Arrow IPC stream: the same rows, column names and
+    types give the same digest.
+    """
+
+    frame: pl.DataFrame | None = None
+
+    def scan(self) -> pl.LazyFrame:
+        assert self.frame is not None
+        return self.frame.lazy()
+
+    def content_hash(self) -> tuple[str, int]:
+        assert self.frame is not None
+        buffer = io.BytesIO()
+        self.frame.write_ipc_stream(buffer, compression="uncompressed")
+        data = buffer.getvalue()
+        return hashlib.sha256(data).hexdigest(), len(data)
+
+
+def frame_source(data: object) -> FrameSource | None:
+    """A :class:`FrameSource` for in-memory ``data``, or None when ``data`` is a path.
+
+    Takes a Polars DataFrame or LazyFrame, a pandas DataFrame or a ``datasets.Dataset``,
+    without importing pandas or datasets (their objects convert themselves).
+    """
+    if isinstance(data, str | os.PathLike):
+        return None
+    kind = f"{type(data).__module__.split('.')[0]} {type(data).__name__}"
+    try:
+        if isinstance(data, pl.LazyFrame):
+            frame = data.collect()
+        elif isinstance(data, pl.DataFrame):
+            frame = data
+        elif hasattr(data, "to_polars") and hasattr(data, "column_names"):  # datasets.Dataset
+            frame = data.to_polars()
+        elif type(data).__module__.startswith("pandas") and hasattr(data, "columns"):
+            frame = pl.from_pandas(data)
+        else:
+            raise InputError(
+                f"cannot read pairs from a {kind}",
+                fix="pass a path, a Polars or pandas DataFrame, or a datasets.Dataset",
+            )
+    except InputError:
+        raise
+    except (pl.exceptions.PolarsError, ValueError, TypeError, ImportError) as exc:
+        raise InputError(f"cannot read the {kind}: {one_line(exc, 200)}") from exc
+    if isinstance(frame, pl.Series):
+        frame = frame.to_frame()
+    return FrameSource(f"a {kind} of {frame.height} rows", (), "frame", frame)
 
 
 def content_hash(paths: tuple[Path, ...] | list[Path]) -> tuple[str, int]:
@@ -342,7 +401,7 @@ def _read_json_array(path: Path) -> pl.LazyFrame:
             rows = json.load(fh)
         except json.JSONDecodeError as exc:
             raise InputError(
-                f"not valid JSON: {exc.msg}",
+                f"not valid JSON: {json_problem(exc)}",
                 where=f"{path}, line {exc.lineno}, column {exc.colno}",
                 fix="fix the JSON, or use one object per line (.jsonl)",
             ) from exc

@@ -28,14 +28,15 @@ CORE_KEYS = {
 
 
 def test_show_ultrafeedback_threshold_with_out(cli, uf1k, tmp_path):
-    """The issue's Show item: nested ratings found, 1000 rows, 111 ties, 111 → SFT, 889 → DPO."""
+    """The issue's Show item: nested ratings found, 1000 rows, 111 ties, 110 → SFT, 886 → DPO
+    (the 4 identical pairs are left out, as route drops them)."""
     out = tmp_path / "report"
     result = cli("analyze", uf1k, "--threshold", "0.5", "--out", out)
     assert result.code == 0, result.err
     assert "1,000 pairs" in result.out
     assert "scores=metadata.score_chosen,metadata.score_rejected" in result.out
     assert "ties (margin = 0) 111 (11.1%)" in result.out
-    assert "111 pairs (11.1%) to SFT, 889 (88.9%) to DPO" in result.out
+    assert "110 pairs (11.0%) to SFT, 886 (89.0%) to DPO" in result.out
     report = json.loads((out / "report.json").read_text())
     for key, inner in CORE_KEYS.items():
         assert key in report
@@ -46,10 +47,11 @@ def test_show_ultrafeedback_threshold_with_out(cli, uf1k, tmp_path):
     assert report["routing"] == {
         "threshold": 0.5,
         "sft_fraction": None,
-        "sft": 111,
-        "dpo": 889,
-        "sft_share": 0.111,
+        "sft": 110,
+        "dpo": 886,
+        "sft_share": 0.110442,
         "unrouted": 0,
+        "identical": 4,
     }
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(["report.json", "index.html", *PLOT_FILES, MANIFEST])
@@ -62,7 +64,7 @@ def test_sft_fraction_picks_the_ties(cli, uf1k):
     assert result.code == 0, result.err
     routing = json.loads(result.out)["routing"]
     assert (routing["threshold"], routing["sft_fraction"]) == (0.5, 0.12)
-    assert (routing["sft"], routing["dpo"]) == (111, 889)
+    assert (routing["sft"], routing["dpo"]) == (110, 886)
 
 
 def test_json_prints_only_json(cli, uf1k):

@@ -33,10 +33,10 @@ def test_route_ultrafeedback_at_tau_half(cli, uf1k, tmp_path):
     out = tmp_path / "uf"
     result = cli("route", uf1k, "--threshold", "0.5", "--out", out)
     assert result.code == 0, result.err
-    assert "889 dpo, 111 sft" in result.out
+    assert "886 dpo, 110 sft, 4 dropped (4 identical)" in result.out
     train = pl.read_parquet(out / "train.parquet")
     routes = train.get_column("route").to_list()
-    assert (routes.count("dpo"), routes.count("sft")) == (889, 111)
+    assert (routes.count("dpo"), routes.count("sft")) == (886, 110)
     assert train.filter(pl.col("rank") == 0).get_column("margin").item() == 8.0
     by_rank = train.sort("rank").get_column("margin").to_list()
     assert all(a >= b for a, b in zip(by_rank, by_rank[1:], strict=False))
@@ -45,7 +45,8 @@ def test_route_ultrafeedback_at_tau_half(cli, uf1k, tmp_path):
     assert ranks["dpo"][1] < ranks["sft"][0]  # every sft pair after every dpo pair
     plan = json.loads((out / "plan.json").read_text())
     assert plan["mode"] == "mixdpo" and plan["threshold"] == 0.5 and plan["order"] == "curriculum"
-    assert plan["counts"]["in"] == 1000 and plan["counts"]["dropped"] == 0
+    assert plan["counts"]["in"] == 1000 and plan["counts"]["dropped"] == 4
+    assert plan["counts"]["dropped_by_reason"]["identical"] == 4
     assert sorted(p.name for p in out.iterdir()) == SPLIT_FILES
 
 
@@ -58,11 +59,11 @@ def test_route_plots_mark_the_split(cli, uf1k, tmp_path):
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000, name
 
 
-def test_filter_mode_writes_889_pairs_and_no_sft(cli, uf1k, tmp_path):
+def test_filter_mode_writes_886_pairs_and_no_sft(cli, uf1k, tmp_path):
     result = cli("route", uf1k, "--threshold", "0.5", "--mode", "filter", "--out", tmp_path / "f")
     assert result.code == 0, result.err
     train = pl.read_parquet(tmp_path / "f" / "train.parquet")
-    assert train.height == 889
+    assert train.height == 886
     assert train.filter(pl.col("route") == "sft").height == 0
 
 
@@ -149,7 +150,7 @@ def test_two_runs_write_identical_bytes(cli, uf1k, tmp_path):
         ([], "needs a threshold"),
         (["--threshold", "0.5", "--mode", "mix"], "--mode must be one of"),
         (["--threshold", "0.5", "--order", "sorted"], "--order must be one of"),
-        (["--threshold", "0.5", "--export", "csv"], "--export must be 'trl'"),
+        (["--threshold", "0.5", "--export", "csv"], "--export must be one of trl, trl-mixdpo"),
         (["--threshold", "0.5", "--eval-fraction", "1"], "--eval-fraction"),
         (["--threshold", "0.5", "--stages", "2", "--order", "random"], "--stages"),
     ],
@@ -283,8 +284,8 @@ def test_killed_during_the_write_leaves_the_old_directory(cli, uf1k, tmp_path):
     assert result.code == 0, result.err
     assert not list(tmp_path.glob(".split.*"))  # the leftover is cleaned up
     plan = json.loads((out / "plan.json").read_text())
-    assert plan["threshold"] == 1.0 and plan["counts"]["sft"] == 304
-    assert pl.read_parquet(out / "train.parquet").height == 1000
+    assert plan["threshold"] == 1.0 and plan["counts"]["sft"] == 302
+    assert pl.read_parquet(out / "train.parquet").height == 996
 
 
 def test_killed_first_write_leaves_no_directory(cli, uf1k, tmp_path):

@@ -289,5 +289,5 @@ def test_analyze_out_writes_the_page_as_index_html(uf1k, tmp_path, cli):
     page = (out / "index.html").read_text(encoding="utf-8")
     assert '"initial":0.5' in page
     report = json.loads((out / "report.json").read_text())
-    assert report["routing"]["sft"] == 111
+    assert report["routing"]["sft"] == 110  # the 4 pairs with chosen = rejected are left out
     assert "index.html" in {p.name for p in out.iterdir()}

@@ -18,6 +18,7 @@ from prefcurate.cli.common import (
     app,
     check_catalog,
     column_options,
+    echo,
     explicit_flags,
     record_run,
     resolve_recipe,
@@ -217,7 +218,12 @@ def route(
         int, typer.Option("--seed", help="Seed of shuffles and the held-out choice.")
     ] = 0,
     export: Annotated[
-        str | None, typer.Option("--export", help="trl: also write dpo.jsonl and sft.jsonl.")
+        str | None,
+        typer.Option(
+            "--export",
+            help="Also write the split for another trainer: trl (dpo.jsonl + sft.jsonl), "
+            "trl-mixdpo (mixdpo.jsonl for prefcurate.integrations.trl), llamafactory, openrlhf.",
+        ),
     ] = None,
     force: ForceOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print plan.json to stdout.")] = False,
@@ -228,7 +234,9 @@ def route(
 
     Writes train.parquet (rank order, with route, rank and stage columns) and plan.json.
 
-    --eval-fraction adds eval.parquet; --export trl adds dpo.jsonl and sft.jsonl for TRL.
+    --eval-fraction adds eval.parquet. --export writes the split for another trainer too:
+    trl-mixdpo (mixdpo.jsonl: per-pair routing in TRL), trl, llamafactory, openrlhf
+    (docs/integrations.md).
 
     --recipe paper is the paper's route (mixdpo, τ 0.5, curriculum order) in one word.
 
@@ -288,4 +296,4 @@ def route(
         if as_json:
             print(json.dumps(document, indent=2))
         else:
-            print(f"{plan.summary()} -> {out}")
+            echo(f"{plan.summary()} -> {out}")

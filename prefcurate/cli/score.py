@@ -18,6 +18,7 @@ from prefcurate.cli.common import (
     app,
     check_catalog,
     column_options,
+    echo,
     record_run,
 )
 from prefcurate.errors import InputError
@@ -183,4 +184,4 @@ def score(
     if as_json:
         print(json.dumps(document, indent=2))
     else:
-        print(f"{result.summary()} -> {out}")
+        echo(f"{result.summary()} -> {out}")

@@ -17,14 +17,15 @@ import typer
 
 from prefcurate.cli.common import (
     ALLOW_PICKLE_HELP,
-    STATE,
     CatalogOpt,
     app,
     check_catalog,
     config_options,
+    echo,
     explicit_flags,
     record_run,
     resolve_recipe,
+    show_traceback,
 )
 from prefcurate.errors import InputError
 from trainers.config import TrainConfig
@@ -102,8 +103,7 @@ def train(ctx: typer.Context, config: TrainConfig, catalog: CatalogOpt = None) -
         with lock:  # one run per directory: a second writer exits 2 naming the first one's PID
             result = run_training(config, reporter=RichReporter())
     except NonFiniteLossError as exc:  # the user's run diverged: say so, not "please report"
-        if STATE.debug:
-            raise
+        show_traceback()
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(exc.exit_code) from None
     if os.environ.get("RANK", "0") != "0":
@@ -115,7 +115,7 @@ def train(ctx: typer.Context, config: TrainConfig, catalog: CatalogOpt = None) -
         params=dataclasses.asdict(config),
         figures=result.to_dict(),
         outputs={"dir": str(result.run_dir), "model": str(result.model_dir)},
-        summary=f"{result.steps} steps on {config.split_dir}",
+        summary=f"{result.steps} steps on {config.split_dir}: {_trained(result.summary)}",
         started_at=started_at,
         metrics=[
             {"step": row["step"], "name": name, "value": value}
@@ -124,15 +124,43 @@ def train(ctx: typer.Context, config: TrainConfig, catalog: CatalogOpt = None) -
             if name != "step" and isinstance(value, int | float)
         ],
     )
-    final = result.final
-    acc = final.get("rewards/accuracies")
-    print(
-        f"trained {result.steps} steps ({result.pairs['dpo']} dpo + {result.pairs['sft']} sft "
-        f"pairs, {result.pairs_per_s:.1f} pairs/s on {result.world_size}×{result.device}); "
-        f"final loss {final.get('loss', float('nan')):.4f}"
-        + ("" if acc is None else f", rewards/accuracies {acc:.2f}")
-        + f"; model in {result.model_dir}"
-    )
+    echo(train_summary(result))
+
+
+def _trained(summary: dict) -> str:
+    return f"{summary.get('pairs/dpo', 0)} dpo + {summary.get('pairs/sft', 0)} sft pairs"
+
+
+def _steps(n: int) -> str:
+    return "step" if n == 1 else f"{n} steps"
+
+
+def train_summary(result) -> str:
+    """The lines ``train`` ends with: what was trained, each route's loss at the end, the model.
+
+    The losses of the two routes are never mixed: loss/dpo (a preference loss, about 0.69 at the
+    start) and loss/sft (an NLL per token, several nats) are each the mean over the last tenth of
+    the steps that trained pairs of that route.
+    """
+    s = result.summary
+    dpo, sft = s.get("pairs/dpo", 0), s.get("pairs/sft", 0)
+    lines = [
+        f"trained {result.steps} steps on {dpo + sft:,} pairs ({dpo:,} dpo + {sft:,} sft), "
+        f"{result.pairs_per_s:.1f} pairs/s on {result.world_size}×{result.device}"
+    ]
+    ends = []
+    if s.get("loss/dpo:last") is not None:
+        acc = s.get("rewards/accuracies:last")
+        shown = "" if acc is None else f", rewards/accuracies {acc:.2f}"
+        steps = _steps(s["window/dpo"])
+        ends.append(f"loss/dpo {s['loss/dpo:last']:.4f}{shown} (last {steps} with dpo pairs)")
+    if s.get("loss/sft:last") is not None:
+        steps = _steps(s["window/sft"])
+        ends.append(f"loss/sft {s['loss/sft:last']:.4f} (last {steps} with sft pairs)")
+    if ends:
+        lines.append("mean " + "; ".join(ends))
+    lines.append(f"model in {result.model_dir}")
+    return "\n".join(lines)
 
 
 @app.command()
@@ -149,6 +177,8 @@ def plot(
     ] = None,
 ) -> None:
     """Draw a run's training curves (loss, rewards, log-probs, grad norm, lr) to a PNG.
+
+    Several runs overlay in one figure; each route's loss has its own panel.
 
     Example:
         prefcurate plot runs/mixdpo runs/dpo --out curves.png
