@@ -487,8 +487,12 @@ def source_stats(df: pl.DataFrame, threshold: float | None) -> list[SourceStats]
         m.count().alias("count"),
         (m == 0).sum().alias("ties"),
     ]
-    if threshold is not None:
-        aggs += [(m < threshold).sum().alias("sft"), (m >= threshold).sum().alias("dpo")]
+    if threshold is not None:  # identical pairs are routed nowhere, as in :func:`routing`
+        same = pl.col("identical") if "identical" in df.columns else pl.lit(False)
+        aggs += [
+            ((m < threshold) & ~same).sum().alias("sft"),
+            ((m >= threshold) & ~same).sum().alias("dpo"),
+        ]
     groups = (
         df.group_by("source")
         .agg(aggs)

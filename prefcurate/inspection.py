@@ -346,7 +346,16 @@ def _final_samples(
 def thresholds(
     narrow: pl.DataFrame, report: Report, *, initial: float | None = None, max_sources: int = 30
 ) -> Thresholds | None:
-    """The τ positions of the control and, at each, ``margin < τ`` counted like analyze does."""
+    """The τ positions of the control and, at each, ``margin < τ`` counted like analyze does.
+
+    As in :func:`prefcurate.analyze.routing`, identical pairs (chosen == rejected) are left out
+    of both counts: route drops them, whatever their margin.
+    """
+    everything = narrow
+    if "identical" in narrow.columns:
+        routable = narrow.filter(~pl.col("identical").fill_null(False))
+        if routable.get_column("margin").drop_nulls().len() > 0:
+            narrow = routable
     margins = narrow.get_column("margin").drop_nulls().to_numpy().astype(np.float64)
     if margins.size == 0:
         return None
@@ -374,7 +383,8 @@ def thresholds(
         own = narrow.filter(col.is_null() if s.source is None else col == s.source)
         part = np.sort(own.get_column("margin").drop_nulls().to_numpy().astype(np.float64))
         by_source[name] = np.searchsorted(part, grid, side="left").astype(int).tolist()
-        rows_by_source[name] = int(part.size)
+        everyone = everything.filter(col.is_null() if s.source is None else col == s.source)
+        rows_by_source[name] = int(everyone.get_column("margin").drop_nulls().len())
     return Thresholds(
         values=[float(v) for v in grid],
         sft=sft.astype(int).tolist(),
