@@ -22,7 +22,9 @@ from prefcurate.cli.common import (
     check_catalog,
     config_options,
     echo,
+    explicit_flags,
     record_run,
+    resolve_recipe,
     show_traceback,
 )
 from prefcurate.errors import InputError
@@ -76,12 +78,18 @@ TRAIN_HELP = {
     "cache_dir": "Token and reference log-prob cache (default: ~/.cache/prefcurate).",
     "trust_remote_code": "Allow the model directory's own code.",
     "allow_pickle": ALLOW_PICKLE_HELP,
+    "recipe": "paper: β 0.01, label smoothing 0.1, lr 1e-6, cosine with 10% warmup, one epoch, "
+    "the split's order; flags override it.",
 }
+#: The TrainConfig fields a recipe may set (prefcurate.presets); a flag the user typed wins.
+RECIPE_FIELDS = ("loss", "beta", "label_smoothing", "lr", "warmup_ratio", "lr_schedule", "epochs")
+RECIPE_FIELDS += ("shuffle",)
 
 
 @app.command()
 @config_options(TrainConfig, TRAIN_HELP, argument="split_dir")
 def train(
+    ctx: typer.Context,
     config: TrainConfig,
     catalog: CatalogOpt = None,
     dry_run: Annotated[
@@ -102,11 +110,16 @@ def train(
     LoRA: adapter/). Under torchrun each process takes a strided share of every global batch,
     with the model replicated (--strategy ddp) or sharded (--strategy fsdp).
 
+    --recipe paper trains with the paper's settings (run.json records the recipe).
+
     Example:
         prefcurate train splits/uf --model tiny --out runs/tiny --max-length 256 --lr 1e-3
 
         prefcurate train splits/uf --model llama3-8b --out runs/8b --dry-run --world-size 8
     """
+    if config.recipe is not None:
+        typed = explicit_flags(ctx, **{k: getattr(config, k) for k in RECIPE_FIELDS})
+        config = dataclasses.replace(config, **resolve_recipe("train", config.recipe, typed))
     if dry_run:
         from trainers.memory import dry_run as plan_run
 
