@@ -102,7 +102,8 @@ def read_like_llamafactory(row: dict, entry: dict) -> tuple[list[dict], list[dic
 
 
 def test_llamafactory_export_reads_as_documented(uf_data, tmp_path):
-    """UltraFeedback 1k at τ = 0.5: 889 dpo pairs in mixdpo_dpo, the 111 ties in mixdpo_sft,
+    """UltraFeedback 1k at τ = 0.5: 886 dpo pairs in mixdpo_dpo, the 110 ties (less the
+    identical one) in mixdpo_sft,
     each in curriculum order, every row read the documented way with nothing skipped."""
     layout, data = uf_data
     out = tmp_path / "uf"
@@ -136,7 +137,7 @@ def test_llamafactory_export_reads_as_documented(uf_data, tmp_path):
 
     dpo_rows = jsonl(folder / dpo_entry["file_name"])
     sft_rows = jsonl(folder / sft_entry["file_name"])
-    assert (len(dpo_rows), len(sft_rows)) == (889, 111)
+    assert (len(dpo_rows), len(sft_rows)) == (886, 110)  # route drops the 4 identical pairs
     want = {r: train.filter(pl.col("route") == r) for r in ("dpo", "sft")}
     for rows, entry, route_name in ((dpo_rows, dpo_entry, "dpo"), (sft_rows, sft_entry, "sft")):
         expected = want[route_name]
@@ -185,13 +186,13 @@ def test_openrlhf_export_keeps_the_margin_under_default_keys(uf_data, tmp_path):
     train = route(data, out, "openrlhf")
     folder = out / "openrlhf"
     dpo, sft = jsonl(folder / "dpo.jsonl"), jsonl(folder / "sft.jsonl")
-    assert (len(dpo), len(sft)) == (889, 111)
+    assert (len(dpo), len(sft)) == (886, 110)  # route drops the 4 identical pairs
     assert list(dpo[0]) == ["prompt", "chosen", "rejected", "margin"]
     assert list(sft[0]) == ["input", "output", "margin"]
     want_dpo = train.filter(pl.col("route") == "dpo")
     want_sft = train.filter(pl.col("route") == "sft")
     assert [r["margin"] for r in dpo] == want_dpo["margin"].to_list()  # largest first
-    assert [r["margin"] for r in sft] == [0.0] * 111  # the ties
+    assert [r["margin"] for r in sft] == [0.0] * 110  # the ties
     assert [r["prompt"] for r in dpo] == want_dpo["prompt"].to_list()
     assert [r["rejected"] for r in dpo] == want_dpo["rejected"].to_list()
     assert [r["output"] for r in sft] == want_sft["chosen"].to_list()
@@ -228,9 +229,9 @@ def test_trl_mixdpo_export_is_every_pair_with_route_and_rank(uf1k, tmp_path):
         "route",
         "rank",
     ]
-    assert pairs["rank"] == list(range(1000))
+    assert pairs["rank"] == list(range(996))  # 1000 pairs less the 4 identical ones
     assert pairs["pair_id"] == train["pair_id"].to_list()
-    assert pairs["route"].count("sft") == 111 and pairs["route"][-111:] == ["sft"] * 111
+    assert pairs["route"].count("sft") == 110 and pairs["route"][-110:] == ["sft"] * 110
     plan = json.loads((out / "plan.json").read_text())
     assert plan["outputs"]["trl-mixdpo"] == {"mixdpo": "mixdpo.jsonl"}
 
