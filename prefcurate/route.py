@@ -45,9 +45,16 @@ from prefcurate.margins import (
     no_margin_error,
     threshold_for_fraction,
 )
+from prefcurate.memory import default_budget, estimate_input_bytes, parse_size
 from prefcurate.schema import ROUTE_DPO, ROUTE_SFT
 from prefcurate.sources import content_hash
-from prefcurate.splitwriter import SPLIT_COLUMNS, Texts, split_chunks, write_route  # noqa: F401
+from prefcurate.splitwriter import (  # noqa: F401
+    SPLIT_COLUMNS,
+    WIDE_COLUMNS,
+    Texts,
+    split_chunks,
+    write_route,
+)
 
 #: plan.json format version; bump when a key changes meaning.
 PLAN_VERSION = 1
@@ -92,9 +99,10 @@ class RoutePlan:
     ``margin``, ``difficulty``, ``_bytes`` (its text), ``split`` ('train' | 'eval'), ``route``,
     ``rank`` and ``stage``. ``narrow`` has one row per input pair (dropped pairs included), in
     input order: ``_pos`` and the analyze columns (:data:`prefcurate.analyze.NARROW_COLUMNS`),
-    no texts. The texts are read by a second pass over ``source``: at once when they fit one
-    gather window (the plan then outlives its input file), else window by window as a split is
-    written.
+    no texts. ``strategy`` says how the texts are read: ``one-pass`` (the input fits the memory
+    budget: read once, with the plan's pass), else ``two-pass`` (a second pass over ``source``,
+    at once when the texts fit one gather window, else window by window as a split is written).
+    The plan outlives its input file unless the texts are read window by window.
     """
 
     input: dict[str, Any]
@@ -112,6 +120,8 @@ class RoutePlan:
     narrow: pl.DataFrame = field(repr=False)
     source: PairSource = field(repr=False)
     seconds: float = 0.0
+    strategy: str = "two-pass"
+    memory_budget: int | None = None
     _texts: Texts | None = field(default=None, repr=False)
 
     def split(self, name: str = "train") -> pl.DataFrame:
@@ -127,7 +137,11 @@ class RoutePlan:
     def texts(self) -> Texts:
         """The second read of the input: its wide columns, a window of positions at a time."""
         if self._texts is None:
-            self._texts = Texts(self.source, total_bytes=int(self.narrow["_bytes"].sum()))
+            self._texts = Texts(
+                self.source,
+                total_bytes=int(self.narrow["_bytes"].sum()),
+                window_bytes=self.memory_budget,
+            )
         return self._texts
 
     def to_json(self, outputs: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -184,6 +198,7 @@ def plan_routes(
     drop: Sequence[str] | str = (),
     eval_fraction: float | None = None,
     seed: int = 0,
+    memory_budget: int | str | None = None,
 ) -> RoutePlan:
     """Decide each pair's route, rank and stage, and which pairs are held out.
 
@@ -208,6 +223,11 @@ def plan_routes(
         Hold out this share of the pairs (0 < f < 1), stratified by difficulty, seeded.
     seed
         Seeds the shuffles and the held-out choice.
+    memory_budget
+        Bytes (or a size such as ``"4GB"``) of input the plan may hold in memory; default a
+        quarter of the machine's RAM (:func:`prefcurate.memory.default_budget`). An input whose
+        estimated in-memory size fits is read once, texts included; a larger one is read twice
+        (a narrow pass, then the texts in windows of at most the budget). Same bytes out either way.
 
     Raises :class:`~prefcurate.errors.InputError` for bad arguments or data (before anything is
     written).
@@ -218,13 +238,15 @@ def plan_routes(
     threshold = None if threshold is None else float(threshold)
     sft_fraction = None if sft_fraction is None else float(sft_fraction)
     stages = _check_args(mode, threshold, sft_fraction, order, stages, eval_fraction)
+    budget = default_budget() if memory_budget is None else parse_size(memory_budget)
+    one_pass = estimate_input_bytes(source.raw.paths, source.raw.format) <= budget
     wants_margin = threshold is not None or sft_fraction is not None
     _check_margins_needed(source, order, wants_margin)
 
     scan = source.scan_rows()
     _check_predicates(drop, source.scan().collect_schema())
     digest = _HashThread(source)
-    narrow = _narrow(source, scan)
+    narrow, wide = _narrow(source, scan, texts=one_pass)
     input_info = digest.result(rows=narrow.height)
 
     reasons: dict[str, int] = {}
@@ -257,8 +279,12 @@ def plan_routes(
         keys=keys,
         narrow=narrow,
         source=source,
+        strategy="one-pass" if one_pass else "two-pass",
+        memory_budget=budget,
     )
-    if plan.texts.whole:  # read the texts now: a plan of ordinary size outlives its input file
+    if wide is not None:
+        plan._texts = Texts(source, total_bytes=0, preloaded=wide)
+    elif plan.texts.whole:  # read the texts now: a plan of ordinary size outlives its input file
         plan.texts.window(keys.get_column("_pos").head(0))
     plan.seconds = time.perf_counter() - started
     return plan
@@ -353,12 +379,15 @@ def _route_expr(mode: Mode, threshold: float | None) -> pl.Expr:
     return pl.when(small).then(pl.lit(ROUTE_SFT)).otherwise(pl.lit(ROUTE_DPO))
 
 
-def _narrow(source: PairSource, scan: pl.LazyFrame) -> pl.DataFrame:
-    """One streaming pass over the input, keeping no text: the plan's frame, validated.
+def _narrow(
+    source: PairSource, scan: pl.LazyFrame, *, texts: bool = False
+) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """One streaming pass over the input: the plan's frame, validated; with ``texts``, the wide
+    columns too (the one-pass strategy), else no text is kept.
 
-    Columns: ``_pos`` (canonical row), the analyze columns (pair_id, margin, lengths, flags),
-    ``difficulty`` (computed here, on the small frame) and ``_bytes`` (the pair's text bytes,
-    which size the gather windows).
+    The plan's columns: ``_pos`` (canonical row), the analyze columns (pair_id, margin, lengths,
+    flags), ``difficulty`` (computed here, on the small frame) and ``_bytes`` (the pair's text
+    bytes, which size the gather windows). The wide frame: :data:`WIDE_COLUMNS`, in input order.
     """
     from prefcurate.analyze import narrow_exprs
 
@@ -374,11 +403,20 @@ def _narrow(source: PairSource, scan: pl.LazyFrame) -> pl.DataFrame:
         pl.col("_pos").cast(pl.Int64),
         *narrow_exprs(conversational),
         pl.sum_horizontal(e.fill_null(0).cast(pl.Int64) for e in text_bytes).alias("_bytes"),
+        *(pl.col(c).alias(_WIDE_PREFIX + c) for c in (WIDE_COLUMNS if texts else ())),
         ROW,
         ISSUE,
     )
     frame = source.collect(lazy, streaming=True)
-    return frame.with_columns(difficulty_expr())
+    wide = None
+    if texts:
+        names = [_WIDE_PREFIX + c for c in WIDE_COLUMNS]
+        wide = frame.select(names).rename(dict(zip(names, WIDE_COLUMNS, strict=True)))
+        frame = frame.drop(names)
+    return frame.with_columns(difficulty_expr()), wide
+
+
+_WIDE_PREFIX = "_wide_"
 
 
 def _predicate_frame(scan: pl.LazyFrame, narrow: pl.DataFrame, predicate: str) -> pl.DataFrame:
