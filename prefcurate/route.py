@@ -16,10 +16,12 @@ split files, atomically. The split is the contract with the trainer: ``route``, 
     (889, 111)
     >>> write_route(plan, "out/uf-mixdpo")                               # doctest: +SKIP
 
-Scale: the plan comes from one streaming pass that reads the texts but keeps only narrow columns
-(position, pair_id, margin, lengths and flags; the loader validates every row on the way); routes,
-ranks, stages and the held-out split are decided on that small frame. This module plans;
-:mod:`prefcurate.splitwriter` writes, reading the texts again a window of ranks at a time.
+Scale: the plan comes from one streaming pass that keeps narrow columns (position, pair_id,
+margin, lengths and flags; the loader validates every row on the way); routes, ranks, stages and
+the held-out split are decided on that small frame. An input that fits the memory budget keeps its
+texts from the same pass (one pass); a larger one is read again by :mod:`prefcurate.splitwriter`,
+a window of ranks at a time (two passes, bounded memory). This module plans; the split writer
+writes, the same bytes either way.
 """
 
 from __future__ import annotations

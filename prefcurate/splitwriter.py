@@ -1,7 +1,8 @@
 """Writing a routing plan: the split files, in rank order, atomically.
 
 :func:`prefcurate.route.plan_routes` decides; this module writes what was decided. The texts are
-read again, a window of ranks at a time (at most :data:`GATHER_WINDOW_BYTES` of text, so a window
+those the plan's pass kept (an input within the memory budget), or else read again, a window of
+ranks at a time (at most :data:`GATHER_WINDOW_BYTES` of text, so a window
 is the whole input for most data), and gathered one row group at a time, in rank order, straight
 into Polars' Parquet sink. Peak memory is one window of text plus the plan's narrow frame. The same
 plan gives byte-identical files, whatever the window size or the number of threads.
