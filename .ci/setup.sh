@@ -5,7 +5,7 @@
 #
 #   bash .ci/setup.sh          # prefcurate + torch/transformers + alpaca-eval + TRL
 #   bash .ci/setup.sh train    # prefcurate + torch/transformers only
-#   bash .ci/setup.sh test     # everything + the test suite's needs
+#   bash .ci/setup.sh test     # everything + the test suite's needs (+ chromium for the page tests)
 #
 # torch is installed first, and only when the venv has none: the CUDA build where `nvidia-smi` sees a
 # GPU, otherwise the CPU build (a bare `torch` requirement would pull a multi-GB CUDA build). The
@@ -28,3 +28,13 @@ if ! "$py" -c "import torch" >/dev/null 2>&1; then
   fi
 fi
 "$py" -m pip install -e ".[${extras}]"
+
+# The inspect page is tested in a real browser: Debian's chromium and its driver (CI runs as root).
+if [ "$extras" = "test" ] && ! { command -v chromium >/dev/null && command -v chromedriver >/dev/null; }; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver
+  else
+    echo "setup: chromium/chromedriver missing and not root: the browser tests will skip" >&2
+  fi
+fi

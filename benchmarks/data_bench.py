@@ -93,6 +93,7 @@ def work_pandas(src: str, out: str) -> dict:
     import pandas as pd
 
     df = pd.read_parquet(src)
+    df = df[df["chosen"] != df["rejected"]]  # as route: identical responses carry no preference
     df["margin"] = df["score_chosen"] - df["score_rejected"]
     df["route"] = np.where(df["margin"] < THRESHOLD, "sft", "dpo")
     df = df.sort_values("margin", ascending=False, kind="stable")
@@ -114,6 +115,9 @@ def work_datasets(src: str, out: str) -> dict:
         return {"margin": margin, "route": ["sft" if m < THRESHOLD else "dpo" for m in margin]}
 
     ds = load_dataset("parquet", data_files=src, split="train", cache_dir=str(cache))
+    ds = ds.filter(  # as route: identical responses carry no preference
+        lambda b: [c != r for c, r in zip(b["chosen"], b["rejected"], strict=True)], batched=True
+    )
     ds = ds.map(add_route, batched=True)
     ds = ds.sort("margin", reverse=True)
     ds.to_parquet(out)

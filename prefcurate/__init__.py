@@ -28,6 +28,8 @@ _EXPORTS = {
     "analyze": "prefcurate.analyze",
     "analyze_frame": "prefcurate.analyze",
     "Report": "prefcurate.analyze",
+    "inspect_source": "prefcurate.inspection",
+    "write_page": "prefcurate.page",
     "plan_routes": "prefcurate.route",
     "write_route": "prefcurate.splitwriter",
     "RoutePlan": "prefcurate.route",

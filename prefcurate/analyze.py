@@ -40,7 +40,6 @@ import polars as pl
 from prefcurate import margins as margin_defs
 from prefcurate.errors import InputError
 from prefcurate.io import pair_id_expr
-from prefcurate.sources import content_hash
 
 if TYPE_CHECKING:
     from prefcurate.io import PairSource
@@ -115,7 +114,11 @@ class Histogram:
 
 @dataclass(frozen=True)
 class Routing:
-    """What ``margin < threshold → SFT, else DPO`` does to these pairs."""
+    """What ``margin < threshold → SFT, else DPO`` does to these pairs, as ``route`` does it.
+
+    ``identical`` pairs (chosen == rejected) are left out, as route drops them: they carry no
+    preference whatever their margin. ``unrouted``: pairs without a margin.
+    """
 
     threshold: float
     sft_fraction: float | None
@@ -123,6 +126,7 @@ class Routing:
     dpo: int
     sft_share: float | None
     unrouted: int
+    identical: int = 0
 
 
 @dataclass(frozen=True)
@@ -312,7 +316,11 @@ def analyze_frame(
     if (threshold is not None or sft_fraction is not None) and margin_values.len() == 0:
         raise margin_defs.no_margin_error()
     if sft_fraction is not None:
-        threshold = margin_defs.threshold_for_fraction(df.get_column("margin"), sft_fraction)
+        # over the pairs route would route: those with chosen ≠ rejected (route drops the rest)
+        routable = df.filter(~pl.col("identical")).get_column("margin")
+        if routable.drop_nulls().len() == 0:  # every rated pair is identical: route refuses it
+            routable = df.get_column("margin")
+        threshold = margin_defs.threshold_for_fraction(routable, sft_fraction)
 
     return Report(
         rows=df.height,
@@ -405,10 +413,12 @@ def margin_stats(df: pl.DataFrame) -> MarginStats:
 def routing(df: pl.DataFrame, threshold: float, sft_fraction: float | None = None) -> Routing:
     margin_defs.check_threshold(threshold)
     m = pl.col("margin")
+    same = pl.col("identical") if "identical" in df.columns else pl.lit(False)
     row = df.select(
-        (m < threshold).sum().alias("sft"),
-        (m >= threshold).sum().alias("dpo"),
-        m.null_count().alias("unrouted"),
+        ((m < threshold) & ~same).sum().alias("sft"),
+        ((m >= threshold) & ~same).sum().alias("dpo"),
+        (m.is_null() & ~same).sum().alias("unrouted"),
+        same.sum().alias("identical"),
     ).row(0, named=True)
     sft, dpo = int(row["sft"]), int(row["dpo"])
     return Routing(
@@ -418,6 +428,7 @@ def routing(df: pl.DataFrame, threshold: float, sft_fraction: float | None = Non
         dpo=dpo,
         sft_share=_ratio(sft, sft + dpo),
         unrouted=int(row["unrouted"]),
+        identical=int(row["identical"] or 0),
     )
 
 
@@ -476,8 +487,12 @@ def source_stats(df: pl.DataFrame, threshold: float | None) -> list[SourceStats]
         m.count().alias("count"),
         (m == 0).sum().alias("ties"),
     ]
-    if threshold is not None:
-        aggs += [(m < threshold).sum().alias("sft"), (m >= threshold).sum().alias("dpo")]
+    if threshold is not None:  # identical pairs are routed nowhere, as in :func:`routing`
+        same = pl.col("identical") if "identical" in df.columns else pl.lit(False)
+        aggs += [
+            ((m < threshold) & ~same).sum().alias("sft"),
+            ((m >= threshold) & ~same).sum().alias("dpo"),
+        ]
     groups = (
         df.group_by("source")
         .agg(aggs)
@@ -577,7 +592,7 @@ def input_info(raw: RawSource, *, fingerprint: bool = True) -> dict[str, Any]:
         "bytes": sum(p.stat().st_size for p in raw.paths),
     }
     if fingerprint:
-        info["sha256"] = content_hash(raw.paths)[0]
+        info["sha256"] = raw.content_hash()[0]
     return info
 
 

@@ -2,9 +2,11 @@
 
 Every command that writes (``analyze --out``, ``route``, ``score``, ``synth``, a training run's
 model) goes through :func:`atomic_file` or :func:`atomic_dir`, so a run killed at any moment leaves
-the old output or the new complete one, never a mix. The trainer imports this module too: it is
-part of the split contract, and it needs nothing but the standard library and
-:mod:`prefcurate.errors`.
+the old output or the new complete one, never a mix. An output folder is checked by
+:mod:`prefcurate.outdir` first (only a folder prefcurate wrote may be replaced) and signed with its
+manifest. The trainer imports this module too: it is part of the split contract, and it needs
+nothing but the standard library and prefcurate's torch-free :mod:`~prefcurate.outdir`,
+:mod:`~prefcurate.interrupt` and :mod:`~prefcurate.errors`.
 """
 
 from __future__ import annotations
@@ -14,10 +16,18 @@ import ctypes
 import ctypes.util
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from prefcurate.errors import InputError
+from prefcurate import interrupt
+from prefcurate.outdir import (
+    TEMP_MARKER,
+    check_out_dir,
+    make_temp_dir,
+    mark_temp,
+    remove_stale,
+    write_manifest,
+)
 
 
 @contextlib.contextmanager
@@ -26,6 +36,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    interrupt.register(tmp)
     try:
         yield tmp
         _fsync(tmp)
@@ -33,33 +44,45 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        interrupt.unregister(tmp)
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path, *, force: bool = False) -> Iterator[Path]:
+def atomic_dir(
+    path: str | Path,
+    *,
+    force: bool = False,
+    kind: str = "output",
+    inputs: Iterable[str | Path] = (),
+) -> Iterator[Path]:
     """Yield an empty temporary directory that becomes ``path`` only when the block succeeds.
 
-    An existing ``path`` needs ``force``; it is swapped for the new directory in one atomic
-    exchange (``renameat2(RENAME_EXCHANGE)`` on Linux), so a reader, or a run killed at any
-    moment, sees the old directory or the new complete one, never a mix. Leftovers of killed runs
-    (hidden ``.NAME.tmp-PID`` siblings) are removed on the next run.
+    ``path`` is checked by :func:`prefcurate.outdir.check_out_dir` (an existing one needs
+    ``force`` and must be a folder prefcurate wrote); the new folder is signed with prefcurate's
+    manifest (``kind`` names the command) and swapped for the old one in one atomic exchange
+    (``renameat2(RENAME_EXCHANGE)`` on Linux), so a reader, or a run killed at any moment, sees
+    the old directory or the new complete one, never a mix. Temporary siblings of killed runs
+    (marked ``.NAME.tmp-PID`` folders whose process is gone) are removed on the next run.
     """
     path = Path(path)
-    check_new_dir(path, force=force)
+    check_out_dir(path, force=force, inputs=inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    remove_stale(path)
+    tmp = make_temp_dir(path)
+    interrupt.register(tmp)
     try:
         yield tmp
+        write_manifest(tmp, kind=kind)
         for child in tmp.rglob("*"):
             if child.is_file():
                 _fsync(child)
+        (tmp / TEMP_MARKER).unlink()  # the marker is of the temporary folder, not the output
         if path.exists():
             if _exchange(tmp, path):
+                mark_temp(tmp)
                 shutil.rmtree(tmp)
             else:  # no atomic exchange here: the shortest possible window between two renames
+                mark_temp(path)
                 old = path.with_name(f".{path.name}.old-{os.getpid()}")
                 os.replace(path, old)
                 os.replace(tmp, path)
@@ -68,51 +91,20 @@ def atomic_dir(path: str | Path, *, force: bool = False) -> Iterator[Path]:
             os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        interrupt.unregister(tmp)
 
 
-def check_new_dir(path: Path, *, force: bool) -> None:
-    """Refuse to replace an existing output directory unless asked to, or to write where we can't.
+def check_new_dir(
+    path: Path, *, force: bool, inputs: Iterable[str | Path] = (), flag: str = "--out"
+) -> None:
+    """Refuse a dangerous output folder, or an existing one without ``force``, before any work.
 
-    Runs before any data is read, so a wrong ``--out`` costs nothing.
+    See :func:`prefcurate.outdir.check_out_dir`. Runs before any data is read, so a wrong
+    ``--out`` costs nothing.
     """
-    path = Path(path)
-    try:
-        exists = path.exists()
-        parent = next((p for p in path.parents if p.exists()), Path("."))
-    except PermissionError as exc:
-        raise InputError(
-            "permission denied", where=path, fix="choose an output folder you can write to"
-        ) from exc
-    if exists and not force:
-        raise InputError(
-            "output directory exists",
-            where=path,
-            fix="pass --force to replace it, or choose another",
-        )
-    if exists and not path.is_dir():
-        raise InputError("output path exists and is not a directory", where=path)
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(
-            "permission denied", where=parent, fix="choose an output folder you can write to"
-        )
-
-
-def _remove_stale(path: Path) -> None:
-    for stale in path.parent.glob(f".{path.name}.*-*"):
-        pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    check_out_dir(path, force=force, inputs=inputs, flag=flag)
 
 
 _RENAME_EXCHANGE = 2

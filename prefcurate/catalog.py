@@ -25,7 +25,7 @@ import os
 import random
 import secrets
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -83,6 +83,10 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
 
 # --------------------------------------------------------------------------------------------------
 # location and connections
+
+
+class CorruptCatalogError(InputError):
+    """The catalog file is damaged (truncated, overwritten): not a lock, not a permission."""
 
 
 def catalog_path(path: str | Path | None = None) -> Path | None:
@@ -222,6 +226,13 @@ def _with_retry(call, where: Path, deadline: float, limit: float):
                     where=where,
                     fix=f"retry when it finishes, raise {TIMEOUT_ENV}, or pass --catalog PATH",
                 ) from exc
+            if _is_corrupt(exc):
+                raise CorruptCatalogError(
+                    f"the catalog is unreadable: {one_line(exc, 200)}",
+                    where=where,
+                    fix=f"move it aside (mv {where} {where}.broken); the next analyze, route or "
+                    "train starts a new one; or pass --catalog PATH",
+                ) from exc
             raise InputError(
                 f"cannot open the catalog: {one_line(exc, 200)}",
                 where=where,
@@ -232,10 +243,98 @@ def _with_retry(call, where: Path, deadline: float, limit: float):
 def _timeout(timeout: float | None) -> float:
     if timeout is not None:
         return timeout
-    try:
-        return float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
-    except ValueError:
+    return env_timeout()
+
+
+def env_timeout() -> float:
+    """``PREFCURATE_CATALOG_TIMEOUT`` in seconds (default 30); anything but a finite number ≥ 0
+    is an :class:`InputError` (``nan`` would otherwise wait forever)."""
+    import math
+
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
         return DEFAULT_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value < 0:
+        raise InputError(
+            f"{TIMEOUT_ENV} must be a number of seconds (0 or more), got {text!r}",
+            fix=f"e.g. {TIMEOUT_ENV}=30, or unset it",
+        )
+    return value
+
+
+#: Suffixes of data files: a --catalog named like this is a mistake, not a database.
+_DATA_SUFFIXES = (".csv", ".tsv", ".parquet", ".json", ".jsonl", ".arrow", ".txt", ".gz", ".zst")
+
+
+def check_catalog(path: str | Path | None = None) -> Path | None:
+    """Check the catalog settings before a command does any work; return the file (or None).
+
+    A ``--catalog`` that names a data file (.csv, .parquet, ...) or an existing file that is
+    not a DuckDB database and does not end in .duckdb/.db is an :class:`InputError` (exit 2),
+    never a silently dropped record. So is an invalid ``PREFCURATE_CATALOG_TIMEOUT``.
+    """
+    where = catalog_path(path)
+    if where is None:
+        return None
+    env_timeout()
+    fix = "pass --catalog PATH.duckdb, or --catalog off to record nothing"
+    if where.suffix.lower() in _DATA_SUFFIXES:
+        raise InputError(
+            f"the catalog must be a DuckDB file, not a {where.suffix} file", where=where, fix=fix
+        )
+    if where.is_dir():
+        raise InputError("the catalog is a directory", where=where, fix=fix)
+    if where.is_file() and where.suffix.lower() not in (".duckdb", ".db", ".ddb"):
+        if not _looks_like_duckdb(where):
+            raise InputError("this file is not a DuckDB database", where=where, fix=fix)
+    return where
+
+
+def _looks_like_duckdb(path: Path) -> bool:
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(16)
+    except OSError:
+        return True  # unreadable: reported when it is opened
+    return len(head) == 0 or head[8:12] == b"DUCK"
+
+
+def _is_corrupt(exc: BaseException) -> bool:
+    """A DuckDB error that says the file is damaged, not that it is locked or busy."""
+    text = str(exc).lower()
+    if "lock" in text:
+        return False
+    return any(
+        phrase in text
+        for phrase in (
+            "not a valid duckdb database",
+            "could not read enough bytes",
+            "corrupt",
+            "checksum",
+            "serialization error",
+            "failed to read",
+            "invalid",
+        )
+    )
+
+
+def move_aside(where: Path) -> Path:
+    """Rename a broken catalog (and its WAL) to ``NAME.broken-YYYYmmdd-HHMMSS``; return it."""
+    stamp = _utcnow().strftime("%Y%m%d-%H%M%S")
+    target = where.with_name(f"{where.name}.broken-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = where.with_name(f"{where.name}.broken-{stamp}-{n}")
+    os.replace(where, target)
+    wal = where.with_name(where.name + ".wal")
+    if wal.exists():
+        os.replace(wal, target.with_name(target.name + ".wal"))
+    return target
 
 
 def _version(con: duckdb.DuckDBPyConnection) -> int:
@@ -314,13 +413,16 @@ def record_run(
     run_id: str | None = None,
     path: str | Path | None = None,
     timeout: float | None = None,
+    on_recover: Callable[[str], None] | None = None,
 ) -> str:
     """Record one run (and its inputs and metrics) in one transaction; return its ``run_id``.
 
     ``kind`` is the command ('analyze', 'route', 'train', ...). ``inputs`` are dicts with
     ``path`` (as typed), ``sha256``, ``bytes``, ``files``, ``rows`` (see :func:`describe_input`).
     ``params``, ``figures`` and ``outputs`` are stored as JSON; ``metrics`` rows are
-    ``{"step", "name", "value"}`` (training curves). Times are UTC.
+    ``{"step", "name", "value"}`` (training curves). Times are UTC. A damaged catalog file is
+    moved aside (:func:`move_aside`), ``on_recover`` (default: a warning on stderr) is told where,
+    and the run is recorded in a new one: a broken catalog costs a record's history, never a run.
     """
     from prefcurate import __version__
 
@@ -362,6 +464,29 @@ def record_run(
         ]
         for m in metrics
     ]
+    try:
+        _insert(path, timeout, run_row, input_rows, metric_rows)
+    except CorruptCatalogError as exc:
+        where = catalog_path(path)
+        assert where is not None
+        moved = move_aside(where)
+        (on_recover or _warn)(
+            f"the catalog {where} was unreadable ({exc.what.split(': ', 1)[-1]}); moved it to "
+            f"{moved} and "
+            "started a new one"
+        )
+        _insert(path, timeout, run_row, input_rows, metric_rows)
+    return run_id
+
+
+def _warn(message: str) -> None:
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _insert(path, timeout, run_row, input_rows, metric_rows) -> None:
+    """One run's rows in one transaction."""
     with connect(path, timeout=timeout) as con:
         con.execute("BEGIN TRANSACTION")
         try:
@@ -387,7 +512,6 @@ def record_run(
         except BaseException:
             con.execute("ROLLBACK")
             raise
-    return run_id
 
 
 def _utcnow() -> datetime:
@@ -462,7 +586,86 @@ class QueryResult:
         ]
 
 
-_READ_STATEMENTS = ("SELECT", "EXPLAIN")
+@contextlib.contextmanager
+def sandbox() -> Iterator[duckdb.DuckDBPyConnection]:
+    """An in-memory DuckDB connection to be locked down with :func:`lock_down`; closed on exit.
+
+    DuckDB keeps its temporary directory readable when external access is off, and for an
+    in-memory database that is ``.tmp/`` under the working directory. Here it is a private, empty
+    directory of this process, removed afterwards, so a query sees no file through it.
+    """
+    import shutil
+    import tempfile
+
+    private = tempfile.mkdtemp(prefix="prefcurate-sql-")
+    con = duckdb.connect(":memory:", config={"temp_directory": private})
+    try:
+        yield con
+    finally:
+        con.close()
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def lock_down(con: duckdb.DuckDBPyConnection) -> None:
+    """No file access beyond what is already attached or registered; settings frozen."""
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+
+
+def read_only_statement(sql: str) -> None:
+    """Refuse ``sql`` unless DuckDB's parser finds one SELECT, or EXPLAIN (not ANALYZE) of one.
+
+    The statement type comes from ``extract_statements``; ``EXPLAIN ANALYZE`` runs its statement,
+    so it is refused whatever follows it, and the statement under a plain EXPLAIN must itself be
+    one SELECT.
+    """
+    fix = "use SELECT (the catalog and the data are read-only)"
+    statements = _statements(sql)
+    if len(statements) != 1:
+        raise InputError(
+            f"expected one SQL statement, got {len(statements)}",
+            fix="run the statements one at a time",
+        )
+    statement = statements[0]
+    kind = statement.type.name
+    if kind == "SELECT":
+        return
+    if kind != "EXPLAIN":
+        raise InputError(f"sql runs read-only queries; this is a {kind} statement", fix=fix)
+    text = statement.query
+    tokens = duckdb.tokenize(text)
+    ends = [start for start, _ in tokens[1:]] + [len(text)]
+    words = [(start, text[start:end].strip().upper(), kind.name)
+             for (start, kind), end in zip(tokens, ends, strict=True)]  # fmt: skip
+    depth, i = 0, 1  # after EXPLAIN: options in parentheses, then the statement it explains
+    while i < len(words):
+        start, word, kind = words[i]
+        if kind == "keyword" and word in ("ANALYZE", "ANALYSE"):
+            raise InputError(
+                "sql does not run EXPLAIN ANALYZE (it executes the statement)",
+                fix="use EXPLAIN without ANALYZE",
+            )
+        if kind == "operator" and word.startswith("("):
+            depth += 1
+        elif kind == "operator" and word.startswith(")"):
+            depth -= 1
+        elif depth == 0:
+            break
+        i += 1
+    if i >= len(words):
+        raise InputError("EXPLAIN of nothing", fix="EXPLAIN SELECT ...")
+    inner = _statements(text[words[i][0] :])
+    if len(inner) != 1 or inner[0].type.name != "SELECT":
+        shown = inner[0].type.name if len(inner) == 1 else f"{len(inner)} statements"
+        raise InputError(f"sql explains only one SELECT, not {shown}", fix=fix)
+
+
+def _statements(sql: str) -> list:
+    with sandbox() as con:
+        try:
+            return con.extract_statements(sql)
+        except duckdb.Error as exc:
+            raise _sql_error(exc) from exc
 
 
 def query(
@@ -476,31 +679,17 @@ def query(
 
     ``pairs`` is a Polars/Arrow frame exposed as the view ``pairs``. The catalog is attached
     read-only (its tables resolve without a prefix); then external access is switched off and the
-    configuration locked, so the query can reach no file. Only SELECT-like statements run.
+    configuration locked, with DuckDB's temporary directory a private empty one, so the query can
+    reach no other file. Only one SELECT, or EXPLAIN of one SELECT, runs
+    (:func:`read_only_statement`).
     """
-    con = duckdb.connect(":memory:")
-    try:
-        try:
-            statements = con.extract_statements(sql)
-        except duckdb.Error as exc:
-            raise _sql_error(exc) from exc
-        if len(statements) != 1:
-            raise InputError(
-                f"expected one SQL statement, got {len(statements)}",
-                fix="run the statements one at a time",
-            )
-        kind = statements[0].type.name
-        if kind not in _READ_STATEMENTS:
-            raise InputError(
-                f"sql runs read-only queries; this is a {kind} statement",
-                fix="use SELECT (the catalog and the data are read-only)",
-            )
+    read_only_statement(sql)
+    with sandbox() as con:
         if pairs is not None:
             con.register("pairs", pairs)
         if attach(con, catalog, timeout=timeout):
             con.execute("SET search_path = 'memory.main,catalog.main'")
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")
+        lock_down(con)
         try:
             result = con.execute(sql)
             columns = [d[0] for d in result.description] if result.description else []
@@ -508,8 +697,6 @@ def query(
             rows = result.fetchall() if result.description else []
         except duckdb.Error as exc:
             raise _sql_error(exc) from exc
-    finally:
-        con.close()
     return QueryResult(columns, types, rows)
 
 

@@ -9,6 +9,7 @@ code 1).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 
@@ -45,3 +46,45 @@ def one_line(text: object, limit: int = 300) -> str:
     """Collapse a foreign message (DuckDB, Polars, OS) to one line of at most ``limit`` chars."""
     flat = " ".join(str(text).split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+_NO_SPACE = (28, 122)  # ENOSPC, EDQUOT
+_DENIED = (1, 13, 30)  # EPERM, EACCES, EROFS
+
+
+def machine_fault(exc: BaseException) -> tuple[int, str] | None:
+    """(exit code, one line) for a fault of the machine rather than of prefcurate, else None.
+
+    A full disk or quota is exit 1 (nothing is wrong with the input; nothing was left half
+    written, since outputs are swapped in whole); a permission or read-only file system is exit 2
+    (choose another place). The exception chain is searched, as Polars and DuckDB wrap OS errors.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        errno = getattr(current, "errno", None)
+        text = str(current)
+        where = getattr(current, "filename", None)
+        prefix = f"{where}: " if where else ""
+        if errno in _NO_SPACE or "No space left on device" in text or "Disk quota" in text:
+            return 1, (
+                f"error: {prefix}no space left on device; nothing was written "
+                "(free some space, or write the output elsewhere)"
+            )
+        if errno in _DENIED or "Permission denied" in text or "Read-only file system" in text:
+            return 2, (
+                f"error: {prefix}permission denied ({one_line(text, 120)}) "
+                "(choose a place you can write to)"
+            )
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def json_problem(exc: json.JSONDecodeError) -> str:
+    """``unterminated string starting at column 62``: the decoder's message, read as a sentence.
+
+    (``exc.msg`` alone ends in "starting at" or names no place; the column completes it.)
+    """
+    msg = exc.msg[:1].lower() + exc.msg[1:]
+    return f"{msg} column {exc.colno}" if msg.endswith(" at") else f"{msg} at column {exc.colno}"

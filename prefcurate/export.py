@@ -1,4 +1,13 @@
-"""Export a routed split in the layouts TRL's trainers read unchanged.
+"""Export a routed split in the layouts other trainers read unchanged.
+
+``--export`` takes one of :data:`EXPORTS`:
+
+* ``trl-mixdpo`` — ``mixdpo.jsonl``: every pair in rank order with its ``route`` and ``rank``,
+  the one file :class:`prefcurate.integrations.trl.MixDPOTrainer` reads (per-pair routing in TRL);
+* ``llamafactory`` / ``openrlhf`` — a folder for each tool (:mod:`prefcurate.export_llamafactory`,
+  :mod:`prefcurate.export_openrlhf`): those tools cannot route per pair, so the dpo and sft pairs
+  become two datasets for two training stages;
+* ``trl`` — the same two stages for TRL's own DPOTrainer and SFTTrainer:
 
 * ``dpo.jsonl`` — the DPO-routed pairs in curriculum (rank) order, one ``{"prompt", "chosen",
   "rejected"}`` object a line: TRL's *preference* format for ``DPOTrainer``.
@@ -17,14 +26,27 @@ gets ``[]``. Bytes are deterministic: Polars' NDJSON writer, keys in a fixed ord
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
 
+from prefcurate.errors import InputError
 from prefcurate.schema import ROUTE_DPO, ROUTE_SFT
 
 DPO_FILE = "dpo.jsonl"
 SFT_FILE = "sft.jsonl"
+MIXDPO_FILE = "mixdpo.jsonl"
+#: The columns of mixdpo.jsonl, in order.
+MIXDPO_COLUMNS: tuple[str, ...] = (
+    "pair_id",
+    "prompt",
+    "chosen",
+    "rejected",
+    "margin",
+    "route",
+    "rank",
+)
 
 
 def export_trl(split: str | Path, out_dir: str | Path) -> dict[str, Path]:
@@ -34,25 +56,94 @@ def export_trl(split: str | Path, out_dir: str | Path) -> dict[str, Path]:
     files are always written (an empty file when no pair took that route).
     """
     out_dir = Path(out_dir)
-    frame = pl.scan_parquet(split)
-    schema = frame.collect_schema()
-    if "route" not in schema or "rank" not in schema:
-        msg = f"{split} is not a routed split (no route/rank columns)"
-        raise ValueError(msg)
-    conversational = isinstance(schema["chosen"], pl.List)
-    prompt = pl.col("prompt")
-    if conversational:
-        prompt = prompt.fill_null(pl.lit([], dtype=schema["prompt"]))
-    else:
-        prompt = prompt.fill_null("")
-    ordered = frame.sort("rank")
-    dpo = ordered.filter(pl.col("route") == ROUTE_DPO).select(
-        prompt.alias("prompt"), pl.col("chosen"), pl.col("rejected")
-    )
+    ordered = mixdpo_frame(pl.scan_parquet(split), where=split)
+    dpo = ordered.filter(pl.col("route") == ROUTE_DPO).select("prompt", "chosen", "rejected")
     sft = ordered.filter(pl.col("route") == ROUTE_SFT).select(
-        prompt.alias("prompt"), pl.col("chosen").alias("completion")
+        "prompt", pl.col("chosen").alias("completion")
     )
     files = {"dpo": out_dir / DPO_FILE, "sft": out_dir / SFT_FILE}
     for name, query in (("dpo", dpo), ("sft", sft)):
         query.sink_ndjson(files[name], maintain_order=True)
     return files
+
+
+def export_trl_mixdpo(split: str | Path, out_dir: str | Path) -> dict[str, Path]:
+    """Write mixdpo.jsonl: every pair of ``split`` in rank order, with its route and rank.
+
+    Columns :data:`MIXDPO_COLUMNS`; ``datasets.load_dataset("json", data_files=...)`` reads it
+    and :class:`prefcurate.integrations.trl.MixDPOTrainer` trains on it unchanged.
+    """
+    path = Path(out_dir) / MIXDPO_FILE
+    mixdpo_frame(pl.scan_parquet(split), where=split).sink_ndjson(path, maintain_order=True)
+    return {"mixdpo": path}
+
+
+def mixdpo_frame(frame: pl.LazyFrame, *, where: object) -> pl.LazyFrame:
+    """The routed pairs of a split in rank order, columns :data:`MIXDPO_COLUMNS`.
+
+    A missing prompt becomes ``""`` (or ``[]`` for conversations), as the trainers expect; a
+    split without route or rank columns is an :class:`~prefcurate.errors.InputError`.
+    """
+    schema = frame.collect_schema()
+    missing = [c for c in ("route", "rank", "prompt", "chosen", "rejected") if c not in schema]
+    if missing:
+        raise InputError(
+            f"not a routed split: no {', '.join(repr(c) for c in missing)} column",
+            where=where,
+            fix="pass a split written by 'prefcurate route'",
+        )
+    prompt = pl.col("prompt")
+    if isinstance(schema["chosen"], pl.List):
+        prompt = prompt.fill_null(pl.lit([], dtype=schema["prompt"]))
+    else:
+        prompt = prompt.fill_null("")
+    columns = {
+        "pair_id": pl.col("pair_id") if "pair_id" in schema else pl.lit(None, pl.String),
+        "prompt": prompt,
+        "chosen": pl.col("chosen"),
+        "rejected": pl.col("rejected"),
+        "margin": pl.col("margin") if "margin" in schema else pl.lit(None, pl.Float64),
+        "route": pl.col("route"),
+        "rank": pl.col("rank"),
+    }
+    return frame.sort("rank").select(expr.alias(name) for name, expr in columns.items())
+
+
+Exporter = Callable[[Path, Path], dict[str, Path]]
+
+
+def _llamafactory(split: Path, out_dir: Path) -> dict[str, Path]:
+    from prefcurate.export_llamafactory import export_llamafactory
+
+    return export_llamafactory(split, out_dir / "llamafactory")
+
+
+def _openrlhf(split: Path, out_dir: Path) -> dict[str, Path]:
+    from prefcurate.export_openrlhf import export_openrlhf
+
+    return export_openrlhf(split, out_dir / "openrlhf")
+
+
+#: ``--export`` name → writer of its files into the split directory (a tool's own subfolder
+#: where the tool reads a whole folder).
+EXPORTS: dict[str, Exporter] = {
+    "trl": export_trl,
+    "trl-mixdpo": export_trl_mixdpo,
+    "llamafactory": _llamafactory,
+    "openrlhf": _openrlhf,
+}
+
+
+def check_export(name: str | None) -> None:
+    """Refuse an unknown ``--export`` name before anything is written."""
+    if name is not None and name not in EXPORTS:
+        raise InputError(
+            f"--export must be one of {', '.join(EXPORTS)}, got {name!r}",
+            fix="pick one of the listed formats",
+        )
+
+
+def export_split(name: str, split: str | Path, out_dir: str | Path) -> dict[str, Path]:
+    """Write the ``--export name`` files for ``split`` (a train.parquet) into ``out_dir``."""
+    check_export(name)
+    return EXPORTS[name](Path(split), Path(out_dir))

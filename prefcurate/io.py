@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +25,11 @@ import polars as pl
 import polars_hash as plh
 
 from prefcurate import layouts
-from prefcurate.errors import InputError, one_line
+from prefcurate.errors import InputError, json_problem, one_line
 from prefcurate.layouts import ISSUE, ROW, Detected
 from prefcurate.margins import difficulty_expr, margin_expr
 from prefcurate.schema import CANONICAL_COLUMNS, Binarize, ColumnMap, Layout
-from prefcurate.sources import SCHEMA_ROWS, RawSource, open_binary, resolve
+from prefcurate.sources import SCHEMA_ROWS, RawSource, frame_source, open_binary, resolve
 
 #: The canonical columns plus the per-pair flag of implicit/conversational histories that differ.
 PAIR_COLUMNS: tuple[str, ...] = (*CANONICAL_COLUMNS, "history_mismatch")
@@ -95,6 +96,15 @@ class PairSource:
             keep_input=keep_input and self.layout is not Layout.MULTI_COMPLETION,
         )
         frame = frame.with_columns(margin_expr(self.detected.margin is not None))
+        overflow = pl.col("margin").is_infinite()  # finite scores whose difference is not
+        frame = frame.with_columns(
+            pl.coalesce(
+                pl.col(ISSUE),
+                pl.when(overflow).then(
+                    pl.lit("the margin (score_chosen − score_rejected) is infinite")
+                ),
+            ).alias(ISSUE)
+        )
         pair_id = pair_id_expr(self.layout is Layout.CONVERSATIONAL)
         frame = frame.with_columns(pair_id)
         columns = [c for c in PAIR_COLUMNS if c != "difficulty"]
@@ -132,15 +142,24 @@ class PairSource:
 
 
 def open_pairs(
-    data: str | Path,
+    data: str | Path | object,
     *,
     columns: ColumnMap | None = None,
     binarize: Binarize | str = Binarize.BEST_VS_WORST,
     seed: int = 0,
     split: str | None = None,
 ) -> PairSource:
-    """Find the files behind ``data`` and detect how they store pairs (nothing is read in full)."""
-    raw = resolve(data, split=split)
+    """Find the files behind ``data`` and detect how they store pairs (nothing is read in full).
+
+    ``data`` is a path (file, directory or glob), or rows already in memory: a Polars DataFrame
+    or LazyFrame, a pandas DataFrame or a ``datasets.Dataset``. Example::
+
+        >>> import polars as pl
+        >>> rows = pl.DataFrame({"prompt": ["2+2?"], "chosen": ["4"], "rejected": ["5"]})
+        >>> open_pairs(rows).collect()["chosen"].to_list()
+        ['4']
+    """
+    raw = frame_source(data) or resolve(data, split=split)
     if raw.format == "jsonl":
         problem = diagnose_jsonl(raw.paths, limit=SCHEMA_ROWS)
         if problem is not None:
@@ -150,17 +169,19 @@ def open_pairs(
     schema = _guard(raw, lazy.collect_schema)
     if not schema:
         raise InputError("no columns in the data", where=raw.display, fix="pass a file of pairs")
+    if raw.format == "jsonl":
+        check_jsonl_types(raw, list(schema))
     sample = _guard(raw, lambda: lazy.head(_SAMPLE_ROWS).collect())
     detected = layouts.detect(schema, columns, where=raw.display, sample=sample)
     return PairSource(raw, detected, Binarize(binarize), seed)
 
 
-def scan_pairs(data: str | Path, **kwargs) -> pl.LazyFrame:
+def scan_pairs(data: str | Path | object, **kwargs) -> pl.LazyFrame:
     """:func:`open_pairs` then :meth:`PairSource.scan` (keeps ``_row``/``_issue``)."""
     return open_pairs(data, **kwargs).scan()
 
 
-def read_pairs(data: str | Path, **kwargs) -> pl.DataFrame:
+def read_pairs(data: str | Path | object, **kwargs) -> pl.DataFrame:
     """The canonical pairs of ``data`` as a validated DataFrame."""
     return open_pairs(data, **kwargs).collect()
 
@@ -218,7 +239,7 @@ def diagnose_jsonl(paths: tuple[Path, ...], *, limit: int | None = None) -> Inpu
     string without a word. Without ``limit`` (after a fast read failed) every line is checked, and
     a compressed file is first checked for truncation.
     """
-    kinds: dict[str, tuple[str, int]] = {}
+    kinds: dict[str, tuple[str, int, Path | None]] = {}
     for path in paths[:1] if limit else paths:
         if limit is None:
             broken = _compression_problem(path)
@@ -229,7 +250,7 @@ def diagnose_jsonl(paths: tuple[Path, ...], *, limit: int | None = None) -> Inpu
             with open_binary(path) as fh:
                 for lineno, line in enumerate(fh, start=1):  # noqa: B007
                     rows += bool(line.strip())
-                    problem = _line_problem(line, lineno, kinds)
+                    problem = _line_problem(line, lineno, kinds, path)
                     if problem:
                         return InputError(
                             problem[0], where=f"{path}, line {lineno}", fix=problem[1]
@@ -245,6 +266,77 @@ def diagnose_jsonl(paths: tuple[Path, ...], *, limit: int | None = None) -> Inpu
                 "the file holds no rows", where=path, fix="pass a file of pairs"
             )
     return None
+
+
+def check_jsonl_types(raw: RawSource, columns: list[str]) -> None:
+    """Refuse a column whose JSON type changes anywhere in the input (every line of every file).
+
+    Polars infers a column's type from the first rows and turns a later number, list or object
+    into text without a word. When the input is longer than the window already checked line by
+    line, DuckDB's JSON reader streams every line once more (C++, in parallel, never holding the
+    file) and lists the JSON types each column takes; only when a column holds two kinds is the
+    input read line by line in Python to name the file, line and column.
+    """
+    import duckdb
+
+    if not columns or _head_covers_all(raw.paths):
+        return
+    files = [str(p) for p in raw.paths]
+    paths = [_sql_str("/" + c.replace("~", "~0").replace("/", "~1")) for c in columns]
+    sql = (
+        f"SELECT list(DISTINCT json_type(json, [{', '.join(paths)}])) "
+        f"FROM read_ndjson_objects({_sql_list(files)}, compression = 'auto', "
+        "maximum_object_size = 2147483647)"
+    )
+    combos = None
+    try:
+        con = duckdb.connect(":memory:")
+        try:
+            con.execute("SET enable_progress_bar = false")
+            combos = con.execute(sql).fetchone()[0]
+        finally:
+            con.close()
+    except duckdb.Error:
+        pass  # DuckDB could not read it (a byte-order mark...): check line by line
+    if combos is not None:
+        kinds: list[set[str]] = [set() for _ in columns]
+        for combo in combos:
+            for i, kind in enumerate(combo or []):
+                if kind is not None and kind != "NULL":
+                    kinds[i].add(_NUMBER_TYPES.get(kind, kind))
+        if all(len(k) <= 1 for k in kinds):
+            return
+    located = diagnose_jsonl(raw.paths)
+    if located is not None:
+        raise located
+
+
+#: DuckDB's JSON number types, one kind as in :func:`_json_kind`'s type check.
+_NUMBER_TYPES = {"BIGINT": "number", "UBIGINT": "number", "DOUBLE": "number", "HUGEINT": "number"}
+
+
+def _head_covers_all(paths: tuple[Path, ...]) -> bool:
+    """Whether one file has no more rows than the head window checked line by line."""
+    if len(paths) != 1:
+        return False
+    rows = 0
+    try:
+        with open_binary(paths[0]) as fh:
+            for line in fh:
+                rows += bool(line.strip())
+                if rows > SCHEMA_ROWS:
+                    return False
+    except Exception:  # noqa: BLE001 - a broken stream is named by the reader
+        return False
+    return True
+
+
+def _sql_str(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _sql_list(items: list[str]) -> str:
+    return "[" + ", ".join(_sql_str(i) for i in items) + "]"
 
 
 def _compression_problem(path: Path) -> InputError | None:
@@ -300,6 +392,14 @@ class _Constant:
         self.name = name
 
 
+def _float(text: str) -> float | _Constant:
+    """A JSON number; one beyond a 64-bit float (1e400) is marked, as readers reject it."""
+    value = float(text)
+    if math.isinf(value):
+        return _Constant(f"too large for a 64-bit float ({text[:40]})")
+    return value
+
+
 def _find_constant(value: object, path: str = "") -> tuple[str, str] | None:
     if isinstance(value, _Constant):
         return path, value.name
@@ -318,7 +418,10 @@ def _find_constant(value: object, path: str = "") -> tuple[str, str] | None:
 
 
 def _line_problem(
-    line: bytes, lineno: int, kinds: dict[str, tuple[str, int]]
+    line: bytes,
+    lineno: int,
+    kinds: dict[str, tuple[str, int, Path | None]],
+    path: Path | None = None,
 ) -> tuple[str, str] | None:
     if lineno == 1 and line.startswith(b"\xef\xbb\xbf"):
         line = line[3:]
@@ -329,16 +432,23 @@ def _line_problem(
     if not text.strip():
         return None
     try:
-        row = json.loads(text, parse_constant=_Constant, object_pairs_hook=_unique_keys)
+        row = json.loads(
+            text, parse_constant=_Constant, parse_float=_float, object_pairs_hook=_unique_keys
+        )
     except _DuplicateKey as exc:
         return f"key {exc.key!r} appears twice in one object", "keep one of the two values"
     except json.JSONDecodeError as exc:
-        return f"not valid JSON ({exc.msg}, column {exc.colno})", "fix or remove this line"
+        return f"not valid JSON: {json_problem(exc)}", "fix or remove this line"
     except RecursionError:
         return "JSON nested too deeply", "flatten or remove this line"
     if not isinstance(row, dict):
         return f"expected a JSON object, found {type(row).__name__}", "one object per line"
     constant = _find_constant(row)
+    if constant and constant[1].startswith("too large"):
+        return (
+            f"column {constant[0]!r} is {constant[1]}",
+            "write a finite score, or null for a missing one",
+        )
     if constant:
         return (
             f"column {constant[0]!r} is {constant[1]}, which is not valid JSON",
@@ -348,13 +458,18 @@ def _line_problem(
         kind = _json_kind(value)
         if kind == "null":
             continue
-        seen = kinds.setdefault(key, (kind, lineno))
+        seen = kinds.setdefault(key, (kind, lineno, path))
         if seen[0] != kind and {seen[0], kind} != {"integer", "number"}:
+            there = f"line {seen[1]}" if seen[2] == path else f"line {seen[1]} of {seen[2]}"
             return (
-                f"column {key!r} holds a {kind} here but a {seen[0]} on line {seen[1]}",
+                f"column {key!r} holds {_article(kind)} here but {_article(seen[0])} on {there}",
                 "make the column's type consistent",
             )
     return None
+
+
+def _article(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
 
 
 def _json_kind(value: object) -> str:

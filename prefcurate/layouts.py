@@ -41,7 +41,15 @@ SCORE_NAME_PAIRS = (
     ("rating_chosen", "rating_rejected"),
     ("chosen_reward", "rejected_reward"),
 )
-COMPLETION_LIST_NAMES = ("completions", "responses", "outputs", "answers", "candidates")
+#: ``generations`` + ``ratings`` (+ ``instruction``) is distilabel's raw UltraFeedback layout.
+COMPLETION_LIST_NAMES = (
+    "completions",
+    "generations",
+    "responses",
+    "outputs",
+    "answers",
+    "candidates",
+)
 COMPLETION_TEXT_FIELDS = ("response", "text", "completion", "answer", "content", "output")
 COMPLETION_RATING_FIELDS = ("overall_score", "rating", "score", "reward", "gpt4_rating")
 RATING_LIST_NAMES = ("ratings", "scores", "rewards")

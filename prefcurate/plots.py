@@ -83,6 +83,7 @@ def write_plots(
                 out / f"{prefix}margin_hist.png",
                 threshold=threshold,
                 negative=report.margin.negative,
+                identical=report.flags.identical if threshold is not None else 0,
             )
         )
         done(margin_cdf(margins, out / f"{prefix}margin_cdf.png", threshold=threshold))
@@ -116,6 +117,7 @@ def margin_histogram(
     *,
     threshold: float | None = None,
     negative: int | None = None,
+    identical: int = 0,
 ) -> Path:
     """Bars of ``hist`` (from :func:`prefcurate.analyze.histogram`), SFT bins in orange.
 
@@ -126,14 +128,20 @@ def margin_histogram(
     counts = np.asarray(hist.counts)
     total = int(counts.sum())
     left, width = edges[:-1], np.diff(edges)
+    centres = left + width / 2
+    # Margins on a rating grid are discrete: one bar per value, centred on it and narrower than
+    # the grid step, so τ's line (drawn at τ itself, as in every plot) sits between the values
+    # below τ and the values at or above it.
+    discrete = hist.grid is not None and np.allclose(width, hist.grid)
+    bar_width = width * (0.7 if discrete else 1.0)
     fig, ax = _figure()
     if threshold is not None and hist.cut is not None:
         sft = edges[1:] <= hist.cut + 1e-9
         colors = np.where(sft, SFT_COLOR, DPO_COLOR)
         n_sft = int(counts[sft].sum())
         tau = _fmt(threshold)
-        _shade_sft(ax, hist.cut)
-        _cut_line(ax, hist.cut, threshold)
+        _shade_sft(ax, threshold)
+        _cut_line(ax, threshold, threshold, zorder=1.5 if discrete else 4)
         ax.legend(
             handles=[
                 Patch(color=SFT_COLOR, label=f"SFT (margin < {tau}): {n_sft:,}"),
@@ -142,19 +150,23 @@ def margin_histogram(
             loc="upper right",
             frameon=False,
         )
-        subtitle = f"τ = {_fmt(threshold)} routes {n_sft:,} pairs ({_pct(n_sft, total)}) to SFT"
+        subtitle = f"τ = {_fmt(threshold)}: {n_sft:,} pairs ({_pct(n_sft, total)}) have margin < τ"
+        if identical:
+            subtitle += f"; route drops the {identical:,} with chosen = rejected"
     else:
         colors = np.full(counts.size, NEUTRAL_COLOR)
         subtitle = f"bins of {_fmt(hist.width)}" + (
             f", centred on the {_fmt(hist.grid)} rating grid" if hist.grid else ""
         )
-    ax.bar(left, counts, width=width, align="edge", color=colors, edgecolor="white", linewidth=0.6)
+    ax.bar(
+        centres, counts, width=bar_width, color=colors, edgecolor="white", linewidth=0.6, zorder=2
+    )
     if counts.size <= 30:
-        for x, w, c in zip(left, width, counts, strict=True):
+        for x, c in zip(centres, counts, strict=True):
             if c:
                 ax.annotate(
                     f"{c:,}",
-                    (x + w / 2, c),
+                    (x, c),
                     xytext=(0, 2),
                     textcoords="offset points",
                     ha="center",
@@ -206,7 +218,7 @@ def margin_cdf(margins: np.ndarray, path: str | Path, *, threshold: float | None
             fontsize=9,
             color=SFT_COLOR,
         )
-        subtitle = f"τ = {_fmt(threshold)}: {share:.1%} of pairs below it go to SFT"
+        subtitle = f"τ = {_fmt(threshold)}: {share:.1%} of pairs have a margin below it (SFT)"
     ax.set_xlim(lo - pad, hi + pad)
     ax.set_ylim(0, 1.02)
     ax.yaxis.set_major_formatter(_percent_formatter())
@@ -240,17 +252,19 @@ def margin_vs_length(
     outside = int(((y < y_lo) | (y > y_hi)).sum())
     fig, ax = _figure()
     if threshold is not None:
-        cut = _grid_cut(threshold, grid)
-        _shade_sft(ax, cut)
-        _cut_line(ax, cut, threshold)
+        _shade_sft(ax, threshold)
+        _cut_line(ax, threshold, threshold)
     if n <= SCATTER_MAX_POINTS:
         jitter = 0.0
         if grid is not None:
-            jitter = np.random.default_rng(0).uniform(-0.3, 0.3, n) * grid
+            # to the right only: a column of points starts at its value, so the pairs at τ
+            # (DPO) stay right of τ's line and the values below τ (SFT) stay left of it
+            jitter = np.random.default_rng(0).uniform(0.0, 0.4, n) * grid
         colors = (
             NEUTRAL_COLOR if threshold is None else np.where(x < threshold, SFT_COLOR, DPO_COLOR)
         )
-        ax.scatter(x + jitter, y, s=6, c=colors, alpha=0.45, linewidths=0, rasterized=False)
+        size = 6 if n > 2_000 else 16  # a few points are drawn larger, to be seen
+        ax.scatter(x + jitter, y, s=size, c=colors, alpha=0.45, linewidths=0, rasterized=False)
     else:
         x_edges = _x_edges(x, grid)
         y_edges = np.linspace(y_lo, y_hi, 61)
@@ -287,36 +301,60 @@ def margin_vs_length(
     return _save(fig, path)
 
 
-def lengths(chosen_chars: np.ndarray, rejected_chars: np.ndarray, path: str | Path) -> Path:
-    """Distributions of chosen and rejected lengths (characters, log scale), means marked.
+#: A log length axis only pays when lengths span at least this ratio (max / min, ignoring 0).
+LOG_LENGTH_RATIO = 50
 
-    Empty responses (0 characters) cannot sit on a log axis; they are counted in the subtitle.
+
+def lengths(chosen_chars: np.ndarray, rejected_chars: np.ndarray, path: str | Path) -> Path:
+    """Distributions of chosen and rejected lengths (characters), means marked.
+
+    The axis is logarithmic when the lengths span more than :data:`LOG_LENGTH_RATIO` (chat data:
+    10 to 10,000 characters), linear otherwise (a toy task's 1-12 characters would get only two
+    ticks on a log axis). Empty responses (0 characters) cannot sit on a log axis; there they are
+    counted in the subtitle.
     """
     c = np.asarray(chosen_chars, dtype=np.float64)
     r = np.asarray(rejected_chars, dtype=np.float64)
-    hi = max(float(max(c.max(), r.max())), 10.0)
-    edges = np.unique(np.round(np.geomspace(1, hi + 1, 41)))  # integer edges: no empty slivers
+    both = np.concatenate([c, r])
+    hi = float(both.max()) if both.size else 1.0
+    positive = both[both >= 1]
+    lo = float(positive.min()) if positive.size else 1.0
+    log = hi / lo >= LOG_LENGTH_RATIO
+    if log:
+        hi = max(hi, 10.0)
+        edges = np.unique(np.round(np.geomspace(1, hi + 1, 41)))  # integer edges: no slivers
+    else:
+        step = max(1.0, float(np.ceil((hi + 1) / 40)))
+        edges = np.arange(-0.5, hi + step, step)  # integer lengths sit in the middle of a bin
     fig, ax = _figure()
     for values, color, name in ((c, DPO_COLOR, "chosen"), (r, SFT_COLOR, "rejected")):
         mean = float(values.mean())
         ax.hist(
-            values[values >= 1],
+            values[values >= 1] if log else values,
             bins=edges,
             histtype="step",
             linewidth=1.8,
             color=color,
-            label=f"{name} (mean {mean:,.0f}, median {float(np.median(values)):,.0f})",
+            label=f"{name} (mean {mean:,.{0 if log else 1}f}, "
+            f"median {float(np.median(values)):,.0f})",
         )
-        ax.axvline(max(mean, 1.0), color=color, linestyle="--", linewidth=1)
-    ax.set_xscale("log")
-    ax.set_xlim(1, edges[-1])
-    ax.set_xlabel("length (characters, log scale; dashed: means)")
+        ax.axvline(max(mean, 1.0) if log else mean, color=color, linestyle="--", linewidth=1)
+    if log:
+        ax.set_xscale("log")
+        ax.set_xlim(1, edges[-1])
+    else:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.set_xlim(edges[0], edges[-1])
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    scale = "log scale" if log else "linear scale"
+    ax.set_xlabel(f"length (characters, {scale}; dashed: means)")
     ax.set_ylabel("responses")
     ax.yaxis.set_major_formatter(_thousands())
-    ax.legend(loc="upper left", frameon=False)
+    ax.legend(loc="upper left" if log else "upper right", frameon=False)
     longer = float((c > r).mean()) if c.size else 0.0
     empty = int((c < 1).sum() + (r < 1).sum())
-    note = f"; {empty:,} empty responses not drawn" if empty else ""
+    note = f"; {empty:,} empty responses not drawn" if empty and log else ""
     _title(
         ax,
         f"Response lengths — {c.size:,} pairs",
@@ -348,9 +386,13 @@ def _shade_sft(ax, cut: float) -> None:
     ax.axvspan(-1e9, cut, color=SFT_COLOR, alpha=0.08, linewidth=0, zorder=0)
 
 
-def _cut_line(ax, x: float, threshold: float) -> None:
-    """The cut as a dashed line: "SFT ◂" on its left, "▸ DPO" and τ on its right, at the top."""
-    ax.axvline(x, color=CUT_COLOR, linestyle="--", linewidth=1.3, zorder=4)
+def _cut_line(ax, x: float, threshold: float, *, zorder: float = 4) -> None:
+    """The cut as a dashed line: "SFT ◂" on its left, "▸ DPO" and τ on its right, at the top.
+
+    ``zorder`` below the bars' (2) puts the line behind a bar standing on τ (a discrete margin
+    equal to τ goes to DPO): the bar stays whole and the line shows above it.
+    """
+    ax.axvline(x, color=CUT_COLOR, linestyle="--", linewidth=1.3, zorder=zorder)
     box = {"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.8}
     for text, dx, dy, ha in (
         (f"τ = {_fmt(threshold)}", 4, -13, "left"),
@@ -369,13 +411,6 @@ def _cut_line(ax, x: float, threshold: float) -> None:
             bbox=box,
             zorder=6,
         )
-
-
-def _grid_cut(threshold: float, grid: float | None) -> float:
-    """Where to draw τ on a grid: just below the first grid value ≥ τ (between the two routes)."""
-    if grid is None:
-        return threshold
-    return float(np.ceil(threshold / grid - 1e-9) * grid - grid / 2)
 
 
 def _grid_ticks(ax, edges: np.ndarray, grid: float) -> None:
@@ -415,9 +450,13 @@ def _medians_by_margin(
 
 
 def _thousands():
-    from matplotlib.ticker import StrMethodFormatter
+    """``1,500`` for large ticks, ``2.5`` for small fractional ones (never rounded to ``2``)."""
+    from matplotlib.ticker import FuncFormatter
 
-    return StrMethodFormatter("{x:,.0f}")
+    def label(x: float, _pos: int) -> str:
+        return f"{x:,.0f}" if abs(x) >= 1000 or float(x).is_integer() else f"{x:g}"
+
+    return FuncFormatter(label)
 
 
 def _percent_formatter():
@@ -447,13 +486,20 @@ def write_report_dir(
     force: bool = False,
     threshold: float | None = None,
     on_written: Callable[[Path], None] | None = None,
+    inspection=None,
 ) -> list[str]:
     """Write ``report.json`` and the PNG plots into the folder ``out``, all or nothing.
 
     The folder is built aside and swapped in whole (:func:`prefcurate.atomic.atomic_dir`); an
-    existing ``out`` needs ``force``. Returns the names written, report.json first.
+    existing ``out`` needs ``force``. Returns the names written, report.json first. With an
+    ``inspection`` (:func:`prefcurate.inspection.inspect_source`, whose report is ``report``)
+    the folder also gets ``index.html``, the inspect page.
     """
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=force, kind="analyze") as tmp:
         (tmp / "report.json").write_text(report.to_json(), encoding="utf-8")
         written = write_plots(report, tmp, threshold=threshold, on_written=on_written)
+        if inspection is not None:
+            from prefcurate.page import write_page
+
+            written.append(write_page(inspection, tmp / "index.html"))
     return ["report.json", *(p.name for p in written)]

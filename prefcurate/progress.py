@@ -1,10 +1,13 @@
-"""Progress display shared by every command: rich, on stderr, silent when stderr is not a terminal.
+"""Progress display shared by every command: rich, on stderr.
 
 One module for all of it: :func:`status` and :func:`bar` for the data commands, and
 :class:`RichReporter` for a training run (the events of :class:`trainers.reporter.Reporter`).
 
 Anything that may take more than a second runs inside :func:`status` (an indeterminate task) or
-:func:`bar` (a known number of steps), so stdout stays clean for ``--json`` and pipes.
+:func:`bar` (a known number of steps), so stdout stays clean for ``--json`` and pipes. On a
+terminal they draw a live bar; otherwise they are silent, except a ``bar(..., plain=True)``
+(work that runs for minutes, like ``bench mixdpo``), which prints one plain line per update so a
+log shows the run is alive, as ``train`` does.
 """
 
 from __future__ import annotations
@@ -48,20 +51,55 @@ def status(message: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def bar(message: str, total: int | None, *, unit: str = "") -> Iterator[Progress]:
-    """A progress bar with rate and ETA; call ``progress.advance(task_id, n)``: task id is 0."""
+def bar(
+    message: str, total: int | None, *, unit: str = "", plain: bool = False
+) -> Iterator[Progress | _PlainLines]:
+    """A progress bar with rate and ETA; call ``progress.advance(task_id, n)``: task id is 0.
+
+    With ``plain=True`` and stderr not a terminal, each update prints one line instead
+    (``bench mixdpo 2/9 arms: seed 0: arm filter; 41 s elapsed``).
+    """
+    if plain and not stderr.is_terminal:
+        yield _PlainLines(message, total, unit)
+        return
     columns = [
         SpinnerColumn(),
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn(f"{{task.speed:>7.1f}} {unit}/s" if unit else ""),
+        *([_Rate(unit)] if unit else []),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     ]
     with Progress(*columns, console=stderr, transient=True, disable=not stderr.is_terminal) as p:
         p.add_task(message, total=total)
         yield p
+
+
+class _PlainLines:
+    """The part of :class:`rich.progress.Progress` that :func:`bar` callers use, as log lines."""
+
+    def __init__(self, message: str, total: int | None, unit: str):
+        self.message, self.total, self.unit = message, total, unit
+        self.completed = 0.0
+        self.started = time.monotonic()
+
+    def advance(self, task_id: int, advance: float = 1) -> None:
+        self.update(task_id, completed=self.completed + advance)
+
+    def update(self, task_id: int, *, completed: float | None = None, **fields: Any) -> None:
+        self.completed = self.completed if completed is None else completed
+        description = fields.get("description")
+        of = f"/{self.total:,}" if self.total is not None else ""
+        what = f": {description}" if description and description != self.message else ""
+        unit = f" {self.unit}" if self.unit else ""
+        elapsed = time.monotonic() - self.started
+        stderr.print(
+            f"{self.message} {self.completed:,.0f}{of}{unit}{what}; {elapsed:,.0f} s elapsed",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 class _Rate(ProgressColumn):
@@ -100,6 +138,16 @@ def bars(*, unit: str) -> Iterator[Callable[[str, float, float], None]]:
             p.update(tasks[name], completed=done, total=total)
 
         yield update
+
+
+def losses(metrics: dict[str, Any]) -> str:
+    """``dpo 0.6931 sft 5.84``: each route's loss of the step, never their mix (``loss``)."""
+    parts = [
+        f"{route} {metrics[f'loss/{route}']:.4f}"
+        for route in ("dpo", "sft")
+        if metrics.get(f"loss/{route}") is not None
+    ]
+    return " ".join(parts) or f"{metrics['loss']:.4f}"
 
 
 class RichReporter:
@@ -146,7 +194,7 @@ class RichReporter:
         self.progress.update(
             self.task,
             completed=metrics["step"],
-            loss=f"{metrics['loss']:.4f}",
+            loss=losses(metrics),
             acc="-" if acc is None else f"{acc:.2f}",
         )
 
@@ -157,7 +205,7 @@ class RichReporter:
         done = step - self.first_step
         eta = (time.monotonic() - self.started) / done * (self.total - step) if done else 0.0
         shown = "" if acc is None else f" acc {acc:.2f}"
-        self.message(f"train {step}/{self.total} loss {metrics['loss']:.4f}{shown} eta {eta:.0f}s")
+        self.message(f"train {step}/{self.total} loss {losses(metrics)}{shown} eta {eta:.0f}s")
 
     def message(self, text: str) -> None:
         self.console.print(text, highlight=False, markup=False, soft_wrap=True)

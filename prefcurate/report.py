@@ -71,8 +71,8 @@ def _header(report: Report, description: str | None) -> RenderableType:
         (str(path), "bold"),
         "  ",
         (f"{report.rows:,} pairs", "bold cyan"),
-        "  layout ",
-        (report.layout, "bold"),
+        # the description line names the layout with its columns; say it once
+        *(() if description else ("  layout ", (report.layout, "bold"))),
     )
     lines: list[RenderableType] = [title]
     if description:
@@ -86,12 +86,8 @@ def _margin_section(report: Report) -> RenderableType:
         return Text.assemble(
             ("margin  ", "bold"), (f"none: all {report.rows:,} pairs lack a margin", "yellow")
         )
-    table = Table(title="margin", title_justify="left", title_style="bold", box=None)
     names = ["count", "null", "min", "p05", "p25", "median", "p75", "p95", "max", "mean"]
-    for name in names:
-        table.add_column(name, justify="right")
-    values = [getattr(m, name) for name in names]
-    table.add_row(*[_fmt(v) for v in values])
+    table = _FittedRow("margin", names, [_fmt(getattr(m, name), significant=5) for name in names])
     ties = Text.assemble(
         ("ties (margin = 0) ", "bold"),
         f"{m.ties:,} ({_share(m.ties, m.count)})",
@@ -178,6 +174,7 @@ def _routing(report: Report) -> RenderableType:
         ", ",
         (f"{r.dpo:,} ({_share(r.dpo, routed)}) to DPO", f"bold {DPO_STYLE}"),
         (f"; {r.unrouted:,} without a margin are not routed" if r.unrouted else ""),
+        (f"; {_pairs(r.identical)} with chosen = rejected dropped" if r.identical else ""),
     )
     return line
 
@@ -279,13 +276,43 @@ def _bar(length: float, *, nonzero: bool) -> str:
     return bar or ("▏" if nonzero else "")
 
 
-def _fmt(value: float | int | None, digits: int | None = None) -> str:
+class _FittedRow:
+    """One titled row of figures; on a console too narrow for it, two rows, never a cut figure.
+
+    (Rich shrinks a table wider than the console by cutting cells: ``0.002…``.)
+    """
+
+    def __init__(self, title: str, names: list[str], cells: list[str]):
+        self.title, self.names, self.cells = title, names, cells
+
+    def _table(self, title: str | None, names: list[str], cells: list[str]) -> Table:
+        table = Table(title=title, title_justify="left", title_style="bold", box=None)
+        for name in names:
+            table.add_column(name, justify="right", no_wrap=True)
+        table.add_row(*cells)
+        return table
+
+    def __rich_console__(self, console, options):
+        need = sum(max(len(n), len(c)) + 2 for n, c in zip(self.names, self.cells, strict=True))
+        if need <= options.max_width:
+            yield self._table(self.title, self.names, self.cells)
+            return
+        half = (len(self.names) + 1) // 2
+        yield self._table(self.title, self.names[:half], self.cells[:half])
+        yield self._table(None, self.names[half:], self.cells[half:])
+
+
+def _fmt(
+    value: float | int | None, digits: int | None = None, *, significant: int | None = None
+) -> str:
     if value is None:
         return "–"
     if isinstance(value, int):
         return f"{value:,}"
     if digits is not None:
         return f"{value:,.{digits}f}"
+    if significant is not None:
+        return f"{value:.{significant}g}"
     return f"{value:g}"
 
 

@@ -49,7 +49,6 @@ from prefcurate.margins import (
 )
 from prefcurate.memory import default_budget, estimate_input_bytes, parse_size
 from prefcurate.schema import ROUTE_DPO, ROUTE_SFT
-from prefcurate.sources import content_hash
 from prefcurate.splitwriter import (  # noqa: F401
     SPLIT_COLUMNS,
     WIDE_COLUMNS,
@@ -66,6 +65,10 @@ EVAL_STRATA = 10
 
 #: Reasons a pair is dropped, as keys of plan.json ``counts.dropped_by_reason``.
 NULL_MARGIN = "null_margin"
+#: chosen == rejected: no preference to learn (the DPO loss of such a pair is constant, so its
+#: gradient is zero), and the two ratings of one text disagree (UltraFeedback has margins of 1.5),
+#: so its margin cannot place it in the curriculum either. Dropped in every mode, counted here.
+IDENTICAL = "identical"
 BELOW_THRESHOLD = "below_threshold"
 DROP_PREFIX = "drop: "
 
@@ -172,9 +175,10 @@ class RoutePlan:
             f" (--sft-fraction {_fmt(self.sft_fraction)})" if self.sft_fraction is not None else ""
         )
         held = f", {c['eval']} held out" if self.eval_fraction is not None else ""
+        why = ", ".join(f"{n} {reason}" for reason, n in c["dropped_by_reason"].items() if n)
         return (
             f"{c['in']} pairs, {self.mode}{tau}{frac}: {c['dpo']} dpo, {c['sft']} sft, "
-            f"{c['dropped']} dropped{held}; order {self.order}"
+            f"{c['dropped']} dropped{f' ({why})' if why else ''}{held}; order {self.order}"
             + (f" in {self.stages} stages" if self.stages > 1 else "")
         )
 
@@ -253,6 +257,7 @@ def plan_routes(
 
     reasons: dict[str, int] = {}
     keys = _drop_matching(scan, narrow, drop, reasons)
+    keys = _drop_identical(keys, narrow, source, reasons)
     keys = _drop_unroutable(keys, source, mode, wants_margin, reasons)
     if sft_fraction is not None:
         threshold = threshold_for_fraction(_kept(keys).get_column("margin"), sft_fraction)
@@ -325,6 +330,18 @@ def _drop_matching(
     return keys
 
 
+def _drop_identical(
+    keys: pl.DataFrame, narrow: pl.DataFrame, source: PairSource, reasons: dict[str, int]
+) -> pl.DataFrame:
+    """Mark the pairs whose chosen equals rejected (:data:`IDENTICAL`), in every mode."""
+    same = keys.get_column("_drop").is_null() & narrow.get_column("identical")
+    reasons[IDENTICAL] = int(same.sum())
+    keys = _mark(keys, same, IDENTICAL)
+    if _kept(keys).height == 0:  # before the margin check: its message would mislead
+        raise _nothing_left(source, reasons)
+    return keys
+
+
 def _drop_unroutable(
     keys: pl.DataFrame,
     source: PairSource,
@@ -340,9 +357,7 @@ def _drop_unroutable(
         reasons[NULL_MARGIN] = int(nulls.sum())
         keys = _mark(keys, nulls, NULL_MARGIN)
     if _kept(keys).height == 0:
-        raise InputError(
-            "no pairs left after --drop", where=source.raw.display, fix="loosen the predicates"
-        )
+        raise _nothing_left(source, reasons)
     return keys
 
 
@@ -471,6 +486,15 @@ def _check_args(
     return stages
 
 
+def _nothing_left(source: PairSource, reasons: dict[str, int]) -> InputError:
+    why = ", ".join(f"{n} {reason}" for reason, n in reasons.items() if n)
+    return InputError(
+        f"no pairs left to route ({why} dropped)",
+        where=source.raw.display,
+        fix="loosen the --drop predicates, or check the data (identical: chosen = rejected)",
+    )
+
+
 def _mark(keys: pl.DataFrame, mask: pl.Series, reason: str) -> pl.DataFrame:
     return keys.with_columns(
         pl.when(mask).then(pl.lit(reason)).otherwise(pl.col("_drop")).alias("_drop")
@@ -484,12 +508,62 @@ _PREDICATE_COLUMNS = (*PAIR_COLUMNS,)
 
 
 def _check_predicates(predicates: tuple[str, ...], schema: pl.Schema) -> None:
-    """Fail on a bad predicate before any data is read: run each over an empty frame."""
+    """Fail on a bad predicate before any data is read: parse it, run it over an empty frame."""
     if not predicates:
         return
     empty = pl.DataFrame(schema={c: schema[c] for c in _PREDICATE_COLUMNS})
     for predicate in predicates:
+        check_predicate(predicate)
         _predicate_matches(empty, predicate, columns=_PREDICATE_COLUMNS)
+
+
+def check_predicate(predicate: str) -> None:
+    """Refuse a ``--drop`` predicate that is not one expression (DuckDB's own tokenizer and parser).
+
+    The predicate is spliced into ``... WHERE (<predicate>)``; text that closes that parenthesis,
+    ends the statement, comments out the rest or holds a subquery could make it something else,
+    so it is refused, and the whole must parse as exactly one SELECT.
+    """
+    import duckdb
+
+    from prefcurate.catalog import sandbox
+
+    fix = "a DuckDB SQL condition over the columns, e.g. 'chosen = rejected OR margin < 0'"
+    if not predicate.strip():
+        raise InputError("--drop predicate is empty", fix="e.g. --drop 'chosen = rejected'")
+    try:
+        tokens = duckdb.tokenize(predicate)
+    except duckdb.Error as exc:
+        raise InputError(f"invalid --drop predicate {predicate!r}: {duckdb_message(exc)}") from exc
+    ends = [start for start, _ in tokens[1:]] + [len(predicate)]
+    depth = 0
+    for (start, kind), end in zip(tokens, ends, strict=True):
+        text = predicate[start:end].strip()
+        problem = None
+        if kind.name == "comment":
+            problem = "a comment"
+        elif kind.name == "keyword" and text.upper() in ("SELECT", "FROM", "WITH", "TABLE"):
+            problem = f"a subquery ({text.upper()})"
+        elif kind.name == "operator":
+            if ";" in text:
+                problem = "';' (one expression, not statements)"
+            for char in text:
+                depth += (char == "(") - (char == ")")
+                if depth < 0:
+                    problem = "a ')' that closes more than it opened"
+        if problem:
+            raise InputError(f"--drop predicate {predicate!r} holds {problem}", fix=fix)
+    if depth != 0:
+        raise InputError(f"--drop predicate {predicate!r} has unbalanced parentheses", fix=fix)
+    with sandbox() as con:
+        try:
+            statements = con.extract_statements(f"SELECT _pos FROM pairs WHERE ({predicate})")
+        except duckdb.Error as exc:
+            raise InputError(
+                f"invalid --drop predicate {predicate!r}: {duckdb_message(exc)}", fix=fix
+            ) from exc
+    if len(statements) != 1 or statements[0].type.name != "SELECT":
+        raise InputError(f"--drop predicate {predicate!r} is not one expression", fix=fix)
 
 
 def _predicate_matches(
@@ -498,18 +572,19 @@ def _predicate_matches(
     """Positions (row numbers of ``frame``) of the pairs ``predicate`` is true for.
 
     Only the columns the predicate mentions are handed to DuckDB (unless ``columns`` says which),
-    so a predicate on ``margin`` never copies the text columns.
+    so a predicate on ``margin`` never copies the text columns. The connection is the locked-down
+    sandbox of ``prefcurate sql``: no file is reachable from a predicate.
     """
     import duckdb
 
-    if not predicate.strip():
-        raise InputError("--drop predicate is empty", fix="e.g. --drop 'chosen = rejected'")
+    from prefcurate.catalog import lock_down, sandbox
+
+    check_predicate(predicate)
     used = columns or [c for c in _PREDICATE_COLUMNS if _mentions(predicate, c)]
     table = frame.select(pl.int_range(frame.height, dtype=pl.Int64).alias("_pos"), *used).to_arrow()
-    con = duckdb.connect(":memory:")
-    try:
+    with sandbox() as con:
         con.register("pairs", table)
-        con.execute("SET enable_external_access = false")
+        lock_down(con)
         sql = f"SELECT _pos FROM pairs WHERE coalesce(CAST(({predicate}) AS BOOLEAN), false)"
         try:
             result = con.execute(sql).fetchnumpy()["_pos"]
@@ -520,8 +595,6 @@ def _predicate_matches(
                 + ", ".join(_PREDICATE_COLUMNS)
                 + ", e.g. 'chosen = rejected OR margin < 0'",
             ) from exc
-    finally:
-        con.close()
     return pl.Series("_pos", np.asarray(result), dtype=pl.Int64)
 
 
@@ -686,14 +759,14 @@ class _HashThread:
     """Hash the input files in a thread while Polars reads them (both release the GIL)."""
 
     def __init__(self, source: PairSource):
-        self._paths = source.raw.paths
+        self._raw = source.raw
         self._display = source.raw.display
         self._value: tuple[str, int] | None = None
         self._error: BaseException | None = None
 
         def work() -> None:
             try:
-                self._value = content_hash(self._paths)
+                self._value = self._raw.content_hash()
             except BaseException as exc:  # noqa: BLE001 - re-raised in result()
                 self._error = exc
 
@@ -711,7 +784,7 @@ class _HashThread:
             "sha256": sha256,
             "rows": rows,
             "bytes": size,
-            "files": len(self._paths),
+            "files": len(self._raw.paths),
         }
 
 

@@ -1,7 +1,11 @@
 """Training curves from ``RUN_DIR/metrics.jsonl`` to a PNG (matplotlib, Agg; no torch).
 
 One panel per metric; several runs overlay in one figure, so MixDPO and a baseline can be read
-side by side. Each curve is drawn raw (faint) and as a trailing moving average::
+side by side. Each curve is drawn raw (faint) and as a trailing moving average, only over the
+steps that have a value: a curriculum trains its sft pairs last, so loss/sft is a short curve at
+the end, not a line across the dpo phase. The two routes' losses have panels of their own (the
+optimised objective mixes a preference loss near 0.69 with an NLL of several nats), and their
+titles give the run's summary from run.json: the mean over the last tenth of that route's steps::
 
     >>> from prefcurate.runplots import plot_runs
     >>> plot_runs(["runs/mixdpo", "runs/dpo"], "curves.png")      # doctest: +SKIP
@@ -17,12 +21,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from prefcurate.errors import InputError  # noqa: E402
 
 #: The panels, in reading order: (metric key, title).
 PANELS: tuple[tuple[str, str], ...] = (
-    ("loss", "loss (objective)"),
+    ("pairs", "pairs per step (dpo, sft dashed)"),
     ("loss/dpo", "loss/dpo (preference loss, dpo pairs)"),
     ("loss/sft", "loss/sft (NLL per token, sft pairs)"),
     ("rewards/accuracies", "rewards/accuracies (dpo pairs)"),
@@ -32,17 +37,54 @@ PANELS: tuple[tuple[str, str], ...] = (
     ("lr", "lr"),
 )
 #: Schedules, drawn as they are: a moving average would only shift them.
-UNSMOOTHED = frozenset({"lr"})
+UNSMOOTHED = frozenset({"lr", "pairs"})
+#: Panels whose title carries the last-window mean of run.json's summary.
+SUMMARISED = ("loss/dpo", "loss/sft", "rewards/accuracies")
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The rows of ``RUN_DIR/metrics.jsonl``, one per optimizer step."""
+    """The rows of ``RUN_DIR/metrics.jsonl``, one per optimizer step.
+
+    A torn final line (a run killed mid-write) is skipped with one warning on stderr; a broken
+    line before the last is an :class:`InputError` naming it.
+    """
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise InputError("no metrics.jsonl", where=run_dir, fix="pass a RUN_DIR written by train")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = metrics_rows(path)
     if not rows:
         raise InputError("metrics.jsonl has no steps yet", where=path)
+    return rows
+
+
+def metrics_rows(path: Path, *, warn: bool = True) -> list[dict]:
+    """Parse a metrics.jsonl, ignoring (with a warning) a torn final line."""
+    import sys
+
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        raise InputError(f"cannot read metrics ({exc.strerror})", where=path) from exc
+    numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
+    rows = []
+    for i, (lineno, line) in enumerate(numbered):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError("not a metrics row")
+        except ValueError as exc:
+            if i == len(numbered) - 1:
+                if warn:
+                    print(
+                        f"warning: {path}, line {lineno}: ignoring a torn final line "
+                        "(the run was stopped while writing it)",
+                        file=sys.stderr,
+                    )
+                break
+            raise InputError(
+                "not a metrics row", where=f"{path}, line {lineno}", fix="remove the broken line"
+            ) from exc
+        rows.append(row)
     return rows
 
 
@@ -57,6 +99,33 @@ def moving_average(values: Sequence[float], window: int) -> list[float]:
     return out
 
 
+def read_summary(run_dir: str | Path) -> dict:
+    """``run.json``'s result summary (means over the last window), or {} for a run not finished."""
+    path = Path(run_dir) / "run.json"
+    try:
+        return json.loads(path.read_text())["result"]["summary"] or {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def segments(rows: Sequence[dict], key: str) -> list[tuple[list[int], list[float]]]:
+    """The runs of consecutive steps where ``key`` has a value (a step without that route's
+    pairs logs None, and breaks the curve)."""
+    out: list[tuple[list[int], list[float]]] = []
+    previous = None
+    for row in rows:
+        value = row.get(key)
+        if value is None:
+            previous = None
+            continue
+        if previous is None:
+            out.append(([], []))
+        out[-1][0].append(row["step"])
+        out[-1][1].append(value)
+        previous = row["step"]
+    return out
+
+
 def plot_runs(
     run_dirs: Sequence[str | Path], out: str | Path, *, smooth: int | None = None
 ) -> Path:
@@ -64,29 +133,58 @@ def plot_runs(
 
     ``smooth`` is the moving-average window in steps (default: 1/20 of the longest run).
     """
-    runs = [(Path(d).name or str(d), read_metrics(d)) for d in run_dirs]
-    window = smooth or max(1, max(len(rows) for _, rows in runs) // 20)
+    runs = [(Path(d).name or str(d), read_metrics(d), read_summary(d)) for d in run_dirs]
+    window = smooth or max(1, max(len(rows) for _, rows, _ in runs) // 20)
+    last_step = max(rows[-1]["step"] for _, rows, _ in runs)
     fig, axes = plt.subplots(2, 4, figsize=(18, 7.5), constrained_layout=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (key, title) in zip(axes.flat, PANELS, strict=True):
-        ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        for color, (name, rows) in zip(colors, runs, strict=False):
-            points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
-            if not points:
+        ends = []
+        for color, (name, rows, summary) in zip(colors, runs, strict=False):
+            if key == "pairs":
+                steps = [r["step"] for r in rows]
+                for route, style in (("dpo", "-"), ("sft", "--")):
+                    counts = [r.get(f"pairs/{route}") or 0 for r in rows]
+                    ax.step(steps, counts, where="mid", color=color, linestyle=style, label=name)
                 continue
-            steps, values = zip(*points, strict=True)
-            if key in UNSMOOTHED:
-                ax.plot(steps, values, color=color, label=name)
-                continue
-            ax.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
-            ax.plot(steps, moving_average(values, window), color=color, label=name)
+            if key in SUMMARISED and summary.get(f"{key}:last") is not None:
+                ends.append(f"{summary[f'{key}:last']:.3f}")
+            for steps, values in segments(rows, key):
+                marker = "o" if len(steps) == 1 else None
+                if key in UNSMOOTHED or window == 1:
+                    ax.plot(steps, values, color=color, marker=marker, label=name)
+                    continue
+                ax.plot(steps, values, color=color, alpha=0.25, linewidth=0.8, marker=marker)
+                ax.plot(steps, moving_average(values, window), color=color, label=name)
+        if key == "lr" and len(runs) == 1:  # where the sft pairs train, and at what rate
+            sft_steps = [r["step"] for r in runs[0][1] if r.get("pairs/sft")]
+            if sft_steps:
+                ax.axvspan(min(sft_steps) - 0.5, max(sft_steps) + 0.5, color="tab:orange",
+                           alpha=0.15, label="steps with sft pairs")  # fmt: skip
+                ax.legend(fontsize=8)
+        ax.set_xlim(0.5, last_step + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
+        if not ax.has_data():
+            empty = {"loss/sft": "no sft pair in this run", "loss/dpo": "no dpo pair in this run"}
+            ax.text(0.5, 0.5, empty.get(key, "no value logged"), ha="center", va="center",
+                    transform=ax.transAxes, color="grey")  # fmt: skip
+        if ends:
+            title += f"\nmean of the last 10% of its steps: {', '.join(ends)}"
+        ax.set_title(title, fontsize=10)
         if key == "rewards/accuracies":
             ax.axhline(0.5, color="grey", linestyle="--", linewidth=0.8)
     if len(runs) > 1:
-        axes.flat[0].legend(fontsize=8)
-    fig.suptitle(f"training curves (moving average over {window} steps)", fontsize=11)
+        handles, labels = axes.flat[1].get_legend_handles_labels()
+        unique = dict(zip(labels, handles, strict=True))
+        axes.flat[1].legend(unique.values(), unique.keys(), fontsize=8)
+    smoothing = (
+        "raw values (too few steps to smooth)"
+        if window == 1
+        else f"faint: each step; solid: moving average over {window} steps"
+    )
+    fig.suptitle(f"training curves — {smoothing}", fontsize=11)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

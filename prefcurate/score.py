@@ -31,7 +31,7 @@ model half, :mod:`trainers.scoring` (loading, tokenising, batching, forward pass
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,7 +50,6 @@ from prefcurate.score_cache import (
     ScoreStore,
 )
 from prefcurate.scorespec import EMBEDDING, FLAGS, REFERENCE, REWARD, ModelIdentity
-from prefcurate.sources import content_hash
 
 #: OUT's metadata format version (the ``prefcurate.score`` key of the Parquet footer).
 SCORE_FORMAT = 1
@@ -233,7 +232,7 @@ def read_scoring_frame(source: PairSource) -> tuple[pl.DataFrame, dict[str, Any]
     response alone), and the input's figures (path, sha256, rows, bytes, files). The input is
     hashed on a thread while the pairs are read."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefcurate-hash") as pool:
-        hashed = pool.submit(content_hash, source.raw.paths)
+        hashed = pool.submit(source.raw.content_hash)
         frame = source.collect(source.scan(keep_input=True))
         sha256, size = hashed.result()
     conversational = isinstance(frame.schema["chosen"], pl.List)
@@ -401,18 +400,16 @@ def margin_figures(margin: pl.Series) -> dict[str, Any]:
 # writing
 
 
-def check_output(out: str | Path, *, force: bool) -> Path:
-    """Refuse a non-Parquet OUT, or an existing one without ``force``, before any work."""
+def check_output(out: str | Path, *, force: bool, inputs: Sequence[str | Path] = ()) -> Path:
+    """Refuse a non-Parquet OUT, an input, or an existing one without ``force``, before any work."""
+    from prefcurate.outdir import check_out_file
+
     out = Path(out)
     if out.suffix != ".parquet":
         raise InputError(
             "the output must be a .parquet file", where=out, fix="name it like scored.parquet"
         )
-    if out.exists() and not force:
-        raise InputError("output file exists", where=out, fix="pass --force to replace it")
-    if out.exists() and not out.is_file():
-        raise InputError("output path exists and is not a file", where=out)
-    return out
+    return check_out_file(out, force=force, inputs=inputs)
 
 
 def write_scores(result: ScoreResult, out: str | Path, *, force: bool = False) -> Path:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import polars as pl
 
-from prefcurate.errors import InputError, one_line
+from prefcurate.errors import InputError, json_problem, one_line
 
 #: File formats by suffix. Compressed JSONL keeps its inner suffix: ``x.jsonl.gz`` is jsonl.
 _SUFFIX_FORMAT = {
@@ -89,6 +89,65 @@ class RawSource:
             ) from exc
         msg = f"unsupported format {self.format!r}"
         raise AssertionError(msg)
+
+    def content_hash(self) -> tuple[str, int]:
+        """(sha256 hex, bytes) identifying the data: :func:`content_hash` of the files."""
+        return content_hash(self.paths)
+
+
+@dataclass(frozen=True)
+class FrameSource(RawSource):
+    """Data handed over in memory (a Polars or pandas DataFrame, a ``datasets.Dataset``).
+
+    ``paths`` is empty; the rows are ``frame``. Its identity (plan.json's ``input.sha256``) is
+    the SHA-256 of the frame's uncompressed Arrow IPC stream: the same rows, column names and
+    types give the same digest.
+    """
+
+    frame: pl.DataFrame | None = None
+
+    def scan(self) -> pl.LazyFrame:
+        assert self.frame is not None
+        return self.frame.lazy()
+
+    def content_hash(self) -> tuple[str, int]:
+        assert self.frame is not None
+        buffer = io.BytesIO()
+        self.frame.write_ipc_stream(buffer, compression="uncompressed")
+        data = buffer.getvalue()
+        return hashlib.sha256(data).hexdigest(), len(data)
+
+
+def frame_source(data: object) -> FrameSource | None:
+    """A :class:`FrameSource` for in-memory ``data``, or None when ``data`` is a path.
+
+    Takes a Polars DataFrame or LazyFrame, a pandas DataFrame or a ``datasets.Dataset``,
+    without importing pandas or datasets (their objects convert themselves).
+    """
+    if isinstance(data, str | os.PathLike):
+        return None
+    kind = f"{type(data).__module__.split('.')[0]} {type(data).__name__}"
+    try:
+        if isinstance(data, pl.LazyFrame):
+            frame = data.collect()
+        elif isinstance(data, pl.DataFrame):
+            frame = data
+        elif hasattr(data, "to_polars") and hasattr(data, "column_names"):  # datasets.Dataset
+            frame = data.to_polars()
+        elif type(data).__module__.startswith("pandas") and hasattr(data, "columns"):
+            frame = pl.from_pandas(data)
+        else:
+            raise InputError(
+                f"cannot read pairs from a {kind}",
+                fix="pass a path, a Polars or pandas DataFrame, or a datasets.Dataset",
+            )
+    except InputError:
+        raise
+    except (pl.exceptions.PolarsError, ValueError, TypeError, ImportError) as exc:
+        raise InputError(f"cannot read the {kind}: {one_line(exc, 200)}") from exc
+    if isinstance(frame, pl.Series):
+        frame = frame.to_frame()
+    return FrameSource(f"a {kind} of {frame.height} rows", (), "frame", frame)
 
 
 def content_hash(paths: tuple[Path, ...] | list[Path]) -> tuple[str, int]:
@@ -262,7 +321,7 @@ def _resolve_dir(path: Path, spec: str, split: str | None) -> RawSource:
         raise InputError("permission denied", where=path, fix="check the folder's read permission")
     # `datasets` save_to_disk: a DatasetDict has dataset_dict.json and one folder per split.
     if (path / "dataset_dict.json").exists():
-        splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
+        splits = _datasets_json(path / "dataset_dict.json", "splits", list)
         chosen = split or ("train" if "train" in splits else splits[0])
         if chosen not in splits:
             raise InputError(
@@ -270,8 +329,21 @@ def _resolve_dir(path: Path, spec: str, split: str | None) -> RawSource:
             )
         return _resolve_dir(path / chosen, spec, None)
     if (path / "state.json").exists() and (path / "dataset_info.json").exists():
-        state = json.loads((path / "state.json").read_text())
-        files = [path / f["filename"] for f in state.get("_data_files", [])]
+        entries = _datasets_json(path / "state.json", "_data_files", list, required=False) or []
+        if not all(isinstance(f, dict) and isinstance(f.get("filename"), str) for f in entries):
+            raise InputError(
+                "state.json: _data_files must list {filename} objects",
+                where=path / "state.json",
+                fix="re-save the dataset with save_to_disk",
+            )
+        files = [path / f["filename"] for f in entries]
+        for file in files:
+            if not file.is_file():
+                raise InputError(
+                    f"state.json names {file.name}, which is missing",
+                    where=path / "state.json",
+                    fix="re-save the dataset with save_to_disk",
+                )
         files = files or sorted(path.glob("*.arrow"))
         if not files:
             raise InputError("a datasets folder without .arrow files", where=path)
@@ -294,6 +366,24 @@ def _resolve_dir(path: Path, spec: str, split: str | None) -> RawSource:
     return RawSource(spec, tuple(data_files), _common_format(data_files, spec))
 
 
+def _datasets_json(path: Path, key: str, kind: type, *, required: bool = True):
+    """``key`` of a `datasets` metadata file; a broken file is an :class:`InputError`."""
+    fix = "re-save the dataset with save_to_disk"
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"cannot read this datasets file ({one_line(exc, 120)})", where=path,
+                         fix=fix) from exc  # fmt: skip
+    value = document.get(key) if isinstance(document, dict) else None
+    if value is None and not required:
+        return None
+    if not isinstance(value, kind) or (kind is list and required and not value):
+        raise InputError(f"no valid {key!r} in this datasets file", where=path, fix=fix)
+    if key == "splits" and not all(isinstance(v, str) for v in value):
+        raise InputError("'splits' must be a list of names", where=path, fix=fix)
+    return value
+
+
 def _hidden(p: Path, root: Path) -> bool:
     return any(part.startswith((".", "_")) for part in p.relative_to(root).parts)
 
@@ -311,7 +401,7 @@ def _read_json_array(path: Path) -> pl.LazyFrame:
             rows = json.load(fh)
         except json.JSONDecodeError as exc:
             raise InputError(
-                f"not valid JSON: {exc.msg}",
+                f"not valid JSON: {json_problem(exc)}",
                 where=f"{path}, line {exc.lineno}, column {exc.colno}",
                 fix="fix the JSON, or use one object per line (.jsonl)",
             ) from exc
@@ -327,10 +417,43 @@ def _read_json_array(path: Path) -> pl.LazyFrame:
         )
     if not rows:
         raise InputError("the JSON array is empty", where=path, fix="pass a file that holds pairs")
+    _check_row_types(rows, path)
     try:
         return pl.DataFrame(rows, infer_schema_length=None).lazy()
     except (pl.exceptions.PolarsError, TypeError, ValueError) as exc:
         raise InputError(f"inconsistent rows: {one_line(exc, 200)}", where=path) from exc
+
+
+def _check_row_types(rows: list[dict], path: Path) -> None:
+    """A key whose JSON type changes between objects of the array is refused, naming the row.
+
+    (Building the frame would turn the odd value into text.) Integers and floats are one kind.
+    """
+    seen: dict[str, tuple[str, int]] = {}
+    for number, row in enumerate(rows, start=1):
+        for key, value in row.items():
+            kind = _kind(value)
+            if kind is None:
+                continue
+            first = seen.setdefault(key, (kind, number))
+            if first[0] != kind:
+                raise InputError(
+                    f"column {key!r} holds {kind} here but {first[0]} in row {first[1]}",
+                    where=f"{path}, row {number}",
+                    fix="make the column's type consistent",
+                )
+
+
+def _kind(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list) else "an object"
 
 
 def _read_arrow(path: Path) -> pl.LazyFrame:

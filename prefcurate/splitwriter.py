@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 
 from prefcurate.atomic import atomic_dir
-from prefcurate.errors import InputError
+from prefcurate.export import check_export, export_split
 from prefcurate.io import PAIR_COLUMNS, PairSource
 
 if TYPE_CHECKING:
@@ -62,34 +62,27 @@ def write_route(
 
     The directory appears atomically: a killed run leaves the old ``out_dir`` or the new complete
     one, never a mix; an existing ``out_dir`` needs ``force``. The same plan gives byte-identical
-    Parquet files. ``export='trl'`` adds dpo.jsonl / sft.jsonl (:mod:`prefcurate.export`).
-    ``plots`` adds the analyze plots of the routed pairs (:func:`write_split_plots`). Returns the
-    plan.json it wrote.
+    Parquet files. ``export`` adds the files of one of :data:`prefcurate.export.EXPORTS`
+    (``'trl'``: dpo.jsonl / sft.jsonl; ``'trl-mixdpo'``: mixdpo.jsonl; ``'llamafactory'`` /
+    ``'openrlhf'``: a folder for that tool). ``plots`` adds the analyze plots of the routed
+    pairs (:func:`write_split_plots`). Returns the plan.json it wrote.
     """
     check_export(export)
     out_dir = Path(out_dir)
     outputs: dict[str, Any] = {"train": "train.parquet", "eval": None}
-    with atomic_dir(out_dir, force=force) as tmp:
+    with atomic_dir(out_dir, force=force, kind="route") as tmp:
         write_split(plan, "train", tmp / "train.parquet")
         if plan.eval_fraction is not None:
             write_split(plan, "eval", tmp / "eval.parquet")
             outputs["eval"] = "eval.parquet"
-        if export == "trl":
-            from prefcurate.export import export_trl
-
-            files = export_trl(tmp / "train.parquet", tmp)
-            outputs["trl"] = {name: path.name for name, path in files.items()}
+        if export is not None:
+            files = export_split(export, tmp / "train.parquet", tmp)
+            outputs[export] = {name: str(path.relative_to(tmp)) for name, path in files.items()}
         if plots:
             write_split_plots(plan, tmp)
         document = plan.to_json(outputs)
         (tmp / "plan.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     return document
-
-
-def check_export(export: str | None) -> None:
-    """``--export`` names a format prefcurate writes (only ``trl``), or nothing."""
-    if export not in (None, "trl"):
-        raise InputError(f"--export must be 'trl', got {export!r}")
 
 
 def write_split(plan: RoutePlan, name: str, path: str | Path) -> int:

@@ -129,8 +129,9 @@ def write_synth(
     out = Path(out)
     fmt = output_format(out)
     _check_args(n, flaw_rate)
-    if out.exists() and not force:
-        raise InputError("output file exists", where=out, fix="pass --force to replace it")
+    from prefcurate.outdir import check_out_file
+
+    check_out_file(out, force=force)
     if out.exists() and out.is_dir():
         raise InputError("output path is a directory", where=out, fix="name a file")
     with atomic_file(out) as tmp:

@@ -315,7 +315,8 @@ def test_analyze_reads_a_file_once_narrowly(tmp_path):
     report = analyze(open_pairs(path), threshold=0.5)
     assert report.rows == 3
     assert (report.margin.ties, report.margin.negative, report.margin.max) == (1, 1, 3.0)
-    assert (report.routing.sft, report.routing.dpo) == (2, 1)
+    # the identical pair (margin -2) is left out of the routing, as route drops it
+    assert (report.routing.sft, report.routing.dpo, report.routing.identical) == (1, 1, 1)
     assert (report.flags.identical, report.flags.duplicate_prompts) == (1, 1)
     assert report.input == {
         "path": str(path),
@@ -340,7 +341,9 @@ def test_analyze_ultrafeedback_sample(uf1k):
     report = analyze(open_pairs(uf1k), threshold=0.5)
     assert report.rows == 1000
     assert (report.margin.ties, report.margin.negative, report.margin.max) == (111, 0, 8.0)
-    assert (report.routing.sft, report.routing.dpo, report.routing.sft_share) == (111, 889, 0.111)
+    routing = report.routing
+    assert (routing.sft, routing.dpo, routing.sft_share) == (110, 886, 0.110442)
+    assert report.routing.identical == 4  # chosen == rejected: left out, as route drops them
     assert report.histogram.counts[:4] == [111, 193, 193, 120]  # checked facts of the sample
     assert report.lengths.chosen_longer_share == 0.552
     assert report.flags.identical == 4

@@ -68,7 +68,8 @@ def test_terminal_table_keeps_every_arm_name_when_piped(result):
     text = buffer.getvalue()
     assert "…" not in text
     for row in table_rows(result):
-        assert row[0] in text and row[1] in text
+        assert row[0] in text and row[1].split(" ± ")[0] in text  # one seed: no "± 0.000"
+    assert "±" not in text
 
 
 def test_bench_outputs_markdown_table_and_chart(result, tmp_path):
@@ -123,13 +124,17 @@ def test_demo_writes_report_plots_split_model_and_summary(tmp_path, cache):
         assert path.exists() and str(path) in summary
     assert demo.figures["dpo"] + demo.figures["sft"] == 48
     assert (out / "README.md").read_text().count(str(out / "eval.json")) == 1
+    page = (out / "report" / "index.html").read_text(encoding="utf-8")
+    assert "Training run: run" in page and '"accuracy"' in page  # the run's figures
+    readme = (out / "README.md").read_text()
+    assert readme.index("index.html") < readme.index("eval.json")  # the page comes first
 
 
 def test_demo_refuses_an_existing_folder(cli, tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "x").write_text("keep")
     bad = cli("demo", "--out", tmp_path / "d")
-    assert bad.code == 2 and "already exists" in bad.err
+    assert bad.code == 2 and "prefcurate did not write (x)" in bad.err
     assert (tmp_path / "d" / "x").read_text() == "keep"
 
 

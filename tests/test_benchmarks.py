@@ -39,7 +39,8 @@ def test_data_benchmark_smoke(tmp_path):
     assert all(r["wall_s"] > 0 and r["rss_gb"] > 0 for r in results.values())
     # every tool routed the same 2,000 pairs the same way (the script refuses to report otherwise)
     assert figures["pairs"] == 2000
-    assert results["route"]["rows"] == results["pandas"]["rows"] == 2000
+    # the rows written: the pairs less the few synth plants with chosen = rejected
+    assert 1990 <= results["route"]["rows"] == results["pandas"]["rows"] <= 2000
     assert 0 < results["route"]["sft"] == results["pandas"]["sft"] == results["datasets"]["sft"]
     assert results["route"]["sft"] == results["analyze"]["sft"]
     assert results["arrow_size"]["arrow_bytes"] > 0

@@ -1,9 +1,6 @@
 """CLI edge behaviour shared by every command."""
 
-import pytest
-
 from prefcurate.cli import app
-from prefcurate.errors import InputError
 
 
 def test_unknown_command_is_one_line_and_exit_2(cli):
@@ -22,12 +19,32 @@ def test_every_command_has_help_with_an_example():
 
 
 def test_debug_shows_the_traceback_wherever_it_is_placed(cli, tmp_path):
+    """--debug adds the traceback; the exit code and the one-line message stay the same."""
     missing = tmp_path / "missing.jsonl"
     plain = cli("analyze", missing)
     assert plain.code == 2 and plain.err.count("\n") == 1 and "no such file" in plain.err
     for args in (("--debug", "analyze", missing), ("analyze", missing, "--debug")):
-        with pytest.raises(InputError, match="no such file"):
-            cli(*args)
+        debug = cli(*args)
+        assert debug.code == 2
+        assert debug.err.startswith("Traceback") and "InputError" in debug.err
+        assert debug.err.splitlines()[-1] == plain.err.strip()
+
+
+def test_exit_codes_do_not_depend_on_debug(cli, tmp_path, monkeypatch):
+    """A usage mistake is 2 and an internal error 1, with --debug or without."""
+    import prefcurate.synth
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    usage = ("analyze", tmp_path / "x.jsonl", "--no-such-flag")
+    assert cli(*usage).code == 2 and cli("--debug", *usage).code == 2
+    monkeypatch.setattr(prefcurate.synth, "write_synth", broken)
+    crash = ("synth", tmp_path / "s.jsonl", "--n", "20")
+    plain, debug = cli(*crash), cli("--debug", *crash)
+    assert plain.code == debug.code == 1
+    assert "internal error: RuntimeError: boom" in plain.err and "Traceback" not in plain.err
+    assert "Traceback" in debug.err and "internal error: RuntimeError: boom" in debug.err
 
 
 def test_the_package_exposes_the_library_without_heavy_imports():

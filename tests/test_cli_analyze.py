@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from prefcurate.outdir import MANIFEST
 from prefcurate.plots import PLOT_FILES
 
 CORE_KEYS = {
@@ -27,14 +28,15 @@ CORE_KEYS = {
 
 
 def test_show_ultrafeedback_threshold_with_out(cli, uf1k, tmp_path):
-    """The issue's Show item: nested ratings found, 1000 rows, 111 ties, 111 → SFT, 889 → DPO."""
+    """The issue's Show item: nested ratings found, 1000 rows, 111 ties, 110 → SFT, 886 → DPO
+    (the 4 identical pairs are left out, as route drops them)."""
     out = tmp_path / "report"
     result = cli("analyze", uf1k, "--threshold", "0.5", "--out", out)
     assert result.code == 0, result.err
     assert "1,000 pairs" in result.out
     assert "scores=metadata.score_chosen,metadata.score_rejected" in result.out
     assert "ties (margin = 0) 111 (11.1%)" in result.out
-    assert "111 pairs (11.1%) to SFT, 889 (88.9%) to DPO" in result.out
+    assert "110 pairs (11.0%) to SFT, 886 (89.0%) to DPO" in result.out
     report = json.loads((out / "report.json").read_text())
     for key, inner in CORE_KEYS.items():
         assert key in report
@@ -45,12 +47,14 @@ def test_show_ultrafeedback_threshold_with_out(cli, uf1k, tmp_path):
     assert report["routing"] == {
         "threshold": 0.5,
         "sft_fraction": None,
-        "sft": 111,
-        "dpo": 889,
-        "sft_share": 0.111,
+        "sft": 110,
+        "dpo": 886,
+        "sft_share": 0.110442,
         "unrouted": 0,
+        "identical": 4,
     }
-    assert sorted(p.name for p in out.iterdir()) == sorted(["report.json", *PLOT_FILES])
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(["report.json", "index.html", *PLOT_FILES, MANIFEST])
     for name in PLOT_FILES:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -60,7 +64,7 @@ def test_sft_fraction_picks_the_ties(cli, uf1k):
     assert result.code == 0, result.err
     routing = json.loads(result.out)["routing"]
     assert (routing["threshold"], routing["sft_fraction"]) == (0.5, 0.12)
-    assert (routing["sft"], routing["dpo"]) == (111, 889)
+    assert (routing["sft"], routing["dpo"]) == (110, 886)
 
 
 def test_json_prints_only_json(cli, uf1k):
@@ -86,7 +90,8 @@ def test_show_hh_without_margins(cli, hh):
 def test_hh_out_writes_the_lengths_figure_only(cli, hh, tmp_path):
     result = cli("analyze", hh, "--out", tmp_path / "r")
     assert result.code == 0, result.err
-    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["lengths.png", "report.json"]
+    names = sorted(p.name for p in (tmp_path / "r").iterdir())
+    assert names == sorted([MANIFEST, "index.html", "lengths.png", "report.json"])
 
 
 @pytest.mark.parametrize(
@@ -114,16 +119,24 @@ def test_threshold_on_data_without_margins(cli, hh, tmp_path):
     assert not out.exists()
 
 
-def test_existing_out_needs_force(cli, hh, tmp_path):
+def test_existing_out_needs_force_and_force_replaces_only_a_report(cli, hh, tmp_path):
+    out = tmp_path / "report"
+    assert cli("analyze", hh, "--out", out).code == 0
+    result = cli("analyze", hh, "--out", out)
+    assert result.code == 2 and result.err.count("\n") == 1 and "--force" in result.err
+    assert cli("analyze", hh, "--out", out, "--force").code == 0
+    assert (out / "report.json").exists()
+
+
+def test_force_never_replaces_a_folder_of_the_users(cli, hh, tmp_path):
     out = tmp_path / "report"
     out.mkdir()
     (out / "old.txt").write_text("keep")
-    result = cli("analyze", hh, "--out", out)
-    assert result.code == 2 and result.err.count("\n") == 1 and "--force" in result.err
-    assert [p.name for p in out.iterdir()] == ["old.txt"]
-    assert cli("analyze", hh, "--out", out, "--force").code == 0
-    assert "old.txt" not in {p.name for p in out.iterdir()}
-    assert (out / "report.json").exists()
+    for extra in ((), ("--force",)):
+        result = cli("analyze", hh, "--out", out, *extra)
+        assert result.code == 2 and result.err.count("\n") == 1
+        assert "did not write (old.txt)" in result.err
+        assert [p.name for p in out.iterdir()] == ["old.txt"]
 
 
 def test_missing_file(cli, tmp_path):

@@ -13,10 +13,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from prefcurate.outdir import MANIFEST
+
 REPO = Path(__file__).resolve().parent.parent
 
 PLOTS = ["lengths.png", "margin_cdf.png", "margin_hist.png", "margin_vs_length.png"]
-SPLIT_FILES = sorted([*PLOTS, "plan.json", "train.parquet"])
+SPLIT_FILES = sorted([*PLOTS, "plan.json", "train.parquet", MANIFEST])
 
 
 def _snapshot(directory: Path) -> dict[str, bytes]:
@@ -31,10 +33,10 @@ def test_route_ultrafeedback_at_tau_half(cli, uf1k, tmp_path):
     out = tmp_path / "uf"
     result = cli("route", uf1k, "--threshold", "0.5", "--out", out)
     assert result.code == 0, result.err
-    assert "889 dpo, 111 sft" in result.out
+    assert "886 dpo, 110 sft, 4 dropped (4 identical)" in result.out
     train = pl.read_parquet(out / "train.parquet")
     routes = train.get_column("route").to_list()
-    assert (routes.count("dpo"), routes.count("sft")) == (889, 111)
+    assert (routes.count("dpo"), routes.count("sft")) == (886, 110)
     assert train.filter(pl.col("rank") == 0).get_column("margin").item() == 8.0
     by_rank = train.sort("rank").get_column("margin").to_list()
     assert all(a >= b for a, b in zip(by_rank, by_rank[1:], strict=False))
@@ -43,7 +45,8 @@ def test_route_ultrafeedback_at_tau_half(cli, uf1k, tmp_path):
     assert ranks["dpo"][1] < ranks["sft"][0]  # every sft pair after every dpo pair
     plan = json.loads((out / "plan.json").read_text())
     assert plan["mode"] == "mixdpo" and plan["threshold"] == 0.5 and plan["order"] == "curriculum"
-    assert plan["counts"]["in"] == 1000 and plan["counts"]["dropped"] == 0
+    assert plan["counts"]["in"] == 1000 and plan["counts"]["dropped"] == 4
+    assert plan["counts"]["dropped_by_reason"]["identical"] == 4
     assert sorted(p.name for p in out.iterdir()) == SPLIT_FILES
 
 
@@ -56,11 +59,11 @@ def test_route_plots_mark_the_split(cli, uf1k, tmp_path):
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000, name
 
 
-def test_filter_mode_writes_889_pairs_and_no_sft(cli, uf1k, tmp_path):
+def test_filter_mode_writes_886_pairs_and_no_sft(cli, uf1k, tmp_path):
     result = cli("route", uf1k, "--threshold", "0.5", "--mode", "filter", "--out", tmp_path / "f")
     assert result.code == 0, result.err
     train = pl.read_parquet(tmp_path / "f" / "train.parquet")
-    assert train.height == 889
+    assert train.height == 886
     assert train.filter(pl.col("route") == "sft").height == 0
 
 
@@ -155,7 +158,7 @@ def test_memory_budget_chooses_the_pass_not_the_bytes(cli, uf1k, tmp_path):
         ([], "needs a threshold"),
         (["--threshold", "0.5", "--mode", "mix"], "--mode must be one of"),
         (["--threshold", "0.5", "--order", "sorted"], "--order must be one of"),
-        (["--threshold", "0.5", "--export", "csv"], "--export must be 'trl'"),
+        (["--threshold", "0.5", "--export", "csv"], "--export must be one of trl, trl-mixdpo"),
         (["--threshold", "0.5", "--eval-fraction", "1"], "--eval-fraction"),
         (["--threshold", "0.5", "--stages", "2", "--order", "random"], "--stages"),
         (["--threshold", "0.5", "--memory-budget", "2x"], "--memory-budget must be a size"),
@@ -201,10 +204,11 @@ def test_existing_directory_without_force_is_left_untouched(cli, uf1k, tmp_path)
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    result = cli("route", uf1k, "--threshold", "0.5", "--out", out)
-    assert result.code == 2 and result.err.count("\n") == 1
-    assert "output directory exists" in result.err and "--force" in result.err
-    assert _snapshot(out) == {"notes.txt": b"keep me"}
+    for extra in ((), ("--force",)):
+        result = cli("route", uf1k, "--threshold", "0.5", "--out", out, *extra)
+        assert result.code == 2 and result.err.count("\n") == 1
+        assert "prefcurate did not write (notes.txt)" in result.err
+        assert _snapshot(out) == {"notes.txt": b"keep me"}
 
 
 def test_missing_out_is_an_input_error(cli, uf1k):
@@ -290,8 +294,8 @@ def test_killed_during_the_write_leaves_the_old_directory(cli, uf1k, tmp_path):
     assert result.code == 0, result.err
     assert not list(tmp_path.glob(".split.*"))  # the leftover is cleaned up
     plan = json.loads((out / "plan.json").read_text())
-    assert plan["threshold"] == 1.0 and plan["counts"]["sft"] == 304
-    assert pl.read_parquet(out / "train.parquet").height == 1000
+    assert plan["threshold"] == 1.0 and plan["counts"]["sft"] == 302
+    assert pl.read_parquet(out / "train.parquet").height == 996
 
 
 def test_killed_first_write_leaves_no_directory(cli, uf1k, tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from prefcurate.errors import InputError
 from prefcurate.export import export_trl
 from prefcurate.io import open_pairs
 from prefcurate.route import plan_routes, write_route
@@ -36,7 +37,7 @@ def test_standard_export_loads_with_datasets_in_rank_order(uf1k, tmp_path):
 
     assert dpo.column_names == ["prompt", "chosen", "rejected"]
     assert sft.column_names == ["prompt", "completion"]
-    assert (dpo.num_rows, sft.num_rows) == (889, 111)
+    assert (dpo.num_rows, sft.num_rows) == (886, 110)  # no pair with chosen == rejected
     want_dpo = train.filter(pl.col("route") == "dpo").sort("rank")
     want_sft = train.filter(pl.col("route") == "sft").sort("rank")
     assert dpo["prompt"] == want_dpo["prompt"].to_list()  # curriculum order, largest margin first
@@ -99,11 +100,11 @@ def test_export_from_an_existing_split_is_deterministic(uf1k, tmp_path):
     b = export_trl(out / "train.parquet", tmp_path / "b")
     assert a["dpo"].read_bytes() == b["dpo"].read_bytes()
     assert a["sft"].read_bytes() == b["sft"].read_bytes()
-    assert sum(1 for _ in a["sft"].open()) == 111 + 193
+    assert sum(1 for _ in a["sft"].open()) == 110 + 192  # margin < 1, chosen ≠ rejected
 
 
 def test_export_refuses_a_file_that_is_not_a_split(tmp_path):
     plain = tmp_path / "plain.parquet"
     pl.DataFrame({"prompt": ["p"], "chosen": ["c"], "rejected": ["r"]}).write_parquet(plain)
-    with pytest.raises(ValueError, match="not a routed split"):
+    with pytest.raises(InputError, match="not a routed split: no 'route', 'rank' column"):
         export_trl(plain, tmp_path)

@@ -18,11 +18,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: What the trainer may take from the data floor: names, errors, atomic writes, cache rules.
+#: What the trainer may take from the data floor: names, errors, atomic writes (with the output
+#: guard and interrupt clean-up they use), cache rules.
 CONTRACT = {
     "prefcurate.errors",
     "prefcurate.schema",
     "prefcurate.atomic",
+    "prefcurate.outdir",
+    "prefcurate.interrupt",
     "prefcurate.cachedir",
     "prefcurate.scorespec",
 }

@@ -180,9 +180,11 @@ def test_analyze_and_route_read_the_scored_file(cli, hh_scored, tmp_path):
     routed = cli("route", hh_scored["out"], "--threshold", "0.05", "--out", tmp_path / "split")
     assert routed.code == 0, routed.err
     split = pl.read_parquet(tmp_path / "split" / "train.parquet")
-    identical = split.filter(pl.col("chosen") == pl.col("rejected"))
-    assert identical["route"].to_list() == ["sft"]
-    assert split.filter(pl.col("margin") < 0.05)["route"].unique().to_list() == ["sft"]
+    # the pair with identical responses carries no preference: route drops it, and counts it
+    assert split.filter(pl.col("chosen") == pl.col("rejected")).height == 0
+    plan = json.loads((tmp_path / "split" / "plan.json").read_text())
+    assert plan["counts"]["dropped_by_reason"]["identical"] == 1 and split.height == 300
+    assert set(split.filter(pl.col("margin") < 0.05)["route"]) <= {"sft"}
 
 
 def test_a_second_run_is_served_from_the_cache_with_the_same_bytes(hh_scored):

@@ -151,9 +151,9 @@ def test_real_ultrafeedback_split(cli, uf1k, tmp_path):
     )
     assert result.code == 0, result.err
     run = json.loads((out / "run.json").read_text())
-    assert run["split"]["routes"] == {"dpo": 889, "sft": 111}
+    assert run["split"]["routes"] == {"dpo": 886, "sft": 110}
     tokens = run["tokens"]
-    assert tokens["sft"] == 111 + tokens["identical_after_truncation"]
+    assert tokens["sft"] == 110 + tokens["identical_after_truncation"]
     rows = metrics(out)
     assert sum(r["pairs/sft"] for r in rows) > 0
     assert all(r["loss/dpo"] is not None for r in rows)

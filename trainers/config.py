@@ -7,6 +7,7 @@ fields, so this module imports neither torch nor transformers (the CLI starts fa
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,9 +75,25 @@ class TrainConfig:
             )
         if not 0.0 <= self.label_smoothing < 0.5:
             raise InputError(f"--label-smoothing must be in [0, 0.5), not {self.label_smoothing}")
+        finite = {
+            "--beta": self.beta,
+            "--lr": self.lr,
+            "--label-smoothing": self.label_smoothing,
+            "--sft-weight": self.sft_weight,
+            "--nll-weight": self.nll_weight,
+            "--warmup-ratio": self.warmup_ratio,
+            "--weight-decay": self.weight_decay,
+            "--max-grad-norm": self.max_grad_norm,
+        }
+        for flag, value in finite.items():
+            if not math.isfinite(value):
+                raise InputError(
+                    f"{flag} must be a finite number, got {value}", fix="see prefcurate train -h"
+                )
         checks = {
             "--beta": self.beta > 0,
             "--lr": self.lr > 0,
+            "--weight-decay": self.weight_decay >= 0,
             "--batch-size": self.batch_size >= 1,
             "--grad-accum": self.grad_accum >= 1,
             "--epochs": self.epochs >= 1,

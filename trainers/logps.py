@@ -156,15 +156,19 @@ def reference_logps(
     device: torch.device,
     autocast: AbstractContextManager,
     pad_id: int,
+    only: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Summed log-probs of the chosen and rejected response of every dpo pair under ``module``.
 
     Runs once, in inference mode; each rank scores a strided share of the dpo pairs (longest
     first, to waste little padding) and the shares are gathered. Entries of sft pairs are NaN:
-    they never need a reference.
+    they never need a reference. ``only``: the pair indices the run will train (``--max-steps``
+    short of the split); the others stay NaN, unscored.
     """
     info = dist.info()
     dpo_index = pairs.is_dpo.nonzero().squeeze(1)
+    if only is not None:
+        dpo_index = dpo_index[torch.isin(dpo_index, only)]
     share = dpo_index[info.rank :: info.world_size]
     lengths = pairs.prompt.lengths() + torch.maximum(
         pairs.chosen.lengths(), pairs.rejected.lengths()

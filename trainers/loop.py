@@ -20,7 +20,6 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,11 +32,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from prefcurate.atomic import atomic_dir
 from prefcurate.errors import InputError, PrefcurateError
-from trainers import dist
+from trainers import dist, rundir
 from trainers.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
-    read_state,
     remove_partial,
     save_checkpoint,
 )
@@ -45,18 +43,13 @@ from trainers.config import TrainConfig, TrainResult
 from trainers.data import Curriculum, Split, TokenizedPairs, collate, read_split
 from trainers.device import autocast_factory, resolve_device
 from trainers.logps import SequenceLogps, check_allowed
-from trainers.model import LoadedModel, describe, load_model
+from trainers.model import LoadedModel, check_max_length, describe, load_model
 from trainers.objective import STAT_KEYS, Objective, step_metrics
 from trainers.prepare import reference_for, tokenized_pairs
 from trainers.reporter import Reporter
+from trainers.rundir import METRICS, MODEL_DIR, RUN_JSON, read_state
 
 __all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "train"]
-
-METRICS = "metrics.jsonl"
-RUN_JSON = "run.json"
-MODEL_DIR = "model"
-#: What ``--force`` may delete in RUN_DIR; nothing else there is ever touched.
-RUN_OUTPUTS = ("checkpoints", MODEL_DIR, METRICS, RUN_JSON, "curves.png")
 
 
 class NonFiniteLossError(PrefcurateError):
@@ -96,25 +89,58 @@ def lr_factor(step: int, *, warmup: int, total: int, schedule: str = "cosine") -
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+#: Below this share of the peak learning rate, ``train`` says the sft pairs barely train.
+LOW_LR_SHARE = 0.10
+
+
+def route_lr_shares(
+    curriculum: Curriculum, is_dpo: torch.Tensor, *, warmup: int, schedule: str
+) -> dict[str, float | None]:
+    """The mean learning rate each route's pairs train at, as a share of the peak (``--lr``).
+
+    Every pair visit is weighted by :func:`lr_factor` of its step. A curriculum puts MixDPO's
+    sft pairs last, where cosine decay has fallen to almost 0: with 1000 pairs and 137 sft, the sft
+    share is about 1%, so those pairs are hardly trained (docs/results.md). None: no pair of that
+    route.
+    """
+    total = curriculum.total_steps
+    sums = {"dpo": [0.0, 0], "sft": [0.0, 0]}
+    for step in range(total):
+        factor = lr_factor(step, warmup=warmup, total=total, schedule=schedule)
+        index = curriculum.step_pairs(step)
+        dpo = int(is_dpo[index].sum())
+        for route, n in (("dpo", dpo), ("sft", index.numel() - dpo)):
+            sums[route][0] += factor * n
+            sums[route][1] += n
+    return {route: (s / n if n else None) for route, (s, n) in sums.items()}
+
+
+def low_lr_warning(shares: dict[str, float | None], pairs: int, schedule: str) -> str | None:
+    """One line when the sft pairs would train below :data:`LOW_LR_SHARE` of the peak rate."""
+    share = shares.get("sft")
+    if share is None or share >= LOW_LR_SHARE:
+        return None
+    return (
+        f"warning: the {pairs} sft pairs train at {share:.1%} of the peak learning rate on average "
+        f"({schedule} decay reaches them last); --lr-schedule constant trains them at the full rate"
+    )
+
+
 def check_run_dir(config: TrainConfig) -> None:
     """Nothing is overwritten silently: an existing run needs ``--resume`` or ``--force``."""
-    out = config.out
-    if config.resume:
-        if latest_checkpoint(out) is None:
-            raise InputError(
-                "--resume found no complete checkpoint",
-                where=out / "checkpoints",
-                fix="start the run without --resume (save checkpoints with --save-every N)",
-            )
-        return
-    if out.exists() and not out.is_dir():
-        raise InputError("--out exists and is not a directory", where=out)
-    existing = [name for name in RUN_OUTPUTS if (out / name).exists()]
-    if existing and not config.force:
+    out = Path(config.out)
+    rundir.check_run_dir(
+        out,
+        split_dir=Path(config.split_dir),
+        models=(config.model, config.ref_model),
+        force=config.force,
+        resume=config.resume,
+    )
+    if config.resume and latest_checkpoint(out) is None:
         raise InputError(
-            f"the run directory already holds {', '.join(existing)}",
-            where=out,
-            fix="pass --resume to continue it, --force to start over, or another --out",
+            "--resume found no complete checkpoint",
+            where=out / "checkpoints",
+            fix="start the run without --resume (save checkpoints with --save-every N)",
         )
 
 
@@ -156,6 +182,8 @@ class _Run:
     logps: SequenceLogps
     ref_chosen: torch.Tensor
     ref_rejected: torch.Tensor
+    #: the split's content hash and the model's fingerprint: a resume must match them
+    identity: dict[str, str]
 
 
 def _train(
@@ -164,8 +192,9 @@ def _train(
     setup_started = time.perf_counter()
     run = _prepare(config, device, info, reporter)
     curriculum, optimizer, scheduler, warmup = _optimizer(run)
+    lr_shares = _lr_tail_check(run, curriculum, warmup)
     start_step, resumed_from = _open_run_dir(run, optimizer, scheduler)
-    run_json = _run_json(run, curriculum, warmup, resumed_from)
+    run_json = _run_json(run, curriculum, warmup, resumed_from, lr_shares)
     run_json["setup_seconds"] = round(time.perf_counter() - setup_started, 3)
     try:
         metrics, seen_pairs, seen_tokens, train_seconds = _steps(
@@ -210,6 +239,7 @@ def _prepare(
         trust_remote_code=config.trust_remote_code,
         allow_pickle=config.allow_pickle,
     )
+    check_max_length(policy, config.max_length)
     pairs = tokenized_pairs(split, policy, config)
     if pairs.identical:
         reporter.message(
@@ -221,24 +251,40 @@ def _prepare(
     logps.check_head()
     if config.allowed_token_ids is not None:
         check_allowed(pairs, config.allowed_token_ids, config.split_dir)
-    ref_chosen, ref_rejected = reference_for(pairs, policy, config, device, autocast)
+    # a --max-steps run short of the split needs the reference only for the pairs it reaches
+    curriculum = _curriculum(config, len(pairs), info.world_size)
+    only = None
+    if curriculum.total_steps < curriculum.steps_per_epoch * config.epochs:
+        steps = range(curriculum.total_steps)
+        only = torch.unique(torch.cat([curriculum.step_pairs(s) for s in steps]))
+    ref_chosen, ref_rejected = reference_for(pairs, policy, config, device, autocast, only=only)
+    identity = {
+        "split_path": str(config.split_dir),
+        "split_sha256": rundir.split_fingerprint(config.split_dir),
+        "model_path": str(config.model),
+        "model_fingerprint": policy.fingerprint,
+    }
     return _Run(
         config, device, info, reporter, autocast, split, policy, pairs, logps,
-        ref_chosen, ref_rejected,
+        ref_chosen, ref_rejected, identity,
     )  # fmt: skip
 
 
-def _optimizer(run: _Run):
-    """The pair order (:class:`Curriculum`), AdamW, and the warmup-then-decay schedule."""
-    config = run.config
-    curriculum = Curriculum(
-        n_pairs=len(run.pairs),
-        global_batch=config.batch_size * config.grad_accum * run.info.world_size,
+def _curriculum(config: TrainConfig, n_pairs: int, world_size: int) -> Curriculum:
+    return Curriculum(
+        n_pairs=n_pairs,
+        global_batch=config.batch_size * config.grad_accum * world_size,
         epochs=config.epochs,
         max_steps=config.max_steps,
         shuffle=config.shuffle,
         seed=config.seed,
     )
+
+
+def _optimizer(run: _Run):
+    """The pair order (:class:`Curriculum`), AdamW, and the warmup-then-decay schedule."""
+    config = run.config
+    curriculum = _curriculum(config, len(run.pairs), run.info.world_size)
     total = curriculum.total_steps
     warmup = math.ceil(config.warmup_ratio * total)
     optimizer = torch.optim.AdamW(
@@ -250,14 +296,34 @@ def _optimizer(run: _Run):
     return curriculum, optimizer, scheduler, warmup
 
 
+def _lr_tail_check(run: _Run, curriculum: Curriculum, warmup: int) -> dict[str, float | None]:
+    """Each route's share of the peak learning rate; one warning line when sft's is tiny."""
+    is_dpo = run.pairs.is_dpo
+    shares = route_lr_shares(curriculum, is_dpo, warmup=warmup, schedule=run.config.lr_schedule)
+    steps = range(curriculum.total_steps)
+    sft = sum(int((~is_dpo[curriculum.step_pairs(s)]).sum()) for s in steps)
+    warning = low_lr_warning(shares, sft, run.config.lr_schedule)
+    if warning:
+        run.reporter.message(warning)
+    return shares
+
+
 def _open_run_dir(run: _Run, optimizer, scheduler) -> tuple[int, int | None]:
-    """A fresh run directory, or the newest complete checkpoint resumed: (first step, resumed
-    from)."""
+    """A fresh run directory, or the newest complete checkpoint resumed (after checking it is
+    the same split and model): (first step, resumed from)."""
     config, info, out = run.config, run.info, run.config.out
     start_step, resumed_from = 0, None
     if config.resume:
         checkpoint = latest_checkpoint(out)
-        _check_resume(read_state(checkpoint), config.resume_key(info.world_size), checkpoint)
+        saved = read_state(checkpoint)
+        rundir.check_same_run(
+            saved.get("identity", {}),
+            run.identity,
+            checkpoint=checkpoint,
+            split_dir=config.split_dir,
+            model=str(config.model),
+        )
+        _check_resume(saved, config.resume_key(info.world_size), checkpoint)
         dist.barrier()
         state = load_checkpoint(
             checkpoint, model=run.policy.model, optimizer=optimizer, scheduler=scheduler
@@ -265,21 +331,19 @@ def _open_run_dir(run: _Run, optimizer, scheduler) -> tuple[int, int | None]:
         start_step = resumed_from = state["step"]
         if info.main:
             remove_partial(out)
-            _truncate_metrics(out / METRICS, start_step)
+            rundir.truncate_metrics(out / METRICS, start_step)
     elif info.main:
-        for name in RUN_OUTPUTS:  # --force (checked above): only the run's own files go
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            else:
-                target.unlink(missing_ok=True)
-        out.mkdir(parents=True, exist_ok=True)
+        rundir.start_run_dir(out)  # --force (checked above): only the run's own files go
     dist.barrier()
     return start_step, resumed_from
 
 
 def _run_json(
-    run: _Run, curriculum: Curriculum, warmup: int, resumed_from: int | None
+    run: _Run,
+    curriculum: Curriculum,
+    warmup: int,
+    resumed_from: int | None,
+    lr_shares: dict[str, float | None],
 ) -> dict[str, Any]:
     """run.json while the run trains (written now; completed or failed at the end)."""
     total = curriculum.total_steps
@@ -292,7 +356,9 @@ def _run_json(
         "tokens": run.pairs.counts(),
         "model": describe(run.policy),
         "steps": {"total": total, "warmup": warmup, "per_epoch": curriculum.steps_per_epoch},
+        "lr_share": lr_shares,
         "resumed_from": resumed_from,
+        "identity": run.identity,
     }
     if run.info.main:
         _write_json(run.config.out / RUN_JSON, run_json)
@@ -376,6 +442,7 @@ def _steps(run: _Run, curriculum: Curriculum, optimizer, scheduler, start_step: 
                         "position": position,
                         "world_size": info.world_size,
                         "config": resume_key,
+                        "identity": run.identity,
                     },
                 )
     finally:
@@ -439,24 +506,52 @@ def _save_model(run: _Run) -> Path:
 # --------------------------------------------------------------------------- helpers
 
 
+#: Metrics that are means over one route's pairs, and that route.
+_ROUTE_OF = {
+    "loss/dpo": "dpo",
+    "rewards/accuracies": "dpo",
+    "rewards/margins": "dpo",
+    "logps/chosen": "dpo",
+    "loss/sft": "sft",
+}
+
+
 def summarize(metrics_path: Path, window: float = 0.1) -> dict[str, Any]:
-    """Means of the key curves over the first and last ``window`` of a run's steps."""
+    """What a run trained and where its curves ended, from ``metrics.jsonl``.
+
+    ``pairs/dpo`` and ``pairs/sft`` count the pairs actually trained (a pair seen in two epochs
+    counts twice). ``KEY:first`` and ``KEY:last`` are the means of KEY over the first and the last
+    ``window`` share of the steps that trained pairs of KEY's route, weighted by those pairs
+    (``window/dpo``, ``window/sft``: how many steps). A curriculum trains its dpo pairs first and
+    its sft pairs last, so ``loss/dpo:last`` is the end of the dpo phase, and the two losses are
+    never mixed: ``loss`` (the objective, over all pairs) is kept for completeness only.
+    """
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
     if not rows:
         return {}
-    n = max(1, int(len(rows) * window))
-    out: dict[str, Any] = {"steps": len(rows), "window": n}
-    for key in (
-        "loss",
-        "loss/dpo",
-        "loss/sft",
-        "rewards/accuracies",
-        "rewards/margins",
-        "logps/chosen",
-    ):
-        for part, chunk in (("first", rows[:n]), ("last", rows[-n:])):
-            values = [r[key] for r in chunk if r.get(key) is not None]
-            out[f"{key}:{part}"] = sum(values) / len(values) if values else None
+
+    def pairs_of(route: str | None, row: dict[str, Any]) -> int:
+        if route is None:
+            return (row.get("pairs/dpo") or 0) + (row.get("pairs/sft") or 0)
+        return row.get(f"pairs/{route}") or 0
+
+    out: dict[str, Any] = {
+        "steps": len(rows),
+        "window": max(1, int(len(rows) * window)),
+        "pairs/dpo": sum(pairs_of("dpo", r) for r in rows),
+        "pairs/sft": sum(pairs_of("sft", r) for r in rows),
+    }
+    for route in ("dpo", "sft"):
+        with_route = sum(1 for r in rows if pairs_of(route, r))
+        out[f"window/{route}"] = max(1, int(with_route * window)) if with_route else 0
+    for key in ("loss", *_ROUTE_OF):
+        route = _ROUTE_OF.get(key)
+        kept = [r for r in rows if r.get(key) is not None and pairs_of(route, r)]
+        n = out[f"window/{route}"] if route else out["window"]
+        for part, chunk in (("first", kept[:n]), ("last", kept[-n:] if n else [])):
+            weight = sum(pairs_of(route, r) for r in chunk)
+            mean = sum(r[key] * pairs_of(route, r) for r in chunk) / weight if weight else None
+            out[f"{key}:{part}"] = mean
     return out
 
 
@@ -481,16 +576,6 @@ def _check_resume(state: dict[str, Any], key: dict[str, Any], checkpoint: Path) 
             where=checkpoint,
             fix="resume with the flags the run was started with",
         )
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metrics of steps after the checkpoint: they will be trained again."""
-    if not path.is_file():
-        return
-    kept = [
-        line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step
-    ]
-    path.write_text("".join(line + "\n" for line in kept))
 
 
 def _activation_checkpointing(model: torch.nn.Module, *, enable: bool) -> None:

@@ -37,7 +37,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from prefcurate.errors import InputError
+from prefcurate.errors import InputError, one_line
 
 TINY = "tiny"
 
@@ -187,6 +187,8 @@ def load_pretrained(
         raise InputError("not a Hugging Face model directory (no config.json)", where=path, fix=fix)
     config = read_config(path, trust_remote_code=trust_remote_code, fix=fix)
     use_safetensors = weights_format(path, allow_pickle=allow_pickle)
+    for weights in sorted(path.glob("*.safetensors")):
+        check_safetensors(weights)
     try:
         model = auto_class.from_pretrained(
             path,
@@ -206,7 +208,24 @@ def load_pretrained(
             where=path,
             fix="use weights from a source you trust, saved as safetensors",
         ) from exc
+    except (RuntimeError, OSError) as exc:  # shapes that do not match config.json, unreadable files
+        text = str(exc)
+        if "mismatch" in text or "size" in text or isinstance(exc, OSError):
+            raise InputError(
+                f"the weights do not match config.json ({one_line(text, 160)})",
+                where=path / "config.json",
+                fix="use the config.json saved with these weights",
+            ) from exc
+        raise
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+    embeddings = model.get_input_embeddings()
+    rows = getattr(embeddings, "num_embeddings", None)
+    if rows is not None and len(tokenizer) > rows:
+        raise InputError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model only {rows} embeddings",
+            where=path,
+            fix="use the tokenizer saved with this model",
+        )
     return LoadedModel(model, tokenizer, directory_fingerprint(path), str(path))
 
 
@@ -224,6 +243,52 @@ def load_tokenizer(path: Path, *, trust_remote_code: bool) -> PreTrainedTokenize
         ) from exc
 
 
+def check_safetensors(path: Path) -> None:
+    """A truncated or corrupt .safetensors file is an :class:`InputError` naming it.
+
+    The format is an 8-byte header length, a JSON header giving each tensor's byte range, then
+    the data: the file must be exactly as long as the header says.
+    """
+    fix = "re-download or re-save the model (save_pretrained)"
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n <= 0 or 8 + n > size:
+                raise InputError("truncated or corrupt safetensors file (no header)", where=path,
+                                 fix=fix)  # fmt: skip
+            header = json.loads(fh.read(n))
+    except OSError as exc:
+        raise InputError(f"cannot read the weights ({exc.strerror})", where=path, fix=fix) from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError("corrupt safetensors header", where=path, fix=fix) from exc
+    ends = [
+        v["data_offsets"][1]
+        for k, v in header.items()
+        if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v
+    ]
+    expected = 8 + n + max(ends, default=0)
+    if size < expected:
+        raise InputError(
+            f"truncated safetensors file ({size} bytes, its header needs {expected})",
+            where=path,
+            fix=fix,
+        )
+
+
+def check_max_length(loaded: LoadedModel, max_length: int, *, flag: str = "--max-length") -> None:
+    """Refuse a length beyond the model's position limit (it would train past what it can see)."""
+    limit = getattr(loaded.model.config, "max_position_embeddings", None)
+    if isinstance(limit, int) and max_length > limit:
+        raise InputError(
+            f"{flag} {max_length} is beyond the model's position limit {limit} "
+            "(max_position_embeddings)",
+            where=loaded.name,
+            fix=f"pass {flag} {limit} or less",
+        )
+
+
 def read_config(path: Path, *, trust_remote_code: bool, fix: str) -> Any:
     """The directory's config; an architecture that only its own code defines needs the flag.
 
@@ -235,7 +300,7 @@ def read_config(path: Path, *, trust_remote_code: bool, fix: str) -> Any:
         return AutoConfig.from_pretrained(
             path, local_files_only=True, trust_remote_code=trust_remote_code
         )
-    except (ValueError, KeyError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - transformers validates configs with its own errors
         if not trust_remote_code and _asks_for_code(path):
             raise InputError(
                 "the model's architecture is defined by code in its directory (auto_map), "
@@ -243,7 +308,9 @@ def read_config(path: Path, *, trust_remote_code: bool, fix: str) -> Any:
                 where=path / "config.json",
                 fix="pass --trust-remote-code if you trust that code",
             ) from exc
-        raise InputError(f"cannot read config.json: {exc}", where=path, fix=fix) from exc
+        raise InputError(
+            f"bad config.json: {one_line(exc, 200)}", where=path / "config.json", fix=fix
+        ) from exc
 
 
 def _asks_for_code(path: Path) -> bool:

@@ -56,8 +56,13 @@ def reference_for(
     config: TrainConfig,
     device: torch.device,
     autocast: Callable[[], Any],
+    only: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference log-probs of the dpo pairs: from the cache, else one pass then freed."""
+    """Reference log-probs of the dpo pairs: from the cache, else one pass then freed.
+
+    ``only``: the pairs a ``--max-steps`` run will reach; a quick five-step try on a large split
+    scores those, not the whole split (they are cached under their own key).
+    """
     ref_path = Path(config.ref_model) if config.ref_model else None
     ref_fingerprint = directory_fingerprint(ref_path) if ref_path else policy.fingerprint
     key = cache.cache_key(
@@ -66,6 +71,7 @@ def reference_for(
         max_length=config.max_length,
         precision=f"{device.type}:{config.precision}",
         **({"allowed": config.allowed_token_ids} if config.allowed_token_ids else {}),
+        **({"only": cache.cache_key(pairs=only.tolist())} if only is not None else {}),
     )
     hit = cache.load(config.cache_dir, "reference", key)
     hits = dist.sum_(torch.tensor([int(hit is not None)], device=dist.collective_device()))
@@ -88,6 +94,7 @@ def reference_for(
         device=device,
         autocast=autocast(),
         pad_id=policy.tokenizer.pad_token_id,
+        only=only,
     )
     del module, model, ref  # the reference model is freed before training starts
     if device.type == "cuda":

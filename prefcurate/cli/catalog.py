@@ -14,6 +14,7 @@ from prefcurate.cli.common import (
     app,
     cell,
     column_options,
+    narrow_terminal,
     print_table,
 )
 from prefcurate.errors import InputError
@@ -30,6 +31,8 @@ def runs(
 ) -> None:
     """List the runs recorded in the catalog, newest first.
 
+    One line each: id, command, status, input and summary; --json gives every recorded field.
+
     Example:
         prefcurate runs --limit 5 --kind route
     """
@@ -37,6 +40,9 @@ def runs(
 
     from prefcurate import catalog as cat
 
+    if limit <= 0:
+        raise InputError(f"--limit must be a positive integer, got {limit}", fix="e.g. --limit 20")
+    cat.check_catalog(catalog)
     found = cat.list_runs(catalog, limit=limit, kind=kind)
     if as_json:
         print(json.dumps(found, indent=2, default=str, ensure_ascii=False))
@@ -56,7 +62,36 @@ def runs(
         rows.append(
             [run["run_id"], run["kind"], started, run["status"], data, run["summary"] or ""]
         )
-    print_table(header, rows, title=f"runs in {cat.catalog_path(catalog)}")
+    title = f"runs in {cat.catalog_path(catalog)}"
+    if narrow_terminal():
+        _print_runs_as_blocks(rows, title=title)
+    else:
+        print_table(header, rows, title=title, whole=("run_id",))
+
+
+def _print_runs_as_blocks(rows: list[list[str]], *, title: str) -> None:
+    """On a narrow terminal, one block per run: id, kind, status and time, then input, summary."""
+    from rich.console import Console
+    from rich.padding import Padding
+    from rich.text import Text
+
+    console = Console()
+    console.print(Text(title, style="bold"))
+    for run_id, kind, started, status, data, summary in rows:
+        console.print()
+        console.print(
+            Text.assemble(
+                (run_id, "bold"),
+                "  ",
+                (kind, "cyan"),
+                "  ",
+                (status, "green" if status == "ok" else "yellow"),
+                f"  {started} UTC",
+            )
+        )
+        for line in (data, summary):
+            if line:
+                console.print(Padding(Text(line), (0, 0, 0, 2)))
 
 
 @app.command()
@@ -88,6 +123,8 @@ def sql(
 
     if as_json and as_csv:
         raise InputError("--json and --csv both given", fix="pass one")
+    cat.check_catalog(catalog)
+    cat.read_only_statement(query)  # before the data is read
     pairs = None
     if data is not None:
         with status("reading the data"):

@@ -34,6 +34,27 @@ def _click_class(name: str) -> type[Exception]:
     return next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
 
 
+def _flags_without_a_type() -> None:
+    """Typer >= 0.29 writes ``<bool>`` beside plain flags (``--force <bool>``), which reads as if
+    the flag took a value; a flag shows no type, as in every other CLI."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "_prefcurate", False):
+        return
+
+    def display_type_rich(self, ctx):
+        if getattr(self, "is_flag", False) and self.metavar is None:
+            return None
+        return shown(self, ctx)
+
+    display_type_rich._prefcurate = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+if hasattr(typer.core, "TyperOption") and hasattr(typer.core.TyperOption, "display_type_rich"):
+    _flags_without_a_type()
+
 _UsageError = _click_class("UsageError")
 _ClickException = _click_class("ClickException")
 
@@ -227,6 +248,13 @@ CatalogOpt = Annotated[
 ]
 
 
+def check_catalog(catalog: str | None) -> None:
+    """Refuse a --catalog that is not a DuckDB file, or a bad timeout, before any work."""
+    from prefcurate import catalog as cat
+
+    cat.check_catalog(catalog)
+
+
 def record_run(
     kind: str,
     *,
@@ -276,20 +304,64 @@ def record_run(
 # tables
 
 
+def show_traceback() -> None:
+    """With ``--debug``, print the traceback of the exception being handled, on stderr."""
+    if STATE.debug:
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+
+
+def echo(text: str) -> None:
+    """A result line on stdout: wrapped between words to the window on a terminal (a plain
+    ``print`` breaks "curriculum" in two at column 80), exactly as is when piped."""
+    if sys.stdout.isatty():
+        from rich.console import Console
+
+        Console().print(text, markup=False, highlight=False)
+    else:
+        print(text)
+
+
+#: Below this many columns a six-column table squeezes each cell to a few letters.
+WIDE_TABLE_COLUMNS = 120
+
+
+def narrow_terminal() -> bool:
+    """stdout is a terminal narrower than :data:`WIDE_TABLE_COLUMNS`."""
+    from rich.console import Console
+
+    console = Console()
+    return console.is_terminal and console.width < WIDE_TABLE_COLUMNS
+
+
 def cell(value: object, limit: int = 80) -> str:
     text = "NULL" if value is None else str(value)
     text = text.replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t")
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def print_table(header: list[str], rows: list[list[str]], *, title: str | None = None) -> None:
-    """A rich table on a terminal; plain aligned columns when stdout is a pipe or file."""
+def print_table(
+    header: list[str],
+    rows: list[list[str]],
+    *,
+    title: str | None = None,
+    whole: tuple[str, ...] = (),
+) -> None:
+    """A rich table on a terminal; plain aligned columns when stdout is a pipe or file.
+
+    Columns named in ``whole`` are never wrapped or cut (a run id must stay copyable).
+    """
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
     if console.is_terminal:
-        table = Table(*header, title=title, title_justify="left")
+        table = Table(title=title, title_justify="left")
+        for i, name in enumerate(header):
+            keep = name in whole
+            widest = max((len(str(row[i])) for row in rows), default=0) if keep else None
+            table.add_column(name, no_wrap=keep, min_width=widest)
         for row in rows:
             table.add_row(*(str(c) for c in row))
         console.print(table)

@@ -16,7 +16,9 @@ from prefcurate.cli.common import (
     SftFractionOpt,
     ThresholdOpt,
     app,
+    check_catalog,
     column_options,
+    echo,
     record_run,
 )
 from prefcurate.errors import InputError
@@ -60,12 +62,20 @@ def analyze_command(
     from prefcurate.report import print_json, render_report
 
     started_at = datetime.now(timezone.utc)  # noqa: UP017
+    check_catalog(catalog)  # a wrong --catalog or timeout fails before any work
     check_routing_args(threshold, sft_fraction)
     if out is not None:
-        check_new_dir(out, force=force)
+        check_new_dir(out, force=force, inputs=[data])
     pairs = columns.open(data)
+    seen = None
     with status(f"analyzing {pairs.raw.display}"):
-        report = analyze(pairs, threshold=threshold, sft_fraction=sft_fraction)
+        if out is None:
+            report = analyze(pairs, threshold=threshold, sft_fraction=sft_fraction)
+        else:  # the same figures, plus the pair samples of the folder's index.html
+            from prefcurate.inspection import inspect_source
+
+            seen = inspect_source(pairs, threshold=threshold, sft_fraction=sft_fraction)
+            report = seen.report
     if json_out:
         print_json(report)
     else:
@@ -75,7 +85,11 @@ def analyze_command(
     if out is not None:
         with bar("writing plots", len(PLOT_FILES)) as progress:
             names = write_report_dir(
-                report, out, force=force, on_written=lambda _: progress.advance(0)
+                report,
+                out,
+                force=force,
+                on_written=lambda _: progress.advance(0),
+                inspection=seen,
             )
         if not json_out:
             stderr.print(f"wrote {out}/: {', '.join(names)}", highlight=False)
@@ -179,7 +193,12 @@ def route(
         int, typer.Option("--seed", help="Seed of shuffles and the held-out choice.")
     ] = 0,
     export: Annotated[
-        str | None, typer.Option("--export", help="trl: also write dpo.jsonl and sft.jsonl.")
+        str | None,
+        typer.Option(
+            "--export",
+            help="Also write the split for another trainer: trl (dpo.jsonl + sft.jsonl), "
+            "trl-mixdpo (mixdpo.jsonl for prefcurate.integrations.trl), llamafactory, openrlhf.",
+        ),
     ] = None,
     force: ForceOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print plan.json to stdout.")] = False,
@@ -199,7 +218,9 @@ def route(
 
     Writes train.parquet (rank order, with route, rank and stage columns) and plan.json.
 
-    --eval-fraction adds eval.parquet; --export trl adds dpo.jsonl and sft.jsonl for TRL.
+    --eval-fraction adds eval.parquet. --export writes the split for another trainer too:
+    trl-mixdpo (mixdpo.jsonl: per-pair routing in TRL), trl, llamafactory, openrlhf
+    (docs/integrations.md).
 
     Example:
         prefcurate route ../shared/data/ultrafeedback_1k.jsonl --threshold 0.5 --out out/uf
@@ -209,47 +230,50 @@ def route(
 
     from prefcurate.atomic import check_new_dir
     from prefcurate.memory import parse_size
+    from prefcurate.outdir import out_lock
     from prefcurate.progress import status
     from prefcurate.route import plan_routes
     from prefcurate.splitwriter import check_export, write_route
 
     started_at = datetime.now(timezone.utc)  # noqa: UP017
+    check_catalog(catalog)  # a wrong --catalog or timeout fails before any work
     if out is None:
         raise InputError("--out is required", fix="pass --out DIR for the split files")
-    check_new_dir(out, force=force)  # before reading anything: fail fast, write nothing
+    check_new_dir(out, force=force, inputs=[data])  # before reading: fail fast, write nothing
     check_export(export)
     if memory_budget is not None:
         parse_size(memory_budget)  # a bad size fails before anything is read
-    with status("reading and routing"):
-        pairs = columns.open(data, seed=seed)
-        plan = plan_routes(
-            pairs,
-            mode=mode,
-            threshold=threshold,
-            sft_fraction=sft_fraction,
-            order=order,
-            stages=stages,
-            drop=drop or (),
-            eval_fraction=eval_fraction,
-            seed=seed,
-            memory_budget=memory_budget,
+    with out_lock(out):  # one writer per --out; a killed one does not keep it
+        with status("reading and routing"):
+            pairs = columns.open(data, seed=seed)
+            plan = plan_routes(
+                pairs,
+                mode=mode,
+                threshold=threshold,
+                sft_fraction=sft_fraction,
+                order=order,
+                stages=stages,
+                drop=drop or (),
+                eval_fraction=eval_fraction,
+                seed=seed,
+                memory_budget=memory_budget,
+            )
+        with status(f"writing {out}"):
+            document = write_route(plan, out, force=force, export=export, plots=True)
+        params = {
+            k: v for k, v in document.items() if k not in ("version", "input", "counts", "outputs")
+        }
+        record_run(
+            "route",
+            catalog=catalog,
+            inputs=[plan.input],
+            params=params,
+            figures={"threshold": plan.threshold, **plan.counts},
+            outputs={"dir": str(out.resolve()), **document["outputs"]},
+            summary=plan.summary(),
+            started_at=started_at,
         )
-    with status(f"writing {out}"):
-        document = write_route(plan, out, force=force, export=export, plots=True)
-    params = {
-        k: v for k, v in document.items() if k not in ("version", "input", "counts", "outputs")
-    }
-    record_run(
-        "route",
-        catalog=catalog,
-        inputs=[plan.input],
-        params=params,
-        figures={"threshold": plan.threshold, **plan.counts},
-        outputs={"dir": str(out.resolve()), **document["outputs"]},
-        summary=plan.summary(),
-        started_at=started_at,
-    )
-    if as_json:
-        print(json.dumps(document, indent=2))
-    else:
-        print(f"{plan.summary()} -> {out}")
+        if as_json:
+            print(json.dumps(document, indent=2))
+        else:
+            echo(f"{plan.summary()} -> {out}")

@@ -7,7 +7,27 @@ from typing import Annotated
 
 import typer
 
-from prefcurate.cli.common import ForceOpt, app
+from prefcurate.cli.common import ForceOpt, app, echo
+
+_SIZE = "Size (smaller: faster and noisier)"
+EvalPromptsOpt = Annotated[
+    int, typer.Option("--eval-prompts", help="Held-out prompts judged.", rich_help_panel=_SIZE)
+]
+BaseDemosOpt = Annotated[
+    int,
+    typer.Option(
+        "--base-demos", help="Demonstrations the base policy learns from.", rich_help_panel=_SIZE
+    ),
+]
+ToyCacheOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir",
+        help="Where the base policy is cached (default: ~/.cache/prefcurate).",
+        rich_help_panel=_SIZE,
+        show_default=False,
+    ),
+]
 
 bench_app = typer.Typer(
     help="Benchmarks where the truth is known: MixDPO's claims on a toy task with a gold reward.",
@@ -27,6 +47,9 @@ def bench_mixdpo(
         str | None,
         typer.Option("--arms", help="Comma-separated subset of the arms (default: all nine)."),
     ] = None,
+    eval_prompts: EvalPromptsOpt = 1000,
+    base_demos: BaseDemosOpt = 4000,
+    cache_dir: ToyCacheOpt = None,
     force: ForceOpt = False,
 ) -> None:
     """Train MixDPO and its baselines from one base policy and judge them by a gold reward.
@@ -45,14 +68,22 @@ def bench_mixdpo(
     from rich.console import Console
 
     from prefcurate.progress import bar, stderr
+    from prefcurate.recipes.basepolicy import BaseConfig
     from prefcurate.recipes.bench import BenchConfig, run_bench
     from prefcurate.recipes.benchreport import render, write_outputs
 
     chosen = tuple(a.strip() for a in arms.split(",")) if arms else None
     config = BenchConfig(
-        out=out, seeds=seeds, pairs=pairs, force=force, **({"arms": chosen} if chosen else {})
+        out=out,
+        seeds=seeds,
+        pairs=pairs,
+        eval_prompts=eval_prompts,
+        base=BaseConfig(demos=base_demos),
+        cache_dir=cache_dir,
+        force=force,
+        **({"arms": chosen} if chosen else {}),
     )
-    with bar("bench mixdpo", seeds * len(config.arms), unit="arms") as progress:
+    with bar("bench mixdpo", seeds * len(config.arms), unit="arms", plain=True) as progress:
 
         def update(message: str, done: int, total: int) -> None:
             progress.update(0, completed=done, description=message)
@@ -73,6 +104,9 @@ def demo_command(
         Path, typer.Option("--out", help="Folder for every artefact of the demo.")
     ] = Path("prefcurate-demo"),
     pairs: Annotated[int, typer.Option("--pairs", help="Preference pairs to make.")] = 600,
+    eval_prompts: EvalPromptsOpt = 300,
+    base_demos: BaseDemosOpt = 4000,
+    cache_dir: ToyCacheOpt = None,
     force: ForceOpt = False,
 ) -> None:
     """The whole pipeline on a built-in toy task, in about a minute on a laptop CPU.
@@ -86,6 +120,15 @@ def demo_command(
     Example:
         prefcurate demo --out prefcurate-demo
     """
+    from prefcurate.recipes.basepolicy import BaseConfig
     from prefcurate.recipes.demo import run_demo
 
-    print(run_demo(out, pairs=pairs, force=force).summary())
+    result = run_demo(
+        out,
+        pairs=pairs,
+        eval_prompts=eval_prompts,
+        base=BaseConfig(demos=base_demos),
+        cache_dir=cache_dir,
+        force=force,
+    )
+    echo(result.summary())

@@ -16,7 +16,9 @@ from prefcurate.cli.common import (
     DataArg,
     ForceOpt,
     app,
+    check_catalog,
     column_options,
+    echo,
     record_run,
 )
 from prefcurate.errors import InputError
@@ -141,10 +143,11 @@ def score(
     from prefcurate.score import check_output, write_scores
 
     started_at = datetime.now(timezone.utc)  # noqa: UP017
+    check_catalog(catalog)  # a wrong --catalog or timeout fails before any work
     if out is None:
         raise InputError("--out is required", fix="pass --out OUT.parquet")
     rank0 = os.environ.get("RANK", "0") == "0"
-    check_output(out, force=force)  # before reading anything: fail fast, write nothing
+    check_output(out, force=force, inputs=[data])  # before reading: fail fast, write nothing
     pairs = columns.open(data)
     with bars(unit="pairs") as update:
         result = score_pairs(
@@ -181,4 +184,4 @@ def score(
     if as_json:
         print(json.dumps(document, indent=2))
     else:
-        print(f"{result.summary()} -> {out}")
+        echo(f"{result.summary()} -> {out}")

@@ -17,12 +17,15 @@ import typer
 
 from prefcurate.cli.common import (
     ALLOW_PICKLE_HELP,
-    STATE,
     CatalogOpt,
     app,
+    check_catalog,
     config_options,
+    echo,
     record_run,
+    show_traceback,
 )
+from prefcurate.errors import InputError
 from trainers.config import TrainConfig
 
 #: The help of each ``prefcurate train`` flag, by TrainConfig field (in the order shown).
@@ -72,17 +75,23 @@ def train(config: TrainConfig, catalog: CatalogOpt = None) -> None:
     Example:
         prefcurate train splits/uf --model tiny --out runs/tiny --max-length 256 --lr 1e-3
     """
+    import contextlib
+
+    from prefcurate.outdir import out_lock
     from prefcurate.progress import RichReporter
     from prefcurate.runplots import read_metrics
     from trainers.loop import NonFiniteLossError
     from trainers.loop import train as run_training
 
     started_at = datetime.now(timezone.utc)  # noqa: UP017
+    check_catalog(catalog)  # a wrong --catalog or timeout fails before any work
+    rank0 = os.environ.get("RANK", "0") == "0"
+    lock = out_lock(config.out) if rank0 else contextlib.nullcontext()
     try:
-        result = run_training(config, reporter=RichReporter())
+        with lock:  # one run per directory: a second writer exits 2 naming the first one's PID
+            result = run_training(config, reporter=RichReporter())
     except NonFiniteLossError as exc:  # the user's run diverged: say so, not "please report"
-        if STATE.debug:
-            raise
+        show_traceback()
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(exc.exit_code) from None
     if os.environ.get("RANK", "0") != "0":
@@ -94,7 +103,7 @@ def train(config: TrainConfig, catalog: CatalogOpt = None) -> None:
         params=dataclasses.asdict(config),
         figures=result.to_dict(),
         outputs={"dir": str(result.run_dir), "model": str(result.model_dir)},
-        summary=f"{result.steps} steps on {config.split_dir}",
+        summary=f"{result.steps} steps on {config.split_dir}: {_trained(result.summary)}",
         started_at=started_at,
         metrics=[
             {"step": row["step"], "name": name, "value": value}
@@ -103,15 +112,43 @@ def train(config: TrainConfig, catalog: CatalogOpt = None) -> None:
             if name != "step" and isinstance(value, int | float)
         ],
     )
-    final = result.final
-    acc = final.get("rewards/accuracies")
-    print(
-        f"trained {result.steps} steps ({result.pairs['dpo']} dpo + {result.pairs['sft']} sft "
-        f"pairs, {result.pairs_per_s:.1f} pairs/s on {result.world_size}×{result.device}); "
-        f"final loss {final.get('loss', float('nan')):.4f}"
-        + ("" if acc is None else f", rewards/accuracies {acc:.2f}")
-        + f"; model in {result.model_dir}"
-    )
+    echo(train_summary(result))
+
+
+def _trained(summary: dict) -> str:
+    return f"{summary.get('pairs/dpo', 0)} dpo + {summary.get('pairs/sft', 0)} sft pairs"
+
+
+def _steps(n: int) -> str:
+    return "step" if n == 1 else f"{n} steps"
+
+
+def train_summary(result) -> str:
+    """The lines ``train`` ends with: what was trained, each route's loss at the end, the model.
+
+    The losses of the two routes are never mixed: loss/dpo (a preference loss, about 0.69 at the
+    start) and loss/sft (an NLL per token, several nats) are each the mean over the last tenth of
+    the steps that trained pairs of that route.
+    """
+    s = result.summary
+    dpo, sft = s.get("pairs/dpo", 0), s.get("pairs/sft", 0)
+    lines = [
+        f"trained {result.steps} steps on {dpo + sft:,} pairs ({dpo:,} dpo + {sft:,} sft), "
+        f"{result.pairs_per_s:.1f} pairs/s on {result.world_size}×{result.device}"
+    ]
+    ends = []
+    if s.get("loss/dpo:last") is not None:
+        acc = s.get("rewards/accuracies:last")
+        shown = "" if acc is None else f", rewards/accuracies {acc:.2f}"
+        steps = _steps(s["window/dpo"])
+        ends.append(f"loss/dpo {s['loss/dpo:last']:.4f}{shown} (last {steps} with dpo pairs)")
+    if s.get("loss/sft:last") is not None:
+        steps = _steps(s["window/sft"])
+        ends.append(f"loss/sft {s['loss/sft:last']:.4f} (last {steps} with sft pairs)")
+    if ends:
+        lines.append("mean " + "; ".join(ends))
+    lines.append(f"model in {result.model_dir}")
+    return "\n".join(lines)
 
 
 @app.command()
@@ -129,10 +166,20 @@ def plot(
 ) -> None:
     """Draw a run's training curves (loss, rewards, log-probs, grad norm, lr) to a PNG.
 
+    Several runs overlay in one figure; each route's loss has its own panel.
+
     Example:
         prefcurate plot runs/mixdpo runs/dpo --out curves.png
     """
+    from prefcurate.outdir import check_out_file
     from prefcurate.runplots import plot_runs
 
+    if smooth is not None and smooth < 0:
+        raise InputError(f"--smooth must be 0 or more, got {smooth}", fix="e.g. --smooth 20")
+    target = out or run_dirs[0] / "curves.png"
+    if target.suffix.lower() != ".png":
+        raise InputError("--out must be a .png file", where=target, fix="e.g. --out curves.png")
+    inputs = [d / name for d in run_dirs for name in ("metrics.jsonl", "run.json")]
+    check_out_file(target, force=True, inputs=inputs)
     path = plot_runs(run_dirs, out or run_dirs[0] / "curves.png", smooth=smooth)
     print(path)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -74,6 +73,10 @@ ARMS: tuple[Arm, ...] = (
     Arm("mixdpo-50", "mixdpo", "curriculum", sft_fraction=0.5, description="MixDPO, ≈50% sft"),
 )
 ARM_NAMES = tuple(a.name for a in ARMS)
+
+
+#: What the bench writes into its folder: one folder per seed and the results.
+BENCH_ENTRIES = ("seed-*", "results.json", "results.md", "chart.png", ".*.tmp-*", ".*.lock")
 
 
 @dataclass
@@ -134,14 +137,9 @@ def run_bench(config: BenchConfig, *, progress: Progress | None = None) -> dict[
         finished[0] += arm_done
         report(message, finished[0], total)
 
-    out = config.out
-    if out.exists() and any(out.iterdir()) and not config.force:
-        raise InputError(
-            "the output directory is not empty", where=out, fix="pass --force or another --out"
-        )
-    if out.exists() and config.force:
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    from prefcurate.outdir import open_dir
+
+    out = open_dir(config.out, force=config.force, kind="bench", entries=BENCH_ENTRIES)
     started = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)

@@ -4,7 +4,8 @@ A newcomer's first command. It makes preference pairs for the sorting task of
 :mod:`prefcurate.recipes.toytask` (sampled from the cached base policy, labelled by noisy
 ratings), then runs the same library functions as the commands a user would type next:
 
-1. ``analyze`` — margins, ties, inversions → ``report/report.json`` and PNG plots;
+1. ``analyze`` — margins, ties, inversions → ``report/report.json``, PNG plots and the inspect
+   page ``report/index.html`` (rewritten after training with the run's curves);
 2. ``route --threshold 0.5`` — MixDPO's split, curriculum order → ``split/`` (+ plots);
 3. ``train`` — MixDPO on the ``tiny`` model from the base policy → ``run/`` (metrics, model,
    ``curves.png``);
@@ -17,13 +18,11 @@ on stderr; the closing summary says where everything is.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefcurate.errors import InputError
 from prefcurate.recipes.basepolicy import BaseConfig
 
 #: The demo routes exactly the ties, as the paper's main setting does on UltraFeedback.
@@ -55,6 +54,10 @@ class DemoResult:
         return "\n".join(lines)
 
 
+#: What the demo writes into its folder (and the temporary siblings of its atomic parts).
+DEMO_ENTRIES = ("data", "report", "split", "run", "eval.json", "README.md", ".*.tmp-*", ".*.lock")
+
+
 def run_demo(
     out: str | Path = "prefcurate-demo",
     *,
@@ -69,17 +72,11 @@ def run_demo(
     """Run the demo into ``out``; see the module docstring. Returns paths and figures."""
     import torch
 
+    from prefcurate.outdir import open_dir
     from prefcurate.progress import stderr
     from prefcurate.recipes.bench import EVAL_SEED, BenchConfig, Environment, make_pairs, pair_stats
 
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise InputError(
-                "the demo folder already exists", where=out, fix="pass --force or another --out"
-            )
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = open_dir(out, force=force, kind="demo", entries=DEMO_ENTRIES)
     started = time.perf_counter()
     result = DemoResult(out)
     threads = torch.get_num_threads()
@@ -131,6 +128,7 @@ def run_demo(
         result.artefacts["model"] = run.model_dir
         result.artefacts["metrics"] = run.run_dir / "metrics.jsonl"
         result.artefacts["training curves"] = run.run_dir / "curves.png"
+        result.artefacts["inspect page"] = _inspect_run(run.run_dir, report_dir / "index.html")
         done("train", t0)
 
         t0 = time.perf_counter()
@@ -165,7 +163,8 @@ def run_demo(
     }
     result.seconds = time.perf_counter() - started
     readme = out / "README.md"
-    result.artefacts = {"summary": readme, **result.artefacts}
+    page = result.artefacts.pop("inspect page")
+    result.artefacts = {"inspect page": page, "summary": readme, **result.artefacts}
     readme.write_text(_readme(result))
     return result
 
@@ -185,16 +184,30 @@ def _status(message: str, quiet: bool):
 
 
 def _analyze(data: Path, report_dir: Path, quiet: bool) -> Path:
-    from prefcurate.analyze import analyze
+    from prefcurate.inspection import inspect_source
     from prefcurate.io import open_pairs
     from prefcurate.plots import PLOT_FILES, write_report_dir
     from prefcurate.progress import bar
 
-    report = analyze(open_pairs(data), threshold=THRESHOLD)
+    seen = inspect_source(open_pairs(data), threshold=THRESHOLD)  # analyze's report + samples
     with bar("analyze: plots", len(PLOT_FILES)) as progress:
         advance = progress.advance
-        write_report_dir(report, report_dir, threshold=THRESHOLD, on_written=lambda _: advance(0))
+        write_report_dir(
+            seen.report,
+            report_dir,
+            threshold=THRESHOLD,
+            on_written=lambda _: advance(0),
+            inspection=seen,
+        )
     return report_dir
+
+
+def _inspect_run(run_dir: Path, page: Path) -> Path:
+    """Rewrite the report's page with the run: its split's pairs, curves by route, accuracy."""
+    from prefcurate.page import build_page
+
+    build_page(run_dir, page)
+    return page
 
 
 def _route(data: Path, split: Path, seed: int, quiet: bool):
@@ -225,6 +238,10 @@ def _readme(result: DemoResult) -> str:
         "",
         "Made by `prefcurate demo`: the toy sorting task's preference pairs, analyzed, routed",
         f"at τ = {THRESHOLD} (MixDPO), trained on the tiny model, judged by the gold reward.",
+        "",
+        f"Start with `{result.artefacts['inspect page']}`: one page (open it in a browser, no",
+        "network) with the pairs behind each bar of the margin histogram, the τ control, the",
+        "training curves by route and the reward accuracy per margin bin.",
         "",
         "```",
         result.summary(),

@@ -129,6 +129,43 @@ def _huge_field(folder: Path) -> Path:
     return path
 
 
+def _late_type_change(value: object, name: str) -> Callable[[Path], Path]:
+    """1,100 good rows with one odd ``chosen`` at line 1,051: past Polars' inference window."""
+
+    def make(folder: Path) -> Path:
+        rows = [row(i) for i in range(1100)]
+        rows[1050] = row(1050, chosen=value)
+        path = folder / name
+        path.write_text(jsonl(rows))
+        return path
+
+    return make
+
+
+def _type_change_in_second_file(folder: Path) -> Path:
+    data = folder / "shards"
+    data.mkdir()
+    (data / "a.jsonl").write_text(jsonl(GOOD))
+    (data / "b.jsonl").write_text(jsonl([row(10), row(11), row(12, chosen=5)]))
+    return data
+
+
+def _datasets_folder(broken: str) -> Callable[[Path], Path]:
+    """A `datasets` save_to_disk folder whose dataset_dict.json or state.json is cut short."""
+
+    def make(folder: Path) -> Path:
+        data = folder / "hfdata"
+        data.mkdir()
+        if broken == "dataset_dict.json":
+            (data / "dataset_dict.json").write_text('{"splits": ["tra')
+        else:
+            (data / "state.json").write_text('{"_data_files": [{"filen')
+            (data / "dataset_info.json").write_text("{}")
+        return data
+
+    return make
+
+
 CASES: list[Case] = [
     Case(
         "truncated last line",
@@ -309,6 +346,60 @@ CASES: list[Case] = [
     Case("missing path", _missing, "no such file or directory"),
     Case("glob matching nothing", _glob_without_match, "no files match this pattern"),
     Case("unknown file type", _text("pairs.xlsx", "PK"), "unknown file type '.xlsx'"),
+    Case(
+        "number in a text column after row 1,000",
+        _late_type_change(7, "late-number.jsonl"),
+        "column 'chosen' holds an integer here but a string on line 1",
+        line=1051,
+    ),
+    Case(
+        "object in a text column after row 1,000",
+        _late_type_change({"text": "a"}, "late-object.jsonl"),
+        "column 'chosen' holds an object here but a string on line 1",
+        line=1051,
+    ),
+    Case(
+        "type change in the second file of a directory",
+        _type_change_in_second_file,
+        "column 'chosen' holds an integer here but a string on line 1 of",
+        line=3,
+    ),
+    Case(
+        "type change inside a JSON array",
+        _text("mixed.json", json.dumps([row(0), row(1), row(2, chosen=3)])),
+        "column 'chosen' holds a number here but a string in row 1",
+        line=3,
+    ),
+    Case(
+        "scores whose margin overflows",
+        _text("overflow.jsonl", jsonl([*GOOD, row(9, score_chosen=1e308, score_rejected=-1e308)])),
+        "the margin (score_chosen − score_rejected) is infinite",
+        line=9,
+    ),
+    Case(
+        "score beyond a 64-bit float",
+        _text("e400.jsonl", jsonl(GOOD) + RAW_LINE % "1e400"),
+        "column 'score_chosen' is too large for a 64-bit float (1e400)",
+        line=9,
+    ),
+    Case(
+        "numeric strings as scores",
+        _text(
+            "numstr.jsonl",
+            jsonl([row(i, score_chosen=str(7 + i % 2), score_rejected="6.5") for i in range(8)]),
+        ),  # fmt: skip
+        None,
+    ),
+    Case(
+        "datasets folder with a broken dataset_dict.json",
+        _datasets_folder("dataset_dict.json"),
+        "cannot read this datasets file",
+    ),
+    Case(
+        "datasets folder with a broken state.json",
+        _datasets_folder("state.json"),
+        "cannot read this datasets file",
+    ),
 ]
 
 

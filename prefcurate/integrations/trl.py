@@ -1,0 +1,531 @@
+"""MixDPO inside TRL: a ``DPOTrainer`` that routes each pair to DPO or SFT by its ``route`` column.
+
+MixDPO (arXiv:2602.00954) trains the clear pairs of a preference set with DPO and the ambiguous
+ones (margin < τ) with the length-normalised NLL of the chosen response, reading the pairs in
+curriculum order (largest margin first). :class:`MixDPOTrainer` is that method for people who
+already train with TRL, so accelerate, DeepSpeed, FSDP, PEFT (``peft_config``), gradient
+checkpointing, ``report_to`` and TRL's checkpoints all stay as they are. Per pair:
+
+* ``route = "dpo"``: the preference loss of the configured ``loss_type`` on the summed response
+  log-probs, the same functions as ``prefcurate train`` (:mod:`trainers.losses`): ``sigmoid``
+  with ``label_smoothing`` ε is the conservative DPO of the paper's main runs
+  (``−(1−ε)·log σ(βh) − ε·log σ(−βh)``; TRL's own DPOTrainer ignores ε for ``sigmoid``),
+  ``robust`` and ``hinge`` are TRL's formulas;
+* ``route = "sft"``: ``sft_weight`` × the length-normalised NLL of the chosen response (prompt
+  masked). An sft pair has no rejected sequence in the batch and no reference forward.
+
+The batch loss is the mean over pairs. The route travels with each pair through TRL's dataset
+preparation and the collator (TRL drops columns it does not know; the paper's own code once lost
+its routing that way and silently trained plain DPO): a dataset without a ``route`` column, or a
+batch that arrives without it, is an error, never plain DPO. Pairs are read sequentially in
+``rank`` order unless ``train_sampling_strategy="random"`` is asked for. Example::
+
+    from datasets import load_dataset
+    from prefcurate.integrations.trl import MixDPOConfig, MixDPOTrainer
+
+    # written by: prefcurate route data.jsonl --threshold 0.5 --out split --export trl-mixdpo
+    pairs = load_dataset("json", data_files="split/mixdpo.jsonl", split="train")
+    args = MixDPOConfig("out", beta=0.01, label_smoothing=0.1, learning_rate=5e-7)
+    MixDPOTrainer(model, args=args, train_dataset=pairs, processing_class=tokenizer).train()
+
+Logged (through TRL's ``log``, so TensorBoard / W&B see them): ``loss``; ``loss/dpo`` and
+``loss/sft``, the mean loss term of each route; ``rewards/chosen``, ``rewards/rejected``,
+``rewards/margins``, ``rewards/accuracies``, ``logps/chosen``, ``logps/rejected`` over the dpo
+pairs (TRL's names and meanings); ``pairs/dpo`` and ``pairs/sft`` per batch; ``num_tokens``.
+A window of steps with no pair of a route logs no value for that route's keys.
+
+Tested with TRL 1.16 (the ``trl`` extra pins the range).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import torch
+from datasets import Dataset, IterableDataset
+from torch import Tensor
+from transformers.data.data_collator import DataCollatorMixin
+from trl import DPOConfig, DPOTrainer
+from trl.trainer.dpo_trainer import DataCollatorForPreference
+from trl.trainer.utils import pad
+
+from prefcurate.errors import InputError
+from prefcurate.schema import ROUTE_DPO, ROUTE_SFT, ROUTES
+from trainers.losses import (
+    PREFERENCE_LOSSES,
+    length_normalised_nll,
+    log_ratio_margin,
+    routed_pair_losses,
+)
+
+ROUTE = "route"
+RANK = "rank"
+#: The ``loss_type`` values MixDPOTrainer routes (one at a time); each is a per-pair function of h.
+SUPPORTED_LOSSES: tuple[str, ...] = ("sigmoid", "robust", "hinge")
+#: What a collated batch carries besides TRL's own keys: the route (and rank) of each pair.
+_ROUTE_KEYS = ("is_dpo", RANK)
+_FIX = "write the pairs with 'prefcurate route --export trl-mixdpo' and load mixdpo.jsonl"
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass
+class MixDPOConfig(DPOConfig):
+    """:class:`trl.DPOConfig` plus MixDPO's settings; every DPOConfig field keeps its meaning.
+
+    Parameters
+    ----------
+    sft_weight
+        Weight of an sft pair's NLL term (1.0 in the paper).
+    train_sampling_strategy
+        ``"sequential"`` (the default here) reads the pairs in the dataset's ``rank`` order, the
+        curriculum; ``"random"`` shuffles, as plain TRL does by default.
+    label_smoothing
+        For ``loss_type="sigmoid"``: ε of conservative DPO (the paper uses 0.1); for ``"robust"``:
+        the flip rate, as in TRL.
+    """
+
+    sft_weight: float = field(
+        default=1.0, metadata={"help": "Weight of the NLL term of pairs routed to sft."}
+    )
+    train_sampling_strategy: str = field(
+        default="sequential",
+        metadata={
+            "help": "'sequential' (default) reads pairs in rank order, MixDPO's curriculum; "
+            "'random' shuffles."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if len(self.loss_type) != 1 or self.loss_type[0] not in SUPPORTED_LOSSES:
+            msg = (
+                f"MixDPOTrainer routes one preference loss per dpo pair, one of "
+                f"{', '.join(SUPPORTED_LOSSES)}; got loss_type={self.loss_type}"
+            )
+            raise ValueError(msg)
+        if self.label_smoothing and self.loss_type[0] == "hinge":
+            msg = "label_smoothing is defined for the sigmoid and robust losses, not hinge"
+            raise ValueError(msg)
+        unsupported = {
+            "ld_alpha": self.ld_alpha is not None,
+            "use_weighting": self.use_weighting,
+            "f_divergence_type": self.f_divergence_type != "reverse_kl",
+        }
+        named = [name for name, on in unsupported.items() if on]
+        if named:
+            msg = f"MixDPOTrainer does not support {', '.join(named)} (leave the default)"
+            raise ValueError(msg)
+        if self.sft_weight < 0 or not math.isfinite(self.sft_weight):
+            msg = f"sft_weight must be a finite number >= 0, not {self.sft_weight}"
+            raise ValueError(msg)
+
+
+# --------------------------------------------------------------------------- collator
+
+
+@dataclass
+class DataCollatorForMixDPO(DataCollatorMixin):
+    """Pads tokenised pairs into one batch: every pair's chosen row, then the dpo pairs' rejected.
+
+    Rows ``0..P-1`` are the chosen sequences of the ``P`` pairs, rows ``P..`` the rejected
+    sequences of the dpo pairs, in pair order; an sft pair contributes no rejected row. Besides
+    TRL's ``input_ids``, ``attention_mask`` and ``completion_mask`` the batch carries ``is_dpo``
+    (one bool per pair, from ``route``), ``rank`` when the pairs have one, and the precomputed
+    reference log-probs when present (NaN for sft pairs). Truncation is TRL's: per sequence, to
+    ``max_length``, keeping the start.
+    """
+
+    pad_token_id: int
+    max_length: int | None = None
+    truncation_mode: str = "keep_start"
+    pad_to_multiple_of: int | None = None
+    return_tensors: str = "pt"
+
+    def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        is_dpo = [route_is_dpo(example) for example in examples]
+        rows = [(e["prompt_ids"], e["chosen_ids"]) for e in examples]
+        rows += [
+            (e["prompt_ids"], e["rejected_ids"])
+            for e, dpo in zip(examples, is_dpo, strict=True)
+            if dpo
+        ]
+        ids = [list(p) + list(r) for p, r in rows]
+        masks = [[0] * len(p) + [1] * len(r) for p, r in rows]
+        if self.max_length is not None:
+            if self.truncation_mode == "keep_start":
+                cut = slice(None, self.max_length)
+            elif self.truncation_mode == "keep_end":
+                cut = slice(-self.max_length, None)
+            else:
+                msg = f"unsupported truncation_mode {self.truncation_mode!r}"
+                raise ValueError(msg)
+            ids, masks = [i[cut] for i in ids], [m[cut] for m in masks]
+
+        def padded(seqs: list[list[int]], value: int) -> Tensor:
+            tensors = [torch.tensor(s, dtype=torch.long) for s in seqs]
+            return pad(tensors, value, "right", self.pad_to_multiple_of)
+
+        out: dict[str, Any] = {
+            "input_ids": padded(ids, self.pad_token_id),
+            "attention_mask": padded([[1] * len(i) for i in ids], 0),
+            "completion_mask": padded(masks, 0),
+            "is_dpo": torch.tensor(is_dpo, dtype=torch.bool),
+        }
+        if RANK in examples[0]:
+            out[RANK] = torch.tensor([int(e[RANK]) for e in examples], dtype=torch.long)
+        for key in ("ref_chosen_logps", "ref_rejected_logps"):
+            if key in examples[0]:
+                values = [math.nan if e[key] is None else float(e[key]) for e in examples]
+                out[key] = torch.tensor(values, dtype=torch.float32)
+        return out
+
+
+def route_is_dpo(example: Mapping[str, Any]) -> bool:
+    """Whether a pair takes the preference loss; a missing or unknown route is an error."""
+    if ROUTE not in example:
+        raise InputError(
+            f"a pair reached the collator without its {ROUTE!r} column",
+            fix="keep the route column (MixDPOTrainer adds it to the signature columns)",
+        )
+    route = example[ROUTE]
+    if route not in ROUTES:
+        raise InputError(f"route {route!r} is not one of {', '.join(ROUTES)}", fix=_FIX)
+    return route == ROUTE_DPO
+
+
+# --------------------------------------------------------------------------- per-pair terms
+
+
+@dataclass
+class MixDPOTerms:
+    """One batch's per-pair results; ``loss`` carries the graph, the rest are detached.
+
+    ``chosen_logps``, ``chosen_nll`` and ``loss`` have one entry per pair; ``rejected_logps``,
+    ``preference``, ``reward_chosen`` and ``reward_rejected`` one per dpo pair, in pair order.
+    """
+
+    loss: Tensor
+    is_dpo: Tensor
+    chosen_logps: Tensor
+    chosen_nll: Tensor
+    rejected_logps: Tensor
+    preference: Tensor
+    reward_chosen: Tensor
+    reward_rejected: Tensor
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+class MixDPOTrainer(DPOTrainer):
+    """TRL's DPOTrainer with MixDPO's per-pair routing (module docstring); same arguments.
+
+    ``args`` must be a :class:`MixDPOConfig` (built with defaults when omitted), and
+    ``train_dataset`` (and ``eval_dataset``) must carry a ``route`` column with ``"dpo"`` or
+    ``"sft"`` per pair; a ``rank`` column, when present, fixes the order the pairs are read in.
+    """
+
+    _tag_names = ["trl", "dpo", "mixdpo", "prefcurate"]
+    _name = "MixDPO"
+
+    def __init__(
+        self,
+        model,
+        ref_model=None,
+        args: MixDPOConfig | None = None,
+        data_collator=None,
+        train_dataset: Dataset | IterableDataset | None = None,
+        eval_dataset=None,
+        processing_class=None,
+        **kwargs: Any,
+    ):
+        if args is None:
+            name = model if isinstance(model, str) else model.config._name_or_path
+            args = MixDPOConfig(f"{str(name).rstrip('/').split('/')[-1]}-MixDPO")
+        if not isinstance(args, MixDPOConfig):
+            raise InputError(
+                f"args is a {type(args).__name__}, not a MixDPOConfig",
+                fix="build the arguments with prefcurate.integrations.trl.MixDPOConfig",
+            )
+        train_dataset = routed_dataset(train_dataset, "train_dataset")
+        if ref_model is None and _needs_reference_copy(model, args, kwargs):
+            # TRL reloads the reference from the model's path; a model built in memory has none
+            ref_model = copy.deepcopy(model)
+        if eval_dataset is not None:
+            eval_dataset = routed_dataset(eval_dataset, "eval_dataset")
+        super().__init__(
+            model,
+            ref_model=ref_model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            **kwargs,
+        )
+        if self._is_vision_dataset:
+            raise InputError("MixDPOTrainer trains text pairs; this dataset has images")
+        self._use_mixdpo_collator()
+
+    # ----------------------------------------------------------------- data
+
+    def _use_mixdpo_collator(self) -> None:
+        """Swap TRL's default preference collator for the routed one (same padding settings)."""
+        old = self.data_collator
+        if isinstance(old, DataCollatorForPreference):
+            self.data_collator = DataCollatorForMixDPO(
+                pad_token_id=old.pad_token_id,
+                max_length=old.max_length,
+                truncation_mode=old.truncation_mode,
+                pad_to_multiple_of=old.pad_to_multiple_of,
+            )
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        for column in (ROUTE, RANK):
+            if column not in self._signature_columns:
+                self._signature_columns.append(column)
+
+    def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
+        # runs inside DPOTrainer.__init__, before the collator swap in our __init__
+        self._use_mixdpo_collator()
+        return super()._precompute_ref_logps(dataset, name, batch_size)
+
+    # ----------------------------------------------------------------- loss
+
+    def compute_ref_log_probs(self, model, inputs: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """Reference log-probs of each pair's chosen and rejected response; NaN for sft pairs.
+
+        Only the dpo pairs' rows are forwarded. Under DeepSpeed or FSDP with several processes a
+        process whose batch has no dpo pair still forwards one row (and discards it), so that the
+        collective parameter gathers of the forward stay in step across processes.
+        """
+        is_dpo = _is_dpo(inputs)
+        pairs, n_dpo = is_dpo.numel(), int(is_dpo.sum())
+        device = inputs["input_ids"].device
+        chosen = torch.full((pairs,), math.nan, device=device)
+        rejected = torch.full((pairs,), math.nan, device=device)
+        sharded = self.is_deepspeed_enabled or self.is_fsdp_enabled
+        if n_dpo == 0 and not (sharded and self.accelerator.num_processes > 1):
+            return chosen, rejected
+        if n_dpo:
+            dpo_rows = is_dpo.nonzero().squeeze(1)
+            rows = torch.cat([dpo_rows, pairs + torch.arange(n_dpo, device=device)])
+        else:
+            rows = torch.zeros(2, dtype=torch.long, device=device)
+        sub = {k: inputs[k][rows] for k in ("input_ids", "attention_mask", "completion_mask")}
+        ref_chosen, ref_rejected = super().compute_ref_log_probs(model, sub)
+        if n_dpo:
+            chosen[is_dpo] = ref_chosen.float()
+            rejected[is_dpo] = ref_rejected.float()
+        return chosen, rejected
+
+    def pair_terms(self, model, inputs: dict[str, Any]) -> MixDPOTerms:
+        """Forward the batch once and return each pair's routed loss term (module docstring)."""
+        is_dpo = _is_dpo(inputs)
+        pairs = is_dpo.numel()
+        completion_mask = inputs["completion_mask"]
+        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+        model_kwargs = {
+            "input_ids": inputs["input_ids"],
+            "attention_mask": inputs["attention_mask"],
+            "use_cache": False,
+        }
+        if self.aux_loss_enabled:
+            model_kwargs["output_router_logits"] = True
+        outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
+        self._last_outputs = outputs
+        shift_mask = completion_mask[:, 1:]
+        # prompt-learning PEFT prepends virtual tokens; keep the positions of the real tokens
+        per_token = outputs.log_probs[:, -shift_mask.size(1) :].float()
+        logps = (per_token * shift_mask).sum(dim=1)
+        n_tokens = shift_mask.sum(dim=1)
+        chosen, rejected = logps[:pairs], logps[pairs:]
+        chosen_nll = length_normalised_nll(chosen, n_tokens[:pairs])
+
+        if self.precompute_ref_logps:
+            ref_chosen = inputs["ref_chosen_logps"].float()
+            ref_rejected = inputs["ref_rejected_logps"].float()
+        else:
+            reference = self.ref_model if self.ref_model is not None else self.model
+            ref_chosen, ref_rejected = self.compute_ref_log_probs(reference, inputs)
+        ref_chosen, ref_rejected = ref_chosen[is_dpo], ref_rejected[is_dpo]
+        h = log_ratio_margin(chosen[is_dpo], rejected, ref_chosen, ref_rejected)
+        preference = PREFERENCE_LOSSES[self.loss_types[0]](
+            h, beta=self.beta, label_smoothing=self.label_smoothing
+        )
+        loss = routed_pair_losses(is_dpo, preference, chosen_nll, sft_weight=self.args.sft_weight)
+        return MixDPOTerms(
+            loss=loss,
+            is_dpo=is_dpo,
+            chosen_logps=chosen.detach(),
+            chosen_nll=chosen_nll.detach(),
+            rejected_logps=rejected.detach(),
+            preference=preference.detach(),
+            reward_chosen=self.beta * (chosen[is_dpo].detach() - ref_chosen),
+            reward_rejected=self.beta * (rejected.detach() - ref_rejected),
+        )
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        terms = self.pair_terms(model, inputs)
+        loss = terms.loss.mean()
+        outputs = self._last_outputs
+        self._last_outputs = None
+        mode = "train" if self.model.training else "eval"
+        if self.aux_loss_enabled:
+            loss = loss + self.router_aux_loss_coef * outputs.aux_loss
+            aux = self.accelerator.gather_for_metrics(outputs.aux_loss.detach()).mean().item()
+            self._metrics[mode]["aux_loss"].append(aux)
+        self._record_metrics(terms, inputs, mode)
+        return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def _record_metrics(self, terms: MixDPOTerms, inputs: dict[str, Any], mode: str) -> None:
+        """Sum this batch's per-route statistics over processes and append their means."""
+        dpo = terms.is_dpo
+        margins = terms.reward_chosen - terms.reward_rejected
+        sums = torch.stack(
+            [
+                dpo.sum().float(),
+                (~dpo).sum().float(),
+                terms.loss.detach()[dpo].sum(),
+                terms.loss.detach()[~dpo].sum(),
+                terms.reward_chosen.sum(),
+                terms.reward_rejected.sum(),
+                margins.sum(),
+                (margins > 0).sum().float(),
+                terms.chosen_logps[dpo].sum(),
+                terms.rejected_logps.sum(),
+                inputs["attention_mask"].sum().float(),
+            ]
+        ).float()
+        total = self.accelerator.gather(sums[None]).sum(0).tolist()
+        n_dpo, n_sft, loss_dpo, loss_sft, *dpo_sums, tokens = total
+        metrics = self._metrics[mode]
+        metrics["pairs/dpo"].append(n_dpo)
+        metrics["pairs/sft"].append(n_sft)
+        if n_dpo:
+            metrics["loss/dpo"].append(loss_dpo / n_dpo)
+            names = ("rewards/chosen", "rewards/rejected", "rewards/margins")
+            names += ("rewards/accuracies", "logps/chosen", "logps/rejected")
+            for name, value in zip(names, dpo_sums, strict=True):
+                metrics[name].append(value / n_dpo)
+        if n_sft:
+            metrics["loss/sft"].append(loss_sft / n_sft)
+        if mode == "train":
+            self._total_train_tokens += int(tokens) // self._tp_size
+        metrics["num_tokens"] = [self._total_train_tokens]
+
+
+def _needs_reference_copy(model: Any, args: MixDPOConfig, kwargs: dict[str, Any]) -> bool:
+    """Whether the reference must be a copy: a full fine-tune of a model with no path to reload."""
+    if isinstance(model, str) or kwargs.get("peft_config") is not None:
+        return False
+    if args.precompute_ref_log_probs or getattr(model, "peft_config", None):
+        return False
+    return not str(getattr(model.config, "_name_or_path", "") or "")
+
+
+def _is_dpo(inputs: Mapping[str, Any]) -> Tensor:
+    if "is_dpo" not in inputs:
+        raise InputError(
+            "the batch has no route (is_dpo): the collator dropped the route column",
+            fix="use MixDPOTrainer's default collator, or one that sets is_dpo per pair",
+        )
+    return inputs["is_dpo"].bool()
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def routed_dataset(dataset: Any, name: str = "dataset") -> Any:
+    """Check that ``dataset`` routes every pair, and put it in ``rank`` order when it has ranks.
+
+    A ``datasets.Dataset`` (or a dict of them) needs a ``route`` column whose every value is
+    ``"dpo"`` or ``"sft"``; an ``IterableDataset`` is checked on its first pair (and every pair is
+    checked again by the collator). Raises :class:`~prefcurate.errors.InputError` otherwise.
+    """
+    if dataset is None:
+        raise InputError(f"{name} is required", fix=_FIX)
+    if isinstance(dataset, Mapping):
+        return {key: routed_dataset(value, f"{name}[{key!r}]") for key, value in dataset.items()}
+    if isinstance(dataset, IterableDataset):
+        first = next(iter(dataset))
+        if ROUTE not in first:
+            raise InputError(f"{name} has no {ROUTE!r} column", fix=_FIX)
+        route_is_dpo(first)
+        return dataset
+    if not isinstance(dataset, Dataset):
+        raise InputError(
+            f"{name} is a {type(dataset).__name__}, not a datasets.Dataset",
+            fix="pass datasets.Dataset (see prefcurate.integrations.trl.load_pairs)",
+        )
+    if ROUTE not in dataset.column_names:
+        raise InputError(
+            f"{name} has no {ROUTE!r} column: MixDPO needs each pair's route, and without it "
+            "the run would be plain DPO",
+            fix=_FIX,
+        )
+    bad = sorted({str(r) for r in dataset.unique(ROUTE)} - set(ROUTES))
+    if bad:
+        raise InputError(f"{name}: route {bad[0]!r} is not one of {', '.join(ROUTES)}", fix=_FIX)
+    if RANK in dataset.column_names:
+        ranks = dataset[RANK]
+        if any(b < a for a, b in zip(ranks, ranks[1:], strict=False)):
+            dataset = dataset.sort(RANK)
+    return dataset
+
+
+def load_pairs(path: str | Path, *, split: str = "train") -> Dataset:
+    """The routed pairs of a split as a ``datasets.Dataset`` in curriculum (rank) order.
+
+    ``path`` is a split directory written by ``prefcurate route`` (its ``{split}.parquet`` is
+    read: ``"train"``, or ``"eval"`` with ``--eval-fraction``), a routed Parquet file, or the
+    ``mixdpo.jsonl`` of ``--export trl-mixdpo``. Example::
+
+        >>> train = load_pairs("out/uf-mixdpo")                   # doctest: +SKIP
+        >>> train.column_names                                     # doctest: +SKIP
+        ['pair_id', 'prompt', 'chosen', 'rejected', 'margin', 'route', 'rank']
+        >>> held_out = load_pairs("out/uf-mixdpo", split="eval")  # doctest: +SKIP
+    """
+    from prefcurate.export import mixdpo_frame
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / f"{split}.parquet"
+    if not path.is_file():
+        raise InputError("no such split file", where=path, fix=_FIX)
+    if path.suffix == ".parquet":
+        frame = mixdpo_frame(pl.scan_parquet(path), where=path).collect()
+    else:
+        frame = pl.read_ndjson(path)
+        if ROUTE not in frame.columns:
+            raise InputError(f"no {ROUTE!r} column", where=path, fix=_FIX)
+        if RANK in frame.columns:
+            frame = frame.sort(RANK)
+    return Dataset.from_polars(frame)
+
+
+__all__ = [
+    "DataCollatorForMixDPO",
+    "MixDPOConfig",
+    "MixDPOTerms",
+    "MixDPOTrainer",
+    "ROUTE_DPO",
+    "ROUTE_SFT",
+    "load_pairs",
+    "routed_dataset",
+]

@@ -1,0 +1,431 @@
+"""MixDPO inside TRL: the same method as ``prefcurate train``, in curriculum order, never plain DPO.
+
+The tiny Llama (trainers.model) is trained both ways on the same split; the equality test holds
+the tokens, the per-pair loss terms and every parameter's gradient of ``MixDPOTrainer`` to
+prefcurate's own trainer within 1e-5 on a batch that mixes dpo and sft pairs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shlex
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("trl")
+
+import torch  # noqa: E402
+from split_helpers import synthetic_rows, write_split  # noqa: E402
+from torch.testing import assert_close  # noqa: E402
+
+from prefcurate.errors import InputError  # noqa: E402
+from prefcurate.integrations.trl import (  # noqa: E402
+    MixDPOConfig,
+    MixDPOTrainer,
+    load_pairs,
+)
+from trainers.data import collate, read_split, tokenize_split  # noqa: E402
+from trainers.logps import SequenceLogps, reference_logps  # noqa: E402
+from trainers.model import load_model  # noqa: E402
+from trainers.objective import Objective  # noqa: E402
+
+#: 10 pairs, four of them sft (which rank last, after the six dpo pairs).
+ROUTES = ["dpo", "sft", "dpo", "dpo", "sft", "dpo", "sft", "dpo", "dpo", "sft"]
+#: The batch takes the pairs in this order, so that sft pairs sit between dpo pairs.
+MIXED = [0, 6, 1, 7, 2, 8, 3, 9, 4, 5]
+BETA, EPSILON = 0.1, 0.1
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+
+
+def config(tmp_path: Path, **overrides) -> MixDPOConfig:
+    """CPU, float32, no checkpoints or reports: a test-sized MixDPOConfig."""
+    settings = {
+        "output_dir": str(tmp_path / "out"),
+        "beta": BETA,
+        "label_smoothing": EPSILON,
+        "learning_rate": 1e-3,
+        "per_device_train_batch_size": 4,
+        "num_train_epochs": 1,
+        "logging_steps": 1,
+        "bf16": False,
+        "use_cpu": True,
+        "report_to": "none",
+        "save_strategy": "no",
+        "disable_tqdm": True,
+        "max_length": 256,
+        "seed": 0,
+    }
+    settings.update(overrides)
+    return MixDPOConfig(**settings)
+
+
+#: A minimal chat template for the tiny byte-level tokenizer (it has none of its own).
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def trainer_for(
+    split_dir: Path, tmp_path: Path, *, ref: bool = True, chat_template=None, **overrides
+):
+    loaded = load_model("tiny", seed=0)
+    loaded.tokenizer.chat_template = chat_template
+    return MixDPOTrainer(
+        loaded.model,
+        ref_model=copy.deepcopy(loaded.model) if ref else None,
+        args=config(tmp_path, **overrides),
+        train_dataset=load_pairs(split_dir),
+        processing_class=loaded.tokenizer,
+    )
+
+
+@pytest.mark.parametrize("layout", ["standard", "conversational"])
+def test_per_pair_losses_and_gradients_equal_prefcurate_train(tmp_path, layout):
+    """One mixed batch (6 dpo + 4 sft pairs), cDPO with β = 0.1, ε = 0.1, at a policy that has
+    moved away from its reference (one SGD step on the policy only, so the DPO terms are not all
+    log 2): the same tokens, the same 10 loss terms and the same gradient of their mean for
+    every parameter, within 1e-5. Conversations go through a chat template on both sides."""
+    conversational = layout == "conversational"
+    template = CHAT_TEMPLATE if conversational else None
+    rows = synthetic_rows(10, seed=3, conversational=conversational)
+    split_dir = write_split(tmp_path / "split", rows, routes=ROUTES)
+    n = len(ROUTES)
+
+    # prefcurate train's path: read → tokenise → reference pass → collate → objective
+    ours = load_model("tiny", seed=0)
+    ours.tokenizer.chat_template = template
+    split = read_split(split_dir)
+    assert split.conversational == conversational
+    routes = split.frame["route"].to_list()  # rank order: the 4 sft pairs rank after the dpo ones
+    pairs = tokenize_split(split, ours.tokenizer, max_length=256)
+    assert pairs.chat_template == conversational
+    module = SequenceLogps(ours.model)
+    ref = reference_logps(
+        module,
+        pairs,
+        batch_size=n,
+        device=torch.device("cpu"),
+        autocast=torch.autocast("cpu", enabled=False),
+        pad_id=ours.tokenizer.pad_token_id,
+    )
+    moved = _nudge(ours.model)
+    batch = collate(
+        pairs,
+        torch.tensor(MIXED),
+        pad_id=ours.tokenizer.pad_token_id,
+        ref_chosen=ref[0],
+        ref_rejected=ref[1],
+    )
+    objective = Objective(
+        loss="sigmoid", beta=BETA, label_smoothing=EPSILON, sft_weight=1.0, nll_weight=0.0
+    )
+    expected = objective(module, batch)
+    ours.model.zero_grad()
+    expected.loss.mean().backward()
+
+    # MixDPOTrainer's path: TRL's dataset preparation → the routed collator → pair_terms
+    trainer = trainer_for(split_dir, tmp_path, chat_template=template, gradient_checkpointing=False)
+    model = trainer.model
+    _nudge(model, moved)
+    examples = [trainer.train_dataset[i] for i in MIXED]
+    assert [e["route"] for e in examples] == [routes[i] for i in MIXED]  # kept through TRL
+    for i, example in zip(MIXED, examples, strict=True):  # the same tokens
+        assert example["prompt_ids"] == pairs.prompt[i].tolist()
+        assert example["chosen_ids"] == pairs.chosen[i].tolist()
+        assert example["rejected_ids"] == pairs.rejected[i].tolist()
+    inputs = trainer.data_collator(examples)
+    assert inputs["input_ids"].shape[0] == n + routes.count("dpo")  # no rejected row for sft
+    model.train()
+    got = trainer.pair_terms(model, inputs)
+    model.zero_grad()
+    got.loss.mean().backward()
+
+    assert_close(got.loss.detach(), expected.loss.detach(), atol=1e-5, rtol=0)
+    assert got.is_dpo.tolist() == [routes[i] == "dpo" for i in MIXED]
+    dpo_terms = got.loss.detach()[got.is_dpo]
+    assert (dpo_terms - math.log(2)).abs().max() > 1e-3  # the preference terms are not trivial
+    sft = ~got.is_dpo
+    assert_close(got.loss.detach()[sft], got.chosen_nll[sft], atol=0, rtol=0)  # SFT = NLL
+    theirs = dict(model.named_parameters())
+    for name, param in ours.model.named_parameters():
+        assert_close(theirs[name].grad, param.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def _nudge(model: torch.nn.Module, grads: dict[str, torch.Tensor] | None = None):
+    """Move the policy one SGD step along a fixed direction; return that direction."""
+    if grads is None:
+        generator = torch.Generator().manual_seed(7)
+        grads = {
+            n: torch.randn(p.shape, generator=generator) * 0.02 for n, p in model.named_parameters()
+        }
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.add_(grads[name])
+    return grads
+
+
+def test_a_run_reads_the_pairs_in_curriculum_order(tmp_path):
+    """12 pairs, batch 4, one epoch: step k trains ranks 4k..4k+3, i.e. the split's pair ids in
+    its order (largest margin first, the sft pairs last); shuffling happens only when asked."""
+    split_dir = write_split(tmp_path / "split", synthetic_rows(12, seed=1), threshold=1.0)
+    frame = read_split(split_dir).frame
+    seen = _pair_ids_per_step(split_dir, tmp_path / "seq")
+    ids = frame["pair_id"].to_list()
+    assert seen == [ids[0:4], ids[4:8], ids[8:12]]
+    routes = frame["route"].to_list()
+    assert routes[-1] == "sft" and "dpo" in routes  # mixed, sft last
+    shuffled = _pair_ids_per_step(split_dir, tmp_path / "rand", train_sampling_strategy="random")
+    assert sorted(sum(shuffled, [])) == sorted(ids)
+    assert shuffled != seen
+
+
+def _pair_ids_per_step(split_dir: Path, tmp_path: Path, **overrides) -> list[list[str]]:
+    trainer = trainer_for(split_dir, tmp_path, **overrides)
+    ids = dict(zip(trainer.train_dataset["rank"], trainer.train_dataset["pair_id"], strict=True))
+    seen: list[list[str]] = []
+    compute_loss = trainer.compute_loss
+
+    def recording(model, inputs, *args, **kwargs):
+        seen.append([ids[int(r)] for r in inputs["rank"]])
+        return compute_loss(model, inputs, *args, **kwargs)
+
+    trainer.compute_loss = recording
+    trainer.train()
+    return seen
+
+
+def test_logs_route_losses_and_rewards_under_trls_names(tmp_path):
+    """The metrics reach the callbacks that report_to's integrations (TensorBoard, W&B) are."""
+    from transformers import TrainerCallback
+
+    class Reporter(TrainerCallback):
+        def __init__(self):
+            self.logs: list[dict] = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.logs.append(dict(logs or {}))
+
+    split_dir = write_split(tmp_path / "split", synthetic_rows(12, seed=1), threshold=1.0)
+    trainer = trainer_for(split_dir, tmp_path)
+    reporter = Reporter()
+    trainer.add_callback(reporter)
+    trainer.train()
+    steps = [r for r in trainer.state.log_history if "loss" in r]
+    reported = [r for r in reporter.logs if "loss" in r]
+    assert [r["loss/dpo"] for r in reported if "loss/dpo" in r] == [
+        r["loss/dpo"] for r in steps if "loss/dpo" in r
+    ]
+    assert any("loss/sft" in r for r in reported)
+    assert len(steps) == 3
+    first = steps[0]
+    assert first["loss/dpo"] == pytest.approx(math.log(2), abs=1e-6)  # policy = reference
+    assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+    for record in steps:
+        d, s = record["pairs/dpo"], record["pairs/sft"]
+        terms = d * record.get("loss/dpo", 0.0) + s * record.get("loss/sft", 0.0)
+        assert record["loss"] == pytest.approx(terms / (d + s), rel=1e-5)
+        assert ("loss/sft" in record) == (s > 0)
+        assert ("rewards/chosen" in record) == (d > 0)
+
+
+def test_a_split_without_route_is_an_error_never_plain_dpo(tmp_path):
+    split_dir = write_split(tmp_path / "split", synthetic_rows(6, seed=1))
+    pairs = load_pairs(split_dir).remove_columns("route")
+    loaded = load_model("tiny", seed=0)
+    with pytest.raises(InputError, match="no 'route' column"):
+        MixDPOTrainer(
+            loaded.model,
+            args=config(tmp_path),
+            train_dataset=pairs,
+            processing_class=loaded.tokenizer,
+        )
+    bad = load_pairs(split_dir).map(lambda e: {"route": "maybe"})
+    with pytest.raises(InputError, match="route 'maybe'"):
+        MixDPOTrainer(
+            loaded.model,
+            args=config(tmp_path),
+            train_dataset=bad,
+            processing_class=loaded.tokenizer,
+        )
+
+
+def test_flipping_a_route_changes_only_that_pairs_term(tmp_path):
+    """At the reference policy every DPO term is log 2; routing pair 2 to sft turns its term
+    into its chosen response's NLL and leaves the other three unchanged."""
+    split_dir = write_split(tmp_path / "split", synthetic_rows(4, seed=1), routes=["dpo"] * 4)
+    trainer = trainer_for(split_dir, tmp_path)
+    examples = [trainer.train_dataset[i] for i in range(4)]
+    with torch.no_grad():
+        before = trainer.pair_terms(trainer.model, trainer.data_collator(examples))
+        examples[2] = {**examples[2], "route": "sft"}
+        after = trainer.pair_terms(trainer.model, trainer.data_collator(examples))
+    assert_close(before.loss, torch.full((4,), math.log(2)), atol=1e-6, rtol=0)
+    assert after.loss[2].item() == pytest.approx(before.chosen_nll[2].item(), abs=1e-6)
+    assert after.loss[2].item() > 3.0
+    assert_close(after.loss[[0, 1, 3]], before.loss[[0, 1, 3]], atol=1e-6, rtol=0)
+
+
+def test_a_batch_that_lost_its_route_is_an_error(tmp_path):
+    """A user's own collator that drops the route cannot silently train plain DPO."""
+    split_dir = write_split(tmp_path / "split", synthetic_rows(4, seed=1))
+    trainer = trainer_for(split_dir, tmp_path)
+    inputs = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    del inputs["is_dpo"]
+    with pytest.raises(InputError, match="no route"):
+        trainer.compute_loss(trainer.model, inputs)
+
+
+def test_a_plain_dpo_config_is_refused(tmp_path):
+    from trl import DPOConfig
+
+    split_dir = write_split(tmp_path / "split", synthetic_rows(4, seed=1))
+    loaded = load_model("tiny", seed=0)
+    with pytest.raises(InputError, match="not a MixDPOConfig"):
+        MixDPOTrainer(
+            loaded.model,
+            args=DPOConfig(str(tmp_path / "o"), bf16=False, use_cpu=True),
+            train_dataset=load_pairs(split_dir),
+            processing_class=loaded.tokenizer,
+        )
+    with pytest.raises(ValueError, match="one of sigmoid, robust, hinge"):
+        config(tmp_path, loss_type=["ipo"])
+
+
+@pytest.mark.slow
+def test_lora_through_peft_config_trains_only_the_adapter(tmp_path):
+    """LoRA via TRL's peft_config: the reference is the base model (adapter off), so the first
+    step's DPO loss is log 2; after training only lora_ weights changed."""
+    peft = pytest.importorskip("peft")
+    split_dir = write_split(tmp_path / "split", synthetic_rows(8, seed=1), threshold=1.0)
+    loaded = load_model("tiny", seed=0)
+    base = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    trainer = MixDPOTrainer(
+        loaded.model,
+        args=config(tmp_path, learning_rate=1e-2),
+        train_dataset=load_pairs(split_dir),
+        processing_class=loaded.tokenizer,
+        peft_config=lora,
+    )
+    assert trainer.ref_model is None
+    trainer.train()
+    steps = [r for r in trainer.state.log_history if "loss" in r]
+    assert steps[0]["loss/dpo"] == pytest.approx(math.log(2), abs=1e-6)
+    assert steps[-1]["rewards/margins"] != 0.0
+    changed = [n for n, p in trainer.model.named_parameters() if p.requires_grad and "lora_" in n]
+    assert changed
+    for name, param in trainer.model.get_base_model().named_parameters():
+        if "lora_" not in name:
+            key = name.replace(".base_layer", "")
+            assert torch.equal(param.detach(), base[key]), name
+
+
+@pytest.mark.slow
+def test_precomputed_reference_gives_the_same_losses(tmp_path):
+    """precompute_ref_log_probs stores NaN for sft pairs and the same values for dpo pairs."""
+    split_dir = write_split(tmp_path / "split", synthetic_rows(8, seed=1), threshold=1.0)
+    live = trainer_for(split_dir, tmp_path / "live")
+    live.train()
+    pre = trainer_for(split_dir, tmp_path / "pre", ref=False, precompute_ref_log_probs=True)
+    stored = pre.train_dataset["ref_chosen_logps"]
+    routes = pre.train_dataset["route"]
+    assert [math.isnan(v) for v in stored] == [r == "sft" for r in routes]
+    pre.train()
+    losses = [[r["loss"] for r in t.state.log_history if "loss" in r] for t in (live, pre)]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_accelerate_two_cpu_processes_match_one_process(tmp_path):
+    """accelerate launch, 2 gloo processes × batch 2 against 1 process × batch 4 on 12 pairs:
+    the same loss curve within 1e-5 and the curriculum kept across processes (step k trains
+    ranks 4k..4k+3: process 0 the first two, process 1 the next two). accelerate's ``--cpu``
+    launcher needs MPI for several processes; ``--multi_gpu`` starts them through torchrun,
+    which on a machine without GPUs runs them on CPU with gloo."""
+    split_dir = write_split(tmp_path / "split", synthetic_rows(12, seed=1), threshold=1.0)
+    worker = str(Path(__file__).with_name("trl_launch_worker.py"))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", TQDM_DISABLE="1")
+    accelerate = Path(sys.executable).with_name("accelerate")
+    runs = {
+        "one": [sys.executable, worker, str(split_dir), str(tmp_path / "one"), "4"],
+        "two": [
+            str(accelerate),
+            "launch",
+            "--multi_gpu",
+            "--num_processes=2",
+            "--num_machines=1",
+            "--mixed_precision=no",
+            "--dynamo_backend=no",
+            f"--main_process_port={_free_port()}",
+            worker,
+            str(split_dir),
+            str(tmp_path / "two"),
+            "2",
+        ],
+    }
+    for argv in runs.values():
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    one = json.loads((tmp_path / "one" / "log.json").read_text())
+    two = json.loads((tmp_path / "two" / "log.json").read_text())
+    assert (one["world_size"], two["world_size"]) == (1, 2)
+    assert two["distributed_type"] == "DistributedType.MULTI_CPU"
+    losses = [[r["loss"] for r in run["log"] if "loss" in r] for run in (one, two)]
+    assert len(losses[0]) == 3
+    assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), atol=1e-5, rtol=0)
+    seen = [json.loads((tmp_path / "two" / f"seen-{p}.json").read_text()) for p in (0, 1)]
+    assert seen == [[[0, 1], [4, 5], [8, 9]], [[2, 3], [6, 7], [10, 11]]]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_trl_example_of_the_docs_runs_end_to_end(cli, uf1k, tmp_path, monkeypatch):
+    """docs/integrations.md, section TRL: its prefcurate commands on 16 real UltraFeedback pairs,
+    then its Python script on the tiny model (saved as the local model directory it names),
+    with CPU settings added; the run trains both routes and saves the model."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "integrations.md").read_text()
+    section = doc.split("## TRL: `MixDPOTrainer`")[1].split("\n## ")[0]
+    commands = _code_block(section, "bash")
+    script = _code_block(section, "python")
+    monkeypatch.chdir(tmp_path)
+    lines = uf1k.read_text(encoding="utf-8").splitlines(keepends=True)
+    Path("ultrafeedback.jsonl").write_text("".join(lines[:16]), encoding="utf-8")
+    for line in commands.splitlines():
+        if line.startswith("prefcurate "):
+            result = cli(*shlex.split(line.split("#")[0])[1:])
+            assert result.code == 0, (line, result.err)
+    tiny = load_model("tiny", seed=0)
+    tiny.model.save_pretrained("models/Qwen2.5-0.5B-Instruct")
+    tiny.tokenizer.save_pretrained("models/Qwen2.5-0.5B-Instruct")
+    cpu = 'num_train_epochs=1, bf16=False, use_cpu=True, report_to="none", logging_steps=1,'
+    assert script.count("num_train_epochs=1,") == 1
+    namespace: dict = {}
+    exec(compile(script.replace("num_train_epochs=1,", cpu), "integrations.md", "exec"), namespace)
+    steps = [r for r in namespace["trainer"].state.log_history if "loss" in r]
+    assert len(steps) == 2  # 16 pairs, batch 8
+    assert sum(r["pairs/sft"] for r in steps) > 0 and sum(r["pairs/dpo"] for r in steps) > 0
+    assert Path("uf-mixdpo/model.safetensors").is_file()
+
+
+def _code_block(markdown: str, language: str) -> str:
+    return markdown.split(f"```{language}\n")[1].split("```")[0]
