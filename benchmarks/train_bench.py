@@ -31,7 +31,13 @@ reference, training, saving); **training** time is what the trainer does with th
 load, tokenisation, the reference log-probs and the loop (prefcurate: ``setup_seconds`` +
 ``train_seconds`` of run.json; TRL: from loading the model to the end of ``train()``, its
 reference forward being inside its loop). Peak RSS is the process's high-water mark
-(``os.wait4``). Run from the repository root::
+(``os.wait4``).
+
+**Fair timing.** Both trainers run with the same torch thread count (``--threads``, default 2,
+set through ``OMP_NUM_THREADS`` for every process and reported), and each is run ``--repeats``
+times (default 3), interleaved (TRL, prefcurate, MixDPO, TRL, …) so that a change of machine
+load hits all of them alike; the figures are the median of the runs, with their min–max spread.
+Run from the repository root::
 
     python benchmarks/train_bench.py --json train.json --chart docs/img/train_bench.png
     python benchmarks/train_bench.py --smoke --json o.json          # 8 pairs, for the test suite
@@ -71,8 +77,35 @@ def measure(argv: list[str], env: dict) -> tuple[float, float, str]:
     return wall, usage.ru_maxrss / 1e6, stderr
 
 
+THREADS = {"n": 2}
+
+
 def environment() -> dict:
-    return {**os.environ, "PYTHONPATH": str(REPO), "PREFCURATE_CATALOG": "off"}
+    threads = str(THREADS["n"])
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "PREFCURATE_CATALOG": "off",
+        "OMP_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
+    }
+
+
+TIMINGS = ("wall_s", "train_s", "loop_s", "rss_gb")
+
+
+def median_of(runs: list[dict]) -> dict:
+    """The first run's figures, with each timing replaced by the median of all runs and the
+    runs' values and min–max spread recorded beside it."""
+    import statistics
+
+    out = dict(runs[0])
+    for key in TIMINGS:
+        values = [r[key] for r in runs]
+        out[key] = statistics.median(values)
+        out[f"{key}_runs"] = values
+        out[f"{key}_spread"] = [min(values), max(values)]
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -238,8 +271,9 @@ def table(figures: dict) -> str:
     r = figures["results"]
     trl = r["trl"]
     lines = [
-        f"| {figures['pairs']} pairs, batch 8, max length 512 | process s | pairs/s | × TRL | "
-        "training s | pairs/s | × TRL | peak RSS GB |",
+        f"| {figures['pairs']} pairs, batch 8, max length 512, {figures['threads']} threads, "
+        f"median of {figures['repeats']} | process s | pairs/s | × TRL | "
+        "training s (min–max) | pairs/s | × TRL | peak RSS GB |",
         "|---|---|---|---|---|---|---|---|",
     ]
     labels = {
@@ -251,7 +285,8 @@ def table(figures: dict) -> str:
         res = r[name]
         lines.append(
             f"| {label} | {res['wall_s']:.1f} | {res['pairs_per_s']:.1f} | "
-            f"{res['pairs_per_s'] / trl['pairs_per_s']:.2f} | {res['train_s']:.1f} | "
+            f"{res['pairs_per_s'] / trl['pairs_per_s']:.2f} | {res['train_s']:.1f} "
+            f"({res['train_s_spread'][0]:.1f}–{res['train_s_spread'][1]:.1f}) | "
             f"{res['train_pairs_per_s']:.1f} | "
             f"{res['train_pairs_per_s'] / trl['train_pairs_per_s']:.2f} | {res['rss_gb']:.2f} |"
         )
@@ -315,28 +350,39 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="8 pairs: one step")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--chart", type=Path, help="write a PNG chart here")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of every trainer")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each trainer (median)")
     args = parser.parse_args()
     load_at_start = [round(x, 2) for x in os.getloadavg()]
+    THREADS["n"] = args.threads
     if args.smoke:
-        args.pairs = 8
+        args.pairs, args.repeats = 8, 1
     with tempfile.TemporaryDirectory(prefix="train-bench-") as tmp:
         work = Path(tmp)
         paths = prepare(args.data, args.pairs, work)
+        names = ("trl", "prefcurate_dpo", "prefcurate_mixdpo")
+        runs: dict[str, list[dict]] = {name: [] for name in names}
+        for _ in range(args.repeats):  # interleaved: a change of load hits every trainer
+            for name in names:
+                if name == "trl":
+                    res = run_trl(paths["dpo"], paths["model"], work)
+                else:
+                    split = paths["dpo"] if name == "prefcurate_dpo" else paths["mixdpo"]
+                    res = run_prefcurate(split, paths["model"], work, name)
+                runs[name].append(res)
+                print(f"{name}: {res['wall_s']:.1f} s, {res['rss_gb']:.2f} GB", file=sys.stderr,
+                      flush=True)  # fmt: skip
         results = {}
-        for name in ("trl", "prefcurate_dpo", "prefcurate_mixdpo"):
-            if name == "trl":
-                res = run_trl(paths["dpo"], paths["model"], work)
-            else:
-                split = paths["dpo"] if name == "prefcurate_dpo" else paths["mixdpo"]
-                res = run_prefcurate(split, paths["model"], work, name)
+        for name in names:
+            res = median_of(runs[name])
             res["pairs_per_s"] = res["pairs"] / res["wall_s"]
             res["train_pairs_per_s"] = res["pairs"] / res["train_s"]
             results[name] = res
-            print(f"{name}: {res['wall_s']:.1f} s, {res['rss_gb']:.2f} GB", file=sys.stderr,
-                  flush=True)  # fmt: skip
     figures = {
         "command": " ".join(["python", "benchmarks/train_bench.py", *sys.argv[1:]]),
         "pairs": args.pairs,
+        "threads": args.threads,
+        "repeats": args.repeats,
         "settings": SETTINGS,
         "machine": describe(torch=True),
         "load_average_at_start": load_at_start,

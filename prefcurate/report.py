@@ -175,6 +175,7 @@ def _routing(report: Report) -> RenderableType:
         (f"{r.dpo:,} ({_share(r.dpo, routed)}) to DPO", f"bold {DPO_STYLE}"),
         (f"; {r.unrouted:,} without a margin are not routed" if r.unrouted else ""),
         (f"; {_pairs(r.identical)} with chosen = rejected dropped" if r.identical else ""),
+        "\n         order: mixdpo reads largest margin first; dpo, a seeded shuffle",
     )
     return line
 

@@ -48,7 +48,7 @@ from prefcurate.margins import (
     threshold_for_fraction,
 )
 from prefcurate.memory import default_budget, estimate_input_bytes, parse_size
-from prefcurate.schema import ROUTE_DPO, ROUTE_SFT
+from prefcurate.schema import ROUTE_DPO, ROUTE_SFT, WEIGHT_COLUMN
 from prefcurate.splitwriter import (  # noqa: F401
     SPLIT_COLUMNS,
     WIDE_COLUMNS,
@@ -96,6 +96,16 @@ class Order(str, Enum):
         return self.value
 
 
+def default_order(mode: Mode | str) -> Order:
+    """The order a mode reads its pairs in when ``--order`` is not given.
+
+    MixDPO and filter read easy → hard (the paper's curriculum); the DPO and SFT baselines read
+    a seeded shuffle, the standard baseline the paper compares against (not margin-sorted DPO).
+    """
+    mode = _enum(Mode, mode, "--mode")
+    return Order.CURRICULUM if mode in (Mode.MIXDPO, Mode.FILTER) else Order.RANDOM
+
+
 @dataclass
 class RoutePlan:
     """Everything :func:`write_route` writes, decided but not yet written.
@@ -124,6 +134,8 @@ class RoutePlan:
     keys: pl.DataFrame = field(repr=False)
     narrow: pl.DataFrame = field(repr=False)
     source: PairSource = field(repr=False)
+    soft: float | None = None  # route --soft T: a weight column, σ((τ − margin) / T)
+    recipe: str | None = None  # route --recipe NAME, recorded in plan.json
     seconds: float = 0.0
     strategy: str = "two-pass"
     memory_budget: int | None = None
@@ -163,6 +175,8 @@ class RoutePlan:
             "seed": self.seed,
             "drop": list(self.drop),
             "eval_fraction": self.eval_fraction,
+            "soft": self.soft,
+            "recipe": self.recipe,
             "counts": self.counts,
             "outputs": outputs or {"train": "train.parquet", "eval": None},
         }
@@ -176,9 +190,17 @@ class RoutePlan:
         )
         held = f", {c['eval']} held out" if self.eval_fraction is not None else ""
         why = ", ".join(f"{n} {reason}" for reason, n in c["dropped_by_reason"].items() if n)
+        soft = (
+            f" (soft, T = {_fmt(self.soft)}: mean sft weight {c['weight_mean']:.3f})"
+            if (self.soft is not None)
+            else ""
+        )
+        recipe = f"recipe {self.recipe}: " if self.recipe else ""
         return (
-            f"{c['in']} pairs, {self.mode}{tau}{frac}: {c['dpo']} dpo, {c['sft']} sft, "
-            f"{c['dropped']} dropped{f' ({why})' if why else ''}{held}; order {self.order}"
+            f"{recipe}{c['in']} pairs, {self.mode}{tau}{frac}: {c['dpo']} dpo, {c['sft']} sft"
+            f"{soft}, {c['dropped']} dropped{f' ({why})' if why else ''}{held}; order {self.order}"
+            + (" (largest margin first)" if self.order is Order.CURRICULUM else "")
+            + (" (seeded shuffle)" if self.order is Order.RANDOM else "")
             + (f" in {self.stages} stages" if self.stages > 1 else "")
         )
 
@@ -199,11 +221,13 @@ def plan_routes(
     mode: Mode | str = Mode.MIXDPO,
     threshold: float | None = None,
     sft_fraction: float | None = None,
-    order: Order | str = Order.CURRICULUM,
+    order: Order | str | None = None,
     stages: int | None = None,
     drop: Sequence[str] | str = (),
     eval_fraction: float | None = None,
     seed: int = 0,
+    soft: float | None = None,
+    recipe: str | None = None,
     memory_budget: int | str | None = None,
 ) -> RoutePlan:
     """Decide each pair's route, rank and stage, and which pairs are held out.
@@ -220,6 +244,8 @@ def plan_routes(
         cut go together). At most one; ``mixdpo`` and ``filter`` need one.
     order
         ``curriculum`` (margin descending, ties by pair_id), ``random`` (seeded) or ``as-is``.
+        Default (None): curriculum for ``mixdpo`` and ``filter``, random for ``dpo`` and ``sft``
+        (:func:`default_order`).
     stages
         Cut the curriculum into this many equal contiguous difficulty stages (stage 0 easiest) and
         shuffle within each stage with ``seed``.
@@ -229,6 +255,12 @@ def plan_routes(
         Hold out this share of the pairs (0 < f < 1), stratified by difficulty, seeded.
     seed
         Seeds the shuffles and the held-out choice.
+    soft
+        Soft routing at temperature ``T`` (``mixdpo`` only): a ``weight`` column
+        ``w = σ((τ − margin) / T)``, the SFT share of each pair's loss (the trainer mixes
+        ``w · NLL + (1 − w) · preference``). ``T = 0`` gives the hard route's 0/1 weights.
+    recipe
+        The name of the recipe the flags came from (:mod:`prefcurate.presets`); only recorded.
     memory_budget
         Bytes (or a size such as ``"4GB"``) of input the plan may hold in memory; default a
         quarter of the machine's RAM (:func:`prefcurate.memory.default_budget`). An input whose
@@ -239,11 +271,13 @@ def plan_routes(
     written).
     """
     started = time.perf_counter()
-    mode, order = _enum(Mode, mode, "--mode"), _enum(Order, order, "--order")
+    mode = _enum(Mode, mode, "--mode")
+    order = default_order(mode) if order is None else _enum(Order, order, "--order")
     drop = (drop,) if isinstance(drop, str) else tuple(drop)
     threshold = None if threshold is None else float(threshold)
     sft_fraction = None if sft_fraction is None else float(sft_fraction)
     stages = _check_args(mode, threshold, sft_fraction, order, stages, eval_fraction)
+    soft = _check_soft(soft, mode)
     budget = default_budget() if memory_budget is None else parse_size(memory_budget)
     one_pass = estimate_input_bytes(source.raw.paths, source.raw.format) <= budget
     wants_margin = threshold is not None or sft_fraction is not None
@@ -264,13 +298,20 @@ def plan_routes(
     keys = _hold_out(keys, eval_fraction, seed)
     keys = _drop_below_threshold(keys, source, mode, threshold, reasons)
     keys = keys.with_columns(_route_expr(mode, threshold).alias("route"))
+    if soft is not None:
+        keys = keys.with_columns(
+            soft_weights(pl.col("margin"), threshold, soft).alias(WEIGHT_COLUMN)
+        )
     keys = pl.concat(
         [
             _order(keys.filter(pl.col("split") == name), order, stages, seed)
             for name in ("train", "eval")
         ]
     )
-
+    counts = _counts(keys, narrow.height, reasons, threshold)
+    if soft is not None:
+        train_weights = keys.filter(pl.col("split") == "train").get_column(WEIGHT_COLUMN)
+        counts["weight_mean"] = float(train_weights.mean())
     plan = RoutePlan(
         input=input_info,
         layout=str(source.layout),
@@ -282,10 +323,12 @@ def plan_routes(
         seed=seed,
         drop=drop,
         eval_fraction=eval_fraction,
-        counts=_counts(keys, narrow.height, reasons, threshold),
+        counts=counts,
         keys=keys,
         narrow=narrow,
         source=source,
+        soft=soft,
+        recipe=recipe,
         strategy="one-pass" if one_pass else "two-pass",
         memory_budget=budget,
     )
@@ -484,6 +527,40 @@ def _check_args(
             fix="for example --eval-fraction 0.05 holds out 5% of the pairs",
         )
     return stages
+
+
+def _check_soft(soft: float | None, mode: Mode) -> float | None:
+    if soft is None:
+        return None
+    soft = float(soft)
+    if not (math.isfinite(soft) and soft >= 0):
+        raise InputError(
+            f"--soft must be a temperature ≥ 0, got {soft}",
+            fix="e.g. --soft 0.25 (0 gives the hard route's 0/1 weights)",
+        )
+    if mode is not Mode.MIXDPO:
+        raise InputError(
+            f"--soft mixes the sft and dpo losses of --mode mixdpo; --mode is {mode}",
+            fix="use --mode mixdpo with --soft, or drop --soft",
+        )
+    return soft
+
+
+def soft_weights(margin: pl.Expr, threshold: float, temperature: float) -> pl.Expr:
+    """The SFT share of a pair's loss under soft routing: ``w = σ((τ − margin) / T)``.
+
+    A pair far below τ is (almost) all SFT, one far above it (almost) all DPO, and one at τ half
+    of each. ``T = 0`` is the hard switch of MixDPO (w = 1 if margin < τ else 0); as ``T → 0``
+    the weights converge to it for every margin ≠ τ. The paper's reference code has soft
+    *label* variants instead (a σ(Δscore / T) weight on the two orientations of the DPO loss,
+    loss types ``noisy-tolerant-4-3`` and ``-4-8`` in ``scripts/dpo_trainer.py`` of
+    JlPang863/QualityDPO); this mixes the two objectives of MixDPO (``noisy-tolerant-4-6``)
+    instead of the two labels.
+    """
+    if temperature == 0:
+        return pl.when(margin < threshold).then(1.0).otherwise(0.0).cast(pl.Float64)
+    z = ((pl.lit(threshold) - margin) / temperature).clip(-700.0, 700.0)
+    return (1.0 / (1.0 + (-z).exp())).cast(pl.Float64)
 
 
 def _nothing_left(source: PairSource, reasons: dict[str, int]) -> InputError:
@@ -798,6 +875,9 @@ __all__ = [
     "PLAN_VERSION",
     "RoutePlan",
     "SPLIT_COLUMNS",
+    "WEIGHT_COLUMN",
+    "default_order",
+    "soft_weights",
     "plan_routes",
     "seeded_keys",
     "write_route",

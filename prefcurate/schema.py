@@ -28,6 +28,8 @@ CANONICAL_COLUMNS: tuple[str, ...] = (
 
 #: Columns a routed split adds to the canonical ones; the trainer refuses a split without them.
 SPLIT_EXTRA_COLUMNS: tuple[str, ...] = ("route", "rank", "stage")
+#: Optional column of a soft-routed split (``route --soft T``): the SFT share of the pair's loss.
+WEIGHT_COLUMN = "weight"
 
 #: The two routes a pair can take: a preference loss, or SFT on the chosen response.
 ROUTE_DPO = "dpo"

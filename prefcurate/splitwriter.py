@@ -22,6 +22,7 @@ import polars as pl
 from prefcurate.atomic import atomic_dir
 from prefcurate.export import check_export, export_split
 from prefcurate.io import PAIR_COLUMNS, PairSource
+from prefcurate.schema import WEIGHT_COLUMN
 
 if TYPE_CHECKING:
     from prefcurate.route import RoutePlan
@@ -199,9 +200,11 @@ def _assemble(wide: pl.DataFrame, rows: np.ndarray, keys: pl.DataFrame) -> pl.Da
     """Rows ``rows`` of ``wide``, in that order, beside ``keys``: the split's columns."""
     index = pl.Series(rows, dtype=pl.Int64)
     gathered = wide.select(pl.col(c).gather(index) for c in WIDE_COLUMNS)
+    weight = (WEIGHT_COLUMN,) if WEIGHT_COLUMN in keys.columns else ()  # route --soft T
     return gathered.with_columns(
-        keys.get_column(c) for c in ("pair_id", "margin", "difficulty", "route", "rank", "stage")
-    ).select(SPLIT_COLUMNS)
+        keys.get_column(c)
+        for c in ("pair_id", "margin", "difficulty", "route", "rank", "stage", *weight)
+    ).select(*SPLIT_COLUMNS, *weight)
 
 
 def _prefetch(items: Iterator[Any]) -> Iterator[Any]:

@@ -71,4 +71,39 @@ def test_train_benchmark_smoke_agrees_with_trl(uf1k, tmp_path):
     assert agreement["first_logps_chosen"]["trl"] < -100  # summed over a response's tokens
     for res in results.values():
         assert res["pairs_per_s"] > 0 and res["train_pairs_per_s"] > 0 and res["rss_gb"] > 0
+        assert len(res["train_s_runs"]) == figures["repeats"] == 1  # --smoke: one run each
+    assert figures["threads"] == 2  # both trainers pinned to the same torch thread count
     assert "first-step loss: prefcurate 0.693147, TRL 0.693147" in done.stdout
+
+
+def test_gpu_check_without_cuda_is_exit_2_in_one_line():
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_check.py")],
+        env={**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: no CUDA GPU here")
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_gpu_check_cpu_smoke_runs_every_part(tmp_path):
+    """The GPU check's code paths on tiny shapes on the CPU (its figures mean nothing here)."""
+    out = tmp_path / "gpu.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--cpu-smoke"]
+        + ["--json", str(out)],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    smoke = report["smoke"]
+    assert smoke["ddp"]["tokens_per_s"] > 0 and smoke["fsdp"]["tokens_per_s"] > 0
+    assert smoke["fsdp_vs_ddp_max_loss_diff"] < 1e-5  # fp32: the same step either way
+    assert report["lora"]["tokens_per_s"] > 0
+    assert report["trl"]["trl_over_prefcurate"] > 0

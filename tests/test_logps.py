@@ -11,9 +11,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from trainers import prepare
 from trainers.config import TrainConfig
 from trainers.data import collate, read_split, tokenize_split
-from trainers.device import autocast_factory
 from trainers.logps import SequenceLogps, is_right_padded
 from trainers.model import load_model
+from trainers.strategy import autocast_for
 
 
 @pytest.fixture(autouse=True)
@@ -112,7 +112,7 @@ def test_reference_logps_are_cached_by_model_data_and_length(tmp_path, monkeypat
     config = TrainConfig(split_dir, model="tiny", out=tmp_path / "run", max_length=48)
     policy = load_model("tiny", seed=0)
     pairs = prepare.tokenized_pairs(split, policy, config)
-    args = (policy, config, torch.device("cpu"), autocast_factory(torch.device("cpu"), "fp32"))
+    args = (policy, config, torch.device("cpu"), autocast_for("ddp", "fp32", torch.device("cpu")))
     chosen, rejected = prepare.reference_for(pairs, *args)
     assert chosen.isnan().tolist() == (~pairs.is_dpo).tolist()  # sft pairs need no reference
 

@@ -256,7 +256,8 @@ def test_null_margins_are_dropped_when_a_threshold_routes(tmp_path):
     plan = plan_routes(source, threshold=1.0)
     assert plan.counts["dropped_by_reason"]["null_margin"] == 2
     assert (plan.counts["dpo"], plan.counts["sft"]) == (3, 1)
-    kept = plan_routes(source, mode="dpo")  # no threshold: nothing is dropped, nulls go last
+    # no threshold: nothing is dropped; in curriculum order the nulls go last
+    kept = plan_routes(source, mode="dpo", order="curriculum")
     train = kept.split()
     assert train.height == 6
     assert train.get_column("margin").tail(2).is_null().all()
@@ -284,9 +285,11 @@ def test_no_margin_data(hh):
     with pytest.raises(InputError, match="prefcurate score"):
         plan_routes(source, threshold=0.5)
     with pytest.raises(InputError, match="--order as-is"):
-        plan_routes(source, mode="dpo")
+        plan_routes(source, mode="dpo", order="curriculum")
     plan = plan_routes(source, mode="dpo", order="as-is")
     assert plan.counts["dpo"] == 2312
+    shuffled = plan_routes(source, mode="dpo")  # DPO's default order, a shuffle, needs no margin
+    assert shuffled.order.value == "random" and shuffled.counts["dpo"] == 2312
 
 
 # --------------------------------------------------------------------------------------------------

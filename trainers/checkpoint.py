@@ -1,11 +1,18 @@
 """Atomic training checkpoints: ``RUN_DIR/checkpoints/step-N/``.
 
-A checkpoint holds everything a resumed run needs to continue bit for bit: the weights
-(``model.safetensors``), the optimizer and scheduler states, every rank's RNG states, and
-``state.json`` (the step, the data position and the run's configuration). It is written into a
-temporary directory that is renamed into place only when complete (``os.replace`` is atomic), so
-a run killed at any moment leaves either the whole checkpoint or none of it. Tensors are loaded
-back with ``weights_only=True``: a checkpoint cannot run code.
+A checkpoint holds everything a resumed run needs to continue bit for bit: the weights, the
+optimizer and scheduler states, every rank's RNG states, and ``state.json`` (the step, the data
+position and the run's configuration). Two formats, one per strategy:
+
+* replicated (ddp, one process): rank 0 writes ``model.safetensors`` and ``optimizer.pt``;
+* sharded (fsdp): every rank writes its own shards through PyTorch's Distributed Checkpoint
+  (DCP) into ``dcp/``. DCP records where each shard belongs, so a run may resume on another
+  number of processes (it reshards on load), or on one process without FSDP.
+
+Either way the checkpoint is written into a temporary directory that is renamed into place only
+when complete (``os.replace`` is atomic), so a run killed at any moment leaves either the whole
+checkpoint or none of it; ``keep`` (``--save-total-limit``) then deletes the oldest beyond the
+newest N. Tensors are loaded back with ``weights_only=True``: a checkpoint cannot run code.
 """
 
 from __future__ import annotations
@@ -20,12 +27,18 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_model, save_model
 from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from prefcurate.errors import InputError
 from trainers import dist
+from trainers.dist import initialized as dist_initialized
 
 CHECKPOINTS = "checkpoints"
+#: The sub-directory of a sharded (DCP) checkpoint.
+SHARDED = "dcp"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -37,41 +50,70 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     state: dict[str, Any],
+    root: nn.Module | None = None,
+    sharded: bool = False,
+    keep: int = 0,
 ) -> Path:
-    """Write ``step-{step}`` atomically (collective: every rank must call it)."""
+    """Write ``step-{step}`` atomically (collective: every rank must call it).
+
+    ``model`` is the language model the optimizer trains; with ``sharded``, ``root`` (the
+    FSDP2 root module that holds it) and the optimizer are written shard by shard through DCP.
+    ``keep`` > 0 keeps only the newest ``keep`` checkpoints.
+    """
     info = dist.info()
-    root = Path(run_dir) / CHECKPOINTS
-    final = root / f"step-{step}"
-    tmp = root / f".step-{step}.tmp"
+    checkpoints = Path(run_dir) / CHECKPOINTS
+    final = checkpoints / f"step-{step}"
+    tmp = checkpoints / f".step-{step}.tmp"
     if info.main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist.barrier()
     torch.save(rng_states(), tmp / f"rng-rank{info.rank}.pt")
-    if info.main:
+    if sharded:
+        model_state, optim_state = get_state_dict(root or model, optimizer)
+        dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=tmp / SHARDED)
+    elif info.main:
         save_model(model, str(tmp / "model.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if info.main:
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     dist.barrier()
     if info.main:
-        (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2))
+        payload = {**state, "step": step, "format": SHARDED if sharded else "safetensors"}
+        (tmp / "state.json").write_text(json.dumps(payload, indent=2))
         if final.exists():  # a rerun reaching the same step replaces it whole
             shutil.rmtree(final)
         os.replace(tmp, final)
+        if keep:
+            prune(run_dir, keep)
     dist.barrier()
     return final
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint of a run, or None."""
+def prune(run_dir: Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` complete checkpoints; return the deleted ones."""
+    steps = sorted(complete_checkpoints(run_dir))
+    doomed = [path for _, path in steps[:-keep]] if keep else []
+    for path in doomed:
+        shutil.rmtree(path)
+    return doomed
+
+
+def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every complete checkpoint of a run, in no particular order."""
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
-        return None
-    complete = [
+        return []
+    return [
         (int(m.group(1)), path)
         for path in root.iterdir()
         if (m := _STEP_DIR.match(path.name)) and (path / "state.json").is_file()
     ]
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run, or None."""
+    complete = complete_checkpoints(run_dir)
     return max(complete)[1] if complete else None
 
 
@@ -93,11 +135,35 @@ def load_checkpoint(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
+    root: nn.Module | None = None,
+    sharded: bool = False,
 ) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and this rank's RNG states; return ``state.json``."""
+    """Restore weights, optimizer, scheduler and this rank's RNG states; return ``state.json``.
+
+    A sharded checkpoint loads into ``root`` at any world size, sharded or not (``root`` must
+    hold ``model`` the way the saving run's did); a replicated one only into an unsharded model.
+    """
     path = Path(path)
-    load_model(model, str(path / "model.safetensors"))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    if (path / SHARDED).is_dir():
+        model_state, optim_state = get_state_dict(root or model, optimizer)
+        loaded = {"model": model_state, "optimizer": optim_state}
+        dcp.load(loaded, checkpoint_id=path / SHARDED, no_dist=not dist_initialized())
+        set_state_dict(
+            root or model,
+            optimizer,
+            model_state_dict=loaded["model"],
+            optim_state_dict=loaded["optimizer"],
+        )
+    elif sharded:
+        raise InputError(
+            "this checkpoint was written unsharded (--strategy ddp) and cannot be loaded into "
+            "FSDP shards",
+            where=path,
+            fix="resume with --strategy ddp",
+        )
+    else:
+        load_model(model, str(path / "model.safetensors"))
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     rng_file = path / f"rng-rank{dist.info().rank}.pt"
     if rng_file.is_file():

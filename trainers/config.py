@@ -10,10 +10,20 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefcurate.cachedir import default_cache_dir
 from prefcurate.errors import InputError
+
+if TYPE_CHECKING:
+    from trainers.lora import LoraSettings
+
+#: ``--strategy`` values (trainers.strategy): ddp replicates, fsdp shards, auto asks the plan.
+STRATEGIES: tuple[str, ...] = ("auto", "ddp", "fsdp")
+#: ``--precision`` values (trainers.strategy).
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16-mixed", "bf16")
+#: ``--attn-implementation`` values, passed to transformers.
+ATTN_IMPLEMENTATIONS: tuple[str, ...] = ("sdpa", "flash_attention_2", "eager")
 
 #: ``--lr-schedule`` values: after the linear warmup, cosine decay to 0, or the peak held constant.
 LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant")
@@ -44,10 +54,25 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0  # 0 disables clipping
     device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto (bf16 autocast on CUDA) | bf16 | fp32
-    gradient_checkpointing: bool = False
+    # auto (bf16-mixed on CUDA, fp32 on the CPU) | fp32 | bf16-mixed | bf16 (trainers.strategy)
+    precision: str = "auto"
+    gradient_checkpointing: bool = False  # activation checkpointing, one decoder layer at a time
+    # auto (ddp, or fsdp when the memory plan says a replica does not fit) | ddp | fsdp
+    strategy: str = "auto"
+    offload: bool = False  # fsdp: parameters, gradients and AdamW state in CPU memory
+    attn_implementation: str | None = None  # sdpa | flash_attention_2 | eager (transformers)
+    packed: bool = False  # one padding-free row per micro-batch (same per-pair losses)
+    lora_r: int = 0  # 0: full fine-tuning; > 0: a LoRA adapter of this rank (trainers.lora)
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_target: str = "all-linear"
+    load_in_4bit: bool = False  # QLoRA: the frozen base in 4-bit NF4 (CUDA and bitsandbytes)
+    merge_lora: bool = False  # also save the merged model
+    device_memory: float | None = None  # GiB per device for the memory check (default: measured)
+    max_shard_size: str = "5GB"  # safetensors shard size of the final model
     seed: int = 0
     save_every: int = 0  # 0: no intermediate checkpoints
+    save_total_limit: int = 0  # keep only the newest N checkpoints (0: all)
     resume: bool = False
     force: bool = False
     cache_dir: Path | None = None
@@ -56,6 +81,8 @@ class TrainConfig:
     # Only these token ids may be scored or sampled (the others' logits are -inf): a task whose
     # answers use a small alphabet keeps the policy on it. None: the whole vocabulary.
     allowed_token_ids: list[int] | None = None
+    # The named recipe the settings came from (``--recipe paper``); recorded in run.json only.
+    recipe: str | None = None
 
     def __post_init__(self) -> None:
         self.split_dir, self.out = Path(self.split_dir), Path(self.out)
@@ -104,6 +131,9 @@ class TrainConfig:
             "--nll-weight": self.nll_weight >= 0,
             "--save-every": self.save_every >= 0,
             "--max-grad-norm": self.max_grad_norm >= 0,
+            "--save-total-limit": self.save_total_limit >= 0,
+            "--lora-r": self.lora_r >= 0,
+            "--device-memory": self.device_memory is None or self.device_memory > 0,
         }
         for flag, ok in checks.items():
             if not ok:
@@ -118,8 +148,31 @@ class TrainConfig:
             raise InputError("allowed_token_ids is empty", fix="pass None to allow every token")
         if self.device not in ("auto", "cpu", "cuda"):
             raise InputError(f"unknown --device {self.device!r}", fix="use auto, cpu or cuda")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise InputError(f"unknown --precision {self.precision!r}", fix="use auto, bf16, fp32")
+        if self.precision not in PRECISIONS:
+            raise InputError(
+                f"unknown --precision {self.precision!r}", fix=f"use {', '.join(PRECISIONS)}"
+            )
+        if self.strategy not in STRATEGIES:
+            raise InputError(
+                f"unknown --strategy {self.strategy!r}", fix=f"use {', '.join(STRATEGIES)}"
+            )
+        if self.attn_implementation not in (None, *ATTN_IMPLEMENTATIONS):
+            raise InputError(
+                f"unknown --attn-implementation {self.attn_implementation!r}",
+                fix=f"use {', '.join(ATTN_IMPLEMENTATIONS)}",
+            )
+        if self.offload and self.strategy != "fsdp":
+            raise InputError("--offload needs --strategy fsdp", fix="add --strategy fsdp")
+        if self.lora is not None:
+            self.lora.validate()
+        elif self.load_in_4bit or self.merge_lora:
+            flag = "--load-in-4bit" if self.load_in_4bit else "--merge-lora"
+            raise InputError(f"{flag} needs a LoRA adapter", fix="add --lora-r 16 (for example)")
+        if self.load_in_4bit and self.strategy == "fsdp":
+            raise InputError(
+                "--load-in-4bit runs with --strategy ddp (a 4-bit base is not sharded here)",
+                fix="use --strategy ddp, or LoRA without --load-in-4bit under fsdp",
+            )
         if self.ref_model and not Path(self.ref_model).is_dir():
             raise InputError(
                 "reference model directory not found",
@@ -148,10 +201,31 @@ class TrainConfig:
             "max_grad_norm",
             "seed",
             "allowed_token_ids",
+            "precision",
+            "lora_r",
+            "lora_alpha",
+            "lora_dropout",
+            "lora_target",
+            "load_in_4bit",
         )
         key = {k: getattr(self, k) for k in keep}
         key["global_batch"] = self.batch_size * self.grad_accum * world_size
         return key
+
+    @property
+    def lora(self) -> LoraSettings | None:
+        """The adapter's settings, or None for full fine-tuning."""
+        from trainers.lora import LoraSettings
+
+        if not self.lora_r:
+            return None
+        return LoraSettings(
+            r=self.lora_r,
+            alpha=self.lora_alpha,
+            dropout=self.lora_dropout,
+            target=self.lora_target,
+            load_in_4bit=self.load_in_4bit,
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}

@@ -35,7 +35,7 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from prefcurate.errors import InputError
-from prefcurate.schema import ROUTE_DPO, ROUTES, SPLIT_EXTRA_COLUMNS, is_messages
+from prefcurate.schema import ROUTE_DPO, ROUTES, SPLIT_EXTRA_COLUMNS, WEIGHT_COLUMN, is_messages
 
 #: Columns the trainer reads; a split without any of them is refused.
 REQUIRED_COLUMNS: tuple[str, ...] = (
@@ -105,6 +105,7 @@ def read_split(split_dir: str | Path) -> Split:
         raise InputError("the split has no pairs", where=train_path, fix=fix)
     conversational = _check_text_columns(frame, train_path)
     _check_routes(frame, train_path)
+    _check_weights(frame, train_path)
     frame = _check_rank(frame, train_path)
     digest = hashlib.sha256(train_path.read_bytes()).hexdigest()
     return Split(split_dir, frame, plan, conversational, digest)
@@ -141,6 +142,26 @@ def _check_routes(frame: pl.DataFrame, where: Path) -> None:
             f"{', '.join(ROUTES)}",
             where=f"{where}, column route",
             fix="route the data with 'prefcurate route'",
+        )
+
+
+def _check_weights(frame: pl.DataFrame, where: Path) -> None:
+    """The optional soft-routing column: a float in [0, 1] for every pair, or absent."""
+    if WEIGHT_COLUMN not in frame.columns:
+        return
+    if not frame.schema[WEIGHT_COLUMN].is_float():
+        raise InputError(
+            f"weight must be a float column, not {frame.schema[WEIGHT_COLUMN]}",
+            where=f"{where}, column weight",
+            fix="route the data with 'prefcurate route --soft T'",
+        )
+    weight = pl.col(WEIGHT_COLUMN)
+    bad = frame.filter(weight.is_null() | weight.is_nan() | (weight < 0) | (weight > 1))
+    if bad.height:
+        raise InputError(
+            f"weight {bad[WEIGHT_COLUMN][0]!r} of pair {bad['pair_id'][0]!r} is not in [0, 1]",
+            where=f"{where}, column weight",
+            fix="route the data with 'prefcurate route --soft T'",
         )
 
 
@@ -187,7 +208,12 @@ class Ragged:
 
 @dataclass
 class TokenizedPairs:
-    """A tokenised split, in rank order, with each pair's effective route."""
+    """A tokenised split, in rank order, with each pair's effective route.
+
+    ``is_dpo`` marks the pairs with a preference term (they need the rejected response and
+    reference log-probs); ``sft_share`` is each pair's SFT share of its loss: 0 or 1 under the
+    hard route, the split's ``weight`` column under soft routing (a pair is dpo when it is < 1).
+    """
 
     pair_ids: list[str]
     prompt: Ragged
@@ -197,6 +223,11 @@ class TokenizedPairs:
     truncated: int
     identical: int
     chat_template: bool
+    sft_share: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.sft_share is None:
+            self.sft_share = (~self.is_dpo).to(torch.float64)
 
     def __len__(self) -> int:
         return len(self.pair_ids)
@@ -208,6 +239,8 @@ class TokenizedPairs:
             h.update(part.values.numpy().tobytes())
             h.update(part.offsets.numpy().tobytes())
         h.update(self.is_dpo.numpy().tobytes())
+        if not bool(((self.sft_share == 0) | (self.sft_share == 1)).all()):  # soft: in the key
+            h.update(self.sft_share.numpy().tobytes())
         h.update("\n".join(self.pair_ids).encode())
         return h.hexdigest()
 
@@ -223,7 +256,7 @@ class TokenizedPairs:
 
     def to_tensors(self) -> dict[str, Tensor]:
         """Flat tensors for the on-disk token cache (pair ids travel in the metadata)."""
-        out = {"is_dpo": self.is_dpo.to(torch.uint8)}
+        out = {"is_dpo": self.is_dpo.to(torch.uint8), "sft_share": self.sft_share}
         for name in TEXT_COLUMNS:
             part: Ragged = getattr(self, name)
             out[f"{name}.values"] = part.values
@@ -236,6 +269,7 @@ class TokenizedPairs:
         return cls(
             pair_ids=meta["pair_ids"],
             is_dpo=tensors["is_dpo"].bool(),
+            sft_share=tensors.get("sft_share"),
             truncated=meta["truncated"],
             identical=meta["identical"],
             chat_template=meta["chat_template"],
@@ -272,13 +306,18 @@ def tokenize_split(
         chosens.append(c)
         rejecteds.append(r)
     p_ids, c_ids, r_ids = _encode(tokenizer, prompts, chosens, rejecteds, use_template)
-    is_dpo = (frame["route"] == ROUTE_DPO).to_list()
+    if WEIGHT_COLUMN in frame.columns:  # soft routing: every pair with a DPO share is dpo
+        sft_share = frame[WEIGHT_COLUMN].cast(pl.Float64).to_list()
+    else:
+        sft_share = (frame["route"] != ROUTE_DPO).cast(pl.Float64).to_list()
+    is_dpo = [w < 1.0 for w in sft_share]
     truncated = identical = 0
     for i in range(len(p_ids)):
         p, c, r = truncate_pair(p_ids[i], c_ids[i], r_ids[i], max_length)
         truncated += (len(p), len(c), len(r)) != (len(p_ids[i]), len(c_ids[i]), len(r_ids[i]))
         if is_dpo[i] and c == r:
             is_dpo[i] = False
+            sft_share[i] = 1.0
             identical += 1
         p_ids[i], c_ids[i], r_ids[i] = p, c, r
     return TokenizedPairs(
@@ -287,6 +326,7 @@ def tokenize_split(
         chosen=Ragged.from_lists(c_ids),
         rejected=Ragged.from_lists(r_ids),
         is_dpo=torch.tensor(is_dpo, dtype=torch.bool),
+        sft_share=torch.tensor(sft_share, dtype=torch.float64),
         truncated=truncated,
         identical=identical,
         chat_template=use_template,
@@ -407,13 +447,14 @@ class Batch:
     index: Tensor
     ref_chosen: Tensor
     ref_rejected: Tensor
+    sft_share: Tensor | None = None  # per pair; None: 0 for dpo pairs, 1 for sft pairs
 
     @property
     def pairs(self) -> int:
         return self.is_dpo.numel()
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(**{k: v.to(device) for k, v in self.__dict__.items()})
+        return Batch(**{k: None if v is None else v.to(device) for k, v in self.__dict__.items()})
 
 
 def collate(
@@ -456,6 +497,7 @@ def collate(
         index=index.clone(),
         ref_chosen=nan if ref_chosen is None else ref_chosen[index],
         ref_rejected=nan if ref_rejected is None else ref_rejected[index],
+        sft_share=(~is_dpo).to(torch.float64) if only_dpo else pairs.sft_share[index],
     )
 
 

@@ -47,6 +47,13 @@ def setup(device_type: str) -> DistInfo:
     return layout
 
 
+def single_process_group(device_type: str) -> None:
+    """A 1-rank process group, so that FSDP2 and DCP run the same code in a single process."""
+    if not tdist.is_initialized():
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        tdist.init_process_group(backend=backend, store=tdist.HashStore(), rank=0, world_size=1)
+
+
 def info() -> DistInfo:
     if not tdist.is_initialized():
         return DistInfo()
@@ -67,6 +74,13 @@ def sum_(tensor: Tensor) -> Tensor:
     """Element-wise sum over ranks (in place, returned for chaining)."""
     if tdist.is_initialized():
         tdist.all_reduce(tensor, op=tdist.ReduceOp.SUM)
+    return tensor
+
+
+def max_(tensor: Tensor) -> Tensor:
+    """Element-wise maximum over ranks (in place, returned for chaining)."""
+    if tdist.is_initialized():
+        tdist.all_reduce(tensor, op=tdist.ReduceOp.MAX)
     return tensor
 
 
@@ -93,3 +107,7 @@ def collective_device() -> torch.device:
     if tdist.is_initialized() and tdist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def initialized() -> bool:
+    return tdist.is_initialized()

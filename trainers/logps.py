@@ -1,5 +1,10 @@
 """Sequence log-probabilities without full-vocabulary logits, and the one-off reference pass.
 
+``packed`` runs each micro-batch padding-free: the rows' real tokens are concatenated into one
+sequence whose position ids restart at every row, and transformers turns those positions into a
+block-diagonal causal mask (flash-attention's varlen kernel on CUDA), so no row sees another and
+no compute is spent on padding. The per-row log-probs are the same as the padded batch's.
+
 A causal LM's logits for a whole batch are ``rows × length × vocab`` floats: 4 GiB in fp32 for 8
 sequences of 1k tokens of a 128k-vocabulary model. Only the response positions matter, so
 :class:`SequenceLogps` runs the decoder to hidden states, gathers the response positions, and
@@ -41,9 +46,11 @@ class SequenceLogps(nn.Module):
         *,
         chunk_elements: int = CHUNK_ELEMENTS,
         allowed_token_ids: list[int] | None = None,
+        packed: bool = False,
     ):
         super().__init__()
         self.model = model
+        self.packed = packed
         self.chunk_tokens = max(1, chunk_elements // model.config.vocab_size)
         self.allowed: Tensor | None = None
         if allowed_token_ids is not None:
@@ -55,10 +62,13 @@ class SequenceLogps(nn.Module):
         # A right-padded batch needs no mask: causal attention already hides the padding, which
         # only ever follows a row's real tokens, and padded positions are never read. Without a
         # mask the attention takes its causal fast path (no per-batch mask tensor to build).
-        mask = None if is_right_padded(attention_mask) else attention_mask.long()
-        hidden = self.model.get_decoder()(
-            input_ids=input_ids, attention_mask=mask, use_cache=False
-        ).last_hidden_state
+        if self.packed:
+            hidden = self._packed_hidden(input_ids, attention_mask)
+        else:
+            mask = None if is_right_padded(attention_mask) else attention_mask.long()
+            hidden = self.model.get_decoder()(
+                input_ids=input_ids, attention_mask=mask, use_cache=False
+            ).last_hidden_state
         # position t predicts token t+1: a response token's log-prob comes from the position before
         targets = response_mask[:, 1:]
         states = hidden[:, :-1][targets]
@@ -67,6 +77,19 @@ class SequenceLogps(nn.Module):
         per_token = torch.zeros(targets.shape, dtype=token_logps.dtype, device=hidden.device)
         per_token = per_token.masked_scatter(targets, token_logps)
         return per_token.sum(-1), targets.sum(-1)
+
+    def _packed_hidden(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Hidden states of the rows run as one padding-free sequence, put back in row shape."""
+        keep = attention_mask.bool()
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        packed = self.model.get_decoder()(
+            input_ids=input_ids[keep][None],
+            position_ids=positions[keep][None],
+            attention_mask=None,
+            use_cache=False,
+        ).last_hidden_state[0]
+        hidden = packed.new_zeros((*input_ids.shape, packed.shape[-1]))
+        return hidden.masked_scatter(keep[..., None], packed)
 
     def logits(self, states: Tensor) -> Tensor:
         """The output head on hidden states, in fp32, with the model's logit scaling if any."""
@@ -157,13 +180,16 @@ def reference_logps(
     autocast: AbstractContextManager,
     pad_id: int,
     only: Tensor | None = None,
+    lockstep: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Summed log-probs of the chosen and rejected response of every dpo pair under ``module``.
 
     Runs once, in inference mode; each rank scores a strided share of the dpo pairs (longest
     first, to waste little padding) and the shares are gathered. Entries of sft pairs are NaN:
     they never need a reference. ``only``: the pair indices the run will train (``--max-steps``
-    short of the split); the others stay NaN, unscored.
+    short of the split); the others stay NaN, unscored. ``lockstep`` (a sharded module, whose
+    every forward is a collective) makes every rank run as many batches as the busiest one, the
+    extra ones on a spare pair whose result is dropped.
     """
     info = dist.info()
     dpo_index = pairs.is_dpo.nonzero().squeeze(1)
@@ -176,14 +202,23 @@ def reference_logps(
     share = share[torch.argsort(lengths[share], descending=True, stable=True)]
     chosen = torch.full((len(pairs),), float("nan"))
     rejected = torch.full((len(pairs),), float("nan"))
+    batches = -(-share.numel() // batch_size)
+    if lockstep:
+        batches = int(dist.max_(torch.tensor([batches], device=dist.collective_device())))
     was_training = module.training
     module.eval()
-    with torch.inference_mode():
-        for start in range(0, share.numel(), batch_size):
-            index = share[start : start + batch_size]
+    # FSDP2 gathers parameters into tensors that inference mode would forbid it to reuse
+    with torch.no_grad() if lockstep else torch.inference_mode():
+        for b in range(batches):
+            index = share[b * batch_size : (b + 1) * batch_size]
+            spare = index.numel() == 0
+            if spare:
+                index = dpo_index[:1] if dpo_index.numel() else torch.tensor([0])
             batch = collate(pairs, index, pad_id=pad_id, only_dpo=True).to(device)
             with autocast:
                 logps, _ = module(batch.input_ids, batch.attention_mask, batch.response_mask)
+            if spare:
+                continue
             logps = logps.float().cpu()
             chosen[index] = logps[: len(index)]
             rejected[index] = logps[len(index) :]

@@ -1,21 +1,23 @@
 """The training loop: MixDPO and its baselines on any causal LM, on a CPU, a GPU or under torchrun.
 
-One function, :func:`train`, reads top to bottom: settings → data → reference → optimizer →
-resume → loop → final model. From Python::
+One function, :func:`train`, reads top to bottom: settings → memory plan → data → model (LoRA,
+sharding) → reference → optimizer → resume → loop → final model. From Python::
 
     >>> from trainers.loop import TrainConfig, train
     >>> result = train(TrainConfig("splits/uf", model="tiny", out="runs/tiny", lr=1e-3,
     ...                            max_steps=24))                              # doctest: +SKIP
     >>> result.final["rewards/accuracies"]                                      # doctest: +SKIP
 
-The same command line, on 2 processes (each with a strided share of every global batch)::
+The same command line, on 2 processes (each with a strided share of every global batch), with the
+model replicated (ddp) or sharded (fsdp, :mod:`trainers.strategy`)::
 
     torchrun --nproc_per_node=2 -m prefcurate train splits/uf --model tiny --out runs/ddp
+    torchrun --nproc_per_node=2 -m prefcurate train splits/uf --model tiny --strategy fsdp \
+        --out runs/fsdp
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -28,11 +30,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
-from prefcurate.atomic import atomic_dir
 from prefcurate.errors import InputError, PrefcurateError
-from trainers import dist, rundir
+from trainers import dist, lora, memory, rundir
 from trainers.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -41,13 +41,22 @@ from trainers.checkpoint import (
 )
 from trainers.config import TrainConfig, TrainResult
 from trainers.data import Curriculum, Split, TokenizedPairs, collate, read_split
-from trainers.device import autocast_factory, resolve_device
+from trainers.device import resolve_device
+from trainers.export import ADAPTER_DIR, MODEL_DIR, full_state_dict, save_final
 from trainers.logps import SequenceLogps, check_allowed
 from trainers.model import LoadedModel, check_max_length, describe, load_model
 from trainers.objective import STAT_KEYS, Objective, step_metrics
 from trainers.prepare import reference_for, tokenized_pairs
 from trainers.reporter import Reporter
-from trainers.rundir import METRICS, MODEL_DIR, RUN_JSON, read_state
+from trainers.rundir import METRICS, RUN_JSON, read_state
+from trainers.strategy import (
+    autocast_for,
+    full_value,
+    gradient_sync,
+    is_sharded,
+    resolve_precision,
+    wrap,
+)
 
 __all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "train"]
 
@@ -155,13 +164,24 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     """
     config.validate()
     device = resolve_device(config.device)
+    if config.load_in_4bit:
+        lora.check_4bit(device)
+    if config.offload and device.type != "cuda":
+        raise InputError(
+            "--offload keeps FSDP shards in CPU memory while a GPU computes; it needs CUDA",
+            fix="drop --offload on the CPU (the shards are in CPU memory already)",
+        )
     check_run_dir(config)
-    info = dist.setup(device.type)
+    info = dist.launched()
     if device.type == "cuda" and info.world_size > 1:
         device = torch.device("cuda", info.local_rank)
+    planned = memory.check(config, device, world_size=info.world_size)
+    info = dist.setup(device.type)
+    if planned.settings.strategy == "fsdp":
+        dist.single_process_group(device.type)  # a no-op under torchrun
     reporter = reporter if (reporter is not None and info.main) else Reporter()
     try:
-        return _train(config, device, info, reporter)
+        return _train(config, device, info, reporter, planned)
     finally:
         reporter.close()
         dist.teardown()
@@ -184,13 +204,25 @@ class _Run:
     ref_rejected: torch.Tensor
     #: the split's content hash and the model's fingerprint: a resume must match them
     identity: dict[str, str]
+    planned: memory.MemoryPlan
+    precision: str
+    module: torch.nn.Module  # what the loop calls: logps, DDP-wrapped or FSDP2-sharded
+    peft_model: Any = None  # the PEFT wrapper when training a LoRA adapter
+
+    @property
+    def sharded(self) -> bool:
+        return is_sharded(self.module)
 
 
 def _train(
-    config: TrainConfig, device: torch.device, info: dist.DistInfo, reporter: Reporter
+    config: TrainConfig,
+    device: torch.device,
+    info: dist.DistInfo,
+    reporter: Reporter,
+    planned: memory.MemoryPlan,
 ) -> TrainResult:
     setup_started = time.perf_counter()
-    run = _prepare(config, device, info, reporter)
+    run = _prepare(config, device, info, reporter, planned)
     curriculum, optimizer, scheduler, warmup = _optimizer(run)
     lr_shares = _lr_tail_check(run, curriculum, warmup)
     start_step, resumed_from = _open_run_dir(run, optimizer, scheduler)
@@ -226,18 +258,32 @@ def _train(
 
 
 def _prepare(
-    config: TrainConfig, device: torch.device, info: dist.DistInfo, reporter: Reporter
+    config: TrainConfig,
+    device: torch.device,
+    info: dist.DistInfo,
+    reporter: Reporter,
+    planned: memory.MemoryPlan,
 ) -> _Run:
-    """Seed, read the split in rank order, load the policy, tokenise once, and compute the
-    reference log-probs once, before training (the initial policy unless --ref-model)."""
+    """Seed, read the split in rank order, load the policy (with its LoRA adapter), tokenise
+    once, replicate or shard it, and compute the reference log-probs once, before training (the
+    initial policy — with LoRA the base, adapter off — unless --ref-model)."""
     seed_everything(config.seed)
-    autocast = autocast_factory(device, config.precision)
+    strategy = planned.settings.strategy
+    precision = resolve_precision(config.precision, device)
+    autocast = autocast_for(strategy, precision, device)
+    adapter = config.lora
     split = read_split(config.split_dir)
+    # the frozen base of an adapter needs no fp32 master copy
+    bf16_base = precision == "bf16" or (adapter is not None and precision == "bf16-mixed")
     policy = load_model(
         config.model,
         seed=config.seed,
         trust_remote_code=config.trust_remote_code,
         allow_pickle=config.allow_pickle,
+        dtype=torch.bfloat16 if bf16_base else torch.float32,
+        attn_implementation=config.attn_implementation,
+        quantization_config=lora.quantization_config() if config.load_in_4bit else None,
+        device_map={"": device} if config.load_in_4bit else None,
     )
     check_max_length(policy, config.max_length)
     pairs = tokenized_pairs(split, policy, config)
@@ -246,18 +292,52 @@ def _prepare(
             f"warning: {pairs.identical} dpo pairs have identical chosen and rejected tokens after "
             f"--max-length {config.max_length} truncation; they are trained as sft"
         )
-    policy.model.to(device)
-    logps = SequenceLogps(policy.model, allowed_token_ids=config.allowed_token_ids)
+    peft_model = None
+    if adapter is not None:
+        peft_model = lora.apply_lora(
+            policy.model, adapter, checkpointing=config.gradient_checkpointing
+        )
+        policy.model = lora.language_model(peft_model)
+    if not config.load_in_4bit:
+        policy.model.to(device)
+    logps = SequenceLogps(
+        policy.model, allowed_token_ids=config.allowed_token_ids, packed=config.packed
+    )
     logps.check_head()
     if config.allowed_token_ids is not None:
         check_allowed(pairs, config.allowed_token_ids, config.split_dir)
+    if config.gradient_checkpointing:
+        _activation_checkpointing(policy.model, enable=True)
+    module = wrap(
+        logps,
+        policy.model,
+        strategy=strategy,
+        world_size=info.world_size,
+        precision=precision,
+        offload=config.offload,
+    )
+
+    def shard(model: torch.nn.Module, root: torch.nn.Module) -> torch.nn.Module:
+        return wrap(root, model, strategy="fsdp", world_size=info.world_size,
+                    precision=precision, offload=config.offload)  # fmt: skip
+
     # a --max-steps run short of the split needs the reference only for the pairs it reaches
     curriculum = _curriculum(config, len(pairs), info.world_size)
     only = None
     if curriculum.total_steps < curriculum.steps_per_epoch * config.epochs:
         steps = range(curriculum.total_steps)
         only = torch.unique(torch.cat([curriculum.step_pairs(s) for s in steps]))
-    ref_chosen, ref_rejected = reference_for(pairs, policy, config, device, autocast, only=only)
+    with lora.reference_mode(peft_model):
+        ref_chosen, ref_rejected = reference_for(
+            pairs,
+            policy,
+            config,
+            device,
+            autocast,
+            only=only,
+            module=logps,
+            shard=shard if is_sharded(module) else None,
+        )
     identity = {
         "split_path": str(config.split_dir),
         "split_sha256": rundir.split_fingerprint(config.split_dir),
@@ -266,7 +346,7 @@ def _prepare(
     }
     return _Run(
         config, device, info, reporter, autocast, split, policy, pairs, logps,
-        ref_chosen, ref_rejected, identity,
+        ref_chosen, ref_rejected, identity, planned, precision, module, peft_model,
     )  # fmt: skip
 
 
@@ -287,9 +367,8 @@ def _optimizer(run: _Run):
     curriculum = _curriculum(config, len(run.pairs), run.info.world_size)
     total = curriculum.total_steps
     warmup = math.ceil(config.warmup_ratio * total)
-    optimizer = torch.optim.AdamW(
-        run.policy.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
+    params = [p for p in run.module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, warmup=warmup, total=total, schedule=config.lr_schedule)
     )
@@ -326,7 +405,12 @@ def _open_run_dir(run: _Run, optimizer, scheduler) -> tuple[int, int | None]:
         _check_resume(saved, config.resume_key(info.world_size), checkpoint)
         dist.barrier()
         state = load_checkpoint(
-            checkpoint, model=run.policy.model, optimizer=optimizer, scheduler=scheduler
+            checkpoint,
+            model=run.policy.model,
+            root=run.logps,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            sharded=run.sharded,
         )
         start_step = resumed_from = state["step"]
         if info.main:
@@ -352,6 +436,9 @@ def _run_json(
         "config": run.config.to_json(),
         "world_size": run.info.world_size,
         "device": str(run.device),
+        "strategy": run.planned.settings.strategy,
+        "precision": run.precision,
+        "memory_plan": run.planned.to_dict(),
         "split": run.split.summary(),
         "tokens": run.pairs.counts(),
         "model": describe(run.policy),
@@ -370,9 +457,7 @@ def _steps(run: _Run, curriculum: Curriculum, optimizer, scheduler, start_step: 
     the gradient are finite, clip, step, log, and checkpoint every --save-every steps. Returns
     the last step's metrics, the pairs and tokens seen, and the seconds the loop took."""
     config, info, out = run.config, run.info, run.config.out
-    if config.gradient_checkpointing:
-        _activation_checkpointing(run.policy.model, enable=True)
-    module = DistributedDataParallel(run.logps) if info.world_size > 1 else run.logps
+    module = run.module
     module.train()
     objective = Objective(
         loss=config.loss,
@@ -381,7 +466,7 @@ def _steps(run: _Run, curriculum: Curriculum, optimizer, scheduler, start_step: 
         sft_weight=config.sft_weight,
         nll_weight=config.nll_weight,
     )
-    params = [p for p in run.policy.model.parameters() if p.requires_grad]
+    params = [p for p in module.parameters() if p.requires_grad]
     resume_key = config.resume_key(info.world_size)
     total = curriculum.total_steps
     metrics_file = (out / METRICS).open("a") if info.main else None
@@ -400,7 +485,9 @@ def _steps(run: _Run, curriculum: Curriculum, optimizer, scheduler, start_step: 
             if stats["nonfinite"]:
                 bad = [p for ids in dist.gather_objects(bad_pairs) for p in ids]
                 raise _nonfinite("loss", step + 1, bad, last_checkpoint)
-            norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
+            norm = full_value(
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
+            )
             if not torch.isfinite(norm):
                 step_ids = [run.pairs.pair_ids[i] for i in curriculum.step_pairs(step).tolist()]
                 raise _nonfinite("gradient", step + 1, step_ids, last_checkpoint)
@@ -435,6 +522,9 @@ def _steps(run: _Run, curriculum: Curriculum, optimizer, scheduler, start_step: 
                     out,
                     step + 1,
                     model=run.policy.model,
+                    root=run.logps,
+                    sharded=run.sharded,
+                    keep=config.save_total_limit,
                     optimizer=optimizer,
                     scheduler=scheduler,
                     state={
@@ -468,9 +558,10 @@ def _accumulate(
     bad_pairs: list[str] = []
     for m, index in enumerate(micro_batches):
         last = m == len(micro_batches) - 1
-        if index.numel() == 0 and not (last and info.world_size > 1):
+        # under fsdp every forward is a collective, under ddp the last backward
+        if index.numel() == 0 and not (info.world_size > 1 and (last or run.sharded)):
             continue
-        # a rank with no pair left still joins the gradient all-reduce, with weight 0
+        # a rank with no pair left still joins the collectives, with weight 0
         weight = info.world_size / in_step if index.numel() else 0.0
         batch = collate(
             pairs,
@@ -479,8 +570,7 @@ def _accumulate(
             ref_chosen=run.ref_chosen,
             ref_rejected=run.ref_rejected,
         ).to(run.device)
-        sync = module.no_sync() if info.world_size > 1 and not last else contextlib.nullcontext()
-        with sync:
+        with gradient_sync(module, enabled=last):
             with run.autocast():
                 terms = objective(module, batch)
             # mean over the step's pairs on all ranks: DDP averages, so scale by world
@@ -493,12 +583,24 @@ def _accumulate(
 
 
 def _save_model(run: _Run) -> Path:
-    """The final model, loadable with AutoModelForCausalLM.from_pretrained."""
-    if run.config.gradient_checkpointing:
+    """The final model (gathered from the shards under fsdp), loadable with
+    AutoModelForCausalLM.from_pretrained; with LoRA the adapter, and the merged model if asked."""
+    config = run.config
+    if config.gradient_checkpointing:
         _activation_checkpointing(run.policy.model, enable=False)
-    model_dir = run.config.out / MODEL_DIR
+    state_dict = full_state_dict(run.logps, run.policy.model, sharded=run.sharded)
+    adapter = config.lora
+    model_dir = config.out / (MODEL_DIR if adapter is None or config.merge_lora else ADAPTER_DIR)
     if run.info.main:
-        _save_final(run.policy, model_dir)
+        save_final(
+            run.policy,
+            config.out,
+            state_dict,
+            peft_model=run.peft_model,
+            adapter=adapter,
+            merge=config.merge_lora,
+            max_shard_size=config.max_shard_size,
+        )
     dist.barrier()
     return model_dir
 
@@ -589,15 +691,6 @@ def _activation_checkpointing(model: torch.nn.Module, *, enable: bool) -> None:
         model.gradient_checkpointing_enable({"use_reentrant": False})
     else:
         model.gradient_checkpointing_disable()
-
-
-def _save_final(policy: LoadedModel, model_dir: Path) -> None:
-    """Write the final model; a resumed run that saves again swaps it in one atomic exchange."""
-    policy.restore_config()
-    policy.model.config.use_cache = True
-    with atomic_dir(model_dir, force=True) as tmp:
-        policy.model.save_pretrained(tmp)
-        policy.tokenizer.save_pretrained(tmp)
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:

@@ -107,17 +107,29 @@ def routed_pair_losses(
     *,
     sft_weight: float = 1.0,
     nll_weight: float = 0.0,
+    sft_share: Tensor | None = None,
 ) -> Tensor:
-    """MixDPO's hard switch (arXiv:2602.00954): each pair's loss term, chosen by its route.
+    """MixDPO's switch (arXiv:2602.00954): each pair's loss term, chosen by its route.
 
         L_i = pref_i + w_nll · NLL_i    if route_i = dpo
         L_i = w_sft · NLL_i             if route_i = sft
 
+    With soft routing (``sft_share`` = the split's ``weight`` column, s_i ∈ [0, 1]) a dpo pair
+    mixes the two:
+
+        L_i = (1 − s_i) · (pref_i + w_nll · NLL_i) + s_i · w_sft · NLL_i
+
+    which is the hard switch when every s_i is 0 or 1 (the default: 0 for dpo pairs).
     ``is_dpo``, ``chosen_nll`` have one entry per pair; ``preference`` has one entry per dpo pair,
     in batch order (sft pairs have no reference log-probs, so no preference term is computed).
     """
     full_preference = chosen_nll.new_zeros(chosen_nll.shape).masked_scatter(is_dpo, preference)
-    return torch.where(is_dpo, full_preference + nll_weight * chosen_nll, sft_weight * chosen_nll)
+    dpo_term = full_preference + nll_weight * chosen_nll
+    sft_term = sft_weight * chosen_nll
+    if sft_share is not None:
+        share = sft_share.to(chosen_nll.dtype)
+        dpo_term = torch.where(share > 0, (1 - share) * dpo_term + share * sft_term, dpo_term)
+    return torch.where(is_dpo, dpo_term, sft_term)
 
 
 def _no_smoothing(loss: str, label_smoothing: float) -> None:

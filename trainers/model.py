@@ -52,7 +52,7 @@ TINY_SHAPE: dict[str, Any] = {
     "tie_word_embeddings": False,
 }
 
-_MODEL_FIX = "pass a local save_pretrained directory of a causal LM, or 'tiny'"
+MODEL_FIX = "pass a local save_pretrained directory of a causal LM, or 'tiny'"
 
 
 @dataclass
@@ -71,17 +71,23 @@ class LoadedModel:
             setattr(self.model.config, key, value)
 
 
-def build_tiny(seed: int) -> LoadedModel:
-    """A random-initialised small Llama and a ``ByT5Tokenizer``, identical for the same seed."""
+def tiny_config(**shape: Any) -> LlamaConfig:
+    """The tiny model's config (``shape`` overrides :data:`TINY_SHAPE`), for its byte tokenizer."""
     tokenizer = ByT5Tokenizer()
-    config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
         use_cache=False,
-        **TINY_SHAPE,
+        **{**TINY_SHAPE, **shape},
     )
+
+
+def build_tiny(seed: int) -> LoadedModel:
+    """A random-initialised small Llama and a ``ByT5Tokenizer``, identical for the same seed."""
+    tokenizer = ByT5Tokenizer()
+    config = tiny_config()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
@@ -90,26 +96,58 @@ def build_tiny(seed: int) -> LoadedModel:
 
 
 def load_model(
-    spec: str, *, seed: int = 0, trust_remote_code: bool = False, allow_pickle: bool = False
+    spec: str,
+    *,
+    seed: int = 0,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str | None = None,
+    quantization_config: Any = None,
+    device_map: Any = None,
 ) -> LoadedModel:
-    """Load ``spec`` (a local directory or ``"tiny"``) in float32, dropout off, ready to train.
+    """Load ``spec`` (a local directory or ``"tiny"``) in ``dtype``, dropout off, ready to train.
 
-    Raises :class:`InputError` when the directory is missing, is not a Hugging Face model, is not
-    a causal LM, has no tokenizer, or has only pickle weights and ``allow_pickle`` is off.
+    ``attn_implementation`` (sdpa, flash_attention_2, eager) is passed to transformers;
+    ``quantization_config`` (QLoRA's 4-bit) too. Raises :class:`InputError` when the directory is
+    missing, is not a Hugging Face model, is not a causal LM, has no tokenizer, or has only
+    pickle weights and ``allow_pickle`` is off.
     """
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    extra: dict[str, Any] = {}
+    if attn_implementation:
+        extra["attn_implementation"] = attn_implementation
+    if quantization_config is not None:
+        extra["quantization_config"] = quantization_config
+    if device_map is not None:
+        extra["device_map"] = device_map
     if spec == TINY:
+        if quantization_config is not None:
+            raise InputError("--load-in-4bit needs a model directory, not 'tiny'")
         loaded = build_tiny(seed)
+        loaded.model.to(dtype)
+        if attn_implementation:
+            try:
+                loaded.model.set_attn_implementation(attn_implementation)
+            except (ValueError, ImportError) as exc:
+                raise InputError(
+                    f"--attn-implementation {attn_implementation} is not available: {exc}"
+                ) from exc
     else:
-        loaded = load_pretrained(
-            Path(spec),
-            AutoModelForCausalLM,
-            trust_remote_code=trust_remote_code,
-            allow_pickle=allow_pickle,
-            what="a causal language model",
-            fix=_MODEL_FIX,
-        )
+        try:
+            loaded = load_pretrained(
+                Path(spec),
+                AutoModelForCausalLM,
+                trust_remote_code=trust_remote_code,
+                allow_pickle=allow_pickle,
+                dtype=dtype,
+                what="a causal language model",
+                fix=MODEL_FIX,
+                **extra,
+            )
+        except ImportError as exc:  # flash_attention_2 or bitsandbytes missing
+            raise InputError(f"cannot load the model as asked: {exc}", where=spec) from exc
     loaded.zeroed_config = _disable_dropout(loaded.model)
     loaded.model.config.use_cache = False
     if loaded.tokenizer.pad_token_id is None:
@@ -173,6 +211,7 @@ def load_pretrained(
     dtype: torch.dtype = torch.float32,
     what: str,
     fix: str,
+    **from_pretrained: Any,
 ) -> LoadedModel:
     """Load a local directory with ``auto_class`` (an ``AutoModelFor…``) and its tokenizer, safely.
 
@@ -197,6 +236,7 @@ def load_pretrained(
             use_safetensors=use_safetensors,
             trust_remote_code=trust_remote_code,
             dtype=dtype,
+            **from_pretrained,
         )
     except ValueError as exc:
         raise InputError(

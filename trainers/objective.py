@@ -108,7 +108,12 @@ class Objective:
             h, beta=self.beta, label_smoothing=self.label_smoothing
         )
         loss = routed_pair_losses(
-            dpo, preference, chosen_nll, sft_weight=self.sft_weight, nll_weight=self.nll_weight
+            dpo,
+            preference,
+            chosen_nll,
+            sft_weight=self.sft_weight,
+            nll_weight=self.nll_weight,
+            sft_share=batch.sft_share,
         )
         return PairTerms(
             loss=loss,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from prefcurate.errors import InputError
 from trainers import cache, dist
@@ -56,12 +57,17 @@ def reference_for(
     config: TrainConfig,
     device: torch.device,
     autocast: Callable[[], Any],
+    *,
     only: torch.Tensor | None = None,
+    module: SequenceLogps | None = None,
+    shard: Callable[[nn.Module, nn.Module], nn.Module] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference log-probs of the dpo pairs: from the cache, else one pass then freed.
 
     ``only``: the pairs a ``--max-steps`` run will reach; a quick five-step try on a large split
-    scores those, not the whole split (they are cached under their own key).
+    scores those, not the whole split (they are cached under their own key). ``module`` is the
+    policy's log-prob module (sharded or not), used when the reference is the initial policy;
+    ``shard(model, root)`` shards a ``--ref-model`` the same way under fsdp.
     """
     ref_path = Path(config.ref_model) if config.ref_model else None
     ref_fingerprint = directory_fingerprint(ref_path) if ref_path else policy.fingerprint
@@ -70,6 +76,8 @@ def reference_for(
         tokens=pairs.digest(),
         max_length=config.max_length,
         precision=f"{device.type}:{config.precision}",
+        dtype=str(next(policy.model.parameters()).dtype),
+        packed=config.packed,
         **({"allowed": config.allowed_token_ids} if config.allowed_token_ids else {}),
         **({"only": cache.cache_key(pairs=only.tolist())} if only is not None else {}),
     )
@@ -85,8 +93,18 @@ def reference_for(
             trust_remote_code=config.trust_remote_code,
             allow_pickle=config.allow_pickle,
         )
-    model = ref.model.to(device) if ref else policy.model
-    module = SequenceLogps(model, allowed_token_ids=config.allowed_token_ids)
+    if ref is not None:
+        model = ref.model.to(device)
+        module = SequenceLogps(
+            model, allowed_token_ids=config.allowed_token_ids, packed=config.packed
+        )
+        if shard is not None:
+            module = shard(model, module)
+    elif module is None:
+        model = policy.model
+        module = SequenceLogps(model, allowed_token_ids=config.allowed_token_ids)
+    else:
+        model = module.model
     chosen, rejected = reference_logps(
         module,
         pairs,
@@ -95,6 +113,7 @@ def reference_for(
         autocast=autocast(),
         pad_id=policy.tokenizer.pad_token_id,
         only=only,
+        lockstep=shard is not None,
     )
     del module, model, ref  # the reference model is freed before training starts
     if device.type == "cuda":

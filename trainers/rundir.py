@@ -28,10 +28,17 @@ from prefcurate.outdir import (
 METRICS = "metrics.jsonl"
 RUN_JSON = "run.json"
 MODEL_DIR = "model"
+ADAPTER_DIR = "adapter"  # a LoRA run's adapter (trainers.export)
 #: What ``--force`` may delete in RUN_DIR; nothing else there is ever touched.
-RUN_OUTPUTS = ("checkpoints", MODEL_DIR, METRICS, RUN_JSON, "curves.png")
+RUN_OUTPUTS = ("checkpoints", MODEL_DIR, ADAPTER_DIR, METRICS, RUN_JSON, "curves.png")
 #: Everything a run directory may hold: its outputs and their temporary names.
-RUN_ENTRIES = (*RUN_OUTPUTS, f".{RUN_JSON}.tmp", f".{MODEL_DIR}.*", MANIFEST)
+RUN_ENTRIES = (
+    *RUN_OUTPUTS,
+    f".{RUN_JSON}.tmp",
+    f".{MODEL_DIR}.*",
+    f".{ADAPTER_DIR}.*",
+    MANIFEST,
+)
 _TINY = "tiny"
 
 

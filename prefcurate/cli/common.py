@@ -248,6 +248,23 @@ CatalogOpt = Annotated[
 ]
 
 
+def explicit_flags(ctx: typer.Context, **values: object) -> dict[str, object]:
+    """The subset of ``values`` the user typed (not left at their defaults): they beat a recipe."""
+
+    def typed(name: str) -> bool:
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+    return {k: v for k, v in values.items() if typed(k)}
+
+
+def resolve_recipe(command: str, recipe: str | None, explicit: dict[str, object]) -> dict:
+    """``--recipe``'s settings for ``command`` with the typed flags on top (prefcurate.presets)."""
+    from prefcurate.presets import resolve
+
+    return resolve(command, recipe, explicit)
+
+
 def check_catalog(catalog: str | None) -> None:
     """Refuse a --catalog that is not a DuckDB file, or a bad timeout, before any work."""
     from prefcurate import catalog as cat

@@ -19,7 +19,9 @@ from prefcurate.cli.common import (
     check_catalog,
     column_options,
     echo,
+    explicit_flags,
     record_run,
+    resolve_recipe,
 )
 from prefcurate.errors import InputError
 
@@ -157,6 +159,7 @@ def synth_command(
 @app.command()
 @column_options
 def route(
+    ctx: typer.Context,
     data: DataArg,
     out: Annotated[
         Path | None,
@@ -170,9 +173,31 @@ def route(
         str, typer.Option("--mode", help="mixdpo | dpo | filter | sft (baselines from the data).")
     ] = "mixdpo",
     order: Annotated[
-        str,
-        typer.Option("--order", help="curriculum (margin descending) | random | as-is."),
-    ] = "curriculum",
+        str | None,
+        typer.Option(
+            "--order",
+            help="curriculum (margin descending) | random | as-is. Default: curriculum for "
+            "mixdpo and filter, random (seeded) for dpo and sft.",
+            show_default=False,
+        ),
+    ] = None,
+    soft: Annotated[
+        float | None,
+        typer.Option(
+            "--soft",
+            help="Soft routing at temperature T: a weight column σ((τ − margin)/T), the SFT "
+            "share of each pair's loss (mixdpo).",
+            show_default=False,
+        ),
+    ] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            "--recipe",
+            help="paper: MixDPO's main setting (mixdpo, τ 0.5, curriculum); flags override it.",
+            show_default=False,
+        ),
+    ] = None,
     stages: Annotated[
         int | None,
         typer.Option("--stages", help="Cut the curriculum into K stages, shuffled within each."),
@@ -222,8 +247,10 @@ def route(
     trl-mixdpo (mixdpo.jsonl: per-pair routing in TRL), trl, llamafactory, openrlhf
     (docs/integrations.md).
 
+    --recipe paper is the paper's route (mixdpo, τ 0.5, curriculum order) in one word.
+
     Example:
-        prefcurate route ../shared/data/ultrafeedback_1k.jsonl --threshold 0.5 --out out/uf
+        prefcurate route ../shared/data/ultrafeedback_1k.jsonl --recipe paper --out out/uf
     """
     import json
     from datetime import datetime, timezone
@@ -246,16 +273,22 @@ def route(
     with out_lock(out):  # one writer per --out; a killed one does not keep it
         with status("reading and routing"):
             pairs = columns.open(data, seed=seed)
+            typed = explicit_flags(
+                ctx, mode=mode, threshold=threshold, sft_fraction=sft_fraction, order=order
+            )
+            settings = resolve_recipe("route", recipe, typed)
             plan = plan_routes(
                 pairs,
-                mode=mode,
-                threshold=threshold,
-                sft_fraction=sft_fraction,
-                order=order,
+                mode=settings.get("mode", mode),
+                threshold=settings.get("threshold"),
+                sft_fraction=settings.get("sft_fraction"),
+                order=settings.get("order"),
                 stages=stages,
                 drop=drop or (),
                 eval_fraction=eval_fraction,
                 seed=seed,
+                soft=soft,
+                recipe=recipe,
                 memory_budget=memory_budget,
             )
         with status(f"writing {out}"):

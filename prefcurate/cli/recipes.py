@@ -38,15 +38,29 @@ app.add_typer(bench_app, name="bench")
 
 @bench_app.command("mixdpo")
 def bench_mixdpo(
-    seeds: Annotated[int, typer.Option("--seeds", help="Seeds: pairs, noise, order, samples.")] = 3,
-    pairs: Annotated[int, typer.Option("--pairs", help="Preference pairs per seed.")] = 3000,
+    seeds: Annotated[
+        int | None,
+        typer.Option(
+            "--seeds", help="Seeds: pairs, noise, order, samples (default 10).", show_default=False
+        ),
+    ] = None,
+    pairs: Annotated[
+        int | None,
+        typer.Option(
+            "--pairs", help="Preference pairs per seed (default 2000).", show_default=False
+        ),
+    ] = None,
     out: Annotated[
         Path, typer.Option("--out", help="Results folder: results.json, results.md, chart.png.")
     ] = Path("bench-mixdpo"),
     arms: Annotated[
         str | None,
-        typer.Option("--arms", help="Comma-separated subset of the arms (default: all nine)."),
+        typer.Option("--arms", help="Comma-separated subset of the arms (default: all 18)."),
     ] = None,
+    quick: Annotated[
+        bool,
+        typer.Option("--quick", help="3 seeds, the paper-recipe arms of the main claims."),
+    ] = False,
     eval_prompts: EvalPromptsOpt = 1000,
     base_demos: BaseDemosOpt = 4000,
     cache_dir: ToyCacheOpt = None,
@@ -54,36 +68,44 @@ def bench_mixdpo(
 ) -> None:
     """Train MixDPO and its baselines from one base policy and judge them by a gold reward.
 
-    The toy task (sort digits) has a gold reward r*; pairs come from an SFT base policy.
+    The toy task (sort digits) has a gold reward r*; each pair's two answers come from a mix
+    of a weak, the base and a strong policy, as UltraFeedback's come from many models.
 
-    Labels are noisy 1-10 ratings of r* (about 12% ties), as in UltraFeedback.
+    Labels are noisy 1-10 ratings of r* that also favour longer answers (about 12% ties).
 
-    Arms: oracle, sft, dpo, dpo-curriculum, filter, dpo+nll, mixdpo at ~12/30/50% sft.
+    Arms: oracle, sft, dpo (shuffled), dpo-curriculum, filter, mixdpo at τ 0.5/1.0/1.5 and soft
+    routing, each under the paper's recipe (β 0.01, cDPO, cosine) and a constant schedule.
 
-    Per arm, mean ± sd over seeds: gold reward, win rate and LC win rate vs base (docs/results.md).
+    Every claim: a paired difference over seeds with 95% intervals (docs/results.md).
 
     Example:
-        prefcurate bench mixdpo --seeds 3 --out bench-mixdpo
+        prefcurate bench mixdpo --out bench-mixdpo
     """
     from rich.console import Console
 
     from prefcurate.progress import bar, stderr
     from prefcurate.recipes.basepolicy import BaseConfig
-    from prefcurate.recipes.bench import BenchConfig, run_bench
+    from prefcurate.recipes.bench import QUICK_ARMS, BenchConfig, run_bench
     from prefcurate.recipes.benchreport import render, write_outputs
 
-    chosen = tuple(a.strip() for a in arms.split(",")) if arms else None
+    settings: dict = {}
+    if quick:
+        settings.update(seeds=3, arms=QUICK_ARMS)
+    if seeds is not None:
+        settings["seeds"] = seeds
+    if pairs is not None:
+        settings["pairs"] = pairs
+    if arms:
+        settings["arms"] = tuple(a.strip() for a in arms.split(","))
     config = BenchConfig(
         out=out,
-        seeds=seeds,
-        pairs=pairs,
         eval_prompts=eval_prompts,
         base=BaseConfig(demos=base_demos),
         cache_dir=cache_dir,
         force=force,
-        **({"arms": chosen} if chosen else {}),
+        **settings,
     )
-    with bar("bench mixdpo", seeds * len(config.arms), unit="arms", plain=True) as progress:
+    with bar("bench mixdpo", config.seeds * len(config.arms), unit="arms", plain=True) as progress:
 
         def update(message: str, done: int, total: int) -> None:
             progress.update(0, completed=done, description=message)

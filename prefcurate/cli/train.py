@@ -22,7 +22,9 @@ from prefcurate.cli.common import (
     check_catalog,
     config_options,
     echo,
+    explicit_flags,
     record_run,
+    resolve_recipe,
     show_traceback,
 )
 from prefcurate.errors import InputError
@@ -52,8 +54,23 @@ TRAIN_HELP = {
     "weight_decay": "AdamW weight decay.",
     "max_grad_norm": "Gradient clipping norm (0: no clipping).",
     "device": "Where to train: auto|cpu|cuda.",
-    "precision": "auto|bf16|fp32; auto: bf16 autocast on CUDA, fp32 on the CPU.",
-    "gradient_checkpointing": "Recompute activations to save memory.",
+    "precision": "auto|fp32|bf16-mixed|bf16 (pure bf16 weights and AdamW state); auto: "
+    "bf16-mixed on CUDA, fp32 on the CPU.",
+    "gradient_checkpointing": "Recompute each decoder layer's activations.",
+    "strategy": "auto|ddp|fsdp: replicate the model on every process, or shard it (FSDP2); "
+    "auto: ddp unless the memory plan says a replica does not fit.",
+    "offload": "fsdp on CUDA: keep parameters and AdamW state in CPU RAM.",
+    "attn_implementation": "sdpa|flash_attention_2|eager, passed to transformers.",
+    "packed": "Padding-free micro-batches (same per-pair losses).",
+    "lora_r": "Train a LoRA adapter of this rank instead of every weight (0: full).",
+    "lora_alpha": "LoRA scale numerator (alpha / r).",
+    "lora_dropout": "Dropout on the LoRA input.",
+    "lora_target": "all-linear, or layer names such as q_proj,v_proj.",
+    "load_in_4bit": "QLoRA: the frozen base in 4-bit (CUDA and bitsandbytes).",
+    "merge_lora": "Also save the adapter merged into the model.",
+    "device_memory": "GiB per device to plan against (default: the device's own).",
+    "max_shard_size": "Largest safetensors file of the final model.",
+    "save_total_limit": "Keep only the newest N checkpoints (0: all).",
     "seed": "Seed of the shuffle, the tiny model and torch.",
     "save_every": "Checkpoint every N optimizer steps (0: only the final model).",
     "resume": "Continue from the newest complete checkpoint.",
@@ -61,20 +78,53 @@ TRAIN_HELP = {
     "cache_dir": "Token and reference log-prob cache (default: ~/.cache/prefcurate).",
     "trust_remote_code": "Allow the model directory's own code.",
     "allow_pickle": ALLOW_PICKLE_HELP,
+    "recipe": "paper: β 0.01, label smoothing 0.1, lr 1e-6, cosine with 10% warmup, one epoch, "
+    "the split's order; flags override it.",
 }
+#: The TrainConfig fields a recipe may set (prefcurate.presets); a flag the user typed wins.
+RECIPE_FIELDS = ("loss", "beta", "label_smoothing", "lr", "warmup_ratio", "lr_schedule", "epochs")
+RECIPE_FIELDS += ("shuffle",)
 
 
 @app.command()
 @config_options(TrainConfig, TRAIN_HELP, argument="split_dir")
-def train(config: TrainConfig, catalog: CatalogOpt = None) -> None:
+def train(
+    ctx: typer.Context,
+    config: TrainConfig,
+    catalog: CatalogOpt = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Print the per-device memory plan from config.json and stop."
+        ),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="--dry-run: print JSON.")] = False,
+    world_size: Annotated[
+        int | None,
+        typer.Option(help="--dry-run: plan for this many processes (default: torchrun's)."),
+    ] = None,
+) -> None:
     """Train MixDPO (or a baseline) on a routed split; each pair's loss follows its route.
 
-    Writes RUN_DIR/metrics.jsonl, run.json, checkpoints/step-N/ and the final model/.
-    Under torchrun each process takes a strided share of every global batch.
+    Writes RUN_DIR/metrics.jsonl, run.json, checkpoints/step-N/ and the final model/ (with
+    LoRA: adapter/). Under torchrun each process takes a strided share of every global batch,
+    with the model replicated (--strategy ddp) or sharded (--strategy fsdp).
+
+    --recipe paper trains with the paper's settings (run.json records the recipe).
 
     Example:
         prefcurate train splits/uf --model tiny --out runs/tiny --max-length 256 --lr 1e-3
+
+        prefcurate train splits/uf --model llama3-8b --out runs/8b --dry-run --world-size 8
     """
+    if config.recipe is not None:
+        typed = explicit_flags(ctx, **{k: getattr(config, k) for k in RECIPE_FIELDS})
+        config = dataclasses.replace(config, **resolve_recipe("train", config.recipe, typed))
+    if dry_run:
+        from trainers.memory import dry_run as plan_run
+
+        print(plan_run(config, world_size=world_size, as_json=as_json))
+        return
     import contextlib
 
     from prefcurate.outdir import out_lock

@@ -96,7 +96,7 @@ def run_demo(
             base=base or BaseConfig(),
         )
         t0 = time.perf_counter()
-        with _status("base policy: SFT of the tiny model (cached after the first run)", quiet):
+        with _status("three policies: SFT of the tiny model (cached after the first run)", quiet):
             env = Environment.build(config)
         done("base policy", t0)
         from trainers.model import load_model
@@ -104,7 +104,7 @@ def run_demo(
         base = load_model(str(env.base_dir))
         t0 = time.perf_counter()
         with _status(f"sampling and labelling {pairs} pairs", quiet):
-            rows = make_pairs(config, env, seed, base)
+            rows = make_pairs(config, env, seed)
         data = out / "data" / "pairs.jsonl"
         data.parent.mkdir()
         data.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -11,13 +11,17 @@ so imperfect responses differ in quality by small steps:
 and 0 for an empty response or one with a character other than a digit (invalid).
 
 Real preference data is labelled by a judge, not by r*. :class:`RatingNoise` models that: each
-response gets an UltraFeedback-like rating, ``clip(round_half(offset + scale · r* + N(0, σ)),
-1, 10)`` (rounded to the nearest 0.5). The pair's chosen response is the higher-rated one (a tie
-is oriented by a coin flip), and margin = the rating difference. Small margins are therefore
-truly ambiguous: some are inverted with respect to r*. The default scale is compressed (a
-difference in r* of 0.1 is worth 0.45 rating points; the full 1–10 scale, 1 + 9·r* + N(0, 0.75),
-gives only ≈7% ties) so that about 12% of pairs are ties, as in UltraFeedback; the measured tie
-and inversion shares are in the benchmark's report.
+response gets an UltraFeedback-like rating, ``clip(round_half(offset + scale · r*^power + bias ·
+excess + N(0, σ)), 1, 10)`` (rounded to the nearest 0.5), where ``excess`` is how many characters
+longer the response is than the ideal answer. A power below 1 makes the judge separate poor answers
+more sharply than good ones, so ratings crowd towards the top, as GPT-4's do on UltraFeedback, and
+ties happen more often between good answers. The Gaussian term is the judge's random error; the
+``bias`` term its systematic one, a preference for longer answers (GPT-4 as a judge favours longer
+responses, the bias AlpacaEval's length-controlled win rate corrects). The pair's chosen response
+is the higher-rated one (a tie is oriented by a coin flip), and margin = the rating difference.
+Small margins are therefore truly ambiguous: some are inverted with respect to r*, and some of the
+inversions are systematic (a longer, worse answer preferred). The measured tie and inversion shares
+are in the benchmark's report.
 
 Everything is seeded: :func:`make_prompts` and :class:`RatingNoise` take ``random.Random``
 streams, never the global random state.
@@ -111,22 +115,34 @@ def demonstration(prompt: str, rng: random.Random, *, error_rate: float) -> str:
 
 @dataclass(frozen=True)
 class RatingNoise:
-    """How a judge's 1–10 rating depends on r*: ``round_half(offset + scale·r* + N(0, sigma))``.
+    """A judge's rating: ``round_half(offset + scale·r*^power + length_bias·excess + N(0, σ))``.
 
-    The defaults compress the scale (UltraFeedback ratings of one prompt's responses are close):
-    about 12% of the benchmark's pairs tie. Documented in docs/results.md.
+    ``excess`` is the response's length minus the ideal answer's, in characters (negative for a
+    short answer). The defaults compress the scale (UltraFeedback ratings of one prompt's
+    responses are close); ``length_bias`` 0 and ``power`` 1 are a judge without systematic
+    error or saturation. The benchmark's judge sets all four (:data:`prefcurate.recipes.bench.
+    BENCH_NOISE`, docs/results.md).
     """
 
     offset: float = 3.0
     scale: float = 4.5
     sigma: float = 0.5
+    length_bias: float = 0.0
+    power: float = 1.0
 
-    def rate(self, reward: float, rng: random.Random) -> float:
-        raw = self.offset + self.scale * reward + rng.gauss(0.0, self.sigma)
+    def rate(self, reward: float, rng: random.Random, excess: int = 0) -> float:
+        raw = self.offset + self.scale * reward**self.power + self.length_bias * excess
+        raw += rng.gauss(0.0, self.sigma)
         return min(10.0, max(1.0, round(raw * 2) / 2))
 
     def to_dict(self) -> dict[str, float]:
-        return {"offset": self.offset, "scale": self.scale, "sigma": self.sigma}
+        return {
+            "offset": self.offset,
+            "scale": self.scale,
+            "sigma": self.sigma,
+            "length_bias": self.length_bias,
+            "power": self.power,
+        }
 
 
 def label_pair(
@@ -138,7 +154,8 @@ def label_pair(
     be counted and the oracle arm relabelled; the trainer never reads them.
     """
     ra, rb = gold_reward(prompt, a), gold_reward(prompt, b)
-    sa, sb = noise.rate(ra, rng), noise.rate(rb, rng)
+    ideal = len(digits_of(prompt))
+    sa, sb = noise.rate(ra, rng, len(a) - ideal), noise.rate(rb, rng, len(b) - ideal)
     flip = rng.random() < 0.5
     if sb > sa or (sb == sa and flip):
         a, b, ra, rb, sa, sb = b, a, rb, ra, sb, sa
