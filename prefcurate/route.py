@@ -16,10 +16,12 @@ split files, atomically. The split is the contract with the trainer: ``route``, 
     (889, 111)
     >>> write_route(plan, "out/uf-mixdpo")                               # doctest: +SKIP
 
-Scale: the plan comes from one streaming pass that reads the texts but keeps only narrow columns
-(position, pair_id, margin, lengths and flags; the loader validates every row on the way); routes,
-ranks, stages and the held-out split are decided on that small frame. This module plans;
-:mod:`prefcurate.splitwriter` writes, reading the texts again a window of ranks at a time.
+Scale: the plan comes from one streaming pass that keeps narrow columns (position, pair_id,
+margin, lengths and flags; the loader validates every row on the way); routes, ranks, stages and
+the held-out split are decided on that small frame. An input that fits the memory budget keeps its
+texts from the same pass (one pass); a larger one is read again by :mod:`prefcurate.splitwriter`,
+a window of ranks at a time (two passes, bounded memory). This module plans; the split writer
+writes, the same bytes either way.
 """
 
 from __future__ import annotations
@@ -45,8 +47,15 @@ from prefcurate.margins import (
     no_margin_error,
     threshold_for_fraction,
 )
+from prefcurate.memory import default_budget, estimate_input_bytes, parse_size
 from prefcurate.schema import ROUTE_DPO, ROUTE_SFT, WEIGHT_COLUMN
-from prefcurate.splitwriter import SPLIT_COLUMNS, Texts, split_chunks, write_route  # noqa: F401
+from prefcurate.splitwriter import (  # noqa: F401
+    SPLIT_COLUMNS,
+    WIDE_COLUMNS,
+    Texts,
+    split_chunks,
+    write_route,
+)
 
 #: plan.json format version; bump when a key changes meaning.
 PLAN_VERSION = 1
@@ -105,9 +114,10 @@ class RoutePlan:
     ``margin``, ``difficulty``, ``_bytes`` (its text), ``split`` ('train' | 'eval'), ``route``,
     ``rank`` and ``stage``. ``narrow`` has one row per input pair (dropped pairs included), in
     input order: ``_pos`` and the analyze columns (:data:`prefcurate.analyze.NARROW_COLUMNS`),
-    no texts. The texts are read by a second pass over ``source``: at once when they fit one
-    gather window (the plan then outlives its input file), else window by window as a split is
-    written.
+    no texts. ``strategy`` says how the texts are read: ``one-pass`` (the input fits the memory
+    budget: read once, with the plan's pass), else ``two-pass`` (a second pass over ``source``,
+    at once when the texts fit one gather window, else window by window as a split is written).
+    The plan outlives its input file unless the texts are read window by window.
     """
 
     input: dict[str, Any]
@@ -127,6 +137,8 @@ class RoutePlan:
     soft: float | None = None  # route --soft T: a weight column, σ((τ − margin) / T)
     recipe: str | None = None  # route --recipe NAME, recorded in plan.json
     seconds: float = 0.0
+    strategy: str = "two-pass"
+    memory_budget: int | None = None
     _texts: Texts | None = field(default=None, repr=False)
 
     def split(self, name: str = "train") -> pl.DataFrame:
@@ -142,7 +154,11 @@ class RoutePlan:
     def texts(self) -> Texts:
         """The second read of the input: its wide columns, a window of positions at a time."""
         if self._texts is None:
-            self._texts = Texts(self.source, total_bytes=int(self.narrow["_bytes"].sum()))
+            self._texts = Texts(
+                self.source,
+                total_bytes=int(self.narrow["_bytes"].sum()),
+                window_bytes=self.memory_budget,
+            )
         return self._texts
 
     def to_json(self, outputs: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -212,6 +228,7 @@ def plan_routes(
     seed: int = 0,
     soft: float | None = None,
     recipe: str | None = None,
+    memory_budget: int | str | None = None,
 ) -> RoutePlan:
     """Decide each pair's route, rank and stage, and which pairs are held out.
 
@@ -244,6 +261,11 @@ def plan_routes(
         ``w · NLL + (1 − w) · preference``). ``T = 0`` gives the hard route's 0/1 weights.
     recipe
         The name of the recipe the flags came from (:mod:`prefcurate.presets`); only recorded.
+    memory_budget
+        Bytes (or a size such as ``"4GB"``) of input the plan may hold in memory; default a
+        quarter of the machine's RAM (:func:`prefcurate.memory.default_budget`). An input whose
+        estimated in-memory size fits is read once, texts included; a larger one is read twice
+        (a narrow pass, then the texts in windows of at most the budget). Same bytes out either way.
 
     Raises :class:`~prefcurate.errors.InputError` for bad arguments or data (before anything is
     written).
@@ -256,13 +278,15 @@ def plan_routes(
     sft_fraction = None if sft_fraction is None else float(sft_fraction)
     stages = _check_args(mode, threshold, sft_fraction, order, stages, eval_fraction)
     soft = _check_soft(soft, mode)
+    budget = default_budget() if memory_budget is None else parse_size(memory_budget)
+    one_pass = estimate_input_bytes(source.raw.paths, source.raw.format) <= budget
     wants_margin = threshold is not None or sft_fraction is not None
     _check_margins_needed(source, order, wants_margin)
 
     scan = source.scan_rows()
     _check_predicates(drop, source.scan().collect_schema())
     digest = _HashThread(source)
-    narrow = _narrow(source, scan)
+    narrow, wide = _narrow(source, scan, texts=one_pass)
     input_info = digest.result(rows=narrow.height)
 
     reasons: dict[str, int] = {}
@@ -305,8 +329,12 @@ def plan_routes(
         source=source,
         soft=soft,
         recipe=recipe,
+        strategy="one-pass" if one_pass else "two-pass",
+        memory_budget=budget,
     )
-    if plan.texts.whole:  # read the texts now: a plan of ordinary size outlives its input file
+    if wide is not None:
+        plan._texts = Texts(source, total_bytes=0, preloaded=wide)
+    elif plan.texts.whole:  # read the texts now: a plan of ordinary size outlives its input file
         plan.texts.window(keys.get_column("_pos").head(0))
     plan.seconds = time.perf_counter() - started
     return plan
@@ -411,12 +439,15 @@ def _route_expr(mode: Mode, threshold: float | None) -> pl.Expr:
     return pl.when(small).then(pl.lit(ROUTE_SFT)).otherwise(pl.lit(ROUTE_DPO))
 
 
-def _narrow(source: PairSource, scan: pl.LazyFrame) -> pl.DataFrame:
-    """One streaming pass over the input, keeping no text: the plan's frame, validated.
+def _narrow(
+    source: PairSource, scan: pl.LazyFrame, *, texts: bool = False
+) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """One streaming pass over the input: the plan's frame, validated; with ``texts``, the wide
+    columns too (the one-pass strategy), else no text is kept.
 
-    Columns: ``_pos`` (canonical row), the analyze columns (pair_id, margin, lengths, flags),
-    ``difficulty`` (computed here, on the small frame) and ``_bytes`` (the pair's text bytes,
-    which size the gather windows).
+    The plan's columns: ``_pos`` (canonical row), the analyze columns (pair_id, margin, lengths,
+    flags), ``difficulty`` (computed here, on the small frame) and ``_bytes`` (the pair's text
+    bytes, which size the gather windows). The wide frame: :data:`WIDE_COLUMNS`, in input order.
     """
     from prefcurate.analyze import narrow_exprs
 
@@ -432,11 +463,20 @@ def _narrow(source: PairSource, scan: pl.LazyFrame) -> pl.DataFrame:
         pl.col("_pos").cast(pl.Int64),
         *narrow_exprs(conversational),
         pl.sum_horizontal(e.fill_null(0).cast(pl.Int64) for e in text_bytes).alias("_bytes"),
+        *(pl.col(c).alias(_WIDE_PREFIX + c) for c in (WIDE_COLUMNS if texts else ())),
         ROW,
         ISSUE,
     )
     frame = source.collect(lazy, streaming=True)
-    return frame.with_columns(difficulty_expr())
+    wide = None
+    if texts:
+        names = [_WIDE_PREFIX + c for c in WIDE_COLUMNS]
+        wide = frame.select(names).rename(dict(zip(names, WIDE_COLUMNS, strict=True)))
+        frame = frame.drop(names)
+    return frame.with_columns(difficulty_expr()), wide
+
+
+_WIDE_PREFIX = "_wide_"
 
 
 def _predicate_frame(scan: pl.LazyFrame, narrow: pl.DataFrame, predicate: str) -> pl.DataFrame:

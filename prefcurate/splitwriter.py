@@ -1,7 +1,8 @@
 """Writing a routing plan: the split files, in rank order, atomically.
 
 :func:`prefcurate.route.plan_routes` decides; this module writes what was decided. The texts are
-read again, a window of ranks at a time (at most :data:`GATHER_WINDOW_BYTES` of text, so a window
+those the plan's pass kept (an input within the memory budget), or else read again, a window of
+ranks at a time (at most :data:`GATHER_WINDOW_BYTES` of text, so a window
 is the whole input for most data), and gathered one row group at a time, in rank order, straight
 into Polars' Parquet sink. Peak memory is one window of text plus the plan's narrow frame. The same
 plan gives byte-identical files, whatever the window size or the number of threads.
@@ -117,7 +118,7 @@ def split_chunks(plan: RoutePlan, keys: pl.DataFrame, size: int) -> Iterator[pl.
     rows = keys.height
     if rows == 0:
         return
-    window = _window_rows(keys.get_column("_bytes"), size)
+    window = _window_rows(keys.get_column("_bytes"), size, plan.texts.window_bytes)
     for first in range(0, rows, window):
         part = keys.slice(first, window)
         wide, local = plan.texts.window(part.get_column("_pos"))
@@ -126,10 +127,10 @@ def split_chunks(plan: RoutePlan, keys: pl.DataFrame, size: int) -> Iterator[pl.
         del wide  # before the next window is read
 
 
-def _window_rows(pair_bytes: pl.Series, chunk: int) -> int:
+def _window_rows(pair_bytes: pl.Series, chunk: int, window_bytes: int) -> int:
     """Rows per gather window: a whole number of chunks, holding at most about the budget."""
     total = int(pair_bytes.sum())
-    windows = max(1, math.ceil(total / GATHER_WINDOW_BYTES))
+    windows = max(1, math.ceil(total / max(window_bytes, 1)))
     per_window = math.ceil(pair_bytes.len() / windows)
     return max(chunk, math.ceil(per_window / chunk) * chunk)
 
@@ -137,19 +138,31 @@ def _window_rows(pair_bytes: pl.Series, chunk: int) -> int:
 class Texts:
     """The input's wide columns (texts, scores, source), read a window of positions at a time.
 
-    When the whole input's text fits one window it is read once and kept for every split.
+    When the whole input's text fits one window it is read once and kept for every split;
+    ``preloaded`` is that whole read when the plan's pass already made it (the one-pass strategy).
     """
 
-    def __init__(self, source: PairSource, *, total_bytes: int):
+    def __init__(
+        self,
+        source: PairSource,
+        *,
+        total_bytes: int,
+        window_bytes: int | None = None,
+        preloaded: pl.DataFrame | None = None,
+    ):
         self.source = source
         self.lazy = (
             source.scan_rows()
             .with_row_index("_pos")
             .select(pl.col("_pos").cast(pl.Int64), *WIDE_COLUMNS)
         )
+        #: at most this many bytes of text per window (a larger input is read window by window)
+        self.window_bytes = GATHER_WINDOW_BYTES
+        if window_bytes is not None:
+            self.window_bytes = min(self.window_bytes, window_bytes)
         #: the whole input's text fits one window: read it once, keep it for every split
-        self.whole = total_bytes <= GATHER_WINDOW_BYTES
-        self._all: pl.DataFrame | None = None
+        self.whole = preloaded is not None or total_bytes <= self.window_bytes
+        self._all: pl.DataFrame | None = preloaded
 
     def window(self, positions: pl.Series) -> tuple[pl.DataFrame, np.ndarray]:
         """The rows at ``positions`` (any order): a frame, and each position's row in it."""
@@ -163,7 +176,8 @@ class Texts:
         return frame, np.searchsorted(ordered, wanted)
 
     def empty(self, keys: pl.DataFrame) -> pl.DataFrame:
-        return _assemble(self.lazy.head(0).collect(), np.zeros(0, dtype=np.int64), keys.head(0))
+        wide = self._all.head(0) if self._all is not None else self.lazy.head(0).collect()
+        return _assemble(wide, np.zeros(0, dtype=np.int64), keys.head(0))
 
     def _read(self, lazy: pl.LazyFrame) -> pl.DataFrame:
         """Collect ``lazy`` batch by batch into compact Arrow buffers.

@@ -131,6 +131,14 @@ def test_two_runs_write_identical_bytes(cli, uf1k, tmp_path):
     assert _snapshot(tmp_path / "a") == _snapshot(tmp_path / "b")
 
 
+def test_memory_budget_chooses_the_pass_not_the_bytes(cli, uf1k, tmp_path):
+    """--memory-budget 0 forces the bounded two-pass path; the files are the same bytes."""
+    for name, budget in (("one", "1GB"), ("two", "0")):
+        flags = ("--threshold", "0.5", "--eval-fraction", "0.1", "--memory-budget", budget)
+        assert cli("route", uf1k, *flags, "--out", tmp_path / name).code == 0
+    assert _snapshot(tmp_path / "one") == _snapshot(tmp_path / "two")
+
+
 # --------------------------------------------------------------------------------------------------
 # bad input: one line, exit 2, nothing written, nothing recorded
 
@@ -153,6 +161,8 @@ def test_two_runs_write_identical_bytes(cli, uf1k, tmp_path):
         (["--threshold", "0.5", "--export", "csv"], "--export must be one of trl, trl-mixdpo"),
         (["--threshold", "0.5", "--eval-fraction", "1"], "--eval-fraction"),
         (["--threshold", "0.5", "--stages", "2", "--order", "random"], "--stages"),
+        (["--threshold", "0.5", "--memory-budget", "2x"], "--memory-budget must be a size"),
+        (["--threshold", "0.5", "--memory-budget", "-1GB"], "--memory-budget must be a size"),
     ],
 )
 def test_bad_arguments(cli, uf1k, tmp_path, flags, says):

@@ -315,14 +315,73 @@ def test_gather_windows_write_the_same_bytes_as_one_window(uf, tmp_path, monkeyp
     )
     text = int(plan.keys.get_column("_bytes").sum())
     monkeypatch.setattr(splitwriter, "GATHER_WINDOW_BYTES", text // 3)  # 3 windows of 300+ rows
-    windowed = plan_routes(uf, threshold=0.5, eval_fraction=0.1, stages=3, seed=5)
-    assert not windowed.texts.whole
+    windowed = plan_routes(
+        uf, threshold=0.5, eval_fraction=0.1, stages=3, seed=5, memory_budget=text
+    )
+    assert windowed.strategy == "two-pass" and not windowed.texts.whole
     write_route(windowed, tmp_path / "windows")
     for name in ("train.parquet", "eval.parquet"):
         assert (tmp_path / "rg" / name).read_bytes() == (tmp_path / "windows" / name).read_bytes()
     whole = pl.read_parquet(tmp_path / "whole" / "train.parquet")
     assert whole.equals(pl.read_parquet(tmp_path / "windows" / "train.parquet"))
     assert whole.height == 896 and whole.get_column("rank").to_list() == list(range(896))
+
+
+@pytest.mark.parametrize("conversational", [False, True])
+def test_one_pass_and_two_pass_write_the_same_bytes(uf1k, tmp_path, monkeypatch, conversational):
+    """An input that fits the memory budget is read once, a larger one twice: same files."""
+    monkeypatch.setattr(splitwriter, "ROW_GROUP_ROWS", 128)  # several row groups and windows
+    data = uf1k
+    if conversational:
+        rows = [json.loads(line) for line in uf1k.read_text(encoding="utf-8").splitlines()[:400]]
+        for r in rows:
+            prompt = [{"role": "user", "content": r["prompt"]}]
+            for side in ("chosen", "rejected"):
+                r[side] = [*prompt, {"role": "assistant", "content": r[side]}]
+        data = _write_jsonl(tmp_path / "chat.jsonl", rows)
+    files = {}
+    for budget, strategy, whole in (("100GB", "one-pass", True), (0, "two-pass", False)):
+        plan = plan_routes(
+            open_pairs(data), threshold=0.5, eval_fraction=0.1, stages=2, memory_budget=budget
+        )
+        assert (plan.strategy, plan.texts.whole) == (strategy, whole)
+        write_route(plan, tmp_path / strategy, export="trl")
+        files[strategy] = {
+            f.name: f.read_bytes() for f in sorted((tmp_path / strategy).iterdir()) if f.is_file()
+        }
+    assert files["one-pass"].keys() == files["two-pass"].keys() >= {"train.parquet", "eval.parquet"}
+    for name, content in files["one-pass"].items():
+        assert content == files["two-pass"][name], name
+    train = pl.read_parquet(tmp_path / "one-pass" / "train.parquet")
+    assert train.columns == list(SPLIT_COLUMNS)
+    assert train.get_column("rank").to_list() == list(range(train.height))
+    assert pq.ParquetFile(tmp_path / "one-pass" / "train.parquet").metadata.num_row_groups > 2
+
+
+def test_memory_budget_sizes():
+    from prefcurate.memory import default_budget, parse_size
+
+    assert parse_size("4GB") == 4_000_000_000
+    assert parse_size("512MiB") == 512 * 2**20
+    assert parse_size("1.5g") == 1_500_000_000
+    assert parse_size("0") == 0 and parse_size(123) == 123
+    for bad in ("", "2x", "-1GB", "GB"):
+        with pytest.raises(InputError, match="--memory-budget"):
+            parse_size(bad)
+    assert default_budget() > 0
+
+
+def test_memory_budget_estimate_reads_parquet_metadata(uf1k, tmp_path):
+    from prefcurate.memory import estimate_input_bytes
+
+    frame = pl.read_ndjson(uf1k)
+    frame.write_parquet(tmp_path / "uf.parquet", compression="zstd")
+    on_disk = (tmp_path / "uf.parquet").stat().st_size
+    estimate = estimate_input_bytes([tmp_path / "uf.parquet"], "parquet")
+    assert estimate > on_disk  # uncompressed, not the file size
+    text = sum(frame.get_column(c).str.len_bytes().sum() for c in ("prompt", "chosen", "rejected"))
+    assert text <= estimate <= 3 * text
+    assert estimate_input_bytes([uf1k], "jsonl") == uf1k.stat().st_size
 
 
 def test_split_file_schema_and_row_groups(uf, tmp_path, monkeypatch):

@@ -227,6 +227,15 @@ def route(
     ] = None,
     force: ForceOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print plan.json to stdout.")] = False,
+    memory_budget: Annotated[
+        str | None,
+        typer.Option(
+            "--memory-budget",
+            help="Input that fits this (e.g. 4GB) is read in one pass, a larger one in two "
+            "(bounded memory); same files either way. [default: a quarter of the RAM]",
+            show_default=False,
+        ),
+    ] = None,
     catalog: CatalogOpt = None,
     columns: Columns = DEFAULT_COLUMNS,
 ) -> None:
@@ -247,6 +256,7 @@ def route(
     from datetime import datetime, timezone
 
     from prefcurate.atomic import check_new_dir
+    from prefcurate.memory import parse_size
     from prefcurate.outdir import out_lock
     from prefcurate.progress import status
     from prefcurate.route import plan_routes
@@ -258,6 +268,8 @@ def route(
         raise InputError("--out is required", fix="pass --out DIR for the split files")
     check_new_dir(out, force=force, inputs=[data])  # before reading: fail fast, write nothing
     check_export(export)
+    if memory_budget is not None:
+        parse_size(memory_budget)  # a bad size fails before anything is read
     with out_lock(out):  # one writer per --out; a killed one does not keep it
         with status("reading and routing"):
             pairs = columns.open(data, seed=seed)
@@ -277,6 +289,7 @@ def route(
                 seed=seed,
                 soft=soft,
                 recipe=recipe,
+                memory_budget=memory_budget,
             )
         with status(f"writing {out}"):
             document = write_route(plan, out, force=force, export=export, plots=True)
