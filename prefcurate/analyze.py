@@ -255,6 +255,30 @@ def analyze(
     lazy = source.scan()
     conversational = isinstance(lazy.collect_schema()["chosen"], pl.List)
     narrow = source.collect(lazy.select(*narrow_exprs(conversational), "_row", "_issue"))
+    return report_of_source(
+        source,
+        narrow,
+        threshold=threshold,
+        sft_fraction=sft_fraction,
+        max_bins=max_bins,
+        fingerprint=fingerprint,
+    )
+
+
+def report_of_source(
+    source: PairSource,
+    narrow: pl.DataFrame,
+    *,
+    threshold: float | None,
+    sft_fraction: float | None,
+    max_bins: int = MAX_BINS,
+    fingerprint: bool = True,
+) -> Report:
+    """The report of ``source``'s narrow frame, naming the input and the fields it was read from.
+
+    Shared by :func:`analyze` and the inspect page's single pass, so both say the same; an error
+    without a place names the data.
+    """
     try:
         report = analyze_frame(
             narrow,

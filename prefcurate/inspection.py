@@ -27,7 +27,7 @@ seeded and deterministic, just not strictly the smallest keys near edges).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -40,9 +40,8 @@ from prefcurate.analyze import (
     Histogram,
     Report,
     _nice_width,
-    analyze_frame,
-    input_info,
     narrow_exprs,
+    report_of_source,
 )
 from prefcurate.errors import InputError
 from prefcurate.io import _guard
@@ -169,27 +168,8 @@ def inspect_source(
         raise InputError(
             "no pairs in the data", where=source.raw.display, fix="pass a file that holds pairs"
         )
-    try:
-        report = analyze_frame(
-            narrow, layout=str(source.layout), threshold=threshold, sft_fraction=sft_fraction
-        )
-    except InputError as exc:
-        if exc.where is None:
-            raise InputError(exc.what, where=source.raw.display, fix=exc.fix) from None
-        raise
-    d = source.detected
-    report = replace(
-        report,
-        input=input_info(source.raw, fingerprint=fingerprint),
-        fields={
-            "prompt": d.prompt,
-            "chosen": d.chosen,
-            "rejected": d.rejected,
-            "score_chosen": d.score_chosen,
-            "score_rejected": d.score_rejected,
-            "margin": d.margin,
-            "source": d.source,
-        },
+    report = report_of_source(
+        source, narrow, threshold=threshold, sft_fraction=sft_fraction, fingerprint=fingerprint
     )
     return figures(
         report,
