@@ -89,12 +89,30 @@ def _minilm() -> str:
 
 #: Where the tour's folder links all-MiniLM-L6-v2 (the README names it path/to/...).
 MINILM_LINK = "models/all-MiniLM-L6-v2"
+#: Where the tour's folder holds Llama-3-8B's config.json (no weights: --dry-run reads only that).
+LLAMA_8B = "models/Llama-3-8B"
+LLAMA_8B_CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+    "max_position_embeddings": 8192,
+    "rope_theta": 500000.0,
+    "rms_norm_eps": 1e-05,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+}
 
 
 def small(args: list[str], cache: Path) -> list[str]:
     """The tour's command at a test's size: the same command, fewer steps, pairs and seeds."""
     args = list(args)
     if args[0] == "train":
+        args = [LLAMA_8B if a == "path/to/Llama-3-8B" else a for a in args]
         return [*args, "--max-steps", "4", "--cache-dir", str(cache)]
     if args[0] == "synth":
         return [*args[: args.index("--n") + 1], "12", *args[args.index("--n") + 2 :]]
@@ -105,7 +123,7 @@ def small(args: list[str], cache: Path) -> list[str]:
         out = args[args.index("--out") + 1]
         return [
             *("bench", "mixdpo", "--seeds", "1", "--pairs", "48", "--eval-prompts", "40"),
-            *("--base-demos", "200", "--arms", "oracle,dpo,mixdpo-ties"),
+            *("--base-demos", "200", "--arms", "oracle,dpo,mixdpo-0.5"),
             *("--out", out, "--cache-dir", str(cache)),
         ]
     return args
@@ -126,6 +144,8 @@ class Tour:
         self.cache = root / "cache"
         (self.dir / "models").mkdir()
         (self.dir / MINILM_LINK).symlink_to(_minilm())
+        (self.dir / LLAMA_8B).mkdir()
+        (self.dir / LLAMA_8B / "config.json").write_text(json.dumps(LLAMA_8B_CONFIG))
         env = {"PREFCURATE_CATALOG": None}  # the default: .prefcurate/ in the tour's folder
         self.runs: list[TerminalRun] = []
         for args in tour_commands():
@@ -229,6 +249,16 @@ def test_train_reports_each_route_and_the_pairs_it_trained(tour):
     assert "trained 4 steps on 16 pairs (16 dpo + 0 sft)" in screen
     assert f"loss/dpo {summary['loss/dpo:last']:.4f}" in screen
     assert "final loss" not in screen and "loss/sft" not in screen.splitlines()[-2]
+
+
+def test_the_8b_memory_plan_reads_the_config_only(tour):
+    """The README's dry run on Llama-3-8B's config.json alone: its parameter count, sharded 8 ways,
+    with the alternatives; nothing loaded or written, and no dependency warning on the screen."""
+    screen = tour.screen("train", "splits/uf", "--model", LLAMA_8B).screen
+    assert "memory plan for models/Llama-3-8B: 8,030.3M parameters (32 layers)" in screen
+    assert "fsdp × 8" in screen and "alternatives" in screen
+    assert "Warning" not in screen
+    assert not (tour.dir / "runs" / "8b").exists()
 
 
 def test_plot_writes_the_png_it_names(tour):

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -390,7 +391,9 @@ def dry_run(config: Any, *, world_size: int | None = None, as_json: bool = False
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(config.device)
-    shape, chosen, others, budget = for_config(config, device, world_size=world_size)
+    with warnings.catch_warnings():  # transformers' deprecations of its own API, met by PEFT
+        warnings.simplefilter("ignore", FutureWarning)
+        shape, chosen, others, budget = for_config(config, device, world_size=world_size)
     if as_json:
         return to_json(shape, chosen, others, budget)
     return render(shape, chosen, others, budget)
