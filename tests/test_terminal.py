@@ -27,6 +27,7 @@ import pytest
 import typer.main
 from conftest import REPO, _shared_file
 from terminal import TerminalRun, run_in_terminal
+from test_memory_plan import LLAMA3_8B
 
 from prefcurate.cli import app
 
@@ -91,21 +92,6 @@ def _minilm() -> str:
 MINILM_LINK = "models/all-MiniLM-L6-v2"
 #: Where the tour's folder holds Llama-3-8B's config.json (no weights: --dry-run reads only that).
 LLAMA_8B = "models/Llama-3-8B"
-LLAMA_8B_CONFIG = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "hidden_size": 4096,
-    "intermediate_size": 14336,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "vocab_size": 128256,
-    "max_position_embeddings": 8192,
-    "rope_theta": 500000.0,
-    "rms_norm_eps": 1e-05,
-    "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16",
-}
 
 
 def small(args: list[str], cache: Path) -> list[str]:
@@ -145,7 +131,7 @@ class Tour:
         (self.dir / "models").mkdir()
         (self.dir / MINILM_LINK).symlink_to(_minilm())
         (self.dir / LLAMA_8B).mkdir()
-        (self.dir / LLAMA_8B / "config.json").write_text(json.dumps(LLAMA_8B_CONFIG))
+        (self.dir / LLAMA_8B / "config.json").write_text(json.dumps(LLAMA3_8B))
         env = {"PREFCURATE_CATALOG": None}  # the default: .prefcurate/ in the tour's folder
         self.runs: list[TerminalRun] = []
         for args in tour_commands():
