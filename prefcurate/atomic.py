@@ -68,8 +68,7 @@ def atomic_dir(
     check_out_dir(path, force=force, inputs=inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(path)
-    tmp = make_temp_dir(path)
-    interrupt.register(tmp)
+    tmp = make_temp_dir(path)  # registered for Ctrl-C before it is created
     try:
         yield tmp
         write_manifest(tmp, kind=kind)

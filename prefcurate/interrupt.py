@@ -16,16 +16,26 @@ import os
 import shutil
 import signal
 import threading
+import time
 from pathlib import Path
 
 _TEMPORARY: set[Path] = set()
 _LOCK = threading.Lock()
+_STOPPING = threading.Event()
+_REMOVE_FOR_S = 5.0  # how long stop() keeps removing a folder that other threads still write into
 
 
 def register(path: Path) -> None:
-    """Remove ``path`` (a temporary folder or file of this process) if the run is interrupted."""
+    """Remove ``path`` (a temporary folder or file of this process) if the run is interrupted.
+
+    Register a path *before* creating it: once :func:`stop` has begun, this call never returns
+    (the process is about to exit), so nothing can be created that stop() would not see.
+    """
     with _LOCK:
-        _TEMPORARY.add(Path(path))
+        if not _STOPPING.is_set():
+            _TEMPORARY.add(Path(path))
+            return
+    threading.Event().wait()  # stop() is ending the process; create nothing more
 
 
 def unregister(path: Path) -> None:
@@ -50,6 +60,18 @@ def install() -> None:
     ).start()
 
 
+def finish() -> None:
+    """The command is done: a Ctrl-C from now on changes nothing (its work is complete).
+
+    Python puts back the default action of a signal with a Python handler while it shuts down
+    (an ignored one stays ignored), so without this a Ctrl-C in the last milliseconds would kill
+    a finished run with signal 2 instead of its exit code.
+    """
+    with contextlib.suppress(ValueError, OSError):  # not the main thread: nothing was installed
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
+
 def _ignore(signum, frame) -> None:  # noqa: ARG001 - a signal handler's signature
     return None
 
@@ -68,15 +90,39 @@ def _watch(read_fd: int) -> None:
 
 
 def stop(code: int = 130) -> None:
-    """Remove the registered temporaries, say ``interrupted`` once and exit with ``code``."""
+    """Remove the registered temporaries, say ``interrupted`` once and exit with ``code``.
+
+    The command's other threads run on while this one removes their folders (a Parquet sink may
+    open its next file in one), so a folder is removed again until it stays gone.
+    """
     with _LOCK:
+        _STOPPING.set()
         paths = sorted(_TEMPORARY, key=lambda p: len(p.parts), reverse=True)
+    deadline = time.monotonic() + _REMOVE_FOR_S
     for path in paths:
-        with contextlib.suppress(OSError):
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
+        while _remove(path) and time.monotonic() < deadline:
+            time.sleep(0.01)
     with contextlib.suppress(OSError):
         os.write(2, b"\ninterrupted\n" if code == 130 else b"\nterminated\n")
     os._exit(code)
+
+
+def _remove(path: Path) -> bool:
+    """Remove a file or folder; True while something is still there.
+
+    A folder is first renamed aside in one step: threads that still write into it by path then
+    find no folder (they cannot add entries), and the renamed one is removed until it is empty.
+    """
+    with contextlib.suppress(OSError):
+        if path.is_dir() and not path.is_symlink():
+            aside = path.with_name(f"{path.name}.removing")
+            with contextlib.suppress(OSError):
+                os.replace(path, aside)
+            for target in (aside, path):
+                for _ in range(100):
+                    shutil.rmtree(target, ignore_errors=True)
+                    if not os.path.lexists(target):
+                        break
+        else:
+            path.unlink(missing_ok=True)
+    return os.path.lexists(path) or os.path.lexists(path.with_name(f"{path.name}.removing"))

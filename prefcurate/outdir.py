@@ -31,6 +31,7 @@ import socket
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from prefcurate import interrupt
 from prefcurate.errors import InputError
 
 TOOL = "prefcurate"
@@ -245,6 +246,7 @@ def open_dir(
 def make_temp_dir(path: Path, tag: str = "tmp") -> Path:
     """An empty hidden sibling ``.NAME.<tag>-PID`` marked as this process's temporary folder."""
     tmp = path.with_name(f".{path.name}.{tag}-{os.getpid()}")
+    interrupt.register(tmp)  # before it exists, so Ctrl-C at any moment removes it
     if tmp.exists() and is_own_temp(tmp):
         shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -344,8 +346,6 @@ def out_lock(path: str | Path, *, flag: str = "--out") -> Iterator[None]:
         if same:
             break
         os.close(fd)
-    from prefcurate import interrupt
-
     interrupt.register(lock)
     try:
         os.ftruncate(fd, 0)

@@ -415,14 +415,61 @@ def test_ctrl_c_is_one_line_exit_130_and_no_leftovers(userdata):
         env=env,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    time.sleep(2.0)
-    proc.send_signal(signal.SIGINT)
+    temp = userdata / f".split.tmp-{proc.pid}"
+    deadline = time.monotonic() + 120
+    while not temp.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert temp.exists(), "route never began writing its split"
+    proc.send_signal(signal.SIGINT)  # while the split files are being written
     _, err = proc.communicate(timeout=60)
-    if proc.returncode == 0:
-        pytest.skip("route finished before the interrupt")
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
     assert not [p.name for p in userdata.iterdir() if p.name.startswith(".split")]
+    assert not (userdata / "split").exists()
+
+
+_WRITER_RACE = """
+import sys, threading, time
+from pathlib import Path
+from prefcurate import interrupt
+tmp = Path(sys.argv[1])
+interrupt.register(tmp)
+tmp.mkdir()
+def write():  # a Parquet sink's thread: it goes on opening files in the folder being removed
+    n = 0
+    while True:
+        n += 1
+        try:
+            (tmp / "part").mkdir(exist_ok=True)
+            (tmp / "part" / f"{n}.bin").write_bytes(b"x" * 4096)
+        except OSError:
+            pass
+threading.Thread(target=write, daemon=True).start()
+time.sleep(0.2)
+interrupt.stop(130)
+"""
+
+
+def test_ctrl_c_removes_a_folder_other_threads_still_write_into(tmp_path):
+    tmp = tmp_path / ".split.tmp-1"
+    proc = subprocess.run([sys.executable, "-c", _WRITER_RACE, tmp], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 130 and proc.stderr.strip() == "interrupted"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_after_the_work_is_done_keeps_the_exit_code(tmp_path):
+    code = (
+        "import os, signal, sys, time\n"
+        "from prefcurate import interrupt\n"
+        "interrupt.install()\n"
+        "interrupt.finish()\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "time.sleep(0.2)\n"
+        "sys.exit(3)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3 and proc.stderr == ""
 
 
 # --------------------------------------------------------------------------------------------------

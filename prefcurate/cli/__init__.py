@@ -87,4 +87,6 @@ def run() -> None:
     from prefcurate import interrupt
 
     interrupt.install()
-    sys.exit(main())
+    code = main()
+    interrupt.finish()
+    sys.exit(code)
