@@ -18,10 +18,10 @@ split files, atomically. The split is the contract with the trainer: ``route``, 
 
 Scale: the plan comes from one streaming pass that keeps narrow columns (position, pair_id,
 margin, lengths and flags; the loader validates every row on the way); routes, ranks, stages and
-the held-out split are decided on that small frame. An input that fits the memory budget keeps its
-texts from the same pass (one pass); a larger one is read again by :mod:`prefcurate.splitwriter`,
-a window of ranks at a time (two passes, bounded memory). This module plans; the split writer
-writes, the same bytes either way.
+the held-out split are decided on that small frame. An input whose one-pass read fits the memory
+budget keeps its texts from the same pass (one pass); a larger one is read again by
+:mod:`prefcurate.splitwriter`, a window of ranks at a time (two passes, bounded memory). This
+module plans; the split writer writes, the same bytes either way.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from prefcurate.margins import (
     no_margin_error,
     threshold_for_fraction,
 )
-from prefcurate.memory import default_budget, estimate_input_bytes, parse_size
+from prefcurate.memory import default_budget, estimate_input_bytes, fits_one_pass, parse_size
 from prefcurate.schema import ROUTE_DPO, ROUTE_SFT, WEIGHT_COLUMN
 from prefcurate.splitwriter import (  # noqa: F401
     SPLIT_COLUMNS,
@@ -114,7 +114,7 @@ class RoutePlan:
     ``margin``, ``difficulty``, ``_bytes`` (its text), ``split`` ('train' | 'eval'), ``route``,
     ``rank`` and ``stage``. ``narrow`` has one row per input pair (dropped pairs included), in
     input order: ``_pos`` and the analyze columns (:data:`prefcurate.analyze.NARROW_COLUMNS`),
-    no texts. ``strategy`` says how the texts are read: ``one-pass`` (the input fits the memory
+    no texts. ``strategy`` says how the texts are read: ``one-pass`` (the one pass fits the memory
     budget: read once, with the plan's pass), else ``two-pass`` (a second pass over ``source``,
     at once when the texts fit one gather window, else window by window as a split is written).
     The plan outlives its input file unless the texts are read window by window.
@@ -262,10 +262,12 @@ def plan_routes(
     recipe
         The name of the recipe the flags came from (:mod:`prefcurate.presets`); only recorded.
     memory_budget
-        Bytes (or a size such as ``"4GB"``) of input the plan may hold in memory; default a
-        quarter of the machine's RAM (:func:`prefcurate.memory.default_budget`). An input whose
-        estimated in-memory size fits is read once, texts included; a larger one is read twice
-        (a narrow pass, then the texts in windows of at most the budget). Same bytes out either way.
+        Bytes (or a size such as ``"4GB"``) of memory the plan may take for the input; default an
+        eighth of the machine's RAM (:func:`prefcurate.memory.default_budget`). An input whose
+        one-pass read fits (about 1.4× its estimated in-memory size,
+        :func:`prefcurate.memory.fits_one_pass`) is read once, texts included; a larger one is read
+        twice (a narrow pass, then the texts in windows of at most the budget and 1 GB), so it is
+        never held whole. Same bytes out either way.
 
     Raises :class:`~prefcurate.errors.InputError` for bad arguments or data (before anything is
     written).
@@ -279,7 +281,7 @@ def plan_routes(
     stages = _check_args(mode, threshold, sft_fraction, order, stages, eval_fraction)
     soft = _check_soft(soft, mode)
     budget = default_budget() if memory_budget is None else parse_size(memory_budget)
-    one_pass = estimate_input_bytes(source.raw.paths, source.raw.format) <= budget
+    one_pass = fits_one_pass(estimate_input_bytes(source.raw.paths, source.raw.format), budget)
     wants_margin = threshold is not None or sft_fraction is not None
     _check_margins_needed(source, order, wants_margin)
 

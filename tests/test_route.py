@@ -8,6 +8,8 @@ largest margin is 8.0 (one pair).
 from __future__ import annotations
 
 import json
+import math
+import os
 import random
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import pytest
 from prefcurate import splitwriter
 from prefcurate.errors import InputError
 from prefcurate.io import open_pairs
+from prefcurate.memory import estimate_input_bytes
 from prefcurate.outdir import MANIFEST
 from prefcurate.route import SPLIT_COLUMNS, plan_routes, write_route
 
@@ -369,6 +372,24 @@ def test_memory_budget_sizes():
         with pytest.raises(InputError, match="--memory-budget"):
             parse_size(bad)
     assert default_budget() > 0
+
+
+def test_the_budget_bounds_the_one_pass_peak_not_the_input(uf1k):
+    """One pass holds about 1.4× the input: an input that fits the budget, but whose one pass
+    does not, takes two passes and is never held whole."""
+    from prefcurate.memory import DEFAULT_RAM_SHARE, ONE_PASS_PEAK, default_budget
+
+    estimate = estimate_input_bytes([uf1k], "jsonl")
+    assert estimate == uf1k.stat().st_size
+    for budget, strategy in (
+        (estimate, "two-pass"),
+        (math.ceil(estimate * ONE_PASS_PEAK) - 1, "two-pass"),
+        (math.ceil(estimate * ONE_PASS_PEAK), "one-pass"),
+    ):
+        plan = plan_routes(open_pairs(uf1k), threshold=0.5, memory_budget=budget)
+        assert plan.strategy == strategy
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert default_budget() == int(ram * DEFAULT_RAM_SHARE) and DEFAULT_RAM_SHARE == 0.125
 
 
 def test_memory_budget_estimate_reads_parquet_metadata(uf1k, tmp_path):

@@ -231,8 +231,9 @@ def route(
         str | None,
         typer.Option(
             "--memory-budget",
-            help="Input that fits this (e.g. 4GB) is read in one pass, a larger one in two "
-            "(bounded memory); same files either way. [default: a quarter of the RAM]",
+            help="Memory route may take for the input (e.g. 4GB): an input whose one pass fits "
+            "is read once, a larger one twice, never held whole; same files either way. "
+            "[default: an eighth of the RAM]",
             show_default=False,
         ),
     ] = None,
