@@ -26,7 +26,7 @@ from prefcurate.atomic import atomic_file
 from prefcurate.errors import InputError
 from prefcurate.inspection import TEXT_LIMIT, Inspection
 from prefcurate.plots import DPO_COLOR, NEUTRAL_COLOR, SFT_COLOR
-from prefcurate.report import FLAG_HELP
+from prefcurate.report import FLAG_HELP, fmt
 
 MIXED_COLOR = "#9aa5b1"
 _MARGIN_LABEL = "margin (score_chosen − score_rejected)"
@@ -280,16 +280,6 @@ def _header(inspection: Inspection) -> str:
     )
 
 
-def _fmt(value: Any, digits: int | None = None) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if digits is not None:
-        return f"{value:,.{digits}f}"
-    return f"{value:g}"
-
-
 def _share(part: int | None, whole: int) -> str:
     return "–" if part is None or not whole else f"{part / whole:.1%}"
 
@@ -298,10 +288,10 @@ def _summary(report: Report) -> str:
     m, f, lengths = report.margin, report.flags, report.lengths
     cards = [
         ("pairs", f"{report.rows:,}", report.layout),
-        ("ties (margin = 0)", _fmt(m.ties), _share(m.ties, m.count)),
-        ("label inversions (margin < 0)", _fmt(m.negative), _share(m.negative, m.count)),
-        ("identical chosen = rejected", _fmt(f.identical), _share(f.identical, report.rows)),
-        ("duplicate pairs", _fmt(f.duplicate_pairs), _share(f.duplicate_pairs, report.rows)),
+        ("ties (margin = 0)", fmt(m.ties), _share(m.ties, m.count)),
+        ("label inversions (margin < 0)", fmt(m.negative), _share(m.negative, m.count)),
+        ("identical chosen = rejected", fmt(f.identical), _share(f.identical, report.rows)),
+        ("duplicate pairs", fmt(f.duplicate_pairs), _share(f.duplicate_pairs, report.rows)),
         (
             "chosen longer",
             "–" if lengths.chosen_longer_share is None else f"{lengths.chosen_longer_share:.1%}",
@@ -323,7 +313,7 @@ def _summary(report: Report) -> str:
         '<table class="num"><tr>'
         + "".join(f"<th>{n}</th>" for n in names)
         + "</tr><tr>"
-        + "".join(f"<td>{_e(_fmt(getattr(m, n)))}</td>" for n in names)
+        + "".join(f"<td>{_e(fmt(getattr(m, n)))}</td>" for n in names)
         + "</tr></table>"
     )
     flag_rows = "".join(
@@ -332,11 +322,11 @@ def _summary(report: Report) -> str:
         for name, count in vars(f).items()
     )
     length_rows = (
-        f"<tr><td>prompt</td><td>{_fmt(lengths.prompt_chars_mean, 0)}</td><td></td></tr>"
-        f"<tr><td>chosen</td><td>{_fmt(lengths.chosen_chars_mean, 0)}</td>"
-        f"<td>{_fmt(lengths.chosen_chars_median, 0)}</td></tr>"
-        f"<tr><td>rejected</td><td>{_fmt(lengths.rejected_chars_mean, 0)}</td>"
-        f"<td>{_fmt(lengths.rejected_chars_median, 0)}</td></tr>"
+        f"<tr><td>prompt</td><td>{fmt(lengths.prompt_chars_mean, 0)}</td><td></td></tr>"
+        f"<tr><td>chosen</td><td>{fmt(lengths.chosen_chars_mean, 0)}</td>"
+        f"<td>{fmt(lengths.chosen_chars_median, 0)}</td></tr>"
+        f"<tr><td>rejected</td><td>{fmt(lengths.rejected_chars_mean, 0)}</td>"
+        f"<td>{fmt(lengths.rejected_chars_median, 0)}</td></tr>"
     )
     hint = f'<p class="hint">{_e(report.hint)}</p>' if report.hint else ""
     return (

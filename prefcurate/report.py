@@ -87,7 +87,7 @@ def _margin_section(report: Report) -> RenderableType:
             ("margin  ", "bold"), (f"none: all {report.rows:,} pairs lack a margin", "yellow")
         )
     names = ["count", "null", "min", "p05", "p25", "median", "p75", "p95", "max", "mean"]
-    table = _FittedRow("margin", names, [_fmt(getattr(m, name), significant=5) for name in names])
+    table = _FittedRow("margin", names, [fmt(getattr(m, name), significant=5) for name in names])
     ties = Text.assemble(
         ("ties (margin = 0) ", "bold"),
         f"{m.ties:,} ({_share(m.ties, m.count)})",
@@ -115,8 +115,8 @@ def histogram_text(
     digits = len(f"{peak:,}")
     out = Text()
     out.append("margin histogram", style="bold")
-    out.append(f"  ({total:,} pairs, bins of {_fmt(hist.width)})\n", style="dim")
-    cut_line = f"{'':>{pad}} ┼{'╌' * (width + 2)} τ = {_fmt(threshold)}\n"
+    out.append(f"  ({total:,} pairs, bins of {fmt(hist.width)})\n", style="dim")
+    cut_line = f"{'':>{pad}} ┼{'╌' * (width + 2)} τ = {fmt(threshold)}\n"
     drew_cut = threshold is None or hist.cut is None
     for label, (_, _, count, sft) in zip(labels, rows, strict=True):
         if not drew_cut and not sft:
@@ -164,10 +164,10 @@ def _routing(report: Report) -> RenderableType:
     routed = r.sft + r.dpo
     picked = ""
     if r.sft_fraction is not None:
-        picked = f" (picked for --sft-fraction {_fmt(r.sft_fraction)})"
+        picked = f" (picked for --sft-fraction {fmt(r.sft_fraction)})"
     line = Text.assemble(
         ("routing  ", "bold"),
-        f"τ = {_fmt(r.threshold)}",
+        f"τ = {fmt(r.threshold)}",
         picked,
         ": ",
         (f"{_pairs(r.sft)} ({_share(r.sft, routed)}) to SFT", f"bold {SFT_STYLE}"),
@@ -186,12 +186,10 @@ def _lengths(report: Report) -> RenderableType:
     table.add_column("")
     table.add_column("mean", justify="right")
     table.add_column("median", justify="right")
-    table.add_row("prompt", _fmt(lengths.prompt_chars_mean, 0), "")
+    table.add_row("prompt", fmt(lengths.prompt_chars_mean, 0), "")
+    table.add_row("chosen", fmt(lengths.chosen_chars_mean, 0), fmt(lengths.chosen_chars_median, 0))
     table.add_row(
-        "chosen", _fmt(lengths.chosen_chars_mean, 0), _fmt(lengths.chosen_chars_median, 0)
-    )
-    table.add_row(
-        "rejected", _fmt(lengths.rejected_chars_mean, 0), _fmt(lengths.rejected_chars_median, 0)
+        "rejected", fmt(lengths.rejected_chars_mean, 0), fmt(lengths.rejected_chars_median, 0)
     )
     longer = lengths.chosen_longer_share
     corr = lengths.margin_length_corr
@@ -241,8 +239,8 @@ def _sources(report: Report) -> RenderableType:
             "(none)" if s.source is None else s.source,
             f"{s.rows:,}",
             _pct(s.share),
-            _fmt(s.margin_mean, 2),
-            _fmt(s.margin_median),
+            fmt(s.margin_mean, 2),
+            fmt(s.margin_median),
             "" if s.ties is None else f"{s.ties:,}",
         ]
         if routed:
@@ -263,9 +261,9 @@ def _range_label(hist: Histogram, first: int, last: int) -> str:
     """A row's label: the margin value on a grid, its range if the row spans several values."""
     lo, hi = hist.edges[first], hist.edges[last + 1]
     if hist.grid is None:
-        return f"[{_fmt(lo)}, {_fmt(hi)})"
+        return f"[{fmt(lo)}, {fmt(hi)})"
     low, high = round(lo + hist.grid / 2, 10), round(hi - hist.grid / 2, 10)
-    return _fmt(low) if low == high else f"{_fmt(low)}…{_fmt(high)}"
+    return fmt(low) if low == high else f"{fmt(low)}…{fmt(high)}"
 
 
 def _bar(length: float, *, nonzero: bool) -> str:
@@ -303,9 +301,10 @@ class _FittedRow:
         yield self._table(None, self.names[half:], self.cells[half:])
 
 
-def _fmt(
+def fmt(
     value: float | int | None, digits: int | None = None, *, significant: int | None = None
 ) -> str:
+    """A figure as the report and the page print it: "–" for none, thousands separated."""
     if value is None:
         return "–"
     if isinstance(value, int):
