@@ -3,9 +3,11 @@
 One panel per metric; several runs overlay in one figure, so MixDPO and a baseline can be read
 side by side. Each curve is drawn raw (faint) and as a trailing moving average, only over the
 steps that have a value: a curriculum trains its sft pairs last, so loss/sft is a short curve at
-the end, not a line across the dpo phase. The two routes' losses have panels of their own (the
-optimised objective mixes a preference loss near 0.69 with an NLL of several nats), and their
-titles give the run's summary from run.json: the mean over the last tenth of that route's steps::
+the end, not a line across the dpo phase; a shuffled run has sft pairs in most steps, and its
+curve bridges the few steps without one (a gap shorter than the smoothing window). The two
+routes' losses have panels of their own (the optimised objective mixes a preference loss near
+0.69 with an NLL of several nats), and their titles give the run's summary from run.json: the
+mean over the last tenth of that route's steps::
 
     >>> from prefcurate.runplots import plot_runs
     >>> plot_runs(["runs/mixdpo", "runs/dpo"], "curves.png")      # doctest: +SKIP
@@ -27,7 +29,7 @@ from prefcurate.errors import InputError  # noqa: E402
 
 #: The panels, in reading order: (metric key, title).
 PANELS: tuple[tuple[str, str], ...] = (
-    ("pairs", "pairs per step (dpo, sft dashed)"),
+    ("pairs", "pairs per step (dpo; sft dashed; averaged as the curves)"),
     ("loss/dpo", "loss/dpo (preference loss, dpo pairs)"),
     ("loss/sft", "loss/sft (NLL per token, sft pairs)"),
     ("rewards/accuracies", "rewards/accuracies (dpo pairs)"),
@@ -37,7 +39,7 @@ PANELS: tuple[tuple[str, str], ...] = (
     ("lr", "lr"),
 )
 #: Schedules, drawn as they are: a moving average would only shift them.
-UNSMOOTHED = frozenset({"lr", "pairs"})
+UNSMOOTHED = frozenset({"lr"})
 #: Panels whose title carries the last-window mean of run.json's summary.
 SUMMARISED = ("loss/dpo", "loss/sft", "rewards/accuracies")
 
@@ -108,17 +110,22 @@ def read_summary(run_dir: str | Path) -> dict:
         return {}
 
 
-def segments(rows: Sequence[dict], key: str) -> list[tuple[list[int], list[float]]]:
-    """The runs of consecutive steps where ``key`` has a value (a step without that route's
-    pairs logs None, and breaks the curve)."""
+def segments(
+    rows: Sequence[dict], key: str, *, max_gap: int = 1
+) -> list[tuple[list[int], list[float]]]:
+    """The stretches of steps where ``key`` has a value, as (steps, values).
+
+    A step without that route's pairs logs None. Up to ``max_gap`` steps apart, two values stay
+    in one stretch (a shuffled run's sft pairs miss a step now and then); further apart, the
+    curve breaks (a curriculum's dpo phase is not drawn as a line of sft loss).
+    """
     out: list[tuple[list[int], list[float]]] = []
     previous = None
     for row in rows:
         value = row.get(key)
         if value is None:
-            previous = None
             continue
-        if previous is None:
+        if previous is None or row["step"] - previous > max_gap:
             out.append(([], []))
         out[-1][0].append(row["step"])
         out[-1][1].append(value)
@@ -143,15 +150,17 @@ def plot_runs(
         ax.grid(alpha=0.3)
         ends = []
         for color, (name, rows, summary) in zip(colors, runs, strict=False):
-            if key == "pairs":
+            if key == "pairs":  # the mix of routes over the run (a shuffle mixes every step)
                 steps = [r["step"] for r in rows]
                 for route, style in (("dpo", "-"), ("sft", "--")):
                     counts = [r.get(f"pairs/{route}") or 0 for r in rows]
+                    if window > 1:
+                        counts = moving_average(counts, window)
                     ax.step(steps, counts, where="mid", color=color, linestyle=style, label=name)
                 continue
             if key in SUMMARISED and summary.get(f"{key}:last") is not None:
                 ends.append(f"{summary[f'{key}:last']:.3f}")
-            for steps, values in segments(rows, key):
+            for steps, values in segments(rows, key, max_gap=window):
                 marker = "o" if len(steps) == 1 else None
                 if key in UNSMOOTHED or window == 1:
                     ax.plot(steps, values, color=color, marker=marker, label=name)
@@ -165,7 +174,7 @@ def plot_runs(
                            alpha=0.15, label="steps with sft pairs")  # fmt: skip
                 ax.legend(fontsize=8)
         ax.set_xlim(0.5, last_step + 0.5)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))  # whole steps, readable
         if not ax.has_data():
             empty = {"loss/sft": "no sft pair in this run", "loss/dpo": "no dpo pair in this run"}
             ax.text(0.5, 0.5, empty.get(key, "no value logged"), ha="center", va="center",

@@ -167,7 +167,7 @@ def test_a_lock_held_briefly_is_waited_out(tmp_path):
 def test_a_lock_held_too_long_is_one_clear_line(tmp_path):
     path = tmp_path / "c.duckdb"
     catalog.record_run("analyze", path=path)
-    holder = _hold_duckdb_lock(path, 5.0)
+    holder = _hold_duckdb_lock(path, 600.0)  # until killed: a slow route must still meet it
     try:
         with pytest.raises(InputError) as info:
             catalog.record_run("route", path=path, timeout=0.5)
@@ -183,7 +183,7 @@ def test_route_still_succeeds_when_the_catalog_stays_locked(cli, uf1k, tmp_path,
     path = tmp_path / "c.duckdb"
     catalog.record_run("analyze", path=path)
     monkeypatch.setenv("PREFCURATE_CATALOG_TIMEOUT", "0.3")
-    holder = _hold_duckdb_lock(path, 5.0)
+    holder = _hold_duckdb_lock(path, 600.0)  # until killed: a slow route must still meet it
     try:
         result = cli(
             "route", uf1k, "--threshold", "0.5", "--out", tmp_path / "o", "--catalog", path

@@ -597,6 +597,20 @@ def test_plot_draws_the_curves(cli, split, tmp_path):
     assert cli("plot", tmp_path / "nothing").code == 2
 
 
+def test_curves_bridge_a_few_steps_without_a_route_and_break_across_a_phase():
+    """A shuffled run misses sft pairs in a step now and then: one curve. A curriculum trains
+    them after a long dpo phase: no line across it."""
+    from prefcurate.runplots import segments
+
+    with_sft = {1, 2, 4, 5, 40, 41}
+    rows = [{"step": s, "loss/sft": float(s) if s in with_sft else None} for s in range(1, 42)]
+    assert segments(rows, "loss/sft", max_gap=2) == [
+        ([1, 2, 4, 5], [1.0, 2.0, 4.0, 5.0]),
+        ([40, 41], [40.0, 41.0]),
+    ]
+    assert [steps for steps, _ in segments(rows, "loss/sft")] == [[1, 2], [4, 5], [40, 41]]
+
+
 def test_moving_average_is_trailing():
     from prefcurate.runplots import moving_average
 
