@@ -63,11 +63,14 @@ from trainers.losses import (
     log_ratio_margin,
     routed_pair_losses,
 )
+from trainers.objective import PairTerms
 
 ROUTE = "route"
 RANK = "rank"
 #: The ``loss_type`` values MixDPOTrainer routes (one at a time); each is a per-pair function of h.
 SUPPORTED_LOSSES: tuple[str, ...] = ("sigmoid", "robust", "hinge")
+#: One batch's per-pair results: the same type as ``prefcurate train``'s objective returns.
+MixDPOTerms = PairTerms
 #: What a collated batch carries besides TRL's own keys: the route (and rank) of each pair.
 _ROUTE_KEYS = ("is_dpo", RANK)
 _FIX = "write the pairs with 'prefcurate route --export trl-mixdpo' and load mixdpo.jsonl"
@@ -201,27 +204,6 @@ def route_is_dpo(example: Mapping[str, Any]) -> bool:
     return route == ROUTE_DPO
 
 
-# --------------------------------------------------------------------------- per-pair terms
-
-
-@dataclass
-class MixDPOTerms:
-    """One batch's per-pair results; ``loss`` carries the graph, the rest are detached.
-
-    ``chosen_logps``, ``chosen_nll`` and ``loss`` have one entry per pair; ``rejected_logps``,
-    ``preference``, ``reward_chosen`` and ``reward_rejected`` one per dpo pair, in pair order.
-    """
-
-    loss: Tensor
-    is_dpo: Tensor
-    chosen_logps: Tensor
-    chosen_nll: Tensor
-    rejected_logps: Tensor
-    preference: Tensor
-    reward_chosen: Tensor
-    reward_rejected: Tensor
-
-
 # --------------------------------------------------------------------------- trainer
 
 
@@ -328,8 +310,13 @@ class MixDPOTrainer(DPOTrainer):
             rejected[is_dpo] = ref_rejected.float()
         return chosen, rejected
 
-    def pair_terms(self, model, inputs: dict[str, Any]) -> MixDPOTerms:
-        """Forward the batch once and return each pair's routed loss term (module docstring)."""
+    def pair_terms(self, model, inputs: dict[str, Any]) -> PairTerms:
+        """Forward the batch once and return each pair's routed loss term (module docstring).
+
+        The same :class:`trainers.objective.PairTerms` as ``prefcurate train``'s objective:
+        ``chosen_logps``, ``chosen_nll`` and ``loss`` have one entry per pair; ``rejected_logps``,
+        ``preference`` and the rewards one per dpo pair, in pair order.
+        """
         is_dpo = _is_dpo(inputs)
         pairs = is_dpo.numel()
         completion_mask = inputs["completion_mask"]
@@ -363,7 +350,7 @@ class MixDPOTrainer(DPOTrainer):
             h, beta=self.beta, label_smoothing=self.label_smoothing
         )
         loss = routed_pair_losses(is_dpo, preference, chosen_nll, sft_weight=self.args.sft_weight)
-        return MixDPOTerms(
+        return PairTerms(
             loss=loss,
             is_dpo=is_dpo,
             chosen_logps=chosen.detach(),
@@ -372,6 +359,7 @@ class MixDPOTrainer(DPOTrainer):
             preference=preference.detach(),
             reward_chosen=self.beta * (chosen[is_dpo].detach() - ref_chosen),
             reward_rejected=self.beta * (rejected.detach() - ref_rejected),
+            tokens=int(inputs["attention_mask"].sum()),
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -393,7 +381,7 @@ class MixDPOTrainer(DPOTrainer):
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
 
-    def _record_metrics(self, terms: MixDPOTerms, inputs: dict[str, Any], mode: str) -> None:
+    def _record_metrics(self, terms: PairTerms, inputs: dict[str, Any], mode: str) -> None:
         """Sum this batch's per-route statistics over processes and append their means."""
         dpo = terms.is_dpo
         margins = terms.reward_chosen - terms.reward_rejected
