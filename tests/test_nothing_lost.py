@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from bad_inputs.corpus import GOOD, jsonl, row
+from bad_inputs.corpus import GOOD, jsonl, row, run_as_nobody
 
 from prefcurate import catalog
 from prefcurate.outdir import MANIFEST, TEMP_MARKER, out_lock, remove_stale
@@ -346,18 +346,6 @@ def test_torn_final_metrics_line_is_ignored_by_plot_with_a_warning(cli, userdata
     assert "ignoring a torn final line" in result.err and (run / "curves.png").exists()
 
 
-def _nobody_child(args: list[str], warm: list[str]) -> subprocess.CompletedProcess:
-    code = (
-        "import os, sys\n"
-        "from prefcurate.cli import main\n"
-        f"assert main({warm!r}) == 0\n"
-        "if os.geteuid() == 0: os.setgid(65534); os.setuid(65534)\n"
-        f"sys.exit(main({args!r}))\n"
-    )
-    env = {**os.environ, "PREFCURATE_CATALOG": "off"}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="dropping to 'nobody' needs root")
 def test_permission_denied_on_out_is_one_line():
     folder = Path(tempfile.mkdtemp(prefix="prefcurate-perm-"))
@@ -366,7 +354,7 @@ def test_permission_denied_on_out_is_one_line():
         data = folder / "pairs.jsonl"
         data.write_text(jsonl(GOOD))
         warm = ["route", str(data), "-t", "0.5", "--out", str(folder / "warm")]
-        result = _nobody_child(["route", str(data), "-t", "0.5", "--out", str(folder / "s")], warm)
+        result = run_as_nobody(["route", str(data), "-t", "0.5", "--out", str(folder / "s")], warm)
         assert result.returncode == 2, result.stderr
         last = result.stderr.strip().splitlines()[-1]
         assert last.startswith("error: ") and "permission denied" in last

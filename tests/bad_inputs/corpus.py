@@ -10,6 +10,8 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -409,3 +411,20 @@ def unreadable(folder: Path) -> Path:
     path.write_text(jsonl(GOOD))
     os.chmod(path, 0)
     return path
+
+
+def run_as_nobody(args: list[str], warm: list[str]) -> subprocess.CompletedProcess:
+    """Run ``prefcurate ARGS`` in a child that drops to 'nobody' (root reads anything).
+
+    The child first runs ``warm`` as root on a good file, so every module the command imports is
+    loaded: 'nobody' cannot read this interpreter's library.
+    """
+    code = (
+        "import os, sys\n"
+        "from prefcurate.cli import main\n"
+        f"assert main({warm!r}) == 0\n"
+        "if os.geteuid() == 0: os.setgid(65534); os.setuid(65534)\n"
+        f"sys.exit(main({args!r}))\n"
+    )
+    env = {**os.environ, "PREFCURATE_CATALOG": "off"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
