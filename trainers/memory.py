@@ -132,12 +132,6 @@ def model_shape(spec: str, *, lora: Any = None, trust_remote_code: bool = False)
         config = tiny_config()
     else:
         path = Path(spec)
-        if not path.is_dir():
-            raise InputError("model directory not found", where=path, fix=MODEL_FIX)
-        if not (path / "config.json").is_file():
-            raise InputError(
-                "not a Hugging Face model directory (no config.json)", where=path, fix=MODEL_FIX
-            )
         config = read_config(path, trust_remote_code=trust_remote_code, fix=MODEL_FIX)
     try:
         with torch.device("meta"):

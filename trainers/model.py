@@ -220,10 +220,6 @@ def load_pretrained(
     model for the error raised when ``auto_class`` cannot load it; ``fix`` ends every error line.
     """
     path = Path(path)
-    if not path.is_dir():
-        raise InputError("model directory not found", where=path, fix=fix)
-    if not (path / "config.json").is_file():
-        raise InputError("not a Hugging Face model directory (no config.json)", where=path, fix=fix)
     config = read_config(path, trust_remote_code=trust_remote_code, fix=fix)
     use_safetensors = weights_format(path, allow_pickle=allow_pickle)
     for weights in sorted(path.glob("*.safetensors")):
@@ -330,12 +326,17 @@ def check_max_length(loaded: LoadedModel, max_length: int, *, flag: str = "--max
 
 
 def read_config(path: Path, *, trust_remote_code: bool, fix: str) -> Any:
-    """The directory's config; an architecture that only its own code defines needs the flag.
+    """The config of model directory ``path``, or one clear line ending with ``fix``.
 
-    transformers reads a known ``model_type`` without running anything, even when ``auto_map``
-    names custom code; only an unknown one needs that code, and then the error names the flag
-    rather than transformers' advice to upgrade.
+    A missing directory or config.json is said as such. An architecture that only its own code
+    defines needs the flag: transformers reads a known ``model_type`` without running anything,
+    even when ``auto_map`` names custom code; only an unknown one needs that code, and then the
+    error names the flag rather than transformers' advice to upgrade.
     """
+    if not path.is_dir():
+        raise InputError("model directory not found", where=path, fix=fix)
+    if not (path / "config.json").is_file():
+        raise InputError("not a Hugging Face model directory (no config.json)", where=path, fix=fix)
     try:
         return AutoConfig.from_pretrained(
             path, local_files_only=True, trust_remote_code=trust_remote_code

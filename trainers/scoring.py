@@ -119,12 +119,6 @@ def inspect_model(
     else:
         path = Path(spec)
         fix = f"pass {NEEDS[kind]} to {FLAGS[kind]}"
-        if not path.is_dir():
-            raise InputError("model directory not found", where=path, fix=fix)
-        if not (path / "config.json").is_file():
-            raise InputError(
-                "not a Hugging Face model directory (no config.json)", where=path, fix=fix
-            )
         config = read_config(path, trust_remote_code=trust_remote_code, fix=fix)
         architecture = _check_kind(kind, config, path)
         weights_format(path, allow_pickle=allow_pickle, quiet=True)  # warned at load
