@@ -12,7 +12,7 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 from split_helpers import synthetic_rows, write_split
-from test_train import FAST, metrics
+from test_train import FAST, assert_same_losses
 from torch.testing import assert_close
 from transformers import AutoModelForCausalLM
 
@@ -125,12 +125,7 @@ def test_lora_under_fsdp_trains_like_lora_under_ddp(cli, split, tmp_path):
     assert cli("train", *args, "--out", tmp_path / "ddp").code == 0
     result = cli("train", *args, "--out", tmp_path / "fsdp", "--strategy", "fsdp")
     assert result.code == 0, result.err
-    assert_close(
-        torch.tensor([r["loss"] for r in metrics(tmp_path / "fsdp")]),
-        torch.tensor([r["loss"] for r in metrics(tmp_path / "ddp")]),
-        atol=1e-5,
-        rtol=0,
-    )
+    assert_same_losses(tmp_path / "fsdp", tmp_path / "ddp")
     assert (tmp_path / "fsdp" / "adapter" / "adapter_model.safetensors").is_file()
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from split_helpers import synthetic_rows, write_split
-from test_train import FAST, metrics
+from test_train import FAST, assert_same_losses, metrics
 from torch.testing import assert_close
 
 from trainers.data import collate, read_split, tokenize_split
@@ -73,12 +73,7 @@ def test_packed_run_logs_the_same_losses(cli, split, tmp_path):
     assert cli("train", *args, "--out", tmp_path / "padded").code == 0
     result = cli("train", *args, "--out", tmp_path / "packed", "--packed")
     assert result.code == 0, result.err
-    assert_close(
-        torch.tensor([r["loss"] for r in metrics(tmp_path / "packed")]),
-        torch.tensor([r["loss"] for r in metrics(tmp_path / "padded")]),
-        atol=1e-5,
-        rtol=0,
-    )
+    assert_same_losses(tmp_path / "packed", tmp_path / "padded")
 
 
 def test_bf16_precision_trains_and_saves_bf16_weights(cli, split, tmp_path):

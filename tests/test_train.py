@@ -47,6 +47,16 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def assert_same_losses(run_dir: Path, expected_run_dir: Path) -> None:
+    """The two runs logged the same loss at every step, within 1e-5."""
+    assert_close(
+        torch.tensor([r["loss"] for r in metrics(run_dir)]),
+        torch.tensor([r["loss"] for r in metrics(expected_run_dir)]),
+        atol=1e-5,
+        rtol=0,
+    )
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), **extra}
     env.pop("PREFCURATE_DEBUG", None)
