@@ -95,17 +95,6 @@ def atomic_dir(
         interrupt.unregister(tmp)
 
 
-def check_new_dir(
-    path: Path, *, force: bool, inputs: Iterable[str | Path] = (), flag: str = "--out"
-) -> None:
-    """Refuse a dangerous output folder, or an existing one without ``force``, before any work.
-
-    See :func:`prefcurate.outdir.check_out_dir`. Runs before any data is read, so a wrong
-    ``--out`` costs nothing.
-    """
-    check_out_dir(path, force=force, inputs=inputs, flag=flag)
-
-
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 

@@ -52,13 +52,11 @@ def check_out_dir(
     force: bool,
     inputs: Iterable[str | Path] = (),
     flag: str = "--out",
-    allowed: Iterable[str] | None = None,
 ) -> Path:
     """Refuse an output folder that is dangerous, or existing without ``force``; return it.
 
-    ``allowed`` are the entry names a prefcurate folder of this kind may hold (default: the names
-    its manifest lists). An existing empty folder is fine; one holding anything prefcurate did not
-    write is refused even with ``force``, naming what is there.
+    An existing empty folder is fine; one holding anything its manifest does not claim is refused
+    even with ``force``, naming what is there.
     """
     path = Path(path)
     check_place(path, inputs, flag)
@@ -74,7 +72,7 @@ def check_out_dir(
             f"{flag} exists and is not a directory", where=path, fix="choose a folder name"
         )
     if exists:
-        foreign = foreign_entries(path, allowed=allowed)
+        foreign = foreign_entries(path)
         if foreign:
             shown = ", ".join(foreign[:5]) + (
                 f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
@@ -162,15 +160,28 @@ def foreign_entries(path: Path, *, allowed: Iterable[str] | None = None) -> list
     entries = sorted(p.name for p in path.iterdir())
     if not entries:
         return []
-    if allowed is not None:  # the names a folder of this kind may hold (a run directory)
-        claimed = set(allowed)
-    else:  # the names this folder's manifest claims; none without a manifest
+    claimed = _claimed(path, allowed)
+    if claimed is None:
+        return entries
+    return [e for e in entries if not _is_claimed(e, claimed)]
+
+
+def _claimed(path: Path, allowed: Iterable[str] | None) -> set[str] | None:
+    """What prefcurate may own in ``path`` (names or glob patterns, its manifest included):
+    ``allowed`` (the names a folder of this kind may hold, e.g. a run directory), else the
+    entries its manifest claims; None when there is neither."""
+    if allowed is not None:
+        names = set(allowed)
+    else:
         manifest = read_manifest(path)
         if manifest is None:
-            return entries
-        claimed = set(manifest.get("entries", []))
-    claimed |= {MANIFEST}
-    return [e for e in entries if not any(fnmatch.fnmatchcase(e, c) for c in claimed)]
+            return None
+        names = set(manifest.get("entries", []))
+    return names | {MANIFEST}
+
+
+def _is_claimed(name: str, claimed: set[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in claimed)
 
 
 def read_manifest(path: Path) -> dict | None:
@@ -204,11 +215,9 @@ def clear_own(path: Path, *, allowed: Iterable[str] | None = None) -> None:
     ``allowed`` (names or glob patterns) defaults to the entries the manifest claims.
     """
     path = Path(path)
-    manifest = read_manifest(path) or {}
-    claimed = set(allowed) if allowed is not None else set(manifest.get("entries", []))
-    claimed |= {MANIFEST}
+    claimed = _claimed(path, allowed) or {MANIFEST}
     for target in sorted(path.iterdir()):
-        if not any(fnmatch.fnmatchcase(target.name, c) for c in claimed):
+        if not _is_claimed(target.name, claimed):
             continue
         if target.is_symlink() or target.is_file():
             target.unlink()
@@ -243,9 +252,9 @@ def open_dir(
 # temporary siblings
 
 
-def make_temp_dir(path: Path, tag: str = "tmp") -> Path:
-    """An empty hidden sibling ``.NAME.<tag>-PID`` marked as this process's temporary folder."""
-    tmp = path.with_name(f".{path.name}.{tag}-{os.getpid()}")
+def make_temp_dir(path: Path) -> Path:
+    """An empty hidden sibling ``.NAME.tmp-PID`` marked as this process's temporary folder."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     interrupt.register(tmp)  # before it exists, so Ctrl-C at any moment removes it
     if tmp.exists() and is_own_temp(tmp):
         shutil.rmtree(tmp, ignore_errors=True)

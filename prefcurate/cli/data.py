@@ -57,8 +57,8 @@ def analyze_command(
     from datetime import datetime, timezone
 
     from prefcurate.analyze import analyze
-    from prefcurate.atomic import check_new_dir
     from prefcurate.margins import check_routing_args
+    from prefcurate.outdir import check_out_dir
     from prefcurate.plots import PLOT_FILES, write_report_dir
     from prefcurate.progress import bar, status, stderr
     from prefcurate.report import print_json, render_report
@@ -67,7 +67,7 @@ def analyze_command(
     check_catalog(catalog)  # a wrong --catalog or timeout fails before any work
     check_routing_args(threshold, sft_fraction)
     if out is not None:
-        check_new_dir(out, force=force, inputs=[data])
+        check_out_dir(out, force=force, inputs=[data])
     pairs = columns.open(data)
     seen = None
     with status(f"analyzing {pairs.raw.display}"):
@@ -256,9 +256,8 @@ def route(
     import json
     from datetime import datetime, timezone
 
-    from prefcurate.atomic import check_new_dir
     from prefcurate.memory import parse_size
-    from prefcurate.outdir import out_lock
+    from prefcurate.outdir import check_out_dir, out_lock
     from prefcurate.progress import status
     from prefcurate.route import plan_routes
     from prefcurate.splitwriter import check_export, write_route
@@ -267,7 +266,7 @@ def route(
     check_catalog(catalog)  # a wrong --catalog or timeout fails before any work
     if out is None:
         raise InputError("--out is required", fix="pass --out DIR for the split files")
-    check_new_dir(out, force=force, inputs=[data])  # before reading: fail fast, write nothing
+    check_out_dir(out, force=force, inputs=[data])  # before reading: fail fast, write nothing
     check_export(export)
     if memory_budget is not None:
         parse_size(memory_budget)  # a bad size fails before anything is read
