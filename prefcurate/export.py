@@ -106,7 +106,7 @@ def mixdpo_frame(frame: pl.LazyFrame, *, where: object) -> pl.LazyFrame:
         "route": pl.col("route"),
         "rank": pl.col("rank"),
     }
-    return frame.sort("rank").select(expr.alias(name) for name, expr in columns.items())
+    return frame.sort("rank").select(columns[name].alias(name) for name in MIXDPO_COLUMNS)
 
 
 Exporter = Callable[[Path, Path], dict[str, Path]]

@@ -26,11 +26,10 @@ from typing import Any
 import polars as pl
 
 from prefcurate.errors import InputError
-from prefcurate.export import mixdpo_frame
+from prefcurate.export import DPO_FILE, SFT_FILE, mixdpo_frame
 from prefcurate.schema import ROUTE_DPO, ROUTE_SFT
 
 DPO_NAME, SFT_NAME = "mixdpo_dpo", "mixdpo_sft"
-DPO_FILE, SFT_FILE = "dpo.jsonl", "sft.jsonl"
 INFO_FILE = "dataset_info.json"
 #: sharegpt tags for messages stored as {"role", "content"} (LLaMA-Factory's "OpenAI format").
 OPENAI_TAGS = {
@@ -63,10 +62,15 @@ def export_llamafactory(split: str | Path, out_dir: str | Path) -> dict[str, Pat
         "dataset_info": out_dir / INFO_FILE,
         "readme": out_dir / "README.md",
     }
-    dpo.sink_ndjson(files["dpo"], maintain_order=True)
-    sft.sink_ndjson(files["sft"], maintain_order=True)
+    # one query plan: the split is read and sorted once for both files and the counts
+    *_, counts = pl.collect_all(
+        [
+            dpo.sink_ndjson(files["dpo"], maintain_order=True, lazy=True),
+            sft.sink_ndjson(files["sft"], maintain_order=True, lazy=True),
+            pairs.group_by("route").len(),
+        ]
+    )
     files["dataset_info"].write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    counts = pairs.group_by("route").len().collect()
     n = dict(zip(counts["route"].to_list(), counts["len"].to_list(), strict=True))
     readme = _README.format(
         dpo=n.get(ROUTE_DPO, 0),

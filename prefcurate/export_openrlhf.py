@@ -24,10 +24,8 @@ from pathlib import Path
 
 import polars as pl
 
-from prefcurate.export import mixdpo_frame
+from prefcurate.export import DPO_FILE, SFT_FILE, mixdpo_frame
 from prefcurate.schema import ROUTE_DPO, ROUTE_SFT
-
-DPO_FILE, SFT_FILE = "dpo.jsonl", "sft.jsonl"
 
 
 def export_openrlhf(split: str | Path, out_dir: str | Path) -> dict[str, Path]:
@@ -41,12 +39,18 @@ def export_openrlhf(split: str | Path, out_dir: str | Path) -> dict[str, Path]:
         "sft": out_dir / SFT_FILE,
         "readme": out_dir / "README.md",
     }
-    pairs.filter(pl.col("route") == ROUTE_DPO).select(
+    dpo = pairs.filter(pl.col("route") == ROUTE_DPO).select(
         "prompt", "chosen", "rejected", "margin"
-    ).sink_ndjson(files["dpo"], maintain_order=True)
-    pairs.filter(pl.col("route") == ROUTE_SFT).select(
+    )
+    sft = pairs.filter(pl.col("route") == ROUTE_SFT).select(
         pl.col("prompt").alias("input"), pl.col("chosen").alias("output"), "margin"
-    ).sink_ndjson(files["sft"], maintain_order=True)
+    )
+    pl.collect_all(  # one query plan: the split is read and sorted once for both files
+        [
+            dpo.sink_ndjson(files["dpo"], maintain_order=True, lazy=True),
+            sft.sink_ndjson(files["sft"], maintain_order=True, lazy=True),
+        ]
+    )
     template = " --apply_chat_template" if conversational else " --input_template '{}'"
     files["readme"].write_text(_README.replace("TEMPLATE_FLAG", template), encoding="utf-8")
     return files
