@@ -125,8 +125,20 @@ def remove_partial(run_dir: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def read_state(path: Path) -> dict[str, Any]:
-    return json.loads((Path(path) / "state.json").read_text())
+def read_state(checkpoint: Path) -> dict[str, Any]:
+    """A checkpoint's state.json; a broken one is exit 2 naming it."""
+    path = Path(checkpoint) / "state.json"
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(
+            f"cannot read the checkpoint state ({exc})",
+            where=path,
+            fix="remove this checkpoint folder to resume from an older one",
+        ) from exc
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise InputError("the checkpoint state has no step", where=path)
+    return state
 
 
 def load_checkpoint(

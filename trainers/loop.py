@@ -36,6 +36,7 @@ from trainers import dist, lora, memory, rundir
 from trainers.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
+    read_state,
     remove_partial,
     save_checkpoint,
 )
@@ -48,7 +49,7 @@ from trainers.model import LoadedModel, check_max_length, describe, load_model
 from trainers.objective import STAT_KEYS, Objective, step_metrics
 from trainers.prepare import reference_for, tokenized_pairs
 from trainers.reporter import Reporter
-from trainers.rundir import METRICS, RUN_JSON, read_state
+from trainers.rundir import METRICS, RUN_JSON
 from trainers.strategy import (
     autocast_for,
     full_value,
@@ -112,6 +113,13 @@ def route_lr_shares(
     share is about 1%, so those pairs are hardly trained (docs/results.md). None: no pair of that
     route.
     """
+    return _route_lr(curriculum, is_dpo, warmup=warmup, schedule=schedule)[0]
+
+
+def _route_lr(
+    curriculum: Curriculum, is_dpo: torch.Tensor, *, warmup: int, schedule: str
+) -> tuple[dict[str, float | None], dict[str, int]]:
+    """:func:`route_lr_shares`, and the pair visits of each route it averaged over."""
     total = curriculum.total_steps
     sums = {"dpo": [0.0, 0], "sft": [0.0, 0]}
     for step in range(total):
@@ -121,7 +129,8 @@ def route_lr_shares(
         for route, n in (("dpo", dpo), ("sft", index.numel() - dpo)):
             sums[route][0] += factor * n
             sums[route][1] += n
-    return {route: (s / n if n else None) for route, (s, n) in sums.items()}
+    shares = {route: (s / n if n else None) for route, (s, n) in sums.items()}
+    return shares, {route: n for route, (_, n) in sums.items()}
 
 
 def low_lr_warning(shares: dict[str, float | None], pairs: int, schedule: str) -> str | None:
@@ -207,6 +216,7 @@ class _Run:
     planned: memory.MemoryPlan
     precision: str
     module: torch.nn.Module  # what the loop calls: logps, DDP-wrapped or FSDP2-sharded
+    curriculum: Curriculum  # the pairs of each step
     peft_model: Any = None  # the PEFT wrapper when training a LoRA adapter
 
     @property
@@ -340,13 +350,13 @@ def _prepare(
         )
     identity = {
         "split_path": str(config.split_dir),
-        "split_sha256": rundir.split_fingerprint(config.split_dir),
+        "split_sha256": split.sha256,  # read_split hashed the file it read
         "model_path": str(config.model),
         "model_fingerprint": policy.fingerprint,
     }
     return _Run(
         config, device, info, reporter, autocast, split, policy, pairs, logps,
-        ref_chosen, ref_rejected, identity, planned, precision, module, peft_model,
+        ref_chosen, ref_rejected, identity, planned, precision, module, curriculum, peft_model,
     )  # fmt: skip
 
 
@@ -363,8 +373,7 @@ def _curriculum(config: TrainConfig, n_pairs: int, world_size: int) -> Curriculu
 
 def _optimizer(run: _Run):
     """The pair order (:class:`Curriculum`), AdamW, and the warmup-then-decay schedule."""
-    config = run.config
-    curriculum = _curriculum(config, len(run.pairs), run.info.world_size)
+    config, curriculum = run.config, run.curriculum
     total = curriculum.total_steps
     warmup = math.ceil(config.warmup_ratio * total)
     params = [p for p in run.module.parameters() if p.requires_grad]
@@ -377,11 +386,9 @@ def _optimizer(run: _Run):
 
 def _lr_tail_check(run: _Run, curriculum: Curriculum, warmup: int) -> dict[str, float | None]:
     """Each route's share of the peak learning rate; one warning line when sft's is tiny."""
-    is_dpo = run.pairs.is_dpo
-    shares = route_lr_shares(curriculum, is_dpo, warmup=warmup, schedule=run.config.lr_schedule)
-    steps = range(curriculum.total_steps)
-    sft = sum(int((~is_dpo[curriculum.step_pairs(s)]).sum()) for s in steps)
-    warning = low_lr_warning(shares, sft, run.config.lr_schedule)
+    schedule = run.config.lr_schedule
+    shares, visits = _route_lr(curriculum, run.pairs.is_dpo, warmup=warmup, schedule=schedule)
+    warning = low_lr_warning(shares, visits["sft"], schedule)
     if warning:
         run.reporter.message(warning)
     return shares

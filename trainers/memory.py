@@ -54,8 +54,6 @@ from trainers.strategy import decoder_layers
 GiB = 1024**3
 #: bytes per frozen parameter of a QLoRA base: 4-bit NF4 plus double-quantised block scales
 NF4_BYTES = (4 + 8 / 64 + 32 / (64 * 256)) / 8
-#: logits the output head materialises at once (trainers.logps.CHUNK_ELEMENTS)
-CHUNK_ELEMENTS = 2**26
 
 
 @dataclass(frozen=True)
@@ -226,6 +224,8 @@ def plan(shape: ModelShape, settings: PlanSettings) -> MemoryPlan:
 
 def activation_bytes(shape: ModelShape, settings: PlanSettings, compute: int) -> float:
     """Autograd's saved tensors for one micro-batch at full length (see the module docstring)."""
+    from trainers.logps import CHUNK_ELEMENTS  # the logits the output head holds at once
+
     tokens = 2 * settings.batch_size * settings.max_length
     per_layer = (9 * shape.hidden + 2 * shape.kv + 4 * shape.intermediate) * compute
     if settings.checkpointing:
@@ -312,8 +312,9 @@ def for_config(
                                               strategy="ddp"))  # fmt: skip
         strategy = "fsdp" if world_size > 1 and replicated.total > budget else "ddp"
     chosen = plan(shape, settings_for(config, device, world_size=world_size, strategy=strategy))
-    others = alternatives(shape, chosen.settings, cuda=device.type == "cuda")
-    return shape, chosen, others if alternatives_too else [], budget
+    if not alternatives_too:
+        return shape, chosen, [], budget
+    return shape, chosen, alternatives(shape, chosen.settings, cuda=device.type == "cuda"), budget
 
 
 def check(config: Any, device: torch.device, *, world_size: int) -> MemoryPlan:

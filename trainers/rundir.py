@@ -9,7 +9,6 @@ is refused naming both, so one run directory is always one run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from prefcurate.outdir import (
     read_manifest,
     write_manifest,
 )
+from trainers.model import TINY
 
 METRICS = "metrics.jsonl"
 RUN_JSON = "run.json"
@@ -39,14 +39,13 @@ RUN_ENTRIES = (
     f".{ADAPTER_DIR}.*",
     MANIFEST,
 )
-_TINY = "tiny"
 
 
 def check_run_dir(
     out: Path, *, split_dir: Path, models: tuple[str | None, ...], force: bool, resume: bool
 ) -> None:
     """Refuse a run directory that is dangerous, foreign, or in use without --force/--resume."""
-    inputs = [split_dir, *(m for m in models if m and m != _TINY)]
+    inputs = [split_dir, *(m for m in models if m and m != TINY)]
     check_place(out, inputs, "--out")
     if out.exists() and not out.is_dir():
         raise InputError("--out exists and is not a directory", where=out)
@@ -94,15 +93,6 @@ def start_run_dir(out: Path) -> None:
 # identity of a run: the split and the model it trains
 
 
-def split_fingerprint(split_dir: Path) -> str:
-    """sha256 of the split's train.parquet content (the pairs, routes and order trained on)."""
-    digest = hashlib.sha256()
-    with (Path(split_dir) / "train.parquet").open("rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_same_run(
     saved: dict[str, Any], current: dict[str, Any], *, checkpoint: Path, split_dir: Path, model: str
 ) -> None:
@@ -120,22 +110,6 @@ def check_same_run(
                 where=checkpoint,
                 fix=f"resume with the {what} the run was started with, or start a new --out",
             )
-
-
-def read_state(checkpoint: Path) -> dict[str, Any]:
-    """A checkpoint's state.json; a broken one is exit 2 naming it."""
-    path = Path(checkpoint) / "state.json"
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(
-            f"cannot read the checkpoint state ({exc})",
-            where=path,
-            fix="remove this checkpoint folder to resume from an older one",
-        ) from exc
-    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
-        raise InputError("the checkpoint state has no step", where=path)
-    return state
 
 
 def truncate_metrics(path: Path, step: int) -> None:
