@@ -69,8 +69,6 @@ ROUTE = "route"
 RANK = "rank"
 #: The ``loss_type`` values MixDPOTrainer routes (one at a time); each is a per-pair function of h.
 SUPPORTED_LOSSES: tuple[str, ...] = ("sigmoid", "robust", "hinge")
-#: One batch's per-pair results: the same type as ``prefcurate train``'s objective returns.
-MixDPOTerms = PairTerms
 #: What a collated batch carries besides TRL's own keys: the route (and rank) of each pair.
 _ROUTE_KEYS = ("is_dpo", RANK)
 _FIX = "write the pairs with 'prefcurate route --export trl-mixdpo' and load mixdpo.jsonl"
@@ -317,6 +315,10 @@ class MixDPOTrainer(DPOTrainer):
         ``chosen_logps``, ``chosen_nll`` and ``loss`` have one entry per pair; ``rejected_logps``,
         ``preference`` and the rewards one per dpo pair, in pair order.
         """
+        return self._forward(model, inputs)[0]
+
+    def _forward(self, model, inputs: dict[str, Any]) -> tuple[PairTerms, Any]:
+        """:meth:`pair_terms` and the model's outputs (their aux loss, for ``compute_loss``)."""
         is_dpo = _is_dpo(inputs)
         pairs = is_dpo.numel()
         completion_mask = inputs["completion_mask"]
@@ -329,7 +331,6 @@ class MixDPOTrainer(DPOTrainer):
         if self.aux_loss_enabled:
             model_kwargs["output_router_logits"] = True
         outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
-        self._last_outputs = outputs
         shift_mask = completion_mask[:, 1:]
         # prompt-learning PEFT prepends virtual tokens; keep the positions of the real tokens
         per_token = outputs.log_probs[:, -shift_mask.size(1) :].float()
@@ -350,7 +351,7 @@ class MixDPOTrainer(DPOTrainer):
             h, beta=self.beta, label_smoothing=self.label_smoothing
         )
         loss = routed_pair_losses(is_dpo, preference, chosen_nll, sft_weight=self.args.sft_weight)
-        return PairTerms(
+        terms = PairTerms(
             loss=loss,
             is_dpo=is_dpo,
             chosen_logps=chosen.detach(),
@@ -361,18 +362,17 @@ class MixDPOTrainer(DPOTrainer):
             reward_rejected=self.beta * (rejected.detach() - ref_rejected),
             tokens=int(inputs["attention_mask"].sum()),
         )
+        return terms, outputs
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        terms = self.pair_terms(model, inputs)
+        terms, outputs = self._forward(model, inputs)
         loss = terms.loss.mean()
-        outputs = self._last_outputs
-        self._last_outputs = None
         mode = "train" if self.model.training else "eval"
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss
             aux = self.accelerator.gather_for_metrics(outputs.aux_loss.detach()).mean().item()
             self._metrics[mode]["aux_loss"].append(aux)
-        self._record_metrics(terms, inputs, mode)
+        self._record_metrics(terms, mode)
         return (loss, outputs) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -381,7 +381,7 @@ class MixDPOTrainer(DPOTrainer):
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
 
-    def _record_metrics(self, terms: PairTerms, inputs: dict[str, Any], mode: str) -> None:
+    def _record_metrics(self, terms: PairTerms, mode: str) -> None:
         """Sum this batch's per-route statistics over processes and append their means."""
         dpo = terms.is_dpo
         margins = terms.reward_chosen - terms.reward_rejected
@@ -397,7 +397,7 @@ class MixDPOTrainer(DPOTrainer):
                 (margins > 0).sum().float(),
                 terms.chosen_logps[dpo].sum(),
                 terms.rejected_logps.sum(),
-                inputs["attention_mask"].sum().float(),
+                torch.tensor(float(terms.tokens), device=dpo.device),
             ]
         ).float()
         total = self.accelerator.gather(sums[None]).sum(0).tolist()
@@ -510,7 +510,6 @@ def load_pairs(path: str | Path, *, split: str = "train") -> Dataset:
 __all__ = [
     "DataCollatorForMixDPO",
     "MixDPOConfig",
-    "MixDPOTerms",
     "MixDPOTrainer",
     "ROUTE_DPO",
     "ROUTE_SFT",
