@@ -25,11 +25,10 @@ from prefcurate.analyze import Histogram, Report
 from prefcurate.atomic import atomic_file
 from prefcurate.errors import InputError
 from prefcurate.inspection import TEXT_LIMIT, Inspection
-from prefcurate.plots import DPO_COLOR, NEUTRAL_COLOR, SFT_COLOR
+from prefcurate.palette import DPO_COLOR, MARGIN_LABEL, NEUTRAL_COLOR, SFT_COLOR
 from prefcurate.report import FLAG_HELP, fmt
 
 MIXED_COLOR = "#9aa5b1"
-_MARGIN_LABEL = "margin (score_chosen − score_rejected)"
 _CONFIG = {"displaylogo": False, "responsive": True}
 
 
@@ -168,7 +167,7 @@ def histogram_figure(report: Report) -> dict[str, Any] | None:
         ),
         layout=_layout(
             title={"text": "margin histogram — click a bar to read its pairs", "x": 0},
-            xaxis={"title": {"text": _MARGIN_LABEL}},
+            xaxis={"title": {"text": MARGIN_LABEL}},
             yaxis={"title": {"text": "pairs"}},
             hovermode="closest",
             bargap=0,
@@ -232,7 +231,7 @@ def length_figure(hist: Histogram | None, rows: list[dict[str, Any]] | None) -> 
         _box("chosen − rejected chars", rows, names, DPO_COLOR),
         layout=_layout(
             title={"text": "length difference by margin (box p25–p75, whiskers p05–p95)", "x": 0},
-            xaxis={"title": {"text": _MARGIN_LABEL}, "type": "category"},
+            xaxis={"title": {"text": MARGIN_LABEL}, "type": "category"},
             yaxis={"title": {"text": "chosen − rejected (characters)"}, "zeroline": True},
             showlegend=False,
         ),

@@ -26,17 +26,13 @@ from matplotlib.patches import Patch
 from prefcurate.analyze import Histogram, Report
 from prefcurate.analyze import histogram as make_histogram
 from prefcurate.atomic import atomic_dir
+from prefcurate.palette import CUT_COLOR, DPO_COLOR, MARGIN_LABEL, NEUTRAL_COLOR, SFT_COLOR
 
 #: File names :func:`write_plots` writes (the margin plots only when the data has margins).
 PLOT_FILES = ("margin_hist.png", "margin_cdf.png", "margin_vs_length.png", "lengths.png")
 
-SFT_COLOR = "#d9822b"
-DPO_COLOR = "#3a6ea5"
-NEUTRAL_COLOR = "#5b7083"
-CUT_COLOR = "#b3261e"
 SCATTER_MAX_POINTS = 20_000  # above this, margin vs length is a 2-D histogram
 _DPI = 110
-_MARGIN_LABEL = "margin (score_chosen − score_rejected)"
 
 
 def write_plots(
@@ -181,7 +177,7 @@ def margin_histogram(
     if negative:
         subtitle += f"; {negative:,} pairs have a negative margin (label inversions)"
     ax.yaxis.set_major_formatter(_thousands())
-    ax.set_xlabel(_MARGIN_LABEL)
+    ax.set_xlabel(MARGIN_LABEL)
     ax.set_ylabel("pairs")
     _title(ax, f"Margin histogram — {total:,} pairs", subtitle)
     return _save(fig, path)
@@ -222,7 +218,7 @@ def margin_cdf(margins: np.ndarray, path: str | Path, *, threshold: float | None
     ax.set_xlim(lo - pad, hi + pad)
     ax.set_ylim(0, 1.02)
     ax.yaxis.set_major_formatter(_percent_formatter())
-    ax.set_xlabel(_MARGIN_LABEL)
+    ax.set_xlabel(MARGIN_LABEL)
     ax.set_ylabel("pairs with margin ≤ x")
     _title(ax, f"Margin CDF — {n:,} pairs", subtitle)
     return _save(fig, path)
@@ -293,7 +289,7 @@ def margin_vs_length(
     ax.set_xlim(float(x.min()) - x_pad, float(x.max()) + x_pad)
     ax.set_ylim(y_lo, y_hi)
     ax.yaxis.set_major_formatter(_thousands())
-    ax.set_xlabel(_MARGIN_LABEL)
+    ax.set_xlabel(MARGIN_LABEL)
     ax.set_ylabel("len(chosen) − len(rejected), characters")
     r = "n/a" if corr is None else f"{corr:+.3f}"
     clipped = f"; {outside:,} pairs beyond the 1st–99th percentile not shown" if outside else ""

@@ -1,5 +1,8 @@
 """Training curves from ``RUN_DIR/metrics.jsonl`` to a PNG (matplotlib, Agg; no torch).
 
+Reading the metrics imports no plotting library (:mod:`prefcurate.runstats` and the inspect page
+read them); matplotlib is imported when a figure is drawn.
+
 One panel per metric; several runs overlay in one figure, so MixDPO and a baseline can be read
 side by side. Each curve is drawn raw (faint) and as a trailing moving average, only over the
 steps that have a value: a curriculum trains its sft pairs last, so loss/sft is a short curve at
@@ -19,13 +22,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from prefcurate.errors import InputError  # noqa: E402
+from prefcurate.errors import InputError
 
 #: The panels, in reading order: (metric key, title).
 PANELS: tuple[tuple[str, str], ...] = (
@@ -140,6 +137,12 @@ def plot_runs(
 
     ``smooth`` is the moving-average window in steps (default: 1/20 of the longest run).
     """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # the backend must be chosen first
+    from matplotlib.ticker import MaxNLocator
+
     runs = [(Path(d).name or str(d), read_metrics(d), read_summary(d)) for d in run_dirs]
     window = smooth or max(1, max(len(rows) for _, rows, _ in runs) // 20)
     last_step = max(rows[-1]["step"] for _, rows, _ in runs)

@@ -215,7 +215,7 @@ def curves_figure(view: RunView) -> dict[str, Any]:
     """Three panels over the steps: loss per route, reward accuracy, pairs per route."""
     from plotly.subplots import make_subplots
 
-    from prefcurate.plots import DPO_COLOR, SFT_COLOR
+    from prefcurate.palette import DPO_COLOR, SFT_COLOR
 
     rows = view.metrics
     steps = [r["step"] for r in rows]
@@ -277,7 +277,7 @@ def curves_figure(view: RunView) -> dict[str, Any]:
 def accuracy_figure(rows: list[dict[str, Any]]) -> dict[str, Any]:
     import plotly.graph_objects as go
 
-    from prefcurate.plots import DPO_COLOR
+    from prefcurate.palette import DPO_COLOR
 
     fig = go.Figure(
         go.Bar(
