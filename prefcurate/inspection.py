@@ -268,13 +268,15 @@ def _cut(text: str | None) -> str | None:
 
 
 def bin_index(margins: pl.Expr, hist: Histogram | None) -> pl.Expr:
-    """The histogram bin of each margin (-1 without a margin)."""
+    """The histogram bin of each margin (-1 without a margin).
+
+    Bin i holds edges[i] ≤ margin < edges[i + 1]; a margin outside the edges falls in the first
+    or the last bin.
+    """
     if hist is None:
         return pl.lit(-1, dtype=pl.Int32)
-    edges = hist.edges
-    index = pl.lit(0, dtype=pl.Int32)
-    for i, edge in enumerate(edges[1:-1], start=1):
-        index = pl.when(margins >= edge).then(pl.lit(i, dtype=pl.Int32)).otherwise(index)
+    right = pl.lit(pl.Series(hist.edges)).search_sorted(margins, side="right")
+    index = (right.cast(pl.Int32) - 1).clip(0, len(hist.counts) - 1)
     return pl.when(margins.is_null()).then(pl.lit(-1, dtype=pl.Int32)).otherwise(index)
 
 

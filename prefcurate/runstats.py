@@ -119,28 +119,29 @@ def accuracy_by_margin(
     """
     if view.shuffled:
         return None
-    frame = split.select("rank", "margin", "route").sort("rank")
-    margins = frame.get_column("margin").to_numpy().astype(np.float64)
+    from prefcurate.inspection import bin_index
+
+    frame = split.select("rank", "route", bin_index(pl.col("margin"), hist).alias("bin")).sort(
+        "rank"
+    )
     is_dpo = (frame.get_column("route") == "dpo").to_numpy()
-    edges = np.asarray(hist.edges)
-    bins = np.clip(np.searchsorted(edges, margins, side="right") - 1, 0, len(hist.counts) - 1)
-    bins = np.where(np.isnan(margins), -1, bins)
+    bins = frame.get_column("bin").to_numpy()
     n_bins = len(hist.counts)
     g = view.global_batch
-    per_epoch = max(1, math.ceil(len(margins) / g))
+    per_epoch = max(1, math.ceil(frame.height / g))
     credit = np.zeros(n_bins)
     weight = np.zeros(n_bins)
     steps = np.zeros(n_bins, dtype=np.int64)
     mixed = np.zeros(n_bins, dtype=np.int64)
     pairs = np.zeros(n_bins, dtype=np.int64)
-    visited = np.zeros(len(margins), dtype=bool)
+    visited = np.zeros(frame.height, dtype=bool)
     for row in view.metrics:
         accuracy, n_dpo = row.get("rewards/accuracies"), row.get("pairs/dpo")
         if accuracy is None or not n_dpo:
             continue
         within = (int(row["step"]) - 1) % per_epoch
         start = within * g
-        window = np.arange(start, min(start + g, len(margins)))
+        window = np.arange(start, min(start + g, frame.height))
         window = window[is_dpo[window] & (bins[window] >= 0)]
         if window.size == 0:
             continue
