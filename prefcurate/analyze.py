@@ -341,9 +341,7 @@ def analyze_frame(
         raise margin_defs.no_margin_error()
     if sft_fraction is not None:
         # over the pairs route would route: those with chosen ≠ rejected (route drops the rest)
-        routable = df.filter(~pl.col("identical")).get_column("margin")
-        if routable.drop_nulls().len() == 0:  # every rated pair is identical: route refuses it
-            routable = df.get_column("margin")
+        routable = routable_pairs(df).get_column("margin")
         threshold = margin_defs.threshold_for_fraction(routable, sft_fraction)
 
     return Report(
@@ -432,6 +430,18 @@ def margin_stats(df: pl.DataFrame) -> MarginStats:
         ties=int(row["ties"]) if has else None,
         negative=int(row["negative"]) if has else None,
     )
+
+
+def routable_pairs(df: pl.DataFrame) -> pl.DataFrame:
+    """The pairs route would route: those with chosen ≠ rejected (route drops the rest).
+
+    When every rated pair is identical, route refuses the data; the figures then count all pairs
+    rather than none.
+    """
+    if "identical" not in df.columns:
+        return df
+    kept = df.filter(~pl.col("identical"))
+    return kept if kept.get_column("margin").drop_nulls().len() > 0 else df
 
 
 def routing(df: pl.DataFrame, threshold: float, sft_fraction: float | None = None) -> Routing:

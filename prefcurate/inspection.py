@@ -42,6 +42,7 @@ from prefcurate.analyze import (
     _nice_width,
     narrow_exprs,
     report_of_source,
+    routable_pairs,
 )
 from prefcurate.errors import InputError
 from prefcurate.io import _guard
@@ -333,11 +334,7 @@ def thresholds(
     As in :func:`prefcurate.analyze.routing`, identical pairs (chosen == rejected) are left out
     of both counts: route drops them, whatever their margin.
     """
-    everything = narrow
-    if "identical" in narrow.columns:
-        routable = narrow.filter(~pl.col("identical").fill_null(False))
-        if routable.get_column("margin").drop_nulls().len() > 0:
-            narrow = routable
+    everything, narrow = narrow, routable_pairs(narrow)
     margins = narrow.get_column("margin").drop_nulls().to_numpy().astype(np.float64)
     if margins.size == 0:
         return None
@@ -346,10 +343,9 @@ def thresholds(
     hist = report.histogram
     if hist is not None and hist.grid is not None:
         step = hist.grid
-        first, last = math.floor(lo / step), math.ceil(hi / step) + 1
     else:
         step = _nice_width((hi - lo) / TAU_STEPS) if hi > lo else 1.0
-        first, last = math.floor(lo / step), math.ceil(hi / step) + 1
+    first, last = math.floor(lo / step), math.ceil(hi / step) + 1
     values = {round(i * step, 10) for i in range(first, last + 1)}
     if initial is None and lo < 0.5 <= hi + step:
         initial = 0.5  # the paper's main setting
@@ -359,14 +355,12 @@ def thresholds(
     sft = np.searchsorted(ordered, grid, side="left")  # pairs with margin < τ
     by_source: dict[str, list[int]] = {}
     rows_by_source: dict[str, int] = {}
+    own, everyone = (_margins_by_source(frame) for frame in (narrow, everything))
     for s in (report.sources or [])[:max_sources]:
         name = "(none)" if s.source is None else s.source
-        col = pl.col("source")
-        own = narrow.filter(col.is_null() if s.source is None else col == s.source)
-        part = np.sort(own.get_column("margin").drop_nulls().to_numpy().astype(np.float64))
+        part = np.sort(own.get(s.source, np.zeros(0)))
         by_source[name] = np.searchsorted(part, grid, side="left").astype(int).tolist()
-        everyone = everything.filter(col.is_null() if s.source is None else col == s.source)
-        rows_by_source[name] = int(everyone.get_column("margin").drop_nulls().len())
+        rows_by_source[name] = int(everyone.get(s.source, np.zeros(0)).size)
     return Thresholds(
         values=[float(v) for v in grid],
         sft=sft.astype(int).tolist(),
@@ -375,6 +369,15 @@ def thresholds(
         rows_by_source=rows_by_source,
         initial=None if initial is None else float(initial),
     )
+
+
+def _margins_by_source(narrow: pl.DataFrame) -> dict[str | None, np.ndarray]:
+    """Each source's non-null margins (one pass over the frame, not one filter per source)."""
+    rated = narrow.select("source", "margin").drop_nulls("margin")
+    return {
+        key[0]: part.get_column("margin").to_numpy().astype(np.float64)
+        for key, part in rated.partition_by("source", as_dict=True).items()
+    }
 
 
 def rating_grid(narrow: pl.DataFrame, max_levels: int = 41) -> dict[str, Any] | None:
