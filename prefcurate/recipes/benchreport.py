@@ -200,6 +200,7 @@ def chart(result: dict[str, Any], path: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     rows = [r for r in result["table"] if r["arm"] != "base-redraw"]
     claims = [c for c in result.get("comparisons", []) if c["metric"] == "gold"]
@@ -210,10 +211,27 @@ def chart(result: dict[str, Any], path: str | Path) -> Path:
     means = [r["gold"] for r in rows][::-1]
     errors = [_finite(r.get("gold_ci")) for r in rows][::-1]
     colors = [
-        "#999999" if n == "base" else "#c44e52" if n.startswith(("mixdpo", "soft")) else "#3b75af"
+        BASE_COLOR
+        if n == "base"
+        else MIXDPO_COLOR
+        if n.startswith(("mixdpo", "soft"))
+        else BASELINE_COLOR
         for n in names
     ]
-    ax.barh(names, means, xerr=errors, color=colors, capsize=2)
+    ax.barh(range(len(rows)), means, xerr=errors, color=colors, capsize=2)
+    ax.set_yticks(range(len(rows)), [chart_label(r) for r in rows][::-1])
+    ax.legend(
+        handles=[
+            Patch(color=BASE_COLOR, label="base policy (dashed line)"),
+            Patch(color=BASELINE_COLOR, label="baselines"),
+            Patch(color=MIXDPO_COLOR, label="MixDPO arms (share routed to sft)"),
+        ],
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.09),
+        ncol=3,
+        fontsize=8,
+        frameon=False,
+    )
     ax.axvline(rows[0]["gold"], color="black", linewidth=0.8, linestyle="--")
     low = min(m - e for m, e in zip(means, errors, strict=True))
     high = max(m + e for m, e in zip(means, errors, strict=True))
@@ -227,7 +245,7 @@ def chart(result: dict[str, Any], path: str | Path) -> Path:
         lows = [c["mean"] - _finite(c["t_low"], c["mean"]) for c in claims][::-1]
         highs = [_finite(c["t_high"], c["mean"]) - c["mean"] for c in claims][::-1]
         for y, (m, lo, hi, c) in enumerate(zip(centre, lows, highs, claims[::-1], strict=True)):
-            color = "#c44e52" if c["primary"] else "#3b75af"
+            color = MIXDPO_COLOR if c["primary"] else BASELINE_COLOR
             ax.errorbar(m, y, xerr=[[lo], [hi]], fmt="o", color=color, capsize=3)
         ax.set_yticks(range(len(labels)), labels)
         ax.axvline(0, color="black", linewidth=0.8)
