@@ -104,7 +104,6 @@ def page_data(inspection: Inspection, *, run: dict[str, Any] | None = None) -> d
     hist = report.histogram
     return {
         "histogram": None if hist is None else _hist_dict(hist),
-        "bin_counts": None if hist is None else hist.counts,
         "null_margins": report.margin.null,
         "thresholds": None
         if t is None
