@@ -315,17 +315,20 @@ class Environment:
     """What every seed shares: the policies, the task's alphabet, the held-out prompts.
 
     ``policies`` maps each mixture member (and always ``base``) to its model directory;
-    ``base_dir`` is the base policy, every arm's start and DPO reference.
+    :attr:`base_dir` is the base policy, every arm's start and DPO reference.
     """
 
-    base_dir: Path
     allowed: list[int]
     eval_prompts: list[str]
     cache_dir: Path
     policies: dict[str, Path] = field(default_factory=dict)
 
+    @property
+    def base_dir(self) -> Path:
+        return self.policies["base"]
+
     @classmethod
-    def build(cls, config: BenchConfig, reporter: Any = None) -> Environment:
+    def build(cls, config: BenchConfig) -> Environment:
         from prefcurate.cachedir import default_cache_dir
         from prefcurate.recipes.basepolicy import base_policy
         from trainers.model import build_tiny
@@ -334,13 +337,11 @@ class Environment:
         prompts = eval_prompts(config.eval_prompts)
         recipes = mixture_configs(config.base)
         policies = {
-            name: base_policy(
-                recipes[name], cache_dir=cache_dir, exclude=frozenset(prompts), reporter=reporter
-            )
+            name: base_policy(recipes[name], cache_dir=cache_dir, exclude=frozenset(prompts))
             for name in dict.fromkeys(("base", *config.mixture))
         }
         allowed = toytask.allowed_token_ids(build_tiny(0).tokenizer)
-        return cls(policies["base"], allowed, prompts, cache_dir, policies)
+        return cls(allowed, prompts, cache_dir, policies)
 
     def sample(self, config: BenchConfig, loaded, prompts: list[str], *, seed: int) -> list:
         """``loaded``'s answers to ``prompts``, within the task's alphabet, seeded."""
