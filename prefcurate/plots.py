@@ -136,8 +136,7 @@ def margin_histogram(
         colors = np.where(sft, SFT_COLOR, DPO_COLOR)
         n_sft = int(counts[sft].sum())
         tau = _fmt(threshold)
-        _shade_sft(ax, threshold)
-        _cut_line(ax, threshold, threshold, zorder=1.5 if discrete else 4)
+        _mark_cut(ax, threshold, zorder=1.5 if discrete else 4)
         ax.legend(
             handles=[
                 Patch(color=SFT_COLOR, label=f"SFT (margin < {tau}): {n_sft:,}"),
@@ -202,8 +201,7 @@ def margin_cdf(margins: np.ndarray, path: str | Path, *, threshold: float | None
     subtitle = f"share of pairs with margin ≤ x; median {_fmt(float(np.median(values)))}"
     if threshold is not None:
         share = float(np.searchsorted(values, threshold, side="left")) / n
-        _shade_sft(ax, threshold)
-        _cut_line(ax, threshold, threshold)
+        _mark_cut(ax, threshold)
         ax.axhline(share, color=SFT_COLOR, linewidth=1, linestyle=":")
         ax.plot([threshold], [share], "o", color=SFT_COLOR, markersize=6, zorder=5)
         ax.annotate(
@@ -248,8 +246,7 @@ def margin_vs_length(
     outside = int(((y < y_lo) | (y > y_hi)).sum())
     fig, ax = _figure()
     if threshold is not None:
-        _shade_sft(ax, threshold)
-        _cut_line(ax, threshold, threshold)
+        _mark_cut(ax, threshold)
     if n <= SCATTER_MAX_POINTS:
         jitter = 0.0
         if grid is not None:
@@ -378,17 +375,15 @@ def _title(ax, title: str, subtitle: str) -> None:
     ax.text(0, 1.02, subtitle, transform=ax.transAxes, fontsize=9, color="#555555", va="bottom")
 
 
-def _shade_sft(ax, cut: float) -> None:
-    ax.axvspan(-1e9, cut, color=SFT_COLOR, alpha=0.08, linewidth=0, zorder=0)
-
-
-def _cut_line(ax, x: float, threshold: float, *, zorder: float = 4) -> None:
-    """The cut as a dashed line: "SFT ◂" on its left, "▸ DPO" and τ on its right, at the top.
+def _mark_cut(ax, threshold: float, *, zorder: float = 4) -> None:
+    """The SFT region shaded, and the cut as a dashed line at τ: "SFT ◂" on its left, "▸ DPO"
+    and τ on its right, at the top.
 
     ``zorder`` below the bars' (2) puts the line behind a bar standing on τ (a discrete margin
     equal to τ goes to DPO): the bar stays whole and the line shows above it.
     """
-    ax.axvline(x, color=CUT_COLOR, linestyle="--", linewidth=1.3, zorder=zorder)
+    ax.axvspan(-1e9, threshold, color=SFT_COLOR, alpha=0.08, linewidth=0, zorder=0)
+    ax.axvline(threshold, color=CUT_COLOR, linestyle="--", linewidth=1.3, zorder=zorder)
     box = {"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.8}
     for text, dx, dy, ha in (
         (f"τ = {_fmt(threshold)}", 4, -13, "left"),
@@ -397,7 +392,7 @@ def _cut_line(ax, x: float, threshold: float, *, zorder: float = 4) -> None:
     ):
         ax.annotate(
             text,
-            (x, 1),
+            (threshold, 1),
             xycoords=("data", "axes fraction"),
             xytext=(dx, dy),
             textcoords="offset points",
