@@ -105,6 +105,10 @@ def click(driver, element) -> None:
     ActionChains(driver).move_to_element(element).pause(0.2).click().perform()
 
 
+def route_tags(browser) -> list[str]:
+    return [e.text for e in browser.find_elements("css selector", "#pairs-list .pair .route")]
+
+
 def listed_margins(driver) -> list[str]:
     from selenium.webdriver.common.by import By
 
@@ -190,9 +194,13 @@ def test_moving_tau_to_half_routes_the_ties_to_sft(browser, uf_page):
     open_page(browser, uf_page)
     count = browser.find_element("id", "sft-count")
     assert count.get_attribute("data-sft") == "302"  # τ = 1: margins 0 and 0.5, less 2 identical
+    click(browser, bars(browser)[1])  # the pairs of margin 0.5: below τ = 1, so SFT
+    assert set(listed_margins(browser)) == {"0.5"}
+    assert set(route_tags(browser)) == {"→ SFT"}
     slider = browser.find_element("id", "tau")
     slider.send_keys(Keys.ARROW_LEFT)  # one grid step down: τ = 0.5
     assert browser.find_element("id", "tau-value").text == "τ = 0.5"
+    assert set(route_tags(browser)) == {"→ DPO"}  # the listed pairs' tags follow τ
     assert browser.find_element("id", "sft-count").text == "110 pairs (11.0%) to SFT"
     assert browser.find_element("id", "dpo-count").text == "886 (89.0%) to DPO"
     colors = browser.execute_script(

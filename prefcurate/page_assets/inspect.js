@@ -63,6 +63,14 @@
     return margin < currentTau ? "sft" : "dpo";
   }
 
+  // the pair's route at the current τ, on its tag (updated when τ moves)
+  function setRouteTag(node, margin) {
+    var tag = node.querySelector(".route");
+    var r = routeOf(margin);
+    tag.textContent = r ? "→ " + r.toUpperCase() : "not routed";
+    tag.className = "route" + (r ? " route-" + r : "");
+  }
+
   function setTau(index) {
     var t = thresholds;
     var tau = t.values[index];
@@ -111,10 +119,7 @@
     }
     document.querySelectorAll(".pair").forEach(function (node) {
       var m = node.getAttribute("data-margin");
-      var tag = node.querySelector(".route");
-      var r = routeOf(m === "" ? null : Number(m));
-      tag.textContent = r ? "→ " + r.toUpperCase() : "not routed";
-      tag.className = "route" + (r ? " route-" + r : "");
+      setRouteTag(node, m === "" ? null : Number(m));
     });
   }
 
@@ -184,10 +189,7 @@
     sides.appendChild(side("chosen", row));
     sides.appendChild(side("rejected", row));
     node.appendChild(sides);
-    var tag = node.querySelector(".route");
-    var r = routeOf(margin);
-    tag.textContent = r ? "→ " + r.toUpperCase() : "not routed";
-    tag.className = "route" + (r ? " route-" + r : "");
+    setRouteTag(node, margin);
     return node;
   }
 
