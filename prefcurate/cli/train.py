@@ -28,6 +28,7 @@ from prefcurate.cli.common import (
     show_traceback,
 )
 from prefcurate.errors import InputError
+from prefcurate.presets import RECIPES
 from trainers.config import TrainConfig
 
 #: The help of each ``prefcurate train`` flag, by TrainConfig field (in the order shown).
@@ -82,8 +83,7 @@ TRAIN_HELP = {
     "the split's order; flags override it.",
 }
 #: The TrainConfig fields a recipe may set (prefcurate.presets); a flag the user typed wins.
-RECIPE_FIELDS = ("loss", "beta", "label_smoothing", "lr", "warmup_ratio", "lr_schedule", "epochs")
-RECIPE_FIELDS += ("shuffle",)
+RECIPE_FIELDS = tuple(dict.fromkeys(key for r in RECIPES.values() for key in r["train"]))
 
 
 @app.command()
@@ -144,7 +144,7 @@ def train(
         show_traceback()
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(exc.exit_code) from None
-    if os.environ.get("RANK", "0") != "0":
+    if not rank0:
         return
     record_run(
         "train",
@@ -231,5 +231,5 @@ def plot(
         raise InputError("--out must be a .png file", where=target, fix="e.g. --out curves.png")
     inputs = [d / name for d in run_dirs for name in ("metrics.jsonl", "run.json")]
     check_out_file(target, force=True, inputs=inputs)
-    path = plot_runs(run_dirs, out or run_dirs[0] / "curves.png", smooth=smooth)
+    path = plot_runs(run_dirs, target, smooth=smooth)
     print(path)
