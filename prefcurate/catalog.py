@@ -633,10 +633,7 @@ def read_only_statement(sql: str) -> None:
     if kind != "EXPLAIN":
         raise InputError(f"sql runs read-only queries; this is a {kind} statement", fix=fix)
     text = statement.query
-    tokens = duckdb.tokenize(text)
-    ends = [start for start, _ in tokens[1:]] + [len(text)]
-    words = [(start, text[start:end].strip().upper(), kind.name)
-             for (start, kind), end in zip(tokens, ends, strict=True)]  # fmt: skip
+    words = [(start, word.upper(), kind) for start, word, kind in sql_words(text)]
     depth, i = 0, 1  # after EXPLAIN: options in parentheses, then the statement it explains
     while i < len(words):
         start, word, kind = words[i]
@@ -658,6 +655,19 @@ def read_only_statement(sql: str) -> None:
     if len(inner) != 1 or inner[0].type.name != "SELECT":
         shown = inner[0].type.name if len(inner) == 1 else f"{len(inner)} statements"
         raise InputError(f"sql explains only one SELECT, not {shown}", fix=fix)
+
+
+def sql_words(text: str) -> list[tuple[int, str, str]]:
+    """DuckDB's tokens of ``text``: (start, the token's text stripped, its kind's name).
+
+    Raises ``duckdb.Error`` for text DuckDB cannot tokenize.
+    """
+    tokens = duckdb.tokenize(text)
+    ends = [start for start, _ in tokens[1:]] + [len(text)]
+    return [
+        (start, text[start:end].strip(), kind.name)
+        for (start, kind), end in zip(tokens, ends, strict=True)
+    ]
 
 
 def _statements(sql: str) -> list:

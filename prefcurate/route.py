@@ -605,25 +605,23 @@ def check_predicate(predicate: str) -> None:
     """
     import duckdb
 
-    from prefcurate.catalog import sandbox
+    from prefcurate.catalog import sandbox, sql_words
 
     fix = "a DuckDB SQL condition over the columns, e.g. 'chosen = rejected OR margin < 0'"
     if not predicate.strip():
         raise InputError("--drop predicate is empty", fix="e.g. --drop 'chosen = rejected'")
     try:
-        tokens = duckdb.tokenize(predicate)
+        words = sql_words(predicate)
     except duckdb.Error as exc:
         raise InputError(f"invalid --drop predicate {predicate!r}: {duckdb_message(exc)}") from exc
-    ends = [start for start, _ in tokens[1:]] + [len(predicate)]
     depth = 0
-    for (start, kind), end in zip(tokens, ends, strict=True):
-        text = predicate[start:end].strip()
+    for _, text, kind in words:
         problem = None
-        if kind.name == "comment":
+        if kind == "comment":
             problem = "a comment"
-        elif kind.name == "keyword" and text.upper() in ("SELECT", "FROM", "WITH", "TABLE"):
+        elif kind == "keyword" and text.upper() in ("SELECT", "FROM", "WITH", "TABLE"):
             problem = f"a subquery ({text.upper()})"
-        elif kind.name == "operator":
+        elif kind == "operator":
             if ";" in text:
                 problem = "';' (one expression, not statements)"
             for char in text:
