@@ -1,8 +1,8 @@
 """Small routed splits for the trainer's tests, written by prefcurate's own route library.
 
 Rows are made up here (or read from a real file), stored as JSONL, loaded with the loader and routed
-with :func:`prefcurate.route.plan_routes`, so the trainer is tested against the split route really
-writes (docs/route.md).
+with :func:`prefcurate.routing.plan.plan_routes`, so the trainer is tested against the split route
+really writes (docs/route.md).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 
 import polars as pl
 
-from prefcurate.io import open_pairs
-from prefcurate.route import plan_routes, write_route
+from prefcurate.data.io import open_pairs
+from prefcurate.routing.plan import plan_routes, write_route
 
 
 def synthetic_rows(n: int, seed: int = 0, *, conversational: bool = False) -> list[dict[str, Any]]:

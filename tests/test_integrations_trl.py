@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from split_helpers import synthetic_rows, write_split  # noqa: E402
 from torch.testing import assert_close  # noqa: E402
 
-from prefcurate.errors import InputError  # noqa: E402
+from prefcurate.base.errors import InputError  # noqa: E402
 from prefcurate.integrations.trl import (  # noqa: E402
     MixDPOConfig,
     MixDPOTrainer,

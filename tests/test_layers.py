@@ -21,13 +21,13 @@ REPO = Path(__file__).resolve().parents[1]
 #: What the trainer may take from the data floor: names, errors, atomic writes (with the output
 #: guard and interrupt clean-up they use), cache rules.
 CONTRACT = {
-    "prefcurate.errors",
-    "prefcurate.schema",
-    "prefcurate.atomic",
-    "prefcurate.outdir",
-    "prefcurate.interrupt",
-    "prefcurate.cachedir",
-    "prefcurate.scorespec",
+    "prefcurate.base.errors",
+    "prefcurate.data.schema",
+    "prefcurate.base.atomic",
+    "prefcurate.base.outdir",
+    "prefcurate.base.interrupt",
+    "prefcurate.base.cachedir",
+    "prefcurate.scoring.spec",
 }
 
 MODEL_LIBRARIES = ("torch", "transformers", "peft", "safetensors", "accelerate", "trl")
@@ -130,12 +130,12 @@ def test_every_import_of_every_module_respects_the_floors():
 @pytest.mark.parametrize(
     ("module", "imported", "allowed"),
     [
-        ("prefcurate.route", "torch", False),
-        ("prefcurate.score", "trainers.scoring", False),
-        ("prefcurate.analyze", "prefcurate.recipes.demo", False),
-        ("prefcurate.route", "polars", True),
-        ("trainers.loop", "prefcurate.atomic", True),
-        ("trainers.scoring", "prefcurate.score", False),
+        ("prefcurate.routing.plan", "torch", False),
+        ("prefcurate.scoring.scores", "trainers.scoring", False),
+        ("prefcurate.reporting.analyze", "prefcurate.recipes.demo", False),
+        ("prefcurate.routing.plan", "polars", True),
+        ("trainers.loop", "prefcurate.base.atomic", True),
+        ("trainers.scoring", "prefcurate.scoring.scores", False),
         ("trainers.loop", "prefcurate.cli", False),
         ("trainers.loop", "prefcurate", False),
         ("prefcurate.recipes.bench", "trainers.loop", True),

@@ -11,9 +11,9 @@ import torch
 from split_helpers import synthetic_rows
 from torch.testing import assert_close
 
-from prefcurate.io import open_pairs
-from prefcurate.presets import RECIPES, resolve
-from prefcurate.route import plan_routes, write_route
+from prefcurate.data.io import open_pairs
+from prefcurate.routing.plan import plan_routes, write_route
+from prefcurate.routing.presets import RECIPES, resolve
 from trainers.data import collate, read_split, tokenize_split
 from trainers.logps import SequenceLogps, reference_logps
 from trainers.losses import routed_pair_losses

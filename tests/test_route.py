@@ -17,12 +17,12 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from prefcurate import splitwriter
-from prefcurate.errors import InputError
-from prefcurate.io import open_pairs
-from prefcurate.memory import estimate_input_bytes
-from prefcurate.outdir import MANIFEST
-from prefcurate.route import SPLIT_COLUMNS, plan_routes, write_route
+from prefcurate.base.errors import InputError
+from prefcurate.base.outdir import MANIFEST
+from prefcurate.base.sizes import estimate_input_bytes
+from prefcurate.data.io import open_pairs
+from prefcurate.routing import writer as splitwriter
+from prefcurate.routing.plan import SPLIT_COLUMNS, plan_routes, write_route
 
 
 @pytest.fixture
@@ -362,7 +362,7 @@ def test_one_pass_and_two_pass_write_the_same_bytes(uf1k, tmp_path, monkeypatch,
 
 
 def test_memory_budget_sizes():
-    from prefcurate.memory import default_budget, parse_size
+    from prefcurate.base.sizes import default_budget, parse_size
 
     assert parse_size("4GB") == 4_000_000_000
     assert parse_size("512MiB") == 512 * 2**20
@@ -377,7 +377,7 @@ def test_memory_budget_sizes():
 def test_the_budget_bounds_the_one_pass_peak_not_the_input(uf1k):
     """One pass holds about 1.4× the input: an input that fits the budget, but whose one pass
     does not, takes two passes and is never held whole."""
-    from prefcurate.memory import DEFAULT_RAM_SHARE, ONE_PASS_PEAK, default_budget
+    from prefcurate.base.sizes import DEFAULT_RAM_SHARE, ONE_PASS_PEAK, default_budget
 
     estimate = estimate_input_bytes([uf1k], "jsonl")
     assert estimate == uf1k.stat().st_size
@@ -393,7 +393,7 @@ def test_the_budget_bounds_the_one_pass_peak_not_the_input(uf1k):
 
 
 def test_memory_budget_estimate_reads_parquet_metadata(uf1k, tmp_path):
-    from prefcurate.memory import estimate_input_bytes
+    from prefcurate.base.sizes import estimate_input_bytes
 
     frame = pl.read_ndjson(uf1k)
     frame.write_parquet(tmp_path / "uf.parquet", compression="zstd")

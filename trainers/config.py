@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prefcurate.cachedir import default_cache_dir
-from prefcurate.errors import InputError
+from prefcurate.base.cachedir import default_cache_dir
+from prefcurate.base.errors import InputError
 
 if TYPE_CHECKING:
     from trainers.lora import LoraSettings

@@ -34,8 +34,14 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from prefcurate.errors import InputError
-from prefcurate.schema import ROUTE_DPO, ROUTES, SPLIT_EXTRA_COLUMNS, WEIGHT_COLUMN, is_messages
+from prefcurate.base.errors import InputError
+from prefcurate.data.schema import (
+    ROUTE_DPO,
+    ROUTES,
+    SPLIT_EXTRA_COLUMNS,
+    WEIGHT_COLUMN,
+    is_messages,
+)
 
 #: Columns the trainer reads; a split without any of them is refused.
 REQUIRED_COLUMNS: tuple[str, ...] = (

@@ -37,7 +37,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from prefcurate.errors import InputError, one_line
+from prefcurate.base.errors import InputError, one_line
 
 TINY = "tiny"
 

@@ -1,7 +1,7 @@
 """How a training run talks while it runs: the events :func:`trainers.loop.train` reports.
 
 The trainer never prints; it calls a :class:`Reporter`, silent by default. The CLI and recipes pass
-:class:`prefcurate.progress.RichReporter` (a live progress bar on stderr), which implements the
+:class:`prefcurate.base.progress.RichReporter` (a live progress bar on stderr), which implements the
 same four methods; the trainer floor itself draws nothing.
 """
 

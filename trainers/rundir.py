@@ -1,6 +1,6 @@
 """The run directory: what ``train --out`` may hold, and proof that a resume continues the same run.
 
-A run directory is prefcurate's when it carries the manifest of :mod:`prefcurate.outdir`; it
+A run directory is prefcurate's when it carries the manifest of :mod:`prefcurate.base.outdir`; it
 holds only :data:`RUN_OUTPUTS` (and their temporary names). ``--force`` deletes exactly those,
 and refuses a folder that holds anything else. ``run.json`` and every checkpoint record the
 split's content hash and the model's fingerprint; ``--resume`` on another split or another model
@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from prefcurate.errors import InputError
-from prefcurate.outdir import (
+from prefcurate.base.errors import InputError
+from prefcurate.base.outdir import (
     MANIFEST,
     check_place,
     clear_own,

@@ -16,8 +16,8 @@ from typing import Annotated, Any, get_type_hints
 
 import typer
 
-from prefcurate.errors import InputError
-from prefcurate.schema import Binarize, ColumnMap
+from prefcurate.base.errors import InputError
+from prefcurate.data.schema import Binarize, ColumnMap
 
 app = typer.Typer(
     name="prefcurate",
@@ -130,8 +130,8 @@ class Columns:
     ] = None
 
     def open(self, data: str, *, seed: int = 0):
-        """The :class:`~prefcurate.io.PairSource` for a command's DATA argument."""
-        from prefcurate.io import open_pairs
+        """The :class:`~prefcurate.data.io.PairSource` for a command's DATA argument."""
+        from prefcurate.data.io import open_pairs
 
         columns = ColumnMap(
             self.prompt,
@@ -259,15 +259,15 @@ def explicit_flags(ctx: typer.Context, **values: object) -> dict[str, object]:
 
 
 def resolve_recipe(command: str, recipe: str | None, explicit: dict[str, object]) -> dict:
-    """``--recipe``'s settings for ``command`` with the typed flags on top (prefcurate.presets)."""
-    from prefcurate.presets import resolve
+    """``--recipe``'s settings for ``command``, typed flags on top (prefcurate.routing.presets)."""
+    from prefcurate.routing.presets import resolve
 
     return resolve(command, recipe, explicit)
 
 
 def check_catalog(catalog: str | None) -> None:
     """Refuse a --catalog that is not a DuckDB file, or a bad timeout, before any work."""
-    from prefcurate import catalog as cat
+    from prefcurate.catalog import store as cat
 
     cat.check_catalog(catalog)
 
@@ -294,7 +294,7 @@ def record_run(
     """
     import shlex
 
-    from prefcurate import catalog as cat
+    from prefcurate.catalog import store as cat
 
     if cat.catalog_path(catalog) is None:
         return None

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from prefcurate.base.errors import InputError
 from prefcurate.cli.common import (
     DEFAULT_COLUMNS,
     CatalogOpt,
@@ -23,7 +24,6 @@ from prefcurate.cli.common import (
     record_run,
     resolve_recipe,
 )
-from prefcurate.errors import InputError
 
 
 @app.command("analyze")
@@ -56,12 +56,12 @@ def analyze_command(
     """
     from datetime import datetime, timezone
 
-    from prefcurate.analyze import analyze
-    from prefcurate.margins import check_routing_args
-    from prefcurate.outdir import check_out_dir
-    from prefcurate.plots import PLOT_FILES, write_report_dir
-    from prefcurate.progress import bar, status, stderr
-    from prefcurate.report import print_json, render_report
+    from prefcurate.base.outdir import check_out_dir
+    from prefcurate.base.progress import bar, status, stderr
+    from prefcurate.data.margins import check_routing_args
+    from prefcurate.reporting.analyze import analyze
+    from prefcurate.reporting.plots import PLOT_FILES, write_report_dir
+    from prefcurate.reporting.terminal import print_json, render_report
 
     started_at = datetime.now(timezone.utc)  # noqa: UP017
     check_catalog(catalog)  # a wrong --catalog or timeout fails before any work
@@ -74,7 +74,7 @@ def analyze_command(
         if out is None:
             report = analyze(pairs, threshold=threshold, sft_fraction=sft_fraction)
         else:  # the same figures, plus the pair samples of the folder's index.html
-            from prefcurate.inspection import inspect_source
+            from prefcurate.reporting.inspection import inspect_source
 
             seen = inspect_source(pairs, threshold=threshold, sft_fraction=sft_fraction)
             report = seen.report
@@ -135,8 +135,8 @@ def synth_command(
     """
     import time
 
-    from prefcurate.progress import bar, stderr
-    from prefcurate.synth import output_format, write_synth
+    from prefcurate.base.progress import bar, stderr
+    from prefcurate.data.synth import output_format, write_synth
 
     output_format(out)  # a bad suffix fails before any work
     started = time.perf_counter()
@@ -256,11 +256,11 @@ def route(
     import json
     from datetime import datetime, timezone
 
-    from prefcurate.memory import parse_size
-    from prefcurate.outdir import check_out_dir, out_lock
-    from prefcurate.progress import status
-    from prefcurate.route import plan_routes
-    from prefcurate.splitwriter import check_export, write_route
+    from prefcurate.base.outdir import check_out_dir, out_lock
+    from prefcurate.base.progress import status
+    from prefcurate.base.sizes import parse_size
+    from prefcurate.routing.plan import plan_routes
+    from prefcurate.routing.writer import check_export, write_route
 
     started_at = datetime.now(timezone.utc)  # noqa: UP017
     check_catalog(catalog)  # a wrong --catalog or timeout fails before any work

@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from prefcurate.base.errors import InputError
 from prefcurate.cli.common import (
     ALLOW_PICKLE_HELP,
     CatalogOpt,
@@ -27,8 +28,7 @@ from prefcurate.cli.common import (
     resolve_recipe,
     show_traceback,
 )
-from prefcurate.errors import InputError
-from prefcurate.presets import RECIPES
+from prefcurate.routing.presets import RECIPES
 from trainers.config import TrainConfig
 
 #: The help of each ``prefcurate train`` flag, by TrainConfig field (in the order shown).
@@ -82,7 +82,7 @@ TRAIN_HELP = {
     "recipe": "paper: β 0.01, label smoothing 0.1, lr 1e-6, cosine with 10% warmup, one epoch, "
     "the split's order; flags override it.",
 }
-#: The TrainConfig fields a recipe may set (prefcurate.presets); a flag the user typed wins.
+#: The TrainConfig fields a recipe may set (prefcurate.routing.presets); a flag the user typed wins.
 RECIPE_FIELDS = tuple(dict.fromkeys(key for r in RECIPES.values() for key in r["train"]))
 
 
@@ -127,9 +127,9 @@ def train(
         return
     import contextlib
 
-    from prefcurate.outdir import out_lock
-    from prefcurate.progress import RichReporter
-    from prefcurate.runplots import read_metrics
+    from prefcurate.base.outdir import out_lock
+    from prefcurate.base.progress import RichReporter
+    from prefcurate.reporting.runplots import read_metrics
     from trainers.loop import NonFiniteLossError
     from trainers.loop import train as run_training
 
@@ -221,8 +221,8 @@ def plot(
     Example:
         prefcurate plot runs/mixdpo runs/dpo --out curves.png
     """
-    from prefcurate.outdir import check_out_file
-    from prefcurate.runplots import plot_runs
+    from prefcurate.base.outdir import check_out_file
+    from prefcurate.reporting.runplots import plot_runs
 
     if smooth is not None and smooth < 0:
         raise InputError(f"--smooth must be 0 or more, got {smooth}", fix="e.g. --smooth 20")

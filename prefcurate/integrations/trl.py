@@ -55,8 +55,8 @@ from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import pad
 
-from prefcurate.errors import InputError
-from prefcurate.schema import ROUTE_DPO, ROUTE_SFT, ROUTES
+from prefcurate.base.errors import InputError
+from prefcurate.data.schema import ROUTE_DPO, ROUTE_SFT, ROUTES
 from trainers.losses import (
     PREFERENCE_LOSSES,
     length_normalised_nll,
@@ -444,7 +444,7 @@ def routed_dataset(dataset: Any, name: str = "dataset") -> Any:
 
     A ``datasets.Dataset`` (or a dict of them) needs a ``route`` column whose every value is
     ``"dpo"`` or ``"sft"``; an ``IterableDataset`` is checked on its first pair (and every pair is
-    checked again by the collator). Raises :class:`~prefcurate.errors.InputError` otherwise.
+    checked again by the collator). Raises :class:`~prefcurate.base.errors.InputError` otherwise.
     """
     if dataset is None:
         raise InputError(f"{name} is required", fix=_FIX)
@@ -489,7 +489,7 @@ def load_pairs(path: str | Path, *, split: str = "train") -> Dataset:
         ['pair_id', 'prompt', 'chosen', 'rejected', 'margin', 'route', 'rank']
         >>> held_out = load_pairs("out/uf-mixdpo", split="eval")  # doctest: +SKIP
     """
-    from prefcurate.export import mixdpo_frame
+    from prefcurate.routing.exports import mixdpo_frame
 
     path = Path(path)
     if path.is_dir():
