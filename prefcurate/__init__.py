@@ -44,6 +44,8 @@ __all__ = ["__version__", *_EXPORTS]
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # imported once; no submodule of the same name can replace it
+        return value
     msg = f"module 'prefcurate' has no attribute {name!r}"
     raise AttributeError(msg)

@@ -10,8 +10,9 @@ import pytest
 
 from prefcurate.base.errors import InputError
 from prefcurate.data.io import open_pairs
-from prefcurate.routing.exports import export_trl
-from prefcurate.routing.plan import plan_routes, write_route
+from prefcurate.routing.exports.trl import export_trl
+from prefcurate.routing.plan import plan_routes
+from prefcurate.routing.writer import write_route
 
 datasets = pytest.importorskip("datasets")
 

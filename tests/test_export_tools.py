@@ -18,7 +18,8 @@ import pytest
 
 from prefcurate.base.errors import InputError
 from prefcurate.data.io import open_pairs
-from prefcurate.routing.plan import plan_routes, write_route
+from prefcurate.routing.plan import plan_routes
+from prefcurate.routing.writer import write_route
 
 OPENAI_TAGS = {
     "role_tag": "role",

@@ -15,13 +15,15 @@ import polars_hash as plh
 import pytest
 
 from prefcurate.base.errors import InputError
+from prefcurate.commands.inspect import build_page
 from prefcurate.data.io import open_pairs, read_pairs
+from prefcurate.data.runs import RunView
 from prefcurate.data.synth import write_synth
 from prefcurate.reporting import inspection as inspection_module
 from prefcurate.reporting.analyze import analyze, analyze_frame
 from prefcurate.reporting.inspection import inspect_source
-from prefcurate.reporting.page import build_page, render_page, script_json, write_page
-from prefcurate.reporting.runstats import RunView, accuracy_by_margin
+from prefcurate.reporting.page import render_page, script_json, write_page
+from prefcurate.reporting.runstats import accuracy_by_margin
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -10,7 +10,8 @@ import pytest
 from prefcurate.base.errors import InputError
 from prefcurate.data.io import open_pairs
 from prefcurate.data.schema import Layout
-from prefcurate.routing.plan import plan_routes, write_route
+from prefcurate.routing.plan import plan_routes
+from prefcurate.routing.writer import write_route
 
 
 @pytest.fixture

@@ -20,9 +20,13 @@ import pytest
 from prefcurate.base.errors import InputError
 from prefcurate.base.outdir import MANIFEST
 from prefcurate.base.sizes import estimate_input_bytes
+from prefcurate.commands.route import route_dir
 from prefcurate.data.io import open_pairs
+from prefcurate.routing import texts
 from prefcurate.routing import writer as splitwriter
-from prefcurate.routing.plan import SPLIT_COLUMNS, plan_routes, write_route
+from prefcurate.routing.plan import plan_routes
+from prefcurate.routing.texts import SPLIT_COLUMNS
+from prefcurate.routing.writer import write_route
 
 
 @pytest.fixture
@@ -317,7 +321,7 @@ def test_gather_windows_write_the_same_bytes_as_one_window(uf, tmp_path, monkeyp
         plan_routes(uf, threshold=0.5, eval_fraction=0.1, stages=3, seed=5), tmp_path / "rg"
     )
     text = int(plan.keys.get_column("_bytes").sum())
-    monkeypatch.setattr(splitwriter, "GATHER_WINDOW_BYTES", text // 3)  # 3 windows of 300+ rows
+    monkeypatch.setattr(texts, "GATHER_WINDOW_BYTES", text // 3)  # 3 windows of 300+ rows
     windowed = plan_routes(
         uf, threshold=0.5, eval_fraction=0.1, stages=3, seed=5, memory_budget=text
     )
@@ -452,7 +456,7 @@ def test_plots_are_written_into_the_split_directory_only_when_asked(uf, tmp_path
     write_route(plan_routes(uf, threshold=0.5), tmp_path / "bare")
     bare = sorted(p.name for p in (tmp_path / "bare").iterdir())
     assert bare == sorted([MANIFEST, "plan.json", "train.parquet"])
-    write_route(plan_routes(uf, threshold=0.5), tmp_path / "o", plots=True)
+    route_dir(plan_routes(uf, threshold=0.5), tmp_path / "o", plots=True)
     written = {p.name for p in (tmp_path / "o").iterdir()}
     assert {"margin_hist.png", "margin_cdf.png", "lengths.png"} <= written
     assert (tmp_path / "o" / "margin_hist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

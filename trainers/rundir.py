@@ -10,11 +10,11 @@ is refused naming both, so one run directory is always one run.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from prefcurate.base.errors import InputError
+from prefcurate.base.log import get_logger
 from prefcurate.base.outdir import (
     MANIFEST,
     check_place,
@@ -124,7 +124,7 @@ def truncate_metrics(path: Path, step: int) -> None:
             row_step = row["step"]
         except (ValueError, KeyError, TypeError) as exc:
             if i == len(lines) - 1:
-                print(f"warning: {path}: ignoring a torn final line", file=sys.stderr)
+                get_logger("trainers.rundir").warning("%s: ignoring a torn final line", path)
                 break
             raise InputError(
                 "not a metrics row", where=f"{path}, line {i + 1}", fix="remove the broken line"

@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     arguments, 1 for an internal error, 130 for an interrupt. ``--debug`` only adds the traceback,
     printed before the one-line message.
     """
+    from prefcurate.base.log import to_stderr
+
+    to_stderr()  # the library's logged warnings: one line each on stderr
     args = list(sys.argv[1:] if argv is None else argv)
     STATE.argv = args
     # --debug works before or after the command name: take it out before Typer parses.

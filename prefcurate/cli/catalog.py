@@ -119,18 +119,19 @@ def sql(
     import json
 
     from prefcurate.base.progress import status
+    from prefcurate.catalog import sql
     from prefcurate.catalog import store as cat
 
     if as_json and as_csv:
         raise InputError("--json and --csv both given", fix="pass one")
     cat.check_catalog(catalog)
-    cat.read_only_statement(query)  # before the data is read
+    sql.read_only_statement(query)  # before the data is read
     pairs = None
     if data is not None:
         with status("reading the data"):
             frame = columns.open(data).collect()
             pairs = frame.to_arrow()
-    result = cat.query(query, catalog=catalog, pairs=pairs)
+    result = sql.query(query, catalog=catalog, pairs=pairs)
     if as_json:
         print(json.dumps(result.records(), ensure_ascii=False, default=str))
     elif as_csv:

@@ -57,9 +57,9 @@ def inspect_command(
     import time
 
     from prefcurate.base.progress import status, stderr
+    from prefcurate.commands.inspect import build_page, check_page_out, is_split_dir
     from prefcurate.data.margins import check_routing_args
-    from prefcurate.reporting.page import build_page, check_page_out, is_split_dir
-    from prefcurate.reporting.runstats import is_run_dir
+    from prefcurate.data.runs import is_run_dir
 
     started = time.perf_counter()
     check_routing_args(threshold, sft_fraction)

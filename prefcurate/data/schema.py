@@ -36,6 +36,37 @@ ROUTE_DPO = "dpo"
 ROUTE_SFT = "sft"
 ROUTES: tuple[str, ...] = (ROUTE_DPO, ROUTE_SFT)
 
+
+
+def sft_share(route: str, weight: float | None = None) -> float:
+    """The share of a pair's loss that is SFT on the chosen response, from the split's columns.
+
+    The one reading of ``route`` and ``weight`` that every engine uses (``prefcurate train``,
+    MixDPOTrainer, the exports): a soft-routed split's ``weight`` is the share itself, whatever the
+    pair's hard route; without it a dpo pair is 0 and an sft pair 1. A pair whose share is below 1
+    takes a preference term (:func:`takes_preference`). Raises ``ValueError`` for a route that is
+    not one of :data:`ROUTES` or a weight outside [0, 1].
+
+        >>> sft_share("dpo"), sft_share("sft"), sft_share("sft", 0.25)
+        (0.0, 1.0, 0.25)
+    """
+    if weight is not None:
+        share = float(weight)
+        if not 0.0 <= share <= 1.0:  # NaN fails too
+            msg = f"a pair's {WEIGHT_COLUMN} must be in [0, 1], not {weight!r}"
+            raise ValueError(msg)
+        return share
+    if route not in ROUTES:
+        msg = f"route {route!r} is not one of {', '.join(ROUTES)}"
+        raise ValueError(msg)
+    return 0.0 if route == ROUTE_DPO else 1.0
+
+
+def takes_preference(share: float) -> bool:
+    """Whether a pair with this SFT share has a preference term (and so needs its rejected side)."""
+    return share < 1.0
+
+
 #: Chat messages, as stored for conversational data.
 MESSAGE_DTYPE = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
 

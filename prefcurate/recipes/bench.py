@@ -90,7 +90,7 @@ def mixture_configs(base: BaseConfig) -> dict[str, BaseConfig]:
 
 @dataclass(frozen=True)
 class Arm:
-    """One training recipe: how ``prefcurate route`` splits the pairs and what train adds."""
+    """One arm of the benchmark: how ``prefcurate route`` splits the pairs and what train adds."""
 
     name: str
     mode: str  # route --mode: mixdpo | dpo | filter | sft
@@ -102,8 +102,8 @@ class Arm:
     description: str = ""
 
 
-#: The recipes of the grid; each runs under both schedules (``NAME`` and ``NAME/const``).
-RECIPES: tuple[Arm, ...] = (
+#: The arms of the grid; :data:`ARMS` runs each under both schedules (``NAME``, ``NAME/const``).
+SCHEDULED_ARMS: tuple[Arm, ...] = (
     Arm("oracle", "dpo", "random", oracle=True, description="DPO, pairs labelled by r*"),
     Arm("sft", "sft", "random", description="SFT on every chosen response, shuffled"),
     Arm("dpo", "dpo", "random", description="DPO on all pairs, shuffled (the paper's baseline)"),
@@ -118,16 +118,16 @@ RECIPES: tuple[Arm, ...] = (
 SCHEDULES: dict[str, str] = {"": "cosine", "/const": "constant"}
 ARMS: tuple[Arm, ...] = tuple(
     replace(
-        recipe,
-        name=recipe.name + suffix,
+        arm,
+        name=arm.name + suffix,
         schedule=schedule,
-        description=recipe.description + ("" if schedule == "cosine" else "; constant lr"),
+        description=arm.description + ("" if schedule == "cosine" else "; constant lr"),
     )
     for suffix, schedule in SCHEDULES.items()
-    for recipe in RECIPES
+    for arm in SCHEDULED_ARMS
 )
 ARM_NAMES = tuple(a.name for a in ARMS)
-#: ``--quick``: three seeds, the paper-recipe arms of the main claims.
+#: ``--quick``: three seeds, the arms of the main claims under the paper's settings.
 QUICK_ARMS: tuple[str, ...] = ("oracle", "dpo", "dpo-curriculum", "filter", "mixdpo-0.5")
 
 

@@ -185,9 +185,10 @@ def _status(message: str, quiet: bool):
 
 def _analyze(data: Path, report_dir: Path, quiet: bool) -> Path:
     from prefcurate.base.progress import bar
+    from prefcurate.commands.analyze import write_report_dir
     from prefcurate.data.io import open_pairs
     from prefcurate.reporting.inspection import inspect_source
-    from prefcurate.reporting.plots import PLOT_FILES, write_report_dir
+    from prefcurate.reporting.plots import PLOT_FILES
 
     seen = inspect_source(open_pairs(data), threshold=THRESHOLD)  # analyze's report + samples
     with bar("analyze: plots", len(PLOT_FILES)) as progress:
@@ -204,7 +205,7 @@ def _analyze(data: Path, report_dir: Path, quiet: bool) -> Path:
 
 def _inspect_run(run_dir: Path, page: Path) -> Path:
     """Rewrite the report's page with the run: its split's pairs, curves by route, accuracy."""
-    from prefcurate.reporting.page import build_page
+    from prefcurate.commands.inspect import build_page
 
     build_page(run_dir, page)
     return page
@@ -219,6 +220,7 @@ def _route(data: Path, split: Path, seed: int, quiet: bool):
 
 def _train(config, env, split: Path, run_dir: Path, seed: int, quiet: bool):
     from prefcurate.base.progress import RichReporter
+    from prefcurate.data.runs import read_curves
     from prefcurate.recipes.bench import arm_config
     from prefcurate.reporting.runplots import plot_runs
     from trainers.loop import train
@@ -228,7 +230,7 @@ def _train(config, env, split: Path, run_dir: Path, seed: int, quiet: bool):
         arm_config(config, env, split=split, out=run_dir, seed=seed),
         reporter=Reporter() if quiet else RichReporter(),
     )
-    plot_runs([run_dir], run_dir / "curves.png")
+    plot_runs([read_curves(run_dir)], run_dir / "curves.png")
     return result
 
 

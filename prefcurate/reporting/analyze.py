@@ -41,6 +41,7 @@ import polars as pl
 from prefcurate.base.errors import InputError
 from prefcurate.data import margins as margin_defs
 from prefcurate.data.io import pair_id_expr
+from prefcurate.data.narrow import NARROW_COLUMNS, narrow_exprs, routable_pairs
 
 if TYPE_CHECKING:
     from prefcurate.data.io import PairSource
@@ -54,22 +55,6 @@ QUANTILES: dict[str, float] = {"p05": 0.05, "p25": 0.25, "median": 0.5, "p75": 0
 
 #: The at most this many histogram bins (an aligned grid may give fewer).
 MAX_BINS = 40
-
-#: Columns of the narrow frame :func:`analyze_frame` computes its figures from.
-NARROW_COLUMNS: tuple[str, ...] = (
-    "pair_id",
-    "prompt_hash",
-    "margin",
-    "source",
-    "history_mismatch",
-    "prompt_chars",
-    "chosen_chars",
-    "rejected_chars",
-    "identical",
-    "empty_prompt",
-    "empty_chosen",
-    "empty_rejected",
-)
 
 _GRID_STEPS = (1.0, 0.5, 0.25)  # rating scales whose margins sit on a grid
 
@@ -111,6 +96,14 @@ class Histogram:
     width: float
     grid: float | None
     cut: float | None
+
+    def label(self, i: int) -> str:
+        """A bin's name: its grid value (or range of values), else ``[lo, hi)``."""
+        lo, hi = self.edges[i], self.edges[i + 1]
+        if self.grid is None:
+            return f"[{lo:g}, {hi:g})"
+        low, high = round(lo + self.grid / 2, 10), round(hi - self.grid / 2, 10)
+        return f"{low:g}" if low == high else f"{low:g}…{high:g}"
 
 
 @dataclass(frozen=True)
@@ -365,48 +358,6 @@ NO_MARGIN_HINT = (
 )
 
 
-def narrow_exprs(conversational: bool) -> list[pl.Expr]:
-    """Expressions turning canonical columns into :data:`NARROW_COLUMNS` (no texts survive).
-
-    ``conversational``: prompt/chosen/rejected are lists of ``{role, content}`` messages.
-    """
-
-    def chars(name: str) -> pl.Expr:
-        col = pl.col(name)
-        if conversational:
-            lens = col.list.eval(pl.element().struct.field("content").str.len_chars()).list.sum()
-        else:
-            lens = col.str.len_chars()
-        return lens.fill_null(0).cast(pl.Int64)
-
-    def empty(name: str) -> pl.Expr:
-        col = pl.col(name)
-        if conversational:
-            visible = col.list.eval(
-                pl.element().struct.field("content").str.strip_chars().str.len_chars()
-            ).list.sum()
-        else:
-            visible = col.str.strip_chars().str.len_chars()
-        return visible.fill_null(0) == 0
-
-    # The prompt's native 64-bit hash is only compared within this frame; duplicate pairs are
-    # pairs whose pair_id (a hash of prompt, chosen and rejected) repeats.
-    return [
-        pl.col("pair_id"),
-        pl.when(empty("prompt")).then(None).otherwise(pl.col("prompt").hash()).alias("prompt_hash"),
-        pl.col("margin").cast(pl.Float64),
-        pl.col("source").cast(pl.String),
-        pl.col("history_mismatch").fill_null(False),
-        chars("prompt").alias("prompt_chars"),
-        chars("chosen").alias("chosen_chars"),
-        chars("rejected").alias("rejected_chars"),
-        (pl.col("chosen") == pl.col("rejected")).fill_null(False).alias("identical"),
-        empty("prompt").alias("empty_prompt"),
-        empty("chosen").alias("empty_chosen"),
-        empty("rejected").alias("empty_rejected"),
-    ]
-
-
 # --------------------------------------------------------------------------------------------------
 # the figures
 
@@ -431,18 +382,6 @@ def margin_stats(df: pl.DataFrame) -> MarginStats:
         ties=int(row["ties"]) if has else None,
         negative=int(row["negative"]) if has else None,
     )
-
-
-def routable_pairs(df: pl.DataFrame) -> pl.DataFrame:
-    """The pairs route would route: those with chosen ≠ rejected (route drops the rest).
-
-    When every rated pair is identical, route refuses the data; the figures then count all pairs
-    rather than none.
-    """
-    if "identical" not in df.columns:
-        return df
-    kept = df.filter(~pl.col("identical"))
-    return kept if kept.get_column("margin").drop_nulls().len() > 0 else df
 
 
 def routing(df: pl.DataFrame, threshold: float, sft_fraction: float | None = None) -> Routing:

@@ -40,15 +40,8 @@ from prefcurate.data import margins as margin_defs
 from prefcurate.data.io import _guard
 from prefcurate.data.layouts import ISSUE, ROW
 from prefcurate.data.margins import check_routing_args
-from prefcurate.reporting.analyze import (
-    NARROW_COLUMNS,
-    Histogram,
-    Report,
-    _nice_width,
-    narrow_exprs,
-    report_of_source,
-    routable_pairs,
-)
+from prefcurate.data.narrow import NARROW_COLUMNS, narrow_exprs, routable_pairs
+from prefcurate.reporting.analyze import Histogram, Report, _nice_width, report_of_source
 
 if TYPE_CHECKING:
     from prefcurate.data.io import PairSource

@@ -22,14 +22,22 @@ from pathlib import Path
 from typing import Any
 
 from prefcurate.base.atomic import atomic_file
-from prefcurate.base.errors import InputError
 from prefcurate.reporting.analyze import Histogram, Report
+from prefcurate.reporting.figures import (
+    histogram_figure,
+    length_figure,
+    ratings_figure,
+    sources_figure,
+)
 from prefcurate.reporting.inspection import TEXT_LIMIT, Inspection
-from prefcurate.reporting.palette import DPO_COLOR, MARGIN_LABEL, NEUTRAL_COLOR, SFT_COLOR
+from prefcurate.reporting.palette import DPO_COLOR, SFT_COLOR
 from prefcurate.reporting.terminal import FLAG_HELP, fmt
 
 MIXED_COLOR = "#9aa5b1"
 _CONFIG = {"displaylogo": False, "responsive": True}
+
+#: Marks a page this module wrote: ``inspect`` replaces such a file without ``--force``.
+GENERATOR = "prefcurate inspect"
 
 
 def write_page(
@@ -123,137 +131,6 @@ def page_data(inspection: Inspection, *, run: dict[str, Any] | None = None) -> d
         "figures": {k: v for k, v in figures.items() if v is not None},
         "config": _CONFIG,
     }
-
-
-# --------------------------------------------------------------------------------------------------
-# figures (Plotly)
-
-
-def _fig(figure) -> dict[str, Any]:
-    """A validated ``go.Figure`` as JSON-native data (numbers only, no NaN)."""
-    return json.loads(figure.to_json())
-
-
-def _layout(**kwargs) -> dict[str, Any]:
-    base = {
-        "template": "plotly_white",
-        "margin": {"l": 60, "r": 20, "t": 40, "b": 50},
-        "height": 360,
-        "font": {"family": "system-ui, -apple-system, Segoe UI, sans-serif", "size": 12},
-    }
-    base.update(kwargs)
-    return base
-
-
-def histogram_figure(report: Report) -> dict[str, Any] | None:
-    """Bars of analyze's histogram; colours and the τ line are set by the page's τ control."""
-    import plotly.graph_objects as go
-
-    hist = report.histogram
-    if hist is None:
-        return None
-    centres = [round((a + b) / 2, 10) for a, b in zip(hist.edges, hist.edges[1:], strict=False)]
-    labels = [_bin_label(hist, i) for i in range(len(hist.counts))]
-    fig = go.Figure(
-        go.Bar(
-            x=centres,
-            y=hist.counts,
-            width=[hist.width * 0.92] * len(centres),
-            customdata=list(range(len(centres))),
-            hovertext=labels,
-            hovertemplate="margin %{hovertext}<br>%{y:,} pairs<extra></extra>",
-            marker={"color": NEUTRAL_COLOR},
-        ),
-        layout=_layout(
-            title={"text": "margin histogram — click a bar to read its pairs", "x": 0},
-            xaxis={"title": {"text": MARGIN_LABEL}},
-            yaxis={"title": {"text": "pairs"}},
-            hovermode="closest",
-            bargap=0,
-            dragmode=False,
-        ),
-    )
-    return _fig(fig)
-
-
-def ratings_figure(ratings: dict[str, Any] | None) -> dict[str, Any] | None:
-    import plotly.graph_objects as go
-
-    if ratings is None:
-        return None
-    levels = [f"{v:g}" for v in ratings["levels"]]
-    z = [[c if c else None for c in row] for row in ratings["counts"]]
-    fig = go.Figure(
-        go.Heatmap(
-            x=levels,
-            y=levels,
-            z=z,
-            colorscale="Blues",
-            hovertemplate="chosen %{x}, rejected %{y}: %{z:,} pairs<extra></extra>",
-            colorbar={"title": {"text": "pairs"}},
-        ),
-        layout=_layout(
-            title={"text": "chosen × rejected rating (pairs)", "x": 0},
-            xaxis={"title": {"text": "score_chosen"}, "type": "category"},
-            yaxis={"title": {"text": "score_rejected"}, "type": "category"},
-            height=420,
-        ),
-    )
-    return _fig(fig)
-
-
-def _box(name_key: str, rows: list[dict[str, Any]], names: list[str], color: str):
-    import plotly.graph_objects as go
-
-    return go.Box(
-        x=names,
-        q1=[r["q25"] for r in rows],
-        median=[r["q50"] for r in rows],
-        q3=[r["q75"] for r in rows],
-        lowerfence=[r["q05"] for r in rows],
-        upperfence=[r["q95"] for r in rows],
-        mean=[r["mean"] for r in rows],
-        marker={"color": color},
-        name=name_key,
-        hoverinfo="x+y",
-    )
-
-
-def length_figure(hist: Histogram | None, rows: list[dict[str, Any]] | None) -> dict | None:
-    """Per margin bin, a box of chosen − rejected length (whiskers p05–p95, dashed line: mean)."""
-    import plotly.graph_objects as go
-
-    if hist is None or not rows:
-        return None
-    names = [_bin_label(hist, r["bin"]) for r in rows]
-    fig = go.Figure(
-        _box("chosen − rejected chars", rows, names, DPO_COLOR),
-        layout=_layout(
-            title={"text": "length difference by margin (box p25–p75, whiskers p05–p95)", "x": 0},
-            xaxis={"title": {"text": MARGIN_LABEL}, "type": "category"},
-            yaxis={"title": {"text": "chosen − rejected (characters)"}, "zeroline": True},
-            showlegend=False,
-        ),
-    )
-    return _fig(fig)
-
-
-def sources_figure(rows: list[dict[str, Any]] | None) -> dict[str, Any] | None:
-    import plotly.graph_objects as go
-
-    if not rows:
-        return None
-    names = [("(none)" if r["source"] is None else str(r["source"])) for r in rows]
-    fig = go.Figure(
-        _box("margin", rows, names, SFT_COLOR),
-        layout=_layout(
-            title={"text": "margin by source (box p25–p75, whiskers p05–p95)", "x": 0},
-            xaxis={"title": {"text": "source"}, "type": "category"},
-            yaxis={"title": {"text": "margin"}},
-            showlegend=False,
-        ),
-    )
-    return _fig(fig)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -440,17 +317,8 @@ def _hist_dict(hist: Histogram) -> dict[str, Any]:
         "counts": hist.counts,
         "width": hist.width,
         "grid": hist.grid,
-        "labels": [_bin_label(hist, i) for i in range(len(hist.counts))],
+        "labels": [hist.label(i) for i in range(len(hist.counts))],
     }
-
-
-def _bin_label(hist: Histogram, i: int) -> str:
-    """A bin's name: its grid value (or range of values), else ``[lo, hi)``."""
-    lo, hi = hist.edges[i], hist.edges[i + 1]
-    if hist.grid is None:
-        return f"[{lo:g}, {hi:g})"
-    low, high = round(lo + hist.grid / 2, 10), round(hi - hist.grid / 2, 10)
-    return f"{low:g}" if low == high else f"{low:g}…{high:g}"
 
 
 def _json_rows(rows: list[list[Any]]) -> list[list[Any]]:
@@ -465,115 +333,3 @@ def _json_rows(rows: list[list[Any]]) -> list[list[Any]]:
 def _asset(name: str) -> str:
     assets = resources.files("prefcurate.reporting").joinpath("page_assets")
     return assets.joinpath(name).read_text(encoding="utf-8")
-
-
-# --------------------------------------------------------------------------------------------------
-# one entry point for DATA, SPLIT_DIR and RUN_DIR
-
-
-def is_split_dir(path: str | Path) -> bool:
-    path = Path(path)
-    return path.is_dir() and (path / "train.parquet").is_file() and (path / "plan.json").is_file()
-
-
-def build_page(
-    target: str | Path,
-    out: str | Path,
-    *,
-    source=None,
-    threshold: float | None = None,
-    sft_fraction: float | None = None,
-    samples_per_bin: int | None = None,
-    seed: int = 0,
-) -> tuple[Inspection, dict[str, Any] | None]:
-    """Inspect ``target`` (data, a split directory or a run directory) and write the page.
-
-    ``source`` is the :class:`~prefcurate.data.io.PairSource` to read for plain data (the CLI opens
-    it with the column flags); a split is read from its train.parquet with plan.json's τ unless one
-    is given; a run directory adds its curves and reward accuracy per margin bin to its split's
-    page.
-    """
-    import polars as pl
-
-    from prefcurate.data.io import open_pairs
-    from prefcurate.reporting import runstats
-    from prefcurate.reporting.inspection import SAMPLES_PER_BIN, inspect_source
-
-    k = SAMPLES_PER_BIN if samples_per_bin is None else samples_per_bin
-    target = Path(target)
-    view = runstats.read_run(target) if runstats.is_run_dir(target) else None
-    split_dir = view.split_dir if view is not None else (target if is_split_dir(target) else None)
-    header = None
-    if split_dir is not None:
-        plan = json.loads((split_dir / "plan.json").read_text(encoding="utf-8"))
-        if threshold is None and sft_fraction is None:
-            threshold = plan.get("threshold")
-        counts = plan.get("counts", {})
-        header = (
-            f"routed split {split_dir}/: mode {plan.get('mode')}, order {plan.get('order')}, "
-            f"{counts.get('dpo', 0):,} dpo / {counts.get('sft', 0):,} sft "
-            f"({counts.get('dropped', 0):,} dropped) as plan.json records"
-        )
-        source = open_pairs(split_dir / "train.parquet")
-    elif source is None and view is None:
-        source = open_pairs(target)
-    run = None
-    if source is None:  # a run whose split is gone: the run's figures only
-        seen = None
-    else:
-        seen = inspect_source(
-            source, threshold=threshold, sft_fraction=sft_fraction, samples_per_bin=k, seed=seed
-        )
-        if header:
-            seen.extra["header"] = header
-    if view is not None:
-        split = None
-        if split_dir is not None:
-            split = pl.read_parquet(
-                split_dir / "train.parquet", columns=["rank", "margin", "route"]
-            )
-        hist = seen.report.histogram if seen is not None else None
-        run = runstats.run_figures(view, split=split, hist=hist)
-    if seen is None:
-        raise InputError(
-            "the run's split was not found, so there are no pairs to show",
-            where=target,
-            fix="keep the split directory next to the run, or inspect the split directly",
-        )
-    write_page(seen, out, run=run)
-    return seen, run
-
-
-#: Marks a page this module wrote: ``inspect`` replaces such a file without ``--force``.
-GENERATOR = "prefcurate inspect"
-
-
-def check_page_out(out: str | Path, *, force: bool, inputs: list[str | Path] = ()) -> None:
-    """Refuse an ``--out`` that is a directory, an input, or a file prefcurate did not write.
-
-    Runs before any data is read. A page written by ``inspect`` (it carries
-    ``<meta name="generator" content="prefcurate inspect">``) is replaced; any other file needs
-    ``force``; an input is never replaced.
-    """
-    from prefcurate.base.outdir import check_place
-
-    out = Path(out)
-    fix = "pass another --out"
-    check_place(out, inputs, "--out")  # never an input, a link, a system folder, / or home
-    if out.is_dir():
-        raise InputError("--out is a directory", where=out, fix="pass a file name ending in .html")
-    if not out.exists():
-        return
-    if force:
-        return
-    try:
-        with out.open("rb") as handle:
-            head = handle.read(4096).decode("utf-8", "replace")
-    except OSError as exc:
-        raise InputError(f"cannot read the existing --out ({exc})", where=out, fix=fix) from None
-    if f'<meta name="generator" content="{GENERATOR}">' not in head:
-        raise InputError(
-            "--out exists and was not written by prefcurate inspect",
-            where=out,
-            fix="pass --force to replace it, or another --out",
-        )

@@ -23,7 +23,6 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from prefcurate.base.atomic import atomic_dir
 from prefcurate.reporting.analyze import Histogram, Report
 from prefcurate.reporting.analyze import histogram as make_histogram
 from prefcurate.reporting.palette import (
@@ -475,29 +474,3 @@ def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     fig.savefig(path, format="png", metadata={"Software": None})
     return path
-
-
-def write_report_dir(
-    report: Report,
-    out: str | Path,
-    *,
-    force: bool = False,
-    threshold: float | None = None,
-    on_written: Callable[[Path], None] | None = None,
-    inspection=None,
-) -> list[str]:
-    """Write ``report.json`` and the PNG plots into the folder ``out``, all or nothing.
-
-    The folder is built aside and swapped in whole (:func:`prefcurate.base.atomic.atomic_dir`); an
-    existing ``out`` needs ``force``. Returns the names written, report.json first. With an
-    ``inspection`` (:func:`prefcurate.reporting.inspection.inspect_source`, whose report is
-    ``report``) the folder also gets ``index.html``, the inspect page.
-    """
-    with atomic_dir(out, force=force, kind="analyze") as tmp:
-        (tmp / "report.json").write_text(report.to_json(), encoding="utf-8")
-        written = write_plots(report, tmp, threshold=threshold, on_written=on_written)
-        if inspection is not None:
-            from prefcurate.reporting.page import write_page
-
-            written.append(write_page(inspection, tmp / "index.html"))
-    return ["report.json", *(p.name for p in written)]

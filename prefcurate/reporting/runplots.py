@@ -1,7 +1,6 @@
-"""Training curves from ``RUN_DIR/metrics.jsonl`` to a PNG (matplotlib, Agg; no torch).
+"""Training curves to a PNG (matplotlib, Agg; no torch), from runs that data.runs read.
 
-Reading the metrics imports no plotting library (:mod:`prefcurate.reporting.runstats` and the
-inspect page read them); matplotlib is imported when a figure is drawn.
+matplotlib is imported when a figure is drawn, so the metrics helpers here cost nothing to import.
 
 One panel per metric; several runs overlay in one figure, so MixDPO and a baseline can be read
 side by side. Each curve is drawn raw (faint) and as a trailing moving average, only over the
@@ -13,16 +12,17 @@ routes' losses have panels of their own (the optimised objective mixes a prefere
 mean over the last tenth of that route's steps::
 
     >>> from prefcurate.reporting.runplots import plot_runs
-    >>> plot_runs(["runs/mixdpo", "runs/dpo"], "curves.png")      # doctest: +SKIP
+    >>> from prefcurate.data.runs import read_curves
+    >>> runs = [read_curves("runs/mixdpo"), read_curves("runs/dpo")]      # doctest: +SKIP
+    >>> plot_runs(runs, "curves.png")                                     # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from prefcurate.base.errors import InputError
+from prefcurate.data.runs import RunCurves
 
 #: The panels, in reading order: (metric key, title).
 PANELS: tuple[tuple[str, str], ...] = (
@@ -41,52 +41,6 @@ UNSMOOTHED = frozenset({"lr"})
 SUMMARISED = ("loss/dpo", "loss/sft", "rewards/accuracies")
 
 
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The rows of ``RUN_DIR/metrics.jsonl``, one per optimizer step.
-
-    A torn final line (a run killed mid-write) is skipped with one warning on stderr; a broken
-    line before the last is an :class:`InputError` naming it.
-    """
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        raise InputError("no metrics.jsonl", where=run_dir, fix="pass a RUN_DIR written by train")
-    rows = metrics_rows(path)
-    if not rows:
-        raise InputError("metrics.jsonl has no steps yet", where=path)
-    return rows
-
-
-def metrics_rows(path: Path, *, warn: bool = True) -> list[dict]:
-    """Parse a metrics.jsonl, ignoring (with a warning) a torn final line."""
-    import sys
-
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError as exc:
-        raise InputError(f"cannot read metrics ({exc.strerror})", where=path) from exc
-    numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
-    rows = []
-    for i, (lineno, line) in enumerate(numbered):
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
-                raise ValueError("not a metrics row")
-        except ValueError as exc:
-            if i == len(numbered) - 1:
-                if warn:
-                    print(
-                        f"warning: {path}, line {lineno}: ignoring a torn final line "
-                        "(the run was stopped while writing it)",
-                        file=sys.stderr,
-                    )
-                break
-            raise InputError(
-                "not a metrics row", where=f"{path}, line {lineno}", fix="remove the broken line"
-            ) from exc
-        rows.append(row)
-    return rows
-
-
 def moving_average(values: Sequence[float], window: int) -> list[float]:
     """Trailing mean over the last ``window`` values (fewer at the start)."""
     out, total = [], 0.0
@@ -96,15 +50,6 @@ def moving_average(values: Sequence[float], window: int) -> list[float]:
             total -= values[i - window]
         out.append(total / min(i + 1, window))
     return out
-
-
-def read_summary(run_dir: str | Path) -> dict:
-    """``run.json``'s result summary (means over the last window), or {} for a run not finished."""
-    path = Path(run_dir) / "run.json"
-    try:
-        return json.loads(path.read_text())["result"]["summary"] or {}
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
 
 
 def segments(
@@ -130,9 +75,7 @@ def segments(
     return out
 
 
-def plot_runs(
-    run_dirs: Sequence[str | Path], out: str | Path, *, smooth: int | None = None
-) -> Path:
+def plot_runs(runs: Sequence[RunCurves], out: str | Path, *, smooth: int | None = None) -> Path:
     """Draw every panel of :data:`PANELS` for each run into one PNG at ``out``.
 
     ``smooth`` is the moving-average window in steps (default: 1/20 of the longest run).
@@ -143,7 +86,7 @@ def plot_runs(
     import matplotlib.pyplot as plt  # the backend must be chosen first
     from matplotlib.ticker import MaxNLocator
 
-    runs = [(Path(d).name or str(d), read_metrics(d), read_summary(d)) for d in run_dirs]
+    runs = [(run.name, run.metrics, run.summary) for run in runs]
     window = smooth or max(1, max(len(rows) for _, rows, _ in runs) // 20)
     last_step = max(rows[-1]["step"] for _, rows, _ in runs)
     fig, axes = plt.subplots(2, 4, figsize=(18, 7.5), constrained_layout=True)

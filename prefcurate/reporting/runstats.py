@@ -21,92 +21,15 @@ split the run trained on; no torch. Two views:
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from prefcurate.base.errors import InputError
+from prefcurate.data.runs import RunView
 from prefcurate.reporting.analyze import Histogram
-from prefcurate.reporting.runplots import read_metrics
-
-RUN_JSON = "run.json"
-
-
-@dataclass(frozen=True)
-class RunView:
-    """A run directory, read: its run.json, its per-step metrics and where its split is."""
-
-    path: Path
-    info: dict[str, Any]
-    metrics: list[dict[str, Any]]
-    split_dir: Path | None
-
-    @property
-    def name(self) -> str:
-        return self.path.resolve().name
-
-    @property
-    def global_batch(self) -> int:
-        config = self.info.get("config", {})
-        world = int(self.info.get("world_size") or 1)
-        return int(config.get("batch_size", 1)) * int(config.get("grad_accum", 1)) * world
-
-    @property
-    def shuffled(self) -> bool:
-        return bool(self.info.get("config", {}).get("shuffle"))
-
-    def summary(self) -> str:
-        config = self.info.get("config", {})
-        steps = len(self.metrics)
-        parts = [
-            f"{self.info.get('status', 'unknown')}",
-            f"{steps:,} steps",
-            f"loss {config.get('loss')}",
-            f"β = {config.get('beta')}",
-            f"lr {config.get('lr')}",
-            f"batch {self.global_batch}",
-            f"model {config.get('model')}",
-        ]
-        return " · ".join(str(p) for p in parts)
-
-
-def is_run_dir(path: str | Path) -> bool:
-    path = Path(path)
-    return path.is_dir() and (path / RUN_JSON).is_file()
-
-
-def read_run(run_dir: str | Path) -> RunView:
-    """Read ``RUN_DIR``; :class:`InputError` when it is not a run written by ``train``."""
-    run_dir = Path(run_dir)
-    path = run_dir / RUN_JSON
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(
-            f"cannot read run.json ({exc})", where=run_dir, fix="pass a RUN_DIR written by train"
-        ) from None
-    metrics = read_metrics(run_dir)
-    return RunView(run_dir, info, metrics, _find_split(run_dir, info))
-
-
-def _find_split(run_dir: Path, info: dict[str, Any]) -> Path | None:
-    """The split the run trained on: its path as recorded, else relative to the run's folder."""
-    recorded = info.get("split", {}).get("path") or info.get("config", {}).get("split_dir")
-    if not recorded:
-        return None
-    recorded = Path(recorded)
-    candidates = [recorded]
-    if not recorded.is_absolute():
-        candidates += [run_dir.parent / recorded, run_dir.parent / recorded.name]
-    for c in candidates:
-        if (c / "train.parquet").is_file():
-            return c
-    return None
+from prefcurate.reporting.figures import accuracy_figure, curves_figure
 
 
 def accuracy_by_margin(
@@ -176,10 +99,8 @@ def run_figures(
     view: RunView, *, split: pl.DataFrame | None = None, hist: Histogram | None = None
 ) -> dict[str, Any]:
     """The run part of the inspect page: a title line, notes and Plotly figures (as JSON data)."""
-    from prefcurate.reporting.page import _bin_label
-
     notes: list[str] = []
-    figures: dict[str, Any] = {"curves": curves_figure(view)}
+    figures: dict[str, Any] = {"curves": curves_figure(view.metrics)}
     accuracy = None
     if split is None or hist is None:
         notes.append(
@@ -194,7 +115,7 @@ def run_figures(
     else:
         accuracy = accuracy_by_margin(view, split, hist)
         for row in accuracy or []:
-            row["label"] = _bin_label(hist, row["bin"])
+            row["label"] = hist.label(row["bin"])
         if accuracy:
             figures["accuracy"] = accuracy_figure(accuracy)
             mixed = sum(r["mixed_steps"] for r in accuracy)
@@ -212,103 +133,3 @@ def run_figures(
     }
 
 
-def curves_figure(view: RunView) -> dict[str, Any]:
-    """Three panels over the steps: loss per route, reward accuracy, pairs per route."""
-    from plotly.subplots import make_subplots
-
-    from prefcurate.reporting.palette import DPO_COLOR, SFT_COLOR
-
-    rows = view.metrics
-    steps = [r["step"] for r in rows]
-
-    def series(key: str) -> list[float | None]:
-        return [r.get(key) for r in rows]
-
-    fig = make_subplots(
-        rows=1,
-        cols=3,
-        subplot_titles=(
-            "loss by route",
-            "reward accuracy (DPO pairs)",
-            "pairs per step by route",
-        ),
-    )
-    fig.add_scatter(
-        x=steps, y=series("loss/dpo"), name="loss/dpo", line={"color": DPO_COLOR}, row=1, col=1
-    )
-    fig.add_scatter(
-        x=steps,
-        y=series("loss/sft"),
-        name="loss/sft (NLL)",
-        line={"color": SFT_COLOR},
-        row=1,
-        col=1,
-    )
-    fig.add_scatter(
-        x=steps,
-        y=series("rewards/accuracies"),
-        name="rewards/accuracies",
-        line={"color": DPO_COLOR, "dash": "dot"},
-        row=1,
-        col=2,
-    )
-    fig.add_hline(y=0.5, line={"color": "grey", "dash": "dash", "width": 1}, row=1, col=2)
-    for key, color in (("pairs/dpo", DPO_COLOR), ("pairs/sft", SFT_COLOR)):
-        fig.add_scatter(
-            x=steps,
-            y=series(key),
-            name=key,
-            stackgroup="pairs",
-            line={"color": color, "width": 0.5},
-            row=1,
-            col=3,
-        )
-    for col in (1, 2, 3):
-        fig.update_xaxes(title_text="step", row=1, col=col)
-    fig.update_layout(
-        template="plotly_white",
-        height=380,
-        margin={"l": 50, "r": 20, "t": 50, "b": 50},
-        legend={"orientation": "h", "y": -0.25},
-        title={"text": "training curves by route", "x": 0},
-    )
-    return json.loads(fig.to_json())
-
-
-def accuracy_figure(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    import plotly.graph_objects as go
-
-    from prefcurate.reporting.palette import DPO_COLOR
-
-    fig = go.Figure(
-        go.Bar(
-            x=[r["label"] for r in rows],
-            y=[r["accuracy"] for r in rows],
-            customdata=[[r["dpo_pairs"], r["steps"]] for r in rows],
-            hovertemplate="margin %{x}: accuracy %{y:.3f}<br>%{customdata[0]} DPO pairs, "
-            "%{customdata[1]} steps<extra></extra>",
-            marker={"color": DPO_COLOR},
-        ),
-        layout={
-            "template": "plotly_white",
-            "height": 360,
-            "title": {
-                "text": "reward accuracy per margin bin (DPO pairs, during training)",
-                "x": 0,
-            },
-            "xaxis": {"title": {"text": "margin"}, "type": "category"},
-            "yaxis": {"title": {"text": "reward accuracy"}, "range": [0, 1]},
-            "shapes": [
-                {
-                    "type": "line",
-                    "xref": "paper",
-                    "x0": 0,
-                    "x1": 1,
-                    "y0": 0.5,
-                    "y1": 0.5,
-                    "line": {"color": "grey", "dash": "dash", "width": 1},
-                }
-            ],
-        },
-    )
-    return json.loads(fig.to_json())

@@ -4,12 +4,14 @@ MixDPO (arXiv 2602.00954) routes a pair whose margin is below τ (strict) to SFT
 response and every other pair to DPO, and reads the pairs sorted by margin, largest first, so the
 SFT pairs come last. :func:`plan_routes` decides all of it from a
 :class:`~prefcurate.data.io.PairSource` and returns a :class:`RoutePlan` (figures plus the routed
-keys); :func:`write_route` writes the split files, atomically. The split is the contract with the
-trainer: ``route``, ``rank`` and ``stage`` are columns of ``train.parquet`` and everything else it
-needs is in ``plan.json`` (docs/route.md lists both). Example::
+keys); :func:`prefcurate.routing.writer.write_route` writes the split files, atomically. The split
+is the contract with the trainer: ``route``, ``rank`` and ``stage`` are columns of
+``train.parquet`` and everything else it needs is in ``plan.json`` (docs/route.md lists both).
+Example::
 
     >>> from prefcurate.data.io import open_pairs
-    >>> from prefcurate.routing.plan import plan_routes, write_route
+    >>> from prefcurate.routing.plan import plan_routes
+    >>> from prefcurate.routing.writer import write_route
     >>> source = open_pairs("../shared/data/ultrafeedback_1k.jsonl")     # doctest: +SKIP
     >>> plan = plan_routes(source, threshold=0.5)                        # doctest: +SKIP
     >>> plan.counts["dpo"], plan.counts["sft"]                           # doctest: +SKIP
@@ -39,7 +41,7 @@ import polars as pl
 
 from prefcurate.base.errors import InputError
 from prefcurate.base.sizes import default_budget, estimate_input_bytes, fits_one_pass, parse_size
-from prefcurate.catalog.store import duckdb_message
+from prefcurate.catalog.sql import duckdb_message
 from prefcurate.data.io import PAIR_COLUMNS, PairSource
 from prefcurate.data.layouts import ISSUE, ROW
 from prefcurate.data.margins import (
@@ -49,13 +51,7 @@ from prefcurate.data.margins import (
     threshold_for_fraction,
 )
 from prefcurate.data.schema import ROUTE_DPO, ROUTE_SFT, WEIGHT_COLUMN
-from prefcurate.routing.writer import (  # noqa: F401
-    SPLIT_COLUMNS,
-    WIDE_COLUMNS,
-    Texts,
-    split_chunks,
-    write_route,
-)
+from prefcurate.routing.texts import WIDE_COLUMNS, Texts, split_chunks
 
 #: plan.json format version; bump when a key changes meaning.
 PLAN_VERSION = 1
@@ -114,7 +110,7 @@ class RoutePlan:
     ``margin``, ``difficulty``, ``_bytes`` (its text), ``split`` ('train' | 'eval'), ``route``,
     ``rank`` and ``stage``. ``narrow`` has one row per input pair (dropped pairs included), in
     input order: ``_pos`` and the analyze columns
-    (:data:`prefcurate.reporting.analyze.NARROW_COLUMNS`), no texts. ``strategy`` says how the texts
+    (:data:`prefcurate.data.narrow.NARROW_COLUMNS`), no texts. ``strategy`` says how the texts
     are read: ``one-pass`` (the one pass fits the memory budget: read once, with the plan's pass),
     else ``two-pass`` (a second pass over ``source``, at once when the texts fit one gather window,
     else window by window as a split is written). The plan outlives its input file unless the texts
@@ -136,7 +132,7 @@ class RoutePlan:
     narrow: pl.DataFrame = field(repr=False)
     source: PairSource = field(repr=False)
     soft: float | None = None  # route --soft T: a weight column, σ((τ − margin) / T)
-    recipe: str | None = None  # route --recipe NAME, recorded in plan.json
+    preset: str | None = None  # route --preset NAME, recorded in plan.json
     seconds: float = 0.0
     strategy: str = "two-pass"
     memory_budget: int | None = None
@@ -148,7 +144,7 @@ class RoutePlan:
         Materialises the split (fine in a notebook; :func:`write_route` streams it instead).
         """
         keys = self._keys(name)
-        chunks = list(split_chunks(self, keys, max(keys.height, 1)))
+        chunks = list(split_chunks(self.texts, keys, max(keys.height, 1)))
         return pl.concat(chunks) if chunks else self.texts.empty(keys)
 
     @property
@@ -177,7 +173,7 @@ class RoutePlan:
             "drop": list(self.drop),
             "eval_fraction": self.eval_fraction,
             "soft": self.soft,
-            "recipe": self.recipe,
+            "preset": self.preset,
             "counts": self.counts,
             "outputs": outputs or {"train": "train.parquet", "eval": None},
         }
@@ -196,9 +192,9 @@ class RoutePlan:
             if (self.soft is not None)
             else ""
         )
-        recipe = f"recipe {self.recipe}: " if self.recipe else ""
+        preset = f"preset {self.preset}: " if self.preset else ""
         return (
-            f"{recipe}{c['in']} pairs, {self.mode}{tau}{frac}: {c['dpo']} dpo, {c['sft']} sft"
+            f"{preset}{c['in']} pairs, {self.mode}{tau}{frac}: {c['dpo']} dpo, {c['sft']} sft"
             f"{soft}, {c['dropped']} dropped{f' ({why})' if why else ''}{held}; order {self.order}"
             + (" (largest margin first)" if self.order is Order.CURRICULUM else "")
             + (" (seeded shuffle)" if self.order is Order.RANDOM else "")
@@ -228,7 +224,7 @@ def plan_routes(
     eval_fraction: float | None = None,
     seed: int = 0,
     soft: float | None = None,
-    recipe: str | None = None,
+    preset: str | None = None,
     memory_budget: int | str | None = None,
 ) -> RoutePlan:
     """Decide each pair's route, rank and stage, and which pairs are held out.
@@ -260,8 +256,8 @@ def plan_routes(
         Soft routing at temperature ``T`` (``mixdpo`` only): a ``weight`` column
         ``w = σ((τ − margin) / T)``, the SFT share of each pair's loss (the trainer mixes
         ``w · NLL + (1 − w) · preference``). ``T = 0`` gives the hard route's 0/1 weights.
-    recipe
-        The name of the recipe the flags came from (:mod:`prefcurate.routing.presets`); only
+    preset
+        The name of the preset the flags came from (:mod:`prefcurate.routing.presets`); only
         recorded.
     memory_budget
         Bytes (or a size such as ``"4GB"``) of memory the plan may take for the input; default an
@@ -332,7 +328,7 @@ def plan_routes(
         narrow=narrow,
         source=source,
         soft=soft,
-        recipe=recipe,
+        preset=preset,
         strategy="one-pass" if one_pass else "two-pass",
         memory_budget=budget,
     )
@@ -453,7 +449,7 @@ def _narrow(
     flags), ``difficulty`` (computed here, on the small frame) and ``_bytes`` (the pair's text
     bytes, which size the gather windows). The wide frame: :data:`WIDE_COLUMNS`, in input order.
     """
-    from prefcurate.reporting.analyze import narrow_exprs
+    from prefcurate.data.narrow import narrow_exprs
 
     conversational = isinstance(scan.collect_schema()["chosen"], pl.List)
     if conversational:
@@ -607,7 +603,7 @@ def check_predicate(predicate: str) -> None:
     """
     import duckdb
 
-    from prefcurate.catalog.store import sandbox, sql_words
+    from prefcurate.catalog.sql import sandbox, sql_words
 
     fix = "a DuckDB SQL condition over the columns, e.g. 'chosen = rejected OR margin < 0'"
     if not predicate.strip():
@@ -656,7 +652,7 @@ def _predicate_matches(
     """
     import duckdb
 
-    from prefcurate.catalog.store import lock_down, sandbox
+    from prefcurate.catalog.sql import lock_down, sandbox
 
     check_predicate(predicate)
     used = columns or [c for c in _PREDICATE_COLUMNS if _mentions(predicate, c)]
@@ -876,11 +872,8 @@ __all__ = [
     "Order",
     "PLAN_VERSION",
     "RoutePlan",
-    "SPLIT_COLUMNS",
-    "WEIGHT_COLUMN",
     "default_order",
     "soft_weights",
     "plan_routes",
     "seeded_keys",
-    "write_route",
 ]

@@ -1,4 +1,4 @@
-"""Named recipes: a paper's settings in one word (``--recipe paper``), explicit flags still winning.
+"""Named presets: a paper's settings in one word (``--preset paper``), explicit flags still winning.
 
 ``paper`` is MixDPO's main setting (arXiv 2602.00954, UltraFeedback, Llama-3-8B / Mistral-7B):
 
@@ -8,11 +8,11 @@
 
 The reproduction is two commands::
 
-    prefcurate route DATA --recipe paper --out S
-    prefcurate train S --recipe paper --model M --out R
+    prefcurate route DATA --preset paper --out S
+    prefcurate train S --preset paper --model M --out R
 
-A flag given on the command line overrides the recipe's value (``--recipe paper --beta 0.05``);
-plan.json and run.json record the recipe's name beside the settings actually used. The library
+A flag given on the command line overrides the preset's value (``--preset paper --beta 0.05``);
+plan.json and run.json record the preset's name beside the settings actually used. The library
 functions take plain arguments; :func:`resolve` is how the command line merges them::
 
     >>> resolve("train", "paper", {"beta": 0.05})["beta"]
@@ -28,8 +28,8 @@ from typing import Any
 
 from prefcurate.base.errors import InputError
 
-#: recipe name → command → settings (keyword names of plan_routes / TrainConfig).
-RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+#: preset name → command → settings (keyword names of plan_routes / TrainConfig).
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {
         "route": {"mode": "mixdpo", "threshold": 0.5, "order": "curriculum"},
         "train": {
@@ -46,19 +46,19 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def resolve(command: str, recipe: str | None, explicit: Mapping[str, Any]) -> dict[str, Any]:
-    """The recipe's settings for ``command`` ('route' or 'train'), overridden by ``explicit``.
+def resolve(command: str, preset: str | None, explicit: Mapping[str, Any]) -> dict[str, Any]:
+    """The preset's settings for ``command`` ('route' or 'train'), overridden by ``explicit``.
 
     ``explicit`` holds only the flags the user gave. On route, an explicit ``sft_fraction``
-    replaces the recipe's threshold (the two are exclusive).
+    replaces the preset's threshold (the two are exclusive).
     """
-    if recipe is None:
+    if preset is None:
         return dict(explicit)
-    if recipe not in RECIPES:
+    if preset not in PRESETS:
         raise InputError(
-            f"unknown --recipe {recipe!r}", fix=f"use one of {', '.join(sorted(RECIPES))}"
+            f"unknown --preset {preset!r}", fix=f"use one of {', '.join(sorted(PRESETS))}"
         )
-    settings = dict(RECIPES[recipe][command])
+    settings = dict(PRESETS[preset][command])
     if command == "route" and explicit.get("sft_fraction") is not None:
         settings.pop("threshold", None)
     settings.update(explicit)

@@ -27,7 +27,7 @@ import polars as pl
 
 from prefcurate.base.errors import InputError
 from prefcurate.data.schema import ROUTE_DPO, ROUTE_SFT
-from prefcurate.routing.exports import DPO_FILE, SFT_FILE, mixdpo_frame
+from prefcurate.routing.exports.common import DPO_FILE, SFT_FILE, mixdpo_frame
 
 DPO_NAME, SFT_NAME = "mixdpo_dpo", "mixdpo_sft"
 INFO_FILE = "dataset_info.json"

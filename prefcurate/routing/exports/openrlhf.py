@@ -25,7 +25,7 @@ from pathlib import Path
 import polars as pl
 
 from prefcurate.data.schema import ROUTE_DPO, ROUTE_SFT
-from prefcurate.routing.exports import DPO_FILE, SFT_FILE, mixdpo_frame
+from prefcurate.routing.exports.common import DPO_FILE, SFT_FILE, mixdpo_frame
 
 
 def export_openrlhf(split: str | Path, out_dir: str | Path) -> dict[str, Path]:

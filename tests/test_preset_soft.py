@@ -1,4 +1,4 @@
-"""``--recipe paper`` and soft routing (``route --soft T``), through the real route and trainer."""
+"""``--preset paper`` and soft routing (``route --soft T``), through the real route and trainer."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from split_helpers import synthetic_rows
 from torch.testing import assert_close
 
 from prefcurate.data.io import open_pairs
-from prefcurate.routing.plan import plan_routes, write_route
-from prefcurate.routing.presets import RECIPES, resolve
+from prefcurate.routing.plan import plan_routes
+from prefcurate.routing.presets import PRESETS, resolve
+from prefcurate.routing.writer import write_route
 from trainers.data import collate, read_split, tokenize_split
 from trainers.logps import SequenceLogps, reference_logps
 from trainers.losses import routed_pair_losses
@@ -35,7 +36,7 @@ def data(tmp_path):
     return path
 
 
-# --------------------------------------------------------------------------- --recipe paper
+# --------------------------------------------------------------------------- --preset paper
 
 
 def test_paper_recipe_is_the_papers_numbers():
@@ -50,40 +51,40 @@ def test_paper_recipe_is_the_papers_numbers():
     assert train["shuffle"] is False and train["loss"] == "sigmoid"
     assert resolve("train", "paper", {"beta": 0.05})["beta"] == 0.05
     assert "threshold" not in resolve("route", "paper", {"sft_fraction": 0.3})
-    assert set(RECIPES) == {"paper"}
+    assert set(PRESETS) == {"paper"}
 
 
 def test_route_recipe_paper_writes_the_papers_plan(cli, data, tmp_path):
-    result = cli("route", data, "--recipe", "paper", "--out", tmp_path / "s")
+    result = cli("route", data, "--preset", "paper", "--out", tmp_path / "s")
     assert result.code == 0, result.err
     plan = json.loads((tmp_path / "s" / "plan.json").read_text())
     assert (plan["mode"], plan["threshold"], plan["order"]) == ("mixdpo", 0.5, "curriculum")
-    assert plan["recipe"] == "paper" and plan["soft"] is None
+    assert plan["preset"] == "paper" and plan["soft"] is None
     assert "largest margin first" in result.out
-    # an explicit flag beats the recipe, and the recipe is still recorded
-    result = cli("route", data, "--recipe", "paper", "--threshold", "1", "--out", tmp_path / "t")
+    # an explicit flag beats the preset, and the preset is still recorded
+    result = cli("route", data, "--preset", "paper", "--threshold", "1", "--out", tmp_path / "t")
     assert result.code == 0, result.err
     plan = json.loads((tmp_path / "t" / "plan.json").read_text())
-    assert plan["threshold"] == 1.0 and plan["recipe"] == "paper"
+    assert plan["threshold"] == 1.0 and plan["preset"] == "paper"
 
 
 def test_train_recipe_paper_records_settings_and_flags_override(cli, data, tmp_path):
-    assert cli("route", data, "--recipe", "paper", "--out", tmp_path / "s").code == 0
-    result = cli("train", tmp_path / "s", "--recipe", "paper", "--out", tmp_path / "r", *FAST)
+    assert cli("route", data, "--preset", "paper", "--out", tmp_path / "s").code == 0
+    result = cli("train", tmp_path / "s", "--preset", "paper", "--out", tmp_path / "r", *FAST)
     assert result.code == 0, result.err
     config = json.loads((tmp_path / "r" / "run.json").read_text())["config"]
-    assert config["recipe"] == "paper"
+    assert config["preset"] == "paper"
     assert (config["beta"], config["label_smoothing"], config["lr"]) == (0.01, 0.1, 1e-6)
     assert (config["lr_schedule"], config["warmup_ratio"]) == ("cosine", 0.1)
     result = cli(
-        "train", tmp_path / "s", "--recipe", "paper", "--beta", "0.2", "--lr", "1e-4",
+        "train", tmp_path / "s", "--preset", "paper", "--beta", "0.2", "--lr", "1e-4",
         "--out", tmp_path / "r2", *FAST,
     )  # fmt: skip
     assert result.code == 0, result.err
     config = json.loads((tmp_path / "r2" / "run.json").read_text())["config"]
     assert (config["beta"], config["lr"], config["label_smoothing"]) == (0.2, 1e-4, 0.1)
-    bad = cli("train", tmp_path / "s", "--recipe", "nope", "--out", tmp_path / "r3", *FAST)
-    assert bad.code == 2 and "unknown --recipe 'nope'" in bad.err
+    bad = cli("train", tmp_path / "s", "--preset", "nope", "--out", tmp_path / "r3", *FAST)
+    assert bad.code == 2 and "unknown --preset 'nope'" in bad.err
 
 
 def test_dpo_mode_defaults_to_a_shuffle_and_says_so(cli, data, tmp_path):
