@@ -102,6 +102,7 @@ def trainer_for(
         ("standard", "soft"),
         ("conversational", "soft"),
         ("standard", "nll"),
+        ("standard", "unshared"),
     ],
 )
 def test_per_pair_losses_and_gradients_equal_prefcurate_train(tmp_path, layout, variant):
@@ -109,9 +110,11 @@ def test_per_pair_losses_and_gradients_equal_prefcurate_train(tmp_path, layout, 
     moved away from its reference (one SGD step on the policy only, so the DPO terms are not all
     log 2): the same tokens, the same 10 loss terms and the same gradient of their mean for
     every parameter, within 1e-5. Conversations go through a chat template on both sides.
+    MixDPOTrainer shares each prompt (its default; the policy's and the reference's forwards),
+    prefcurate's objective here runs the ordinary batch.
 
     ``soft``: the split of ``route --soft 0.5`` (every pair mixes its two terms by its weight);
-    ``nll``: DPO+NLL, ``nll_weight`` 0.1 on both sides."""
+    ``nll``: DPO+NLL, ``nll_weight`` 0.1 on both sides; ``unshared``: ``shared_prompt=False``."""
     conversational = layout == "conversational"
     template = CHAT_TEMPLATE if conversational else None
     rows = synthetic_rows(10, seed=3, conversational=conversational)
@@ -161,6 +164,7 @@ def test_per_pair_losses_and_gradients_equal_prefcurate_train(tmp_path, layout, 
         chat_template=template,
         gradient_checkpointing=False,
         nll_weight=nll_weight,
+        shared_prompt=variant != "unshared",
     )
     model = trainer.model
     _nudge(model, moved)
@@ -176,6 +180,11 @@ def test_per_pair_losses_and_gradients_equal_prefcurate_train(tmp_path, layout, 
     assert_close(inputs["sft_share"], batch.sft_share, atol=0, rtol=0)  # one rule, both engines
     model.train()
     got = trainer.pair_terms(model, inputs)
+    shared = trainer._layout(model, inputs)
+    assert (shared is None) == (variant == "unshared")
+    if shared is not None:  # both models share prompts, and the batch computes fewer positions
+        assert trainer.shared_prompt_off == {}
+        assert shared.tokens < inputs["input_ids"].numel()
     model.zero_grad()
     got.loss.mean().backward()
 
@@ -190,6 +199,26 @@ def test_per_pair_losses_and_gradients_equal_prefcurate_train(tmp_path, layout, 
     theirs = dict(model.named_parameters())
     for name, param in ours.model.named_parameters():
         assert_close(theirs[name].grad, param.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_precomputed_reference_is_the_same_with_the_prompt_shared(tmp_path):
+    """``precompute_ref_log_probs=True``: the reference pass before training gives each dpo
+    pair's log-probs within 1e-5 (of their size: fp32 sums of about 170) of the unshared pass,
+    and NaN for sft pairs, which need none."""
+    split_dir = write_split(tmp_path / "split", synthetic_rows(10, seed=3), routes=ROUTES)
+    columns = {}
+    for shared in (True, False):
+        trainer = trainer_for(split_dir, tmp_path / str(shared), ref=False,
+                              precompute_ref_log_probs=True, shared_prompt=shared)  # fmt: skip
+        assert trainer.shared_prompt_off == ({} if shared else None)
+        data = trainer.train_dataset
+        columns[shared] = [
+            torch.tensor(data[k]) for k in ("ref_chosen_logps", "ref_rejected_logps")
+        ]
+    dpo = torch.tensor([route == "dpo" for route in trainer.train_dataset["route"]])
+    for got, want in zip(columns[True], columns[False], strict=True):
+        assert want[dpo].isfinite().all() and want[~dpo].isnan().all()
+        assert_close(got, want, atol=1e-5, rtol=1e-5, equal_nan=True)
 
 
 def _nudge(model: torch.nn.Module, grads: dict[str, torch.Tensor] | None = None):

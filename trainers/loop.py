@@ -44,7 +44,7 @@ from trainers.config import TrainConfig, TrainResult
 from trainers.data import Curriculum, Split, TokenizedPairs, collate, read_split
 from trainers.device import resolve_device
 from trainers.export import ADAPTER_DIR, MODEL_DIR, full_state_dict, save_final
-from trainers.logps import SequenceLogps, check_allowed
+from trainers.logps import SequenceLogps, check_allowed, check_shared_prompt
 from trainers.model import LoadedModel, check_max_length, describe, load_model
 from trainers.objective import STAT_KEYS, Objective, step_metrics
 from trainers.prepare import reference_for, tokenized_pairs
@@ -218,6 +218,11 @@ class _Run:
     module: torch.nn.Module  # what the loop calls: logps, DDP-wrapped or FSDP2-sharded
     curriculum: Curriculum  # the pairs of each step
     peft_model: Any = None  # the PEFT wrapper when training a LoRA adapter
+    unshared: str | None = "off"  # why prompts are not shared (trainers.shared_prompt); None: on
+
+    @property
+    def shared_prompt(self) -> bool:
+        return self.unshared is None
 
     @property
     def sharded(self) -> bool:
@@ -275,16 +280,62 @@ def _prepare(
     planned: memory.MemoryPlan,
 ) -> _Run:
     """Seed, read the split in rank order, load the policy (with its LoRA adapter), tokenise
-    once, replicate or shard it, and compute the reference log-probs once, before training (the
-    initial policy — with LoRA the base, adapter off — unless --ref-model)."""
+    once, share prompts if the model can, replicate or shard it, and compute the reference
+    log-probs once, before training (the initial policy — with LoRA the base, adapter off —
+    unless --ref-model)."""
     seed_everything(config.seed)
     strategy = planned.settings.strategy
     precision = resolve_precision(config.precision, device)
     autocast = autocast_for(strategy, precision, device)
-    adapter = config.lora
     split = read_split(config.split_dir)
-    # the frozen base of an adapter needs no fp32 master copy
-    bf16_base = precision == "bf16" or (adapter is not None and precision == "bf16-mixed")
+    policy = _load_policy(config, device, precision)
+    pairs = tokenized_pairs(split, policy, config)
+    if pairs.identical:
+        reporter.message(
+            f"warning: {pairs.identical} dpo pairs have identical chosen and rejected tokens after "
+            f"--max-length {config.max_length} truncation; they are trained as sft"
+        )
+    peft_model = None
+    if config.lora is not None:
+        peft_model = lora.apply_lora(
+            policy.model, config.lora, checkpointing=config.gradient_checkpointing
+        )
+        policy.model = lora.language_model(peft_model)
+    if not config.load_in_4bit:
+        policy.model.to(device)
+    logps = SequenceLogps(
+        policy.model, allowed_token_ids=config.allowed_token_ids, packed=config.packed
+    )
+    logps.check_head()
+    unshared = _shared_prompt(config, logps, reporter)
+    if config.allowed_token_ids is not None:
+        check_allowed(pairs, config.allowed_token_ids, config.split_dir)
+    if config.gradient_checkpointing:
+        _activation_checkpointing(policy.model, enable=True)
+    module = wrap(logps, policy.model, strategy=strategy, world_size=info.world_size,
+                  precision=precision, offload=config.offload)  # fmt: skip
+    curriculum = _curriculum(config, len(pairs), info.world_size)
+    with lora.reference_mode(peft_model):
+        ref_chosen, ref_rejected = _reference(
+            config, policy, pairs, logps, module, curriculum, (device, precision, autocast)
+        )
+    identity = {
+        "split_path": str(config.split_dir),
+        "split_sha256": split.sha256,  # read_split hashed the file it read
+        "model_path": str(config.model),
+        "model_fingerprint": policy.fingerprint,
+    }
+    return _Run(
+        config, device, info, reporter, autocast, split, policy, pairs, logps,
+        ref_chosen, ref_rejected, identity, planned, precision, module, curriculum, peft_model,
+        unshared,
+    )  # fmt: skip
+
+
+def _load_policy(config: TrainConfig, device: torch.device, precision: str) -> LoadedModel:
+    """The policy as loaded, in the dtype its precision asks for (the frozen base of an adapter
+    needs no fp32 master copy), checked against ``--max-length``."""
+    bf16_base = precision == "bf16" or (config.lora is not None and precision == "bf16-mixed")
     policy = load_model(
         config.model,
         seed=config.seed,
@@ -296,68 +347,43 @@ def _prepare(
         device_map={"": device} if config.load_in_4bit else None,
     )
     check_max_length(policy, config.max_length)
-    pairs = tokenized_pairs(split, policy, config)
-    if pairs.identical:
-        reporter.message(
-            f"warning: {pairs.identical} dpo pairs have identical chosen and rejected tokens after "
-            f"--max-length {config.max_length} truncation; they are trained as sft"
-        )
-    peft_model = None
-    if adapter is not None:
-        peft_model = lora.apply_lora(
-            policy.model, adapter, checkpointing=config.gradient_checkpointing
-        )
-        policy.model = lora.language_model(peft_model)
-    if not config.load_in_4bit:
-        policy.model.to(device)
-    logps = SequenceLogps(
-        policy.model, allowed_token_ids=config.allowed_token_ids, packed=config.packed
-    )
-    logps.check_head()
-    if config.allowed_token_ids is not None:
-        check_allowed(pairs, config.allowed_token_ids, config.split_dir)
-    if config.gradient_checkpointing:
-        _activation_checkpointing(policy.model, enable=True)
-    module = wrap(
-        logps,
-        policy.model,
-        strategy=strategy,
-        world_size=info.world_size,
-        precision=precision,
-        offload=config.offload,
-    )
+    return policy
 
-    def shard(model: torch.nn.Module, root: torch.nn.Module) -> torch.nn.Module:
-        return wrap(root, model, strategy="fsdp", world_size=info.world_size,
-                    precision=precision, offload=config.offload)  # fmt: skip
 
-    # a --max-steps run short of the split needs the reference only for the pairs it reaches
-    curriculum = _curriculum(config, len(pairs), info.world_size)
+def _shared_prompt(config: TrainConfig, logps: SequenceLogps, reporter: Reporter) -> str | None:
+    """Share each pair's prompt between its two sequences (the default) when the model can:
+    None when on, else why not (run.json records it)."""
+    if not config.shared_prompt:
+        return "--no-shared-prompt"
+    reason = check_shared_prompt(logps)
+    if reason is not None:
+        reporter.message(f"note: each prompt runs once per response: {reason}")
+    return reason
+
+
+def _reference(config, policy, pairs, logps, module, curriculum, where):
+    """The reference log-probs of the pairs the run reaches (a --max-steps run short of the
+    split needs only those), from the cache or one pass."""
+    device, precision, autocast = where
     only = None
     if curriculum.total_steps < curriculum.steps_per_epoch * config.epochs:
         steps = range(curriculum.total_steps)
         only = torch.unique(torch.cat([curriculum.step_pairs(s) for s in steps]))
-    with lora.reference_mode(peft_model):
-        ref_chosen, ref_rejected = reference_for(
-            pairs,
-            policy,
-            config,
-            device,
-            autocast,
-            only=only,
-            module=logps,
-            shard=shard if is_sharded(module) else None,
-        )
-    identity = {
-        "split_path": str(config.split_dir),
-        "split_sha256": split.sha256,  # read_split hashed the file it read
-        "model_path": str(config.model),
-        "model_fingerprint": policy.fingerprint,
-    }
-    return _Run(
-        config, device, info, reporter, autocast, split, policy, pairs, logps,
-        ref_chosen, ref_rejected, identity, planned, precision, module, curriculum, peft_model,
-    )  # fmt: skip
+
+    def shard(model: torch.nn.Module, root: torch.nn.Module) -> torch.nn.Module:
+        return wrap(root, model, strategy="fsdp", world_size=dist.info().world_size,
+                    precision=precision, offload=config.offload)  # fmt: skip
+
+    return reference_for(
+        pairs,
+        policy,
+        config,
+        device,
+        autocast,
+        only=only,
+        module=logps,
+        shard=shard if is_sharded(module) else None,
+    )
 
 
 def _curriculum(config: TrainConfig, n_pairs: int, world_size: int) -> Curriculum:
@@ -451,6 +477,7 @@ def _run_json(
         "model": describe(run.policy),
         "steps": {"total": total, "warmup": warmup, "per_epoch": curriculum.steps_per_epoch},
         "lr_share": lr_shares,
+        "shared_prompt": {"on": run.shared_prompt, "why_not": run.unshared},
         "resumed_from": resumed_from,
         "identity": run.identity,
     }
@@ -576,6 +603,7 @@ def _accumulate(
             pad_id=run.policy.tokenizer.pad_token_id,
             ref_chosen=run.ref_chosen,
             ref_rejected=run.ref_rejected,
+            shared_prompt=run.shared_prompt,
         ).to(run.device)
         with gradient_sync(module, enabled=last):
             with run.autocast():

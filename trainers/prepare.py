@@ -19,6 +19,7 @@ from trainers.config import TrainConfig
 from trainers.data import Split, TokenizedPairs, tokenize_split
 from trainers.logps import SequenceLogps, reference_logps
 from trainers.model import LoadedModel, directory_fingerprint, load_reference
+from trainers.shared_prompt import is_enabled as shares_prompts
 
 
 def tokenized_pairs(split: Split, loaded: LoadedModel, config: TrainConfig) -> TokenizedPairs:
@@ -78,6 +79,7 @@ def reference_for(
         precision=f"{device.type}:{config.precision}",
         dtype=str(next(policy.model.parameters()).dtype),
         packed=config.packed,
+        **({"shared_prompt": True} if not ref_path and shares_prompts(policy.model) else {}),
         **({"allowed": config.allowed_token_ids} if config.allowed_token_ids else {}),
         **({"only": cache.cache_key(pairs=only.tolist())} if only is not None else {}),
     )

@@ -182,7 +182,8 @@ def config_options(
 
     Each default is read from the dataclass, never restated: ``--beta`` shows and uses
     ``TrainConfig.beta``. A field without a default is a required flag; ``argument`` names the
-    field given as the positional argument; a bool is a plain ``--flag``.
+    field given as the positional argument; a bool is a plain ``--flag``, or ``--flag/--no-flag``
+    when it is on by default.
     """
     hints = get_type_hints(config_class)
     added = []
@@ -192,6 +193,8 @@ def config_options(
         flag = "--" + f.name.replace("_", "-")
         if f.name == argument:
             declared = typer.Argument(help=helps[f.name], show_default=False)
+        elif f.default is True:  # a bool that is on by default is turned off by --no-flag
+            declared = typer.Option(f"{flag}/--no-{flag[2:]}", help=helps[f.name])
         else:  # one name: a bool is a plain --flag, as before
             declared = typer.Option(flag, help=helps[f.name])
         default = inspect.Parameter.empty if f.default is MISSING else f.default
