@@ -2,7 +2,8 @@
 
 The tiny Llama (trainers.model) is trained both ways on the same split; the equality test holds
 the tokens, the per-pair loss terms and every parameter's gradient of ``MixDPOTrainer`` to
-prefcurate's own trainer within 1e-5 on a batch that mixes dpo and sft pairs.
+prefcurate's own trainer within 1e-5 on a batch that mixes dpo and sft pairs, with a Llama of
+hidden size 128, large enough for ``MixDPOTrainer`` to share each prompt (its default).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ pytest.importorskip("trl")
 
 import torch  # noqa: E402
 from split_helpers import synthetic_rows, write_split  # noqa: E402
+from test_shared_prompt import small_model  # noqa: E402
 from torch.testing import assert_close  # noqa: E402
 
 from prefcurate.base.errors import InputError  # noqa: E402
@@ -80,10 +82,25 @@ CHAT_TEMPLATE = (
 )
 
 
+@pytest.fixture(scope="module")
+def small_model_dir(tmp_path_factory) -> Path:
+    """A random Llama large enough to share prompts (trainers.shared_prompt.MIN_HIDDEN_SIZE)."""
+    directory = tmp_path_factory.mktemp("small") / "model"
+    small_model().save_pretrained(directory)
+    load_model("tiny").tokenizer.save_pretrained(directory)
+    return directory
+
+
 def trainer_for(
-    split_dir: Path, tmp_path: Path, *, ref: bool = True, chat_template=None, **overrides
+    split_dir: Path,
+    tmp_path: Path,
+    *,
+    ref: bool = True,
+    chat_template=None,
+    model: str = "tiny",
+    **overrides,
 ):
-    loaded = load_model("tiny", seed=0)
+    loaded = load_model(model, seed=0)
     loaded.tokenizer.chat_template = chat_template
     return MixDPOTrainer(
         loaded.model,
@@ -105,7 +122,9 @@ def trainer_for(
         ("standard", "unshared"),
     ],
 )
-def test_per_pair_losses_and_gradients_equal_prefcurate_train(tmp_path, layout, variant):
+def test_per_pair_losses_and_gradients_equal_prefcurate_train(
+    tmp_path, small_model_dir, layout, variant
+):
     """One mixed batch (6 dpo + 4 sft pairs), cDPO with β = 0.1, ε = 0.1, at a policy that has
     moved away from its reference (one SGD step on the policy only, so the DPO terms are not all
     log 2): the same tokens, the same 10 loss terms and the same gradient of their mean for
@@ -124,7 +143,7 @@ def test_per_pair_losses_and_gradients_equal_prefcurate_train(tmp_path, layout, 
     n = len(ROUTES)
 
     # prefcurate train's path: read → tokenise → reference pass → collate → objective
-    ours = load_model("tiny", seed=0)
+    ours = load_model(str(small_model_dir))
     ours.tokenizer.chat_template = template
     split = read_split(split_dir)
     assert split.conversational == conversational
@@ -165,6 +184,7 @@ def test_per_pair_losses_and_gradients_equal_prefcurate_train(tmp_path, layout, 
         gradient_checkpointing=False,
         nll_weight=nll_weight,
         shared_prompt=variant != "unshared",
+        model=str(small_model_dir),
     )
     model = trainer.model
     _nudge(model, moved)
@@ -201,7 +221,7 @@ def test_per_pair_losses_and_gradients_equal_prefcurate_train(tmp_path, layout, 
         assert_close(theirs[name].grad, param.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_precomputed_reference_is_the_same_with_the_prompt_shared(tmp_path):
+def test_precomputed_reference_is_the_same_with_the_prompt_shared(tmp_path, small_model_dir):
     """``precompute_ref_log_probs=True``: the reference pass before training gives each dpo
     pair's log-probs within 1e-5 (of their size: fp32 sums of about 170) of the unshared pass,
     and NaN for sft pairs, which need none."""
@@ -209,7 +229,8 @@ def test_precomputed_reference_is_the_same_with_the_prompt_shared(tmp_path):
     columns = {}
     for shared in (True, False):
         trainer = trainer_for(split_dir, tmp_path / str(shared), ref=False,
-                              precompute_ref_log_probs=True, shared_prompt=shared)  # fmt: skip
+                              precompute_ref_log_probs=True, shared_prompt=shared,
+                              model=str(small_model_dir))  # fmt: skip
         assert trainer.shared_prompt_off == ({} if shared else None)
         data = trainer.train_dataset
         columns[shared] = [

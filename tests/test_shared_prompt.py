@@ -11,13 +11,13 @@ import torch
 from split_helpers import synthetic_rows, write_split
 from test_train import FAST, assert_same_losses
 from torch.testing import assert_close
-from transformers import ByT5Tokenizer
+from transformers import ByT5Tokenizer, LlamaForCausalLM
 
 from trainers.data import collate, read_split, tokenize_split
 from trainers.logps import SequenceLogps, check_shared_prompt, reference_logps
-from trainers.model import build_tiny
+from trainers.model import build_tiny, tiny_config
 from trainers.objective import Objective
-from trainers.shared_prompt import share_prompts
+from trainers.shared_prompt import MIN_HIDDEN_SIZE, share_prompts
 
 TEMPLATE = (
     "{% for m in messages %}<{{ m.role }}>{{ m.content }}|{% endfor %}"
@@ -29,6 +29,13 @@ OBJECTIVE = Objective(loss="sigmoid", beta=0.1, label_smoothing=0.1, sft_weight=
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("PREFCURATE_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def small_model() -> LlamaForCausalLM:
+    """A random Llama just large enough to share prompts (hidden 128; grouped-query attention)."""
+    torch.manual_seed(0)
+    shape = {"hidden_size": MIN_HIDDEN_SIZE, "intermediate_size": 352}
+    return LlamaForCausalLM(tiny_config(**shape, num_attention_heads=4, num_key_value_heads=2))
 
 
 def _batch(tmp_path, kind: str):
@@ -58,7 +65,7 @@ def _terms_and_grads(module: SequenceLogps, batch):
 @pytest.mark.parametrize("kind", ["plain", "conversational", "truncated", "packed"])
 def test_shared_prompt_gives_the_same_log_probs_losses_and_gradients(tmp_path, kind, dtype):
     pairs, index, extra = _batch(tmp_path, kind)
-    model = build_tiny(0).model.to(dtype)
+    model = small_model().to(dtype)
     ordinary = SequenceLogps(model, packed=kind == "packed")
     expected, expected_grads = _terms_and_grads(ordinary, collate(pairs, index, **extra))
 
@@ -85,7 +92,7 @@ def test_shared_prompt_gives_the_same_log_probs_losses_and_gradients(tmp_path, k
 
 def test_the_reference_pass_shares_prompts_and_gives_the_same_log_probs(tmp_path):
     pairs, _, extra = _batch(tmp_path, "plain")
-    model = build_tiny(0).model.to(torch.float64)
+    model = small_model().to(torch.float64)
     args = {"batch_size": 4, "device": torch.device("cpu"), "pad_id": extra["pad_id"]}
     ordinary = reference_logps(SequenceLogps(model), pairs, autocast=torch.autocast("cpu",
                                enabled=False), **args)  # fmt: skip
@@ -111,12 +118,16 @@ def test_a_batch_whose_rejected_prompt_differs_keeps_the_ordinary_layout():
     assert share_prompts(ids, attention, response, dpo, max_share=0.6) is None
 
 
-def test_eager_attention_keeps_the_ordinary_batch():
-    model = build_tiny(0).model
+def test_eager_attention_and_a_tiny_model_keep_the_ordinary_batch():
+    model = small_model()
     model.set_attn_implementation("eager")
     reason = check_shared_prompt(SequenceLogps(model))
     assert reason == "attention 'eager' (the shared prompt runs on sdpa)"
     assert model.config._attn_implementation == "eager"
+    tiny = build_tiny(0).model  # hidden size 64: the gathers would cost more than they save
+    reason = check_shared_prompt(SequenceLogps(tiny))
+    assert reason == "hidden size 64: below 128 sharing is slower than not"
+    assert tiny.config._attn_implementation == "sdpa"
 
 
 @pytest.fixture(scope="module")
@@ -124,10 +135,19 @@ def split(tmp_path_factory):
     return write_split(tmp_path_factory.mktemp("shared") / "split", synthetic_rows(24, seed=5))
 
 
+@pytest.fixture(scope="module")
+def small_model_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("small") / "model"
+    small_model().save_pretrained(directory)
+    ByT5Tokenizer().save_pretrained(directory)
+    return directory
+
+
 def test_a_run_shares_prompts_by_default_and_logs_the_losses_of_an_unshared_run(
-    cli, split, tmp_path
+    cli, split, small_model_dir, tmp_path
 ):
-    args = [split, *FAST, "--batch-size", "4", "--max-steps", "3"]
+    small = ["--model", small_model_dir, *FAST[2:]]
+    args = [split, *small, "--batch-size", "4", "--max-steps", "3"]
     off = cli("train", *args, "--out", tmp_path / "off", "--no-shared-prompt")
     assert off.code == 0, off.err
     on = cli("train", *args, "--out", tmp_path / "on")
@@ -143,10 +163,14 @@ def test_a_run_shares_prompts_by_default_and_logs_the_losses_of_an_unshared_run(
     }
 
 
-def test_a_run_with_eager_attention_says_why_prompts_are_not_shared(cli, split, tmp_path):
-    args = [split, *FAST, "--max-steps", "1", "--attn-implementation", "eager"]
-    result = cli("train", *args, "--out", tmp_path / "eager")
+def test_a_run_with_eager_attention_says_why_prompts_are_not_shared(
+    cli, split, small_model_dir, tmp_path
+):
+    args = [split, "--model", small_model_dir, *FAST[2:], "--max-steps", "1"]
+    result = cli("train", *args, "--attn-implementation", "eager", "--out", tmp_path / "eager")
     assert result.code == 0, result.err
-    assert "each prompt runs once per response: attention 'eager'" in result.err
     run = json.loads((tmp_path / "eager" / "run.json").read_text())
-    assert run["shared_prompt"]["on"] is False
+    assert run["shared_prompt"] == {
+        "on": False,
+        "why_not": "attention 'eager' (the shared prompt runs on sdpa)",
+    }

@@ -307,7 +307,7 @@ def _prepare(
         policy.model, allowed_token_ids=config.allowed_token_ids, packed=config.packed
     )
     logps.check_head()
-    unshared = _shared_prompt(config, logps, reporter)
+    unshared = _shared_prompt(config, logps)
     if config.allowed_token_ids is not None:
         check_allowed(pairs, config.allowed_token_ids, config.split_dir)
     if config.gradient_checkpointing:
@@ -350,15 +350,12 @@ def _load_policy(config: TrainConfig, device: torch.device, precision: str) -> L
     return policy
 
 
-def _shared_prompt(config: TrainConfig, logps: SequenceLogps, reporter: Reporter) -> str | None:
-    """Share each pair's prompt between its two sequences (the default) when the model can:
-    None when on, else why not (run.json records it)."""
+def _shared_prompt(config: TrainConfig, logps: SequenceLogps) -> str | None:
+    """Share each pair's prompt between its two sequences (the default) when the model can and
+    it is faster: None when on, else why not (run.json records it; the losses are the same)."""
     if not config.shared_prompt:
         return "--no-shared-prompt"
-    reason = check_shared_prompt(logps)
-    if reason is not None:
-        reporter.message(f"note: each prompt runs once per response: {reason}")
-    return reason
+    return check_shared_prompt(logps)
 
 
 def _reference(config, policy, pairs, logps, module, curriculum, where):
