@@ -51,7 +51,7 @@ from prefcurate.data.margins import (
     threshold_for_fraction,
 )
 from prefcurate.data.schema import ROUTE_DPO, ROUTE_SFT, WEIGHT_COLUMN
-from prefcurate.routing.texts import WIDE_COLUMNS, Texts, split_chunks
+from prefcurate.routing.texts import WIDE_COLUMNS, Spill, Texts, split_chunks
 
 #: plan.json format version; bump when a key changes meaning.
 PLAN_VERSION = 1
@@ -279,14 +279,16 @@ def plan_routes(
     stages = _check_args(mode, threshold, sft_fraction, order, stages, eval_fraction)
     soft = _check_soft(soft, mode)
     budget = default_budget() if memory_budget is None else parse_size(memory_budget)
-    one_pass = fits_one_pass(estimate_input_bytes(source.raw.paths, source.raw.format), budget)
+    estimate = estimate_input_bytes(source.raw.paths, source.raw.format)
+    one_pass = fits_one_pass(estimate, budget)
     wants_margin = threshold is not None or sft_fraction is not None
     _check_margins_needed(source, order, wants_margin)
 
     scan = source.scan_rows()
     _check_predicates(drop, source.scan().collect_schema())
     digest = _HashThread(source)
-    narrow, wide = _narrow(source, scan, texts=one_pass)
+    spill = None if one_pass else _spill_for(estimate)
+    narrow, wide = _narrow(source, scan, texts=one_pass, spill=spill)
     input_info = digest.result(rows=narrow.height)
 
     reasons: dict[str, int] = {}
@@ -297,21 +299,8 @@ def plan_routes(
         threshold = threshold_for_fraction(_kept(keys).get_column("margin"), sft_fraction)
     keys = _hold_out(keys, eval_fraction, seed)
     keys = _drop_below_threshold(keys, source, mode, threshold, reasons)
-    keys = keys.with_columns(_route_expr(mode, threshold).alias("route"))
-    if soft is not None:
-        keys = keys.with_columns(
-            soft_weights(pl.col("margin"), threshold, soft).alias(WEIGHT_COLUMN)
-        )
-    keys = pl.concat(
-        [
-            _order(keys.filter(pl.col("split") == name), order, stages, seed)
-            for name in ("train", "eval")
-        ]
-    )
+    keys = _routed(keys, mode, threshold, soft, (order, stages, seed))
     counts = _counts(keys, narrow.height, reasons, threshold)
-    if soft is not None:
-        train_weights = keys.filter(pl.col("split") == "train").get_column(WEIGHT_COLUMN)
-        counts["weight_mean"] = float(train_weights.mean())
     plan = RoutePlan(
         input=input_info,
         layout=str(source.layout),
@@ -332,12 +321,48 @@ def plan_routes(
         strategy="one-pass" if one_pass else "two-pass",
         memory_budget=budget,
     )
-    if wide is not None:
-        plan._texts = Texts(source, total_bytes=0, preloaded=wide)
-    elif plan.texts.whole:  # read the texts now: a plan of ordinary size outlives its input file
+    total = 0 if wide is not None else int(narrow["_bytes"].sum())
+    plan._texts = Texts(
+        source, total_bytes=total, window_bytes=budget, preloaded=wide, spilled=spill
+    )
+    if wide is None and plan.texts.whole:  # read now: a plan of ordinary size outlives its input
         plan.texts.window(keys.get_column("_pos").head(0))
     plan.seconds = time.perf_counter() - started
     return plan
+
+
+def _routed(
+    keys: pl.DataFrame,
+    mode: Mode,
+    threshold: float | None,
+    soft: float | None,
+    ordering: tuple[Order, int, int],
+) -> pl.DataFrame:
+    """Each kept pair's route (and soft weight), then each split's rank and stage."""
+    keys = keys.with_columns(_route_expr(mode, threshold).alias("route"))
+    if soft is not None:
+        keys = keys.with_columns(
+            soft_weights(pl.col("margin"), threshold, soft).alias(WEIGHT_COLUMN)
+        )
+    order, stages, seed = ordering
+    return pl.concat(
+        [
+            _order(keys.filter(pl.col("split") == name), order, stages, seed)
+            for name in ("train", "eval")
+        ]
+    )
+
+
+def _spill_for(estimate: int) -> Spill | None:
+    """A spill file for the texts (:class:`~prefcurate.routing.texts.Spill`), when the
+    temporary directory has room for them (the input's estimated in-memory size, and half as
+    much again to spare); else None, and the texts are read from the input again."""
+    import shutil
+    import tempfile
+
+    if shutil.disk_usage(tempfile.gettempdir()).free < 1.5 * estimate:
+        return None
+    return Spill()
 
 
 def _check_margins_needed(source: PairSource, order: Order, wants_margin: bool) -> None:
@@ -440,10 +465,11 @@ def _route_expr(mode: Mode, threshold: float | None) -> pl.Expr:
 
 
 def _narrow(
-    source: PairSource, scan: pl.LazyFrame, *, texts: bool = False
+    source: PairSource, scan: pl.LazyFrame, *, texts: bool = False, spill: Spill | None = None
 ) -> tuple[pl.DataFrame, pl.DataFrame | None]:
     """One streaming pass over the input: the plan's frame, validated; with ``texts``, the wide
-    columns too (the one-pass strategy), else no text is kept.
+    columns too (the one-pass strategy); with ``spill``, the wide columns go to that file as
+    they stream past (the two-pass strategy reads them back from it); else no text is kept.
 
     The plan's columns: ``_pos`` (canonical row), the analyze columns (pair_id, margin, lengths,
     flags), ``difficulty`` (computed here, on the small frame) and ``_bytes`` (the pair's text
@@ -463,15 +489,23 @@ def _narrow(
         pl.col("_pos").cast(pl.Int64),
         *narrow_exprs(conversational),
         pl.sum_horizontal(e.fill_null(0).cast(pl.Int64) for e in text_bytes).alias("_bytes"),
-        *(pl.col(c).alias(_WIDE_PREFIX + c) for c in (WIDE_COLUMNS if texts else ())),
+        *(pl.col(c).alias(_WIDE_PREFIX + c) for c in (WIDE_COLUMNS if texts or spill else ())),
         ROW,
         ISSUE,
     )
-    frame = source.collect(lazy, streaming=True)
+    names = [_WIDE_PREFIX + c for c in WIDE_COLUMNS]
+    renamed = dict(zip(names, WIDE_COLUMNS, strict=True))
+
+    def spilled(batch: pl.DataFrame) -> pl.DataFrame:
+        spill.write(batch.select(names).rename(renamed))
+        return batch.drop(names)
+
+    frame = source.collect(lazy, streaming=True, each_batch=spilled if spill else None)
+    if spill is not None:
+        spill.close()
     wide = None
     if texts:
-        names = [_WIDE_PREFIX + c for c in WIDE_COLUMNS]
-        wide = frame.select(names).rename(dict(zip(names, WIDE_COLUMNS, strict=True)))
+        wide = frame.select(names).rename(renamed)
         frame = frame.drop(names)
     return frame.with_columns(difficulty_expr()), wide
 
@@ -823,6 +857,9 @@ def _counts(
         counts["below_threshold"] = keys.filter(pl.col("margin") < threshold).height + reasons.get(
             BELOW_THRESHOLD, 0
         )
+    if WEIGHT_COLUMN in keys.columns:  # route --soft T
+        train_weights = keys.filter(pl.col("split") == "train").get_column(WEIGHT_COLUMN)
+        counts["weight_mean"] = float(train_weights.mean())
     return counts
 
 
