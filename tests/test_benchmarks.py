@@ -50,8 +50,8 @@ def test_data_benchmark_smoke(tmp_path):
     assert results["route"]["sft"] == results["analyze"]["sft"]
     assert results["arrow_size"]["arrow_bytes"] > 0
     assert set(figures["ratios"]["goals"]) == {
-        "route <= 1.5x floor",
-        "route <= 1.0x pandas",
+        "route <= 1.25x floor",
+        "route <= 0.6x pandas",
         "route peak RSS <= Arrow size",
     }
     assert len(figures["ratios"]["each_run"]) == 2

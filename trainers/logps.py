@@ -199,8 +199,9 @@ def check_shared_prompt(module: SequenceLogps) -> str | None:
         shared = module(ids, attention, response, shared=layout)[0]
     except shared_prompt.SharedPromptUnsupported as exc:
         reason = str(exc)
-    else:
-        if not torch.allclose(shared.float(), plain.float(), rtol=1e-3, atol=1e-3):
+    else:  # rounding differs with the matmul shapes: more so in 16 bits than in 32
+        tolerance = 1e-3 if model.dtype in (torch.float32, torch.float64) else 3e-2
+        if not torch.allclose(shared.float(), plain.float(), rtol=tolerance, atol=tolerance):
             reason = "a probe pair's log-probs differ with the prompt shared"
     if reason is not None:
         shared_prompt.disable(model)
