@@ -1,8 +1,9 @@
 """Where one training step's time goes: prefcurate (ordinary and shared-prompt batch) and TRL.
 
 The benchmark's model (``train_bench.py --model bench``: a random 26M Llama over byte tokens) and
-its first batch: 8 UltraFeedback pairs at max length 512, all dpo. Four steps, each a forward
-and backward of the same 8 pairs, the reference log-probs where the trainer needs them:
+its first batch: 8 UltraFeedback pairs at max length 512, all dpo, with activation checkpointing
+as in the benchmark. Four steps, each a forward and backward of the same 8 pairs, the reference
+log-probs where the trainer needs them:
 
 * ``prefcurate_unshared`` / ``prefcurate``: :class:`trainers.objective.Objective` on the
   ordinary batch / the shared-prompt batch (the reference is cached, outside the step);
@@ -11,8 +12,9 @@ and backward of the same 8 pairs, the reference log-probs where the trainer need
 * ``trl_reference``: that reference forward alone (``compute_ref_log_probs``), the part of TRL's
   step that ``precompute_ref_log_probs=True`` moves before the loop.
 
-Each step runs ``--repeats`` times unprofiled, interleaved (the median and min–max wall seconds),
-then once under ``torch.profiler``, whose self CPU time is grouped by kind of operator: matrix
+Each step runs ``--repeats`` times unprofiled, interleaved (the median and min–max wall seconds,
+and the CPU seconds of the process, which a loaded machine stretches far less), then once under
+``torch.profiler``, whose self CPU time is grouped by kind of operator: matrix
 multiplies, attention kernels, element-wise arithmetic, gathers and scatters, copies and fills.
 Run from the repository root::
 
@@ -79,9 +81,15 @@ def steps(paths: dict) -> dict:
 
     unshared_step = ours(ordinary, batch)
     assert check_shared_prompt(shared) is None
+    if SETTINGS["gradient_checkpointing"]:  # as train_bench runs every trainer
+        policy.model.gradient_checkpointing_enable({"use_reentrant": False})
     shared_batch = collate(pairs, index, pad_id=pad, ref_chosen=ref[0], ref_rejected=ref[1],
                            shared_prompt=True)  # fmt: skip
     trainer, _ = trl_trainer(str(paths["split"]), str(paths["model"]), str(paths["trl"]), False)
+    trainer.current_gradient_accumulation_steps = 1  # what train() sets before its first step
+    if trainer.args.gradient_checkpointing:  # what train() switches on
+        kwargs = trainer.args.gradient_checkpointing_kwargs
+        trainer.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     return {
         "prefcurate_unshared": unshared_step,
@@ -93,6 +101,26 @@ def steps(paths: dict) -> dict:
             "shared_positions": shared_batch.shared.tokens,
             "real_tokens": int(batch.attention_mask.sum()),
         },
+    }
+
+
+def timed(step) -> tuple[float, float]:
+    """Wall and CPU seconds of one run of ``step``."""
+    started, cpu = time.perf_counter(), time.process_time()
+    step()
+    return time.perf_counter() - started, time.process_time() - cpu
+
+
+def summary(runs: list[tuple[float, float]]) -> dict:
+    """Median and min–max wall seconds, median CPU seconds, and the load average now."""
+    walls, cpus = [w for w, _ in runs], [c for _, c in runs]
+    return {
+        "wall_s": statistics.median(walls),
+        "wall_s_runs": walls,
+        "wall_s_spread": [min(walls), max(walls)],
+        "cpu_s": statistics.median(cpus),
+        "cpu_s_runs": cpus,
+        "load_after": round(os.getloadavg()[0], 2),
     }
 
 
@@ -119,15 +147,15 @@ def profile(step) -> dict:
 def table(figures: dict) -> str:
     kinds = sorted({k for r in figures["results"].values() for k in r["profile"]["by_kind_s"]})
     lines = [
-        f"| one step, 8 pairs, median (min–max) of {figures['repeats']} | wall s | profiled "
-        "self CPU s | " + " | ".join(kinds) + " |",
-        "|---|---|---|" + "---|" * len(kinds),
+        f"| one step, 8 pairs, median of {figures['repeats']} | wall s (min–max) | CPU s | "
+        "profiled self CPU s | " + " | ".join(kinds) + " |",
+        "|---|---|---|---|" + "---|" * len(kinds),
     ]
     for name, r in figures["results"].items():
         low, high = r["wall_s_spread"]
         shares = [r["profile"]["by_kind_s"].get(k, 0.0) for k in kinds]
         lines.append(
-            f"| {name} | {r['wall_s']:.2f} ({low:.2f}–{high:.2f}) | "
+            f"| {name} | {r['wall_s']:.2f} ({low:.2f}–{high:.2f}) | {r['cpu_s']:.2f} | "
             f"{r['profile']['self_cpu_s']:.2f} | " + " | ".join(f"{s:.2f}" for s in shares) + " |"
         )
     return "\n".join(lines)
@@ -150,17 +178,12 @@ def main() -> None:
         paths["trl"] = Path(tmp) / "trl"
         closures = steps(paths)
         tokens = closures.pop("_tokens")
-        walls: dict[str, list[float]] = {name: [] for name in closures}
-        for _ in range(args.repeats):  # interleaved
+        runs: dict[str, list[tuple[float, float]]] = {name: [] for name in closures}
+        for _ in range(args.repeats):  # interleaved: a change of load hits every step alike
             for name, step in closures.items():
-                started = time.perf_counter()
-                step()
-                walls[name].append(time.perf_counter() - started)
-        results = {
-            name: {"wall_s": statistics.median(w), "wall_s_runs": w,
-                   "wall_s_spread": [min(w), max(w)], "profile": profile(closures[name])}
-            for name, w in walls.items()
-        }  # fmt: skip
+                runs[name].append(timed(step))
+        results = {name: {**summary(runs[name]), "profile": profile(closures[name])}
+                   for name in closures}  # fmt: skip
     figures = {
         "command": " ".join(["python", "benchmarks/step_profile.py", *sys.argv[1:]]),
         "repeats": args.repeats,

@@ -110,7 +110,8 @@ class Spill:
 
 def _take_rows(view: mmap.mmap, positions: np.ndarray) -> pa.Table:
     """Copy the rows at ``positions`` out of the IPC file mapped at ``view``, batch by batch."""
-    reader = pa.ipc.open_file(pa.py_buffer(view))
+    whole = pa.py_buffer(view)
+    reader = pa.ipc.open_file(whole)
     parts, start = [], 0
     for i in range(reader.num_record_batches):
         batch = reader.get_batch(i)
@@ -118,11 +119,28 @@ def _take_rows(view: mmap.mmap, positions: np.ndarray) -> pa.Table:
         low, high = np.searchsorted(positions, [start, end])
         if high > low:
             parts.append(batch.take(pa.array(positions[low:high] - start)))
+        _release(view, batch, whole.address)
         del batch
-        if hasattr(mmap, "MADV_DONTNEED"):  # the pages just read leave this process's memory
-            view.madvise(mmap.MADV_DONTNEED)
         start = end
     return pa.Table.from_batches(parts, schema=reader.schema)
+
+
+def _release(view: mmap.mmap, batch: pa.RecordBatch, base: int) -> None:
+    """Drop the pages of ``batch`` (a zero-copy slice of ``view``) from this process's memory;
+    the page cache keeps them. Only that batch's byte range is walked."""
+    if not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    spans = [
+        (buf.address - base, buf.address - base + buf.size)
+        for column in batch.columns
+        for buf in column.buffers()
+        if buf is not None and buf.size
+    ]
+    if not spans:
+        return
+    first = min(s for s, _ in spans) // mmap.PAGESIZE * mmap.PAGESIZE
+    last = max(e for _, e in spans)
+    view.madvise(mmap.MADV_DONTNEED, first, last - first)
 
 
 class Texts:
