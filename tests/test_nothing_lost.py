@@ -449,7 +449,7 @@ def test_ctrl_c_removes_a_folder_other_threads_still_write_into(tmp_path):
 def test_ctrl_c_after_the_work_is_done_keeps_the_exit_code(tmp_path):
     code = (
         "import os, signal, sys, time\n"
-        "from prefcurate import interrupt\n"
+        "from prefcurate.base import interrupt\n"
         "interrupt.install()\n"
         "interrupt.finish()\n"
         "os.kill(os.getpid(), signal.SIGINT)\n"
@@ -525,3 +525,263 @@ def test_a_broken_model_directory_is_one_line(cli, userdata, saved_tiny, kind, m
     line = _one_line(result)
     assert message in line and f"model-{kind}" in line
     assert _checksums(model) == before and not (userdata / "run").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# 8. round two (issue 21): the --out guard compares against every file a glob reads, re-checks
+#    the folder at the swap, never opens its lock through a link, runs with a lock or not at all
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "out/run*/train.parquet",
+        "out/run?/train.parquet",
+        "out/run[1]/*.parquet",
+        "out/**/*.parquet",
+    ],
+)
+def test_a_glob_input_is_compared_file_by_file_with_out(cli, userdata, pattern):
+    assert cli("route", "data/pairs.jsonl", "-t", "0.5", "--out", "out/run1").code == 0
+    before = _checksums(userdata)
+    line = _one_line(cli("route", pattern, "-t", "0.5", "--out", "out/run1", "--force"))
+    assert "--out is or contains the input " + pattern in line and "train.parquet" in line, line
+    assert _checksums(userdata) == before
+
+
+def test_a_folder_input_linking_into_out_is_refused(cli, userdata):
+    assert cli("route", "data/pairs.jsonl", "-t", "0.5", "--out", "split").code == 0
+    shards = userdata / "shards"
+    shards.mkdir()
+    (shards / "a.parquet").symlink_to(userdata / "split" / "train.parquet")
+    before = _checksums(userdata)
+    line = _one_line(cli("route", "shards", "-t", "0.5", "--out", "split", "--force"))
+    assert "--out is or contains the input shards (shards/a.parquet)" in line, line
+    assert _checksums(userdata) == before
+
+
+def test_score_never_overwrites_a_file_its_glob_reads(cli, userdata):
+    pairs = userdata / "data" / "pairs.parquet"
+    assert cli("synth", pairs, "--n", "20").code == 0
+    before = _checksums(userdata)
+    result = cli("score", "data/pairs.parque?", "--out", pairs, "--force", "--embedding", "x")
+    assert "is or contains the input data/pairs.parque? (data/pairs.parquet)" in _one_line(result)
+    assert _checksums(userdata) == before
+
+
+def _signed_split(folder: Path) -> Path:
+    """An output folder as route leaves it: its files and the manifest listing them."""
+    from prefcurate.base.outdir import write_manifest
+
+    folder.mkdir(parents=True)
+    (folder / "train.parquet").write_bytes(b"old split")
+    write_manifest(folder, kind="route")
+    return folder
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
+@pytest.mark.parametrize("saved", ["draft.tex", "figures/plot.pdf"])
+def test_a_file_saved_into_out_while_the_command_runs_is_never_deleted(
+    tmp_path, monkeypatch, exchange, saved
+):
+    from prefcurate.base import atomic
+    from prefcurate.base.errors import InputError
+
+    if not exchange:  # a file system without RENAME_EXCHANGE
+        monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
+    out = _signed_split(tmp_path / "split")
+    with pytest.raises(InputError) as caught:
+        with atomic.atomic_dir(out, force=True, kind="route") as tmp:
+            (tmp / "train.parquet").write_bytes(b"new split")
+            (out / saved).parent.mkdir(exist_ok=True)
+            (out / saved).write_text("written by the user meanwhile")
+    assert "files prefcurate did not write appeared in --out while this command ran" in str(
+        caught.value
+    )
+    assert saved.split("/")[0] in str(caught.value)
+    assert (out / saved).read_text() == "written by the user meanwhile"
+    assert (out / "train.parquet").read_bytes() == b"old split"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["split"]
+
+
+def test_an_out_replaced_by_a_link_while_the_command_runs_is_left_alone(tmp_path):
+    from prefcurate.base.atomic import atomic_dir
+    from prefcurate.base.errors import InputError
+
+    out = _signed_split(tmp_path / "split")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "paper.tex").write_text("mine")
+    with pytest.raises(InputError, match="appeared in --out"):
+        with atomic_dir(out, force=True, kind="route") as tmp:
+            (tmp / "train.parquet").write_bytes(b"new")
+            shutil.rmtree(out)
+            out.symlink_to(mine)
+    assert out.is_symlink() and (mine / "paper.tex").read_text() == "mine"
+    assert sorted(p.name for p in mine.iterdir()) == ["paper.tex"]
+
+
+def test_the_swap_keeps_what_appears_in_the_old_output_in_its_last_instant(tmp_path, monkeypatch):
+    """A file saved between the last check and the exchange ends in .NAME.kept-PID, named."""
+    from prefcurate.base import atomic
+
+    out = _signed_split(tmp_path / "split")
+    real = atomic._exchange
+
+    def exchange_after_a_save(a: Path, b: Path) -> bool:
+        (b / "late.txt").write_text("saved in the last instant")
+        return real(a, b)
+
+    monkeypatch.setattr(atomic, "_exchange", exchange_after_a_save)
+    with atomic.atomic_dir(out, force=True, kind="route") as tmp:
+        (tmp / "train.parquet").write_bytes(b"new split")
+    assert (out / "train.parquet").read_bytes() == b"new split"
+    kept = tmp_path / f".split.kept-{os.getpid()}"
+    assert (kept / "late.txt").read_text() == "saved in the last instant"
+    assert sorted(p.name for p in kept.iterdir()) == ["late.txt"]  # the old split itself went
+
+
+_LOCK_PLANTS = ["symlink", "hardlink", "folder", "fifo"]
+
+
+def _plant_lock(userdata: Path, kind: str) -> Path:
+    lock = userdata / ".split.lock"
+    notes = userdata / "data" / "notes.md"
+    if kind == "symlink":
+        lock.symlink_to(notes)
+    elif kind == "hardlink":
+        os.link(notes, lock)
+    elif kind == "folder":
+        lock.mkdir()
+        (lock / "keep.txt").write_text("mine")
+    else:
+        os.mkfifo(lock)
+    return lock
+
+
+@pytest.mark.parametrize("kind", _LOCK_PLANTS)
+@pytest.mark.parametrize("command", ["route", "train"])
+def test_a_lock_that_cannot_be_ours_is_refused_and_nothing_it_points_to_changes(
+    cli, userdata, kind, command
+):
+    if command == "train":
+        assert cli("route", "data/pairs.jsonl", "-t", "0.5", "--out", "data-split").code == 0
+        args = ["train", "data-split", "--model", "tiny", "--out", "split", "--max-steps", "1"]
+    else:
+        args = ["route", "data/pairs.jsonl", "-t", "0.5", "--out", "split"]
+    lock = _plant_lock(userdata, kind)
+    before = _checksums(userdata)
+    line = _one_line(cli(*args))
+    what = {"symlink": "is a symbolic link", "hardlink": "has other links",
+            "folder": "is a folder", "fifo": "is not a plain file"}[kind]  # fmt: skip
+    assert f"the lock file of --out {what}" in line and ".split.lock" in line, line
+    assert _checksums(userdata) == before and not (userdata / "split").exists()
+    assert os.path.lexists(lock)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a lock file of another user needs root to make")
+def test_a_lock_file_of_another_user_is_refused_not_ignored():
+    folder = Path(tempfile.mkdtemp(prefix="prefcurate-lock-"))
+    try:
+        folder.chmod(0o777)
+        data = folder / "pairs.jsonl"
+        data.write_text(jsonl(GOOD))
+        data.chmod(0o644)
+        lock = folder / ".s.lock"
+        lock.write_text('{"tool": "prefcurate", "pid": 1}\n')
+        lock.chmod(0o600)  # root's, unreadable to 'nobody'
+        warm = ["route", str(data), "-t", "0.5", "--out", str(folder / "warm")]
+        result = run_as_nobody(["route", str(data), "-t", "0.5", "--out", str(folder / "s")], warm)
+        assert result.returncode == 2, result.stderr
+        last = result.stderr.strip().splitlines()[-1]
+        assert "the lock file of --out cannot be opened (permission denied)" in last, last
+        assert not (folder / "s").exists()
+    finally:
+        shutil.rmtree(folder)
+
+
+_MANIFESTS = {
+    "entries null": {"tool": "prefcurate", "kind": "route", "entries": None},
+    "entries a string": {"tool": "prefcurate", "kind": "route", "entries": "thesis.tex"},
+    "entries a number": {"tool": "prefcurate", "kind": "route", "entries": 3},
+    "a pattern": {"tool": "prefcurate", "kind": "route", "entries": ["*"]},
+    "a path": {"tool": "prefcurate", "kind": "route", "entries": ["../data", "/etc"]},
+}
+
+
+@pytest.mark.parametrize("manifest", _MANIFESTS.values(), ids=_MANIFESTS)
+def test_a_malformed_manifest_claims_nothing(cli, userdata, manifest):
+    results = userdata / "results"
+    results.mkdir()
+    (results / "thesis.tex").write_text("years of work")
+    (results / MANIFEST).write_text(json.dumps(manifest))
+    before = _checksums(userdata)
+    line = _one_line(cli("route", "data/pairs.jsonl", "-t", "0.5", "--out", results, "--force"))
+    assert "--out holds files prefcurate did not write" in line and "thesis.tex" in line, line
+    assert _checksums(userdata) == before
+
+
+@pytest.mark.parametrize(
+    ("kind", "users"),
+    [("bench", ["seed-notes.txt", ".x.tmp-old"]), ("demo", [".x.tmp-old", "run.lock"])],
+)
+def test_a_demo_or_bench_folder_claims_only_what_it_wrote(tmp_path, kind, users):
+    from prefcurate.base.errors import InputError
+    from prefcurate.base.outdir import open_dir
+    from prefcurate.recipes.bench import BENCH_ENTRIES
+    from prefcurate.recipes.demo import DEMO_ENTRIES
+
+    entries = (*BENCH_ENTRIES, "seed-0") if kind == "bench" else DEMO_ENTRIES
+    folder = open_dir(tmp_path / "work", force=False, kind=kind, entries=entries)
+    (folder / "results.json" if kind == "bench" else folder / "README.md").write_text("{}")
+    for name in users:
+        (folder / name).write_text("the user's")
+    before = _checksums(tmp_path)
+    with pytest.raises(InputError, match="prefcurate did not write") as caught:
+        open_dir(folder, force=True, kind=kind, entries=entries)
+    assert all(name in str(caught.value) for name in users)
+    assert _checksums(tmp_path) == before
+
+
+def test_force_removes_temporary_folders_of_killed_runs_inside_a_demo_folder(tmp_path):
+    from prefcurate.base.outdir import open_dir
+    from prefcurate.recipes.demo import DEMO_ENTRIES
+
+    folder = open_dir(tmp_path / "work", force=False, kind="demo", entries=DEMO_ENTRIES)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    stale = folder / f".split.tmp-{dead}"
+    stale.mkdir()
+    (stale / TEMP_MARKER).write_text(
+        json.dumps({"tool": "prefcurate", "pid": int(dead), "host": os.uname().nodename})
+    )
+    (folder / "split").mkdir()
+    open_dir(folder, force=True, kind="demo", entries=DEMO_ENTRIES)
+    assert sorted(p.name for p in folder.iterdir()) == [MANIFEST]
+
+
+def _trained_run(cli, userdata) -> tuple[Path, tuple[str, ...]]:
+    assert cli("route", "data/pairs.jsonl", "-t", "0.5", "--out", "split").code == 0
+    flags = ("--model", "tiny", "--max-length", "64", "--batch-size", "2", "--lr", "1e-3")
+    result = cli("train", "split", "--out", "run", *flags, "--max-steps", "2", "--save-every", "1")
+    assert result.code == 0, result.err
+    return userdata / "run", flags
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "run.json", "model", "checkpoints/step-1"])
+def test_resume_never_writes_through_a_link_in_the_run_directory(cli, userdata, name):
+    run, flags = _trained_run(cli, userdata)
+    mine = userdata / "mine"
+    target = run / name
+    if target.is_dir():
+        shutil.copytree(target, mine)
+        shutil.rmtree(target)
+    else:
+        mine.write_bytes(target.read_bytes())
+        target.unlink()
+    target.symlink_to(mine)
+    before = _checksums(userdata)
+    result = cli("train", "split", "--out", "run", *flags, "--max-steps", "3", "--resume")
+    line = _one_line(result)
+    assert f"--out holds a symbolic link where the run writes ({name})" in line, line
+    assert _checksums(userdata) == before

@@ -58,6 +58,7 @@ def check_run_dir(
             where=out,
             fix="choose a new or empty folder for --out",
         )
+    _refuse_links(out)
     existing = [name for name in RUN_OUTPUTS if (out / name).exists()]
     if existing and not resume and read_manifest(out) is None and not _legacy_run(out):
         raise InputError(
@@ -70,6 +71,23 @@ def check_run_dir(
             f"the run directory already holds {', '.join(existing)}",
             where=out,
             fix="pass --resume to continue it, --force to start over, or another --out",
+        )
+
+
+def _refuse_links(out: Path) -> None:
+    """A run never writes through a symbolic link: metrics.jsonl appended to, run.json or model/
+    replaced, a checkpoint pruned would reach the file or folder it points to."""
+    checkpoints = out / "checkpoints"
+    places = [out / name for name in RUN_OUTPUTS]
+    if checkpoints.is_dir() and not checkpoints.is_symlink():
+        places += sorted(checkpoints.iterdir())
+    links = [str(p.relative_to(out)) for p in places if p.is_symlink()]
+    if links:
+        raise InputError(
+            f"--out holds a symbolic link where the run writes ({', '.join(links[:5])}); "
+            "refusing to write through it",
+            where=out,
+            fix="replace the link with the real file or folder, or choose another --out",
         )
 
 

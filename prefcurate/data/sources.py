@@ -10,7 +10,6 @@ pairs.
 from __future__ import annotations
 
 import errno
-import glob as globlib
 import gzip
 import hashlib
 import io
@@ -22,6 +21,7 @@ from pathlib import Path
 import polars as pl
 
 from prefcurate.base.errors import InputError, json_problem, one_line
+from prefcurate.base.outdir import expand_glob
 
 #: File formats by suffix. Compressed JSONL keeps its inner suffix: ``x.jsonl.gz`` is jsonl.
 _SUFFIX_FORMAT = {
@@ -35,7 +35,6 @@ _SUFFIX_FORMAT = {
     ".arrow": "arrow",
 }
 _COMPRESSIONS = (".gz", ".zst")
-_GLOB_CHARS = set("*?[")
 
 #: Rows a schema is inferred from (JSONL, CSV); prefcurate.data.io checks the same rows' types.
 SCHEMA_ROWS = 1000
@@ -174,8 +173,8 @@ def content_hash(paths: tuple[Path, ...] | list[Path]) -> tuple[str, int]:
 def resolve(spec: str | Path, *, split: str | None = None) -> RawSource:
     """Find the files behind ``spec`` and their format; every failure is an :class:`InputError`."""
     text = str(spec)
-    if any(c in _GLOB_CHARS for c in text) and not Path(text).exists():
-        matches = sorted(Path(p) for p in globlib.glob(text, recursive=True))
+    matches = expand_glob(text)
+    if matches is not None:
         files = [p for p in matches if p.is_file()]
         if not files:
             raise InputError(

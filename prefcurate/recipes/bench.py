@@ -170,8 +170,9 @@ CLAIMS: tuple[Claim, ...] = (
 )
 
 
-#: What the bench writes into its folder: one folder per seed and the results.
-BENCH_ENTRIES = ("seed-*", "results.json", "results.md", "chart.png", ".*.tmp-*", ".*.lock")
+#: What the bench writes into its folder besides one ``seed-N`` folder per seed (by name: a
+#: manifest lists what was written, never a pattern that could claim a user's ``seed-notes.txt``).
+BENCH_ENTRIES = ("results.json", "results.md", "chart.png")
 
 
 @dataclass
@@ -243,7 +244,10 @@ def run_bench(config: BenchConfig, *, progress: Progress | None = None) -> dict[
 
     from prefcurate.base.outdir import open_dir
 
-    out = open_dir(config.out, force=config.force, kind="bench", entries=BENCH_ENTRIES)
+    seed_dirs = [f"seed-{seed}" for seed in range(config.seeds)]
+    out = open_dir(
+        config.out, force=config.force, kind="bench", entries=(*BENCH_ENTRIES, *seed_dirs)
+    )
     started, cpu_started = time.perf_counter(), _cpu_seconds()
     load_before = _load_average()
     threads = torch.get_num_threads()
