@@ -944,3 +944,106 @@ def test_a_damaged_training_cache_entry_is_computed_again(cli, userdata, kind, c
     first = (userdata / "a" / "metrics.jsonl").read_text().splitlines()
     again = (userdata / "b" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["loss"] for r in first] == [json.loads(r)["loss"] for r in again]
+
+
+# --------------------------------------------------------------------------------------------------
+# 10. round two: one row never sinks a command; memory and page size follow the data's size,
+#     never a value; text from the data stays text on the page
+
+
+def _page_data(page: Path) -> dict:
+    text = page.read_text(encoding="utf-8")
+    start = text.index('<script type="application/json" id="page-data">') + len(
+        '<script type="application/json" id="page-data">'
+    )
+    return json.loads(text[start : text.index("</script>", start)])
+
+
+def _with_outlier(userdata: Path, score: float, *, opposite: bool = False) -> Path:
+    rows = [row(i) for i in range(40)]
+    rows.append(row(40, score_chosen=score, score_rejected=0.0))
+    if opposite:
+        rows.append(row(41, score_chosen=0.0, score_rejected=score))
+    path = userdata / "data" / "outlier.jsonl"
+    path.write_text(jsonl(rows))
+    return path
+
+
+def _bounded(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``prefcurate ARGS`` with 3 GiB of address space and two minutes: a command whose memory
+    grows with a value instead of the data fails here."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+    env = {**os.environ, "PREFCURATE_CATALOG": "off"}
+    command = [sys.executable, "-m", "prefcurate", *map(str, args)]
+    return subprocess.run(command, cwd=cwd, env=env, preexec_fn=limit, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "score", [1e7, 1e15, 1e300, -1e300], ids=["1e7", "1e15", "1e300", "-1e300"]
+)
+def test_one_huge_margin_costs_what_the_data_costs(userdata, score):
+    data = _with_outlier(userdata, score, opposite=score < 0)
+    before = _checksums(userdata / "data")
+    page = _bounded(["inspect", data, "--out", "page.html"], userdata)
+    assert page.returncode == 0, page.stderr
+    assert (userdata / "page.html").stat().st_size < 6_000_000  # the page's script is 4.6 MB
+    taus = _page_data(userdata / "page.html")["thresholds"]["values"]
+    assert 2 <= len(taus) <= 2000 and 0.5 in taus
+    for command in ("analyze", "route"):
+        done = _bounded([command, data, "-t", "0.5", "--out", command], userdata)
+        assert done.returncode == 0, done.stderr
+        assert "Warning" not in done.stderr and "error" not in done.stderr, done.stderr
+        assert (userdata / command / "margin_hist.png").stat().st_size > 1000
+    margin = json.loads((userdata / "analyze" / "report.json").read_text())["margin"]
+    assert (margin["min"], margin["max"]) == ((-1e300, 1e300) if score < 0 else (0.0, score))
+    assert _checksums(userdata / "data") == before
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"score_chosen": 1.5e308, "score_rejected": 0.0},
+         "score_chosen is 1.5e+308, beyond ±1e+300"),
+        ({"score_chosen": -5e300, "score_rejected": 0.0},
+         "score_chosen is -5e+300, beyond ±1e+300"),
+        ({"score_chosen": 6e299, "score_rejected": -6e299},
+         "the margin (score_chosen − score_rejected) is 1.2e+300, beyond ±1e+300"),
+    ],
+)  # fmt: skip
+def test_a_value_beyond_the_comparable_range_is_one_located_line(cli, userdata, changes, message):
+    rows = [row(i) for i in range(8)] + [row(8, **changes)]
+    (userdata / "data" / "big.jsonl").write_text(jsonl(rows))
+    before = _checksums(userdata)
+    for command in ("route", "analyze"):
+        line = _one_line(cli(command, "data/big.jsonl", "-t", "0.5", "--out", "out"))
+        assert "big.jsonl, line 9: " + message in line, line
+    assert _checksums(userdata) == before
+
+
+def test_a_threshold_beyond_the_comparable_range_is_refused(cli, userdata):
+    line = _one_line(cli("route", "data/pairs.jsonl", "-t", "1e308", "--out", "split"))
+    assert "--threshold must be a finite number within ±1e+300, got 1e+308" in line
+    assert not (userdata / "split").exists()
+
+
+_MARKUP = ['<a href="https://example.org/x">click</a>', "<b>bold</b> & co", "<br>two<br>lines"]
+
+
+def test_source_names_are_text_on_the_inspect_page(cli, userdata):
+    rows = [row(i, source=_MARKUP[i % 3]) for i in range(30)]
+    (userdata / "data" / "sources.jsonl").write_text(jsonl(rows))
+    result = cli("inspect", "data/sources.jsonl", "--out", "page.html")
+    assert result.code == 0, result.err
+    data = _page_data(userdata / "page.html")
+    boxes = data["figures"]["sources"]["data"][0]
+    assert sorted(boxes["x"]) == sorted(
+        n.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") for n in _MARKUP
+    )
+    shown = json.dumps(data["figures"])
+    assert "<a href" not in shown and "<b>" not in shown and "<br>two" not in shown
+    assert sorted(data["thresholds"]["by_source"]) == sorted(_MARKUP)  # the table: textContent

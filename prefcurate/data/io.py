@@ -27,7 +27,7 @@ import polars_hash as plh
 from prefcurate.base.errors import InputError, json_problem, one_line
 from prefcurate.data import jsoncheck, layouts
 from prefcurate.data.layouts import ISSUE, ROW, Detected
-from prefcurate.data.margins import difficulty_expr, margin_expr
+from prefcurate.data.margins import LIMIT, beyond_limit, difficulty_expr, margin_expr
 from prefcurate.data.schema import CANONICAL_COLUMNS, Binarize, ColumnMap, Layout
 from prefcurate.data.sources import (
     SCHEMA_ROWS,
@@ -103,13 +103,15 @@ class PairSource:
             keep_input=keep_input and self.layout is not Layout.MULTI_COMPLETION,
         )
         frame = frame.with_columns(margin_expr(self.detected.margin is not None))
-        overflow = pl.col("margin").is_infinite()  # finite scores whose difference is not
+        margin = pl.col("margin")  # finite scores whose difference is not, or beyond the limit
+        what = "the margin (score_chosen − score_rejected)"
         frame = frame.with_columns(
             pl.coalesce(
                 pl.col(ISSUE),
-                pl.when(overflow).then(
-                    pl.lit("the margin (score_chosen − score_rejected) is infinite")
-                ),
+                pl.when(margin.is_infinite())
+                .then(pl.lit(f"{what} is infinite"))
+                .when(beyond_limit(margin))
+                .then(pl.format(f"{what} is {{}}, beyond ±{LIMIT:g}", margin)),
             ).alias(ISSUE)
         )
         pair_id = pair_id_expr(self.layout is Layout.CONVERSATIONAL)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from prefcurate.base.errors import InputError
+from prefcurate.data.margins import LIMIT, beyond_limit
 from prefcurate.data.schema import (
     MESSAGE_DTYPE,
     SCORE_DTYPE,
@@ -411,6 +412,8 @@ def _score(schema: pl.Schema, path: str | None, name: str) -> tuple[pl.Expr, pl.
         .then(pl.lit(f"{path} is NaN"))
         .when(value.is_infinite())
         .then(pl.lit(f"{path} is infinite"))
+        .when(beyond_limit(value))
+        .then(pl.format(f"{path} is {{}}, beyond ±{LIMIT:g}", value))
     )
     return value, issue
 

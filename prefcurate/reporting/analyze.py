@@ -57,6 +57,10 @@ QUANTILES: dict[str, float] = {"p05": 0.05, "p25": 0.25, "median": 0.5, "p75": 0
 MAX_BINS = 40
 
 _GRID_STEPS = (1.0, 0.5, 0.25)  # rating scales whose margins sit on a grid
+#: A rating grid spans at most this many steps: beyond it (one outlier margin of 1e7 on a 0.5
+#: grid) the margins are binned as continuous ones, so nothing drawn or listed per grid value
+#: grows with a value instead of with the data.
+MAX_GRID_STEPS = 1000
 
 
 # --------------------------------------------------------------------------------------------------
@@ -430,6 +434,7 @@ def _pearson(df: pl.DataFrame) -> float | None:
     x = pairs.get_column("margin").to_numpy().astype(np.float64)
     y = (pairs.get_column("chosen_chars") - pairs.get_column("rejected_chars")).to_numpy()
     x, y = x - x.mean(), y.astype(np.float64) - y.mean()
+    x, y = x / (np.abs(x).max() or 1.0), y / (np.abs(y).max() or 1.0)  # no overflow at 1e300
     denom = math.sqrt(float(x @ x) * float(y @ y))
     return float(x @ y) / denom if denom > 0 else None
 
@@ -523,7 +528,7 @@ def histogram(
             cut = None
     start = anchor + math.floor((lo - anchor) / width) * width
     n = math.floor((hi - start) / width) + 1
-    edges = np.round(start + width * np.arange(n + 1), 10)
+    edges = np.array([round(float(e), 10) for e in start + width * np.arange(n + 1)])
     counts = np.histogram(values, bins=edges)[0]  # edges[-1] > hi, so every bin is [a, b)
     return Histogram(
         edges=[float(e) for e in edges],
@@ -535,7 +540,10 @@ def histogram(
 
 
 def _grid_step(values: np.ndarray) -> float | None:
+    lo, hi = float(values.min()), float(values.max())
     for step in _GRID_STEPS:
+        if (hi - lo) / step > MAX_GRID_STEPS or max(abs(lo), abs(hi)) / step > 2**52:
+            return None  # too many steps, or values so large that every float is a multiple
         scaled = values / step
         if np.all(np.abs(scaled - np.round(scaled)) < 1e-9 * np.maximum(1.0, np.abs(scaled))):
             return step

@@ -13,10 +13,34 @@ from typing import Any
 from prefcurate.reporting.analyze import Histogram, Report
 from prefcurate.reporting.palette import DPO_COLOR, MARGIN_LABEL, NEUTRAL_COLOR, SFT_COLOR
 
+#: The fields of a trace that carry values, which may come from the data (a source's name).
+_DATA_FIELDS = ("x", "y", "text", "hovertext", "name", "customdata")
+
 
 def _fig(figure) -> dict[str, Any]:
-    """A validated ``go.Figure`` as JSON-native data (numbers only, no NaN)."""
-    return json.loads(figure.to_json())
+    """A validated ``go.Figure`` as JSON-native data (numbers only, no NaN); every string among
+    the traces' values is plain text (:func:`plain_text`), never Plotly markup."""
+    data = json.loads(figure.to_json())
+    for trace in data.get("data", []):
+        for key in _DATA_FIELDS:
+            if key in trace:
+                trace[key] = _plain(trace[key])
+    return data
+
+
+def plain_text(text: str) -> str:
+    """``text`` as Plotly shows it verbatim: Plotly reads labels as a small HTML (``<a href>``
+    becomes a live link, ``<br>`` a line break), so ``&``, ``<`` and ``>`` are written as
+    entities, which it turns back into the characters on screen."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, str):
+        return plain_text(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _layout(**kwargs) -> dict[str, Any]:
