@@ -1047,3 +1047,40 @@ def test_source_names_are_text_on_the_inspect_page(cli, userdata):
     shown = json.dumps(data["figures"])
     assert "<a href" not in shown and "<b>" not in shown and "<br>two" not in shown
     assert sorted(data["thresholds"]["by_source"]) == sorted(_MARKUP)  # the table: textContent
+
+
+@pytest.mark.parametrize(
+    ("predicate", "message"),
+    [
+        ("pairs::VARCHAR LIKE '%careful answer 3%'", "reads the whole row (pairs)"),
+        ("CAST(pairs AS VARCHAR) LIKE '%3%'", "reads the whole row (pairs)"),
+        ("COLUMNS(*)::VARCHAR LIKE '%3%'", "reads every column (COLUMNS(*) or *)"),
+        ("COLUMNS('chosen|rejected') LIKE '%3%'", "reads every column (COLUMNS(*) or *)"),
+        ("margin", "is not a condition (it gives DOUBLE, not true or false)"),
+        ("score_chosen + 1", "is not a condition (it gives DOUBLE, not true or false)"),
+        ("chosen", "is not a condition (it gives VARCHAR, not true or false)"),
+        ("NULL", "is not a condition (it gives NULL, not true or false)"),
+        ("random() < 0.5", "calls random(), whose answer changes from run to run"),
+        ("uuid()::VARCHAR < 'a'", "calls uuid(), whose answer changes from run to run"),
+        ("now() > TIMESTAMP '2000-01-01'", "calls now(), whose answer changes from run to run"),
+        ("current_date > DATE '2000-01-01'", "reads current_date, whose answer changes"),
+        ("margin IN (VALUES (2.0))", "holds a subquery"),
+        ("EXISTS (FROM (VALUES (1)))", "holds a subquery"),
+        ("margin = ANY (SELECT 2.0)", "holds a subquery"),
+    ],
+)
+def test_drop_refuses_what_cannot_be_evaluated_as_the_user_meant(cli, userdata, predicate, message):
+    before = _checksums(userdata)
+    result = cli("route", "data/pairs.jsonl", "-t", "0.5", "--out", "split", "--drop", predicate)
+    assert message in _one_line(result)
+    assert _checksums(userdata) == before and not (userdata / "split").exists()
+
+
+def test_drop_through_the_table_name_drops_what_sql_finds(cli, userdata):
+    found = cli("sql", "select count(*) as n from pairs where pairs.margin > 1", "--json",
+                "--data", "data/pairs.jsonl")  # fmt: skip
+    n = json.loads(found.out)[0]["n"]
+    result = cli("route", "data/pairs.jsonl", "-t", "0.5", "--out", "split", "--drop",
+                 "pairs.margin > 1", "--json")  # fmt: skip
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["counts"]["dropped_by_reason"]["drop: pairs.margin > 1"] == n > 0

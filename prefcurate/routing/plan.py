@@ -41,8 +41,7 @@ import polars as pl
 
 from prefcurate.base.errors import InputError
 from prefcurate.base.sizes import default_budget, estimate_input_bytes, fits_one_pass, parse_size
-from prefcurate.catalog.sql import duckdb_message
-from prefcurate.data.io import PAIR_COLUMNS, PairSource
+from prefcurate.data.io import PairSource
 from prefcurate.data.layouts import ISSUE, ROW
 from prefcurate.data.margins import (
     check_routing_args,
@@ -51,6 +50,7 @@ from prefcurate.data.margins import (
     threshold_for_fraction,
 )
 from prefcurate.data.schema import ROUTE_DPO, ROUTE_SFT, WEIGHT_COLUMN
+from prefcurate.routing.drop import check_predicates, matches, predicate_columns
 from prefcurate.routing.texts import WIDE_COLUMNS, Texts, split_chunks
 
 #: plan.json format version; bump when a key changes meaning.
@@ -284,7 +284,7 @@ def plan_routes(
     _check_margins_needed(source, order, wants_margin)
 
     scan = source.scan_rows()
-    _check_predicates(drop, source.scan().collect_schema())
+    check_predicates(drop, source.scan().collect_schema())
     digest = _HashThread(source)
     narrow, wide = _narrow(source, scan, texts=one_pass)
     input_info = digest.result(rows=narrow.height)
@@ -364,7 +364,7 @@ def _drop_matching(
         pl.lit(None, dtype=pl.String).alias("_drop")
     )
     for predicate in drop:
-        matched = _predicate_matches(_predicate_frame(scan, narrow, predicate), predicate)
+        matched = matches(_predicate_frame(scan, narrow, predicate), predicate)
         newly = keys.get_column("_drop").is_null() & keys.get_column("_pos").is_in(
             matched.implode()
         )
@@ -481,7 +481,7 @@ _WIDE_PREFIX = "_wide_"
 
 def _predicate_frame(scan: pl.LazyFrame, narrow: pl.DataFrame, predicate: str) -> pl.DataFrame:
     """The columns ``predicate`` mentions, a row per input pair; texts are read only if named."""
-    used = [c for c in _PREDICATE_COLUMNS if _mentions(predicate, c)]
+    used = predicate_columns(predicate)
     have = [c for c in used if c in narrow.columns and c not in ("source", "history_mismatch")]
     read = [c for c in used if c not in have]
     frame = narrow.select("_pos", *have)
@@ -576,108 +576,6 @@ def _mark(keys: pl.DataFrame, mask: pl.Series, reason: str) -> pl.DataFrame:
     return keys.with_columns(
         pl.when(mask).then(pl.lit(reason)).otherwise(pl.col("_drop")).alias("_drop")
     )
-
-
-# --------------------------------------------------------------------------------------------------
-# --drop predicates (DuckDB SQL over the canonical columns)
-
-_PREDICATE_COLUMNS = (*PAIR_COLUMNS,)
-
-
-def _check_predicates(predicates: tuple[str, ...], schema: pl.Schema) -> None:
-    """Fail on a bad predicate before any data is read: parse it, run it over an empty frame."""
-    if not predicates:
-        return
-    empty = pl.DataFrame(schema={c: schema[c] for c in _PREDICATE_COLUMNS})
-    for predicate in predicates:
-        check_predicate(predicate)
-        _predicate_matches(empty, predicate, columns=_PREDICATE_COLUMNS)
-
-
-def check_predicate(predicate: str) -> None:
-    """Refuse a ``--drop`` predicate that is not one expression (DuckDB's own tokenizer and parser).
-
-    The predicate is spliced into ``... WHERE (<predicate>)``; text that closes that parenthesis,
-    ends the statement, comments out the rest or holds a subquery could make it something else,
-    so it is refused, and the whole must parse as exactly one SELECT.
-    """
-    import duckdb
-
-    from prefcurate.catalog.sql import sandbox, sql_words
-
-    fix = "a DuckDB SQL condition over the columns, e.g. 'chosen = rejected OR margin < 0'"
-    if not predicate.strip():
-        raise InputError("--drop predicate is empty", fix="e.g. --drop 'chosen = rejected'")
-    try:
-        words = sql_words(predicate)
-    except duckdb.Error as exc:
-        raise InputError(f"invalid --drop predicate {predicate!r}: {duckdb_message(exc)}") from exc
-    depth = 0
-    for _, text, kind in words:
-        problem = None
-        if kind == "comment":
-            problem = "a comment"
-        elif kind == "keyword" and text.upper() in ("SELECT", "FROM", "WITH", "TABLE"):
-            problem = f"a subquery ({text.upper()})"
-        elif kind == "operator":
-            if ";" in text:
-                problem = "';' (one expression, not statements)"
-            for char in text:
-                depth += (char == "(") - (char == ")")
-                if depth < 0:
-                    problem = "a ')' that closes more than it opened"
-        if problem:
-            raise InputError(f"--drop predicate {predicate!r} holds {problem}", fix=fix)
-    if depth != 0:
-        raise InputError(f"--drop predicate {predicate!r} has unbalanced parentheses", fix=fix)
-    with sandbox() as con:
-        try:
-            statements = con.extract_statements(f"SELECT _pos FROM pairs WHERE ({predicate})")
-        except duckdb.Error as exc:
-            raise InputError(
-                f"invalid --drop predicate {predicate!r}: {duckdb_message(exc)}", fix=fix
-            ) from exc
-    if len(statements) != 1 or statements[0].type.name != "SELECT":
-        raise InputError(f"--drop predicate {predicate!r} is not one expression", fix=fix)
-
-
-def _predicate_matches(
-    frame: pl.DataFrame, predicate: str, *, columns: Sequence[str] | None = None
-) -> pl.Series:
-    """Positions (row numbers of ``frame``) of the pairs ``predicate`` is true for.
-
-    Only the columns the predicate mentions are handed to DuckDB (unless ``columns`` says which),
-    so a predicate on ``margin`` never copies the text columns. The connection is the locked-down
-    sandbox of ``prefcurate sql``: no file is reachable from a predicate.
-    """
-    import duckdb
-
-    from prefcurate.catalog.sql import lock_down, sandbox
-
-    check_predicate(predicate)
-    used = columns or [c for c in _PREDICATE_COLUMNS if _mentions(predicate, c)]
-    table = frame.select(pl.int_range(frame.height, dtype=pl.Int64).alias("_pos"), *used).to_arrow()
-    with sandbox() as con:
-        con.register("pairs", table)
-        lock_down(con)
-        sql = f"SELECT _pos FROM pairs WHERE coalesce(CAST(({predicate}) AS BOOLEAN), false)"
-        try:
-            result = con.execute(sql).fetchnumpy()["_pos"]
-        except duckdb.Error as exc:
-            raise InputError(
-                f"invalid --drop predicate {predicate!r}: {duckdb_message(exc)}",
-                fix="a DuckDB SQL condition over the columns "
-                + ", ".join(_PREDICATE_COLUMNS)
-                + ", e.g. 'chosen = rejected OR margin < 0'",
-            ) from exc
-    return pl.Series("_pos", np.asarray(result), dtype=pl.Int64)
-
-
-def _mentions(predicate: str, column: str) -> bool:
-    """Whether ``column`` may be referenced (a superset is harmless: it only loads more)."""
-    import re
-
-    return re.search(rf"(?<![A-Za-z0-9_]){column}(?![A-Za-z0-9_])", predicate, re.I) is not None
 
 
 # --------------------------------------------------------------------------------------------------
