@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from prefcurate.base.cachedir import default_cache_dir
 from prefcurate.base.errors import InputError
+from prefcurate.base.sizes import parse_size
 
 if TYPE_CHECKING:
     from trainers.lora import LoraSettings
@@ -139,6 +140,7 @@ class TrainConfig:
             if not ok:
                 value = getattr(self, flag[2:].replace("-", "_"))
                 raise InputError(f"{flag} {value} is out of range", fix="see prefcurate train -h")
+        self.max_shard_bytes  # noqa: B018 - parsed now, not when the model is saved at the end
         if self.lr_schedule not in LR_SCHEDULES:
             raise InputError(
                 f"unknown --lr-schedule {self.lr_schedule!r}",
@@ -179,6 +181,17 @@ class TrainConfig:
                 where=self.ref_model,
                 fix="pass a local save_pretrained directory to --ref-model",
             )
+
+    @property
+    def max_shard_bytes(self) -> int:
+        """``--max-shard-size`` in bytes, in the one vocabulary of sizes (``5GB``, ``2GiB``)."""
+        size = parse_size(self.max_shard_size, flag="--max-shard-size")
+        if size < 1:
+            raise InputError(
+                f"--max-shard-size must be more than 0, got {self.max_shard_size!r}",
+                fix="e.g. --max-shard-size 5GB",
+            )
+        return size
 
     def resume_key(self, world_size: int) -> dict[str, Any]:
         """The settings a resumed run must share with the run it continues."""

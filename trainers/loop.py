@@ -606,7 +606,7 @@ def _save_model(run: _Run) -> Path:
             peft_model=run.peft_model,
             adapter=adapter,
             merge=config.merge_lora,
-            max_shard_size=config.max_shard_size,
+            max_shard_size=config.max_shard_bytes,
         )
     dist.barrier()
     return model_dir

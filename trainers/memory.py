@@ -49,6 +49,7 @@ from typing import Any
 import torch
 
 from prefcurate.base.errors import InputError
+from trainers import dist
 from trainers.strategy import decoder_layers
 
 GiB = 1024**3
@@ -379,7 +380,8 @@ def dry_run(config: Any, *, world_size: int | None = None, as_json: bool = False
     plans for a GPU even on a machine without one (with ``--device-memory``).
     """
     config.validate()
-    world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size is None:  # 0 is a value given, and refused; only no value means torchrun's
+        world_size = dist.launched().world_size
     if world_size < 1:
         raise InputError(f"--world-size {world_size} is out of range", fix="use 1 or more")
     if config.device == "auto":

@@ -290,7 +290,7 @@ def route(
     from prefcurate.commands.route import route_dir
 
     with recorded("route", opts.catalog) as run:
-        _check_route(data, opts)
+        _check_route(ctx, data, opts)
         with out_lock(opts.out):  # one writer per --out; a killed one does not keep it
             with status("reading and routing"):
                 plan = _plan(ctx, columns.open(data, seed=opts.seed), opts)
@@ -311,40 +311,41 @@ def route(
         echo(f"{plan.summary()} -> {opts.out}")
 
 
-def _check_route(data: str, opts: RouteOptions) -> None:
+def _check_route(ctx: typer.Context, data: str, opts: RouteOptions) -> None:
     """Every flag route can check before reading: fail fast, write nothing."""
     from prefcurate.base.outdir import check_out_dir
-    from prefcurate.base.sizes import parse_size
     from prefcurate.routing.exports.registry import check_export
+    from prefcurate.routing.plan import check_route_args
 
     if opts.out is None:
         raise InputError("--out is required", fix="pass --out DIR for the split files")
     check_out_dir(opts.out, force=opts.force, inputs=[data])
     check_export(opts.export, weighted=opts.soft is not None)
-    if opts.memory_budget is not None:
-        parse_size(opts.memory_budget)
+    check_route_args(**_settings(ctx, opts))
 
 
-def _plan(ctx: typer.Context, pairs, opts: RouteOptions):
-    """The route plan of ``pairs``: the preset's settings, with the flags the user typed on top."""
-    from prefcurate.routing.plan import plan_routes
-
+def _settings(ctx: typer.Context, opts: RouteOptions) -> dict:
+    """The arguments of plan_routes: the preset's settings, with the flags the user typed on top."""
     typed = explicit_flags(
         ctx, mode=opts.mode, threshold=opts.threshold, sft_fraction=opts.sft_fraction,
         order=opts.order,
     )  # fmt: skip
     settings = resolve_preset("route", opts.preset, typed)
-    return plan_routes(
-        pairs,
-        mode=settings.get("mode", opts.mode),
-        threshold=settings.get("threshold"),
-        sft_fraction=settings.get("sft_fraction"),
-        order=settings.get("order"),
-        stages=opts.stages,
-        drop=opts.drop or (),
-        eval_fraction=opts.eval_fraction,
-        seed=opts.seed,
-        soft=opts.soft,
-        preset=opts.preset,
-        memory_budget=opts.memory_budget,
-    )
+    return {
+        "mode": settings.get("mode", opts.mode),
+        "threshold": settings.get("threshold"),
+        "sft_fraction": settings.get("sft_fraction"),
+        "order": settings.get("order"),
+        "stages": opts.stages,
+        "drop": opts.drop or (),
+        "eval_fraction": opts.eval_fraction,
+        "soft": opts.soft,
+        "memory_budget": opts.memory_budget,
+    }
+
+
+def _plan(ctx: typer.Context, pairs, opts: RouteOptions):
+    """The route plan of ``pairs`` with :func:`_settings`."""
+    from prefcurate.routing.plan import plan_routes
+
+    return plan_routes(pairs, seed=opts.seed, preset=opts.preset, **_settings(ctx, opts))

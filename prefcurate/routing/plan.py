@@ -44,6 +44,7 @@ from prefcurate.base.sizes import default_budget, estimate_input_bytes, fits_one
 from prefcurate.data.io import PairSource
 from prefcurate.data.layouts import ISSUE, ROW
 from prefcurate.data.margins import (
+    LIMIT,
     check_routing_args,
     difficulty_expr,
     no_margin_error,
@@ -490,6 +491,32 @@ def _predicate_frame(scan: pl.LazyFrame, narrow: pl.DataFrame, predicate: str) -
     return frame
 
 
+def check_route_args(
+    *,
+    mode: Mode | str = Mode.MIXDPO,
+    threshold: float | None = None,
+    sft_fraction: float | None = None,
+    order: Order | str | None = None,
+    stages: int | None = None,
+    eval_fraction: float | None = None,
+    soft: float | None = None,
+    drop: Sequence[str] | str = (),
+    memory_budget: int | str | None = None,
+) -> None:
+    """Every argument of :func:`plan_routes` that can be checked without the data, checked now:
+    the command line calls this before it opens anything, so a wrong flag costs nothing."""
+    mode = _enum(Mode, mode, "--mode")
+    order = default_order(mode) if order is None else _enum(Order, order, "--order")
+    threshold = None if threshold is None else float(threshold)
+    sft_fraction = None if sft_fraction is None else float(sft_fraction)
+    _check_args(mode, threshold, sft_fraction, order, stages, eval_fraction)
+    _check_soft(soft, mode)
+    for predicate in (drop,) if isinstance(drop, str) else drop:
+        predicate_columns(predicate)
+    if memory_budget is not None:
+        parse_size(memory_budget)
+
+
 def _enum(kind: type[Enum], value: Enum | str, flag: str):
     try:
         return kind(value)
@@ -533,9 +560,11 @@ def _check_soft(soft: float | None, mode: Mode) -> float | None:
     if soft is None:
         return None
     soft = float(soft)
-    if not (math.isfinite(soft) and soft >= 0):
+    # (τ − margin) / T is computed as a product with 1/T: below 1/LIMIT that reciprocal
+    # overflows, and a pair at τ would get 0 · ∞ = NaN as its weight.
+    if not (math.isfinite(soft) and (soft == 0 or 1 / LIMIT <= soft <= LIMIT)):
         raise InputError(
-            f"--soft must be a temperature ≥ 0, got {soft}",
+            f"--soft must be 0 or a temperature from {1 / LIMIT:g} to {LIMIT:g}, got {soft:g}",
             fix="e.g. --soft 0.25 (0 gives the hard route's 0/1 weights)",
         )
     if mode is not Mode.MIXDPO:
