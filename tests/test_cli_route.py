@@ -161,8 +161,8 @@ def test_memory_budget_chooses_the_pass_not_the_bytes(cli, uf1k, tmp_path):
         (["--threshold", "0.5", "--export", "csv"], "--export must be one of trl, trl-mixdpo"),
         (["--threshold", "0.5", "--eval-fraction", "1"], "--eval-fraction"),
         (["--threshold", "0.5", "--stages", "2", "--order", "random"], "--stages"),
-        (["--threshold", "0.5", "--memory-budget", "2x"], "--memory-budget must be a size"),
-        (["--threshold", "0.5", "--memory-budget", "-1GB"], "--memory-budget must be a size"),
+        (["--threshold", "0.5", "--memory-budget", "2x"], "--text-memory must be a size"),
+        (["--threshold", "0.5", "--memory-budget", "-1GB"], "--text-memory must be a size"),
     ],
 )
 def test_bad_arguments(cli, uf1k, tmp_path, flags, says):

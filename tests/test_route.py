@@ -373,7 +373,7 @@ def test_memory_budget_sizes():
     assert parse_size("1.5g") == 1_500_000_000
     assert parse_size("0") == 0 and parse_size(123) == 123
     for bad in ("", "2x", "-1GB", "GB"):
-        with pytest.raises(InputError, match="--memory-budget"):
+        with pytest.raises(InputError, match="--text-memory"):
             parse_size(bad)
     assert default_budget() > 0
 

@@ -254,10 +254,13 @@ class RouteOptions:
     memory_budget: Annotated[
         str | None,
         typer.Option(
+            "--text-memory",
             "--memory-budget",
-            help="Memory route may take for the input (e.g. 4GB): an input whose one pass fits "
-            "is read once, a larger one twice, never held whole; same files either way. "
-            "[default: an eighth of the RAM]",
+            help="Memory for the texts route holds at once (e.g. 4GB): an input whose texts fit "
+            "is read once, a larger one twice, a window of texts at a time; same files either "
+            "way. Not a cap on the process: reading, hashing and checking every row costs about "
+            "1.3× the input's in-memory size besides (docs/route.md). --memory-budget is its "
+            "old name. [default: an eighth of the RAM]",
             show_default=False,
         ),
     ] = None
