@@ -103,9 +103,20 @@ def install() -> None:
             signal.signal(sig, _ignore)  # the byte on the wakeup fd is what counts
     except (ValueError, OSError):  # not the main thread of the main interpreter
         return
+    threading.excepthook = _quiet_while_stopping(threading.excepthook)
     threading.Thread(
         target=_watch, args=(read_fd,), name="prefcurate-interrupt", daemon=True
     ).start()
+
+
+def _quiet_while_stopping(hook: Callable) -> Callable:
+    """A thread that fails because stop() removed its folder under it prints no traceback."""
+
+    def excepthook(args) -> None:
+        if not _STOPPING.is_set():
+            hook(args)
+
+    return excepthook
 
 
 def finish() -> None:

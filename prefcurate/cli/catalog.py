@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Annotated
 
@@ -107,12 +108,22 @@ def sql(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array of objects.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV with a header row.")] = False,
+    time_limit: Annotated[
+        float,
+        typer.Option("--time-limit", help="Stop the query after this many seconds.", min=0.001),
+    ] = 60.0,
+    memory_limit: Annotated[
+        str,
+        typer.Option("--memory-limit", help="Stop the query when it needs more memory than this."),
+    ] = "2GB",
     catalog: CatalogOpt = None,
     columns: Columns = DEFAULT_COLUMNS,
 ) -> None:
     """Run read-only SQL over the catalog (runs, inputs, metrics) and, with --data, view 'pairs'.
 
-    The query reads the catalog and the data, nothing else: writes and file access fail.
+    The query reads the catalog and the data, nothing else: writes and file access fail. It is
+    stopped after --time-limit seconds (60), above --memory-limit (2GB, spilling included) or
+    beyond 1,000,000 result rows.
 
     Example:
         prefcurate sql "select count(*) from pairs" --data pairs.jsonl
@@ -122,11 +133,15 @@ def sql(
     import json
 
     from prefcurate.base.progress import status
+    from prefcurate.base.sizes import parse_size
     from prefcurate.catalog import sql
     from prefcurate.catalog import store as cat
 
     if as_json and as_csv:
         raise InputError("--json and --csv both given", fix="pass one")
+    if not math.isfinite(time_limit):
+        raise InputError(f"--time-limit must be a number of seconds, got {time_limit}")
+    memory = parse_size(memory_limit, flag="--memory-limit")
     cat.check_catalog(catalog)
     sql.read_only_statement(query)  # before the data is read
     pairs = None
@@ -134,7 +149,9 @@ def sql(
         with status("reading the data"):
             frame = columns.open(data).collect()
             pairs = frame.to_arrow()
-    result = sql.query(query, catalog=catalog, pairs=pairs)
+    result = sql.query(
+        query, catalog=catalog, pairs=pairs, time_limit=time_limit, memory_limit=memory
+    )
     if as_json:
         print(json.dumps(result.records(), ensure_ascii=False, default=str))
     elif as_csv:
