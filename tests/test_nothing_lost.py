@@ -1084,3 +1084,145 @@ def test_drop_through_the_table_name_drops_what_sql_finds(cli, userdata):
                  "pairs.margin > 1", "--json")  # fmt: skip
     assert result.code == 0, result.err
     assert json.loads(result.out)["counts"]["dropped_by_reason"]["drop: pairs.margin > 1"] == n > 0
+
+
+# --------------------------------------------------------------------------------------------------
+# 11. round two: an interrupt wins over what it causes, never lands inside a swap, and leaves
+#     nothing behind; sql has limits
+
+
+def _synth(path: Path, n: int) -> None:
+    env = {**os.environ, "PREFCURATE_CATALOG": "off"}
+    subprocess.run([sys.executable, "-m", "prefcurate", "synth", path, "--n", str(n)], env=env,
+                   check=True, capture_output=True)  # fmt: skip
+
+
+def _prefcurate(*args: object, code: str = "") -> subprocess.Popen:
+    """``prefcurate ARGS`` as the console script runs it (``run()``, with its signal watcher),
+    after ``code`` (a patch of the library) has run in the same process."""
+    argv = ["prefcurate", *map(str, args)]
+    script = f"import sys\n{code}\nfrom prefcurate.cli import run\nsys.argv = {argv!r}\nrun()\n"
+    env = {**os.environ, "PREFCURATE_CATALOG": "off"}
+    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert path.exists(), f"{path.name} never appeared"
+
+
+@pytest.mark.parametrize(
+    ("sig", "code", "line"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+)
+@pytest.mark.parametrize("delay", [0.0, 0.3])
+def test_a_signal_during_the_export_phase_is_one_line_and_leaves_nothing(
+    userdata, sig, code, line, delay
+):
+    big = userdata / "big.parquet"
+    _synth(big, 60000)
+    before = _checksums(userdata)
+    proc = _prefcurate("route", big, "-t", "0.5", "--out", "split", "--export", "trl")
+    _wait_for(userdata / f".split.tmp-{proc.pid}" / "dpo.jsonl", proc)
+    time.sleep(delay)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert err.strip().splitlines()[-1] == line and "Traceback" not in err, err
+    assert "internal error" not in err and "Exception in thread" not in err, err
+    assert sorted(p.name for p in userdata.iterdir()) == ["big.parquet", "data"]
+    assert _checksums(userdata) == before
+
+
+_VANISHING_WRITER = """
+import os, signal, time
+from pathlib import Path
+import prefcurate.commands.route as command
+real = command.write_split_files
+def write_split_files(plan, tmp, **kwargs):
+    document = real(plan, tmp, **kwargs)
+    os.kill(os.getpid(), signal.SIGINT)  # the watcher removes tmp while this thread goes on
+    while tmp.exists():
+        time.sleep(0.001)
+    (tmp / "dpo.jsonl").write_text("late")  # a writer that finds its folder gone
+    return document
+command.write_split_files = write_split_files
+"""
+
+
+def test_an_error_caused_by_the_interrupt_never_wins_over_it(userdata):
+    before = _checksums(userdata)
+    proc = _prefcurate("route", "data/pairs.jsonl", "-t", "0.5", "--out", "split",
+                       code=_VANISHING_WRITER)  # fmt: skip
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "interrupted" and "internal error" not in err, err
+    assert sorted(p.name for p in userdata.iterdir()) == ["data"]
+    assert _checksums(userdata) == before
+
+
+_SIGNAL_IN_THE_SWAP = """
+import os, signal, time
+import prefcurate.base.atomic as atomic
+real = atomic._exchange
+def exchange(a, b):
+    os.kill(os.getpid(), signal.{sig})  # the interrupt lands between the check and the swap
+    time.sleep(1.0)
+    return {exchange}
+atomic._exchange = exchange
+"""
+
+
+@pytest.mark.parametrize("exchange", ["real(a, b)", "False"], ids=["renameat2", "two-renames"])
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_an_interrupt_never_lands_inside_the_swap(userdata, exchange, sig):
+    first = [sys.executable, "-m", "prefcurate", "route", "data/pairs.jsonl", "-t", "0.5"]
+    assert subprocess.run([*first, "--out", "split"], capture_output=True).returncode == 0
+    old = _checksums(userdata / "split")
+    code = _SIGNAL_IN_THE_SWAP.format(sig=sig, exchange=exchange)
+    proc = _prefcurate("route", "data/pairs.jsonl", "-t", "1.0", "--out", "split", "--force",
+                       code=code)  # fmt: skip
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode in (130, 143) and "internal error" not in err, err
+    assert sorted(p.name for p in userdata.iterdir()) == ["data", "split"]  # no .split.old-PID
+    now = _checksums(userdata / "split")
+    plan = json.loads((userdata / "split" / "plan.json").read_text())
+    assert now == old or plan["threshold"] == 1.0  # the old output or the new one, whole
+    assert MANIFEST in now and "train.parquet" in now
+
+
+def test_ctrl_c_on_sql_removes_its_private_folder(userdata):
+    proc = _prefcurate(
+        "sql", "with recursive t(n) as (select 1 union all select n + 1 from t) "
+        "select count(*) from t",
+    )  # fmt: skip
+    private = Path(tempfile.gettempdir())
+    deadline = time.monotonic() + 60
+    while not list(private.glob(f"prefcurate-sql-{proc.pid}-*")) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert list(private.glob(f"prefcurate-sql-{proc.pid}-*")), "sql never made its folder"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err
+    assert not list(private.glob(f"prefcurate-sql-{proc.pid}-*"))
+
+
+@pytest.mark.parametrize(
+    ("query", "flags", "message"),
+    [
+        ("with recursive t(n) as (select 1 union all select n + 1 from t) select count(*) from t",
+         ("--time-limit", "2"), "the query ran longer than --time-limit 2 s and was stopped"),
+        ("select * from range(2000000)", (), "the query returns more than 1,000,000 rows"),
+        ("select count(*) from (select * from range(100000000) order by random())",
+         ("--memory-limit", "50MB", "--time-limit", "120"), "needed more than --memory-limit"),
+    ],
+)  # fmt: skip
+def test_sql_has_limits_and_says_which_it_met(cli, userdata, query, flags, message):
+    before = _checksums(userdata)
+    line = _one_line(cli("sql", query, *flags))
+    assert message in line, line
+    assert _checksums(userdata) == before
