@@ -1165,12 +1165,20 @@ def test_an_error_caused_by_the_interrupt_never_wins_over_it(userdata):
 
 
 _SIGNAL_IN_THE_SWAP = """
-import os, signal, time
+import os, signal, tempfile, time
+from pathlib import Path
 import prefcurate.base.atomic as atomic
+from prefcurate.base import interrupt
+slow = Path(tempfile.mkdtemp(prefix="slow-"))  # the watcher removes this one after the output's
+for i in range(20000):
+    (slow / str(i)).write_bytes(b"x")
+interrupt.register(slow)
 real = atomic._exchange
 def exchange(a, b):
     os.kill(os.getpid(), signal.{sig})  # the interrupt lands between the check and the swap
-    time.sleep(1.0)
+    deadline = time.monotonic() + 2
+    while a.exists() and time.monotonic() < deadline:  # until the watcher takes the folder away
+        time.sleep(0.001)
     return {exchange}
 atomic._exchange = exchange
 """
