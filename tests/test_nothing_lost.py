@@ -1234,3 +1234,119 @@ def test_sql_has_limits_and_says_which_it_met(cli, userdata, query, flags, messa
     line = _one_line(cli("sql", query, *flags))
     assert message in line, line
     assert _checksums(userdata) == before
+
+
+# --------------------------------------------------------------------------------------------------
+# 12. round two: a damaged checkpoint is one line naming its file, --resume falls back to the
+#     newest intact one; a run's record says how it ended
+
+
+def _damage(path: Path, how: str) -> None:
+    if path.is_dir():  # a DCP checkpoint: its first shard
+        path = sorted(path.glob("*.distcp"))[0]
+    data = path.read_bytes()
+    path.write_bytes(b"" if how == "empty" else data[: len(data) // 2])
+
+
+#: (strategy, file of step-4): a replicated checkpoint's files, and a sharded one's own.
+_CHECKPOINT_FILES = [
+    *[("ddp", n) for n in ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng-rank0.pt")],
+    ("ddp", "state.json"),
+    ("fsdp", "dcp"),
+    ("fsdp", "scheduler.pt"),
+]
+
+
+@pytest.fixture(scope="module")
+def trained_runs(tmp_path_factory) -> dict[str, Path]:
+    """Six steps with a checkpoint every two, replicated and sharded; step-6 removed, so a
+    --resume continues from step-4 (or, when step-4 is damaged, from step-2)."""
+    root = tmp_path_factory.mktemp("ckpt")
+    (root / "pairs.jsonl").write_text(jsonl([row(i) for i in range(16)]))  # 8 steps of 2
+    env = {**os.environ, "PREFCURATE_CATALOG": "off"}
+    run = [sys.executable, "-m", "prefcurate"]
+    subprocess.run([*run, "route", "pairs.jsonl", "-t", "0.5", "--out", "split"], cwd=root,
+                   env=env, check=True, capture_output=True)  # fmt: skip
+    runs = {}
+    for strategy in ("ddp", "fsdp"):
+        subprocess.run([*run, "train", "split", *_CKPT_FLAGS, "--strategy", strategy, "--out",
+                        strategy], cwd=root, env=env, check=True, capture_output=True)  # fmt: skip
+        shutil.rmtree(root / strategy / "checkpoints" / "step-6")
+        runs[strategy] = root / strategy
+    return runs
+
+
+_CKPT_FLAGS = ("--model", "tiny", "--max-length", "64", "--batch-size", "2", "--max-steps", "6",
+               "--save-every", "2", "--lr-schedule", "constant")  # fmt: skip
+
+
+@pytest.mark.parametrize("how", ["empty", "half"])
+@pytest.mark.parametrize(("strategy", "name"), _CHECKPOINT_FILES)
+def test_resume_skips_a_damaged_checkpoint_naming_its_file(
+    cli, tmp_path, trained_runs, strategy, name, how
+):
+    work = tmp_path / "run"
+    shutil.copytree(trained_runs[strategy], work)
+    shutil.copytree(trained_runs[strategy].parent / "split", tmp_path / "split")
+    _damage(work / "checkpoints" / "step-4" / name, how)
+    flags = (*_CKPT_FLAGS, "--strategy", strategy, "--resume")
+    result = cli("train", tmp_path / "split", *flags, "--out", work)
+    assert result.code == 0, result.err
+    warnings = [line for line in result.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "damaged checkpoint file" in warnings[0], result.err
+    assert f"step-4/{name}" in warnings[0] and warnings[0].endswith("resuming from step-2")
+    final = (work / "model" / "model.safetensors").read_bytes()
+    assert final == (trained_runs[strategy] / "model" / "model.safetensors").read_bytes()
+
+
+def test_resume_with_no_intact_checkpoint_says_how_to_start_over(cli, tmp_path, trained_runs):
+    work = tmp_path / "run"
+    shutil.copytree(trained_runs["ddp"], work)
+    for step in ("step-2", "step-4"):
+        _damage(work / "checkpoints" / step / "scheduler.pt", "empty")
+    before = _checksums(work)
+    result = cli("train", trained_runs["ddp"].parent / "split", *_CKPT_FLAGS, "--out", work,
+                 "--resume")  # fmt: skip
+    line = _one_line(result)
+    assert "step-4/scheduler.pt: damaged checkpoint file (empty)" in line, line
+    assert "no older checkpoint is intact" in line and "start over with --force" in line
+    assert _checksums(work) == before
+
+
+@pytest.mark.parametrize(
+    ("sig", "code", "status"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+)
+def test_a_signal_during_train_is_recorded_in_run_json(userdata, sig, code, status):
+    first = [sys.executable, "-m", "prefcurate", "route", "data/pairs.jsonl", "-t", "0.5"]
+    assert subprocess.run([*first, "--out", "split"], capture_output=True).returncode == 0
+    flags = ("--model", "tiny", "--max-length", "64", "--batch-size", "1", "--max-steps", "100000",
+             "--save-every", "1")  # fmt: skip
+    proc = _prefcurate("train", "split", *flags, "--out", "run")
+    metrics = userdata / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 180
+    while (not metrics.exists() or len(metrics.read_text().splitlines()) < 3) and (
+        proc.poll() is None and time.monotonic() < deadline
+    ):
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    run = json.loads((userdata / "run" / "run.json").read_text())
+    assert run["status"] == status
+    assert not list((userdata / "run" / "checkpoints").glob(".step-*"))
+    assert not (userdata / ".run.lock").exists()
+
+
+def test_a_full_disk_during_train_is_recorded_and_said_as_it_is(cli, userdata, full_disk):
+    assert cli("route", "data/pairs.jsonl", "-t", "0.5", "--out", "split").code == 0
+    flags = ("--model", "tiny", "--max-length", "64", "--batch-size", "2", "--max-steps", "4",
+             "--save-every", "1")  # fmt: skip
+    result = cli("train", "split", *flags, "--out", full_disk / "run")
+    assert result.code == 1 and "Traceback" not in result.err, result.err
+    line = result.err.strip().splitlines()[-1]  # after the progress lines of the steps it ran
+    assert "no space left on device while training; run.json says the run failed" in line, line
+    assert "nothing was written" not in line
+    run = json.loads((full_disk / "run" / "run.json").read_text())
+    assert run["status"] == "failed" and "no space left on device" in run["error"].lower()
+    assert not list((full_disk / "run" / "checkpoints").glob(".step-*"))

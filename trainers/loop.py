@@ -36,6 +36,7 @@ from trainers import dist, lora, memory, rundir
 from trainers.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
+    newest_intact,
     read_state,
     remove_partial,
     save_checkpoint,
@@ -190,7 +191,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
         dist.single_process_group(device.type)  # a no-op under torchrun
     reporter = reporter if (reporter is not None and info.main) else Reporter()
     try:
-        return _train(config, device, info, reporter, planned)
+        with rundir.record_ending(config.out, main=info.main):  # run.json says how it ended
+            return _train(config, device, info, reporter, planned)
     finally:
         reporter.close()
         dist.teardown()
@@ -400,7 +402,7 @@ def _open_run_dir(run: _Run, optimizer, scheduler) -> tuple[int, int | None]:
     config, info, out = run.config, run.info, run.config.out
     start_step, resumed_from = 0, None
     if config.resume:
-        checkpoint = latest_checkpoint(out)
+        checkpoint = newest_intact(out)  # a damaged newer one is named and skipped
         saved = read_state(checkpoint)
         rundir.check_same_run(
             saved.get("identity", {}),

@@ -20,7 +20,13 @@ import sys
 
 import typer
 
-from prefcurate.base.errors import InputError, PrefcurateError, machine_fault, one_line
+from prefcurate.base.errors import (
+    InputError,
+    MachineFault,
+    PrefcurateError,
+    machine_fault,
+    one_line,
+)
 from prefcurate.cli import catalog, data, page, recipes, score, train  # noqa: F401 - registers
 from prefcurate.cli.common import (
     STATE,
@@ -81,7 +87,7 @@ def _one_line_for(exc: BaseException) -> tuple[int, str]:
         return 2, f"error: {one_line(exc.format_message())}"
     if isinstance(exc, KeyboardInterrupt):
         return 130, "interrupted"
-    if isinstance(exc, InputError):
+    if isinstance(exc, InputError | MachineFault):
         return exc.exit_code, f"error: {exc}"
     if isinstance(exc, PrefcurateError):
         return exc.exit_code, f"error: {one_line(exc)} (please report)"
