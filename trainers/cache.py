@@ -29,8 +29,9 @@ from prefcurate.base.errors import one_line
 from prefcurate.base.log import get_logger
 from trainers.data import TEXT_COLUMNS
 
-#: Bump when tokenisation or log-prob code changes what a cached entry would contain.
-CACHE_VERSION = 1
+#: Bump when tokenisation or log-prob code changes what a cached entry would contain
+#: (2: a pair's SFT mix is stored as ``sft_mix``).
+CACHE_VERSION = 2
 
 
 def cache_key(**parts: Any) -> str:
