@@ -88,6 +88,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.split_dir, self.out = Path(self.split_dir), Path(self.out)
         self.cache_dir = Path(self.cache_dir) if self.cache_dir else default_cache_dir()
+        self.max_shard_bytes  # noqa: B018 - parsed now, not when the model is saved at the end
 
     def validate(self) -> None:
         """Refuse impossible settings with an :class:`InputError` naming the flag."""
@@ -140,7 +141,6 @@ class TrainConfig:
             if not ok:
                 value = getattr(self, flag[2:].replace("-", "_"))
                 raise InputError(f"{flag} {value} is out of range", fix="see prefcurate train -h")
-        self.max_shard_bytes  # noqa: B018 - parsed now, not when the model is saved at the end
         if self.lr_schedule not in LR_SCHEDULES:
             raise InputError(
                 f"unknown --lr-schedule {self.lr_schedule!r}",

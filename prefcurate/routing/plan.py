@@ -51,7 +51,8 @@ from prefcurate.data.margins import (
     threshold_for_fraction,
 )
 from prefcurate.data.schema import ROUTE_DPO, ROUTE_SFT, WEIGHT_COLUMN
-from prefcurate.routing.drop import check_predicates, matches, predicate_columns
+from prefcurate.routing.drop import check_predicates as _check_predicates
+from prefcurate.routing.drop import matches, predicate_columns
 from prefcurate.routing.texts import WIDE_COLUMNS, Texts, split_chunks
 
 #: plan.json format version; bump when a key changes meaning.
@@ -285,7 +286,7 @@ def plan_routes(
     _check_margins_needed(source, order, wants_margin)
 
     scan = source.scan_rows()
-    check_predicates(drop, source.scan().collect_schema())
+    _check_predicates(drop, source.scan().collect_schema())
     digest = _HashThread(source)
     narrow, wide = _narrow(source, scan, texts=one_pass)
     input_info = digest.result(rows=narrow.height)
