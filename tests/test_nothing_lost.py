@@ -1350,3 +1350,105 @@ def test_a_full_disk_during_train_is_recorded_and_said_as_it_is(cli, userdata, f
     run = json.loads((full_disk / "run" / "run.json").read_text())
     assert run["status"] == "failed" and "no space left on device" in run["error"].lower()
     assert not list((full_disk / "run" / "checkpoints").glob(".step-*"))
+
+
+# --------------------------------------------------------------------------------------------------
+# 13. round two: every flag is parsed and checked before any work, sizes in one vocabulary
+
+
+def test_max_shard_size_takes_the_units_every_size_flag_takes(cli, userdata):
+    assert cli("route", "data/pairs.jsonl", "-t", "0.5", "--out", "split").code == 0
+    flags = ("--model", "tiny", "--max-length", "64", "--max-steps", "1")
+    result = cli("train", "split", *flags, "--out", "run", "--max-shard-size", "2GiB")
+    assert result.code == 0, result.err
+    assert json.loads((userdata / "run" / "run.json").read_text())["status"] == "completed"
+    assert (userdata / "run" / "model" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [("2XB", "--max-shard-size must be a size such as 4GB"), ("0", "must be more than 0"),
+     ("-1GB", "--max-shard-size must be a size"), ("1e9", "--max-shard-size must be a size")],
+)  # fmt: skip
+def test_a_bad_max_shard_size_is_refused_before_any_work(cli, userdata, size, message):
+    assert cli("route", "data/pairs.jsonl", "-t", "0.5", "--out", "split").code == 0
+    result = cli("train", "split", "--model", "tiny", "--out", "run", "--max-shard-size", size)
+    assert message in _one_line(result)
+    assert not (userdata / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"num_hidden_layers": -1},
+            "num_hidden_layers is -1; sizes are whole numbers of 1 or more",
+        ),
+        ({"intermediate_size": -176}, "intermediate_size is -176"),
+        ({"num_key_value_heads": 0}, "num_key_value_heads is 0"),
+        ({"max_position_embeddings": -1}, "max_position_embeddings is -1"),
+        ({"vocab_size": 10**30}, "beyond any model prefcurate plans"),
+        ({"num_hidden_layers": 10**9}, "describes 1,000,000,000 layers"),
+    ],
+)
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "train"])
+def test_impossible_model_sizes_are_one_line_before_any_work(
+    cli, userdata, saved_tiny, change, message, dry_run
+):
+    assert cli("route", "data/pairs.jsonl", "-t", "0.5", "--out", "split").code == 0
+    model = userdata / "model"
+    shutil.copytree(saved_tiny, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, **change}))
+    before = _checksums(model)
+    started = time.monotonic()
+    extra = ("--dry-run",) if dry_run else ("--max-steps", "1")
+    line = _one_line(cli("train", "split", "--model", model, "--out", "run", *extra))
+    assert message in line and "config.json" in line, line
+    assert time.monotonic() - started < 60
+    assert _checksums(model) == before and not (userdata / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "message"),
+    [
+        (("--dry-run", "--world-size", "0"), {}, "--world-size 0 is out of range"),
+        (("--dry-run", "--world-size", "-1"), {}, "--world-size -1 is out of range"),
+        (("--dry-run",), {"WORLD_SIZE": "abc"}, "WORLD_SIZE must be a whole number, got 'abc'"),
+        (("--dry-run",), {"WORLD_SIZE": "2", "RANK": "5"}, "is not a process layout"),
+    ],
+)
+def test_process_counts_are_checked(cli, userdata, monkeypatch, flags, env, message):
+    assert cli("route", "data/pairs.jsonl", "-t", "0.5", "--out", "split").code == 0
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    result = cli("train", "split", "--model", "tiny", "--out", "run", *flags)
+    assert message in _one_line(result)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--soft", "1e-320"), "--soft must be 0 or a temperature from 1e-300 to 1e+300"),
+        (("--soft", "-1"), "--soft must be 0 or a temperature"),
+        (("--mode", "nope"), "--mode must be one of"),
+        (("--drop", "random() < 1"), "calls random()"),
+        (("--text-memory", "5XB"), "--text-memory must be a size"),
+        (("--memory-budget", "5XB"), "--text-memory must be a size"),
+    ],
+)
+def test_route_flags_are_checked_before_the_data_is_read(cli, userdata, flags, message):
+    """The data is broken on its last line: a flag's error first proves nothing was read."""
+    (userdata / "data" / "cut.jsonl").write_text(jsonl(GOOD) + '{"prompt": "q", "cho')
+    line = _one_line(cli("route", "data/cut.jsonl", "-t", "0.5", "--out", "split", *flags))
+    assert message in line and "cut.jsonl" not in line, line
+    assert not (userdata / "split").exists()
+
+
+def test_a_tiny_soft_temperature_never_writes_nan_weights(cli, userdata):
+    result = cli("route", "data/pairs.jsonl", "-t", "0.5", "--out", "split", "--soft", "1e-300")
+    assert result.code == 0, result.err
+    import polars as pl
+
+    weights = pl.read_parquet(userdata / "split" / "train.parquet").get_column("weight")
+    assert weights.is_nan().sum() == 0 and weights.is_between(0.0, 1.0).all()
