@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from prefcurate.base import interrupt
+import prefcurate.base.interrupt as interrupt
 from prefcurate.base.errors import InputError, MachineFault, no_space, one_line
 from prefcurate.base.log import get_logger
 from prefcurate.base.outdir import (

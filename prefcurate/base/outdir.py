@@ -431,7 +431,7 @@ def out_lock(path: str | Path, *, flag: str = "--out") -> Iterator[None]:
             where=lock.parent,
             fix="choose an output folder you can write to",
         ) from exc
-    fd = _take_lock(lock, path, flag, fcntl)
+    fd = _take_lock(lock, path, flag, fcntl, shown=path.with_name(lock.name))
     interrupt.register(lock)
     try:
         payload = json.dumps({"tool": TOOL, "pid": os.getpid()}) + "\n"
@@ -446,22 +446,23 @@ def out_lock(path: str | Path, *, flag: str = "--out") -> Iterator[None]:
         interrupt.unregister(lock)
 
 
-def _take_lock(lock: Path, path: Path, flag: str, fcntl) -> int:
-    """An open descriptor of ``lock`` (a plain file of ours, one link), exclusively flocked."""
+def _take_lock(lock: Path, path: Path, flag: str, fcntl, *, shown: Path) -> int:
+    """An open descriptor of ``lock`` (a plain file of ours, one link), exclusively flocked;
+    ``shown`` is the lock's name as the user's --out spells it."""
     flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     while True:
         try:
             fd = os.open(lock, flags, 0o644)
         except OSError as exc:
-            raise _lock_error(lock, flag, exc) from exc
+            raise _lock_error(shown, flag, exc) from exc
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
             os.close(fd)
             what = "is not a plain file" if not stat.S_ISREG(info.st_mode) else "has other links"
             raise InputError(
                 f"the lock file of {flag} {what}; refusing to use it",
-                where=lock,
-                fix=f"remove it (it is not prefcurate's: rm {lock}), then run again",
+                where=shown,
+                fix=f"remove it (it is not prefcurate's: rm {shown}), then run again",
             )
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
