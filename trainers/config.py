@@ -69,6 +69,9 @@ class TrainConfig:
     load_in_4bit: bool = False  # QLoRA: the frozen base in 4-bit NF4 (CUDA and bitsandbytes)
     merge_lora: bool = False  # also save the merged model
     device_memory: float | None = None  # GiB per device for the memory check (default: measured)
+    # share of the device's memory held back for what the plan does not count: the CUDA
+    # context, NCCL's buffers, the allocator's fragmentation
+    memory_headroom: float = 0.1
     max_shard_size: str = "5GB"  # safetensors shard size of the final model
     seed: int = 0
     save_every: int = 0  # 0: no intermediate checkpoints
@@ -111,6 +114,7 @@ class TrainConfig:
             "--warmup-ratio": self.warmup_ratio,
             "--weight-decay": self.weight_decay,
             "--max-grad-norm": self.max_grad_norm,
+            "--memory-headroom": self.memory_headroom,
         }
         for flag, value in finite.items():
             if not math.isfinite(value):
@@ -134,6 +138,7 @@ class TrainConfig:
             "--save-total-limit": self.save_total_limit >= 0,
             "--lora-r": self.lora_r >= 0,
             "--device-memory": self.device_memory is None or self.device_memory > 0,
+            "--memory-headroom": 0.0 <= self.memory_headroom < 1.0,
         }
         for flag, ok in checks.items():
             if not ok:

@@ -55,6 +55,7 @@ from trainers.strategy import (
     full_value,
     gradient_sync,
     is_sharded,
+    keeps_gradients,
     resolve_precision,
     wrap,
 )
@@ -501,7 +502,7 @@ def _steps(run: _Run, curriculum: Curriculum, optimizer, scheduler, start_step: 
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=not keeps_gradients(module))
 
             seconds = time.perf_counter() - step_started
             seen_pairs += in_step

@@ -2,12 +2,26 @@
 
 The trainer never prints; it calls a :class:`Reporter`, silent by default. The CLI and recipes pass
 :class:`prefcurate.progress.RichReporter` (a live progress bar on stderr), which implements the
-same four methods; the trainer floor itself draws nothing.
+same methods; the trainer floor itself draws nothing.
+
+Besides the steps, every one-off phase that can take more than a moment (loading the model,
+tokenising, the reference pass, an evaluation) is a :meth:`Reporter.phase`: a name, a total when
+one is known, and an ``advance(n)`` to call as work gets done, so the screen is never blank for
+long between the command and the first step.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
+
+#: What :meth:`Reporter.phase` yields: call it with the units just done.
+Advance = Callable[[int], None]
+
+
+def _ignore(n: int) -> None:
+    """An ``advance`` that reports nowhere."""
 
 
 class Reporter:
@@ -21,6 +35,11 @@ class Reporter:
 
     def message(self, text: str) -> None:
         """A one-line notice (a warning or a phase change)."""
+
+    @contextlib.contextmanager
+    def phase(self, name: str, total: int | None = None, unit: str = "") -> Iterator[Advance]:
+        """A one-off phase of ``total`` ``unit`` (None: unknown); yields ``advance(n)``."""
+        yield _ignore
 
     def close(self) -> None:
         """The run ended, normally or not."""

@@ -70,6 +70,8 @@ TRAIN_HELP = {
     "load_in_4bit": "QLoRA: the frozen base in 4-bit (CUDA and bitsandbytes).",
     "merge_lora": "Also save the adapter merged into the model.",
     "device_memory": "GiB per device to plan against (default: the device's own).",
+    "memory_headroom": "Share of the device's memory held back for what the plan does not "
+    "count (CUDA context, NCCL buffers, fragmentation).",
     "max_shard_size": "Largest safetensors file of the final model.",
     "save_total_limit": "Keep only the newest N checkpoints (0: all).",
     "seed": "Seed of the shuffle, the tiny model and torch.",
