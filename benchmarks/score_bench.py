@@ -90,7 +90,7 @@ def bench_cache(pairs: Path, model: Path, work: Path, repeats: int, batch_size: 
 def bench_batching(pairs: Path, model: Path, repeats: int, batch_size: int) -> dict:
     import numpy as np
 
-    from prefcurate.io import open_pairs
+    from prefcurate.data.io import open_pairs
     from trainers.scoring import inspect_model, load_scorer, plan_batches
 
     frame = open_pairs(pairs).collect()

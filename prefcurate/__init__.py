@@ -21,22 +21,22 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "open_pairs": "prefcurate.io",
-    "read_pairs": "prefcurate.io",
-    "scan_pairs": "prefcurate.io",
-    "PairSource": "prefcurate.io",
-    "analyze": "prefcurate.analyze",
-    "analyze_frame": "prefcurate.analyze",
-    "Report": "prefcurate.analyze",
-    "inspect_source": "prefcurate.inspection",
-    "write_page": "prefcurate.page",
-    "plan_routes": "prefcurate.route",
-    "write_route": "prefcurate.splitwriter",
-    "RoutePlan": "prefcurate.route",
-    "threshold_for_fraction": "prefcurate.margins",
-    "synth": "prefcurate.synth",
-    "write_synth": "prefcurate.synth",
-    "InputError": "prefcurate.errors",
+    "open_pairs": "prefcurate.data.io",
+    "read_pairs": "prefcurate.data.io",
+    "scan_pairs": "prefcurate.data.io",
+    "PairSource": "prefcurate.data.io",
+    "analyze": "prefcurate.reporting.analyze",
+    "analyze_frame": "prefcurate.reporting.analyze",
+    "Report": "prefcurate.reporting.analyze",
+    "inspect_source": "prefcurate.reporting.inspection",
+    "write_page": "prefcurate.reporting.page",
+    "plan_routes": "prefcurate.routing.plan",
+    "write_route": "prefcurate.routing.writer",
+    "RoutePlan": "prefcurate.routing.plan",
+    "threshold_for_fraction": "prefcurate.data.margins",
+    "synth": "prefcurate.data.synth",
+    "write_synth": "prefcurate.data.synth",
+    "InputError": "prefcurate.base.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -44,6 +44,8 @@ __all__ = ["__version__", *_EXPORTS]
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # imported once; no submodule of the same name can replace it
+        return value
     msg = f"module 'prefcurate' has no attribute {name!r}"
     raise AttributeError(msg)

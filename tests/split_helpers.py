@@ -1,8 +1,8 @@
 """Small routed splits for the trainer's tests, written by prefcurate's own route library.
 
 Rows are made up here (or read from a real file), stored as JSONL, loaded with the loader and routed
-with :func:`prefcurate.route.plan_routes`, so the trainer is tested against the split route really
-writes (docs/route.md).
+with :func:`prefcurate.routing.plan.plan_routes`, so the trainer is tested against the split route
+really writes (docs/route.md).
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from typing import Any
 
 import polars as pl
 
-from prefcurate.io import open_pairs
-from prefcurate.route import plan_routes, write_route
+from prefcurate.data.io import open_pairs
+from prefcurate.routing.plan import plan_routes
+from prefcurate.routing.writer import write_route
 
 
 def synthetic_rows(n: int, seed: int = 0, *, conversational: bool = False) -> list[dict[str, Any]]:
@@ -52,8 +53,11 @@ def write_split(
     threshold: float = 0.5,
     routes: list[str] | None = None,
     drop: tuple[str, ...] = (),
+    soft: float | None = None,
 ) -> Path:
     """Route ``rows`` (or a data file) at ``threshold`` with prefcurate's own route library.
+
+    ``soft`` is ``route --soft T``: the split gets its weight column.
 
     ``routes`` then overrides the routes (in ``rows`` order) and ``drop`` removes columns, to test
     what the trainer does with a split that route would never write.
@@ -64,7 +68,7 @@ def write_split(
         data = split_dir.with_name(split_dir.name + ".jsonl")
         data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     source = open_pairs(data)
-    write_route(plan_routes(source, threshold=threshold), split_dir, force=True)
+    write_route(plan_routes(source, threshold=threshold, soft=soft), split_dir, force=True)
     if routes is None and not drop:
         return split_dir
     train = split_dir / "train.parquet"

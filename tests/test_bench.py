@@ -86,7 +86,7 @@ def test_pairs_come_from_the_policy_mixture_and_are_checked(result):
 
 
 def test_claims_are_paired_intervals_with_holm(result):
-    from prefcurate.stats import holm, paired
+    from prefcurate.reporting.stats import holm, paired
 
     claims = {c["name"]: c for c in result["comparisons"] if c["metric"] == "gold"}
     assert set(claims) == {

@@ -14,8 +14,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from prefcurate import catalog
-from prefcurate.errors import InputError
+from prefcurate.base.errors import InputError
+from prefcurate.catalog import store as catalog
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -116,7 +116,7 @@ def test_two_processes_recording_at_once_both_succeed(tmp_path):
     path = tmp_path / "busy.duckdb"
     code = f"""
         import sys
-        from prefcurate.catalog import record_run
+        from prefcurate.catalog.store import record_run
         for i in range(10):
             record_run("route", params={{"writer": sys.argv[1], "i": i}}, path={str(path)!r})
     """

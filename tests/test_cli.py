@@ -32,14 +32,14 @@ def test_debug_shows_the_traceback_wherever_it_is_placed(cli, tmp_path):
 
 def test_exit_codes_do_not_depend_on_debug(cli, tmp_path, monkeypatch):
     """A usage mistake is 2 and an internal error 1, with --debug or without."""
-    import prefcurate.synth
+    import prefcurate.data.synth
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
     usage = ("analyze", tmp_path / "x.jsonl", "--no-such-flag")
     assert cli(*usage).code == 2 and cli("--debug", *usage).code == 2
-    monkeypatch.setattr(prefcurate.synth, "write_synth", broken)
+    monkeypatch.setattr(prefcurate.data.synth, "write_synth", broken)
     crash = ("synth", tmp_path / "s.jsonl", "--n", "20")
     plain, debug = cli(*crash), cli("--debug", *crash)
     assert plain.code == debug.code == 1

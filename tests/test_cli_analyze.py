@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from prefcurate.outdir import MANIFEST
-from prefcurate.plots import PLOT_FILES
+from prefcurate.base.outdir import MANIFEST
+from prefcurate.reporting.plots import PLOT_FILES
 
 CORE_KEYS = {
     "rows": None,
@@ -166,8 +166,9 @@ def test_synth_bad_suffix(cli, tmp_path):
 
 def test_data_side_never_imports_torch_or_pyplot():
     code = (
-        "import sys, prefcurate.cli, prefcurate.analyze, prefcurate.plots, prefcurate.report, "
-        "prefcurate.synth; bad = [m for m in ('torch', 'matplotlib.pyplot') if m in sys.modules]; "
+        "import sys, prefcurate.cli, prefcurate.reporting.analyze, prefcurate.reporting.plots, "
+        "prefcurate.reporting.terminal, prefcurate.data.synth; "
+        "bad = [m for m in ('torch', 'matplotlib.pyplot') if m in sys.modules]; "
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

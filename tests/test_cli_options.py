@@ -6,10 +6,10 @@ from dataclasses import MISSING, fields
 
 import typer.main
 
+from prefcurate.base.errors import InputError
 from prefcurate.cli import app
 from prefcurate.cli.common import Columns
 from prefcurate.cli.train import TRAIN_HELP
-from prefcurate.errors import InputError
 from trainers.config import TrainConfig
 
 COLUMN_FLAGS = {"--prompt", "--chosen", "--rejected", "--score-chosen", "--score-rejected",

@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from prefcurate.outdir import MANIFEST
+from prefcurate.base.outdir import MANIFEST
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -236,7 +236,7 @@ def test_bad_data_is_located_by_the_loader(cli, tmp_path):
 PAUSED_ROUTE = """
 import sys, time
 from pathlib import Path
-import prefcurate.splitwriter as writer
+import prefcurate.routing.writer as writer
 from prefcurate.cli import main
 
 ready, args = Path(sys.argv[1]), sys.argv[2:]

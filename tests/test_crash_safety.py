@@ -21,7 +21,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from prefcurate import catalog
+from prefcurate.catalog import store as catalog
 
 FAST_KILLS = [0]
 SLOW_KILLS = [pytest.param(i, marks=pytest.mark.slow) for i in range(1, 21)]

@@ -8,10 +8,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from prefcurate.errors import InputError
-from prefcurate.export import export_trl
-from prefcurate.io import open_pairs
-from prefcurate.route import plan_routes, write_route
+from prefcurate.base.errors import InputError
+from prefcurate.data.io import open_pairs
+from prefcurate.routing.exports.trl import export_trl
+from prefcurate.routing.plan import plan_routes
+from prefcurate.routing.writer import write_route
 
 datasets = pytest.importorskip("datasets")
 

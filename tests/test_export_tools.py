@@ -16,9 +16,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from prefcurate.errors import InputError
-from prefcurate.io import open_pairs
-from prefcurate.route import plan_routes, write_route
+from prefcurate.base.errors import InputError
+from prefcurate.data.io import open_pairs
+from prefcurate.routing.plan import plan_routes
+from prefcurate.routing.writer import write_route
 
 OPENAI_TAGS = {
     "role_tag": "role",

@@ -15,11 +15,11 @@ import pytest
 import torch
 from rich.console import Console
 
-from prefcurate import plots
+from prefcurate.base.errors import json_problem
 from prefcurate.cli.train import train_summary
-from prefcurate.errors import json_problem
 from prefcurate.recipes.benchreport import chart_label
-from prefcurate.report import _FittedRow
+from prefcurate.reporting import plots
+from prefcurate.reporting.terminal import _FittedRow
 from trainers.data import Curriculum
 from trainers.loop import LOW_LR_SHARE, low_lr_warning, route_lr_shares, summarize
 
@@ -151,7 +151,7 @@ def _vertical_lines(ax) -> list[float]:
 def test_tau_is_drawn_at_tau_and_discrete_bars_are_centred_on_their_values(figures, tmp_path):
     import polars as pl
 
-    from prefcurate.analyze import histogram
+    from prefcurate.reporting.analyze import histogram
 
     margins = pl.Series([0.0] * 11 + [0.5] * 19 + [1.0] * 19 + [1.5] * 12 + [3.0] * 5)
     hist = histogram(margins, threshold=0.5)
@@ -216,7 +216,7 @@ def test_json_errors_read_as_a_sentence():
 
 def test_long_work_prints_plain_progress_lines_when_not_a_terminal(capsys):
     """bench mixdpo's bar, with stderr redirected: one line per update instead of silence."""
-    from prefcurate.progress import bar
+    from prefcurate.base.progress import bar
 
     with bar("bench mixdpo", 9, unit="arms", plain=True) as progress:
         progress.update(0, completed=0, description="base policy (trained once, cached)")
@@ -228,7 +228,7 @@ def test_long_work_prints_plain_progress_lines_when_not_a_terminal(capsys):
 
 
 def test_short_work_stays_silent_when_not_a_terminal(capsys):
-    from prefcurate.progress import bar
+    from prefcurate.base.progress import bar
 
     with bar("writing plots", 4) as progress:
         progress.advance(0)

@@ -14,14 +14,16 @@ import polars as pl
 import polars_hash as plh
 import pytest
 
-from prefcurate import inspection as inspection_module
-from prefcurate.analyze import analyze, analyze_frame
-from prefcurate.errors import InputError
-from prefcurate.inspection import inspect_source
-from prefcurate.io import open_pairs, read_pairs
-from prefcurate.page import build_page, render_page, script_json, write_page
-from prefcurate.runstats import RunView, accuracy_by_margin
-from prefcurate.synth import write_synth
+from prefcurate.base.errors import InputError
+from prefcurate.commands.inspect import build_page
+from prefcurate.data.io import open_pairs, read_pairs
+from prefcurate.data.runs import RunView
+from prefcurate.data.synth import write_synth
+from prefcurate.reporting import inspection as inspection_module
+from prefcurate.reporting.analyze import analyze, analyze_frame
+from prefcurate.reporting.inspection import inspect_source
+from prefcurate.reporting.page import render_page, script_json, write_page
+from prefcurate.reporting.runstats import accuracy_by_margin
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -234,7 +236,7 @@ def test_reward_accuracy_per_margin_bin_by_hand():
     Step 3 holds ranks 4-5 (sft only): no accuracy is logged, nothing is credited.
     Step 4 (second epoch) holds ranks 0-1 again with accuracy 1.0 → bin of 2: (1 + 2) / 4 = 0.75.
     """
-    from prefcurate.analyze import histogram
+    from prefcurate.reporting.analyze import histogram
 
     split = pl.DataFrame(
         {

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from prefcurate.inspection import inspect_source
-from prefcurate.io import open_pairs
-from prefcurate.page import write_page
+from prefcurate.data.io import open_pairs
+from prefcurate.reporting.inspection import inspect_source
+from prefcurate.reporting.page import write_page
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 FLAGS = (

@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from split_helpers import synthetic_rows, write_split  # noqa: E402
 from torch.testing import assert_close  # noqa: E402
 
-from prefcurate.errors import InputError  # noqa: E402
+from prefcurate.base.errors import InputError  # noqa: E402
 from prefcurate.integrations.trl import (  # noqa: E402
     MixDPOConfig,
     MixDPOTrainer,
@@ -94,16 +94,30 @@ def trainer_for(
     )
 
 
-@pytest.mark.parametrize("layout", ["standard", "conversational"])
-def test_per_pair_losses_and_gradients_equal_prefcurate_train(tmp_path, layout):
+@pytest.mark.parametrize(
+    ("layout", "variant"),
+    [
+        ("standard", "hard"),
+        ("conversational", "hard"),
+        ("standard", "soft"),
+        ("conversational", "soft"),
+        ("standard", "nll"),
+    ],
+)
+def test_per_pair_losses_and_gradients_equal_prefcurate_train(tmp_path, layout, variant):
     """One mixed batch (6 dpo + 4 sft pairs), cDPO with β = 0.1, ε = 0.1, at a policy that has
     moved away from its reference (one SGD step on the policy only, so the DPO terms are not all
     log 2): the same tokens, the same 10 loss terms and the same gradient of their mean for
-    every parameter, within 1e-5. Conversations go through a chat template on both sides."""
+    every parameter, within 1e-5. Conversations go through a chat template on both sides.
+
+    ``soft``: the split of ``route --soft 0.5`` (every pair mixes its two terms by its weight);
+    ``nll``: DPO+NLL, ``nll_weight`` 0.1 on both sides."""
     conversational = layout == "conversational"
     template = CHAT_TEMPLATE if conversational else None
     rows = synthetic_rows(10, seed=3, conversational=conversational)
-    split_dir = write_split(tmp_path / "split", rows, routes=ROUTES)
+    soft = 0.5 if variant == "soft" else None
+    split_dir = write_split(tmp_path / "split", rows, routes=ROUTES, soft=soft)
+    nll_weight = 0.1 if variant == "nll" else 0.0
     n = len(ROUTES)
 
     # prefcurate train's path: read → tokenise → reference pass → collate → objective
@@ -132,14 +146,22 @@ def test_per_pair_losses_and_gradients_equal_prefcurate_train(tmp_path, layout):
         ref_rejected=ref[1],
     )
     objective = Objective(
-        loss="sigmoid", beta=BETA, label_smoothing=EPSILON, sft_weight=1.0, nll_weight=0.0
+        loss="sigmoid", beta=BETA, label_smoothing=EPSILON, sft_weight=1.0, nll_weight=nll_weight
     )
     expected = objective(module, batch)
+    if soft is not None:  # the weights are shares strictly between 0 and 1, not a hard switch
+        assert ((batch.sft_share > 0.01) & (batch.sft_share < 0.99)).sum() >= 5
     ours.model.zero_grad()
     expected.loss.mean().backward()
 
     # MixDPOTrainer's path: TRL's dataset preparation → the routed collator → pair_terms
-    trainer = trainer_for(split_dir, tmp_path, chat_template=template, gradient_checkpointing=False)
+    trainer = trainer_for(
+        split_dir,
+        tmp_path,
+        chat_template=template,
+        gradient_checkpointing=False,
+        nll_weight=nll_weight,
+    )
     model = trainer.model
     _nudge(model, moved)
     examples = [trainer.train_dataset[i] for i in MIXED]
@@ -149,18 +171,22 @@ def test_per_pair_losses_and_gradients_equal_prefcurate_train(tmp_path, layout):
         assert example["chosen_ids"] == pairs.chosen[i].tolist()
         assert example["rejected_ids"] == pairs.rejected[i].tolist()
     inputs = trainer.data_collator(examples)
-    assert inputs["input_ids"].shape[0] == n + routes.count("dpo")  # no rejected row for sft
+    n_dpo = int(pairs.is_dpo.sum())
+    assert inputs["input_ids"].shape[0] == n + n_dpo  # no rejected row without a preference term
+    assert_close(inputs["sft_share"], batch.sft_share, atol=0, rtol=0)  # one rule, both engines
     model.train()
     got = trainer.pair_terms(model, inputs)
     model.zero_grad()
     got.loss.mean().backward()
 
     assert_close(got.loss.detach(), expected.loss.detach(), atol=1e-5, rtol=0)
-    assert got.is_dpo.tolist() == [routes[i] == "dpo" for i in MIXED]
+    assert got.is_dpo.tolist() == pairs.is_dpo[MIXED].tolist()
     dpo_terms = got.loss.detach()[got.is_dpo]
     assert (dpo_terms - math.log(2)).abs().max() > 1e-3  # the preference terms are not trivial
     sft = ~got.is_dpo
     assert_close(got.loss.detach()[sft], got.chosen_nll[sft], atol=0, rtol=0)  # SFT = NLL
+    if variant == "hard":
+        assert got.is_dpo.tolist() == [routes[i] == "dpo" for i in MIXED]
     theirs = dict(model.named_parameters())
     for name, param in ours.model.named_parameters():
         assert_close(theirs[name].grad, param.grad, atol=1e-5, rtol=1e-4, msg=name)

@@ -12,9 +12,9 @@ import polars as pl
 import pytest
 import zstandard
 
-from prefcurate.errors import InputError
-from prefcurate.io import PAIR_COLUMNS, open_pairs, read_pairs
-from prefcurate.schema import ColumnMap, Layout
+from prefcurate.base.errors import InputError
+from prefcurate.data.io import PAIR_COLUMNS, open_pairs, read_pairs
+from prefcurate.data.schema import ColumnMap, Layout
 
 ROWS = [
     {
@@ -569,8 +569,8 @@ def test_unreadable_file(tmp_path):
     path.chmod(0)
     code = (
         "import os, sys\n"
-        "from prefcurate.io import read_pairs\n"
-        "from prefcurate.errors import InputError\n"
+        "from prefcurate.data.io import read_pairs\n"
+        "from prefcurate.base.errors import InputError\n"
         "if os.geteuid() == 0: os.setuid(65534)\n"
         f"try: read_pairs({str(path)!r})\n"
         "except InputError as e: print(e); sys.exit(2)\n"

@@ -7,10 +7,11 @@ import json
 import polars as pl
 import pytest
 
-from prefcurate.errors import InputError
-from prefcurate.io import open_pairs
-from prefcurate.route import plan_routes, write_route
-from prefcurate.schema import Layout
+from prefcurate.base.errors import InputError
+from prefcurate.data.io import open_pairs
+from prefcurate.data.schema import Layout
+from prefcurate.routing.plan import plan_routes
+from prefcurate.routing.writer import write_route
 
 
 @pytest.fixture

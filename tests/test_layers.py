@@ -4,7 +4,9 @@
   transformers, peft, safetensors, accelerate or ``trainers``, nor the CLI or recipes;
 - the trainer floor (``trainers/``) imports from ``prefcurate`` only the split contract
   (:data:`CONTRACT`), never the CLI, recipes or integrations;
-- recipes never import the CLI or integrations; integrations never import the CLI or recipes.
+- recipes never import the CLI or integrations; integrations never import the CLI or recipes;
+- inside the data floor, a package imports only the packages below it (:data:`DATA_PACKAGES`);
+- no module of prefcurate/, trainers/ or benchmarks/ is part of an import cycle.
 
 See docs/architecture.md. A lazy import inside a function is still an import: ``ast`` sees it.
 """
@@ -21,14 +23,18 @@ REPO = Path(__file__).resolve().parents[1]
 #: What the trainer may take from the data floor: names, errors, atomic writes (with the output
 #: guard and interrupt clean-up they use), cache rules.
 CONTRACT = {
-    "prefcurate.errors",
-    "prefcurate.schema",
-    "prefcurate.atomic",
-    "prefcurate.outdir",
-    "prefcurate.interrupt",
-    "prefcurate.cachedir",
-    "prefcurate.scorespec",
+    "prefcurate.base.errors",
+    "prefcurate.data.schema",
+    "prefcurate.base.atomic",
+    "prefcurate.base.outdir",
+    "prefcurate.base.interrupt",
+    "prefcurate.base.cachedir",
+    "prefcurate.base.log",
+    "prefcurate.scoring.spec",
 }
+
+#: The data floor's packages, lowest first: each may import only itself and those before it.
+DATA_PACKAGES = ("base", "data", "catalog", "scoring", "routing", "reporting", "commands")
 
 MODEL_LIBRARIES = ("torch", "transformers", "peft", "safetensors", "accelerate", "trl")
 
@@ -116,6 +122,68 @@ def all_modules() -> list[Path]:
     return sorted([*(REPO / "prefcurate").rglob("*.py"), *(REPO / "trainers").rglob("*.py")])
 
 
+def data_package(module: str) -> str | None:
+    """The data-floor package of ``module`` (``prefcurate.routing.plan`` → ``routing``)."""
+    parts = module.split(".")
+    if len(parts) > 1 and parts[0] == "prefcurate" and parts[1] in DATA_PACKAGES:
+        return parts[1]
+    return None
+
+
+def import_graph(paths: list[Path]) -> dict[str, set[str]]:
+    """Module → the modules it imports among ``paths`` (a name resolves to its longest module)."""
+    known = {module_name(p): p for p in paths}
+
+    def resolve(name: str) -> str | None:
+        while name and name not in known:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for module, path in known.items():
+        targets = {resolve(name) for _, name in imports(path, module)}
+        graph[module] = {t for t in targets if t is not None and t != module}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan, iteratively)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
 def test_every_import_of_every_module_respects_the_floors():
     broken = []
     for path in all_modules():
@@ -127,15 +195,50 @@ def test_every_import_of_every_module_respects_the_floors():
     assert not broken, "\n".join(broken)
 
 
+def test_no_import_cycle_in_the_project_or_its_benchmarks():
+    graph = import_graph([*all_modules(), *sorted((REPO / "benchmarks").glob("*.py"))])
+    assert cycles(graph) == []
+
+
+def test_a_cycle_is_found_when_there_is_one():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert cycles(graph) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_each_data_package_imports_only_the_packages_below_it():
+    broken = []
+    for path in all_modules():
+        module = module_name(path)
+        own = data_package(module)
+        if own is None:
+            continue
+        allowed = DATA_PACKAGES[: DATA_PACKAGES.index(own) + 1]
+        for line, imported in imports(path, module):
+            other = data_package(imported)
+            if other is not None and other not in allowed:
+                broken.append(f"{path.relative_to(REPO)}:{line} ({own}) imports {imported}")
+    assert not broken, "\n".join(broken)
+
+
+def test_the_data_floor_is_only_packages():
+    loose = [
+        p.name
+        for p in (REPO / "prefcurate").glob("*.py")
+        if p.name not in ("__init__.py", "__main__.py")
+    ]
+    assert loose == [], f"modules outside a package: {loose}"
+
+
 @pytest.mark.parametrize(
     ("module", "imported", "allowed"),
     [
-        ("prefcurate.route", "torch", False),
-        ("prefcurate.score", "trainers.scoring", False),
-        ("prefcurate.analyze", "prefcurate.recipes.demo", False),
-        ("prefcurate.route", "polars", True),
-        ("trainers.loop", "prefcurate.atomic", True),
-        ("trainers.scoring", "prefcurate.score", False),
+        ("prefcurate.routing.plan", "torch", False),
+        ("prefcurate.scoring.scores", "trainers.scoring", False),
+        ("prefcurate.reporting.analyze", "prefcurate.recipes.demo", False),
+        ("prefcurate.routing.plan", "polars", True),
+        ("trainers.loop", "prefcurate.base.atomic", True),
+        ("trainers.scoring", "prefcurate.scoring.scores", False),
         ("trainers.loop", "prefcurate.cli", False),
         ("trainers.loop", "prefcurate", False),
         ("prefcurate.recipes.bench", "trainers.loop", True),

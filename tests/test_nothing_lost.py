@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from bad_inputs.corpus import GOOD, jsonl, row, run_as_nobody
 
-from prefcurate import catalog
-from prefcurate.outdir import MANIFEST, TEMP_MARKER, out_lock, remove_stale
+from prefcurate.base.outdir import MANIFEST, TEMP_MARKER, out_lock, remove_stale
+from prefcurate.catalog import store as catalog
 
 
 def _checksums(folder: Path) -> dict[str, str]:
@@ -269,7 +269,7 @@ def test_resume_with_another_split_is_refused_naming_both(cli, userdata):
 def test_a_second_writer_of_one_out_exits_2_and_a_killed_one_leaves_no_lock(cli, userdata):
     code = (
         "import sys, time\n"
-        "from prefcurate.outdir import out_lock\n"
+        "from prefcurate.base.outdir import out_lock\n"
         "with out_lock(sys.argv[1]):\n"
         "    print('held', flush=True)\n"
         "    time.sleep(60)\n"
@@ -419,7 +419,7 @@ def test_ctrl_c_is_one_line_exit_130_and_no_leftovers(userdata):
 _WRITER_RACE = """
 import sys, threading, time
 from pathlib import Path
-from prefcurate import interrupt
+from prefcurate.base import interrupt
 tmp = Path(sys.argv[1])
 interrupt.register(tmp)
 tmp.mkdir()

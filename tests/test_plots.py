@@ -6,8 +6,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from prefcurate.analyze import analyze_frame, histogram
-from prefcurate.plots import PLOT_FILES, margin_histogram, margin_vs_length, write_plots
+from prefcurate.reporting.analyze import analyze_frame, histogram
+from prefcurate.reporting.plots import PLOT_FILES, margin_histogram, margin_vs_length, write_plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

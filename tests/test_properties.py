@@ -10,8 +10,9 @@ import polars as pl
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from prefcurate.io import PAIR_COLUMNS, open_pairs, read_pairs
-from prefcurate.route import plan_routes, write_route
+from prefcurate.data.io import PAIR_COLUMNS, open_pairs, read_pairs
+from prefcurate.routing.plan import plan_routes
+from prefcurate.routing.writer import write_route
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

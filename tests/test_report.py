@@ -5,8 +5,8 @@ from __future__ import annotations
 import polars as pl
 from rich.console import Console
 
-from prefcurate.analyze import analyze_frame, histogram
-from prefcurate.report import histogram_text, render_report
+from prefcurate.reporting.analyze import analyze_frame, histogram
+from prefcurate.reporting.terminal import histogram_text, render_report
 
 
 def frame(margins, sources=None) -> pl.DataFrame:

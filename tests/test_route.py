@@ -17,12 +17,16 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from prefcurate import splitwriter
-from prefcurate.errors import InputError
-from prefcurate.io import open_pairs
-from prefcurate.memory import estimate_input_bytes
-from prefcurate.outdir import MANIFEST
-from prefcurate.route import SPLIT_COLUMNS, plan_routes, write_route
+from prefcurate.base.errors import InputError
+from prefcurate.base.outdir import MANIFEST
+from prefcurate.base.sizes import estimate_input_bytes
+from prefcurate.commands.route import route_dir
+from prefcurate.data.io import open_pairs
+from prefcurate.routing import texts
+from prefcurate.routing import writer as splitwriter
+from prefcurate.routing.plan import plan_routes
+from prefcurate.routing.texts import SPLIT_COLUMNS
+from prefcurate.routing.writer import write_route
 
 
 @pytest.fixture
@@ -317,7 +321,7 @@ def test_gather_windows_write_the_same_bytes_as_one_window(uf, tmp_path, monkeyp
         plan_routes(uf, threshold=0.5, eval_fraction=0.1, stages=3, seed=5), tmp_path / "rg"
     )
     text = int(plan.keys.get_column("_bytes").sum())
-    monkeypatch.setattr(splitwriter, "GATHER_WINDOW_BYTES", text // 3)  # 3 windows of 300+ rows
+    monkeypatch.setattr(texts, "GATHER_WINDOW_BYTES", text // 3)  # 3 windows of 300+ rows
     windowed = plan_routes(
         uf, threshold=0.5, eval_fraction=0.1, stages=3, seed=5, memory_budget=text
     )
@@ -362,7 +366,7 @@ def test_one_pass_and_two_pass_write_the_same_bytes(uf1k, tmp_path, monkeypatch,
 
 
 def test_memory_budget_sizes():
-    from prefcurate.memory import default_budget, parse_size
+    from prefcurate.base.sizes import default_budget, parse_size
 
     assert parse_size("4GB") == 4_000_000_000
     assert parse_size("512MiB") == 512 * 2**20
@@ -377,7 +381,7 @@ def test_memory_budget_sizes():
 def test_the_budget_bounds_the_one_pass_peak_not_the_input(uf1k):
     """One pass holds about 1.4× the input: an input that fits the budget, but whose one pass
     does not, takes two passes and is never held whole."""
-    from prefcurate.memory import DEFAULT_RAM_SHARE, ONE_PASS_PEAK, default_budget
+    from prefcurate.base.sizes import DEFAULT_RAM_SHARE, ONE_PASS_PEAK, default_budget
 
     estimate = estimate_input_bytes([uf1k], "jsonl")
     assert estimate == uf1k.stat().st_size
@@ -393,7 +397,7 @@ def test_the_budget_bounds_the_one_pass_peak_not_the_input(uf1k):
 
 
 def test_memory_budget_estimate_reads_parquet_metadata(uf1k, tmp_path):
-    from prefcurate.memory import estimate_input_bytes
+    from prefcurate.base.sizes import estimate_input_bytes
 
     frame = pl.read_ndjson(uf1k)
     frame.write_parquet(tmp_path / "uf.parquet", compression="zstd")
@@ -452,7 +456,7 @@ def test_plots_are_written_into_the_split_directory_only_when_asked(uf, tmp_path
     write_route(plan_routes(uf, threshold=0.5), tmp_path / "bare")
     bare = sorted(p.name for p in (tmp_path / "bare").iterdir())
     assert bare == sorted([MANIFEST, "plan.json", "train.parquet"])
-    write_route(plan_routes(uf, threshold=0.5), tmp_path / "o", plots=True)
+    route_dir(plan_routes(uf, threshold=0.5), tmp_path / "o", plots=True)
     written = {p.name for p in (tmp_path / "o").iterdir()}
     assert {"margin_hist.png", "margin_cdf.png", "lengths.png"} <= written
     assert (tmp_path / "o" / "margin_hist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -11,7 +11,7 @@ import torch
 from split_helpers import write_split
 from torch.testing import assert_close
 
-from prefcurate.errors import InputError
+from prefcurate.base.errors import InputError
 from prefcurate.recipes import toytask
 from trainers.data import read_split, tokenize_split
 from trainers.logps import SequenceLogps, check_allowed

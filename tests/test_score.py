@@ -26,12 +26,12 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-from prefcurate.cachedir import default_cache_dir
+from prefcurate.base.cachedir import default_cache_dir
 from prefcurate.cli import main
-from prefcurate.io import open_pairs
+from prefcurate.data.io import open_pairs
 from prefcurate.recipes.score import score_pairs
-from prefcurate.score import read_metadata, write_scores
-from prefcurate.score_cache import memo_key
+from prefcurate.scoring.cache import memo_key
+from prefcurate.scoring.scores import read_metadata, write_scores
 from trainers.model import build_tiny
 from trainers.scoring import plan_batches
 
@@ -196,7 +196,7 @@ def test_a_second_run_is_served_from_the_cache_with_the_same_bytes(hh_scored):
 
 
 def test_the_score_run_is_in_the_catalog(hh_scored):
-    from prefcurate import catalog as cat
+    from prefcurate.catalog import store as cat
 
     runs = cat.list_runs(hh_scored["catalog"], kind="score")
     assert len(runs) == 2

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from prefcurate.stats import bootstrap_interval, holm, paired, t_interval, verdict
+from prefcurate.reporting.stats import bootstrap_interval, holm, paired, t_interval, verdict
 
 
 def test_paired_t_interval_by_hand():

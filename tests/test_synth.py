@@ -5,10 +5,10 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from prefcurate.analyze import analyze
-from prefcurate.errors import InputError
-from prefcurate.io import open_pairs
-from prefcurate.synth import CHUNK_ROWS, SOURCES, synth, write_synth
+from prefcurate.base.errors import InputError
+from prefcurate.data.io import open_pairs
+from prefcurate.data.synth import CHUNK_ROWS, SOURCES, synth, write_synth
+from prefcurate.reporting.analyze import analyze
 
 N = 20_000  # more than one chunk, so chunk boundaries are exercised
 

@@ -610,7 +610,7 @@ def test_plot_draws_the_curves(cli, split, tmp_path):
 def test_curves_bridge_a_few_steps_without_a_route_and_break_across_a_phase():
     """A shuffled run misses sft pairs in a step now and then: one curve. A curriculum trains
     them after a long dpo phase: no line across it."""
-    from prefcurate.runplots import segments
+    from prefcurate.reporting.runplots import segments
 
     with_sft = {1, 2, 4, 5, 40, 41}
     rows = [{"step": s, "loss/sft": float(s) if s in with_sft else None} for s in range(1, 42)]
@@ -622,14 +622,15 @@ def test_curves_bridge_a_few_steps_without_a_route_and_break_across_a_phase():
 
 
 def test_moving_average_is_trailing():
-    from prefcurate.runplots import moving_average
+    from prefcurate.reporting.runplots import moving_average
 
     assert moving_average([1.0, 2.0, 3.0, 4.0], 2) == [1.0, 1.5, 2.5, 3.5]
 
 
 def test_importing_prefcurate_does_not_import_torch():
     code = (
-        "import sys, prefcurate, prefcurate.cli, prefcurate.runplots; print('torch' in sys.modules)"
+        "import sys, prefcurate, prefcurate.cli, prefcurate.reporting.runplots; "
+        "print('torch' in sys.modules)"
     )
     done = subprocess.run(
         [sys.executable, "-c", code],

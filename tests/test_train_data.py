@@ -10,7 +10,7 @@ import torch
 from split_helpers import synthetic_rows, write_split
 from transformers import ByT5Tokenizer
 
-from prefcurate.errors import InputError
+from prefcurate.base.errors import InputError
 from trainers.data import (
     Curriculum,
     TokenizedPairs,

@@ -32,7 +32,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from prefcurate.errors import InputError
+from prefcurate.base.errors import InputError
 from trainers import dist
 from trainers.dist import initialized as dist_initialized
 

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prefcurate.cachedir import default_cache_dir
-from prefcurate.errors import InputError
+from prefcurate.base.cachedir import default_cache_dir
+from prefcurate.base.errors import InputError
 
 if TYPE_CHECKING:
     from trainers.lora import LoraSettings
@@ -84,8 +84,8 @@ class TrainConfig:
     # Only these token ids may be scored or sampled (the others' logits are -inf): a task whose
     # answers use a small alphabet keeps the policy on it. None: the whole vocabulary.
     allowed_token_ids: list[int] | None = None
-    # The named recipe the settings came from (``--recipe paper``); recorded in run.json only.
-    recipe: str | None = None
+    # The named preset the settings came from (``--preset paper``); recorded in run.json only.
+    preset: str | None = None
 
     def __post_init__(self) -> None:
         self.split_dir, self.out = Path(self.split_dir), Path(self.out)

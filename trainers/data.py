@@ -34,8 +34,15 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from prefcurate.errors import InputError
-from prefcurate.schema import ROUTE_DPO, ROUTES, SPLIT_EXTRA_COLUMNS, WEIGHT_COLUMN, is_messages
+from prefcurate.base.errors import InputError
+from prefcurate.data.schema import (
+    ROUTES,
+    SPLIT_EXTRA_COLUMNS,
+    WEIGHT_COLUMN,
+    is_messages,
+    sft_share,
+    takes_preference,
+)
 
 #: Columns the trainer reads; a split without any of them is refused.
 REQUIRED_COLUMNS: tuple[str, ...] = (
@@ -163,6 +170,13 @@ def _check_weights(frame: pl.DataFrame, where: Path) -> None:
             where=f"{where}, column weight",
             fix="route the data with 'prefcurate route --soft T'",
         )
+
+
+def split_shares(frame: pl.DataFrame) -> list[float]:
+    """Each pair's SFT share of its loss, by the split contract's one rule (:func:`sft_share`)."""
+    routes = frame["route"].to_list()
+    weights = frame[WEIGHT_COLUMN].to_list() if WEIGHT_COLUMN in frame.columns else None
+    return [sft_share(r, None if weights is None else weights[i]) for i, r in enumerate(routes)]
 
 
 def _check_rank(frame: pl.DataFrame, where: Path) -> pl.DataFrame:
@@ -306,18 +320,15 @@ def tokenize_split(
         chosens.append(c)
         rejecteds.append(r)
     p_ids, c_ids, r_ids = _encode(tokenizer, prompts, chosens, rejecteds, use_template)
-    if WEIGHT_COLUMN in frame.columns:  # soft routing: every pair with a DPO share is dpo
-        sft_share = frame[WEIGHT_COLUMN].cast(pl.Float64).to_list()
-    else:
-        sft_share = (frame["route"] != ROUTE_DPO).cast(pl.Float64).to_list()
-    is_dpo = [w < 1.0 for w in sft_share]
+    shares = split_shares(frame)
+    is_dpo = [takes_preference(w) for w in shares]
     truncated = identical = 0
     for i in range(len(p_ids)):
         p, c, r = truncate_pair(p_ids[i], c_ids[i], r_ids[i], max_length)
         truncated += (len(p), len(c), len(r)) != (len(p_ids[i]), len(c_ids[i]), len(r_ids[i]))
         if is_dpo[i] and c == r:
             is_dpo[i] = False
-            sft_share[i] = 1.0
+            shares[i] = 1.0
             identical += 1
         p_ids[i], c_ids[i], r_ids[i] = p, c, r
     return TokenizedPairs(
@@ -326,7 +337,7 @@ def tokenize_split(
         chosen=Ragged.from_lists(c_ids),
         rejected=Ragged.from_lists(r_ids),
         is_dpo=torch.tensor(is_dpo, dtype=torch.bool),
-        sft_share=torch.tensor(sft_share, dtype=torch.float64),
+        sft_share=torch.tensor(shares, dtype=torch.float64),
         truncated=truncated,
         identical=identical,
         chat_template=use_template,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from prefcurate.errors import InputError
+from prefcurate.base.errors import InputError
 
 
 def resolve_device(requested: str) -> torch.device:

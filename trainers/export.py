@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from prefcurate.atomic import atomic_dir
+from prefcurate.base.atomic import atomic_dir
 from trainers.lora import LoraSettings, merged_model, save_adapter
 from trainers.model import LoadedModel
 from trainers.rundir import ADAPTER_DIR, MODEL_DIR

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 
-from prefcurate.errors import InputError
+from prefcurate.base.errors import InputError
 from trainers import dist
 from trainers.data import TokenizedPairs, collate
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from prefcurate.errors import InputError, PrefcurateError
+from prefcurate.base.errors import InputError, PrefcurateError
 from trainers import dist, lora, memory, rundir
 from trainers.checkpoint import (
     latest_checkpoint,

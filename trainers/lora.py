@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prefcurate.errors import InputError
+from prefcurate.base.errors import InputError
 
 ALL_LINEAR = "all-linear"
 

@@ -61,7 +61,7 @@ from typing import Any
 
 import torch
 
-from prefcurate.errors import InputError
+from prefcurate.base.errors import InputError
 from trainers.strategy import decoder_layers
 
 GiB = 1024**3

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,8 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from prefcurate.errors import InputError, one_line
+from prefcurate.base.errors import InputError, one_line
+from prefcurate.base.log import get_logger
 
 TINY = "tiny"
 
@@ -194,10 +194,11 @@ def weights_format(path: Path, *, allow_pickle: bool = False, quiet: bool = Fals
             "if you trust this file",
         )
     if not quiet:
-        print(
-            f"warning: loading pickle weights {pickled[0]} from {path} (--allow-pickle); "
+        get_logger("trainers.model").warning(
+            "loading pickle weights %s from %s (--allow-pickle); "
             "re-save them as safetensors to drop the flag",
-            file=sys.stderr,
+            pickled[0],
+            path,
         )
     return False
 

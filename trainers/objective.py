@@ -98,12 +98,43 @@ class Objective:
     def __call__(self, logps: nn.Module, batch: Batch) -> PairTerms:
         """Forward every sequence of ``batch`` once and return each pair's loss term."""
         sequence_logps, n_tokens = logps(batch.input_ids, batch.attention_mask, batch.response_mask)
+        return self.terms(
+            sequence_logps,
+            n_tokens,
+            is_dpo=batch.is_dpo,
+            ref_chosen=batch.ref_chosen,
+            ref_rejected=batch.ref_rejected,
+            sft_share=batch.sft_share,
+            tokens=int(batch.attention_mask.sum()),
+        )
+
+    def terms(
+        self,
+        sequence_logps: Tensor,
+        n_tokens: Tensor,
+        *,
+        is_dpo: Tensor,
+        ref_chosen: Tensor,
+        ref_rejected: Tensor,
+        sft_share: Tensor | None = None,
+        tokens: int = 0,
+    ) -> PairTerms:
+        """Each pair's loss term from one forward's summed response log-probs: the one objective.
+
+        ``prefcurate train`` and :class:`prefcurate.integrations.trl.MixDPOTrainer` both call this,
+        so one split gives the same per-pair losses in either engine. ``sequence_logps`` and
+        ``n_tokens`` hold one row per pair's chosen response, then one per dpo pair's rejected
+        response (the layout both collators build); ``ref_chosen`` / ``ref_rejected`` one entry
+        per pair (any value for pairs without a preference term); ``sft_share`` each pair's SFT
+        share (:func:`prefcurate.data.schema.sft_share`; None: 0 for dpo pairs, 1 for sft).
+        """
         sequence_logps = sequence_logps.float()
-        pairs = batch.pairs
+        pairs = is_dpo.numel()
         chosen, rejected = sequence_logps[:pairs], sequence_logps[pairs:]
         chosen_nll = length_normalised_nll(chosen, n_tokens[:pairs])
-        dpo = batch.is_dpo
-        h = log_ratio_margin(chosen[dpo], rejected, batch.ref_chosen[dpo], batch.ref_rejected[dpo])
+        dpo = is_dpo
+        ref_chosen, ref_rejected = ref_chosen[dpo], ref_rejected[dpo]
+        h = log_ratio_margin(chosen[dpo], rejected, ref_chosen, ref_rejected)
         preference = PREFERENCE_LOSSES[self.loss](
             h, beta=self.beta, label_smoothing=self.label_smoothing
         )
@@ -113,7 +144,7 @@ class Objective:
             chosen_nll,
             sft_weight=self.sft_weight,
             nll_weight=self.nll_weight,
-            sft_share=batch.sft_share,
+            sft_share=sft_share,
         )
         return PairTerms(
             loss=loss,
@@ -122,9 +153,9 @@ class Objective:
             chosen_nll=chosen_nll.detach(),
             rejected_logps=rejected.detach(),
             preference=preference.detach(),
-            reward_chosen=self.beta * (chosen[dpo] - batch.ref_chosen[dpo]).detach(),
-            reward_rejected=self.beta * (rejected - batch.ref_rejected[dpo]).detach(),
-            tokens=int(batch.attention_mask.sum()),
+            reward_chosen=self.beta * (chosen[dpo].detach() - ref_chosen),
+            reward_rejected=self.beta * (rejected.detach() - ref_rejected),
+            tokens=tokens,
         )
 
 

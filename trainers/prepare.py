@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prefcurate.errors import InputError
+from prefcurate.base.errors import InputError
 from trainers import cache, dist
 from trainers.config import TrainConfig
 from trainers.data import Split, TokenizedPairs, tokenize_split

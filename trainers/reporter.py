@@ -1,8 +1,8 @@
 """How a training run talks while it runs: the events :func:`trainers.loop.train` reports.
 
 The trainer never prints; it calls a :class:`Reporter`, silent by default. The CLI and recipes pass
-:class:`prefcurate.progress.RichReporter` (a live progress bar on stderr), which implements the
-same methods; the trainer floor itself draws nothing.
+:class:`prefcurate.base.progress.RichReporter` (a live progress bar on stderr), which implements
+the same methods; the trainer floor itself draws nothing.
 
 Besides the steps, every one-off phase that can take more than a moment (loading the model,
 tokenising, the reference pass, an evaluation) is a :meth:`Reporter.phase`: a name, a total when

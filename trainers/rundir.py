@@ -1,6 +1,6 @@
 """The run directory: what ``train --out`` may hold, and proof that a resume continues the same run.
 
-A run directory is prefcurate's when it carries the manifest of :mod:`prefcurate.outdir`; it
+A run directory is prefcurate's when it carries the manifest of :mod:`prefcurate.base.outdir`; it
 holds only :data:`RUN_OUTPUTS` (and their temporary names). ``--force`` deletes exactly those,
 and refuses a folder that holds anything else. ``run.json`` and every checkpoint record the
 split's content hash and the model's fingerprint; ``--resume`` on another split or another model
@@ -10,12 +10,12 @@ is refused naming both, so one run directory is always one run.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from prefcurate.errors import InputError
-from prefcurate.outdir import (
+from prefcurate.base.errors import InputError
+from prefcurate.base.log import get_logger
+from prefcurate.base.outdir import (
     MANIFEST,
     check_place,
     clear_own,
@@ -124,7 +124,7 @@ def truncate_metrics(path: Path, step: int) -> None:
             row_step = row["step"]
         except (ValueError, KeyError, TypeError) as exc:
             if i == len(lines) - 1:
-                print(f"warning: {path}: ignoring a torn final line", file=sys.stderr)
+                get_logger("trainers.rundir").warning("%s: ignoring a torn final line", path)
                 break
             raise InputError(
                 "not a metrics row", where=f"{path}, line {i + 1}", fix="remove the broken line"

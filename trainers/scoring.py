@@ -37,8 +37,8 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from prefcurate.errors import InputError
-from prefcurate.scorespec import FLAGS, ModelIdentity
+from prefcurate.base.errors import InputError
+from prefcurate.scoring.spec import FLAGS, ModelIdentity
 from trainers import cache
 from trainers.data import (
     Ragged,

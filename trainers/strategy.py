@@ -38,7 +38,7 @@ from torch.distributed.fsdp import (
 )
 from torch.nn.parallel import DistributedDataParallel
 
-from prefcurate.errors import InputError
+from prefcurate.base.errors import InputError
 from trainers.config import PRECISIONS, STRATEGIES
 
 __all__ = ["PRECISIONS", "STRATEGIES", "autocast_for", "resolve_precision", "wrap"]

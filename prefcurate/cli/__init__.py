@@ -1,9 +1,9 @@
 """The ``prefcurate`` command line: one thin function per command, one module per group.
 
 Each command parses its flags, calls library functions and renders what they return. Errors are
-translated here, at the edge: an :class:`~prefcurate.errors.InputError` becomes one line on stderr
-and exit code 2; anything unexpected becomes one line with "please report" and exit code 1. The
-traceback is shown only with ``--debug``, which never changes the exit code.
+translated here, at the edge: an :class:`~prefcurate.base.errors.InputError` becomes one line on
+stderr and exit code 2; anything unexpected becomes one line with "please report" and exit code 1.
+The traceback is shown only with ``--debug``, which never changes the exit code.
 
 Modules: :mod:`~prefcurate.cli.common` (the app, shared options, the catalog record),
 :mod:`~prefcurate.cli.data` (analyze, synth, route), :mod:`~prefcurate.cli.page` (inspect),
@@ -20,9 +20,9 @@ import sys
 
 import typer
 
+from prefcurate.base.errors import InputError, PrefcurateError, machine_fault, one_line
 from prefcurate.cli import catalog, data, page, recipes, score, train  # noqa: F401 - registers
 from prefcurate.cli.common import STATE, _ClickException, _UsageError, app, show_traceback
-from prefcurate.errors import InputError, PrefcurateError, machine_fault, one_line
 
 __all__ = ["app", "main", "run"]
 
@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     arguments, 1 for an internal error, 130 for an interrupt. ``--debug`` only adds the traceback,
     printed before the one-line message.
     """
+    from prefcurate.base.log import to_stderr
+
+    to_stderr()  # the library's logged warnings: one line each on stderr
     args = list(sys.argv[1:] if argv is None else argv)
     STATE.argv = args
     # --debug works before or after the command name: take it out before Typer parses.
@@ -83,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    """Console-script entry point: Ctrl-C is one line and exit 130 (prefcurate.interrupt)."""
-    from prefcurate import interrupt
+    """Console-script entry point: Ctrl-C is one line and exit 130 (prefcurate.base.interrupt)."""
+    from prefcurate.base import interrupt
 
     interrupt.install()
     code = main()

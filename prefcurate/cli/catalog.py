@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from prefcurate.base.errors import InputError
 from prefcurate.cli.common import (
     DEFAULT_COLUMNS,
     CatalogOpt,
@@ -17,7 +18,6 @@ from prefcurate.cli.common import (
     narrow_terminal,
     print_table,
 )
-from prefcurate.errors import InputError
 
 
 @app.command()
@@ -38,7 +38,7 @@ def runs(
     """
     import json
 
-    from prefcurate import catalog as cat
+    from prefcurate.catalog import store as cat
 
     if limit <= 0:
         raise InputError(f"--limit must be a positive integer, got {limit}", fix="e.g. --limit 20")
@@ -118,19 +118,20 @@ def sql(
     import csv
     import json
 
-    from prefcurate import catalog as cat
-    from prefcurate.progress import status
+    from prefcurate.base.progress import status
+    from prefcurate.catalog import sql
+    from prefcurate.catalog import store as cat
 
     if as_json and as_csv:
         raise InputError("--json and --csv both given", fix="pass one")
     cat.check_catalog(catalog)
-    cat.read_only_statement(query)  # before the data is read
+    sql.read_only_statement(query)  # before the data is read
     pairs = None
     if data is not None:
         with status("reading the data"):
             frame = columns.open(data).collect()
             pairs = frame.to_arrow()
-    result = cat.query(query, catalog=catalog, pairs=pairs)
+    result = sql.query(query, catalog=catalog, pairs=pairs)
     if as_json:
         print(json.dumps(result.records(), ensure_ascii=False, default=str))
     elif as_csv:

@@ -16,8 +16,8 @@ from typing import Annotated, Any, get_type_hints
 
 import typer
 
-from prefcurate.errors import InputError
-from prefcurate.schema import Binarize, ColumnMap
+from prefcurate.base.errors import InputError
+from prefcurate.data.schema import Binarize, ColumnMap
 
 app = typer.Typer(
     name="prefcurate",
@@ -67,10 +67,24 @@ class _State:
 STATE = _State()
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from prefcurate import __version__
+
+        print(f"prefcurate {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: Annotated[
         bool, typer.Option("--debug", help="Show tracebacks for errors.", envvar="PREFCURATE_DEBUG")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", is_eager=True, callback=_print_version
+        ),
     ] = False,
 ) -> None:
     """prefcurate: analyze, route and train on preference data."""
@@ -130,8 +144,8 @@ class Columns:
     ] = None
 
     def open(self, data: str, *, seed: int = 0):
-        """The :class:`~prefcurate.io.PairSource` for a command's DATA argument."""
-        from prefcurate.io import open_pairs
+        """The :class:`~prefcurate.data.io.PairSource` for a command's DATA argument."""
+        from prefcurate.data.io import open_pairs
 
         columns = ColumnMap(
             self.prompt,
@@ -249,7 +263,7 @@ CatalogOpt = Annotated[
 
 
 def explicit_flags(ctx: typer.Context, **values: object) -> dict[str, object]:
-    """The subset of ``values`` the user typed (not left at their defaults): they beat a recipe."""
+    """The subset of ``values`` the user typed (not left at their defaults): they beat a preset."""
 
     def typed(name: str) -> bool:
         source = ctx.get_parameter_source(name)
@@ -258,16 +272,16 @@ def explicit_flags(ctx: typer.Context, **values: object) -> dict[str, object]:
     return {k: v for k, v in values.items() if typed(k)}
 
 
-def resolve_recipe(command: str, recipe: str | None, explicit: dict[str, object]) -> dict:
-    """``--recipe``'s settings for ``command`` with the typed flags on top (prefcurate.presets)."""
-    from prefcurate.presets import resolve
+def resolve_preset(command: str, preset: str | None, explicit: dict[str, object]) -> dict:
+    """``--preset``'s settings for ``command``, typed flags on top (prefcurate.routing.presets)."""
+    from prefcurate.routing.presets import resolve
 
-    return resolve(command, recipe, explicit)
+    return resolve(command, preset, explicit)
 
 
 def check_catalog(catalog: str | None) -> None:
     """Refuse a --catalog that is not a DuckDB file, or a bad timeout, before any work."""
-    from prefcurate import catalog as cat
+    from prefcurate.catalog import store as cat
 
     cat.check_catalog(catalog)
 
@@ -294,7 +308,7 @@ def record_run(
     """
     import shlex
 
-    from prefcurate import catalog as cat
+    from prefcurate.catalog import store as cat
 
     if cat.catalog_path(catalog) is None:
         return None

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from prefcurate.base.errors import InputError
 from prefcurate.cli.common import (
     DEFAULT_COLUMNS,
     CatalogOpt,
@@ -21,9 +22,8 @@ from prefcurate.cli.common import (
     echo,
     explicit_flags,
     record_run,
-    resolve_recipe,
+    resolve_preset,
 )
-from prefcurate.errors import InputError
 
 
 @app.command("analyze")
@@ -56,12 +56,13 @@ def analyze_command(
     """
     from datetime import datetime, timezone
 
-    from prefcurate.analyze import analyze
-    from prefcurate.margins import check_routing_args
-    from prefcurate.outdir import check_out_dir
-    from prefcurate.plots import PLOT_FILES, write_report_dir
-    from prefcurate.progress import bar, status, stderr
-    from prefcurate.report import print_json, render_report
+    from prefcurate.base.outdir import check_out_dir
+    from prefcurate.base.progress import bar, status, stderr
+    from prefcurate.commands.analyze import write_report_dir
+    from prefcurate.data.margins import check_routing_args
+    from prefcurate.reporting.analyze import analyze
+    from prefcurate.reporting.plots import PLOT_FILES
+    from prefcurate.reporting.terminal import print_json, render_report
 
     started_at = datetime.now(timezone.utc)  # noqa: UP017
     check_catalog(catalog)  # a wrong --catalog or timeout fails before any work
@@ -74,7 +75,7 @@ def analyze_command(
         if out is None:
             report = analyze(pairs, threshold=threshold, sft_fraction=sft_fraction)
         else:  # the same figures, plus the pair samples of the folder's index.html
-            from prefcurate.inspection import inspect_source
+            from prefcurate.reporting.inspection import inspect_source
 
             seen = inspect_source(pairs, threshold=threshold, sft_fraction=sft_fraction)
             report = seen.report
@@ -135,8 +136,8 @@ def synth_command(
     """
     import time
 
-    from prefcurate.progress import bar, stderr
-    from prefcurate.synth import output_format, write_synth
+    from prefcurate.base.progress import bar, stderr
+    from prefcurate.data.synth import output_format, write_synth
 
     output_format(out)  # a bad suffix fails before any work
     started = time.perf_counter()
@@ -190,10 +191,10 @@ def route(
             show_default=False,
         ),
     ] = None,
-    recipe: Annotated[
+    preset: Annotated[
         str | None,
         typer.Option(
-            "--recipe",
+            "--preset",
             help="paper: MixDPO's main setting (mixdpo, τ 0.5, curriculum); flags override it.",
             show_default=False,
         ),
@@ -248,26 +249,27 @@ def route(
     trl-mixdpo (mixdpo.jsonl: per-pair routing in TRL), trl, llamafactory, openrlhf
     (docs/integrations.md).
 
-    --recipe paper is the paper's route (mixdpo, τ 0.5, curriculum order) in one word.
+    --preset paper is the paper's route (mixdpo, τ 0.5, curriculum order) in one word.
 
     Example:
-        prefcurate route ../shared/data/ultrafeedback_1k.jsonl --recipe paper --out out/uf
+        prefcurate route ../shared/data/ultrafeedback_1k.jsonl --preset paper --out out/uf
     """
     import json
     from datetime import datetime, timezone
 
-    from prefcurate.memory import parse_size
-    from prefcurate.outdir import check_out_dir, out_lock
-    from prefcurate.progress import status
-    from prefcurate.route import plan_routes
-    from prefcurate.splitwriter import check_export, write_route
+    from prefcurate.base.outdir import check_out_dir, out_lock
+    from prefcurate.base.progress import status
+    from prefcurate.base.sizes import parse_size
+    from prefcurate.commands.route import route_dir
+    from prefcurate.routing.exports.registry import check_export
+    from prefcurate.routing.plan import plan_routes
 
     started_at = datetime.now(timezone.utc)  # noqa: UP017
     check_catalog(catalog)  # a wrong --catalog or timeout fails before any work
     if out is None:
         raise InputError("--out is required", fix="pass --out DIR for the split files")
     check_out_dir(out, force=force, inputs=[data])  # before reading: fail fast, write nothing
-    check_export(export)
+    check_export(export, weighted=soft is not None)
     if memory_budget is not None:
         parse_size(memory_budget)  # a bad size fails before anything is read
     with out_lock(out):  # one writer per --out; a killed one does not keep it
@@ -276,7 +278,7 @@ def route(
             typed = explicit_flags(
                 ctx, mode=mode, threshold=threshold, sft_fraction=sft_fraction, order=order
             )
-            settings = resolve_recipe("route", recipe, typed)
+            settings = resolve_preset("route", preset, typed)
             plan = plan_routes(
                 pairs,
                 mode=settings.get("mode", mode),
@@ -288,11 +290,11 @@ def route(
                 eval_fraction=eval_fraction,
                 seed=seed,
                 soft=soft,
-                recipe=recipe,
+                preset=preset,
                 memory_budget=memory_budget,
             )
         with status(f"writing {out}"):
-            document = write_route(plan, out, force=force, export=export, plots=True)
+            document = route_dir(plan, out, force=force, export=export)
         params = {
             k: v for k, v in document.items() if k not in ("version", "input", "counts", "outputs")
         }

@@ -56,10 +56,10 @@ def inspect_command(
     """
     import time
 
-    from prefcurate.margins import check_routing_args
-    from prefcurate.page import build_page, check_page_out, is_split_dir
-    from prefcurate.progress import status, stderr
-    from prefcurate.runstats import is_run_dir
+    from prefcurate.base.progress import status, stderr
+    from prefcurate.commands.inspect import build_page, check_page_out, is_split_dir
+    from prefcurate.data.margins import check_routing_args
+    from prefcurate.data.runs import is_run_dir
 
     started = time.perf_counter()
     check_routing_args(threshold, sft_fraction)

@@ -83,7 +83,7 @@ def bench_mixdpo(
     """
     from rich.console import Console
 
-    from prefcurate.progress import bar, stderr
+    from prefcurate.base.progress import bar, stderr
     from prefcurate.recipes.basepolicy import BaseConfig
     from prefcurate.recipes.bench import QUICK_ARMS, BenchConfig, run_bench
     from prefcurate.recipes.benchreport import render, write_outputs

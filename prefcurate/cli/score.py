@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from prefcurate.base.errors import InputError
 from prefcurate.cli.common import (
     DEFAULT_COLUMNS,
     AllowPickleOpt,
@@ -21,7 +22,6 @@ from prefcurate.cli.common import (
     echo,
     record_run,
 )
-from prefcurate.errors import InputError
 
 _MODELS = "Models (at least one)"
 _BATCHING = "Batching, device, cache"
@@ -138,9 +138,9 @@ def score(
     import json
     from datetime import datetime, timezone
 
-    from prefcurate.progress import bars
+    from prefcurate.base.progress import bars
     from prefcurate.recipes.score import score_pairs
-    from prefcurate.score import check_output, write_scores
+    from prefcurate.scoring.scores import check_output, write_scores
 
     started_at = datetime.now(timezone.utc)  # noqa: UP017
     check_catalog(catalog)  # a wrong --catalog or timeout fails before any work

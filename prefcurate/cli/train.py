@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from prefcurate.base.errors import InputError
 from prefcurate.cli.common import (
     ALLOW_PICKLE_HELP,
     CatalogOpt,
@@ -24,11 +25,10 @@ from prefcurate.cli.common import (
     echo,
     explicit_flags,
     record_run,
-    resolve_recipe,
+    resolve_preset,
     show_traceback,
 )
-from prefcurate.errors import InputError
-from prefcurate.presets import RECIPES
+from prefcurate.routing.presets import PRESETS
 from trainers.config import TrainConfig
 
 #: The help of each ``prefcurate train`` flag, by TrainConfig field (in the order shown).
@@ -81,11 +81,11 @@ TRAIN_HELP = {
     "cache_dir": "Token and reference log-prob cache (default: ~/.cache/prefcurate).",
     "trust_remote_code": "Allow the model directory's own code.",
     "allow_pickle": ALLOW_PICKLE_HELP,
-    "recipe": "paper: β 0.01, label smoothing 0.1, lr 1e-6, cosine with 10% warmup, one epoch, "
+    "preset": "paper: β 0.01, label smoothing 0.1, lr 1e-6, cosine with 10% warmup, one epoch, "
     "the split's order; flags override it.",
 }
-#: The TrainConfig fields a recipe may set (prefcurate.presets); a flag the user typed wins.
-RECIPE_FIELDS = tuple(dict.fromkeys(key for r in RECIPES.values() for key in r["train"]))
+#: The TrainConfig fields a preset may set (prefcurate.routing.presets); a flag the user typed wins.
+PRESET_FIELDS = tuple(dict.fromkeys(key for r in PRESETS.values() for key in r["train"]))
 
 
 @app.command()
@@ -112,16 +112,16 @@ def train(
     LoRA: adapter/). Under torchrun each process takes a strided share of every global batch,
     with the model replicated (--strategy ddp) or sharded (--strategy fsdp).
 
-    --recipe paper trains with the paper's settings (run.json records the recipe).
+    --preset paper trains with the paper's settings (run.json records the preset).
 
     Example:
         prefcurate train splits/uf --model tiny --out runs/tiny --max-length 256 --lr 1e-3
 
         prefcurate train splits/uf --model llama3-8b --out runs/8b --dry-run --world-size 8
     """
-    if config.recipe is not None:
-        typed = explicit_flags(ctx, **{k: getattr(config, k) for k in RECIPE_FIELDS})
-        config = dataclasses.replace(config, **resolve_recipe("train", config.recipe, typed))
+    if config.preset is not None:
+        typed = explicit_flags(ctx, **{k: getattr(config, k) for k in PRESET_FIELDS})
+        config = dataclasses.replace(config, **resolve_preset("train", config.preset, typed))
     if dry_run:
         from trainers.memory import dry_run as plan_run
 
@@ -129,9 +129,9 @@ def train(
         return
     import contextlib
 
-    from prefcurate.outdir import out_lock
-    from prefcurate.progress import RichReporter
-    from prefcurate.runplots import read_metrics
+    from prefcurate.base.outdir import out_lock
+    from prefcurate.base.progress import RichReporter
+    from prefcurate.data.runs import read_metrics
     from trainers.loop import NonFiniteLossError
     from trainers.loop import train as run_training
 
@@ -223,8 +223,9 @@ def plot(
     Example:
         prefcurate plot runs/mixdpo runs/dpo --out curves.png
     """
-    from prefcurate.outdir import check_out_file
-    from prefcurate.runplots import plot_runs
+    from prefcurate.base.outdir import check_out_file
+    from prefcurate.data.runs import read_curves
+    from prefcurate.reporting.runplots import plot_runs
 
     if smooth is not None and smooth < 0:
         raise InputError(f"--smooth must be 0 or more, got {smooth}", fix="e.g. --smooth 20")
@@ -233,5 +234,5 @@ def plot(
         raise InputError("--out must be a .png file", where=target, fix="e.g. --out curves.png")
     inputs = [d / name for d in run_dirs for name in ("metrics.jsonl", "run.json")]
     check_out_file(target, force=True, inputs=inputs)
-    path = plot_runs(run_dirs, target, smooth=smooth)
+    path = plot_runs([read_curves(d) for d in run_dirs], target, smooth=smooth)
     print(path)

@@ -14,6 +14,10 @@ checkpointing, ``report_to`` and TRL's checkpoints all stay as they are. Per pai
 * ``route = "sft"``: ``sft_weight`` × the length-normalised NLL of the chosen response (prompt
   masked). An sft pair has no rejected sequence in the batch and no reference forward.
 
+``nll_weight`` adds that NLL to every dpo pair's term (DPO+NLL), and a soft-routed split's
+``weight`` column (``route --soft T``) mixes the two terms per pair, exactly as ``prefcurate
+train`` does: both engines read the split by one rule (:func:`prefcurate.data.schema.sft_share`)
+and compute the loss with one function (:meth:`trainers.objective.Objective.terms`).
 The batch loss is the mean over pairs. The route travels with each pair through TRL's dataset
 preparation and the collator (TRL drops columns it does not know; the paper's own code once lost
 its routing that way and silently trained plain DPO): a dataset without a ``route`` column, or a
@@ -55,22 +59,22 @@ from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import pad
 
-from prefcurate.errors import InputError
-from prefcurate.schema import ROUTE_DPO, ROUTE_SFT, ROUTES
-from trainers.losses import (
-    PREFERENCE_LOSSES,
-    length_normalised_nll,
-    log_ratio_margin,
-    routed_pair_losses,
+from prefcurate.base.errors import InputError
+from prefcurate.data.schema import (
+    ROUTE_DPO,
+    ROUTE_SFT,
+    ROUTES,
+    WEIGHT_COLUMN,
+    sft_share,
+    takes_preference,
 )
-from trainers.objective import PairTerms
+from trainers.objective import Objective, PairTerms
 
 ROUTE = "route"
 RANK = "rank"
-#: The ``loss_type`` values MixDPOTrainer routes (one at a time); each is a per-pair function of h.
+#: The ``loss_type`` values MixDPOTrainer routes (one at a time): those whose formula TRL and
+#: ``prefcurate train`` share (TRL's ``ipo`` length-normalises log-probs, prefcurate's does not).
 SUPPORTED_LOSSES: tuple[str, ...] = ("sigmoid", "robust", "hinge")
-#: What a collated batch carries besides TRL's own keys: the route (and rank) of each pair.
-_ROUTE_KEYS = ("is_dpo", RANK)
 _FIX = "write the pairs with 'prefcurate route --export trl-mixdpo' and load mixdpo.jsonl"
 
 
@@ -85,6 +89,9 @@ class MixDPOConfig(DPOConfig):
     ----------
     sft_weight
         Weight of an sft pair's NLL term (1.0 in the paper).
+    nll_weight
+        Weight of the chosen response's length-normalised NLL added to every dpo pair's term
+        (DPO+NLL; 0 in the paper), as ``prefcurate train --nll-weight``.
     train_sampling_strategy
         ``"sequential"`` (the default here) reads the pairs in the dataset's ``rank`` order, the
         curriculum; ``"random"`` shuffles, as plain TRL does by default.
@@ -95,6 +102,10 @@ class MixDPOConfig(DPOConfig):
 
     sft_weight: float = field(
         default=1.0, metadata={"help": "Weight of the NLL term of pairs routed to sft."}
+    )
+    nll_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the chosen NLL added to each dpo pair's loss (DPO+NLL)."},
     )
     train_sampling_strategy: str = field(
         default="sequential",
@@ -124,9 +135,11 @@ class MixDPOConfig(DPOConfig):
         if named:
             msg = f"MixDPOTrainer does not support {', '.join(named)} (leave the default)"
             raise ValueError(msg)
-        if self.sft_weight < 0 or not math.isfinite(self.sft_weight):
-            msg = f"sft_weight must be a finite number >= 0, not {self.sft_weight}"
-            raise ValueError(msg)
+        for name in ("sft_weight", "nll_weight"):
+            value = getattr(self, name)
+            if value < 0 or not math.isfinite(value):
+                msg = f"{name} must be a finite number >= 0, not {value}"
+                raise ValueError(msg)
 
 
 # --------------------------------------------------------------------------- collator
@@ -138,9 +151,11 @@ class DataCollatorForMixDPO(DataCollatorMixin):
 
     Rows ``0..P-1`` are the chosen sequences of the ``P`` pairs, rows ``P..`` the rejected
     sequences of the dpo pairs, in pair order; an sft pair contributes no rejected row. Besides
-    TRL's ``input_ids``, ``attention_mask`` and ``completion_mask`` the batch carries ``is_dpo``
-    (one bool per pair, from ``route``), ``rank`` when the pairs have one, and the precomputed
-    reference log-probs when present (NaN for sft pairs). Truncation is TRL's: per sequence, to
+    TRL's ``input_ids``, ``attention_mask`` and ``completion_mask`` the batch carries
+    ``sft_share`` (each pair's SFT share, from ``route`` and ``weight`` by
+    :func:`prefcurate.data.schema.sft_share`) and ``is_dpo`` (the pairs with a preference term),
+    ``rank`` when the pairs have one, and the precomputed reference log-probs when present (NaN for
+    pairs without a preference term). Truncation is TRL's: per sequence, to
     ``max_length``, keeping the start.
     """
 
@@ -151,7 +166,8 @@ class DataCollatorForMixDPO(DataCollatorMixin):
     return_tensors: str = "pt"
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        is_dpo = [route_is_dpo(example) for example in examples]
+        shares = [pair_share(example) for example in examples]
+        is_dpo = [takes_preference(share) for share in shares]
         rows = [(e["prompt_ids"], e["chosen_ids"]) for e in examples]
         rows += [
             (e["prompt_ids"], e["rejected_ids"])
@@ -179,6 +195,7 @@ class DataCollatorForMixDPO(DataCollatorMixin):
             "attention_mask": padded([[1] * len(i) for i in ids], 0),
             "completion_mask": padded(masks, 0),
             "is_dpo": torch.tensor(is_dpo, dtype=torch.bool),
+            "sft_share": torch.tensor(shares, dtype=torch.float64),
         }
         if RANK in examples[0]:
             out[RANK] = torch.tensor([int(e[RANK]) for e in examples], dtype=torch.long)
@@ -189,17 +206,17 @@ class DataCollatorForMixDPO(DataCollatorMixin):
         return out
 
 
-def route_is_dpo(example: Mapping[str, Any]) -> bool:
-    """Whether a pair takes the preference loss; a missing or unknown route is an error."""
+def pair_share(example: Mapping[str, Any]) -> float:
+    """A pair's SFT share from its ``route`` and ``weight``; no route, or a bad one, is an error."""
     if ROUTE not in example:
         raise InputError(
             f"a pair reached the collator without its {ROUTE!r} column",
             fix="keep the route column (MixDPOTrainer adds it to the signature columns)",
         )
-    route = example[ROUTE]
-    if route not in ROUTES:
-        raise InputError(f"route {route!r} is not one of {', '.join(ROUTES)}", fix=_FIX)
-    return route == ROUTE_DPO
+    try:
+        return sft_share(example[ROUTE], example.get(WEIGHT_COLUMN))
+    except ValueError as exc:
+        raise InputError(str(exc), fix=_FIX) from None
 
 
 # --------------------------------------------------------------------------- trainer
@@ -254,6 +271,14 @@ class MixDPOTrainer(DPOTrainer):
         if self._is_vision_dataset:
             raise InputError("MixDPOTrainer trains text pairs; this dataset has images")
         self._use_mixdpo_collator()
+        #: the same objective as ``prefcurate train`` (trainers.objective), with TRL's settings
+        self.objective = Objective(
+            loss=self.loss_types[0],
+            beta=self.beta,
+            label_smoothing=self.label_smoothing,
+            sft_weight=args.sft_weight,
+            nll_weight=args.nll_weight,
+        )
 
     # ----------------------------------------------------------------- data
 
@@ -270,7 +295,7 @@ class MixDPOTrainer(DPOTrainer):
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
-        for column in (ROUTE, RANK):
+        for column in (ROUTE, RANK, WEIGHT_COLUMN):
             if column not in self._signature_columns:
                 self._signature_columns.append(column)
 
@@ -320,7 +345,6 @@ class MixDPOTrainer(DPOTrainer):
     def _forward(self, model, inputs: dict[str, Any]) -> tuple[PairTerms, Any]:
         """:meth:`pair_terms` and the model's outputs (their aux loss, for ``compute_loss``)."""
         is_dpo = _is_dpo(inputs)
-        pairs = is_dpo.numel()
         completion_mask = inputs["completion_mask"]
         labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
         model_kwargs = {
@@ -335,31 +359,19 @@ class MixDPOTrainer(DPOTrainer):
         # prompt-learning PEFT prepends virtual tokens; keep the positions of the real tokens
         per_token = outputs.log_probs[:, -shift_mask.size(1) :].float()
         logps = (per_token * shift_mask).sum(dim=1)
-        n_tokens = shift_mask.sum(dim=1)
-        chosen, rejected = logps[:pairs], logps[pairs:]
-        chosen_nll = length_normalised_nll(chosen, n_tokens[:pairs])
-
         if self.precompute_ref_logps:
             ref_chosen = inputs["ref_chosen_logps"].float()
             ref_rejected = inputs["ref_rejected_logps"].float()
         else:
             reference = self.ref_model if self.ref_model is not None else self.model
             ref_chosen, ref_rejected = self.compute_ref_log_probs(reference, inputs)
-        ref_chosen, ref_rejected = ref_chosen[is_dpo], ref_rejected[is_dpo]
-        h = log_ratio_margin(chosen[is_dpo], rejected, ref_chosen, ref_rejected)
-        preference = PREFERENCE_LOSSES[self.loss_types[0]](
-            h, beta=self.beta, label_smoothing=self.label_smoothing
-        )
-        loss = routed_pair_losses(is_dpo, preference, chosen_nll, sft_weight=self.args.sft_weight)
-        terms = PairTerms(
-            loss=loss,
+        terms = self.objective.terms(
+            logps,
+            shift_mask.sum(dim=1),
             is_dpo=is_dpo,
-            chosen_logps=chosen.detach(),
-            chosen_nll=chosen_nll.detach(),
-            rejected_logps=rejected.detach(),
-            preference=preference.detach(),
-            reward_chosen=self.beta * (chosen[is_dpo].detach() - ref_chosen),
-            reward_rejected=self.beta * (rejected.detach() - ref_rejected),
+            ref_chosen=ref_chosen.float(),
+            ref_rejected=ref_rejected.float(),
+            sft_share=inputs.get("sft_share"),
             tokens=int(inputs["attention_mask"].sum()),
         )
         return terms, outputs
@@ -444,7 +456,7 @@ def routed_dataset(dataset: Any, name: str = "dataset") -> Any:
 
     A ``datasets.Dataset`` (or a dict of them) needs a ``route`` column whose every value is
     ``"dpo"`` or ``"sft"``; an ``IterableDataset`` is checked on its first pair (and every pair is
-    checked again by the collator). Raises :class:`~prefcurate.errors.InputError` otherwise.
+    checked again by the collator). Raises :class:`~prefcurate.base.errors.InputError` otherwise.
     """
     if dataset is None:
         raise InputError(f"{name} is required", fix=_FIX)
@@ -454,7 +466,7 @@ def routed_dataset(dataset: Any, name: str = "dataset") -> Any:
         first = next(iter(dataset))
         if ROUTE not in first:
             raise InputError(f"{name} has no {ROUTE!r} column", fix=_FIX)
-        route_is_dpo(first)
+        pair_share(first)
         return dataset
     if not isinstance(dataset, Dataset):
         raise InputError(
@@ -489,7 +501,7 @@ def load_pairs(path: str | Path, *, split: str = "train") -> Dataset:
         ['pair_id', 'prompt', 'chosen', 'rejected', 'margin', 'route', 'rank']
         >>> held_out = load_pairs("out/uf-mixdpo", split="eval")  # doctest: +SKIP
     """
-    from prefcurate.export import mixdpo_frame
+    from prefcurate.routing.exports.common import mixdpo_frame
 
     path = Path(path)
     if path.is_dir():

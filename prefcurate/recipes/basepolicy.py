@@ -6,8 +6,9 @@ of a short run, so it is cached on disk under ``<cache>/basepolicy/<key>/`` wher
 :class:`BaseConfig` and the task's version; a second benchmark or the demo loads it in a second.
 
 It is trained with prefcurate's own pieces: the demonstrations are routed all-``sft`` by
-:func:`prefcurate.route.plan_routes` and trained by :func:`trainers.loop.train`, with the model's
-outputs restricted to the task's alphabet (:func:`prefcurate.recipes.toytask.allowed_token_ids`).
+:func:`prefcurate.routing.plan.plan_routes` and trained by :func:`trainers.loop.train`, with the
+model's outputs restricted to the task's alphabet
+(:func:`prefcurate.recipes.toytask.allowed_token_ids`).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def base_policy(
     ``exclude`` are prompts the demonstrations must not use (the held-out prompts); they are part
     of the cache key.
     """
-    from prefcurate.cachedir import default_cache_dir
+    from prefcurate.base.cachedir import default_cache_dir
 
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     target = root / "basepolicy" / config.key(exclude)
@@ -109,7 +110,7 @@ def demonstration_rows(config: BaseConfig, exclude: frozenset[str]) -> list[dict
 
 def _train(config: BaseConfig, work: Path, cache_dir: Path, exclude, reporter) -> None:
     from prefcurate.recipes.pipeline import route_and_train
-    from prefcurate.route import Mode, Order
+    from prefcurate.routing.plan import Mode, Order
     from trainers.config import TrainConfig
     from trainers.model import build_tiny
 

@@ -17,17 +17,19 @@ The data imitates UltraFeedback's two properties the paper's mechanism relies on
   rates each response with Gaussian noise *and* a preference for longer answers.
 
 Per seed: sample the pairs, label them by the judge, then for every arm route the pairs with
-:func:`prefcurate.route.plan_routes` / :func:`~prefcurate.route.write_route` and train with
+:func:`prefcurate.routing.plan.plan_routes` / :func:`~prefcurate.routing.plan.write_route` and train
+with
 :func:`trainers.loop.train` — the library functions behind ``prefcurate route`` and ``prefcurate
 train`` — from the base policy, one epoch, same pairs. Each trained policy answers held-out
 prompts and is judged by r* (:mod:`prefcurate.recipes.gold`). The arms form a grid: every recipe
 under the paper's training settings (β 0.01, cDPO ε 0.1, cosine decay) and under a constant
 schedule.
 
-Every claim is a paired difference over seeds with 95% intervals (:mod:`prefcurate.stats`): one
-primary comparison declared in advance (:data:`PRIMARY`), the others exploratory with Holm's
-correction. Before any comparison the result carries two gates: the oracle arm must beat the
-base policy, and the evaluation's own noise must be well below the differences between arms::
+Every claim is a paired difference over seeds with 95% intervals
+(:mod:`prefcurate.reporting.stats`): one primary comparison declared in advance (:data:`PRIMARY`),
+the others exploratory with Holm's correction. Before any comparison the result carries two gates:
+the oracle arm must beat the base policy, and the evaluation's own noise must be well below the
+differences between arms::
 
     >>> from prefcurate.recipes.bench import BenchConfig, run_bench
     >>> result = run_bench(BenchConfig(out="bench-out", seeds=3))          # doctest: +SKIP
@@ -47,10 +49,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prefcurate import stats
-from prefcurate.errors import InputError
+from prefcurate.base.errors import InputError
 from prefcurate.recipes import gold, toytask
 from prefcurate.recipes.basepolicy import BaseConfig
+from prefcurate.reporting import stats
 
 if TYPE_CHECKING:
     from trainers.config import TrainConfig
@@ -88,7 +90,7 @@ def mixture_configs(base: BaseConfig) -> dict[str, BaseConfig]:
 
 @dataclass(frozen=True)
 class Arm:
-    """One training recipe: how ``prefcurate route`` splits the pairs and what train adds."""
+    """One arm of the benchmark: how ``prefcurate route`` splits the pairs and what train adds."""
 
     name: str
     mode: str  # route --mode: mixdpo | dpo | filter | sft
@@ -100,8 +102,8 @@ class Arm:
     description: str = ""
 
 
-#: The recipes of the grid; each runs under both schedules (``NAME`` and ``NAME/const``).
-RECIPES: tuple[Arm, ...] = (
+#: The arms of the grid; :data:`ARMS` runs each under both schedules (``NAME``, ``NAME/const``).
+SCHEDULED_ARMS: tuple[Arm, ...] = (
     Arm("oracle", "dpo", "random", oracle=True, description="DPO, pairs labelled by r*"),
     Arm("sft", "sft", "random", description="SFT on every chosen response, shuffled"),
     Arm("dpo", "dpo", "random", description="DPO on all pairs, shuffled (the paper's baseline)"),
@@ -116,16 +118,16 @@ RECIPES: tuple[Arm, ...] = (
 SCHEDULES: dict[str, str] = {"": "cosine", "/const": "constant"}
 ARMS: tuple[Arm, ...] = tuple(
     replace(
-        recipe,
-        name=recipe.name + suffix,
+        arm,
+        name=arm.name + suffix,
         schedule=schedule,
-        description=recipe.description + ("" if schedule == "cosine" else "; constant lr"),
+        description=arm.description + ("" if schedule == "cosine" else "; constant lr"),
     )
     for suffix, schedule in SCHEDULES.items()
-    for recipe in RECIPES
+    for arm in SCHEDULED_ARMS
 )
 ARM_NAMES = tuple(a.name for a in ARMS)
-#: ``--quick``: three seeds, the paper-recipe arms of the main claims.
+#: ``--quick``: three seeds, the arms of the main claims under the paper's settings.
 QUICK_ARMS: tuple[str, ...] = ("oracle", "dpo", "dpo-curriculum", "filter", "mixdpo-0.5")
 
 
@@ -239,7 +241,7 @@ def run_bench(config: BenchConfig, *, progress: Progress | None = None) -> dict[
         finished[0] += arms_done
         report(message, finished[0], total)
 
-    from prefcurate.outdir import open_dir
+    from prefcurate.base.outdir import open_dir
 
     out = open_dir(config.out, force=config.force, kind="bench", entries=BENCH_ENTRIES)
     started, cpu_started = time.perf_counter(), _cpu_seconds()
@@ -329,7 +331,7 @@ class Environment:
 
     @classmethod
     def build(cls, config: BenchConfig) -> Environment:
-        from prefcurate.cachedir import default_cache_dir
+        from prefcurate.base.cachedir import default_cache_dir
         from prefcurate.recipes.basepolicy import base_policy
         from trainers.model import build_tiny
 

@@ -72,8 +72,8 @@ def run_demo(
     """Run the demo into ``out``; see the module docstring. Returns paths and figures."""
     import torch
 
-    from prefcurate.outdir import open_dir
-    from prefcurate.progress import stderr
+    from prefcurate.base.outdir import open_dir
+    from prefcurate.base.progress import stderr
     from prefcurate.recipes.bench import EVAL_SEED, BenchConfig, Environment, make_pairs, pair_stats
 
     out = open_dir(out, force=force, kind="demo", entries=DEMO_ENTRIES)
@@ -178,16 +178,17 @@ def _lc(value: float | None) -> str:
 def _status(message: str, quiet: bool):
     import contextlib
 
-    from prefcurate.progress import status
+    from prefcurate.base.progress import status
 
     return contextlib.nullcontext() if quiet else status(message)
 
 
 def _analyze(data: Path, report_dir: Path, quiet: bool) -> Path:
-    from prefcurate.inspection import inspect_source
-    from prefcurate.io import open_pairs
-    from prefcurate.plots import PLOT_FILES, write_report_dir
-    from prefcurate.progress import bar
+    from prefcurate.base.progress import bar
+    from prefcurate.commands.analyze import write_report_dir
+    from prefcurate.data.io import open_pairs
+    from prefcurate.reporting.inspection import inspect_source
+    from prefcurate.reporting.plots import PLOT_FILES
 
     seen = inspect_source(open_pairs(data), threshold=THRESHOLD)  # analyze's report + samples
     with bar("analyze: plots", len(PLOT_FILES)) as progress:
@@ -204,7 +205,7 @@ def _analyze(data: Path, report_dir: Path, quiet: bool) -> Path:
 
 def _inspect_run(run_dir: Path, page: Path) -> Path:
     """Rewrite the report's page with the run: its split's pairs, curves by route, accuracy."""
-    from prefcurate.page import build_page
+    from prefcurate.commands.inspect import build_page
 
     build_page(run_dir, page)
     return page
@@ -218,9 +219,10 @@ def _route(data: Path, split: Path, seed: int, quiet: bool):
 
 
 def _train(config, env, split: Path, run_dir: Path, seed: int, quiet: bool):
-    from prefcurate.progress import RichReporter
+    from prefcurate.base.progress import RichReporter
+    from prefcurate.data.runs import read_curves
     from prefcurate.recipes.bench import arm_config
-    from prefcurate.runplots import plot_runs
+    from prefcurate.reporting.runplots import plot_runs
     from trainers.loop import train
     from trainers.reporter import Reporter
 
@@ -228,7 +230,7 @@ def _train(config, env, split: Path, run_dir: Path, seed: int, quiet: bool):
         arm_config(config, env, split=split, out=run_dir, seed=seed),
         reporter=Reporter() if quiet else RichReporter(),
     )
-    plot_runs([run_dir], run_dir / "curves.png")
+    plot_runs([read_curves(run_dir)], run_dir / "curves.png")
     return result
 
 

@@ -39,7 +39,7 @@ def lc_available() -> bool:
 def require_lc() -> None:
     """Refuse to start a benchmark that could not report the length-controlled win rate."""
     if not lc_available():
-        from prefcurate.errors import InputError
+        from prefcurate.base.errors import InputError
 
         raise InputError(
             "the length-controlled win rate needs the alpaca-eval package",

@@ -12,8 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prefcurate.io import open_pairs
-from prefcurate.route import RoutePlan, plan_routes, write_route
+from prefcurate.commands.route import route_dir
+from prefcurate.data.io import open_pairs
+from prefcurate.routing.plan import RoutePlan, plan_routes
 
 if TYPE_CHECKING:
     from trainers.config import TrainConfig, TrainResult
@@ -23,10 +24,10 @@ if TYPE_CHECKING:
 def route_file(
     data: str | Path, split: str | Path, *, plots: bool = False, **plan: Any
 ) -> RoutePlan:
-    """Route the pairs in ``data`` (``plan`` are :func:`~prefcurate.route.plan_routes`'s keywords)
-    and write the split into the new folder ``split``; return the plan."""
+    """Route the pairs in ``data`` (``plan`` are :func:`~prefcurate.routing.plan.plan_routes`'s
+    keywords) and write the split into the new folder ``split``; return the plan."""
     routed = plan_routes(open_pairs(data), **plan)
-    write_route(routed, split, plots=plots)
+    route_dir(routed, split, plots=plots)
     return routed
 
 

@@ -1,13 +1,13 @@
 """The model-driven half of ``prefcurate score``: texts from the data floor, numbers from models.
 
-:mod:`prefcurate.score` (data floor) checks the flags, reads the pairs and keys each distinct text,
-looks scores up in the cache, assembles the per-pair columns and writes the file;
+:mod:`prefcurate.scoring.scores` (data floor) checks the flags, reads the pairs and keys each
+distinct text, looks scores up in the cache, assembles the per-pair columns and writes the file;
 :mod:`trainers.scoring` (trainer floor) loads a model and turns texts into numbers. This recipe
 composes the two, step by step::
 
-    >>> from prefcurate.io import open_pairs
+    >>> from prefcurate.data.io import open_pairs
     >>> from prefcurate.recipes.score import score_pairs
-    >>> from prefcurate.score import write_scores
+    >>> from prefcurate.scoring.scores import write_scores
     >>> result = score_pairs(open_pairs("pairs.jsonl"), embedding="models/minilm")  # doctest: +SKIP
     >>> write_scores(result, "scored.parquet")                                      # doctest: +SKIP
 
@@ -25,9 +25,10 @@ from typing import Any
 
 import polars as pl
 
-from prefcurate.errors import InputError
-from prefcurate.io import PairSource
-from prefcurate.score import (
+from prefcurate.base.errors import InputError
+from prefcurate.data.io import PairSource
+from prefcurate.scoring.cache import memo_key, recall_identity, remember_identity
+from prefcurate.scoring.scores import (
     SCORE_COLUMNS,
     Progress,
     ScoreResult,
@@ -41,8 +42,7 @@ from prefcurate.score import (
     store_path,
     texts_for,
 )
-from prefcurate.score_cache import memo_key, recall_identity, remember_identity
-from prefcurate.scorespec import EMBEDDING, FLAGS, REFERENCE, REWARD, ModelIdentity
+from prefcurate.scoring.spec import EMBEDDING, FLAGS, REFERENCE, REWARD, ModelIdentity
 
 
 def score_pairs(
@@ -65,7 +65,7 @@ def score_pairs(
     batch_order: str = "length",
     flush_every: int = 4096,
 ) -> ScoreResult:
-    """Score every pair of ``source`` with the given models; see :mod:`prefcurate.score`.
+    """Score every pair of ``source`` with the given models; see :mod:`prefcurate.scoring.scores`.
 
     ``batch_size`` / ``max_tokens_per_batch`` bound a batch (texts; texts × longest text); with
     neither, a batch holds at most 16,384 padded tokens. ``max_length`` lowers the model's own

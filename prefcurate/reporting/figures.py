@@ -1,0 +1,238 @@
+"""The inspect page's charts as Plotly figure data: histogram, ratings, lengths, sources, a run.
+
+Each function takes figures already computed (a :class:`~prefcurate.reporting.analyze.Report`,
+an inspection's tables, a run's metrics) and returns a validated figure as JSON-native data; the
+page (:mod:`prefcurate.reporting.page`) embeds them. Nothing here reads a file.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from prefcurate.reporting.analyze import Histogram, Report
+from prefcurate.reporting.palette import DPO_COLOR, MARGIN_LABEL, NEUTRAL_COLOR, SFT_COLOR
+
+
+def _fig(figure) -> dict[str, Any]:
+    """A validated ``go.Figure`` as JSON-native data (numbers only, no NaN)."""
+    return json.loads(figure.to_json())
+
+
+def _layout(**kwargs) -> dict[str, Any]:
+    base = {
+        "template": "plotly_white",
+        "margin": {"l": 60, "r": 20, "t": 40, "b": 50},
+        "height": 360,
+        "font": {"family": "system-ui, -apple-system, Segoe UI, sans-serif", "size": 12},
+    }
+    base.update(kwargs)
+    return base
+
+
+def histogram_figure(report: Report) -> dict[str, Any] | None:
+    """Bars of analyze's histogram; colours and the τ line are set by the page's τ control."""
+    import plotly.graph_objects as go
+
+    hist = report.histogram
+    if hist is None:
+        return None
+    centres = [round((a + b) / 2, 10) for a, b in zip(hist.edges, hist.edges[1:], strict=False)]
+    labels = [hist.label(i) for i in range(len(hist.counts))]
+    fig = go.Figure(
+        go.Bar(
+            x=centres,
+            y=hist.counts,
+            width=[hist.width * 0.92] * len(centres),
+            customdata=list(range(len(centres))),
+            hovertext=labels,
+            hovertemplate="margin %{hovertext}<br>%{y:,} pairs<extra></extra>",
+            marker={"color": NEUTRAL_COLOR},
+        ),
+        layout=_layout(
+            title={"text": "margin histogram — click a bar to read its pairs", "x": 0},
+            xaxis={"title": {"text": MARGIN_LABEL}},
+            yaxis={"title": {"text": "pairs"}},
+            hovermode="closest",
+            bargap=0,
+            dragmode=False,
+        ),
+    )
+    return _fig(fig)
+
+
+def ratings_figure(ratings: dict[str, Any] | None) -> dict[str, Any] | None:
+    import plotly.graph_objects as go
+
+    if ratings is None:
+        return None
+    levels = [f"{v:g}" for v in ratings["levels"]]
+    z = [[c if c else None for c in row] for row in ratings["counts"]]
+    fig = go.Figure(
+        go.Heatmap(
+            x=levels,
+            y=levels,
+            z=z,
+            colorscale="Blues",
+            hovertemplate="chosen %{x}, rejected %{y}: %{z:,} pairs<extra></extra>",
+            colorbar={"title": {"text": "pairs"}},
+        ),
+        layout=_layout(
+            title={"text": "chosen × rejected rating (pairs)", "x": 0},
+            xaxis={"title": {"text": "score_chosen"}, "type": "category"},
+            yaxis={"title": {"text": "score_rejected"}, "type": "category"},
+            height=420,
+        ),
+    )
+    return _fig(fig)
+
+
+def _box(name_key: str, rows: list[dict[str, Any]], names: list[str], color: str):
+    import plotly.graph_objects as go
+
+    return go.Box(
+        x=names,
+        q1=[r["q25"] for r in rows],
+        median=[r["q50"] for r in rows],
+        q3=[r["q75"] for r in rows],
+        lowerfence=[r["q05"] for r in rows],
+        upperfence=[r["q95"] for r in rows],
+        mean=[r["mean"] for r in rows],
+        marker={"color": color},
+        name=name_key,
+        hoverinfo="x+y",
+    )
+
+
+def length_figure(hist: Histogram | None, rows: list[dict[str, Any]] | None) -> dict | None:
+    """Per margin bin, a box of chosen − rejected length (whiskers p05–p95, dashed line: mean)."""
+    import plotly.graph_objects as go
+
+    if hist is None or not rows:
+        return None
+    names = [hist.label(r["bin"]) for r in rows]
+    fig = go.Figure(
+        _box("chosen − rejected chars", rows, names, DPO_COLOR),
+        layout=_layout(
+            title={"text": "length difference by margin (box p25–p75, whiskers p05–p95)", "x": 0},
+            xaxis={"title": {"text": MARGIN_LABEL}, "type": "category"},
+            yaxis={"title": {"text": "chosen − rejected (characters)"}, "zeroline": True},
+            showlegend=False,
+        ),
+    )
+    return _fig(fig)
+
+
+def sources_figure(rows: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    import plotly.graph_objects as go
+
+    if not rows:
+        return None
+    names = [("(none)" if r["source"] is None else str(r["source"])) for r in rows]
+    fig = go.Figure(
+        _box("margin", rows, names, SFT_COLOR),
+        layout=_layout(
+            title={"text": "margin by source (box p25–p75, whiskers p05–p95)", "x": 0},
+            xaxis={"title": {"text": "source"}, "type": "category"},
+            yaxis={"title": {"text": "margin"}},
+            showlegend=False,
+        ),
+    )
+    return _fig(fig)
+
+
+def curves_figure(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Three panels over the steps: loss per route, reward accuracy, pairs per route."""
+    from plotly.subplots import make_subplots
+
+    steps = [r["step"] for r in rows]
+
+    def series(key: str) -> list[float | None]:
+        return [r.get(key) for r in rows]
+
+    fig = make_subplots(
+        rows=1,
+        cols=3,
+        subplot_titles=(
+            "loss by route",
+            "reward accuracy (DPO pairs)",
+            "pairs per step by route",
+        ),
+    )
+    fig.add_scatter(
+        x=steps, y=series("loss/dpo"), name="loss/dpo", line={"color": DPO_COLOR}, row=1, col=1
+    )
+    fig.add_scatter(
+        x=steps,
+        y=series("loss/sft"),
+        name="loss/sft (NLL)",
+        line={"color": SFT_COLOR},
+        row=1,
+        col=1,
+    )
+    fig.add_scatter(
+        x=steps,
+        y=series("rewards/accuracies"),
+        name="rewards/accuracies",
+        line={"color": DPO_COLOR, "dash": "dot"},
+        row=1,
+        col=2,
+    )
+    fig.add_hline(y=0.5, line={"color": "grey", "dash": "dash", "width": 1}, row=1, col=2)
+    for key, color in (("pairs/dpo", DPO_COLOR), ("pairs/sft", SFT_COLOR)):
+        fig.add_scatter(
+            x=steps,
+            y=series(key),
+            name=key,
+            stackgroup="pairs",
+            line={"color": color, "width": 0.5},
+            row=1,
+            col=3,
+        )
+    for col in (1, 2, 3):
+        fig.update_xaxes(title_text="step", row=1, col=col)
+    fig.update_layout(
+        template="plotly_white",
+        height=380,
+        margin={"l": 50, "r": 20, "t": 50, "b": 50},
+        legend={"orientation": "h", "y": -0.25},
+        title={"text": "training curves by route", "x": 0},
+    )
+    return json.loads(fig.to_json())
+
+
+def accuracy_figure(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    import plotly.graph_objects as go
+
+    fig = go.Figure(
+        go.Bar(
+            x=[r["label"] for r in rows],
+            y=[r["accuracy"] for r in rows],
+            customdata=[[r["dpo_pairs"], r["steps"]] for r in rows],
+            hovertemplate="margin %{x}: accuracy %{y:.3f}<br>%{customdata[0]} DPO pairs, "
+            "%{customdata[1]} steps<extra></extra>",
+            marker={"color": DPO_COLOR},
+        ),
+        layout={
+            "template": "plotly_white",
+            "height": 360,
+            "title": {
+                "text": "reward accuracy per margin bin (DPO pairs, during training)",
+                "x": 0,
+            },
+            "xaxis": {"title": {"text": "margin"}, "type": "category"},
+            "yaxis": {"title": {"text": "reward accuracy"}, "range": [0, 1]},
+            "shapes": [
+                {
+                    "type": "line",
+                    "xref": "paper",
+                    "x0": 0,
+                    "x1": 1,
+                    "y0": 0.5,
+                    "y1": 0.5,
+                    "line": {"color": "grey", "dash": "dash", "width": 1},
+                }
+            ],
+        },
+    )
+    return json.loads(fig.to_json())

@@ -1,0 +1,879 @@
+"""Routing plans: which pairs are learned as preferences, which as demonstrations, in what order.
+
+MixDPO (arXiv 2602.00954) routes a pair whose margin is below τ (strict) to SFT on the chosen
+response and every other pair to DPO, and reads the pairs sorted by margin, largest first, so the
+SFT pairs come last. :func:`plan_routes` decides all of it from a
+:class:`~prefcurate.data.io.PairSource` and returns a :class:`RoutePlan` (figures plus the routed
+keys); :func:`prefcurate.routing.writer.write_route` writes the split files, atomically. The split
+is the contract with the trainer: ``route``, ``rank`` and ``stage`` are columns of
+``train.parquet`` and everything else it needs is in ``plan.json`` (docs/route.md lists both).
+Example::
+
+    >>> from prefcurate.data.io import open_pairs
+    >>> from prefcurate.routing.plan import plan_routes
+    >>> from prefcurate.routing.writer import write_route
+    >>> source = open_pairs("../shared/data/ultrafeedback_1k.jsonl")     # doctest: +SKIP
+    >>> plan = plan_routes(source, threshold=0.5)                        # doctest: +SKIP
+    >>> plan.counts["dpo"], plan.counts["sft"]                           # doctest: +SKIP
+    (889, 111)
+    >>> write_route(plan, "out/uf-mixdpo")                               # doctest: +SKIP
+
+Scale: the plan comes from one streaming pass that keeps narrow columns (position, pair_id,
+margin, lengths and flags; the loader validates every row on the way); routes, ranks, stages and
+the held-out split are decided on that small frame. An input whose one-pass read fits the memory
+budget keeps its texts from the same pass (one pass); a larger one is read again by
+:mod:`prefcurate.routing.writer`, a window of ranks at a time (two passes, bounded memory). This
+module plans; the split writer writes, the same bytes either way.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from prefcurate.base.errors import InputError
+from prefcurate.base.sizes import default_budget, estimate_input_bytes, fits_one_pass, parse_size
+from prefcurate.catalog.sql import duckdb_message
+from prefcurate.data.io import PAIR_COLUMNS, PairSource
+from prefcurate.data.layouts import ISSUE, ROW
+from prefcurate.data.margins import (
+    check_routing_args,
+    difficulty_expr,
+    no_margin_error,
+    threshold_for_fraction,
+)
+from prefcurate.data.schema import ROUTE_DPO, ROUTE_SFT, WEIGHT_COLUMN
+from prefcurate.routing.texts import WIDE_COLUMNS, Texts, split_chunks
+
+#: plan.json format version; bump when a key changes meaning.
+PLAN_VERSION = 1
+
+#: Difficulty bins the held-out split is stratified over (deciles of ``difficulty``).
+EVAL_STRATA = 10
+
+#: Reasons a pair is dropped, as keys of plan.json ``counts.dropped_by_reason``.
+NULL_MARGIN = "null_margin"
+#: chosen == rejected: no preference to learn (the DPO loss of such a pair is constant, so its
+#: gradient is zero), and the two ratings of one text disagree (UltraFeedback has margins of 1.5),
+#: so its margin cannot place it in the curriculum either. Dropped in every mode, counted here.
+IDENTICAL = "identical"
+BELOW_THRESHOLD = "below_threshold"
+DROP_PREFIX = "drop: "
+
+
+class Mode(str, Enum):
+    """What happens to a pair; MixDPO and the baselines the paper compares it with."""
+
+    MIXDPO = "mixdpo"  # margin < τ -> sft, else dpo
+    DPO = "dpo"  # every pair -> dpo
+    FILTER = "filter"  # margin < τ -> dropped, else dpo (the heuristic the paper argues against)
+    SFT = "sft"  # every pair -> sft
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Order(str, Enum):
+    """The order the trainer reads the pairs in (``rank``)."""
+
+    CURRICULUM = "curriculum"  # margin descending (easiest first), ties by pair_id
+    RANDOM = "random"  # a seeded shuffle
+    AS_IS = "as-is"  # input order
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def default_order(mode: Mode | str) -> Order:
+    """The order a mode reads its pairs in when ``--order`` is not given.
+
+    MixDPO and filter read easy → hard (the paper's curriculum); the DPO and SFT baselines read
+    a seeded shuffle, the standard baseline the paper compares against (not margin-sorted DPO).
+    """
+    mode = _enum(Mode, mode, "--mode")
+    return Order.CURRICULUM if mode in (Mode.MIXDPO, Mode.FILTER) else Order.RANDOM
+
+
+@dataclass
+class RoutePlan:
+    """Everything :func:`write_route` writes, decided but not yet written.
+
+    ``keys`` holds one row per kept pair: ``_pos`` (row of the canonical frame), ``pair_id``,
+    ``margin``, ``difficulty``, ``_bytes`` (its text), ``split`` ('train' | 'eval'), ``route``,
+    ``rank`` and ``stage``. ``narrow`` has one row per input pair (dropped pairs included), in
+    input order: ``_pos`` and the analyze columns
+    (:data:`prefcurate.data.narrow.NARROW_COLUMNS`), no texts. ``strategy`` says how the texts
+    are read: ``one-pass`` (the one pass fits the memory budget: read once, with the plan's pass),
+    else ``two-pass`` (a second pass over ``source``, at once when the texts fit one gather window,
+    else window by window as a split is written). The plan outlives its input file unless the texts
+    are read window by window.
+    """
+
+    input: dict[str, Any]
+    layout: str
+    mode: Mode
+    threshold: float | None
+    sft_fraction: float | None
+    order: Order
+    stages: int
+    seed: int
+    drop: tuple[str, ...]
+    eval_fraction: float | None
+    counts: dict[str, Any]
+    keys: pl.DataFrame = field(repr=False)
+    narrow: pl.DataFrame = field(repr=False)
+    source: PairSource = field(repr=False)
+    soft: float | None = None  # route --soft T: a weight column, σ((τ − margin) / T)
+    preset: str | None = None  # route --preset NAME, recorded in plan.json
+    seconds: float = 0.0
+    strategy: str = "two-pass"
+    memory_budget: int | None = None
+    _texts: Texts | None = field(default=None, repr=False)
+
+    def split(self, name: str = "train") -> pl.DataFrame:
+        """The split ``name`` ('train' or 'eval') as written: split columns, rows in rank order.
+
+        Materialises the split (fine in a notebook; :func:`write_route` streams it instead).
+        """
+        keys = self._keys(name)
+        chunks = list(split_chunks(self.texts, keys, max(keys.height, 1)))
+        return pl.concat(chunks) if chunks else self.texts.empty(keys)
+
+    @property
+    def texts(self) -> Texts:
+        """The second read of the input: its wide columns, a window of positions at a time."""
+        if self._texts is None:
+            self._texts = Texts(
+                self.source,
+                total_bytes=int(self.narrow["_bytes"].sum()),
+                window_bytes=self.memory_budget,
+            )
+        return self._texts
+
+    def to_json(self, outputs: dict[str, Any] | None = None) -> dict[str, Any]:
+        """plan.json: DESIGN's core keys plus layout, drop and eval_fraction."""
+        return {
+            "version": PLAN_VERSION,
+            "input": self.input,
+            "layout": self.layout,
+            "mode": str(self.mode),
+            "threshold": self.threshold,
+            "sft_fraction": self.sft_fraction,
+            "order": str(self.order),
+            "stages": self.stages,
+            "seed": self.seed,
+            "drop": list(self.drop),
+            "eval_fraction": self.eval_fraction,
+            "soft": self.soft,
+            "preset": self.preset,
+            "counts": self.counts,
+            "outputs": outputs or {"train": "train.parquet", "eval": None},
+        }
+
+    def summary(self) -> str:
+        """One line for people: what went where."""
+        c = self.counts
+        tau = f", τ = {_fmt(self.threshold)}" if self.threshold is not None else ""
+        frac = (
+            f" (--sft-fraction {_fmt(self.sft_fraction)})" if self.sft_fraction is not None else ""
+        )
+        held = f", {c['eval']} held out" if self.eval_fraction is not None else ""
+        why = ", ".join(f"{n} {reason}" for reason, n in c["dropped_by_reason"].items() if n)
+        soft = (
+            f" (soft, T = {_fmt(self.soft)}: mean sft weight {c['weight_mean']:.3f})"
+            if (self.soft is not None)
+            else ""
+        )
+        preset = f"preset {self.preset}: " if self.preset else ""
+        return (
+            f"{preset}{c['in']} pairs, {self.mode}{tau}{frac}: {c['dpo']} dpo, {c['sft']} sft"
+            f"{soft}, {c['dropped']} dropped{f' ({why})' if why else ''}{held}; order {self.order}"
+            + (" (largest margin first)" if self.order is Order.CURRICULUM else "")
+            + (" (seeded shuffle)" if self.order is Order.RANDOM else "")
+            + (f" in {self.stages} stages" if self.stages > 1 else "")
+        )
+
+    def _keys(self, name: str) -> pl.DataFrame:
+        if name not in ("train", "eval"):
+            msg = f"split must be 'train' or 'eval', not {name!r}"
+            raise ValueError(msg)
+        return self.keys.filter(pl.col("split") == name).sort("rank")
+
+
+# --------------------------------------------------------------------------------------------------
+# planning
+
+
+def plan_routes(
+    source: PairSource,
+    *,
+    mode: Mode | str = Mode.MIXDPO,
+    threshold: float | None = None,
+    sft_fraction: float | None = None,
+    order: Order | str | None = None,
+    stages: int | None = None,
+    drop: Sequence[str] | str = (),
+    eval_fraction: float | None = None,
+    seed: int = 0,
+    soft: float | None = None,
+    preset: str | None = None,
+    memory_budget: int | str | None = None,
+) -> RoutePlan:
+    """Decide each pair's route, rank and stage, and which pairs are held out.
+
+    Parameters
+    ----------
+    source
+        The data, from :func:`prefcurate.data.io.open_pairs`.
+    mode
+        ``mixdpo`` (margin < τ → sft, else dpo), ``filter`` (margin < τ → dropped), ``dpo`` or
+        ``sft`` (every pair to one route; τ is optional there and only recorded).
+    threshold, sft_fraction
+        τ, or the share of hardest pairs to route (τ is then picked from the margins; ties at the
+        cut go together). At most one; ``mixdpo`` and ``filter`` need one.
+    order
+        ``curriculum`` (margin descending, ties by pair_id), ``random`` (seeded) or ``as-is``.
+        Default (None): curriculum for ``mixdpo`` and ``filter``, random for ``dpo`` and ``sft``
+        (:func:`default_order`).
+    stages
+        Cut the curriculum into this many equal contiguous difficulty stages (stage 0 easiest) and
+        shuffle within each stage with ``seed``.
+    drop
+        DuckDB SQL predicates over the canonical columns; a pair matching one is dropped.
+    eval_fraction
+        Hold out this share of the pairs (0 < f < 1), stratified by difficulty, seeded.
+    seed
+        Seeds the shuffles and the held-out choice.
+    soft
+        Soft routing at temperature ``T`` (``mixdpo`` only): a ``weight`` column
+        ``w = σ((τ − margin) / T)``, the SFT share of each pair's loss (the trainer mixes
+        ``w · NLL + (1 − w) · preference``). ``T = 0`` gives the hard route's 0/1 weights.
+    preset
+        The name of the preset the flags came from (:mod:`prefcurate.routing.presets`); only
+        recorded.
+    memory_budget
+        Bytes (or a size such as ``"4GB"``) of memory the plan may take for the input; default an
+        eighth of the machine's RAM (:func:`prefcurate.base.sizes.default_budget`). An input whose
+        one-pass read fits (about 1.4× its estimated in-memory size,
+        :func:`prefcurate.base.sizes.fits_one_pass`) is read once, texts included; a larger one is
+        read twice (a narrow pass, then the texts in windows of at most the budget and 1 GB), so it
+        is never held whole. Same bytes out either way.
+
+    Raises :class:`~prefcurate.base.errors.InputError` for bad arguments or data (before anything is
+    written).
+    """
+    started = time.perf_counter()
+    mode = _enum(Mode, mode, "--mode")
+    order = default_order(mode) if order is None else _enum(Order, order, "--order")
+    drop = (drop,) if isinstance(drop, str) else tuple(drop)
+    threshold = None if threshold is None else float(threshold)
+    sft_fraction = None if sft_fraction is None else float(sft_fraction)
+    stages = _check_args(mode, threshold, sft_fraction, order, stages, eval_fraction)
+    soft = _check_soft(soft, mode)
+    budget = default_budget() if memory_budget is None else parse_size(memory_budget)
+    one_pass = fits_one_pass(estimate_input_bytes(source.raw.paths, source.raw.format), budget)
+    wants_margin = threshold is not None or sft_fraction is not None
+    _check_margins_needed(source, order, wants_margin)
+
+    scan = source.scan_rows()
+    _check_predicates(drop, source.scan().collect_schema())
+    digest = _HashThread(source)
+    narrow, wide = _narrow(source, scan, texts=one_pass)
+    input_info = digest.result(rows=narrow.height)
+
+    reasons: dict[str, int] = {}
+    keys = _drop_matching(scan, narrow, drop, reasons)
+    keys = _drop_identical(keys, narrow, source, reasons)
+    keys = _drop_unroutable(keys, source, mode, wants_margin, reasons)
+    if sft_fraction is not None:
+        threshold = threshold_for_fraction(_kept(keys).get_column("margin"), sft_fraction)
+    keys = _hold_out(keys, eval_fraction, seed)
+    keys = _drop_below_threshold(keys, source, mode, threshold, reasons)
+    keys = keys.with_columns(_route_expr(mode, threshold).alias("route"))
+    if soft is not None:
+        keys = keys.with_columns(
+            soft_weights(pl.col("margin"), threshold, soft).alias(WEIGHT_COLUMN)
+        )
+    keys = pl.concat(
+        [
+            _order(keys.filter(pl.col("split") == name), order, stages, seed)
+            for name in ("train", "eval")
+        ]
+    )
+    counts = _counts(keys, narrow.height, reasons, threshold)
+    if soft is not None:
+        train_weights = keys.filter(pl.col("split") == "train").get_column(WEIGHT_COLUMN)
+        counts["weight_mean"] = float(train_weights.mean())
+    plan = RoutePlan(
+        input=input_info,
+        layout=str(source.layout),
+        mode=mode,
+        threshold=threshold,
+        sft_fraction=sft_fraction,
+        order=order,
+        stages=stages,
+        seed=seed,
+        drop=drop,
+        eval_fraction=eval_fraction,
+        counts=counts,
+        keys=keys,
+        narrow=narrow,
+        source=source,
+        soft=soft,
+        preset=preset,
+        strategy="one-pass" if one_pass else "two-pass",
+        memory_budget=budget,
+    )
+    if wide is not None:
+        plan._texts = Texts(source, total_bytes=0, preloaded=wide)
+    elif plan.texts.whole:  # read the texts now: a plan of ordinary size outlives its input file
+        plan.texts.window(keys.get_column("_pos").head(0))
+    plan.seconds = time.perf_counter() - started
+    return plan
+
+
+def _check_margins_needed(source: PairSource, order: Order, wants_margin: bool) -> None:
+    """τ, q and the curriculum order all read margins: refuse data without them."""
+    if wants_margin and not source.has_margins:
+        raise no_margin_error(source.raw.display)
+    if order is Order.CURRICULUM and not source.has_margins:
+        raise InputError(
+            "curriculum order sorts by margin, and the data has no margins",
+            where=source.raw.display,
+            fix="pass --order as-is or --order random, or compute margins with 'prefcurate score'",
+        )
+
+
+def _kept(keys: pl.DataFrame) -> pl.DataFrame:
+    return keys.filter(pl.col("_drop").is_null())
+
+
+def _drop_matching(
+    scan: pl.LazyFrame, narrow: pl.DataFrame, drop: tuple[str, ...], reasons: dict[str, int]
+) -> pl.DataFrame:
+    """The plan's keys, each pair matching a ``--drop`` predicate marked with the first one."""
+    keys = narrow.select("_pos", "pair_id", "margin", "difficulty", "_bytes").with_columns(
+        pl.lit(None, dtype=pl.String).alias("_drop")
+    )
+    for predicate in drop:
+        matched = _predicate_matches(_predicate_frame(scan, narrow, predicate), predicate)
+        newly = keys.get_column("_drop").is_null() & keys.get_column("_pos").is_in(
+            matched.implode()
+        )
+        reasons[DROP_PREFIX + predicate] = int(newly.sum())
+        keys = _mark(keys, newly, DROP_PREFIX + predicate)
+    return keys
+
+
+def _drop_identical(
+    keys: pl.DataFrame, narrow: pl.DataFrame, source: PairSource, reasons: dict[str, int]
+) -> pl.DataFrame:
+    """Mark the pairs whose chosen equals rejected (:data:`IDENTICAL`), in every mode."""
+    same = keys.get_column("_drop").is_null() & narrow.get_column("identical")
+    reasons[IDENTICAL] = int(same.sum())
+    keys = _mark(keys, same, IDENTICAL)
+    if _kept(keys).height == 0:  # before the margin check: its message would mislead
+        raise _nothing_left(source, reasons)
+    return keys
+
+
+def _drop_unroutable(
+    keys: pl.DataFrame,
+    source: PairSource,
+    mode: Mode,
+    wants_margin: bool,
+    reasons: dict[str, int],
+) -> pl.DataFrame:
+    """Mark the pairs without a margin when the mode routes by margin; refuse an empty plan."""
+    if wants_margin and _kept(keys).filter(pl.col("margin").is_not_null()).height == 0:
+        raise no_margin_error(source.raw.display)
+    if mode in (Mode.MIXDPO, Mode.FILTER):
+        nulls = keys.get_column("_drop").is_null() & keys.get_column("margin").is_null()
+        reasons[NULL_MARGIN] = int(nulls.sum())
+        keys = _mark(keys, nulls, NULL_MARGIN)
+    if _kept(keys).height == 0:
+        raise _nothing_left(source, reasons)
+    return keys
+
+
+def _drop_below_threshold(
+    keys: pl.DataFrame,
+    source: PairSource,
+    mode: Mode,
+    threshold: float | None,
+    reasons: dict[str, int],
+) -> pl.DataFrame:
+    """``filter`` drops the small-margin training pairs; then only the kept pairs remain."""
+    if mode is Mode.FILTER:
+        below = (
+            keys.get_column("_drop").is_null()
+            & (keys.get_column("split") == "train")
+            & (keys.get_column("margin") < threshold)
+        )
+        reasons[BELOW_THRESHOLD] = int(below.sum())
+        keys = _mark(keys, below, BELOW_THRESHOLD)
+    keys = _kept(keys).drop("_drop")
+    if keys.filter(pl.col("split") == "train").height == 0:
+        raise InputError(
+            "no pairs left to train on", where=source.raw.display, fix="check the flags"
+        )
+    return keys
+
+
+def _route_expr(mode: Mode, threshold: float | None) -> pl.Expr:
+    """Each pair's route: one route for ``dpo`` / ``sft``; else margin < τ → sft, else dpo
+    (``filter`` keeps only large margins in train, and labels eval by the same τ rule)."""
+    if mode is Mode.DPO:
+        return pl.lit(ROUTE_DPO)
+    if mode is Mode.SFT:
+        return pl.lit(ROUTE_SFT)
+    small = pl.col("margin") < threshold if threshold is not None else pl.lit(False)
+    return pl.when(small).then(pl.lit(ROUTE_SFT)).otherwise(pl.lit(ROUTE_DPO))
+
+
+def _narrow(
+    source: PairSource, scan: pl.LazyFrame, *, texts: bool = False
+) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """One streaming pass over the input: the plan's frame, validated; with ``texts``, the wide
+    columns too (the one-pass strategy), else no text is kept.
+
+    The plan's columns: ``_pos`` (canonical row), the analyze columns (pair_id, margin, lengths,
+    flags), ``difficulty`` (computed here, on the small frame) and ``_bytes`` (the pair's text
+    bytes, which size the gather windows). The wide frame: :data:`WIDE_COLUMNS`, in input order.
+    """
+    from prefcurate.data.narrow import narrow_exprs
+
+    conversational = isinstance(scan.collect_schema()["chosen"], pl.List)
+    if conversational:
+        text_bytes = [
+            pl.col(c).list.eval(pl.element().struct.json_encode().str.len_bytes()).list.sum()
+            for c in ("prompt", "chosen", "rejected")
+        ]
+    else:
+        text_bytes = [pl.col(c).str.len_bytes() for c in ("prompt", "chosen", "rejected")]
+    lazy = scan.with_row_index("_pos").select(
+        pl.col("_pos").cast(pl.Int64),
+        *narrow_exprs(conversational),
+        pl.sum_horizontal(e.fill_null(0).cast(pl.Int64) for e in text_bytes).alias("_bytes"),
+        *(pl.col(c).alias(_WIDE_PREFIX + c) for c in (WIDE_COLUMNS if texts else ())),
+        ROW,
+        ISSUE,
+    )
+    frame = source.collect(lazy, streaming=True)
+    wide = None
+    if texts:
+        names = [_WIDE_PREFIX + c for c in WIDE_COLUMNS]
+        wide = frame.select(names).rename(dict(zip(names, WIDE_COLUMNS, strict=True)))
+        frame = frame.drop(names)
+    return frame.with_columns(difficulty_expr()), wide
+
+
+_WIDE_PREFIX = "_wide_"
+
+
+def _predicate_frame(scan: pl.LazyFrame, narrow: pl.DataFrame, predicate: str) -> pl.DataFrame:
+    """The columns ``predicate`` mentions, a row per input pair; texts are read only if named."""
+    used = [c for c in _PREDICATE_COLUMNS if _mentions(predicate, c)]
+    have = [c for c in used if c in narrow.columns and c not in ("source", "history_mismatch")]
+    read = [c for c in used if c not in have]
+    frame = narrow.select("_pos", *have)
+    if read:
+        frame = frame.hstack(scan.select(read).collect(engine="streaming"))
+    return frame
+
+
+def _enum(kind: type[Enum], value: Enum | str, flag: str):
+    try:
+        return kind(value)
+    except ValueError:
+        choices = ", ".join(str(m.value) for m in kind)
+        raise InputError(f"{flag} must be one of {choices}, got {value!r}") from None
+
+
+def _check_args(
+    mode: Mode,
+    threshold: float | None,
+    sft_fraction: float | None,
+    order: Order,
+    stages: int | None,
+    eval_fraction: float | None,
+) -> int:
+    check_routing_args(threshold, sft_fraction)
+    if mode in (Mode.MIXDPO, Mode.FILTER) and threshold is None and sft_fraction is None:
+        raise InputError(
+            f"--mode {mode} routes by margin and needs a threshold",
+            fix="pass --threshold τ (0.5 routes the ties of UltraFeedback ratings) "
+            "or --sft-fraction q",
+        )
+    if stages is not None and stages < 1:
+        raise InputError(f"--stages must be at least 1, got {stages}")
+    stages = stages or 1
+    if stages > 1 and order is not Order.CURRICULUM:
+        raise InputError(
+            f"--stages cuts the curriculum order into difficulty stages; --order is {order}",
+            fix="use --order curriculum with --stages, or drop --stages",
+        )
+    if eval_fraction is not None and not (0.0 < eval_fraction < 1.0):
+        raise InputError(
+            f"--eval-fraction must be between 0 and 1 (exclusive), got {eval_fraction}",
+            fix="for example --eval-fraction 0.05 holds out 5% of the pairs",
+        )
+    return stages
+
+
+def _check_soft(soft: float | None, mode: Mode) -> float | None:
+    if soft is None:
+        return None
+    soft = float(soft)
+    if not (math.isfinite(soft) and soft >= 0):
+        raise InputError(
+            f"--soft must be a temperature ≥ 0, got {soft}",
+            fix="e.g. --soft 0.25 (0 gives the hard route's 0/1 weights)",
+        )
+    if mode is not Mode.MIXDPO:
+        raise InputError(
+            f"--soft mixes the sft and dpo losses of --mode mixdpo; --mode is {mode}",
+            fix="use --mode mixdpo with --soft, or drop --soft",
+        )
+    return soft
+
+
+def soft_weights(margin: pl.Expr, threshold: float, temperature: float) -> pl.Expr:
+    """The SFT share of a pair's loss under soft routing: ``w = σ((τ − margin) / T)``.
+
+    A pair far below τ is (almost) all SFT, one far above it (almost) all DPO, and one at τ half
+    of each. ``T = 0`` is the hard switch of MixDPO (w = 1 if margin < τ else 0); as ``T → 0``
+    the weights converge to it for every margin ≠ τ. The paper's reference code has soft
+    *label* variants instead (a σ(Δscore / T) weight on the two orientations of the DPO loss,
+    loss types ``noisy-tolerant-4-3`` and ``-4-8`` in ``scripts/dpo_trainer.py`` of
+    JlPang863/QualityDPO); this mixes the two objectives of MixDPO (``noisy-tolerant-4-6``)
+    instead of the two labels.
+    """
+    if temperature == 0:
+        return pl.when(margin < threshold).then(1.0).otherwise(0.0).cast(pl.Float64)
+    z = ((pl.lit(threshold) - margin) / temperature).clip(-700.0, 700.0)
+    return (1.0 / (1.0 + (-z).exp())).cast(pl.Float64)
+
+
+def _nothing_left(source: PairSource, reasons: dict[str, int]) -> InputError:
+    why = ", ".join(f"{n} {reason}" for reason, n in reasons.items() if n)
+    return InputError(
+        f"no pairs left to route ({why} dropped)",
+        where=source.raw.display,
+        fix="loosen the --drop predicates, or check the data (identical: chosen = rejected)",
+    )
+
+
+def _mark(keys: pl.DataFrame, mask: pl.Series, reason: str) -> pl.DataFrame:
+    return keys.with_columns(
+        pl.when(mask).then(pl.lit(reason)).otherwise(pl.col("_drop")).alias("_drop")
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# --drop predicates (DuckDB SQL over the canonical columns)
+
+_PREDICATE_COLUMNS = (*PAIR_COLUMNS,)
+
+
+def _check_predicates(predicates: tuple[str, ...], schema: pl.Schema) -> None:
+    """Fail on a bad predicate before any data is read: parse it, run it over an empty frame."""
+    if not predicates:
+        return
+    empty = pl.DataFrame(schema={c: schema[c] for c in _PREDICATE_COLUMNS})
+    for predicate in predicates:
+        check_predicate(predicate)
+        _predicate_matches(empty, predicate, columns=_PREDICATE_COLUMNS)
+
+
+def check_predicate(predicate: str) -> None:
+    """Refuse a ``--drop`` predicate that is not one expression (DuckDB's own tokenizer and parser).
+
+    The predicate is spliced into ``... WHERE (<predicate>)``; text that closes that parenthesis,
+    ends the statement, comments out the rest or holds a subquery could make it something else,
+    so it is refused, and the whole must parse as exactly one SELECT.
+    """
+    import duckdb
+
+    from prefcurate.catalog.sql import sandbox, sql_words
+
+    fix = "a DuckDB SQL condition over the columns, e.g. 'chosen = rejected OR margin < 0'"
+    if not predicate.strip():
+        raise InputError("--drop predicate is empty", fix="e.g. --drop 'chosen = rejected'")
+    try:
+        words = sql_words(predicate)
+    except duckdb.Error as exc:
+        raise InputError(f"invalid --drop predicate {predicate!r}: {duckdb_message(exc)}") from exc
+    depth = 0
+    for _, text, kind in words:
+        problem = None
+        if kind == "comment":
+            problem = "a comment"
+        elif kind == "keyword" and text.upper() in ("SELECT", "FROM", "WITH", "TABLE"):
+            problem = f"a subquery ({text.upper()})"
+        elif kind == "operator":
+            if ";" in text:
+                problem = "';' (one expression, not statements)"
+            for char in text:
+                depth += (char == "(") - (char == ")")
+                if depth < 0:
+                    problem = "a ')' that closes more than it opened"
+        if problem:
+            raise InputError(f"--drop predicate {predicate!r} holds {problem}", fix=fix)
+    if depth != 0:
+        raise InputError(f"--drop predicate {predicate!r} has unbalanced parentheses", fix=fix)
+    with sandbox() as con:
+        try:
+            statements = con.extract_statements(f"SELECT _pos FROM pairs WHERE ({predicate})")
+        except duckdb.Error as exc:
+            raise InputError(
+                f"invalid --drop predicate {predicate!r}: {duckdb_message(exc)}", fix=fix
+            ) from exc
+    if len(statements) != 1 or statements[0].type.name != "SELECT":
+        raise InputError(f"--drop predicate {predicate!r} is not one expression", fix=fix)
+
+
+def _predicate_matches(
+    frame: pl.DataFrame, predicate: str, *, columns: Sequence[str] | None = None
+) -> pl.Series:
+    """Positions (row numbers of ``frame``) of the pairs ``predicate`` is true for.
+
+    Only the columns the predicate mentions are handed to DuckDB (unless ``columns`` says which),
+    so a predicate on ``margin`` never copies the text columns. The connection is the locked-down
+    sandbox of ``prefcurate sql``: no file is reachable from a predicate.
+    """
+    import duckdb
+
+    from prefcurate.catalog.sql import lock_down, sandbox
+
+    check_predicate(predicate)
+    used = columns or [c for c in _PREDICATE_COLUMNS if _mentions(predicate, c)]
+    table = frame.select(pl.int_range(frame.height, dtype=pl.Int64).alias("_pos"), *used).to_arrow()
+    with sandbox() as con:
+        con.register("pairs", table)
+        lock_down(con)
+        sql = f"SELECT _pos FROM pairs WHERE coalesce(CAST(({predicate}) AS BOOLEAN), false)"
+        try:
+            result = con.execute(sql).fetchnumpy()["_pos"]
+        except duckdb.Error as exc:
+            raise InputError(
+                f"invalid --drop predicate {predicate!r}: {duckdb_message(exc)}",
+                fix="a DuckDB SQL condition over the columns "
+                + ", ".join(_PREDICATE_COLUMNS)
+                + ", e.g. 'chosen = rejected OR margin < 0'",
+            ) from exc
+    return pl.Series("_pos", np.asarray(result), dtype=pl.Int64)
+
+
+def _mentions(predicate: str, column: str) -> bool:
+    """Whether ``column`` may be referenced (a superset is harmless: it only loads more)."""
+    import re
+
+    return re.search(rf"(?<![A-Za-z0-9_]){column}(?![A-Za-z0-9_])", predicate, re.I) is not None
+
+
+# --------------------------------------------------------------------------------------------------
+# held-out split
+
+
+def _hold_out(keys: pl.DataFrame, fraction: float | None, seed: int) -> pl.DataFrame:
+    """Mark ``round(fraction * n)`` kept pairs as 'eval', stratified by difficulty deciles.
+
+    Each stratum (decile of difficulty; pairs without a margin form their own) gives its share of
+    the held-out count, largest remainders first, and within a stratum the pairs with the smallest
+    seeded hash of their pair_id are held out. The choice depends only on the kept pairs and the
+    seed: the same pairs are held out in every mode.
+    """
+    kept = pl.col("_drop").is_null()
+    if fraction is None:
+        return keys.with_columns(pl.lit("train").alias("split"))
+    pool = keys.filter(kept)
+    n = pool.height
+    n_eval = min(int(math.floor(fraction * n + 0.5)), n - 1)
+    strata = (
+        pl.when(pl.col("difficulty").is_null())
+        .then(-1)
+        .otherwise((pl.col("difficulty") * EVAL_STRATA).floor().clip(0, EVAL_STRATA - 1))
+        .cast(pl.Int64)
+        .alias("_stratum")
+    )
+    pool = pool.select("_pos", "pair_id", strata).with_columns(
+        pl.Series("_key", seeded_keys(pool.get_column("pair_id"), seed, salt=1))
+    )
+    sizes = pool.group_by("_stratum").len().sort("_stratum")
+    quota = _largest_remainder(sizes.get_column("len").to_list(), fraction, n_eval)
+    sizes = sizes.with_columns(pl.Series("_quota", quota, dtype=pl.Int64))
+    chosen = (
+        pool.sort("_stratum", "_key", "_pos")
+        .with_columns(pl.int_range(pl.len()).over("_stratum").alias("_i"))
+        .join(sizes.select("_stratum", "_quota"), on="_stratum")
+        .filter(pl.col("_i") < pl.col("_quota"))
+        .get_column("_pos")
+    )
+    split = pl.when(kept & pl.col("_pos").is_in(chosen.implode())).then(pl.lit("eval"))
+    return keys.with_columns(split.otherwise(pl.lit("train")).alias("split"))
+
+
+def _largest_remainder(sizes: list[int], fraction: float, total: int) -> list[int]:
+    exact = [s * fraction for s in sizes]
+    quota = [min(int(math.floor(e)), s) for e, s in zip(exact, sizes, strict=True)]
+    by_remainder = sorted(range(len(sizes)), key=lambda i: (-(exact[i] - quota[i]), i))
+    for i in by_remainder:
+        if sum(quota) >= total:
+            break
+        if quota[i] < sizes[i]:
+            quota[i] += 1
+    return quota
+
+
+# --------------------------------------------------------------------------------------------------
+# order, rank, stage
+
+
+def _order(keys: pl.DataFrame, order: Order, stages: int, seed: int) -> pl.DataFrame:
+    """Add ``rank`` (0..n-1 reading position) and ``stage``; rows come out in rank order."""
+    n = keys.height
+    if order is Order.AS_IS:
+        ordered = keys.sort("_pos")
+    elif order is Order.RANDOM:
+        ordered = (
+            keys.with_columns(pl.Series("_key", seeded_keys(keys.get_column("pair_id"), seed, 2)))
+            .sort("_key", "_pos")
+            .drop("_key")
+        )
+    else:
+        ordered = keys.sort(
+            ["margin", "pair_id", "_pos"],
+            descending=[True, False, False],
+            nulls_last=True,
+            maintain_order=True,
+        )
+    # Stage s holds curriculum positions [s*n/K, (s+1)*n/K): equal sizes within one pair.
+    stage = (pl.int_range(n, dtype=pl.Int64) * stages // max(n, 1)).cast(pl.Int32)
+    ordered = ordered.with_columns(stage.alias("stage"))
+    if stages > 1:
+        ordered = (
+            ordered.with_columns(
+                pl.Series("_key", seeded_keys(ordered.get_column("pair_id"), seed, 3))
+            )
+            .sort("stage", "_key", "_pos")
+            .drop("_key")
+        )
+    return ordered.with_columns(pl.int_range(n, dtype=pl.Int64).alias("rank"))
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: a fixed, version-independent 64-bit mix (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        z = x + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def seeded_keys(pair_ids: pl.Series, seed: int, salt: int) -> np.ndarray:
+    """A pseudo-random uint64 per pair from (pair_id, seed, salt); sorting by it shuffles.
+
+    The key depends on the pair's content, not its position, so a shuffle is the same whatever
+    order the input file lists the pairs in, and the same on every machine and library version.
+    """
+    ids = pair_ids.str.to_integer(base=10, dtype=pl.UInt64)  # 20-digit XXH3-64, see io.py
+    mixed_seed = _splitmix64(np.array([seed % (1 << 64), salt], dtype=np.uint64))
+    stream = _splitmix64(np.array([mixed_seed[0] ^ mixed_seed[1]], dtype=np.uint64))[0]
+    return _splitmix64(ids.to_numpy().astype(np.uint64) ^ stream)
+
+
+# --------------------------------------------------------------------------------------------------
+# counts
+
+
+def _counts(
+    keys: pl.DataFrame, rows: int, reasons: dict[str, int], threshold: float | None
+) -> dict[str, Any]:
+    def count(split: str, route: str | None = None) -> int:
+        mask = pl.col("split") == split
+        if route is not None:
+            mask &= pl.col("route") == route
+        return keys.filter(mask).height
+
+    dropped = sum(reasons.values())
+    counts: dict[str, Any] = {
+        "in": rows,
+        "dpo": count("train", ROUTE_DPO),
+        "sft": count("train", ROUTE_SFT),
+        "dropped": dropped,
+        "dropped_by_reason": reasons,
+        "train": count("train"),
+        "eval": count("eval"),
+        "eval_dpo": count("eval", ROUTE_DPO),
+        "eval_sft": count("eval", ROUTE_SFT),
+    }
+    if threshold is not None:
+        counts["below_threshold"] = keys.filter(pl.col("margin") < threshold).height + reasons.get(
+            BELOW_THRESHOLD, 0
+        )
+    return counts
+
+
+# --------------------------------------------------------------------------------------------------
+# input identity
+
+
+class _HashThread:
+    """Hash the input files in a thread while Polars reads them (both release the GIL)."""
+
+    def __init__(self, source: PairSource):
+        self._raw = source.raw
+        self._display = source.raw.display
+        self._value: tuple[str, int] | None = None
+        self._error: BaseException | None = None
+
+        def work() -> None:
+            try:
+                self._value = self._raw.content_hash()
+            except BaseException as exc:  # noqa: BLE001 - re-raised in result()
+                self._error = exc
+
+        self._thread = threading.Thread(target=work, name="prefcurate-hash", daemon=True)
+        self._thread.start()
+
+    def result(self, *, rows: int) -> dict[str, Any]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        sha256, size = self._value
+        return {
+            "path": self._display,
+            "sha256": sha256,
+            "rows": rows,
+            "bytes": size,
+            "files": len(self._raw.paths),
+        }
+
+
+def _fmt(value: float | None) -> str:
+    return "none" if value is None else f"{value:g}"
+
+
+__all__ = [
+    "Mode",
+    "Order",
+    "PLAN_VERSION",
+    "RoutePlan",
+    "default_order",
+    "soft_weights",
+    "plan_routes",
+    "seeded_keys",
+]
