@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from prefcurate.errors import InputError
+from prefcurate.base.errors import InputError
 
 
 def check_bf16_optimizer() -> None:

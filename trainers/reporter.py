@@ -16,11 +16,12 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-#: What :meth:`Reporter.phase` yields: call it with the units just done.
-Advance = Callable[[int], None]
+#: What :meth:`Reporter.phase` yields: ``advance(n)`` with the units just done, and
+#: ``advance(0, total=N)`` when the total becomes known.
+Advance = Callable[..., None]
 
 
-def _ignore(n: int) -> None:
+def _ignore(n: int, total: int | None = None) -> None:
     """An ``advance`` that reports nowhere."""
 
 

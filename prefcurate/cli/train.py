@@ -55,8 +55,8 @@ TRAIN_HELP = {
     "weight_decay": "AdamW weight decay.",
     "max_grad_norm": "Gradient clipping norm (0: no clipping).",
     "device": "Where to train: auto|cpu|cuda.",
-    "precision": "auto|fp32|bf16-mixed|bf16 (pure bf16 weights and AdamW state); auto: "
-    "bf16-mixed on CUDA, fp32 on the CPU.",
+    "precision": "auto|fp32|bf16-mixed|bf16 (bf16 weights and AdamW state, stochastic "
+    "rounding: half the memory); auto: bf16-mixed on CUDA, fp32 on the CPU.",
     "gradient_checkpointing": "Recompute each decoder layer's activations.",
     "strategy": "auto|ddp|fsdp: replicate the model on every process, or shard it (FSDP2); "
     "auto: ddp unless the memory plan says a replica does not fit.",
@@ -76,6 +76,11 @@ TRAIN_HELP = {
     "save_total_limit": "Keep only the newest N checkpoints (0: all).",
     "seed": "Seed of the shuffle, the tiny model and torch.",
     "save_every": "Checkpoint every N optimizer steps (0: only the final model).",
+    "eval_every": "Evaluate the held-out pairs every N steps and at the end: loss by route, "
+    "reward accuracy and margin by margin bin (0: only at the end with --eval-split).",
+    "eval_split": "Held-out pairs: a split directory (its eval.parquet, else train.parquet) or "
+    "one of its .parquet files (default: SPLIT_DIR/eval.parquet).",
+    "report_to": "none|tensorboard|wandb: also log every step there, with TRL's metric names.",
     "resume": "Continue from the newest complete checkpoint.",
     "force": "Start over in a run directory that has outputs.",
     "cache_dir": "Token and reference log-prob cache (default: ~/.cache/prefcurate).",
