@@ -24,6 +24,7 @@ from prefcurate.cli.common import (
     record_run,
     resolve_preset,
 )
+from prefcurate.cli.configfile import ConfigFileOpt
 
 
 @app.command("analyze")
@@ -239,6 +240,7 @@ def route(
         ),
     ] = None,
     catalog: CatalogOpt = None,
+    config_file: ConfigFileOpt = None,
     columns: Columns = DEFAULT_COLUMNS,
 ) -> None:
     """Route each pair to DPO or SFT by its margin and write curriculum-ordered splits.
@@ -250,9 +252,12 @@ def route(
     (docs/integrations.md).
 
     --preset paper is the paper's route (mixdpo, τ 0.5, curriculum order) in one word.
+    --config FILE.yaml reads the flags from a file (data: ..., threshold: 0.5); typed flags win.
 
     Example:
         prefcurate route ../shared/data/ultrafeedback_1k.jsonl --preset paper --out out/uf
+
+        prefcurate route --config route.yaml --threshold 1.0
     """
     import json
     from datetime import datetime, timezone

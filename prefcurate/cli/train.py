@@ -28,6 +28,7 @@ from prefcurate.cli.common import (
     resolve_preset,
     show_traceback,
 )
+from prefcurate.cli.configfile import EXTRA_SETTINGS, EXTRAS, ConfigFileOpt
 from prefcurate.routing.presets import PRESETS
 from trainers.config import TrainConfig
 
@@ -93,11 +94,18 @@ TRAIN_HELP = {
 PRESET_FIELDS = tuple(dict.fromkeys(key for r in PRESETS.values() for key in r["train"]))
 
 
+#: TrainConfig fields without a flag that a --config file may set.
+EXTRA_SETTINGS["train"] = tuple(
+    f.name for f in dataclasses.fields(TrainConfig) if f.name not in TRAIN_HELP
+)
+
+
 @app.command()
 @config_options(TrainConfig, TRAIN_HELP, argument="split_dir")
 def train(
     ctx: typer.Context,
     config: TrainConfig,
+    config_file: ConfigFileOpt = None,
     catalog: CatalogOpt = None,
     dry_run: Annotated[
         bool,
@@ -119,11 +127,19 @@ def train(
 
     --preset paper trains with the paper's settings (run.json records the preset).
 
+    --config FILE.yaml reads the settings from a file (flags typed here win); a run's run.json
+    replays it.
+
     Example:
         prefcurate train splits/uf --model tiny --out runs/tiny --max-length 256 --lr 1e-3
 
         prefcurate train splits/uf --model llama3-8b --out runs/8b --dry-run --world-size 8
+
+        prefcurate train --config runs/tiny/run.json --out runs/tiny-again
     """
+    extras = ctx.meta.get(EXTRAS)
+    if extras:  # settings without a flag, from --config
+        config = dataclasses.replace(config, **extras)
     if config.preset is not None:
         typed = explicit_flags(ctx, **{k: getattr(config, k) for k in PRESET_FIELDS})
         config = dataclasses.replace(config, **resolve_preset("train", config.preset, typed))
