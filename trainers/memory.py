@@ -245,11 +245,16 @@ def _stored(shape: ModelShape, s: PlanSettings, b: _Bytes) -> float:
     return shape.parameters * b.trained
 
 
-def _gathered(shape: ModelShape, s: PlanSettings, b: _Bytes) -> float:
-    """What FSDP2 holds unsharded at once: the root and two layers, three layers' gradients."""
-    weights = (shape.root + 2 * shape.layer) * max(b.compute, b.frozen if s.adapter else 0)
+def _gathered(shape: ModelShape, s: PlanSettings, b: _Bytes) -> tuple[float, float]:
+    """What FSDP2 holds unsharded at once, (in the forward pass, in the backward pass): the root
+    throughout; forward, one layer at a time; backward, two layers (the one running and the one
+    prefetched) and three layers' gradient buffers."""
+    weight_bytes = max(b.compute, b.frozen if s.adapter else 0)
     trained_per_layer = shape.layer if not s.adapter else shape.lora_trainable / shape.layers
-    return weights + 3 * trained_per_layer * b.trained
+    root = shape.root * weight_bytes
+    forward = root + shape.layer * weight_bytes
+    backward = root + 2 * shape.layer * weight_bytes + 3 * trained_per_layer * b.trained
+    return forward, backward
 
 
 def _step_temporaries(shape: ModelShape, s: PlanSettings, b: _Bytes, shards: int) -> float:
@@ -268,31 +273,32 @@ def plan(shape: ModelShape, settings: PlanSettings) -> MemoryPlan:
     shards = s.world_size if s.strategy == "fsdp" else 1
     b = _bytes(shape, s)
     stored = _stored(shape, s, b)
-    parameters = stored / shards
+    sharded = 0.0 if s.offload else stored / shards  # offload: the shards live in CPU memory
+    gathered = extra = 0.0
+    activations, released = activation_bytes(shape, s, b.compute)
     if s.strategy == "fsdp" and shards > 1:
-        parameters += _gathered(shape, s, b)
-    if s.offload:
-        parameters -= stored / shards  # the shards live in CPU memory
+        forward, gathered = _gathered(shape, s, b)
+        # the top layer's backward frees its activations as its gradients are made
+        extra = max(forward, gathered - released)
     gradients = b.trainable * b.trained / shards
     optimizer = 2 * b.trainable * b.trained / shards  # AdamW's two moments
     step = _step_temporaries(shape, s, b, shards)
     if s.offload:
         gradients = optimizer = step = 0.0
-    activations = activation_bytes(shape, s, b.compute)
     if s.strategy == "ddp" and s.precision == "bf16-mixed" and not s.adapter:
         activations += shape.parameters * 2  # autocast's bf16 copies of the weights
     reference = 0.0
     if s.separate_reference:
         reference = shape.parameters * (2 if s.precision != "fp32" else 4) / shards
     if s.bucketed:
-        training = parameters + optimizer + gradients + max(activations, step)
+        training = sharded + optimizer + gradients + max(activations + extra, step)
     else:
         accumulating = gradients if s.grad_accum > 1 else 0.0
-        training = parameters + optimizer + max(activations + accumulating, gradients + step)
-    reference_pass = parameters + reference + activations / (2 * shape.layers or 1)
+        training = sharded + optimizer + max(activations + accumulating + extra, gradients + step)
+    reference_pass = sharded + gathered + reference + activations / (2 * shape.layers or 1)
     return MemoryPlan(
         settings=settings,
-        parameters=parameters,
+        parameters=sharded + gathered,
         gradients=gradients,
         optimizer=optimizer,
         reference=reference,
@@ -302,8 +308,12 @@ def plan(shape: ModelShape, settings: PlanSettings) -> MemoryPlan:
     )
 
 
-def activation_bytes(shape: ModelShape, settings: PlanSettings, compute: int) -> float:
-    """Autograd's saved tensors for one micro-batch at full length (see the module docstring)."""
+def activation_bytes(
+    shape: ModelShape, settings: PlanSettings, compute: int
+) -> tuple[float, float]:
+    """Autograd's saved tensors for one micro-batch at full length (see the module docstring),
+    and how much of it the first layer of the backward pass frees (0 with checkpointing: its
+    recomputation is what is counted)."""
     from trainers.logps import CHUNK_ELEMENTS  # the logits the output head holds at once
 
     rows, length = 2 * settings.batch_size, settings.max_length
@@ -312,12 +322,12 @@ def activation_bytes(shape: ModelShape, settings: PlanSettings, compute: int) ->
     if settings.attention == "eager":  # the softmax's fp32 output and its cast are kept
         per_layer += rows * shape.heads * length * length * (4 + compute)
     if settings.checkpointing:
-        layers = tokens * shape.layers * shape.hidden * compute + per_layer
+        layers, released = tokens * shape.layers * shape.hidden * compute + per_layer, 0.0
     else:
-        layers = shape.layers * per_layer
+        layers, released = shape.layers * per_layer, per_layer
     head_tokens = min(tokens, max(1, CHUNK_ELEMENTS // shape.vocab))
     head = 2 * head_tokens * shape.vocab * 4 + 2 * shape.hidden * compute
-    return layers + tokens * 2 * shape.hidden * compute + head
+    return layers + tokens * 2 * shape.hidden * compute + head, released
 
 
 def assumptions(shape: ModelShape, s: PlanSettings) -> tuple[str, ...]:

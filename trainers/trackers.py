@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +117,7 @@ class WandbTracker(Tracker):
         directory.mkdir(parents=True, exist_ok=True)
         id_file = directory / "run_id"
         run_id = id_file.read_text().strip() if first_step and id_file.is_file() else None
-        run_id = run_id or wandb.util.generate_id()
+        run_id = run_id or secrets.token_hex(4)  # W&B's ids: 8 characters of [a-z0-9]
         id_file.write_text(run_id + "\n")
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", "prefcurate"),
