@@ -33,6 +33,7 @@ the CPU to check the script itself; its figures mean nothing).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import math
@@ -274,7 +275,7 @@ def train_steps(model, strategy: str, data, sizes, *, precision: str, lora: bool
         optimizer.zero_grad(set_to_none=True)
         sync()
         times.append(time.perf_counter() - started)
-        losses.append(float(terms.loss.mean()))
+        losses.append(float(terms.loss.detach().mean()))
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
     dist.teardown()
     steady = times[sizes["warmup"] :] or times
@@ -415,7 +416,8 @@ def run_trl(shape: dict[str, Any], data, sizes: dict[str, int], device) -> dict[
             processing_class=ByT5Tokenizer(),
             callbacks=[timer],
         )
-        trainer.train()
+        with contextlib.redirect_stdout(sys.stderr):  # stdout holds the report only
+            trainer.train()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     steady = timer.times[sizes["warmup"] :] or timer.times
     return {"steps_timed": len(steady), "step_s": statistics.median(steady), "losses": losses}

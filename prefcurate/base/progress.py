@@ -269,6 +269,7 @@ class RichReporter:
         try:
             yield advance
         finally:
+            display.refresh()  # its last state, before the row goes
             display.remove_task(task)
             if live is None:
                 display.stop()
