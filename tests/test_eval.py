@@ -59,6 +59,8 @@ def test_margin_bins_put_tau_on_an_edge_and_split_the_rest_in_terciles():
     assert bins[0] == MarginBin(-math.inf, 0.5)
     # without a τ, quartiles of all 7 margins: the first at position 1.5 of 0 0 0.5 …: 0.25
     assert margin_bins(margins, None)[0].hi == pytest.approx(0.25)
+    nothing = torch.full((3,), float("nan"), dtype=torch.float64)  # no margins: one bin, "all"
+    assert [b.label for b in margin_bins(nothing, 0.5)] == ["all"]
 
 
 def test_eval_metrics_by_hand():

@@ -107,9 +107,11 @@ def margin_bins(margins: Tensor, threshold: float | None) -> list[MarginBin]:
         ['< 0.5', '[0.5, 2.67)', '[2.67, 4.33)', '>= 4.33']
     """
     values = margins[~margins.isnan()].to(torch.float64)
-    if threshold is None:
+    if values.numel() == 0:
+        cuts = []
+    elif threshold is None:
         edges = torch.quantile(values, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
-        cuts = edges.tolist() if values.numel() else []
+        cuts = edges.tolist()
     else:
         above = values[values >= threshold]
         thirds = torch.tensor([1 / 3, 2 / 3], dtype=torch.float64)
@@ -141,8 +143,11 @@ class EvalSet:
 
     @classmethod
     def from_split(cls, split: Split, name: str, pairs: TokenizedPairs) -> EvalSet:
-        margins = split.frame["margin"].cast(float).fill_null(float("nan")).to_torch()
-        margins = margins.to(torch.float64)
+        frame = split.frame
+        if "margin" in frame.columns:
+            margins = frame["margin"].cast(float).fill_null(float("nan")).to_torch().double()
+        else:  # a split without margins: every pair in no bin
+            margins = torch.full((frame.height,), float("nan"), dtype=torch.float64)
         bins = margin_bins(margins, split.plan.get("threshold"))
         return cls(split.path / f"{name}.parquet", pairs, margins, bins, bin_of(margins, bins))
 
