@@ -156,7 +156,7 @@ class EvalSet:
         evaluation score (the chosen and the rejected response of every pair)."""
         n = len(self.pairs)
         return replace(
-            self.pairs, is_dpo=torch.ones(n, dtype=torch.bool), sft_share=torch.zeros(n).double()
+            self.pairs, is_dpo=torch.ones(n, dtype=torch.bool), sft_mix=torch.zeros(n).double()
         )
 
     def describe(self) -> dict[str, Any]:
@@ -188,7 +188,7 @@ def eval_metrics(
     """
     pairs = eval_set.pairs
     n_tokens = response_tokens(pairs)
-    routed = _terms(objective, eval_set, chosen, rejected, n_tokens, pairs.is_dpo, pairs.sft_share)
+    routed = _terms(objective, eval_set, chosen, rejected, n_tokens, pairs.is_dpo, pairs.sft_mix)
     out: dict[str, Any] = {}
     dpo, sft = pairs.is_dpo, ~pairs.is_dpo
     out["eval/loss"] = float(routed.loss.double().mean())
@@ -277,7 +277,7 @@ def _terms(objective, eval_set, chosen, rejected, n_tokens, is_dpo, share):
         is_dpo=is_dpo,
         ref_chosen=eval_set.ref_chosen.float(),
         ref_rejected=eval_set.ref_rejected.float(),
-        sft_share=share,
+        sft_mix=share,
     )
 
 

@@ -112,7 +112,7 @@ def _joined(parts: list[TokenizedPairs]) -> TokenizedPairs:
         chosen=ragged("chosen"),
         rejected=ragged("rejected"),
         is_dpo=torch.cat([p.is_dpo for p in parts]),
-        sft_share=torch.cat([p.sft_share for p in parts]),
+        sft_mix=torch.cat([p.sft_mix for p in parts]),
         truncated=sum(p.truncated for p in parts),
         identical=sum(p.identical for p in parts),
         chat_template=parts[0].chat_template,
