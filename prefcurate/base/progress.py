@@ -152,7 +152,7 @@ def losses(metrics: dict[str, Any]) -> str:
 
 
 #: A phase shorter than this leaves no line behind; a piped one longer prints a heartbeat.
-PHASE_QUIET_S = 2.0
+PHASE_QUIET_S = 3.0
 #: Seconds between a piped phase's heartbeat lines.
 PHASE_HEARTBEAT_S = 5.0
 
