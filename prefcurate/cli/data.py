@@ -288,8 +288,6 @@ def route(
 
     Example:
         prefcurate route pairs.jsonl --preset paper --out splits/uf
-
-        prefcurate route --config route.yaml --threshold 1.0
     """
     import json
 
