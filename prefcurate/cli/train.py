@@ -135,12 +135,7 @@ def train(
 
         prefcurate train --config runs/tiny/run.json --out runs/tiny-again
     """
-    extras = ctx.meta.get(EXTRAS)
-    if extras:  # settings without a flag, from --config
-        config = dataclasses.replace(config, **extras)
-    if config.preset is not None:
-        typed = explicit_flags(ctx, **{k: getattr(config, k) for k in PRESET_FIELDS})
-        config = dataclasses.replace(config, **resolve_preset("train", config.preset, typed))
+    config = _resolved(ctx, config)
     if dry_run:
         from trainers.memory import dry_run as plan_run
 
@@ -150,7 +145,6 @@ def train(
 
     from prefcurate.base.outdir import out_lock
     from prefcurate.base.progress import RichReporter
-    from prefcurate.data.runs import read_metrics
     from trainers.loop import NonFiniteLossError
     from trainers.loop import train as run_training
 
@@ -166,20 +160,39 @@ def train(
             raise typer.Exit(exc.exit_code) from None
         if not rank0:
             return
-        run.record(
-            inputs=[{"path": str(config.split_dir), "rows": result.pairs["pairs"]}],
-            params=dataclasses.asdict(config),
-            figures=result.to_dict(),
-            outputs={"dir": str(result.run_dir), "model": str(result.model_dir)},
-            summary=f"{result.steps} steps on {config.split_dir}: {_trained(result.summary)}",
-            metrics=[
-                {"step": row["step"], "name": name, "value": value}
-                for row in read_metrics(result.run_dir)
-                for name, value in row.items()
-                if name != "step" and isinstance(value, int | float)
-            ],
-        )
+        _record(run, config, result)
     echo(train_summary(result))
+
+
+def _resolved(ctx: typer.Context, config: TrainConfig) -> TrainConfig:
+    """``config`` with the --config file's settings that have no flag, then --preset's settings
+    under the flags the user typed."""
+    extras = ctx.meta.get(EXTRAS)
+    if extras:
+        config = dataclasses.replace(config, **extras)
+    if config.preset is not None:
+        typed = explicit_flags(ctx, **{k: getattr(config, k) for k in PRESET_FIELDS})
+        config = dataclasses.replace(config, **resolve_preset("train", config.preset, typed))
+    return config
+
+
+def _record(run, config: TrainConfig, result) -> None:
+    """What the catalog keeps of a finished run: its split, settings, figures and curves."""
+    from prefcurate.data.runs import read_metrics
+
+    run.record(
+        inputs=[{"path": str(config.split_dir), "rows": result.pairs["pairs"]}],
+        params=dataclasses.asdict(config),
+        figures=result.to_dict(),
+        outputs={"dir": str(result.run_dir), "model": str(result.model_dir)},
+        summary=f"{result.steps} steps on {config.split_dir}: {_trained(result.summary)}",
+        metrics=[
+            {"step": row["step"], "name": name, "value": value}
+            for row in read_metrics(result.run_dir)
+            for name, value in row.items()
+            if name != "step" and isinstance(value, int | float)
+        ],
+    )
 
 
 def _trained(summary: dict) -> str:
