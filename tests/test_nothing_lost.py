@@ -1208,13 +1208,17 @@ def test_ctrl_c_on_sql_removes_its_private_folder(userdata):
         "select count(*) from t",
     )  # fmt: skip
     private = Path(tempfile.gettempdir())
-    deadline = time.monotonic() + 60
-    while not list(private.glob(f"prefcurate-sql-{proc.pid}-*")) and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert list(private.glob(f"prefcurate-sql-{proc.pid}-*")), "sql never made its folder"
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(private.glob(f"prefcurate-sql-{proc.pid}-*")) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert list(private.glob(f"prefcurate-sql-{proc.pid}-*")), "sql never made its folder"
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:  # an endless query must not outlive a failed test
+        proc.kill()
+        proc.wait()
     assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err
     assert not list(private.glob(f"prefcurate-sql-{proc.pid}-*"))
 
