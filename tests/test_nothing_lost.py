@@ -1209,10 +1209,10 @@ def test_ctrl_c_on_sql_removes_its_private_folder(userdata):
     )  # fmt: skip
     private = Path(tempfile.gettempdir())
     try:
-        deadline = time.monotonic() + 60
-        while not list(private.glob(f"prefcurate-sql-{proc.pid}-*")) and time.monotonic() < deadline:
+        pattern, deadline = f"prefcurate-sql-{proc.pid}-*", time.monotonic() + 60
+        while not list(private.glob(pattern)) and time.monotonic() < deadline:
             time.sleep(0.005)
-        assert list(private.glob(f"prefcurate-sql-{proc.pid}-*")), "sql never made its folder"
+        assert list(private.glob(pattern)), "sql never made its folder"
         time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
