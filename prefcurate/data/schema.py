@@ -37,7 +37,6 @@ ROUTE_SFT = "sft"
 ROUTES: tuple[str, ...] = (ROUTE_DPO, ROUTE_SFT)
 
 
-
 def sft_mix(route: str, weight: float | None = None) -> float:
     """A pair's SFT mix: the part of its loss that is SFT on the chosen response, in [0, 1].
 

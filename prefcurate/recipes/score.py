@@ -110,8 +110,12 @@ def score_pairs(
         world_size=world_size,
         pairs=frame.height,
         settings={
-            "reward_model": reward_model, "reference": reference, "embedding": embedding,
-            **sizes, "device": device, "precision": precision,
+            "reward_model": reward_model,
+            "reference": reference,
+            "embedding": embedding,
+            **sizes,
+            "device": device,
+            "precision": precision,
         },  # fmt: skip
     )
     if main:

@@ -31,6 +31,7 @@ PARQUET_OPTIONS: dict[str, Any] = {
     "maintain_order": True,
 }
 
+
 def write_route(
     plan: RoutePlan,
     out_dir: str | Path,
