@@ -22,7 +22,7 @@ from prefcurate.data.synth import write_synth
 from prefcurate.reporting import inspection as inspection_module
 from prefcurate.reporting.analyze import analyze, analyze_frame
 from prefcurate.reporting.inspection import inspect_source
-from prefcurate.reporting.page import render_page, script_json, write_page
+from prefcurate.reporting.page import page_data, render_page, script_json, write_page
 from prefcurate.reporting.runstats import accuracy_by_margin
 
 
@@ -109,6 +109,32 @@ def test_tau_control_gives_analyzes_counts_at_every_position(uf1k, uf_seen):
     for tau, sft, dpo in zip(t.values, t.sft, t.dpo, strict=True):
         routing = analyze_frame(seen.report.frame, layout="standard", threshold=tau).routing
         assert (sft, dpo) == (routing.sft, routing.dpo)
+
+
+def test_the_page_counts_and_tags_the_pairs_route_drops_whatever_tau(uf1k, uf_seen):
+    """The one rule of route (chosen = rejected, an empty response) on the page: the τ control's
+    counts leave the pairs out, the routing line names them, and each listed pair carries its
+    reason, which its tag shows instead of a route."""
+    pairs, seen = uf_seen
+    data = page_data(seen)
+    assert data["dropped"] == "4 pairs with chosen = rejected, 2 pairs with an empty response"
+    samples = seen.samples
+    flagged = samples.filter(
+        pl.col("identical") | pl.col("empty_chosen") | pl.col("empty_rejected")
+    )
+    assert flagged.height > 0
+    for row in samples.iter_rows(named=True):
+        expected = (
+            "identical"
+            if row["identical"]
+            else "empty_response"
+            if row["empty_chosen"] or row["empty_rejected"]
+            else None
+        )
+        assert row["unroutable"] == expected
+    # the τ of the paper: 994 pairs routed (1000 less 4 identical, less 2 empty responses)
+    index = seen.thresholds.values.index(0.5)
+    assert seen.thresholds.sft[index] + seen.thresholds.dpo[index] == 994
 
 
 def test_per_source_tau_counts_match_analyzes_per_source_figures(tmp_path):

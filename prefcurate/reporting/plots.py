@@ -23,6 +23,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from prefcurate.data.narrow import describe_unroutable, unroutable_counts
 from prefcurate.reporting.analyze import Histogram, Report
 from prefcurate.reporting.analyze import histogram as make_histogram
 from prefcurate.reporting.palette import (
@@ -85,7 +86,7 @@ def write_plots(
                 out / f"{prefix}margin_hist.png",
                 threshold=threshold,
                 negative=report.margin.negative,
-                identical=report.flags.identical if threshold is not None else 0,
+                dropped=unroutable_counts(frame) if threshold is not None else None,
             )
         )
         done(margin_cdf(margins, out / f"{prefix}margin_cdf.png", threshold=threshold))
@@ -119,12 +120,13 @@ def margin_histogram(
     *,
     threshold: float | None = None,
     negative: int | None = None,
-    identical: int = 0,
+    dropped: dict[str, int] | None = None,
 ) -> Path:
     """Bars of ``hist`` (from :func:`prefcurate.reporting.analyze.histogram`), SFT bins in orange.
 
     ``negative`` (the count of negative margins) is named in the subtitle, since a few label
-    inversions are invisible as bars next to hundreds of thousands of pairs.
+    inversions are invisible as bars next to hundreds of thousands of pairs; ``dropped`` (the
+    pairs route drops whatever τ, by reason) too.
     """
     edges = np.asarray(hist.edges)
     counts = np.asarray(hist.counts)
@@ -152,8 +154,8 @@ def margin_histogram(
             frameon=False,
         )
         subtitle = f"τ = {_fmt(threshold)}: {n_sft:,} pairs ({_pct(n_sft, total)}) have margin < τ"
-        if identical:
-            subtitle += f"; route drops the {identical:,} with chosen = rejected"
+        if dropped and any(dropped.values()):
+            subtitle += f"; route drops {describe_unroutable(dropped)}"
     else:
         colors = np.full(counts.size, NEUTRAL_COLOR)
         subtitle = f"bins of {_fmt(hist.width)}" + (

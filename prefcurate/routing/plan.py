@@ -50,6 +50,7 @@ from prefcurate.data.margins import (
     no_margin_error,
     threshold_for_fraction,
 )
+from prefcurate.data.narrow import EMPTY_RESPONSE, IDENTICAL, UNROUTABLE, unroutable_reason
 from prefcurate.data.schema import ROUTE_DPO, ROUTE_SFT, WEIGHT_COLUMN
 from prefcurate.routing.texts import WIDE_COLUMNS, Texts, split_chunks
 
@@ -61,10 +62,8 @@ EVAL_STRATA = 10
 
 #: Reasons a pair is dropped, as keys of plan.json ``counts.dropped_by_reason``.
 NULL_MARGIN = "null_margin"
-#: chosen == rejected: no preference to learn (the DPO loss of such a pair is constant, so its
-#: gradient is zero), and the two ratings of one text disagree (UltraFeedback has margins of 1.5),
-#: so its margin cannot place it in the curriculum either. Dropped in every mode, counted here.
-IDENTICAL = "identical"
+#: IDENTICAL and EMPTY_RESPONSE (:data:`prefcurate.data.narrow.UNROUTABLE`) are dropped in every
+#: mode, whatever τ, by the rule analyze's preview and the inspect page count with.
 BELOW_THRESHOLD = "below_threshold"
 DROP_PREFIX = "drop: "
 
@@ -291,7 +290,7 @@ def plan_routes(
 
     reasons: dict[str, int] = {}
     keys = _drop_matching(scan, narrow, drop, reasons)
-    keys = _drop_identical(keys, narrow, source, reasons)
+    keys = _drop_unusable(keys, narrow, source, reasons)
     keys = _drop_unroutable(keys, source, mode, wants_margin, reasons)
     if sft_fraction is not None:
         threshold = threshold_for_fraction(_kept(keys).get_column("margin"), sft_fraction)
@@ -373,13 +372,16 @@ def _drop_matching(
     return keys
 
 
-def _drop_identical(
+def _drop_unusable(
     keys: pl.DataFrame, narrow: pl.DataFrame, source: PairSource, reasons: dict[str, int]
 ) -> pl.DataFrame:
-    """Mark the pairs whose chosen equals rejected (:data:`IDENTICAL`), in every mode."""
-    same = keys.get_column("_drop").is_null() & narrow.get_column("identical")
-    reasons[IDENTICAL] = int(same.sum())
-    keys = _mark(keys, same, IDENTICAL)
+    """Mark the pairs :func:`~prefcurate.data.narrow.unroutable_reason` drops (chosen = rejected,
+    an empty response), in every mode, each counted under its reason."""
+    why = narrow.select(unroutable_reason()).to_series()
+    for reason in UNROUTABLE:
+        hit = keys.get_column("_drop").is_null() & (why == reason)
+        reasons[reason] = int(hit.sum())
+        keys = _mark(keys, hit, reason)
     if _kept(keys).height == 0:  # before the margin check: its message would mislead
         raise _nothing_left(source, reasons)
     return keys
@@ -568,7 +570,8 @@ def _nothing_left(source: PairSource, reasons: dict[str, int]) -> InputError:
     return InputError(
         f"no pairs left to route ({why} dropped)",
         where=source.raw.display,
-        fix="loosen the --drop predicates, or check the data (identical: chosen = rejected)",
+        fix="loosen the --drop predicates, or check the data (identical: chosen = rejected; "
+        "empty_response: an empty chosen or rejected response)",
     )
 
 
@@ -868,6 +871,8 @@ def _fmt(value: float | None) -> str:
 
 
 __all__ = [
+    "EMPTY_RESPONSE",
+    "IDENTICAL",
     "Mode",
     "Order",
     "PLAN_VERSION",
