@@ -41,9 +41,11 @@ def main(argv: list[str] | None = None) -> int:
 
     The exit code depends on what went wrong, never on ``--debug``: 2 for the user's input or
     arguments, 1 for an internal error, 130 for an interrupt. ``--debug`` only adds the traceback,
-    printed before the one-line message.
+    printed before the one-line message, and lets the dependencies' own warnings and progress
+    bars through (:func:`prefcurate.base.quiet.quiet_dependencies` keeps them off otherwise).
     """
     from prefcurate.base.log import to_stderr
+    from prefcurate.base.quiet import quiet_dependencies
 
     to_stderr()  # the library's logged warnings: one line each on stderr
     args = list(sys.argv[1:] if argv is None else argv)
@@ -53,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     args = [a for a in args if a != "--debug"]
     STATE.debug = debug
     try:
-        result = app(args=args, prog_name="prefcurate", standalone_mode=False)
+        with quiet_dependencies(enabled=not debug, env=True):
+            result = app(args=args, prog_name="prefcurate", standalone_mode=False)
         return int(result or 0)
     except typer.Exit as exc:
         return exc.exit_code

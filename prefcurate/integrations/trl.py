@@ -45,21 +45,16 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
-import torch
-from datasets import Dataset, IterableDataset
-from torch import Tensor
-from transformers.data.data_collator import DataCollatorMixin
-from trl import DPOConfig, DPOTrainer
-from trl.trainer.dpo_trainer import DataCollatorForPreference
-from trl.trainer.utils import pad
 
 from prefcurate.base.errors import InputError
+from prefcurate.base.quiet import debug_requested, quiet_dependencies
 from prefcurate.data.schema import (
     ROUTE_DPO,
     ROUTE_SFT,
@@ -68,7 +63,23 @@ from prefcurate.data.schema import (
     sft_share,
     takes_preference,
 )
-from trainers.objective import Objective, PairTerms
+
+with quiet_dependencies():  # TRL imports PEFT, which imports torchao: its import noise stays off
+    import torch
+    from datasets import Dataset, IterableDataset
+    from datasets.utils import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
+    from torch import Tensor
+    from transformers.data.data_collator import DataCollatorMixin
+    from transformers.utils import is_torch_bf16_gpu_available
+    from trl import DPOConfig, DPOTrainer
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+    from trl.trainer.utils import pad
+
+    from trainers.objective import Objective, PairTerms
 
 ROUTE = "route"
 RANK = "rank"
@@ -116,6 +127,7 @@ class MixDPOConfig(DPOConfig):
     )
 
     def __post_init__(self) -> None:
+        self._choose_precision()
         super().__post_init__()
         if len(self.loss_type) != 1 or self.loss_type[0] not in SUPPORTED_LOSSES:
             msg = (
@@ -140,6 +152,25 @@ class MixDPOConfig(DPOConfig):
             if value < 0 or not math.isfinite(value):
                 msg = f"{name} must be a finite number >= 0, not {value}"
                 raise ValueError(msg)
+
+    def _choose_precision(self) -> None:
+        """bf16 where the machine has it, when neither ``bf16`` nor ``fp16`` is given.
+
+        TRL defaults ``bf16`` to True, which transformers refuses on a machine without a bf16
+        GPU ("Your setup doesn't support bf16/gpu"): the same script then fails on a laptop and
+        runs on a GPU. Here an unset ``bf16`` follows transformers' own test of the device; an
+        explicit ``bf16=True`` still asks for it. TRL's default activation checkpointing is passed
+        under transformers' current name, so it raises no FutureWarning about the old one.
+        """
+        if self.bf16 is None and not self.fp16:
+            self.bf16 = not self.use_cpu and is_torch_bf16_gpu_available()
+        for old, new in (
+            ("gradient_checkpointing", "activation_checkpointing"),
+            ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"),
+        ):
+            if hasattr(self, new) and getattr(self, new) is None:
+                setattr(self, new, getattr(self, old))
+                setattr(self, old, None)
 
 
 # --------------------------------------------------------------------------- collator
@@ -258,16 +289,17 @@ class MixDPOTrainer(DPOTrainer):
             ref_model = copy.deepcopy(model)
         if eval_dataset is not None:
             eval_dataset = routed_dataset(eval_dataset, "eval_dataset")
-        super().__init__(
-            model,
-            ref_model=ref_model,
-            args=args,
-            data_collator=data_collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            **kwargs,
-        )
+        with _quiet_preparation():
+            super().__init__(
+                model,
+                ref_model=ref_model,
+                args=args,
+                data_collator=data_collator,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                **kwargs,
+            )
         if self._is_vision_dataset:
             raise InputError("MixDPOTrainer trains text pairs; this dataset has images")
         self._use_mixdpo_collator()
@@ -279,6 +311,17 @@ class MixDPOTrainer(DPOTrainer):
             sft_weight=args.sft_weight,
             nll_weight=args.nll_weight,
         )
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """TRL's ``train``, without its dependencies' warnings on the screen (the progress bar
+        and the logged metrics stay; ``PREFCURATE_DEBUG=1`` lets the warnings through)."""
+        with quiet_dependencies():
+            return super().train(*args, **kwargs)
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> Any:
+        """TRL's ``evaluate``, quiet like :meth:`train`."""
+        with quiet_dependencies():
+            return super().evaluate(*args, **kwargs)
 
     # ----------------------------------------------------------------- data
 
@@ -428,6 +471,21 @@ class MixDPOTrainer(DPOTrainer):
         if mode == "train":
             self._total_train_tokens += int(tokens) // self._tp_size
         metrics["num_tokens"] = [self._total_train_tokens]
+
+
+@contextmanager
+def _quiet_preparation() -> Iterator[None]:
+    """TRL's dataset preparation (prompt extraction, tokenisation) without its map progress bars
+    and warnings; ``PREFCURATE_DEBUG=1`` shows them."""
+    bars = not debug_requested() and not are_progress_bars_disabled()
+    with quiet_dependencies():
+        if bars:
+            disable_progress_bars()
+        try:
+            yield
+        finally:
+            if bars:
+                enable_progress_bars()
 
 
 def _needs_reference_copy(model: Any, args: MixDPOConfig, kwargs: dict[str, Any]) -> bool:
