@@ -296,17 +296,7 @@ def plan_routes(
         threshold = threshold_for_fraction(_kept(keys).get_column("margin"), sft_fraction)
     keys = _hold_out(keys, eval_fraction, seed)
     keys = _drop_below_threshold(keys, source, mode, threshold, reasons)
-    keys = keys.with_columns(_route_expr(mode, threshold).alias("route"))
-    if soft is not None:
-        keys = keys.with_columns(
-            soft_weights(pl.col("margin"), threshold, soft).alias(WEIGHT_COLUMN)
-        )
-    keys = pl.concat(
-        [
-            _order(keys.filter(pl.col("split") == name), order, stages, seed)
-            for name in ("train", "eval")
-        ]
-    )
+    keys = _route_and_order(keys, mode, threshold, soft, order, stages, seed)
     counts = _counts(keys, narrow.height, reasons, threshold)
     if soft is not None:
         train_weights = keys.filter(pl.col("split") == "train").get_column(WEIGHT_COLUMN)
@@ -337,6 +327,29 @@ def plan_routes(
         plan.texts.window(keys.get_column("_pos").head(0))
     plan.seconds = time.perf_counter() - started
     return plan
+
+
+def _route_and_order(
+    keys: pl.DataFrame,
+    mode: Mode,
+    threshold: float | None,
+    soft: float | None,
+    order: Order,
+    stages: int,
+    seed: int,
+) -> pl.DataFrame:
+    """Each kept pair's route (and soft weight), then each split's ``rank`` and ``stage``."""
+    keys = keys.with_columns(_route_expr(mode, threshold).alias("route"))
+    if soft is not None:
+        keys = keys.with_columns(
+            soft_weights(pl.col("margin"), threshold, soft).alias(WEIGHT_COLUMN)
+        )
+    return pl.concat(
+        [
+            _order(keys.filter(pl.col("split") == name), order, stages, seed)
+            for name in ("train", "eval")
+        ]
+    )
 
 
 def _check_margins_needed(source: PairSource, order: Order, wants_margin: bool) -> None:
