@@ -24,6 +24,24 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+#: What a dependency prints when it is let through (prefcurate itself prints none of these):
+#: torchao's and torch's import-time lines, Python warnings, transformers' advice, and the
+#: progress bars of transformers (loading and writing weights) and datasets (splits, maps).
+DEPENDENCY_NOISE = (
+    "Failed to load",
+    "_pytree",
+    "Warning:",
+    "warnings.warn",
+    "deprecated",
+    "Token indices sequence length",
+    "[RANK 0]",
+    "Loading weights",
+    "Writing model shards",
+    "Generating train split",
+    "examples/s",
+    "Map",
+)
+
 #: Variables that would make rich ignore the pty's real size or colour support.
 _OVERRIDES = ("COLUMNS", "LINES", "NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")
 

@@ -45,8 +45,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,21 +64,34 @@ from prefcurate.data.schema import (
 )
 
 with quiet_dependencies():  # TRL imports PEFT, which imports torchao: its import noise stays off
+    import datasets
     import torch
     from datasets import Dataset, IterableDataset
-    from datasets.utils import (
-        are_progress_bars_disabled,
-        disable_progress_bars,
-        enable_progress_bars,
-    )
     from torch import Tensor
     from transformers.data.data_collator import DataCollatorMixin
     from transformers.utils import is_torch_bf16_gpu_available
+    from transformers.utils import logging as hf_logging
     from trl import DPOConfig, DPOTrainer
     from trl.trainer.dpo_trainer import DataCollatorForPreference
     from trl.trainer.utils import pad
 
     from trainers.objective import Objective, PairTerms
+
+
+def _quiet_libraries() -> None:
+    """The libraries' own progress bars off for this process: transformers' "Loading weights"
+    and "Writing model shards", datasets' split and map bars (and datasets' log lines below
+    errors). The Trainer's progress bar (tqdm, shown unless ``disable_tqdm``, which transformers
+    derives from its log level: left as it is) and the metrics TRL logs stay: they are the
+    training's own output. ``PREFCURATE_DEBUG=1`` leaves everything on."""
+    if debug_requested():
+        return
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+
+
+_quiet_libraries()
 
 ROUTE = "route"
 RANK = "rank"
@@ -289,7 +301,7 @@ class MixDPOTrainer(DPOTrainer):
             ref_model = copy.deepcopy(model)
         if eval_dataset is not None:
             eval_dataset = routed_dataset(eval_dataset, "eval_dataset")
-        with _quiet_preparation():
+        with quiet_dependencies():  # TRL's dataset preparation: its warnings stay off
             super().__init__(
                 model,
                 ref_model=ref_model,
@@ -471,21 +483,6 @@ class MixDPOTrainer(DPOTrainer):
         if mode == "train":
             self._total_train_tokens += int(tokens) // self._tp_size
         metrics["num_tokens"] = [self._total_train_tokens]
-
-
-@contextmanager
-def _quiet_preparation() -> Iterator[None]:
-    """TRL's dataset preparation (prompt extraction, tokenisation) without its map progress bars
-    and warnings; ``PREFCURATE_DEBUG=1`` shows them."""
-    bars = not debug_requested() and not are_progress_bars_disabled()
-    with quiet_dependencies():
-        if bars:
-            disable_progress_bars()
-        try:
-            yield
-        finally:
-            if bars:
-                enable_progress_bars()
 
 
 def _needs_reference_copy(model: Any, args: MixDPOConfig, kwargs: dict[str, Any]) -> bool:
