@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import typer.main
 from conftest import REPO, _shared_file
-from terminal import TerminalRun, run_in_terminal
+from terminal import DEPENDENCY_NOISE, TerminalRun, run_in_terminal
 from test_memory_plan import LLAMA3_8B
 
 from prefcurate.cli import app
@@ -366,6 +366,31 @@ def test_bench_prints_plain_progress_lines_when_piped(tour):
     lines = [line for line in piped.stderr.splitlines() if line.startswith("bench mixdpo ")]
     assert lines[0].startswith("bench mixdpo 0/1 arms: base policy")
     assert lines[-1].startswith("bench mixdpo 1/1 arms") and lines[-1].endswith(" s elapsed")
+
+
+def test_score_shows_nothing_from_its_dependencies(tmp_path):
+    """score with an embedding model whose limit (512 tokens) UltraFeedback's texts pass, and the
+    tiny reference policy: on the terminal, prefcurate's summary and nothing from transformers,
+    torch or torchao (no "Loading weights" bar, no "Token indices sequence length" advice, no
+    import-time "Failed to load" lines). With --debug the same run still exits 0."""
+    lines = _shared_file("ultrafeedback_1k.jsonl").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "pairs.jsonl").write_text("\n".join(lines[:24]) + "\n", encoding="utf-8")
+    (tmp_path / "minilm").symlink_to(_minilm())
+    args = ["score", "pairs.jsonl", "--embedding", "minilm", "--reference", "tiny"]
+    run = run_in_terminal(
+        [*args, "--out", "scored.parquet", "--cache-dir", tmp_path / "cache"],
+        cwd=tmp_path,
+        env={"TQDM_DISABLE": None},
+    ).check()
+    for sign in DEPENDENCY_NOISE:
+        assert sign not in run.screen, (sign, run.screen)
+    shown = " ".join(run.screen.split())
+    assert re.fullmatch(r"24 pairs, margin = \S+; .*-> scored\.parquet", shown), run.screen
+    debug = run_in_terminal(
+        [*args, "--out", "debug.parquet", "--cache-dir", tmp_path / "cache2", "--debug"],
+        cwd=tmp_path,
+    ).check()
+    assert "24 pairs" in debug.screen
 
 
 def test_the_first_catch_synth_on_a_terminal(tmp_path):
