@@ -38,7 +38,7 @@ def test_standard_export_loads_with_datasets_in_rank_order(uf1k, tmp_path):
 
     assert dpo.column_names == ["prompt", "chosen", "rejected"]
     assert sft.column_names == ["prompt", "completion"]
-    assert (dpo.num_rows, sft.num_rows) == (884, 110)  # no identical pair, no empty response
+    assert (dpo.num_rows, sft.num_rows) == (885, 110)  # no identical pair, no empty chosen one
     want_dpo = train.filter(pl.col("route") == "dpo").sort("rank")
     want_sft = train.filter(pl.col("route") == "sft").sort("rank")
     assert dpo["prompt"] == want_dpo["prompt"].to_list()  # curriculum order, largest margin first
@@ -102,14 +102,14 @@ def test_the_eval_split_is_exported_beside_the_train_files(uf1k, tmp_path):
     held = pl.read_parquet(out / "eval.parquet").sort("rank")
     dpo, sft = _load(out / "dpo_eval.jsonl", tmp_path), _load(out / "sft_eval.jsonl", tmp_path)
     mixdpo = _load(out / "mixdpo_eval.jsonl", tmp_path)
-    assert (dpo.num_rows, sft.num_rows, mixdpo.num_rows) == (88, 11, 99)
-    assert (plan.counts["eval_dpo"], plan.counts["eval_sft"]) == (88, 11)
+    assert (dpo.num_rows, sft.num_rows, mixdpo.num_rows) == (89, 11, 100)
+    assert (plan.counts["eval_dpo"], plan.counts["eval_sft"]) == (89, 11)
     want_dpo = held.filter(pl.col("route") == "dpo")
     assert dpo["prompt"] == want_dpo["prompt"].to_list()
     assert dpo["rejected"] == want_dpo["rejected"].to_list()
     assert sft["completion"] == held.filter(pl.col("route") == "sft")["chosen"].to_list()
     assert mixdpo["pair_id"] == held["pair_id"].to_list()
-    assert mixdpo["rank"] == list(range(99))
+    assert mixdpo["rank"] == list(range(100))
     train_ids = set(pl.read_parquet(out / "train.parquet")["pair_id"])
     assert train_ids.isdisjoint(mixdpo["pair_id"])
     assert document["outputs"]["trl"] == {

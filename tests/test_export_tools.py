@@ -74,9 +74,10 @@ def route(data: Path, out: Path, export: str) -> dict[str, pl.DataFrame]:
     return {s: pl.read_parquet(out / f"{s}.parquet").sort("rank") for s in ("train", "eval")}
 
 
-#: (rows of dpo, sft, dpo_eval, sft_eval) at τ = 0.5 with 10% held out: 994 pairs (1000 less 4
-#: identical and 2 with an empty response), 99 held out, 110 ties (less the identical one) → sft.
-ROWS = {"dpo": 796, "sft": 99, "dpo_eval": 88, "sft_eval": 11}
+#: (rows of dpo, sft, dpo_eval, sft_eval) at τ = 0.5 with 10% held out: 995 pairs (1000 less 4
+#: identical and 1 with an empty chosen response), 100 held out, 110 ties (less the identical
+#: one) → sft.
+ROWS = {"dpo": 796, "sft": 99, "dpo_eval": 89, "sft_eval": 11}
 
 
 def jsonl(path: Path) -> list[dict]:
@@ -155,7 +156,7 @@ def test_llamafactory_export_reads_as_documented(uf_data, tmp_path):
     readme = (folder / "README.md").read_text()
     assert "--stage dpo" in readme and "--dataset mixdpo_sft" in readme
     assert "--eval_dataset mixdpo_dpo_eval" in readme and "--eval_dataset mixdpo_sft_eval" in readme
-    assert "| `mixdpo_dpo_eval` | dpo_eval.jsonl | 88 |" in readme
+    assert "| `mixdpo_dpo_eval` | dpo_eval.jsonl | 89 |" in readme
     assert "--disable_shuffling true" in readme and "cannot route per pair" in readme
 
 
@@ -175,7 +176,7 @@ def test_llamafactory_gets_implicit_prompt_transcripts_as_sharegpt_turns(hh, tmp
     assert entry["formatting"] == "sharegpt" and entry["tags"] == OPENAI_TAGS
     split = pl.read_parquet(out / "train.parquet").sort("rank")
     rows = jsonl(folder / "dpo.jsonl")
-    assert len(rows) == split.height == 2193  # 2312 distinct pairs, 4 with an empty response
+    assert len(rows) == split.height == 2193  # 2312 distinct pairs, 4 with an empty chosen one
     assert len(jsonl(folder / "dpo_eval.jsonl")) == 115
     turns = []
     for row, pair in zip(rows, split.iter_rows(named=True), strict=True):
@@ -268,8 +269,8 @@ def test_openrlhf_rows_keep_the_prompt_and_the_response_apart(uf_data, chat_toke
     """Every dpo and sft row of both splits, built the way OpenRLHF builds it: the prompt text
     ends with the template's assistant header and the response follows it, for both layouts;
     no row renders empty (OpenRLHF's SFT would drop it silently). The export before this (strings,
-    with --input_template '{}') glued prompt and response in 735 of these 796 dpo rows (815 of
-    884 without the held-out pairs)."""
+    with --input_template '{}') glued prompt and response in 734 of these 796 dpo rows (816 of
+    885 without the held-out pairs)."""
     layout, data = uf_data
     tokenizer, header = chat_tokenizer
     out = tmp_path / "uf"
@@ -294,7 +295,7 @@ def test_openrlhf_rows_keep_the_prompt_and_the_response_apart(uf_data, chat_toke
     strings = splits["train"].filter(pl.col("route") == "dpo")
     if layout == "standard":  # what '{}' made of the same pairs: prompt + chosen, glued
         pairs = zip(strings["prompt"], strings["chosen"], strict=True)
-        assert sum(glued(p, c) for p, c in pairs) == 735
+        assert sum(glued(p, c) for p, c in pairs) == 734
     readme = (folder / "README.md").read_text()
     assert "--data.prompt_key prompt --data.chosen_key chosen" in readme
     assert "--data.input_key input --data.output_key output" in readme
@@ -341,7 +342,7 @@ def test_trl_mixdpo_export_is_every_pair_with_route_and_rank(uf1k, tmp_path):
         "route",
         "rank",
     ]
-    assert pairs["rank"] == list(range(895))  # 994 routed pairs less the 99 held out
+    assert pairs["rank"] == list(range(895))  # 995 routed pairs less the 100 held out
     assert pairs["pair_id"] == train["pair_id"].to_list()
     assert pairs["route"].count("sft") == 99 and pairs["route"][-99:] == ["sft"] * 99
     plan = json.loads((out / "plan.json").read_text())
@@ -378,7 +379,7 @@ def test_several_engines_at_once_and_a_repeat_written_once(cli, uf1k, tmp_path):
     for engine, files in plan["outputs"].items():
         if isinstance(files, dict):
             assert all((out / path).is_file() for path in files.values()), engine
-    assert len(jsonl(out / "dpo.jsonl")) == len(jsonl(out / "openrlhf" / "dpo.jsonl")) == 884
+    assert len(jsonl(out / "dpo.jsonl")) == len(jsonl(out / "openrlhf" / "dpo.jsonl")) == 885
 
 
 def test_a_soft_split_refuses_each_engine_that_cannot_weight_pairs(cli, uf1k, tmp_path):

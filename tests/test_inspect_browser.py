@@ -202,10 +202,10 @@ def test_moving_tau_to_half_routes_the_ties_to_sft(browser, uf_page):
     assert browser.find_element("id", "tau-value").text == "τ = 0.5"
     assert set(route_tags(browser)) == {"→ DPO"}  # the listed pairs' tags follow τ
     assert browser.find_element("id", "sft-count").text == "110 pairs (11.1%) to SFT"
-    assert browser.find_element("id", "dpo-count").text == "884 (88.9%) to DPO"
+    assert browser.find_element("id", "dpo-count").text == "885 (88.9%) to DPO"
     line = browser.find_element("id", "routing-line").text
     assert line.endswith(
-        "; route drops 4 pairs with chosen = rejected, 2 pairs with an empty response"
+        "; route drops 4 pairs with chosen = rejected, 1 pair with an empty chosen response"
     )
     colors = browser.execute_script(
         "return document.getElementById('fig-histogram').data[0].marker.color.slice(0, 3)"

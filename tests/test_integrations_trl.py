@@ -330,8 +330,8 @@ def test_load_pairs_reads_the_held_out_pairs_of_the_export(uf1k, tmp_path):
     write_route(plan, tmp_path / "uf", export="trl-mixdpo")
     held = load_pairs(tmp_path / "uf", split="eval")
     exported = load_pairs(tmp_path / "uf" / "mixdpo_eval.jsonl")
-    assert held["pair_id"] == exported["pair_id"] and len(held) == 99
-    assert held["route"] == exported["route"] and held["rank"] == list(range(99))
+    assert held["pair_id"] == exported["pair_id"] and len(held) == 100
+    assert held["route"] == exported["route"] and held["rank"] == list(range(100))
 
 
 def test_the_config_picks_bf16_from_the_machine_and_raises_no_futurewarning(tmp_path):

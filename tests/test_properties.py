@@ -56,10 +56,8 @@ def _blank(text: str) -> bool:
 
 
 def _routable(row: dict) -> bool:
-    """Route keeps a pair whose responses differ and are both written, whatever the mode."""
-    return row["chosen"] != row["rejected"] and not (
-        _blank(row["chosen"]) or _blank(row["rejected"])
-    )
+    """Route keeps a pair whose responses differ and whose chosen one is written, in any mode."""
+    return row["chosen"] != row["rejected"] and not _blank(row["chosen"])
 
 
 def _write(rows: list[dict], folder: Path, fmt: str) -> Path:
@@ -101,7 +99,7 @@ def test_write_then_read_round_trips(rows, fmt):
 def test_a_routed_split_reads_back_as_the_same_pairs(rows):
     """train.parquet is itself preference data: loading it gives back the pairs and margins.
 
-    (Route drops pairs with chosen = rejected or an empty response; difficulty, a percentile over
+    (Route drops pairs with chosen = rejected or an empty chosen one; difficulty, a percentile over
     the input's margins, is then compared only when none was dropped.)
     """
     kept = [r for r in rows if _routable(r)]
@@ -139,7 +137,7 @@ def test_routing_invariants(rows, low, step):
         assert train.height == n == plan.counts["dpo"] + plan.counts["sft"]
         assert plan.counts["in"] == len(rows)
         reasons = plan.counts["dropped_by_reason"]
-        assert plan.counts["dropped"] == reasons["identical"] + reasons["empty_response"]
+        assert plan.counts["dropped"] == reasons["identical"] + reasons["empty_chosen"]
         assert plan.counts["dropped"] == len(rows) - n
         assert sorted(train["rank"].to_list()) == list(range(n))
         assert train["rank"].to_list() == list(range(n))  # rows are written in rank order

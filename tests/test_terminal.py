@@ -282,8 +282,8 @@ def test_analyze_shows_the_figures_of_its_report(tour, wide, columns):
     routing, margin = report["routing"], report["margin"]
     assert f"{report['rows']:,} pairs" in screen
     assert f"ties (margin = 0) {margin['ties']}" in screen
-    assert (routing["sft"], routing["dpo"], routing["identical"]) == (110, 884, 4)
-    assert routing["empty_response"] == 2
+    assert (routing["sft"], routing["dpo"], routing["identical"]) == (110, 885, 4)
+    assert routing["empty_chosen"] == 1
     assert f"{routing['sft']} pairs ({routing['sft_share']:.1%}) to SFT" in screen
     assert f"{routing['dpo']} ({1 - routing['sft_share']:.1%}) to DPO" in screen
     assert screen.count("layout standard") == 1
@@ -296,7 +296,7 @@ def test_route_says_what_it_wrote(tour):
     screen = " ".join(tour.screen("route").screen.split())  # the line wraps at 80 columns
     counts = json.loads((tour.dir / "splits" / "uf" / "plan.json").read_text())["counts"]
     assert f"{counts['dpo']} dpo, {counts['sft']} sft, {counts['dropped']} dropped" in screen
-    assert "(4 identical, 2 empty_response)" in screen
+    assert "(4 identical, 1 empty_chosen)" in screen
 
 
 def test_train_reports_each_route_and_the_pairs_it_trained(tour):
@@ -338,7 +338,7 @@ def test_runs_and_sql_show_what_the_tour_recorded(tour, wide):
         runs = t.screen("runs").screen
         for kind in ("analyze", "route") + (("train", "score") if t is tour else ()):
             assert re.search(rf"\b{kind}-\d{{8}}-\d{{6}}-[0-9a-f]{{6}}\b", runs), kind  # ids whole
-        assert "884 dpo, 110 sft" in " ".join(runs.split())
+        assert "885 dpo, 110 sft" in " ".join(runs.split())
         # the route run's sft count, by the catalog
         assert re.search(r"\b110\b", t.screen("sql", index=0).screen)
     ties = tour.screen("sql", index=1).screen
@@ -437,5 +437,5 @@ def test_the_readme_python_snippet_runs_after_the_tour_and_again(tour):
         )
         assert done.returncode == 0, done.stderr
         lines = done.stdout.splitlines()
-        assert lines[0] == "110 884"
+        assert lines[0] == "110 885"
         assert lines[-1].split()[1] == "80"  # 20 steps of 4 pairs from the top: all dpo

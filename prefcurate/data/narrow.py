@@ -3,8 +3,8 @@
 analyze, inspect and route each read a dataset once, keeping these columns (lengths, flags, the
 margin, a prompt hash) instead of the texts, and decide everything else on that frame. The rule of
 which pairs route drops whatever the mode and τ (:func:`unroutable_reason`: chosen = rejected, or
-an empty response) lives here too, so route, analyze's preview, the inspect page and every export
-agree.
+an empty chosen response) lives here too, so route, analyze's preview, the inspect page and every
+export agree.
 """
 
 from __future__ import annotations
@@ -74,16 +74,17 @@ def narrow_exprs(conversational: bool) -> list[pl.Expr]:
 #: gradient is zero), and the two ratings of one text disagree (UltraFeedback has margins of 1.5),
 #: so its margin cannot place it in the curriculum either.
 IDENTICAL = "identical"
-#: chosen or rejected is empty (or only whitespace): an empty chosen response teaches the model to
-#: answer nothing, as the preferred side of DPO or as an SFT target, and an empty rejected one is a
-#: failed generation rather than a judged answer, so its rating (and margin) says nothing about
-#: the other response.
-EMPTY_RESPONSE = "empty_response"
+#: the chosen response is empty (or only whitespace): whatever its route, the pair would teach the
+#: model to answer nothing, as the preferred side of DPO or as the SFT target. An empty *rejected*
+#: response is a real answer, and a bad one (a generation that stopped at once, rated low): its
+#: pair teaches "anything over nothing" as DPO, and only its chosen response as SFT, so route
+#: keeps it (analyze still flags it: ``flags.empty_rejected``; ``--drop`` removes such pairs).
+EMPTY_CHOSEN = "empty_chosen"
 #: What route drops in every mode, whatever τ, in the order tested: a pair counts under the first
 #: reason that holds. These are keys of plan.json's ``counts.dropped_by_reason``.
-UNROUTABLE: tuple[str, ...] = (IDENTICAL, EMPTY_RESPONSE)
+UNROUTABLE: tuple[str, ...] = (IDENTICAL, EMPTY_CHOSEN)
 #: Each reason as people read it (terminal, page, export READMEs).
-UNROUTABLE_LABELS = {IDENTICAL: "chosen = rejected", EMPTY_RESPONSE: "an empty response"}
+UNROUTABLE_LABELS = {IDENTICAL: "chosen = rejected", EMPTY_CHOSEN: "an empty chosen response"}
 
 
 def unroutable_reason() -> pl.Expr:
@@ -94,8 +95,8 @@ def unroutable_reason() -> pl.Expr:
     return (
         pl.when(pl.col("identical"))
         .then(pl.lit(IDENTICAL))
-        .when(pl.col("empty_chosen") | pl.col("empty_rejected"))
-        .then(pl.lit(EMPTY_RESPONSE))
+        .when(pl.col("empty_chosen"))
+        .then(pl.lit(EMPTY_CHOSEN))
         .otherwise(pl.lit(None, dtype=pl.String))
         .alias("unroutable")
     )
@@ -110,7 +111,7 @@ def unroutable_counts(df: pl.DataFrame) -> dict[str, int]:
 
 
 def describe_unroutable(counts: dict[str, int]) -> str:
-    """``"4 pairs with chosen = rejected, 2 pairs with an empty response"`` (counted reasons)."""
+    """``"4 pairs with chosen = rejected, 1 pair with an empty chosen response"`` (counted ones)."""
     return ", ".join(
         f"{n:,} pair{'' if n == 1 else 's'} with {UNROUTABLE_LABELS[reason]}"
         for reason, n in counts.items()

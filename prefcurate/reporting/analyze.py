@@ -117,8 +117,8 @@ class Routing:
     """What ``margin < threshold → SFT, else DPO`` does to these pairs, as ``route`` does it.
 
     The pairs route drops whatever their margin (:data:`prefcurate.data.narrow.UNROUTABLE`) are
-    left out and counted: ``identical`` (chosen == rejected) and ``empty_response`` (an empty
-    chosen or rejected response). ``unrouted``: pairs without a margin.
+    left out and counted: ``identical`` (chosen == rejected) and ``empty_chosen`` (an empty
+    chosen response). ``unrouted``: pairs without a margin.
     """
 
     threshold: float
@@ -128,7 +128,7 @@ class Routing:
     sft_share: float | None
     unrouted: int
     identical: int = 0
-    empty_response: int = 0
+    empty_chosen: int = 0
 
 
 @dataclass(frozen=True)

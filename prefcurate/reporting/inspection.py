@@ -332,8 +332,8 @@ def thresholds(
     """The τ positions of the control and, at each, ``margin < τ`` counted like analyze does.
 
     As in :func:`prefcurate.reporting.analyze.routing`, the pairs route drops whatever their margin
-    (chosen == rejected, an empty response: :func:`prefcurate.data.narrow.unroutable_reason`) are
-    left out of both counts.
+    (chosen == rejected, an empty chosen response:
+    :func:`prefcurate.data.narrow.unroutable_reason`) are left out of both counts.
     """
     everything, narrow = narrow, routable_pairs(narrow)
     margins = narrow.get_column("margin").drop_nulls().to_numpy().astype(np.float64)

@@ -252,7 +252,7 @@ def _routing_section(inspection: Inspection) -> str:
         '<div class="bar" id="share-bar"><div id="share-sft"></div><div id="share-dpo"></div></div>'
         '<p class="dim">A pair goes to SFT when its margin is strictly below τ (analyze\'s '
         "definition); pairs without a margin are not routed, and route drops the pairs with "
-        "chosen = rejected or an empty response whatever τ.</p>"
+        "chosen = rejected or an empty chosen response whatever τ.</p>"
         f"{source_table}</section>"
     )
 

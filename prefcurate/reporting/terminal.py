@@ -15,7 +15,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from prefcurate.data.narrow import EMPTY_RESPONSE, IDENTICAL, describe_unroutable
+from prefcurate.data.narrow import EMPTY_CHOSEN, IDENTICAL, describe_unroutable
 from prefcurate.reporting.analyze import Histogram, Report, Routing
 
 SFT_STYLE = "dark_orange"
@@ -175,14 +175,14 @@ def _routing(report: Report) -> RenderableType:
         ", ",
         (f"{r.dpo:,} ({_share(r.dpo, routed)}) to DPO", f"bold {DPO_STYLE}"),
         (f"; {r.unrouted:,} without a margin are not routed" if r.unrouted else ""),
-        (f"; route drops {_dropped(r)}" if r.identical or r.empty_response else ""),
+        (f"; route drops {_dropped(r)}" if r.identical or r.empty_chosen else ""),
         "\n         order: mixdpo reads largest margin first; dpo, a seeded shuffle",
     )
     return line
 
 
 def _dropped(r: Routing) -> str:
-    return describe_unroutable({IDENTICAL: r.identical, EMPTY_RESPONSE: r.empty_response})
+    return describe_unroutable({IDENTICAL: r.identical, EMPTY_CHOSEN: r.empty_chosen})
 
 
 def _lengths(report: Report) -> RenderableType:

@@ -50,7 +50,7 @@ from prefcurate.data.margins import (
     no_margin_error,
     threshold_for_fraction,
 )
-from prefcurate.data.narrow import EMPTY_RESPONSE, IDENTICAL, UNROUTABLE, unroutable_reason
+from prefcurate.data.narrow import EMPTY_CHOSEN, IDENTICAL, UNROUTABLE, unroutable_reason
 from prefcurate.data.schema import ROUTE_DPO, ROUTE_SFT, WEIGHT_COLUMN
 from prefcurate.routing.texts import WIDE_COLUMNS, Texts, split_chunks
 
@@ -62,7 +62,7 @@ EVAL_STRATA = 10
 
 #: Reasons a pair is dropped, as keys of plan.json ``counts.dropped_by_reason``.
 NULL_MARGIN = "null_margin"
-#: IDENTICAL and EMPTY_RESPONSE (:data:`prefcurate.data.narrow.UNROUTABLE`) are dropped in every
+#: IDENTICAL and EMPTY_CHOSEN (:data:`prefcurate.data.narrow.UNROUTABLE`) are dropped in every
 #: mode, whatever τ, by the rule analyze's preview and the inspect page count with.
 BELOW_THRESHOLD = "below_threshold"
 DROP_PREFIX = "drop: "
@@ -389,7 +389,7 @@ def _drop_unusable(
     keys: pl.DataFrame, narrow: pl.DataFrame, source: PairSource, reasons: dict[str, int]
 ) -> pl.DataFrame:
     """Mark the pairs :func:`~prefcurate.data.narrow.unroutable_reason` drops (chosen = rejected,
-    an empty response), in every mode, each counted under its reason."""
+    an empty chosen response), in every mode, each counted under its reason."""
     why = narrow.select(unroutable_reason()).to_series()
     for reason in UNROUTABLE:
         hit = keys.get_column("_drop").is_null() & (why == reason)
@@ -584,7 +584,7 @@ def _nothing_left(source: PairSource, reasons: dict[str, int]) -> InputError:
         f"no pairs left to route ({why} dropped)",
         where=source.raw.display,
         fix="loosen the --drop predicates, or check the data (identical: chosen = rejected; "
-        "empty_response: an empty chosen or rejected response)",
+        "empty_chosen: an empty chosen response)",
     )
 
 
@@ -884,7 +884,7 @@ def _fmt(value: float | None) -> str:
 
 
 __all__ = [
-    "EMPTY_RESPONSE",
+    "EMPTY_CHOSEN",
     "IDENTICAL",
     "Mode",
     "Order",

@@ -126,7 +126,8 @@ def as_messages(
     """The pairs with ``prompt``, ``chosen`` and ``rejected`` as ``{role, content}`` lists.
 
     What engines that render turns with a chat template read: conversations stay as they are; a
-    string prompt becomes one user turn (none when empty) and each response one assistant turn;
+    string prompt becomes one user turn (none when empty) and each response one assistant turn
+    (an empty rejected response too: the template renders it as an empty answer);
     an implicit-prompt transcript (HH-RLHF's ``"\\n\\nHuman: … \\n\\nAssistant:"``) becomes its
     alternating turns (:func:`prefcurate.data.layouts.transcript_turns`), its responses stripped
     the same way. A transcript whose turns do not alternate stays one user turn, and its pair_id
@@ -163,8 +164,12 @@ def warn_kept_whole(kept_whole: list[str], engine: str) -> None:
 
 
 def _turns(column: str, role: str) -> pl.Expr:
+    """A string as one ``role`` message; an empty prompt is no message, an empty response (a
+    rejected one: route drops empty chosen ones) one message with empty content."""
     text = pl.col(column)
     message = pl.concat_list(pl.struct(pl.lit(role).alias("role"), text.alias("content")))
+    if role != "user":
+        return message.cast(MESSAGE_DTYPE)
     empty = pl.lit([], dtype=MESSAGE_DTYPE)
     return pl.when(text == "").then(empty).otherwise(message).cast(MESSAGE_DTYPE)
 
