@@ -382,6 +382,18 @@ def test_several_engines_at_once_and_a_repeat_written_once(cli, uf1k, tmp_path):
     assert len(jsonl(out / "dpo.jsonl")) == len(jsonl(out / "openrlhf" / "dpo.jsonl")) == 885
 
 
+def test_a_config_file_names_several_engines_as_on_the_command_line(cli, uf1k, tmp_path):
+    """route --config: `export: trl,openrlhf` (one string, as typed) or a YAML list."""
+    for name, value in (("one", "trl,openrlhf"), ("list", "[trl, openrlhf]")):
+        config = tmp_path / f"{name}.yaml"
+        out = tmp_path / name
+        config.write_text(f"data: {uf1k}\nthreshold: 0.5\nout: {out}\nexport: {value}\n")
+        result = cli("route", "--config", config)
+        assert result.code == 0, result.err
+        outputs = json.loads((out / "plan.json").read_text())["outputs"]
+        assert {"trl", "openrlhf"} <= set(outputs) and (out / "openrlhf" / "dpo.jsonl").is_file()
+
+
 def test_a_soft_split_refuses_each_engine_that_cannot_weight_pairs(cli, uf1k, tmp_path):
     out = tmp_path / "out"
     args = ("route", uf1k, "--threshold", "0.5", "--soft", "0.5", "--out", out)
