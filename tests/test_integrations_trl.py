@@ -7,14 +7,17 @@ prefcurate's own trainer within 1e-5 on a batch that mixes dpo and sft pairs.
 
 from __future__ import annotations
 
+import ast
 import copy
 import json
 import math
 import os
+import re
 import shlex
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,7 @@ pytest.importorskip("trl")
 
 import torch  # noqa: E402
 from split_helpers import synthetic_rows, write_split  # noqa: E402
+from terminal import DEPENDENCY_NOISE, run_in_terminal  # noqa: E402
 from torch.testing import assert_close  # noqa: E402
 
 from prefcurate.base.errors import InputError  # noqa: E402
@@ -316,6 +320,37 @@ def test_a_batch_that_lost_its_route_is_an_error(tmp_path):
         trainer.compute_loss(trainer.model, inputs)
 
 
+def test_load_pairs_reads_the_held_out_pairs_of_the_export(uf1k, tmp_path):
+    """load_pairs(dir, split="eval") and the export's mixdpo_eval.jsonl are the same pairs."""
+    from prefcurate.data.io import open_pairs
+    from prefcurate.routing.plan import plan_routes
+    from prefcurate.routing.writer import write_route
+
+    plan = plan_routes(open_pairs(uf1k), threshold=0.5, eval_fraction=0.1)
+    write_route(plan, tmp_path / "uf", export="trl-mixdpo")
+    held = load_pairs(tmp_path / "uf", split="eval")
+    exported = load_pairs(tmp_path / "uf" / "mixdpo_eval.jsonl")
+    assert held["pair_id"] == exported["pair_id"] and len(held) == 100
+    assert held["route"] == exported["route"] and held["rank"] == list(range(100))
+
+
+def test_the_config_picks_bf16_from_the_machine_and_raises_no_futurewarning(tmp_path):
+    """TRL defaults bf16 to True, which transformers refuses without a bf16 GPU; MixDPOConfig
+    asks the device when neither bf16 nor fp16 is given (an explicit bf16=True still asks for
+    it), and passes TRL's activation checkpointing under transformers' current name."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        args = MixDPOConfig(str(tmp_path / "o"))
+    assert args.bf16 is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    assert args.activation_checkpointing is True and args.gradient_checkpointing is True
+    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
+    off = MixDPOConfig(str(tmp_path / "o"), gradient_checkpointing=False, use_cpu=True)
+    assert off.activation_checkpointing is False and off.bf16 is False
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="bf16"):
+            MixDPOConfig(str(tmp_path / "o"), bf16=True)
+
+
 def test_a_plain_dpo_config_is_refused(tmp_path):
     from trl import DPOConfig
 
@@ -425,32 +460,74 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_the_trl_example_of_the_docs_runs_end_to_end(cli, uf1k, tmp_path, monkeypatch):
-    """docs/integrations.md, section TRL: its prefcurate commands on 16 real UltraFeedback pairs,
-    then its Python script on the tiny model (saved as the local model directory it names),
-    with CPU settings added; the run trains both routes and saves the model."""
+def docs_example(folder: Path, uf1k: Path, cli) -> str:
+    """docs/integrations.md, section TRL: its bash block's prefcurate commands run verbatim in
+    ``folder`` on the first 32 UltraFeedback pairs, and the tiny model saved as the local model
+    directory the script names; returns the script, verbatim."""
     doc = (Path(__file__).resolve().parent.parent / "docs" / "integrations.md").read_text()
     section = doc.split("## TRL: `MixDPOTrainer`")[1].split("\n## ")[0]
-    commands = _code_block(section, "bash")
-    script = _code_block(section, "python")
-    monkeypatch.chdir(tmp_path)
     lines = uf1k.read_text(encoding="utf-8").splitlines(keepends=True)
-    Path("ultrafeedback.jsonl").write_text("".join(lines[:16]), encoding="utf-8")
-    for line in commands.splitlines():
-        if line.startswith("prefcurate "):
-            result = cli(*shlex.split(line.split("#")[0])[1:])
-            assert result.code == 0, (line, result.err)
+    (folder / "ultrafeedback.jsonl").write_text("".join(lines[:32]), encoding="utf-8")
+    commands = [c for c in _code_block(section, "bash").splitlines() if c.startswith("prefcurate ")]
+    assert len(commands) == 2 and "python train_mixdpo.py" in _code_block(section, "bash")
+    for line in commands:
+        result = cli(*shlex.split(line.split("#")[0])[1:])
+        assert result.code == 0, (line, result.err)
     tiny = load_model("tiny", seed=0)
-    tiny.model.save_pretrained("models/Qwen2.5-0.5B-Instruct")
-    tiny.tokenizer.save_pretrained("models/Qwen2.5-0.5B-Instruct")
-    cpu = 'num_train_epochs=1, bf16=False, use_cpu=True, report_to="none", logging_steps=1,'
-    assert script.count("num_train_epochs=1,") == 1
+    tiny.model.save_pretrained(folder / "models/Qwen2.5-0.5B-Instruct")
+    tiny.tokenizer.save_pretrained(folder / "models/Qwen2.5-0.5B-Instruct")
+    return _code_block(section, "python")
+
+
+def test_the_trl_example_of_the_docs_runs_as_written(cli, uf1k, tmp_path, monkeypatch):
+    """The docs' commands and script, verbatim, on a machine without a GPU (bf16 is chosen from
+    what it has): both routes train, the held-out pairs are evaluated, the model is saved.
+    (TRL drops the pairs whose prompt alone fills max_length, 1024 byte tokens of the tiny
+    model: 7 of the 30 training pairs, none of the 2 held out.)"""
+    monkeypatch.chdir(tmp_path)
+    script = docs_example(tmp_path, uf1k, cli)
+    assert not torch.cuda.is_available()  # the case the docs' text used to fail on
     namespace: dict = {}
-    exec(compile(script.replace("num_train_epochs=1,", cpu), "integrations.md", "exec"), namespace)
-    steps = [r for r in namespace["trainer"].state.log_history if "loss" in r]
-    assert len(steps) == 2  # 16 pairs, batch 8
-    assert sum(r["pairs/sft"] for r in steps) > 0 and sum(r["pairs/dpo"] for r in steps) > 0
-    assert Path("uf-mixdpo/model.safetensors").is_file()
+    exec(compile(script, "train_mixdpo.py", "exec"), namespace)
+    trainer = namespace["trainer"]
+    assert trainer.args.bf16 is False and trainer.args.use_cpu is False
+    assert trainer.state.global_step == 3  # 23 pairs, batch 8
+    trained = trainer._metrics["train"]  # the steps' figures (logging_steps 10 > 3 steps)
+    assert sum(trained["pairs/dpo"]) > 0 and sum(trained["pairs/sft"]) > 0
+    evaluated = next(r for r in trainer.state.log_history if "eval_loss" in r)
+    assert evaluated["eval_pairs/dpo"] + evaluated["eval_pairs/sft"] == 2  # 5% of 30 held out
+    assert (tmp_path / "uf-mixdpo" / "model.safetensors").is_file()
+
+
+#: The Trainer's own progress bar, as tqdm leaves it: "100%|████| 3/3 [00:15<00:00, 5.2s/it]".
+TRAINING_BAR = re.compile(r"\s*100%\|[█ ]*\| (\d+)/\1 \[[^\]]+\]")
+
+
+def test_the_trl_example_shows_nothing_from_its_dependencies(cli, uf1k, tmp_path, monkeypatch):
+    """`python train_mixdpo.py` on a terminal, as a user runs it: the screen holds the training's
+    own output, TRL's logged metrics and the Trainer's progress bar, and nothing else (no torchao
+    import noise, no warning, no loading, split or saving bars)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train_mixdpo.py").write_text(docs_example(tmp_path, uf1k, cli), encoding="utf-8")
+    run = run_in_terminal(
+        ["train_mixdpo.py"],
+        program=["python"],
+        columns=200,
+        cwd=tmp_path,
+        # as a user's shell has it: no TQDM_DISABLE (the fixture above sets it for the rest)
+        env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent), "TQDM_DISABLE": None},
+        timeout=600,
+    ).check()
+    for sign in DEPENDENCY_NOISE:
+        assert sign not in run.screen, (sign, run.screen)
+    lines = run.screen.splitlines()
+    bars = [line for line in lines if TRAINING_BAR.fullmatch(line)]
+    assert len(bars) == 1 and TRAINING_BAR.fullmatch(bars[0]).group(1) == "3", run.screen
+    rest = "".join(line for line in lines if line not in bars)  # the dicts, wrapped at 200
+    logged = [ast.literal_eval(d) for d in re.findall(r"\{[^{}]*\}", rest)]
+    assert re.sub(r"\{[^{}]*\}", "", rest).strip() == ""  # nothing but the logged dicts
+    assert any("eval_loss" in r for r in logged) and any("train_loss" in r for r in logged)
+    assert (tmp_path / "uf-mixdpo" / "model.safetensors").is_file()
 
 
 def _code_block(markdown: str, language: str) -> str:

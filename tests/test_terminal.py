@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import typer.main
 from conftest import REPO, _shared_file
-from terminal import TerminalRun, run_in_terminal
+from terminal import DEPENDENCY_NOISE, TerminalRun, run_in_terminal
 from test_memory_plan import LLAMA3_8B
 
 from prefcurate.cli import app
@@ -282,7 +282,8 @@ def test_analyze_shows_the_figures_of_its_report(tour, wide, columns):
     routing, margin = report["routing"], report["margin"]
     assert f"{report['rows']:,} pairs" in screen
     assert f"ties (margin = 0) {margin['ties']}" in screen
-    assert (routing["sft"], routing["dpo"], routing["identical"]) == (110, 886, 4)
+    assert (routing["sft"], routing["dpo"], routing["identical"]) == (110, 885, 4)
+    assert routing["empty_chosen"] == 1
     assert f"{routing['sft']} pairs ({routing['sft_share']:.1%}) to SFT" in screen
     assert f"{routing['dpo']} ({1 - routing['sft_share']:.1%}) to DPO" in screen
     assert screen.count("layout standard") == 1
@@ -295,7 +296,7 @@ def test_route_says_what_it_wrote(tour):
     screen = " ".join(tour.screen("route").screen.split())  # the line wraps at 80 columns
     counts = json.loads((tour.dir / "splits" / "uf" / "plan.json").read_text())["counts"]
     assert f"{counts['dpo']} dpo, {counts['sft']} sft, {counts['dropped']} dropped" in screen
-    assert "(4 identical)" in screen
+    assert "(4 identical, 1 empty_chosen)" in screen
 
 
 def test_train_reports_each_route_and_the_pairs_it_trained(tour):
@@ -337,7 +338,7 @@ def test_runs_and_sql_show_what_the_tour_recorded(tour, wide):
         runs = t.screen("runs").screen
         for kind in ("analyze", "route") + (("train", "score") if t is tour else ()):
             assert re.search(rf"\b{kind}-\d{{8}}-\d{{6}}-[0-9a-f]{{6}}\b", runs), kind  # ids whole
-        assert "886 dpo, 110 sft" in " ".join(runs.split())
+        assert "885 dpo, 110 sft" in " ".join(runs.split())
         # the route run's sft count, by the catalog
         assert re.search(r"\b110\b", t.screen("sql", index=0).screen)
     ties = tour.screen("sql", index=1).screen
@@ -365,6 +366,31 @@ def test_bench_prints_plain_progress_lines_when_piped(tour):
     lines = [line for line in piped.stderr.splitlines() if line.startswith("bench mixdpo ")]
     assert lines[0].startswith("bench mixdpo 0/1 arms: base policy")
     assert lines[-1].startswith("bench mixdpo 1/1 arms") and lines[-1].endswith(" s elapsed")
+
+
+def test_score_shows_nothing_from_its_dependencies(tmp_path):
+    """score with an embedding model whose limit (512 tokens) UltraFeedback's texts pass, and the
+    tiny reference policy: on the terminal, prefcurate's summary and nothing from transformers,
+    torch or torchao (no "Loading weights" bar, no "Token indices sequence length" advice, no
+    import-time "Failed to load" lines). With --debug the same run still exits 0."""
+    lines = _shared_file("ultrafeedback_1k.jsonl").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "pairs.jsonl").write_text("\n".join(lines[:24]) + "\n", encoding="utf-8")
+    (tmp_path / "minilm").symlink_to(_minilm())
+    args = ["score", "pairs.jsonl", "--embedding", "minilm", "--reference", "tiny"]
+    run = run_in_terminal(
+        [*args, "--out", "scored.parquet", "--cache-dir", tmp_path / "cache"],
+        cwd=tmp_path,
+        env={"TQDM_DISABLE": None},
+    ).check()
+    for sign in DEPENDENCY_NOISE:
+        assert sign not in run.screen, (sign, run.screen)
+    shown = " ".join(run.screen.split())
+    assert re.fullmatch(r"24 pairs, margin = \S+; .*-> scored\.parquet", shown), run.screen
+    debug = run_in_terminal(
+        [*args, "--out", "debug.parquet", "--cache-dir", tmp_path / "cache2", "--debug"],
+        cwd=tmp_path,
+    ).check()
+    assert "24 pairs" in debug.screen
 
 
 def test_the_first_catch_synth_on_a_terminal(tmp_path):
@@ -411,5 +437,5 @@ def test_the_readme_python_snippet_runs_after_the_tour_and_again(tour):
         )
         assert done.returncode == 0, done.stderr
         lines = done.stdout.splitlines()
-        assert lines[0] == "110 886"
+        assert lines[0] == "110 885"
         assert lines[-1].split()[1] == "80"  # 20 steps of 4 pairs from the top: all dpo

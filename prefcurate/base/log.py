@@ -14,9 +14,7 @@ own rich output.
 from __future__ import annotations
 
 import logging
-import os
 import sys
-import warnings
 
 ROOT = "prefcurate"
 
@@ -37,24 +35,13 @@ class _OneLine(logging.Handler):
             self.handleError(record)
 
 
-def to_stderr(level: int = logging.WARNING, *, debug: bool = False) -> None:
+def to_stderr(level: int = logging.WARNING) -> None:
     """The CLI's handler for the ``prefcurate`` logger; installing it twice changes nothing.
 
-    Unless ``debug``, what other libraries say on their own is kept off the terminal: Python
-    warnings (numpy's and matplotlib's RuntimeWarnings, a model library's deprecations) and
-    their loggers' records (torch, transformers, torchao ...), which would otherwise surround
-    the command's one line. Anything that matters to the user is prefcurate's to say, once.
+    What other libraries say on their own is :mod:`prefcurate.base.quiet`'s business: the CLI
+    wraps each command in :func:`~prefcurate.base.quiet.quiet_dependencies`.
     """
     logger = logging.getLogger(ROOT)
     if not any(isinstance(h, _OneLine) for h in logger.handlers):
         logger.addHandler(_OneLine())
     logger.setLevel(level)
-    if debug:
-        return
-    warnings.simplefilter("ignore")
-    root = logging.getLogger()
-    if not any(isinstance(h, logging.NullHandler) for h in root.handlers):
-        root.addHandler(logging.NullHandler())  # no "last resort" printing of foreign records
-    os.environ.setdefault("TORCH_LOGS", "-all")  # torch's own handler, read when it is imported
-    if "torch" in sys.modules:  # imported already: its loggers are set up, lower them directly
-        logging.getLogger("torch").setLevel(logging.ERROR)

@@ -47,10 +47,12 @@ def main(argv: list[str] | None = None) -> int:
 
     The exit code depends on what went wrong, never on ``--debug``: 2 for the user's input or
     arguments, 1 for an internal error, 130 for an interrupt. ``--debug`` only adds the traceback,
-    printed before the one-line message, and lets other libraries' warnings through.
+    printed before the one-line message, and lets the dependencies' own warnings and progress
+    bars through (:func:`prefcurate.base.quiet.quiet_dependencies` keeps them off otherwise).
     """
     from prefcurate.base import interrupt
     from prefcurate.base.log import to_stderr
+    from prefcurate.base.quiet import quiet_dependencies
 
     args = list(sys.argv[1:] if argv is None else argv)
     STATE.argv = args
@@ -58,9 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args or os.environ.get("PREFCURATE_DEBUG", "") not in ("", "0")
     args = [a for a in args if a != "--debug"]
     STATE.debug = debug
-    to_stderr(debug=debug)  # the library's warnings one line each; other libraries' with --debug
+    to_stderr()  # prefcurate's warnings, one line each
     try:
-        result = app(args=args, prog_name="prefcurate", standalone_mode=False)
+        with quiet_dependencies(enabled=not debug, env=True):
+            result = app(args=args, prog_name="prefcurate", standalone_mode=False)
         return int(result or 0)
     except typer.Exit as exc:
         return exc.exit_code

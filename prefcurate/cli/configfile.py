@@ -77,6 +77,8 @@ def load_config_file(ctx: typer.Context, value: Path | None) -> Path | None:
     defaults, extras = {}, {}
     for key, setting in settings.items():
         if key in params:
+            if isinstance(setting, str) and getattr(params[key], "multiple", False):
+                setting = [setting]  # a repeatable flag given once: `export: trl,openrlhf`
             if setting is not None:
                 _check_type(ctx, params[key], setting, value)
                 defaults[key] = setting

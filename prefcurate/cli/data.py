@@ -243,11 +243,14 @@ class RouteOptions:
         int, typer.Option("--seed", help="Seed of shuffles and the held-out choice.")
     ] = 0
     export: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
             "--export",
-            help="Also write the split for another trainer: trl (dpo.jsonl + sft.jsonl), "
-            "trl-mixdpo (mixdpo.jsonl for prefcurate.integrations.trl), llamafactory, openrlhf.",
+            metavar="ENGINE",
+            help="Also write the split for other trainers: trl (dpo.jsonl + sft.jsonl), "
+            "trl-mixdpo (mixdpo.jsonl for prefcurate.integrations.trl), llamafactory, openrlhf; "
+            "several comma-separated or repeated (a repeat is written once), with the eval "
+            "split's files when there is one.",
         ),
     ] = None
     force: ForceOpt = False
@@ -282,9 +285,9 @@ def route(
 
     Writes train.parquet (rank order, with route, rank and stage columns) and plan.json.
 
-    --eval-fraction adds eval.parquet. --export writes the split for another trainer too:
-    trl-mixdpo (mixdpo.jsonl: per-pair routing in TRL), trl, llamafactory, openrlhf
-    (docs/integrations.md).
+    --eval-fraction adds eval.parquet. --export writes the split for other trainers too:
+    trl-mixdpo (mixdpo.jsonl: per-pair routing in TRL), trl, llamafactory, openrlhf, or
+    several (--export trl-mixdpo,openrlhf); docs/integrations.md.
 
     --preset paper is the paper's route (mixdpo, τ 0.5, curriculum order) in one word.
     --config FILE.yaml reads the flags from a file (data: ..., threshold: 0.5); typed flags win.
@@ -317,7 +320,9 @@ def route(
     if opts.as_json:
         print(json.dumps(document, indent=2))
     else:
-        echo(f"{plan.summary()} -> {opts.out}")
+        engines = [k for k in document["outputs"] if k not in ("train", "eval")]
+        also = f" (exported for {', '.join(engines)})" if engines else ""
+        echo(f"{plan.summary()} -> {opts.out}{also}")
 
 
 def _check_route(ctx: typer.Context, data: str, opts: RouteOptions) -> None:

@@ -33,9 +33,11 @@ from trainers.config import TrainConfig
 #: The help of each ``prefcurate train`` flag, by TrainConfig field (in the order shown).
 TRAIN_HELP = {
     "split_dir": "A split directory written by 'prefcurate route'.",
-    "model": "A local save_pretrained directory, or 'tiny'.",
+    "model": "A local save_pretrained directory, a Hugging Face name already in the local "
+    "Hugging Face cache (owner/name), or 'tiny'.",
     "out": "The run directory to write.",
-    "ref_model": "Reference model directory (default: the initial policy).",
+    "ref_model": "Reference model directory or cached Hugging Face name (default: the initial "
+    "policy).",
     "loss": "Preference loss of dpo pairs: sigmoid|ipo|hinge|robust.",
     "beta": "β, the DPO inverse temperature.",
     "label_smoothing": "ε of conservative (sigmoid) or robust DPO; MixDPO uses 0.1.",
@@ -135,7 +137,7 @@ def train(
 
         prefcurate train --config runs/tiny/run.json --out runs/tiny-again
     """
-    config = _resolved(ctx, config)
+    config = _local_models(_resolved(ctx, config))
     if dry_run:
         from trainers.memory import dry_run as plan_run
 
@@ -193,6 +195,20 @@ def _record(run, config: TrainConfig, result) -> None:
             if name != "step" and isinstance(value, int | float)
         ],
     )
+
+
+def _local_models(config: TrainConfig) -> TrainConfig:
+    """``--model`` / ``--ref-model`` given as Hugging Face names (``owner/name``) point at their
+    snapshots in the local Hugging Face cache; a name not there is one line with the
+    ``hf download`` command (prefcurate.base.hub)."""
+    from prefcurate.base.hub import MODEL, resolve_hub
+
+    found = {
+        field: resolve_hub(getattr(config, field), repo_type=MODEL, flag=flag)
+        for field, flag in (("model", "--model"), ("ref_model", "--ref-model"))
+        if getattr(config, field)
+    }
+    return dataclasses.replace(config, **{k: str(v) for k, v in found.items() if v is not None})
 
 
 def _trained(summary: dict) -> str:

@@ -57,6 +57,14 @@ RATING_LIST_NAMES = ("ratings", "scores", "rewards")
 
 #: Assistant-turn markers of implicit-prompt transcripts, tried in this order.
 ASSISTANT_MARKERS = ("\n\nAssistant:", "<|im_start|>assistant\n", "[/INST]", "### Response:")
+#: For each assistant marker, the user marker of the same transcript style and the end-of-turn
+#: tokens its turns may end with: what :func:`transcript_turns` splits a transcript by.
+TURN_MARKERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "\n\nAssistant:": ("\n\nHuman:", ()),
+    "<|im_start|>assistant\n": ("<|im_start|>user\n", ("<|im_end|>",)),
+    "[/INST]": ("[INST]", ("</s>", "<s>")),
+    "### Response:": ("### Instruction:", ()),
+}
 
 #: Internal columns that travel with the canonical frame until it is validated.
 ROW = "_row"
@@ -440,6 +448,52 @@ def _split_transcripts(
     rejected = pl.when(r_prompt.is_null()).then(r).otherwise(r_resp)
     mismatch = r_prompt.fill_null("") != prompt
     return prompt, chosen, rejected, mismatch
+
+
+def transcript_turns(
+    prompt: str, responses: tuple[str, ...] = ()
+) -> tuple[list[dict[str, str]], list[str]] | None:
+    """An implicit-prompt transcript as turns: ``(messages, responses)``, or None.
+
+    ``prompt`` is what :func:`_split_transcripts` keeps as the prompt, the history up to and
+    including the last assistant marker (``"\\n\\nHuman: Hi\\n\\nAssistant:"``); it becomes
+    ``[{"role": "user", "content": "Hi"}, ...]``, user and assistant turns alternating and ending
+    with the user, each turn's text stripped of blanks and end-of-turn tokens
+    (:data:`TURN_MARKERS`). ``responses`` (the chosen and rejected texts after the marker) are
+    cleaned the same way. None when the prompt does not end with a known assistant marker, holds
+    text before its first turn, or its turns do not alternate: the caller keeps it whole.
+    """
+    import re
+
+    marker = next((m for m in ASSISTANT_MARKERS if prompt.endswith(m)), None)
+    if marker is None:
+        return None
+    user, ends = TURN_MARKERS[marker]
+    parts = re.split(f"({re.escape(user)}|{re.escape(marker)})", prompt)
+    if parts[0].strip():
+        return None
+    roles = ["user" if tag == user else "assistant" for tag in parts[1::2]]
+    texts = [_turn_text(text, ends) for text in parts[2::2]]
+    if roles[-1] != "assistant" or texts[-1]:
+        return None
+    roles, texts = roles[:-1], texts[:-1]
+    alternating = ["user" if i % 2 == 0 else "assistant" for i in range(len(roles))]
+    if len(roles) % 2 == 0 or roles != alternating:  # user first, user last
+        return None
+    messages = [{"role": r, "content": t} for r, t in zip(roles, texts, strict=True)]
+    return messages, [_turn_text(text, ends) for text in responses]
+
+
+def _turn_text(text: str, ends: tuple[str, ...]) -> str:
+    """A turn's text without surrounding blanks and trailing end-of-turn tokens."""
+    text = text.strip()
+    trimmed = True
+    while trimmed:
+        trimmed = False
+        for end in ends:
+            if text.endswith(end):
+                text, trimmed = text[: -len(end)].strip(), True
+    return text
 
 
 def _regex_escape(text: str) -> str:

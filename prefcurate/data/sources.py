@@ -1,10 +1,11 @@
 """Find the files behind a DATA argument and read them as one raw Polars LazyFrame.
 
-A DATA argument is a file, a directory or a glob. Directories are understood the way users lay data
-out: a `datasets` ``save_to_disk`` folder, a Hugging Face style repository with sharded
-``data/train-*.parquet`` files, or a folder of files of one format. What comes out is the data
-exactly as stored (no renaming, no layout logic); :mod:`prefcurate.data.layouts` turns it into
-pairs.
+A DATA argument is a file, a directory, a glob, or the name of a Hugging Face dataset already in
+the local Hugging Face cache (``owner/name``: its snapshot folder is read; nothing is fetched).
+Directories are understood the way users lay data out: a `datasets` ``save_to_disk`` folder, a
+Hugging Face style repository with sharded ``data/train-*.parquet`` files, or a folder of files
+of one format. What comes out is the data exactly as stored (no renaming, no layout logic);
+:mod:`prefcurate.data.layouts` turns it into pairs.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 import polars as pl
 
 from prefcurate.base.errors import InputError, json_problem, one_line
+from prefcurate.base.hub import DATASET, resolve_hub
 from prefcurate.base.outdir import expand_glob
 
 #: File formats by suffix. Compressed JSONL keeps its inner suffix: ``x.jsonl.gz`` is jsonl.
@@ -171,7 +173,11 @@ def content_hash(paths: tuple[Path, ...] | list[Path]) -> tuple[str, int]:
 
 
 def resolve(spec: str | Path, *, split: str | None = None) -> RawSource:
-    """Find the files behind ``spec`` and their format; every failure is an :class:`InputError`."""
+    """Find the files behind ``spec`` and their format; every failure is an :class:`InputError`.
+
+    A Hugging Face dataset name (``owner/name``, not an existing path) is read from its snapshot
+    in the local Hugging Face cache, like a folder (:func:`prefcurate.base.hub.resolve_hub`).
+    """
     text = str(spec)
     matches = expand_glob(text)
     if matches is not None:
@@ -182,6 +188,9 @@ def resolve(spec: str | Path, *, split: str | None = None) -> RawSource:
             )
         return RawSource(text, tuple(files), _common_format(files, text))
 
+    snapshot = resolve_hub(text, repo_type=DATASET, flag="")  # owner/name: the HF cache
+    if snapshot is not None:
+        return _resolve_dir(snapshot, text, split)
     path = Path(text)
     _check_exists(path)
     if path.is_dir():

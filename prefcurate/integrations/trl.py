@@ -51,15 +51,9 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import torch
-from datasets import Dataset, IterableDataset
-from torch import Tensor
-from transformers.data.data_collator import DataCollatorMixin
-from trl import DPOConfig, DPOTrainer
-from trl.trainer.dpo_trainer import DataCollatorForPreference
-from trl.trainer.utils import pad
 
 from prefcurate.base.errors import InputError
+from prefcurate.base.quiet import debug_requested, quiet_dependencies
 from prefcurate.data.schema import (
     ROUTE_DPO,
     ROUTE_SFT,
@@ -68,7 +62,36 @@ from prefcurate.data.schema import (
     sft_mix,
     takes_preference,
 )
-from trainers.objective import Objective, PairTerms
+
+with quiet_dependencies():  # TRL imports PEFT, which imports torchao: its import noise stays off
+    import datasets
+    import torch
+    from datasets import Dataset, IterableDataset
+    from torch import Tensor
+    from transformers.data.data_collator import DataCollatorMixin
+    from transformers.utils import is_torch_bf16_gpu_available
+    from transformers.utils import logging as hf_logging
+    from trl import DPOConfig, DPOTrainer
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+    from trl.trainer.utils import pad
+
+    from trainers.objective import Objective, PairTerms
+
+
+def _quiet_libraries() -> None:
+    """The libraries' own progress bars off for this process: transformers' "Loading weights"
+    and "Writing model shards", datasets' split and map bars (and datasets' log lines below
+    errors). The Trainer's progress bar (tqdm, shown unless ``disable_tqdm``, which transformers
+    derives from its log level: left as it is) and the metrics TRL logs stay: they are the
+    training's own output. ``PREFCURATE_DEBUG=1`` leaves everything on."""
+    if debug_requested():
+        return
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+
+
+_quiet_libraries()
 
 ROUTE = "route"
 RANK = "rank"
@@ -116,6 +139,7 @@ class MixDPOConfig(DPOConfig):
     )
 
     def __post_init__(self) -> None:
+        self._choose_precision()
         super().__post_init__()
         if len(self.loss_type) != 1 or self.loss_type[0] not in SUPPORTED_LOSSES:
             msg = (
@@ -140,6 +164,25 @@ class MixDPOConfig(DPOConfig):
             if value < 0 or not math.isfinite(value):
                 msg = f"{name} must be a finite number >= 0, not {value}"
                 raise ValueError(msg)
+
+    def _choose_precision(self) -> None:
+        """bf16 where the machine has it, when neither ``bf16`` nor ``fp16`` is given.
+
+        TRL defaults ``bf16`` to True, which transformers refuses on a machine without a bf16
+        GPU ("Your setup doesn't support bf16/gpu"): the same script then fails on a laptop and
+        runs on a GPU. Here an unset ``bf16`` follows transformers' own test of the device; an
+        explicit ``bf16=True`` still asks for it. TRL's default activation checkpointing is passed
+        under transformers' current name, so it raises no FutureWarning about the old one.
+        """
+        if self.bf16 is None and not self.fp16:
+            self.bf16 = not self.use_cpu and is_torch_bf16_gpu_available()
+        for old, new in (
+            ("gradient_checkpointing", "activation_checkpointing"),
+            ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"),
+        ):
+            if hasattr(self, new) and getattr(self, new) is None:
+                setattr(self, new, getattr(self, old))
+                setattr(self, old, None)
 
 
 # --------------------------------------------------------------------------- collator
@@ -258,16 +301,17 @@ class MixDPOTrainer(DPOTrainer):
             ref_model = copy.deepcopy(model)
         if eval_dataset is not None:
             eval_dataset = routed_dataset(eval_dataset, "eval_dataset")
-        super().__init__(
-            model,
-            ref_model=ref_model,
-            args=args,
-            data_collator=data_collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            **kwargs,
-        )
+        with quiet_dependencies():  # TRL's dataset preparation: its warnings stay off
+            super().__init__(
+                model,
+                ref_model=ref_model,
+                args=args,
+                data_collator=data_collator,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                **kwargs,
+            )
         if self._is_vision_dataset:
             raise InputError("MixDPOTrainer trains text pairs; this dataset has images")
         self._use_mixdpo_collator()
@@ -279,6 +323,17 @@ class MixDPOTrainer(DPOTrainer):
             sft_weight=args.sft_weight,
             nll_weight=args.nll_weight,
         )
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """TRL's ``train``, without its dependencies' warnings on the screen (the progress bar
+        and the logged metrics stay; ``PREFCURATE_DEBUG=1`` lets the warnings through)."""
+        with quiet_dependencies():
+            return super().train(*args, **kwargs)
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> Any:
+        """TRL's ``evaluate``, quiet like :meth:`train`."""
+        with quiet_dependencies():
+            return super().evaluate(*args, **kwargs)
 
     # ----------------------------------------------------------------- data
 

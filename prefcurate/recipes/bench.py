@@ -413,6 +413,8 @@ def make_pairs(config: BenchConfig, env: Environment, seed: int) -> list[dict[st
         if a.text == b.text or not (a.finished and b.finished):
             continue  # identical responses carry no preference; unfinished ones are not answers
         row = toytask.label_pair(prompt, a.text, b.text, noise_rng, config.noise)
+        if not row["chosen"].strip():
+            continue  # route drops an empty chosen answer (data.narrow): every arm, the same pairs
         swapped = row["chosen"] != a.text
         row["policy_chosen"], row["policy_rejected"] = (pb, pa) if swapped else (pa, pb)
         rows.append(row)

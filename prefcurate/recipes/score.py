@@ -26,6 +26,7 @@ from typing import Any
 import polars as pl
 
 from prefcurate.base.errors import InputError
+from prefcurate.base.hub import MODEL, resolve_hub
 from prefcurate.data.io import PairSource
 from prefcurate.scoring.cache import memo_key, recall_identity, remember_identity
 from prefcurate.scoring.scores import (
@@ -151,9 +152,11 @@ def _identities(
     models: dict[str, str], request: dict[str, Any], memo_root: Path
 ) -> dict[str, ModelIdentity]:
     """Each model's identity: remembered from an earlier run on the same files, else inspected
-    (which imports torch and transformers and hashes the weights)."""
+    (which imports torch and transformers and hashes the weights). A Hugging Face name
+    (``owner/name``) is its snapshot in the local Hugging Face cache (prefcurate.base.hub)."""
     identities = {}
     for kind, spec in models.items():
+        spec = str(resolve_hub(spec, repo_type=MODEL, flag=FLAGS[kind]) or spec)
         key = memo_key(kind, spec, request)
         known = recall_identity(memo_root, key)
         if known is not None:

@@ -40,7 +40,12 @@ from prefcurate.data import margins as margin_defs
 from prefcurate.data.io import _guard
 from prefcurate.data.layouts import ISSUE, ROW
 from prefcurate.data.margins import check_routing_args
-from prefcurate.data.narrow import NARROW_COLUMNS, narrow_exprs, routable_pairs
+from prefcurate.data.narrow import (
+    NARROW_COLUMNS,
+    narrow_exprs,
+    routable_pairs,
+    unroutable_reason,
+)
 from prefcurate.reporting.analyze import Histogram, Report, _nice_width, report_of_source
 
 if TYPE_CHECKING:
@@ -314,6 +319,7 @@ def _final_samples(
             "empty_rejected",
             "history_mismatch",
             "duplicate",
+            unroutable_reason(),
         )
     )
 
@@ -327,8 +333,9 @@ def thresholds(
 ) -> Thresholds | None:
     """The τ positions of the control and, at each, ``margin < τ`` counted like analyze does.
 
-    As in :func:`prefcurate.reporting.analyze.routing`, identical pairs (chosen == rejected) are
-    left out of both counts: route drops them, whatever their margin.
+    As in :func:`prefcurate.reporting.analyze.routing`, the pairs route drops whatever their margin
+    (chosen == rejected, an empty chosen response:
+    :func:`prefcurate.data.narrow.unroutable_reason`) are left out of both counts.
     """
     everything, narrow = narrow, routable_pairs(narrow)
     margins = narrow.get_column("margin").drop_nulls().to_numpy().astype(np.float64)

@@ -23,6 +23,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from prefcurate.data.narrow import describe_unroutable, unroutable_counts
 from prefcurate.reporting.analyze import Histogram, Report
 from prefcurate.reporting.analyze import histogram as make_histogram
 from prefcurate.reporting.palette import (
@@ -85,7 +86,7 @@ def write_plots(
                 out / f"{prefix}margin_hist.png",
                 threshold=threshold,
                 negative=report.margin.negative,
-                identical=report.flags.identical if threshold is not None else 0,
+                dropped=unroutable_counts(frame) if threshold is not None else None,
             )
         )
         done(margin_cdf(margins, out / f"{prefix}margin_cdf.png", threshold=threshold))
@@ -119,12 +120,13 @@ def margin_histogram(
     *,
     threshold: float | None = None,
     negative: int | None = None,
-    identical: int = 0,
+    dropped: dict[str, int] | None = None,
 ) -> Path:
     """Bars of ``hist`` (from :func:`prefcurate.reporting.analyze.histogram`), SFT bins in orange.
 
     ``negative`` (the count of negative margins) is named in the subtitle, since a few label
-    inversions are invisible as bars next to hundreds of thousands of pairs.
+    inversions are invisible as bars next to hundreds of thousands of pairs; ``dropped`` (the
+    pairs route drops whatever τ, by reason) too.
     """
     edges = np.asarray(hist.edges)
     counts = np.asarray(hist.counts)
@@ -137,7 +139,7 @@ def margin_histogram(
     discrete = hist.grid is not None and np.allclose(width, hist.grid)
     bar_width = width * (0.7 if discrete else 1.0)
     fig, ax = _figure()
-    colors, subtitle = _route_colors(ax, hist, threshold, identical, discrete=discrete)
+    colors, subtitle = _route_colors(ax, hist, threshold, dropped, discrete=discrete)
     ax.bar(
         centres, counts, width=bar_width, color=colors, edgecolor="white", linewidth=0.6, zorder=2
     )
@@ -156,7 +158,9 @@ def margin_histogram(
     return _save(fig, path)
 
 
-def _route_colors(ax, hist: Histogram, threshold, identical: int, *, discrete: bool):
+def _route_colors(
+    ax, hist: Histogram, threshold, dropped: dict[str, int] | None, *, discrete: bool
+):
     """Each bar's colour (SFT bins orange, DPO blue, or neutral without τ), the legend and τ's
     line on ``ax``, and the subtitle that says what was cut."""
     edges, counts = np.asarray(hist.edges), np.asarray(hist.counts)
@@ -179,8 +183,8 @@ def _route_colors(ax, hist: Histogram, threshold, identical: int, *, discrete: b
         frameon=False,
     )
     subtitle = f"τ = {_fmt(threshold)}: {n_sft:,} pairs ({_pct(n_sft, total)}) have margin < τ"
-    if identical:
-        subtitle += f"; route drops the {identical:,} with chosen = rejected"
+    if dropped and any(dropped.values()):
+        subtitle += f"; route drops {describe_unroutable(dropped)}"
     return np.where(sft, SFT_COLOR, DPO_COLOR), subtitle
 
 

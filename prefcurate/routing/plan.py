@@ -50,6 +50,7 @@ from prefcurate.data.margins import (
     no_margin_error,
     threshold_for_fraction,
 )
+from prefcurate.data.narrow import EMPTY_CHOSEN, IDENTICAL, UNROUTABLE, unroutable_reason
 from prefcurate.data.schema import ROUTE_DPO, ROUTE_SFT, WEIGHT_COLUMN
 from prefcurate.routing.drop import check_predicates as _check_predicates
 from prefcurate.routing.drop import matches, predicate_columns
@@ -63,10 +64,8 @@ EVAL_STRATA = 10
 
 #: Reasons a pair is dropped, as keys of plan.json ``counts.dropped_by_reason``.
 NULL_MARGIN = "null_margin"
-#: chosen == rejected: no preference to learn (the DPO loss of such a pair is constant, so its
-#: gradient is zero), and the two ratings of one text disagree (UltraFeedback has margins of 1.5),
-#: so its margin cannot place it in the curriculum either. Dropped in every mode, counted here.
-IDENTICAL = "identical"
+#: IDENTICAL and EMPTY_CHOSEN (:data:`prefcurate.data.narrow.UNROUTABLE`) are dropped in every
+#: mode, whatever τ, by the rule analyze's preview and the inspect page count with.
 BELOW_THRESHOLD = "below_threshold"
 DROP_PREFIX = "drop: "
 
@@ -293,23 +292,13 @@ def plan_routes(
 
     reasons: dict[str, int] = {}
     keys = _drop_matching(scan, narrow, drop, reasons)
-    keys = _drop_identical(keys, narrow, source, reasons)
+    keys = _drop_unusable(keys, narrow, source, reasons)
     keys = _drop_unroutable(keys, source, mode, wants_margin, reasons)
     if sft_fraction is not None:
         threshold = threshold_for_fraction(_kept(keys).get_column("margin"), sft_fraction)
     keys = _hold_out(keys, eval_fraction, seed)
     keys = _drop_below_threshold(keys, source, mode, threshold, reasons)
-    keys = keys.with_columns(_route_expr(mode, threshold).alias("route"))
-    if soft is not None:
-        keys = keys.with_columns(
-            soft_weights(pl.col("margin"), threshold, soft).alias(WEIGHT_COLUMN)
-        )
-    keys = pl.concat(
-        [
-            _order(keys.filter(pl.col("split") == name), order, stages, seed)
-            for name in ("train", "eval")
-        ]
-    )
+    keys = _route_and_order(keys, mode, threshold, soft, order, stages, seed)
     counts = _counts(keys, narrow.height, reasons, threshold)
     if soft is not None:
         train_weights = keys.filter(pl.col("split") == "train").get_column(WEIGHT_COLUMN)
@@ -340,6 +329,29 @@ def plan_routes(
         plan.texts.window(keys.get_column("_pos").head(0))
     plan.seconds = time.perf_counter() - started
     return plan
+
+
+def _route_and_order(
+    keys: pl.DataFrame,
+    mode: Mode,
+    threshold: float | None,
+    soft: float | None,
+    order: Order,
+    stages: int,
+    seed: int,
+) -> pl.DataFrame:
+    """Each kept pair's route (and soft weight), then each split's ``rank`` and ``stage``."""
+    keys = keys.with_columns(_route_expr(mode, threshold).alias("route"))
+    if soft is not None:
+        keys = keys.with_columns(
+            soft_weights(pl.col("margin"), threshold, soft).alias(WEIGHT_COLUMN)
+        )
+    return pl.concat(
+        [
+            _order(keys.filter(pl.col("split") == name), order, stages, seed)
+            for name in ("train", "eval")
+        ]
+    )
 
 
 def _check_margins_needed(source: PairSource, order: Order, wants_margin: bool) -> None:
@@ -375,13 +387,16 @@ def _drop_matching(
     return keys
 
 
-def _drop_identical(
+def _drop_unusable(
     keys: pl.DataFrame, narrow: pl.DataFrame, source: PairSource, reasons: dict[str, int]
 ) -> pl.DataFrame:
-    """Mark the pairs whose chosen equals rejected (:data:`IDENTICAL`), in every mode."""
-    same = keys.get_column("_drop").is_null() & narrow.get_column("identical")
-    reasons[IDENTICAL] = int(same.sum())
-    keys = _mark(keys, same, IDENTICAL)
+    """Mark the pairs :func:`~prefcurate.data.narrow.unroutable_reason` drops (chosen = rejected,
+    an empty chosen response), in every mode, each counted under its reason."""
+    why = narrow.select(unroutable_reason()).to_series()
+    for reason in UNROUTABLE:
+        hit = keys.get_column("_drop").is_null() & (why == reason)
+        reasons[reason] = int(hit.sum())
+        keys = _mark(keys, hit, reason)
     if _kept(keys).height == 0:  # before the margin check: its message would mislead
         raise _nothing_left(source, reasons)
     return keys
@@ -598,7 +613,8 @@ def _nothing_left(source: PairSource, reasons: dict[str, int]) -> InputError:
     return InputError(
         f"no pairs left to route ({why} dropped)",
         where=source.raw.display,
-        fix="loosen the --drop predicates, or check the data (identical: chosen = rejected)",
+        fix="loosen the --drop predicates, or check the data (identical: chosen = rejected; "
+        "empty_chosen: an empty chosen response)",
     )
 
 
@@ -796,6 +812,8 @@ def _fmt(value: float | None) -> str:
 
 
 __all__ = [
+    "EMPTY_CHOSEN",
+    "IDENTICAL",
     "Mode",
     "Order",
     "PLAN_VERSION",
