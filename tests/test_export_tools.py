@@ -30,6 +30,7 @@ from prefcurate.base.errors import InputError
 from prefcurate.data.io import open_pairs
 from prefcurate.routing.exports.openrlhf import PLAIN_TEMPLATE, TEMPLATE_FILE
 from prefcurate.routing.plan import plan_routes
+from prefcurate.routing.presets import PAPER
 from prefcurate.routing.writer import write_route
 
 OPENAI_TAGS = {
@@ -158,6 +159,7 @@ def test_llamafactory_export_reads_as_documented(uf_data, tmp_path):
     assert "--eval_dataset mixdpo_dpo_eval" in readme and "--eval_dataset mixdpo_sft_eval" in readme
     assert "| `mixdpo_dpo_eval` | dpo_eval.jsonl | 89 |" in readme
     assert "--disable_shuffling true" in readme and "cannot route per pair" in readme
+    assert f"--pref_beta {PAPER.beta:g} --dpo_label_smoothing {PAPER.label_smoothing:g}" in readme
 
 
 def test_llamafactory_gets_implicit_prompt_transcripts_as_sharegpt_turns(hh, tmp_path):
@@ -303,6 +305,8 @@ def test_openrlhf_rows_keep_the_prompt_and_the_response_apart(uf_data, chat_toke
     assert commands.count("--data.apply_chat_template") == 2
     assert "input_template" not in commands
     assert "--eval.dataset dpo_eval.jsonl --eval.split train" in readme
+    cdpo = f"--model.beta {PAPER.beta:g} --model.label_smoothing {PAPER.label_smoothing:g}"
+    assert cdpo in readme
     assert (folder / TEMPLATE_FILE).read_text() == PLAIN_TEMPLATE
 
 

@@ -44,6 +44,11 @@ class PaperSettings:
     lr_schedule: str = "cosine"
     epochs: int = 1
 
+    def words(self) -> dict[str, str]:
+        """Each constant as text, for the commands an export's README writes (``{beta}``...)."""
+        return {name: f"{getattr(self, name):g}" if isinstance(getattr(self, name), float)
+                else str(getattr(self, name)) for name in self.__dataclass_fields__}  # fmt: skip
+
 
 PAPER = PaperSettings()
 

@@ -41,6 +41,7 @@ from prefcurate.routing.exports.common import (
     warn_kept_whole,
     write_jsonl,
 )
+from prefcurate.routing.presets import PAPER
 
 DPO_NAME, SFT_NAME = "mixdpo_dpo", "mixdpo_sft"
 INFO_FILE = "dataset_info.json"
@@ -187,7 +188,9 @@ def _readme(rows: dict[str, int], data_format: str) -> str:
     evals = " \\\n  --eval_dataset {} --eval_strategy epoch --per_device_eval_batch_size 8"
     stage1 = evals.format(eval_name(DPO_NAME)) if held else ""
     stage2 = evals.format(eval_name(SFT_NAME)) if held else ""
-    return _README.format(format=data_format, table=table, stage1=stage1, stage2=stage2)
+    return _README.format(
+        format=data_format, table=table, stage1=stage1, stage2=stage2, **PAPER.words()
+    )
 
 
 _USE = {
@@ -211,15 +214,15 @@ this order, the second starting from the first one's model. Keep the order with
 `--disable_shuffling true` (LLaMA-Factory shuffles otherwise).
 
 ```bash
-# stage 1: DPO on the clear pairs (the paper's cDPO: beta 0.01, label smoothing 0.1)
+# stage 1: DPO on the clear pairs (the paper's cDPO: beta {beta}, label smoothing {label_smoothing})
 llamafactory-cli train --stage dpo --do_train true --model_name_or_path BASE_MODEL \\
   --dataset_dir THIS_FOLDER --dataset mixdpo_dpo --template TEMPLATE{stage1} \\
-  --pref_loss sigmoid --pref_beta 0.01 --dpo_label_smoothing 0.1 \\
-  --disable_shuffling true --num_train_epochs 1 --output_dir stage1-dpo
+  --pref_loss {loss} --pref_beta {beta} --dpo_label_smoothing {label_smoothing} \\
+  --disable_shuffling true --num_train_epochs {epochs} --output_dir stage1-dpo
 # stage 2: SFT on the chosen responses of the ambiguous pairs
 llamafactory-cli train --stage sft --do_train true --model_name_or_path stage1-dpo \\
   --dataset_dir THIS_FOLDER --dataset mixdpo_sft --template TEMPLATE{stage2} \\
-  --disable_shuffling true --num_train_epochs 1 --output_dir stage2-sft
+  --disable_shuffling true --num_train_epochs {epochs} --output_dir stage2-sft
 ```
 
 What differs from MixDPO: the two routes are trained one after the other instead of mixed in one

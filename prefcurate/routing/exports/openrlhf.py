@@ -45,6 +45,7 @@ from prefcurate.routing.exports.common import (
     warn_kept_whole,
     write_jsonl,
 )
+from prefcurate.routing.presets import PAPER
 
 
 def export_openrlhf(split: SplitFiles | str | Path, out_dir: str | Path) -> dict[str, Path]:
@@ -93,7 +94,7 @@ def _readme(rows: dict[str, int]) -> str:
     table = "".join(f"| {name}.jsonl | {n} | {_USE[name]} |\n" for name, n in rows.items())
     eval_dpo = " \\\n  --eval.dataset dpo_eval.jsonl --eval.split train" if held else ""
     eval_sft = " \\\n  --eval.dataset sft_eval.jsonl --eval.split train" if held else ""
-    return _README.format(table=table, eval_dpo=eval_dpo, eval_sft=eval_sft)
+    return _README.format(table=table, eval_dpo=eval_dpo, eval_sft=eval_sft, **PAPER.words())
 
 
 _USE = {
@@ -116,14 +117,16 @@ template (`--data.apply_chat_template`), so the prompt and the response stay apa
 |---|---|---|---|
 {table}
 OpenRLHF cannot route per pair and shuffles its training data: run the two stages in this
-order, the second from the first one's model (the paper's cDPO: beta 0.01, label smoothing 0.1).
+order, the second from the first one's model (the paper's cDPO: beta {beta}, label smoothing
+{label_smoothing}).
 For OpenRLHF 0.10.2 and later (the `--data.*` flags):
 
 ```bash
 deepspeed --module openrlhf.cli.train_dpo --model.model_name_or_path BASE_MODEL \\
   --data.dataset dpo.jsonl --data.prompt_key prompt --data.chosen_key chosen \\
   --data.rejected_key rejected --data.apply_chat_template{eval_dpo} \\
-  --model.beta 0.01 --model.label_smoothing 0.1 --train.max_epochs 1 --ckpt.output_dir stage1-dpo
+  --model.beta {beta} --model.label_smoothing {label_smoothing} --train.max_epochs {epochs} \\
+  --ckpt.output_dir stage1-dpo
 deepspeed --module openrlhf.cli.train_sft --model.model_name_or_path stage1-dpo \\
   --data.dataset sft.jsonl --data.input_key input --data.output_key output \\
   --data.apply_chat_template{eval_sft} \\
