@@ -19,7 +19,6 @@ model replicated (ddp) or sharded (fsdp, :mod:`trainers.strategy`)::
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import time
@@ -50,6 +49,15 @@ from trainers.objective import STAT_KEYS, Objective, step_metrics
 from trainers.prepare import reference_for, tokenized_pairs
 from trainers.reporter import Reporter
 from trainers.rundir import METRICS, RUN_JSON
+from trainers.schedule import (
+    RouteLr,
+    Schedule,
+    low_lr_warnings,
+    lr_factor,
+    route_lr,
+    sft_phase_start,
+    share_line,
+)
 from trainers.strategy import (
     autocast_for,
     full_value,
@@ -59,7 +67,7 @@ from trainers.strategy import (
     wrap,
 )
 
-__all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "train"]
+__all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "lr_factor", "train"]
 
 
 class NonFiniteLossError(PrefcurateError):
@@ -77,71 +85,6 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def lr_factor(step: int, *, warmup: int, total: int, schedule: str = "cosine") -> float:
-    """Multiplier of ``--lr`` at 0-based optimizer step ``step``.
-
-    1. warmup: linear from 1/warmup up to 1 over the first ``warmup`` steps;
-    2. after the last step: 0;
-    3. otherwise: cosine decay from 1 to 0, or 1 with ``schedule="constant"``.
-
-    The constant schedule exists for curriculum runs: with cosine decay the last pairs of the
-    order (MixDPO's sft pairs) are trained at almost zero learning rate.
-    """
-    if step < warmup:
-        return (step + 1) / warmup
-    if step >= total:
-        return 0.0
-    if schedule == "constant":
-        return 1.0
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-#: Below this share of the peak learning rate, ``train`` says the sft pairs barely train.
-LOW_LR_SHARE = 0.10
-
-
-def route_lr_shares(
-    curriculum: Curriculum, is_dpo: torch.Tensor, *, warmup: int, schedule: str
-) -> dict[str, float | None]:
-    """The mean learning rate each route's pairs train at, as a share of the peak (``--lr``).
-
-    Every pair visit is weighted by :func:`lr_factor` of its step. A curriculum puts MixDPO's
-    sft pairs last, where cosine decay has fallen to almost 0: with 1000 pairs and 137 sft, the sft
-    share is about 1%, so those pairs are hardly trained (docs/results.md). None: no pair of that
-    route.
-    """
-    return _route_lr(curriculum, is_dpo, warmup=warmup, schedule=schedule)[0]
-
-
-def _route_lr(
-    curriculum: Curriculum, is_dpo: torch.Tensor, *, warmup: int, schedule: str
-) -> tuple[dict[str, float | None], dict[str, int]]:
-    """:func:`route_lr_shares`, and the pair visits of each route it averaged over."""
-    total = curriculum.total_steps
-    sums = {"dpo": [0.0, 0], "sft": [0.0, 0]}
-    for step in range(total):
-        factor = lr_factor(step, warmup=warmup, total=total, schedule=schedule)
-        index = curriculum.step_pairs(step)
-        dpo = int(is_dpo[index].sum())
-        for route, n in (("dpo", dpo), ("sft", index.numel() - dpo)):
-            sums[route][0] += factor * n
-            sums[route][1] += n
-    shares = {route: (s / n if n else None) for route, (s, n) in sums.items()}
-    return shares, {route: n for route, (_, n) in sums.items()}
-
-
-def low_lr_warning(shares: dict[str, float | None], pairs: int, schedule: str) -> str | None:
-    """One line when the sft pairs would train below :data:`LOW_LR_SHARE` of the peak rate."""
-    share = shares.get("sft")
-    if share is None or share >= LOW_LR_SHARE:
-        return None
-    return (
-        f"warning: the {pairs} sft pairs train at {share:.1%} of the peak learning rate on average "
-        f"({schedule} decay reaches them last); --lr-schedule constant trains them at the full rate"
-    )
 
 
 def check_run_dir(config: TrainConfig) -> None:
@@ -218,6 +161,7 @@ class _Run:
     module: torch.nn.Module  # what the loop calls: logps, DDP-wrapped or FSDP2-sharded
     curriculum: Curriculum  # the pairs of each step
     peft_model: Any = None  # the PEFT wrapper when training a LoRA adapter
+    route_lr: RouteLr | None = None  # each route's share of the peak rate (trainers.schedule)
 
     @property
     def sharded(self) -> bool:
@@ -233,10 +177,10 @@ def _train(
 ) -> TrainResult:
     setup_started = time.perf_counter()
     run = _prepare(config, device, info, reporter, planned)
-    curriculum, optimizer, scheduler, warmup = _optimizer(run)
-    lr_shares = _lr_tail_check(run, curriculum, warmup)
+    curriculum, optimizer, scheduler, schedule = _optimizer(run)
+    run.route_lr = _route_lr_check(run, curriculum, schedule)
     start_step, resumed_from = _open_run_dir(run, optimizer, scheduler)
-    run_json = _run_json(run, curriculum, warmup, resumed_from, lr_shares)
+    run_json = _run_json(run, curriculum, schedule, resumed_from)
     run_json["setup_seconds"] = round(time.perf_counter() - setup_started, 3)
     try:
         metrics, seen_pairs, seen_tokens, train_seconds = _steps(
@@ -260,6 +204,7 @@ def _train(
         tokens_per_s=seen_tokens / train_seconds if train_seconds else 0.0,
         final=metrics,
         summary=summarize(config.out / METRICS) if info.main else {},
+        lr_share=run.route_lr.shares,
     )
     if info.main:
         completed = {**run_json, "status": "completed", "result": result.to_dict()}
@@ -372,26 +317,63 @@ def _curriculum(config: TrainConfig, n_pairs: int, world_size: int) -> Curriculu
 
 
 def _optimizer(run: _Run):
-    """The pair order (:class:`Curriculum`), AdamW, and the warmup-then-decay schedule."""
+    """The pair order (:class:`Curriculum`), AdamW, and the learning-rate schedule
+    (:class:`trainers.schedule.Schedule`: warmup then cosine, constant, or phased)."""
     config, curriculum = run.config, run.curriculum
-    total = curriculum.total_steps
-    warmup = math.ceil(config.warmup_ratio * total)
+    schedule = _schedule(run)
     params = [p for p in run.module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, warmup=warmup, total=total, schedule=config.lr_schedule)
-    )
-    return curriculum, optimizer, scheduler, warmup
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.factor)
+    return curriculum, optimizer, scheduler, schedule
 
 
-def _lr_tail_check(run: _Run, curriculum: Curriculum, warmup: int) -> dict[str, float | None]:
-    """Each route's share of the peak learning rate; one warning line when sft's is tiny."""
-    schedule = run.config.lr_schedule
-    shares, visits = _route_lr(curriculum, run.pairs.is_dpo, warmup=warmup, schedule=schedule)
-    warning = low_lr_warning(shares, visits["sft"], schedule)
-    if warning:
+#: What ``train`` says when a route's pairs would barely train.
+LOW_LR_FIX = (
+    "route with --placement spread (the sft pairs spread through the curriculum), or train with "
+    "--lr-schedule phased (the sft phase gets its own warmup and decay) or constant"
+)
+
+
+def _schedule(run: _Run) -> Schedule:
+    """The run's schedule; ``phased`` finds where its sft phase starts from the split's routes."""
+    config, curriculum = run.config, run.curriculum
+    total = curriculum.total_steps if config.schedule_steps is None else config.schedule_steps
+    if total < curriculum.total_steps:
+        raise InputError(
+            f"--schedule-steps {total} is fewer than the run's {curriculum.total_steps} steps",
+            fix="drop --schedule-steps, or give at least the run's steps",
+        )
+    start = None
+    if config.lr_schedule == "phased":
+        sft = (run.split.frame["route"] == "sft").to_list()
+        try:
+            start = sft_phase_start(sft, _step_pairs(curriculum))
+        except ValueError as exc:
+            raise InputError(
+                f"--lr-schedule phased gives the sft pairs, last in the split, their own warmup "
+                f"and decay; here {exc}",
+                where=config.split_dir,
+                fix="route with --placement last, train one epoch without --shuffle, or use "
+                "--lr-schedule cosine or constant",
+            ) from None
+    return Schedule(config.lr_schedule, config.warmup_ratio, total, start)
+
+
+def _step_pairs(curriculum: Curriculum) -> list[list[int]]:
+    return [curriculum.step_pairs(s).tolist() for s in range(curriculum.total_steps)]
+
+
+def _route_lr_check(run: _Run, curriculum: Curriculum, schedule: Schedule) -> RouteLr:
+    """Each route's mean share of the peak learning rate, said in one line, and one warning line
+    per route below :data:`trainers.schedule.LOW_LR_SHARE` (run.json ``lr_share``)."""
+    shares = run.pairs.sft_share.tolist()
+    lr = route_lr(shares, _step_pairs(curriculum), schedule.factor)
+    placement = run.split.plan.get("placement")
+    where = f"{schedule.kind} schedule" + (f", sft pairs {placement}" if placement else "")
+    run.reporter.message(f"{share_line(lr)} ({where})")
+    for warning in low_lr_warnings(lr, LOW_LR_FIX):
         run.reporter.message(warning)
-    return shares
+    return lr
 
 
 def _open_run_dir(run: _Run, optimizer, scheduler) -> tuple[int, int | None]:
@@ -432,9 +414,8 @@ def _open_run_dir(run: _Run, optimizer, scheduler) -> tuple[int, int | None]:
 def _run_json(
     run: _Run,
     curriculum: Curriculum,
-    warmup: int,
+    schedule: Schedule,
     resumed_from: int | None,
-    lr_shares: dict[str, float | None],
 ) -> dict[str, Any]:
     """run.json while the run trains (written now; completed or failed at the end)."""
     total = curriculum.total_steps
@@ -449,8 +430,13 @@ def _run_json(
         "split": run.split.summary(),
         "tokens": run.pairs.counts(),
         "model": describe(run.policy),
-        "steps": {"total": total, "warmup": warmup, "per_epoch": curriculum.steps_per_epoch},
-        "lr_share": lr_shares,
+        "steps": {
+            "total": total,
+            "warmup": schedule.warmup,
+            "per_epoch": curriculum.steps_per_epoch,
+        },
+        "lr_schedule": schedule.to_json(),
+        "lr_share": run.route_lr.shares,
         "resumed_from": resumed_from,
         "identity": run.identity,
     }
@@ -519,6 +505,7 @@ def _steps(run: _Run, curriculum: Curriculum, optimizer, scheduler, start_step: 
                 pairs_per_s=in_step / seconds,
                 elapsed_s=round(time.perf_counter() - started, 3),
             )
+            metrics.update(_lr_share_metrics(run, step))
             if metrics_file is not None:
                 metrics_file.write(json.dumps(metrics) + "\n")
                 metrics_file.flush()
@@ -662,6 +649,13 @@ def summarize(metrics_path: Path, window: float = 0.1) -> dict[str, Any]:
             mean = sum(r[key] * pairs_of(route, r) for r in chunk) / weight if weight else None
             out[f"{key}:{part}"] = mean
     return out
+
+
+def _lr_share_metrics(run: _Run, step: int) -> dict[str, float | None]:
+    """``lr_share/dpo`` and ``lr_share/sft``: each route's mean share of the peak rate over the
+    pair visits so far (at the last step, run.json's ``lr_share``)."""
+    shares = run.route_lr.running[step] if run.route_lr else {}
+    return {f"lr_share/{route}": share for route, share in shares.items()}
 
 
 def _nonfinite(what: str, step: int, pair_ids: list[str], checkpoint: Path | None) -> Exception:
