@@ -53,7 +53,7 @@ def test_the_readme_snippet_runs_twice_in_one_process(uf1k):
         "print(a.routing.sft, b.routing.sft)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.split() == ["110", "300"]
+    assert done.stdout.split() == ["110", "302"]
 
 
 def test_library_warnings_go_through_logging_and_can_be_silenced(tmp_path, caplog):

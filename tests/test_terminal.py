@@ -62,6 +62,79 @@ def test_every_help_page_reads_whole_at_this_width(command, columns):
         assert examples, "no example"
         # the example is indented under its heading, as in every command's help
         assert lines[examples[0] + 1].startswith(" " * 5 + "prefcurate ")
+        shown_lines = {line.strip() for line in lines}
+        for example in help_examples(command):  # whole, on one line, at 80 columns too
+            assert example in shown_lines, f"{example!r} is cut at {columns} columns"
+        first = _help_paragraphs(command)[0]  # a paragraph reflows to the width, not the source's
+        if columns == 200 and len(first) < 180:
+            assert first in shown_lines, f"{first!r} is not one line at 200 columns"
+
+
+def _click_command(path: tuple[str, ...]):
+    command = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]
+    return command
+
+
+def _help_paragraphs(path: tuple[str, ...]) -> list[str]:
+    """The paragraphs of a command's help after its first line, up to the Example block."""
+    text = _click_command(path).help or ""
+    paragraphs = text.split("\n\n")[1:]
+    return [p for p in paragraphs if not p.startswith("Example")][:1] or [text.split("\n")[0]]
+
+
+def help_examples(path: tuple[str, ...]) -> list[str]:
+    """The example command lines of a command's --help."""
+    text = _click_command(path).help or ""
+    if "Example" not in text:
+        return []
+    block = text[text.index("Example") :].splitlines()[1:]
+    return [line.strip() for line in block if line.strip().startswith("prefcurate ")]
+
+
+_LEAVES = [p for p in _command_paths() if p and not hasattr(_click_command(p), "commands")]
+
+
+@pytest.mark.parametrize("command", _LEAVES, ids=" ".join)
+def test_every_help_example_uses_flags_its_command_has(command):
+    flags = {name for param in _click_command(command).params for name in param.opts}
+    examples = help_examples(command)
+    assert examples
+    for example in examples:
+        words = shlex.split(example)
+        assert words[1 : 1 + len(command)] == list(command), example
+        unknown = [w for w in words if w.startswith("-") and w.split("=")[0] not in flags]
+        assert unknown == [], f"{example}: no such flag {unknown}"
+
+
+def test_the_help_examples_run_on_small_data(tmp_path, monkeypatch):
+    """The examples of the data commands, run as written in a folder holding what they name
+    (pairs.jsonl: 400 synthetic pairs; llama-3-8b/: Llama-3-8B's config.json)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "llama-3-8b").mkdir()
+    (tmp_path / "llama-3-8b" / "config.json").write_text(json.dumps(LLAMA3_8B))
+    env = {**os.environ, "PREFCURATE_CATALOG": str(tmp_path / "catalog.duckdb")}
+
+    def run(line: str) -> None:
+        words = shlex.split(line)[1:]
+        if words[0] == "synth":
+            words += ["--n", "400"]  # the example's 100,000 pairs, smaller
+        done = subprocess.run(
+            [sys.executable, "-m", "prefcurate", *words], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, f"{line}: {done.stderr}"
+
+    run("prefcurate synth pairs.jsonl --seed 0")
+    order = ["synth", "analyze", "route", "inspect", "runs", "sql", "train"]
+    ran = []
+    for name in order:
+        for example in help_examples((name,)):
+            run(example)
+            ran.append(example)
+    assert (tmp_path / "splits" / "uf" / "plan.json").is_file()
+    assert (tmp_path / "runs" / "tiny" / "run.json").is_file()
+    assert len(ran) >= 9
 
 
 # --------------------------------------------------------------------------------------------------

@@ -22,9 +22,18 @@ import typer
 
 from prefcurate.base.errors import InputError, PrefcurateError, machine_fault, one_line
 from prefcurate.cli import catalog, data, page, recipes, score, train  # noqa: F401 - registers
-from prefcurate.cli.common import STATE, _ClickException, _UsageError, app, show_traceback
+from prefcurate.cli.common import (
+    STATE,
+    _ClickException,
+    _UsageError,
+    app,
+    reflow_all_help,
+    show_traceback,
+)
 
 __all__ = ["app", "main", "run"]
+
+reflow_all_help(app)
 
 
 def main(argv: list[str] | None = None) -> int:

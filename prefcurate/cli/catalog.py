@@ -97,7 +97,10 @@ def _print_runs_as_blocks(rows: list[list[str]], *, title: str) -> None:
 @app.command()
 @column_options
 def sql(
-    query: Annotated[str, typer.Argument(help="One read-only SQL statement.", show_default=False)],
+    query: Annotated[
+        str,
+        typer.Argument(metavar="QUERY", help="One read-only SQL statement.", show_default=False),
+    ],
     data: Annotated[
         str | None,
         typer.Option("--data", help="Preference data to expose as the view 'pairs'."),
@@ -112,7 +115,7 @@ def sql(
     The query reads the catalog and the data, nothing else: writes and file access fail.
 
     Example:
-        prefcurate sql "select count(*) from pairs where margin < 0.5" --data pairs.jsonl
+        prefcurate sql "select count(*) from pairs" --data pairs.jsonl
         prefcurate sql "select kind, count(*) from runs group by kind" --json
     """
     import csv

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated
 
@@ -20,11 +19,10 @@ from prefcurate.cli.common import (
     ALLOW_PICKLE_HELP,
     CatalogOpt,
     app,
-    check_catalog,
     config_options,
     echo,
     explicit_flags,
-    record_run,
+    recorded,
     resolve_preset,
     show_traceback,
 )
@@ -113,9 +111,9 @@ def train(
     --preset paper trains with the paper's settings (run.json records the preset).
 
     Example:
-        prefcurate train splits/uf --model tiny --out runs/tiny --max-length 256 --lr 1e-3
+        prefcurate train splits/uf --model tiny --out runs/tiny --lr 1e-3
 
-        prefcurate train splits/uf --model llama3-8b --out runs/8b --dry-run --world-size 8
+        prefcurate train splits/uf --model llama-3-8b/ --out runs/8b --dry-run
     """
     if config.preset is not None:
         typed = explicit_flags(ctx, **{k: getattr(config, k) for k in PRESET_FIELDS})
@@ -133,35 +131,31 @@ def train(
     from trainers.loop import NonFiniteLossError
     from trainers.loop import train as run_training
 
-    started_at = datetime.now(timezone.utc)  # noqa: UP017
-    check_catalog(catalog)  # a wrong --catalog or timeout fails before any work
     rank0 = os.environ.get("RANK", "0") == "0"
     lock = out_lock(config.out) if rank0 else contextlib.nullcontext()
-    try:
-        with lock:  # one run per directory: a second writer exits 2 naming the first one's PID
-            result = run_training(config, reporter=RichReporter())
-    except NonFiniteLossError as exc:  # the user's run diverged: say so, not "please report"
-        show_traceback()
-        print(f"error: {exc}", file=sys.stderr)
-        raise typer.Exit(exc.exit_code) from None
-    if not rank0:
-        return
-    record_run(
-        "train",
-        catalog=catalog,
-        inputs=[{"path": str(config.split_dir), "rows": result.pairs["pairs"]}],
-        params=dataclasses.asdict(config),
-        figures=result.to_dict(),
-        outputs={"dir": str(result.run_dir), "model": str(result.model_dir)},
-        summary=f"{result.steps} steps on {config.split_dir}: {_trained(result.summary)}",
-        started_at=started_at,
-        metrics=[
-            {"step": row["step"], "name": name, "value": value}
-            for row in read_metrics(result.run_dir)
-            for name, value in row.items()
-            if name != "step" and isinstance(value, int | float)
-        ],
-    )
+    with recorded("train", catalog) as run:
+        try:
+            with lock:  # one run per directory: a second writer exits 2 naming the first's PID
+                result = run_training(config, reporter=RichReporter())
+        except NonFiniteLossError as exc:  # the user's run diverged: say so, not "please report"
+            show_traceback()
+            print(f"error: {exc}", file=sys.stderr)
+            raise typer.Exit(exc.exit_code) from None
+        if not rank0:
+            return
+        run.record(
+            inputs=[{"path": str(config.split_dir), "rows": result.pairs["pairs"]}],
+            params=dataclasses.asdict(config),
+            figures=result.to_dict(),
+            outputs={"dir": str(result.run_dir), "model": str(result.model_dir)},
+            summary=f"{result.steps} steps on {config.split_dir}: {_trained(result.summary)}",
+            metrics=[
+                {"step": row["step"], "name": name, "value": value}
+                for row in read_metrics(result.run_dir)
+                for name, value in row.items()
+                if name != "step" and isinstance(value, int | float)
+            ],
+        )
     echo(train_summary(result))
 
 
@@ -205,7 +199,11 @@ def train_summary(result) -> str:
 def plot(
     run_dirs: Annotated[
         list[Path],
-        typer.Argument(help="One or more run directories (curves overlay).", show_default=False),
+        typer.Argument(
+            metavar="RUN_DIR...",
+            help="One or more run directories (curves overlay).",
+            show_default=False,
+        ),
     ],
     out: Annotated[
         Path | None, typer.Option("--out", help="PNG to write (default: RUN_DIR/curves.png).")

@@ -53,6 +53,7 @@ from prefcurate.base.errors import InputError
 from prefcurate.recipes import gold, toytask
 from prefcurate.recipes.basepolicy import BaseConfig
 from prefcurate.reporting import stats
+from prefcurate.routing.presets import PAPER
 
 if TYPE_CHECKING:
     from trainers.config import TrainConfig
@@ -188,10 +189,10 @@ class BenchConfig:
     mixture: tuple[str, ...] = MIXTURE
     # training: the paper's objective (β 0.01, cDPO ε 0.1, 10% warmup, one epoch) for every arm;
     # the schedule is the arm's; the lr is the toy model's (the paper's 1e-6 moves it nowhere)
-    beta: float = 0.01
-    label_smoothing: float = 0.1
+    beta: float = PAPER.beta
+    label_smoothing: float = PAPER.label_smoothing
     lr: float = 1e-4
-    warmup_ratio: float = 0.1
+    warmup_ratio: float = PAPER.warmup_ratio
     soft_temperature: float = 0.25
     batch_size: int = 16
     temperature: float = 1.0
