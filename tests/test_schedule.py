@@ -242,3 +242,18 @@ def test_phased_needs_the_sft_pairs_last_and_a_schedule_the_run_fits(tmp_path):
     with pytest.raises(InputError, match="--schedule-steps 3 is fewer than the run's 5 steps"):
         _train(spread, tmp_path / "short", schedule_steps=3)
     assert not (tmp_path / "bad").exists() and not (tmp_path / "short").exists()
+
+
+def test_route_and_train_take_the_placement_and_the_schedule_from_the_command_line(
+    cli, data, tmp_path
+):
+    split = tmp_path / "s"
+    assert (
+        cli("route", data, "--preset", "paper", "--placement", "spread", "--out", split).code == 0
+    )
+    assert json.loads((split / "plan.json").read_text())["placement"] == "spread"
+    bad = cli("route", data, "--threshold", "0.5", "--placement", "middle", "--out", tmp_path / "b")
+    assert bad.code == 2 and len(bad.err.strip().splitlines()) == 1 and "middle" in bad.err
+    bad = cli("train", split, "--model", "tiny", "--out", tmp_path / "r", "--lr-schedule", "phased")
+    assert bad.code == 2 and "--lr-schedule phased" in bad.err and "--placement last" in bad.err
+    assert not (tmp_path / "b").exists() and not (tmp_path / "r").exists()

@@ -208,8 +208,17 @@ class RouteOptions:
         float | None,
         typer.Option(
             "--soft",
-            help="Soft routing at temperature T: a weight column σ((τ − margin)/T), the SFT "
-            "share of each pair's loss (mixdpo).",
+            help="Soft routing at temperature T: a weight column σ((c − margin)/T), the SFT "
+            "share of each pair's loss, c halfway between τ and the margin below it (mixdpo).",
+            show_default=False,
+        ),
+    ] = None
+    placement: Annotated[
+        str | None,
+        typer.Option(
+            "--placement",
+            help="Where a mixdpo curriculum puts its sft pairs: last (the paper's; under cosine "
+            "decay they barely train) | spread (evenly between the dpo pairs).",
             show_default=False,
         ),
     ] = None
@@ -345,6 +354,7 @@ def _plan(ctx: typer.Context, pairs, opts: RouteOptions):
         eval_fraction=opts.eval_fraction,
         seed=opts.seed,
         soft=opts.soft,
+        placement=opts.placement,
         preset=opts.preset,
         memory_budget=opts.memory_budget,
     )
