@@ -150,7 +150,7 @@ def test_per_pair_losses_and_gradients_equal_prefcurate_train(tmp_path, layout, 
     )
     expected = objective(module, batch)
     if soft is not None:  # the weights are shares strictly between 0 and 1, not a hard switch
-        assert ((batch.sft_share > 0.01) & (batch.sft_share < 0.99)).sum() >= 5
+        assert ((batch.sft_mix > 0.01) & (batch.sft_mix < 0.99)).sum() >= 5
     ours.model.zero_grad()
     expected.loss.mean().backward()
 
@@ -173,7 +173,7 @@ def test_per_pair_losses_and_gradients_equal_prefcurate_train(tmp_path, layout, 
     inputs = trainer.data_collator(examples)
     n_dpo = int(pairs.is_dpo.sum())
     assert inputs["input_ids"].shape[0] == n + n_dpo  # no rejected row without a preference term
-    assert_close(inputs["sft_share"], batch.sft_share, atol=0, rtol=0)  # one rule, both engines
+    assert_close(inputs["sft_mix"], batch.sft_mix, atol=0, rtol=0)  # one rule, both engines
     model.train()
     got = trainer.pair_terms(model, inputs)
     model.zero_grad()

@@ -177,7 +177,7 @@ def test_soft_routed_losses_by_hand():
     is_dpo = torch.tensor([True, False, True])
     nll = torch.tensor([2.0, 4.0, 6.0])
     shares = torch.tensor([0.25, 1.0, 0.0], dtype=torch.float64)
-    loss = routed_pair_losses(is_dpo, torch.tensor([0.3, 0.7]), nll, sft_share=shares)
+    loss = routed_pair_losses(is_dpo, torch.tensor([0.3, 0.7]), nll, sft_mix=shares)
     assert_close(loss, torch.tensor([0.725, 4.0, 0.7]))
 
 

@@ -25,8 +25,9 @@ from safetensors.torch import save_file
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-#: Bump when tokenisation or log-prob code changes what a cached entry would contain.
-CACHE_VERSION = 1
+#: Bump when tokenisation or log-prob code changes what a cached entry would contain
+#: (2: a pair's SFT mix is stored as ``sft_mix``).
+CACHE_VERSION = 2
 
 
 def cache_key(**parts: Any) -> str:

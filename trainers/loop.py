@@ -366,8 +366,7 @@ def _step_pairs(curriculum: Curriculum) -> list[list[int]]:
 def _route_lr_check(run: _Run, curriculum: Curriculum, schedule: Schedule) -> RouteLr:
     """Each route's mean share of the peak learning rate, said in one line, and one warning line
     per route below :data:`trainers.schedule.LOW_LR_SHARE` (run.json ``lr_share``)."""
-    shares = run.pairs.sft_share.tolist()
-    lr = route_lr(shares, _step_pairs(curriculum), schedule.factor)
+    lr = route_lr(run.pairs.sft_mix.tolist(), _step_pairs(curriculum), schedule.factor)
     placement = run.split.plan.get("placement")
     where = f"{schedule.kind} schedule" + (f", sft pairs {placement}" if placement else "")
     run.reporter.message(f"{share_line(lr)} ({where})")

@@ -12,7 +12,7 @@ functions. It imports nothing but the standard library.
   dpo phase and the sft phase each get their own linear warmup and cosine decay, so the sft pairs,
   last in the curriculum, train at about half the peak rate on average instead of ~1%);
 - :func:`route_lr`: each route's mean share of the peak rate over the pair visits of a run, a pair
-  weighted by its SFT share (a soft-routed pair counts ``w`` towards sft and ``1 − w`` towards
+  weighted by its SFT mix (a soft-routed pair counts ``w`` towards sft and ``1 − w`` towards
   dpo), and the running means after every step (logged beside the losses);
 - :func:`low_lr_warnings`: one line for each route below :data:`LOW_LR_SHARE`, naming the fix.
 
@@ -152,13 +152,13 @@ class RouteLr:
 
 
 def route_lr(
-    sft_shares: Sequence[float],
+    sft_mix: Sequence[float],
     steps: Sequence[Sequence[int]],
     factor: Callable[[int], float],
 ) -> RouteLr:
     """The mean learning-rate share of each route over a run.
 
-    ``sft_shares`` holds each pair's SFT share (:func:`prefcurate.data.schema.sft_share`: 0 for a
+    ``sft_mix`` holds each pair's SFT mix (:func:`prefcurate.data.schema.sft_mix`: 0 for a
     dpo pair, 1 for an sft pair, the weight of a soft-routed one); ``steps`` the pairs of each
     optimizer step; ``factor`` the schedule's multiplier per step. A pair visit at step ``s`` adds
     ``factor(s)`` to the sft mean with weight ``w`` and to the dpo mean with weight ``1 − w``.
@@ -167,7 +167,7 @@ def route_lr(
     mass = {route: 0.0 for route in ROUTE_NAMES}
     running = []
     for step, pairs in enumerate(steps):
-        sft = math.fsum(sft_shares[i] for i in pairs)
+        sft = math.fsum(sft_mix[i] for i in pairs)
         f = factor(step)
         for route, weight in (("dpo", len(pairs) - sft), ("sft", sft)):
             sums[route] += f * weight

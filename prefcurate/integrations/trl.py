@@ -16,7 +16,7 @@ checkpointing, ``report_to`` and TRL's checkpoints all stay as they are. Per pai
 
 ``nll_weight`` adds that NLL to every dpo pair's term (DPO+NLL), and a soft-routed split's
 ``weight`` column (``route --soft T``) mixes the two terms per pair, exactly as ``prefcurate
-train`` does: both engines read the split by one rule (:func:`prefcurate.data.schema.sft_share`)
+train`` does: both engines read the split by one rule (:func:`prefcurate.data.schema.sft_mix`)
 and compute the loss with one function (:meth:`trainers.objective.Objective.terms`).
 The batch loss is the mean over pairs. The route travels with each pair through TRL's dataset
 preparation and the collator (TRL drops columns it does not know; the paper's own code once lost
@@ -75,7 +75,7 @@ from prefcurate.data.schema import (
     ROUTE_SFT,
     ROUTES,
     WEIGHT_COLUMN,
-    sft_share,
+    sft_mix,
     takes_preference,
 )
 from trainers.objective import Objective, PairTerms
@@ -92,7 +92,7 @@ from trainers.schedule import (
 ROUTE = "route"
 RANK = "rank"
 #: The ``loss_type`` values MixDPOTrainer routes (one at a time): those whose formula TRL and
-#: ``prefcurate train`` share (TRL's ``ipo`` length-normalises log-probs, prefcurate's does not).
+#: ``prefcurate train`` mix (TRL's ``ipo`` length-normalises log-probs, prefcurate's does not).
 SUPPORTED_LOSSES: tuple[str, ...] = ("sigmoid", "robust", "hinge")
 _FIX = "write the pairs with 'prefcurate route --export trl-mixdpo' and load mixdpo.jsonl"
 #: What MixDPOTrainer says when a route's pairs would barely train.
@@ -190,8 +190,8 @@ class DataCollatorForMixDPO(DataCollatorMixin):
     Rows ``0..P-1`` are the chosen sequences of the ``P`` pairs, rows ``P..`` the rejected
     sequences of the dpo pairs, in pair order; an sft pair contributes no rejected row. Besides
     TRL's ``input_ids``, ``attention_mask`` and ``completion_mask`` the batch carries
-    ``sft_share`` (each pair's SFT share, from ``route`` and ``weight`` by
-    :func:`prefcurate.data.schema.sft_share`) and ``is_dpo`` (the pairs with a preference term),
+    ``sft_mix`` (each pair's SFT mix, from ``route`` and ``weight`` by
+    :func:`prefcurate.data.schema.sft_mix`) and ``is_dpo`` (the pairs with a preference term),
     ``rank`` when the pairs have one, and the precomputed reference log-probs when present (NaN for
     pairs without a preference term). Truncation is TRL's: per sequence, to
     ``max_length``, keeping the start.
@@ -204,8 +204,8 @@ class DataCollatorForMixDPO(DataCollatorMixin):
     return_tensors: str = "pt"
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        shares = [pair_share(example) for example in examples]
-        is_dpo = [takes_preference(share) for share in shares]
+        mixes = [pair_mix(example) for example in examples]
+        is_dpo = [takes_preference(mix) for mix in mixes]
         rows = [(e["prompt_ids"], e["chosen_ids"]) for e in examples]
         rows += [
             (e["prompt_ids"], e["rejected_ids"])
@@ -233,7 +233,7 @@ class DataCollatorForMixDPO(DataCollatorMixin):
             "attention_mask": padded([[1] * len(i) for i in ids], 0),
             "completion_mask": padded(masks, 0),
             "is_dpo": torch.tensor(is_dpo, dtype=torch.bool),
-            "sft_share": torch.tensor(shares, dtype=torch.float64),
+            "sft_mix": torch.tensor(mixes, dtype=torch.float64),
         }
         if RANK in examples[0]:
             out[RANK] = torch.tensor([int(e[RANK]) for e in examples], dtype=torch.long)
@@ -244,15 +244,15 @@ class DataCollatorForMixDPO(DataCollatorMixin):
         return out
 
 
-def pair_share(example: Mapping[str, Any]) -> float:
-    """A pair's SFT share from its ``route`` and ``weight``; no route, or a bad one, is an error."""
+def pair_mix(example: Mapping[str, Any]) -> float:
+    """A pair's SFT mix from its ``route`` and ``weight``; no route, or a bad one, is an error."""
     if ROUTE not in example:
         raise InputError(
             f"a pair reached the collator without its {ROUTE!r} column",
             fix="keep the route column (MixDPOTrainer adds it to the signature columns)",
         )
     try:
-        return sft_share(example[ROUTE], example.get(WEIGHT_COLUMN))
+        return sft_mix(example[ROUTE], example.get(WEIGHT_COLUMN))
     except ValueError as exc:
         raise InputError(str(exc), fix=_FIX) from None
 
@@ -357,19 +357,19 @@ class MixDPOTrainer(DPOTrainer):
         return scheduler
 
     def _reading(self, num_training_steps: int) -> tuple[list[float], list[range]] | None:
-        """Each pair's SFT share and the pairs of each optimizer step, read in order (None for an
+        """Each pair's SFT mix and the pairs of each optimizer step, read in order (None for an
         IterableDataset, whose pairs are not known in advance)."""
         dataset, args = self.train_dataset, self.args
         if not isinstance(dataset, Dataset):
             return None
         weights = dataset[WEIGHT_COLUMN] if WEIGHT_COLUMN in dataset.column_names else None
-        shares = [
-            sft_share(route, None if weights is None else weights[i])
+        mixes = [
+            sft_mix(route, None if weights is None else weights[i])
             for i, route in enumerate(dataset[ROUTE])
         ]
         batch = args.per_device_train_batch_size * args.gradient_accumulation_steps
-        steps = sequential_steps(len(shares), batch * args.world_size, num_training_steps)
-        return shares, steps
+        steps = sequential_steps(len(mixes), batch * args.world_size, num_training_steps)
+        return mixes, steps
 
     def _phased(self, num_training_steps: int) -> Schedule:
         """The phased schedule: the sft phase starts at the first step holding an sft pair."""
@@ -380,7 +380,7 @@ class MixDPOTrainer(DPOTrainer):
                 "datasets.Dataset read in order",
                 fix="pass a Dataset and keep train_sampling_strategy='sequential'",
             )
-        shares, steps = reading
+        _, steps = reading
         sft = [route == ROUTE_SFT for route in self.train_dataset[ROUTE]]
         try:
             start = sft_phase_start(sft, steps)
@@ -401,10 +401,10 @@ class MixDPOTrainer(DPOTrainer):
         if not lambdas or reading is None:
             _log.info("the learning rate each route gets is not known in advance here")
             return None
-        shares, steps = reading
+        mixes, steps = reading
         if self.args.train_sampling_strategy != "sequential":  # any position: the mean factor
-            shares = [math.fsum(shares) / len(shares)] * len(shares)
-        lr = route_lr(shares, steps, lambdas[0])
+            mixes = [math.fsum(mixes) / len(mixes)] * len(mixes)
+        lr = route_lr(mixes, steps, lambdas[0])
         _log.info("%s (TRL's %s schedule)", share_line(lr), self.args.lr_scheduler_type)
         for warning in low_lr_warnings(lr, LOW_LR_FIX):
             _log.warning(warning.removeprefix("warning: "))
@@ -487,7 +487,7 @@ class MixDPOTrainer(DPOTrainer):
             is_dpo=is_dpo,
             ref_chosen=ref_chosen.float(),
             ref_rejected=ref_rejected.float(),
-            sft_share=inputs.get("sft_share"),
+            sft_mix=inputs.get("sft_mix"),
             tokens=int(inputs["attention_mask"].sum()),
         )
         return terms, outputs
@@ -582,7 +582,7 @@ def routed_dataset(dataset: Any, name: str = "dataset") -> Any:
         first = next(iter(dataset))
         if ROUTE not in first:
             raise InputError(f"{name} has no {ROUTE!r} column", fix=_FIX)
-        pair_share(first)
+        pair_mix(first)
         return dataset
     if not isinstance(dataset, Dataset):
         raise InputError(
