@@ -20,14 +20,23 @@ import random
 import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prefcurate.base.errors import InputError
 from prefcurate.recipes import gold, toytask
 from prefcurate.recipes.basepolicy import BaseConfig
 
-if TYPE_CHECKING:
-    from prefcurate.recipes.bench import BenchConfig
+
+class BenchConfig(Protocol):
+    """The settings this module reads (:class:`prefcurate.recipes.bench.BenchConfig` has them)."""
+
+    pairs: int
+    eval_prompts: int
+    noise: toytask.RatingNoise
+    base: BaseConfig
+    mixture: tuple[str, ...]
+    temperature: float
+    cache_dir: Path | None
 
 #: Held-out prompts of the shared environment (the demo); a benchmark seed draws its own.
 EVAL_PROMPTS_SEED = "eval-prompts"
