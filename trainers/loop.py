@@ -450,16 +450,8 @@ def _steps(run: _Run, curriculum: Curriculum, optimizer, scheduler, start_step: 
     the last step's metrics, the pairs and tokens seen, and the seconds the loop took."""
     config, info, out = run.config, run.info, run.config.out
     module = run.module
-    module.train()
-    objective = Objective(
-        loss=config.loss,
-        beta=config.beta,
-        label_smoothing=config.label_smoothing,
-        sft_weight=config.sft_weight,
-        nll_weight=config.nll_weight,
-    )
-    params = [p for p in module.parameters() if p.requires_grad]
-    resume_key = config.resume_key(info.world_size)
+    objective = _objective(config)
+    params = [p for p in module.train().parameters() if p.requires_grad]
     total = curriculum.total_steps
     metrics_file = (out / METRICS).open("a") if info.main else None
     last_checkpoint = latest_checkpoint(out)
@@ -510,28 +502,45 @@ def _steps(run: _Run, curriculum: Curriculum, optimizer, scheduler, start_step: 
                 metrics_file.flush()
             run.reporter.step(metrics)
             if config.save_every and (step + 1) % config.save_every == 0:
-                next_epoch, position = curriculum.position(step + 1)
-                last_checkpoint = save_checkpoint(
-                    out,
-                    step + 1,
-                    model=run.policy.model,
-                    root=run.logps,
-                    sharded=run.sharded,
-                    keep=config.save_total_limit,
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    state={
-                        "epoch": next_epoch,
-                        "position": position,
-                        "world_size": info.world_size,
-                        "config": resume_key,
-                        "identity": run.identity,
-                    },
-                )
+                last_checkpoint = _checkpoint(run, optimizer, scheduler, step + 1)
     finally:
         if metrics_file is not None:
             metrics_file.close()
     return metrics, seen_pairs, seen_tokens, time.perf_counter() - started
+
+
+def _objective(config: TrainConfig) -> Objective:
+    return Objective(
+        loss=config.loss,
+        beta=config.beta,
+        label_smoothing=config.label_smoothing,
+        sft_weight=config.sft_weight,
+        nll_weight=config.nll_weight,
+    )
+
+
+def _checkpoint(run: _Run, optimizer, scheduler, step: int) -> Path:
+    """Checkpoint ``step-N`` (N = steps done) with where the next step starts and what a resume
+    must share with this run."""
+    config, info = run.config, run.info
+    next_epoch, position = run.curriculum.position(step)
+    return save_checkpoint(
+        config.out,
+        step,
+        model=run.policy.model,
+        root=run.logps,
+        sharded=run.sharded,
+        keep=config.save_total_limit,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        state={
+            "epoch": next_epoch,
+            "position": position,
+            "world_size": info.world_size,
+            "config": config.resume_key(info.world_size),
+            "identity": run.identity,
+        },
+    )
 
 
 def _accumulate(
