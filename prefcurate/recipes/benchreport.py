@@ -374,7 +374,23 @@ def _claims_panel(ax, claims: list[dict[str, Any]]) -> None:
     ax.set_yticks(range(len(shown)), [f"{c['id']} {c['a']} − {c['b']}" for c in shown],
                   fontsize=8)  # fmt: skip
     ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_xlabel("paired difference in r*, a − b (95% t interval; red: primary; ◆: Holm p < 0.05)")
+    ax.set_xlabel("paired difference in r*, a − b, with its 95% t interval")
+    ax.legend(handles=_claim_legend(), loc="upper center", bbox_to_anchor=(0.5, -0.07),
+              ncol=2, fontsize=8, frameon=False)  # fmt: skip
+
+
+def _claim_legend() -> list:
+    from matplotlib.lines import Line2D
+
+    def mark(marker: str, color: str, label: str) -> Line2D:
+        return Line2D([], [], marker=marker, color=color, linestyle="none", label=label)
+
+    return [
+        mark("s", PAPER_COLOR, "primary family"),
+        mark("s", BASELINE_COLOR, "exploratory family"),
+        mark("D", "grey", "supported or contradicted (Holm)"),
+        mark("o", "grey", "inconclusive"),
+    ]
 
 
 def _finite(value: float | None, fallback: float = 0.0) -> float:
