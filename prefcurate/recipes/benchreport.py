@@ -283,8 +283,8 @@ def _print_table(console, title: str, header, rows: list[list[str]], *, keep: in
     console.print(table)
 
 
-#: Bar colours of the chart: the base policy, baselines, the paper's placement, the others.
-BASE_COLOR, BASELINE_COLOR = "#999999", "#3b75af"
+#: Bar colours of the chart: no routed pairs, routed pairs that barely train, routed pairs that do.
+NOISE_COLOR, BASELINE_COLOR = "#999999", "#3b75af"
 PAPER_COLOR, AWARE_COLOR = "#c44e52", "#dd8452"
 
 
@@ -301,8 +301,8 @@ def chart_label(row: dict[str, Any]) -> str:
 
 
 def _arm_color(row: dict[str, Any]) -> str:
-    if row["arm"] == "base":
-        return BASE_COLOR
+    if row["arm"] == "base-redraw":
+        return NOISE_COLOR
     if not row.get("sft_share") or row["sft_share"] >= 1.0:
         return BASELINE_COLOR
     aware = (row.get("lr_sft") or 0.0) >= 0.10
@@ -310,19 +310,20 @@ def _arm_color(row: dict[str, Any]) -> str:
 
 
 def chart(result: dict[str, Any], path: str | Path, *, format: str | None = None) -> Path:
-    """Left: each arm's mean gold reward with its 95% interval. Right: every r* comparison's
-    paired difference with its 95% t interval (primary in red; a stopped one marked)."""
+    """Left: each arm's gain in r* over the base policy, paired by seed, with its 95% interval.
+    Right: every r* comparison's paired difference with its 95% t interval (the primary family in
+    red; a stopped one marked)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in result["table"] if r["arm"] != "base-redraw"]
+    rows = result["table"]
     claims = [c for c in result.get("comparisons", []) if c["metric"] == "gold"]
     claims = [c for c in claims if c["family"] != "length"]
     height = max(4.5, 0.3 * max(len(rows), len(claims)) + 1.8)
     fig, axes = plt.subplots(1, 2, figsize=(15, height), constrained_layout=True)
-    _arms_panel(axes[0], rows)
+    _arms_panel(axes[0], rows, result["seeds"])
     _claims_panel(axes[1], claims)
     fig.suptitle(
         f"MixDPO and baselines on the toy sorting task ({len(result['seeds'])} seeds): "
@@ -334,23 +335,29 @@ def chart(result: dict[str, Any], path: str | Path, *, format: str | None = None
     return path
 
 
-def _arms_panel(ax, rows: list[dict[str, Any]]) -> None:
+def _arms_panel(ax, rows: list[dict[str, Any]], seeds: list[dict[str, Any]]) -> None:
+    """Each arm's gain in r* over its seed's base policy, with the paired 95% t interval (an
+    arm's own interval over seeds also holds the policies' spread, which the pairing removes)."""
     from matplotlib.patches import Patch
 
-    names = [chart_label(r) for r in rows][::-1]
-    means = [r["gold"] for r in rows][::-1]
-    errors = [_finite(r.get("gold_ci")) for r in rows][::-1]
-    ax.barh(range(len(rows)), means, xerr=errors, color=[_arm_color(r) for r in rows][::-1],
-            capsize=2)  # fmt: skip
-    ax.set_yticks(range(len(rows)), names, fontsize=8)
-    ax.axvline(rows[0]["gold"], color="black", linewidth=0.8, linestyle="--")
-    low = min(m - e for m, e in zip(means, errors, strict=True))
-    high = max(m + e for m, e in zip(means, errors, strict=True))
-    pad = (high - low) * 0.15 or 0.01
-    ax.set_xlim(low - pad, high + pad)
-    ax.set_xlabel("mean gold reward r* (95% CI over seeds; dashed: base policy)")
+    from prefcurate.reporting.stats import t_interval
+
+    shown = [r for r in rows if r["arm"] != "base"][::-1]
+    gains, lows, highs = [], [], []
+    for r in shown:
+        diffs = [s["evaluation"][r["arm"]]["gold"] - s["evaluation"]["base"]["gold"] for s in seeds]
+        low, high, _ = t_interval(diffs)
+        mean = sum(diffs) / len(diffs)
+        gains.append(mean)
+        lows.append(mean - _finite(low, mean))
+        highs.append(_finite(high, mean) - mean)
+    ax.barh(range(len(shown)), gains, xerr=[lows, highs], capsize=2,
+            color=[_arm_color(r) for r in shown])  # fmt: skip
+    ax.set_yticks(range(len(shown)), [chart_label(r) for r in shown], fontsize=8)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("gain in mean r* over the seed's base policy (paired 95% t interval)")
     handles = [
-        Patch(color=BASE_COLOR, label="base policy"),
+        Patch(color=NOISE_COLOR, label="a second draw of the base policy"),
         Patch(color=BASELINE_COLOR, label="no routed pairs"),
         Patch(color=PAPER_COLOR, label="routed pairs below 10% of the peak lr"),
         Patch(color=AWARE_COLOR, label="routed pairs that train"),
