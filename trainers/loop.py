@@ -178,8 +178,9 @@ def _train(
     setup_started = time.perf_counter()
     run = _prepare(config, device, info, reporter, planned)
     curriculum, optimizer, scheduler, schedule = _optimizer(run)
-    run.route_lr = _route_lr_check(run, curriculum, schedule)
+    run.route_lr = route_lr(run.pairs.sft_mix.tolist(), _step_pairs(curriculum), schedule.factor)
     start_step, resumed_from = _open_run_dir(run, optimizer, scheduler)
+    _say_route_lr(run, schedule)
     run_json = _run_json(run, curriculum, schedule, resumed_from)
     run_json["setup_seconds"] = round(time.perf_counter() - setup_started, 3)
     try:
@@ -363,16 +364,15 @@ def _step_pairs(curriculum: Curriculum) -> list[list[int]]:
     return [curriculum.step_pairs(s).tolist() for s in range(curriculum.total_steps)]
 
 
-def _route_lr_check(run: _Run, curriculum: Curriculum, schedule: Schedule) -> RouteLr:
-    """Each route's mean share of the peak learning rate, said in one line, and one warning line
-    per route below :data:`trainers.schedule.LOW_LR_SHARE` (run.json ``lr_share``)."""
-    lr = route_lr(run.pairs.sft_mix.tolist(), _step_pairs(curriculum), schedule.factor)
+def _say_route_lr(run: _Run, schedule: Schedule) -> None:
+    """Each route's mean share of the peak learning rate (:func:`trainers.schedule.route_lr`) in
+    one line, and one warning per route below :data:`trainers.schedule.LOW_LR_SHARE`; said once
+    the run is accepted, so a refused run stays one line."""
     placement = run.split.plan.get("placement")
     where = f"{schedule.kind} schedule" + (f", sft pairs {placement}" if placement else "")
-    run.reporter.message(f"{share_line(lr)} ({where})")
-    for warning in low_lr_warnings(lr, LOW_LR_FIX):
+    run.reporter.message(f"{share_line(run.route_lr)} ({where})")
+    for warning in low_lr_warnings(run.route_lr, LOW_LR_FIX):
         run.reporter.message(warning)
-    return lr
 
 
 def _open_run_dir(run: _Run, optimizer, scheduler) -> tuple[int, int | None]:

@@ -165,8 +165,9 @@ def bench_report(
     so the same file gives the same bytes.
 
     Example:
-        prefcurate bench report docs/bench_results.json --page docs/results.md
-        --chart docs/img/bench_mixdpo.png
+        prefcurate bench report bench-mixdpo/results.json
+
+        prefcurate bench report results.json --page results.md --chart chart.png
     """
     from prefcurate.recipes.benchreport import rebuild_files
 

@@ -31,6 +31,10 @@ COLUMNS: tuple[tuple[str, str, float, int], ...] = (
 HEADER: tuple[str, ...] = (
     "arm", *(c[0] for c in COLUMNS), "sft %", "lr dpo %", "lr sft %", "steps",
 )  # fmt: skip
+#: The arms table's columns on a terminal under 140 columns (results.md has them all).
+NARROW_HEADER: tuple[str, ...] = (
+    "arm", "gold r* ± 95% CI", "LC win % ± 95% CI", "invalid %", "sft %", "lr sft %",
+)  # fmt: skip
 COMPARISON_HEADER: tuple[str, ...] = (
     "claim", "a − b", "Δ r*", "95% CI (t)", "95% CI (bootstrap)", "p", "p (Holm)", "verdict",
     "Δ LC win % [95% CI]",
@@ -258,8 +262,12 @@ def render(result: dict[str, Any], console=None) -> None:
     arms = table_rows(result)
     if seeds == 1:  # "± 0.000" of one seed says nothing, and wraps every cell at 80 columns
         arms = [[c.split(" ± ")[0] for c in cells] for cells in arms]
+    header = list(HEADER)
+    if console.width < 140:  # a narrow terminal: r*, LC, invalid, the routed share and its rate
+        keep = [HEADER.index(h) for h in NARROW_HEADER]
+        header, arms = list(NARROW_HEADER), [[cells[i] for i in keep] for cells in arms]
     title = f"prefcurate bench mixdpo — {seeds} seed(s), mean ± 95% CI half-width over seeds"
-    _print_table(console, title, HEADER, arms, keep=1)
+    _print_table(console, title, header, arms, keep=1)
     for line in gate_lines(result):
         console.print(line, highlight=False)
     for family in ("primary", "exploratory"):
