@@ -449,7 +449,7 @@ def test_ctrl_c_removes_a_folder_other_threads_still_write_into(tmp_path):
 def test_ctrl_c_after_the_work_is_done_keeps_the_exit_code(tmp_path):
     code = (
         "import os, signal, sys, time\n"
-        "from prefcurate import interrupt\n"
+        "from prefcurate.base import interrupt\n"
         "interrupt.install()\n"
         "interrupt.finish()\n"
         "os.kill(os.getpid(), signal.SIGINT)\n"

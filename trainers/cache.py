@@ -4,8 +4,11 @@ Both are pure functions of their inputs, so a hit is safe to reuse across runs a
 
 * tokens: keyed by the split's ``train.parquet`` SHA-256, the tokenizer's fingerprint and
   ``--max-length``;
-* reference log-probs: keyed by the reference model's fingerprint (weights by content), the
-  tokens' digest (data, routes and truncation), ``--max-length`` and the precision.
+* reference log-probs: keyed by everything that changes one
+  (:func:`trainers.prepare.reference_identity`): the reference model's fingerprint (weights by
+  content), the tokenizer and chat template, the tokens' digest (data, routes and truncation),
+  ``--max-length``, the dtype the model computes in, the precision and device, the quantization,
+  the attention implementation, packing and the allowed tokens.
 
 Files are safetensors written atomically (temporary file, then ``os.replace``), in
 ``--cache-dir``, else ``$PREFCURATE_CACHE_DIR``, else ``$XDG_CACHE_HOME/prefcurate`` (by default

@@ -81,14 +81,15 @@ class Split:
         }
 
 
-def read_split(split_dir: str | Path) -> Split:
-    """Read and validate ``SPLIT_DIR/train.parquet`` and ``SPLIT_DIR/plan.json``.
+def read_split(split_dir: str | Path, *, name: str = "train") -> Split:
+    """Read and validate ``SPLIT_DIR/train.parquet`` (or ``{name}.parquet``: ``eval``) and
+    ``SPLIT_DIR/plan.json``.
 
     Raises :class:`InputError` naming the file and the column (or pair) when the contract is
     broken: a missing ``route`` column is an error, never a default.
     """
     split_dir = Path(split_dir)
-    train_path = split_dir / "train.parquet"
+    train_path = split_dir / f"{name}.parquet"
     plan_path = split_dir / "plan.json"
     fix = "pass a directory written by 'prefcurate route'"
     if not split_dir.is_dir():

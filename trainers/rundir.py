@@ -30,7 +30,16 @@ RUN_JSON = "run.json"
 MODEL_DIR = "model"
 ADAPTER_DIR = "adapter"  # a LoRA run's adapter (trainers.export)
 #: What ``--force`` may delete in RUN_DIR; nothing else there is ever touched.
-RUN_OUTPUTS = ("checkpoints", MODEL_DIR, ADAPTER_DIR, METRICS, RUN_JSON, "curves.png")
+RUN_OUTPUTS = (
+    "checkpoints",
+    MODEL_DIR,
+    ADAPTER_DIR,
+    METRICS,
+    RUN_JSON,
+    "curves.png",
+    "tensorboard",  # --report-to tensorboard
+    "wandb",  # --report-to wandb
+)
 #: Everything a run directory may hold: its outputs and their temporary names.
 RUN_ENTRIES = (
     *RUN_OUTPUTS,

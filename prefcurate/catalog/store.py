@@ -424,8 +424,6 @@ def record_run(
     moved aside (:func:`move_aside`), ``on_recover`` (default: a logged warning) is told where,
     and the run is recorded in a new one: a broken catalog costs a record's history, never a run.
     """
-    from prefcurate import __version__
-
     finished_at = finished_at or _utcnow()
     started_at = started_at or finished_at
     run_id = run_id or new_run_id(kind, started_at)
@@ -441,29 +439,9 @@ def record_run(
         _json(params or {}),
         _json(figures or {}),
         _json(outputs or {}),
-        __version__,
+        _prefcurate_version(),
     ]
-    input_rows = [
-        [
-            run_id,
-            str(item["path"]),
-            str(Path(item["path"]).resolve()) if item.get("path") else None,
-            item.get("sha256"),
-            item.get("bytes"),
-            item.get("files"),
-            item.get("rows"),
-        ]
-        for item in inputs
-    ]
-    metric_rows = [
-        [
-            run_id,
-            m.get("step"),
-            str(m["name"]),
-            None if m.get("value") is None else float(m["value"]),
-        ]
-        for m in metrics
-    ]
+    input_rows, metric_rows = _input_rows(run_id, inputs), _metric_rows(run_id, metrics)
     try:
         _insert(path, timeout, run_row, input_rows, metric_rows)
     except CorruptCatalogError as exc:
@@ -477,6 +455,39 @@ def record_run(
         )
         _insert(path, timeout, run_row, input_rows, metric_rows)
     return run_id
+
+
+def _prefcurate_version() -> str:
+    from prefcurate import __version__
+
+    return __version__
+
+
+def _input_rows(run_id: str, inputs: Iterable[Mapping[str, Any]]) -> list[list[Any]]:
+    return [
+        [
+            run_id,
+            str(item["path"]),
+            str(Path(item["path"]).resolve()) if item.get("path") else None,
+            item.get("sha256"),
+            item.get("bytes"),
+            item.get("files"),
+            item.get("rows"),
+        ]
+        for item in inputs
+    ]
+
+
+def _metric_rows(run_id: str, metrics: Iterable[Mapping[str, Any]]) -> list[list[Any]]:
+    return [
+        [
+            run_id,
+            m.get("step"),
+            str(m["name"]),
+            None if m.get("value") is None else float(m["value"]),
+        ]
+        for m in metrics
+    ]
 
 
 def _warn(message: str) -> None:

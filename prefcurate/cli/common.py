@@ -203,7 +203,7 @@ def config_options(
 
     Each default is read from the dataclass, never restated: ``--beta`` shows and uses
     ``TrainConfig.beta``. A field without a default is a required flag; ``argument`` names the
-    field given as the positional argument; a bool is a plain ``--flag``.
+    field given as the positional argument; a bool is ``--flag/--no-flag``.
     """
     hints = get_type_hints(config_class)
     added = []
@@ -215,7 +215,9 @@ def config_options(
             declared = typer.Argument(
                 metavar=f.name.upper(), help=helps[f.name], show_default=False
             )
-        else:  # one name: a bool is a plain --flag, as before
+        elif hints[f.name] is bool:  # --flag/--no-flag: a flag can undo a config file's true
+            declared = typer.Option(f"{flag}/--no-{flag[2:]}", help=helps[f.name])
+        else:
             declared = typer.Option(flag, help=helps[f.name])
         default = inspect.Parameter.empty if f.default is MISSING else f.default
         annotation = Annotated[hints[f.name], declared]
@@ -286,11 +288,12 @@ CatalogOpt = Annotated[
 
 
 def explicit_flags(ctx: typer.Context, **values: object) -> dict[str, object]:
-    """The subset of ``values`` the user typed (not left at their defaults): they beat a preset."""
+    """The subset of ``values`` the user set (typed, or in a ``--config`` file; not left at
+    their defaults): they beat a preset."""
 
     def typed(name: str) -> bool:
         source = ctx.get_parameter_source(name)
-        return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+        return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT", "DEFAULT_MAP")
 
     return {k: v for k, v in values.items() if typed(k)}
 

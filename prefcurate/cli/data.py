@@ -29,6 +29,7 @@ from prefcurate.cli.common import (
     recorded,
     resolve_preset,
 )
+from prefcurate.cli.configfile import ConfigFileOpt
 
 
 @dataclass(frozen=True)
@@ -277,7 +278,11 @@ class RouteOptions:
 @options(RouteOptions)
 @column_options
 def route(
-    ctx: typer.Context, data: DataArg, opts: RouteOptions, columns: Columns = DEFAULT_COLUMNS
+    ctx: typer.Context,
+    data: DataArg,
+    opts: RouteOptions,
+    columns: Columns = DEFAULT_COLUMNS,
+    config_file: ConfigFileOpt = None,
 ) -> None:
     """Route each pair to DPO or SFT by its margin and write curriculum-ordered splits.
 
@@ -288,6 +293,7 @@ def route(
     (docs/integrations.md).
 
     --preset paper is the paper's route (mixdpo, τ 0.5, curriculum order) in one word.
+    --config FILE.yaml reads the flags from a file (data: ..., threshold: 0.5); typed flags win.
 
     Example:
         prefcurate route pairs.jsonl --preset paper --out splits/uf

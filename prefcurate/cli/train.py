@@ -26,6 +26,7 @@ from prefcurate.cli.common import (
     resolve_preset,
     show_traceback,
 )
+from prefcurate.cli.configfile import EXTRA_SETTINGS, EXTRAS, ConfigFileOpt
 from prefcurate.routing.presets import PRESETS
 from trainers.config import TrainConfig
 
@@ -55,8 +56,8 @@ TRAIN_HELP = {
     "weight_decay": "AdamW weight decay.",
     "max_grad_norm": "Gradient clipping norm (0: no clipping).",
     "device": "Where to train: auto|cpu|cuda.",
-    "precision": "auto|fp32|bf16-mixed|bf16 (pure bf16 weights and AdamW state); auto: "
-    "bf16-mixed on CUDA, fp32 on the CPU.",
+    "precision": "auto|fp32|bf16-mixed|bf16 (bf16 weights and AdamW state, stochastic "
+    "rounding: half the memory); auto: bf16-mixed on CUDA, fp32 on the CPU.",
     "gradient_checkpointing": "Recompute each decoder layer's activations.",
     "strategy": "auto|ddp|fsdp: replicate the model on every process, or shard it (FSDP2); "
     "auto: ddp unless the memory plan says a replica does not fit.",
@@ -70,10 +71,17 @@ TRAIN_HELP = {
     "load_in_4bit": "QLoRA: the frozen base in 4-bit (CUDA and bitsandbytes).",
     "merge_lora": "Also save the adapter merged into the model.",
     "device_memory": "GiB per device to plan against (default: the device's own).",
+    "memory_headroom": "Share of the device's memory held back for what the plan does not "
+    "count (CUDA context, NCCL buffers, fragmentation).",
     "max_shard_size": "Largest safetensors file of the final model.",
     "save_total_limit": "Keep only the newest N checkpoints (0: all).",
     "seed": "Seed of the shuffle, the tiny model and torch.",
     "save_every": "Checkpoint every N optimizer steps (0: only the final model).",
+    "eval_every": "Evaluate the held-out pairs every N steps and at the end: loss by route, "
+    "reward accuracy and margin by margin bin (0: only at the end with --eval-split).",
+    "eval_split": "Held-out pairs: a split directory (its eval.parquet, else train.parquet) or "
+    "one of its .parquet files (default: SPLIT_DIR/eval.parquet).",
+    "report_to": "none|tensorboard|wandb: also log every step there, with TRL's metric names.",
     "resume": "Continue from the newest complete checkpoint.",
     "force": "Start over in a run directory that has outputs.",
     "cache_dir": "Token and reference log-prob cache (default: ~/.cache/prefcurate).",
@@ -86,11 +94,18 @@ TRAIN_HELP = {
 PRESET_FIELDS = tuple(dict.fromkeys(key for r in PRESETS.values() for key in r["train"]))
 
 
+#: TrainConfig fields without a flag that a --config file may set.
+EXTRA_SETTINGS["train"] = tuple(
+    f.name for f in dataclasses.fields(TrainConfig) if f.name not in TRAIN_HELP
+)
+
+
 @app.command()
 @config_options(TrainConfig, TRAIN_HELP, argument="split_dir")
 def train(
     ctx: typer.Context,
     config: TrainConfig,
+    config_file: ConfigFileOpt = None,
     catalog: CatalogOpt = None,
     dry_run: Annotated[
         bool,
@@ -112,14 +127,17 @@ def train(
 
     --preset paper trains with the paper's settings (run.json records the preset).
 
+    --config FILE.yaml reads the settings from a file (flags typed here win); a run's run.json
+    replays it.
+
     Example:
         prefcurate train splits/uf --model tiny --out runs/tiny --lr 1e-3
 
         prefcurate train splits/uf --model llama-3-8b/ --out runs/8b --dry-run
+
+        prefcurate train --config runs/tiny/run.json --out runs/tiny-again
     """
-    if config.preset is not None:
-        typed = explicit_flags(ctx, **{k: getattr(config, k) for k in PRESET_FIELDS})
-        config = dataclasses.replace(config, **resolve_preset("train", config.preset, typed))
+    config = _resolved(ctx, config)
     if dry_run:
         from trainers.memory import dry_run as plan_run
 
@@ -129,7 +147,6 @@ def train(
 
     from prefcurate.base.outdir import out_lock
     from prefcurate.base.progress import RichReporter
-    from prefcurate.data.runs import read_metrics
     from trainers.loop import NonFiniteLossError
     from trainers.loop import train as run_training
 
@@ -145,20 +162,39 @@ def train(
             raise typer.Exit(exc.exit_code) from None
         if not rank0:
             return
-        run.record(
-            inputs=[{"path": str(config.split_dir), "rows": result.pairs["pairs"]}],
-            params=dataclasses.asdict(config),
-            figures=result.to_dict(),
-            outputs={"dir": str(result.run_dir), "model": str(result.model_dir)},
-            summary=f"{result.steps} steps on {config.split_dir}: {_trained(result.summary)}",
-            metrics=[
-                {"step": row["step"], "name": name, "value": value}
-                for row in read_metrics(result.run_dir)
-                for name, value in row.items()
-                if name != "step" and isinstance(value, int | float)
-            ],
-        )
+        _record(run, config, result)
     echo(train_summary(result))
+
+
+def _resolved(ctx: typer.Context, config: TrainConfig) -> TrainConfig:
+    """``config`` with the --config file's settings that have no flag, then --preset's settings
+    under the flags the user typed."""
+    extras = ctx.meta.get(EXTRAS)
+    if extras:
+        config = dataclasses.replace(config, **extras)
+    if config.preset is not None:
+        typed = explicit_flags(ctx, **{k: getattr(config, k) for k in PRESET_FIELDS})
+        config = dataclasses.replace(config, **resolve_preset("train", config.preset, typed))
+    return config
+
+
+def _record(run, config: TrainConfig, result) -> None:
+    """What the catalog keeps of a finished run: its split, settings, figures and curves."""
+    from prefcurate.data.runs import read_metrics
+
+    run.record(
+        inputs=[{"path": str(config.split_dir), "rows": result.pairs["pairs"]}],
+        params=dataclasses.asdict(config),
+        figures=result.to_dict(),
+        outputs={"dir": str(result.run_dir), "model": str(result.model_dir)},
+        summary=f"{result.steps} steps on {config.split_dir}: {_trained(result.summary)}",
+        metrics=[
+            {"step": row["step"], "name": name, "value": value}
+            for row in read_metrics(result.run_dir)
+            for name, value in row.items()
+            if name != "step" and isinstance(value, int | float)
+        ],
+    )
 
 
 def _trained(summary: dict) -> str:

@@ -205,37 +205,40 @@ def detect(schema: pl.Schema, columns: ColumnMap, *, where: str, sample: pl.Data
         )
 
     score_chosen, score_rejected = _score_columns(schema, columns, where)
+    layout, marker = _pair_layout(schema, prompt, chosen, rejected, where=where, sample=sample)
+    return Detected(
+        layout, prompt, chosen, rejected, score_chosen, score_rejected, margin, source, marker
+    )
+
+
+def _pair_layout(
+    schema: pl.Schema, prompt, chosen: str, rejected: str, *, where: str, sample: pl.DataFrame
+) -> tuple[Layout, str | None]:
+    """The layout of a file with chosen and rejected columns, and an implicit transcript's
+    assistant marker; a column of another type is an :class:`InputError` naming it."""
     c_type, r_type = field_dtype(schema, chosen), field_dtype(schema, rejected)
     p_type = field_dtype(schema, prompt) if prompt else None
     if is_messages(c_type) and is_messages(r_type):
         if prompt and not (_is_text(p_type) or is_messages(p_type)):
             raise _bad_type(prompt, p_type, where)
-        layout, marker = Layout.CONVERSATIONAL, None
-    elif _is_text(c_type) and _is_text(r_type):
-        if prompt is not None and not _is_text(p_type):
-            raise _bad_type(prompt, p_type, where)
-        layout = Layout.STANDARD if prompt else Layout.IMPLICIT
-        marker = _pick_marker(sample, chosen) if layout is Layout.IMPLICIT else None
-        if layout is Layout.IMPLICIT and marker is None:
-            raise InputError(
-                "cannot detect the layout: no prompt column, and the transcripts have no "
-                "assistant marker such as '\\n\\nAssistant:'",
-                where=where,
-                fix="pass --prompt with the column that holds the prompt",
-            )
-    else:
-        bad, dtype = (
-            (chosen, c_type)
-            if not (_is_text(c_type) or is_messages(c_type))
-            else (
-                rejected,
-                r_type,
-            )
-        )
+        return Layout.CONVERSATIONAL, None
+    if not (_is_text(c_type) and _is_text(r_type)):
+        text_like = _is_text(c_type) or is_messages(c_type)
+        bad, dtype = (rejected, r_type) if text_like else (chosen, c_type)
         raise _bad_type(bad, dtype, where)
-    return Detected(
-        layout, prompt, chosen, rejected, score_chosen, score_rejected, margin, source, marker
-    )
+    if prompt is not None:
+        if not _is_text(p_type):
+            raise _bad_type(prompt, p_type, where)
+        return Layout.STANDARD, None
+    marker = _pick_marker(sample, chosen)
+    if marker is None:
+        raise InputError(
+            "cannot detect the layout: no prompt column, and the transcripts have no "
+            "assistant marker such as '\\n\\nAssistant:'",
+            where=where,
+            fix="pass --prompt with the column that holds the prompt",
+        )
+    return Layout.IMPLICIT, marker
 
 
 def _bad_type(column: str, dtype: pl.DataType | None, where: str) -> InputError:
@@ -487,25 +490,7 @@ def _binarized(
     raw: pl.LazyFrame, schema: pl.Schema, found: Detected, binarize: Binarize, seed: int
 ) -> pl.LazyFrame:
     """Turn rows of rated completions into pairs (see :class:`~prefcurate.data.schema.Binarize`)."""
-    prompt = field_expr(schema, found.prompt) if found.prompt else pl.lit("")
-    if found.completion_text:
-        items = pl.col(found.completions)
-        text = items.list.eval(pl.element().struct.field(found.completion_text))
-        rating = items.list.eval(pl.element().struct.field(found.completion_rating))
-    else:
-        text, rating = pl.col(found.completions), pl.col(found.completion_rating)
-    long = (
-        raw.select(
-            pl.col(ROW),
-            prompt.cast(pl.String).alias("prompt"),
-            _source(schema, found.source),
-            text.alias("_text"),
-            rating.cast(pl.List(SCORE_DTYPE)).alias("_rating"),
-        )
-        .explode("_text", "_rating")
-        .with_columns(pl.int_range(pl.len()).over(ROW).alias("_i"))
-        .filter(pl.col("_text").is_not_null() & pl.col("_rating").is_finite())
-    )
+    long = _completions(raw, schema, found)
     ranked = long.sort(ROW, "_rating", "_i", descending=[False, True, False])
     best = ranked.group_by(ROW, maintain_order=True).first()
     chosen_side = (
@@ -552,6 +537,30 @@ def _binarized(
         "source",
         pl.lit(False).alias("history_mismatch"),
         pl.lit(None, dtype=pl.String).alias(ISSUE),
+    )
+
+
+def _completions(raw: pl.LazyFrame, schema: pl.Schema, found: Detected) -> pl.LazyFrame:
+    """One row per rated completion: the row it came from, its prompt and source, its text,
+    rating and index among the row's completions (unrated or empty ones left out)."""
+    prompt = field_expr(schema, found.prompt) if found.prompt else pl.lit("")
+    if found.completion_text:
+        items = pl.col(found.completions)
+        text = items.list.eval(pl.element().struct.field(found.completion_text))
+        rating = items.list.eval(pl.element().struct.field(found.completion_rating))
+    else:
+        text, rating = pl.col(found.completions), pl.col(found.completion_rating)
+    return (
+        raw.select(
+            pl.col(ROW),
+            prompt.cast(pl.String).alias("prompt"),
+            _source(schema, found.source),
+            text.alias("_text"),
+            rating.cast(pl.List(SCORE_DTYPE)).alias("_rating"),
+        )
+        .explode("_text", "_rating")
+        .with_columns(pl.int_range(pl.len()).over(ROW).alias("_i"))
+        .filter(pl.col("_text").is_not_null() & pl.col("_rating").is_finite())
     )
 
 
