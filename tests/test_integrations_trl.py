@@ -289,6 +289,8 @@ def test_a_starved_sft_route_is_warned_with_the_fix(tmp_path, caplog):
     with caplog.at_level("INFO", logger="prefcurate"):
         trainer.create_optimizer_and_scheduler(num_training_steps=20)
     assert trainer.route_lr.shares == pytest.approx({"dpo": 0.55, "sft": 0.05})
+    said = "mean learning rate, as a share of the peak: dpo 55.0%, sft 5.0% (TRL's linear schedule)"
+    assert said in [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     (warning,) = warnings
     assert warning.startswith("the sft pairs (2 pair visits) train at 5.0% of the peak")
@@ -300,6 +302,7 @@ def test_a_starved_sft_route_is_warned_with_the_fix(tmp_path, caplog):
     with caplog.at_level("INFO", logger="prefcurate"):
         phased.create_optimizer_and_scheduler(num_training_steps=20)
     assert phased.route_lr.shares == pytest.approx({"dpo": 0.5 + 1 / 38, "sft": 1.0})
+    assert any(r.getMessage().endswith("(phased schedule)") for r in caplog.records)
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 

@@ -405,7 +405,9 @@ class MixDPOTrainer(DPOTrainer):
         if self.args.train_sampling_strategy != "sequential":  # any position: the mean factor
             mixes = [math.fsum(mixes) / len(mixes)] * len(mixes)
         lr = route_lr(mixes, steps, lambdas[0])
-        _log.info("%s (TRL's %s schedule)", share_line(lr), self.args.lr_scheduler_type)
+        scheduler_type = getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type)
+        kind = "phased" if self.args.phased_schedule else f"TRL's {scheduler_type}"
+        _log.info("%s (%s schedule)", share_line(lr), kind)
         for warning in low_lr_warnings(lr, LOW_LR_FIX):
             _log.warning(warning.removeprefix("warning: "))
         return lr
