@@ -273,6 +273,67 @@ def test_logs_route_losses_and_rewards_under_trls_names(tmp_path):
         assert ("rewards/chosen" in record) == (d > 0)
 
 
+def _two_ties_last(tmp_path: Path, **plan: str) -> Path:
+    """40 pairs, the first two ties (margin 0, routed to sft, last in the curriculum), the rest
+    margins ≥ 1."""
+    rows = synthetic_rows(40, seed=2)
+    for i, row in enumerate(rows):
+        row["score_rejected"] = row["score_chosen"] - (0.0 if i < 2 else 1.0 + (i % 3))
+    return write_split(tmp_path / ("split-" + "-".join(plan.values())), rows, **plan)
+
+
+def test_a_starved_sft_route_is_warned_with_the_fix(tmp_path, caplog):
+    """TRL's default linear decay without warmup, 2 pairs per step: 20 steps, the factor of step
+    s is (20 − s)/20. The two sft pairs are step 19's: 1/20 = 5% of the peak; the dpo pairs
+    average steps 0–18: (20 + 19 + … + 2) / 19 / 20 = 209/380 = 55%. phased_schedule gives the
+    sft phase (step 19 alone) its own schedule: 100%, and the dpo phase cosine over 19 steps:
+    ½ + ½·(Σ cos(πs/19))/19 = ½ + 1/38 = 0.526316."""
+    split_dir = _two_ties_last(tmp_path)
+    trainer = trainer_for(split_dir, tmp_path / "linear", per_device_train_batch_size=2)
+    with caplog.at_level("INFO", logger="prefcurate"):
+        trainer.create_optimizer_and_scheduler(num_training_steps=20)
+    assert trainer.route_lr.shares == pytest.approx({"dpo": 0.55, "sft": 0.05})
+    said = "mean learning rate, as a share of the peak: dpo 55.0%, sft 5.0% (TRL's linear schedule)"
+    assert said in [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    (warning,) = warnings
+    assert warning.startswith("the sft pairs (2 pair visits) train at 5.0% of the peak")
+    assert "--placement spread" in warning and "phased_schedule=True" in warning
+    phased = trainer_for(
+        split_dir, tmp_path / "phased", per_device_train_batch_size=2, phased_schedule=True
+    )
+    caplog.clear()
+    with caplog.at_level("INFO", logger="prefcurate"):
+        phased.create_optimizer_and_scheduler(num_training_steps=20)
+    assert phased.route_lr.shares == pytest.approx({"dpo": 0.5 + 1 / 38, "sft": 1.0})
+    assert any(r.getMessage().endswith("(phased schedule)") for r in caplog.records)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_phased_schedule_needs_the_sft_pairs_last(tmp_path):
+    spread = _two_ties_last(tmp_path, placement="spread")
+    trainer = trainer_for(
+        spread, tmp_path / "t", per_device_train_batch_size=2, phased_schedule=True
+    )
+    with pytest.raises(InputError, match="phased_schedule .* holds a dpo pair"):
+        trainer.create_optimizer_and_scheduler(num_training_steps=20)
+
+
+def test_logs_each_routes_share_of_the_peak_rate_so_far(tmp_path):
+    """The running shares reach TRL's logs at every logging step and end at the run's shares."""
+    split_dir = _two_ties_last(tmp_path)
+    trainer = trainer_for(split_dir, tmp_path, per_device_train_batch_size=8)
+    trainer.train()
+    steps = [r for r in trainer.state.log_history if "loss" in r]
+    assert len(steps) == 5
+    assert [r["lr_share/dpo"] for r in steps] == pytest.approx(
+        [lr["dpo"] for lr in trainer.route_lr.running]
+    )
+    assert "lr_share/sft" not in steps[0] and steps[-1]["lr_share/sft"] == pytest.approx(
+        trainer.route_lr.shares["sft"]
+    )
+
+
 def test_a_split_without_route_is_an_error_never_plain_dpo(tmp_path):
     split_dir = write_split(tmp_path / "split", synthetic_rows(6, seed=1))
     pairs = load_pairs(split_dir).remove_columns("route")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from prefcurate.base.cachedir import default_cache_dir
 from prefcurate.base.errors import InputError
 from prefcurate.base.sizes import parse_size
+from trainers.schedule import LR_SCHEDULES
 
 if TYPE_CHECKING:
     from trainers.lora import LoraSettings
@@ -26,8 +27,6 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16-mixed", "bf16")
 #: ``--attn-implementation`` values, passed to transformers.
 ATTN_IMPLEMENTATIONS: tuple[str, ...] = ("sdpa", "flash_attention_2", "eager")
 
-#: ``--lr-schedule`` values: after the linear warmup, cosine decay to 0, or the peak held constant.
-LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant")
 #: ``--report-to`` values (trainers.trackers).
 REPORT_TO: tuple[str, ...] = ("none", "tensorboard", "wandb")
 
@@ -53,7 +52,8 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 5e-7
     warmup_ratio: float = 0.1
-    lr_schedule: str = "cosine"  # cosine | constant (after the warmup)
+    lr_schedule: str = "cosine"  # cosine | constant | phased (trainers.schedule)
+    schedule_steps: int | None = None  # steps the lr schedule spans (default: the run's)
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0  # 0 disables clipping
     device: str = "auto"  # auto | cpu | cuda
@@ -227,6 +227,7 @@ class TrainConfig:
             "lr",
             "warmup_ratio",
             "lr_schedule",
+            "schedule_steps",
             "weight_decay",
             "max_grad_norm",
             "seed",
@@ -277,6 +278,8 @@ class TrainResult:
     tokens_per_s: float
     final: dict[str, Any]
     summary: dict[str, Any] = field(default_factory=dict)
+    #: each route's mean share of the peak learning rate (trainers.schedule.route_lr)
+    lr_share: dict[str, float | None] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

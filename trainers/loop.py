@@ -19,7 +19,6 @@ model replicated (ddp) or sharded (fsdp, :mod:`trainers.strategy`)::
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import time
@@ -53,6 +52,15 @@ from trainers.optim import adamw, check_bf16_optimizer
 from trainers.prepare import reference_for, tokenized_pairs
 from trainers.reporter import Reporter
 from trainers.rundir import METRICS, RUN_JSON
+from trainers.schedule import (
+    RouteLr,
+    Schedule,
+    low_lr_warnings,
+    lr_factor,
+    route_lr,
+    sft_phase_start,
+    share_line,
+)
 from trainers.strategy import (
     autocast_for,
     full_value,
@@ -64,7 +72,7 @@ from trainers.strategy import (
 )
 from trainers.trackers import Tracker, check_tracker, open_tracker, tracker_names
 
-__all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "train"]
+__all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "lr_factor", "train"]
 
 
 class NonFiniteLossError(PrefcurateError):
@@ -82,71 +90,6 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def lr_factor(step: int, *, warmup: int, total: int, schedule: str = "cosine") -> float:
-    """Multiplier of ``--lr`` at 0-based optimizer step ``step``.
-
-    1. warmup: linear from 1/warmup up to 1 over the first ``warmup`` steps;
-    2. after the last step: 0;
-    3. otherwise: cosine decay from 1 to 0, or 1 with ``schedule="constant"``.
-
-    The constant schedule exists for curriculum runs: with cosine decay the last pairs of the
-    order (MixDPO's sft pairs) are trained at almost zero learning rate.
-    """
-    if step < warmup:
-        return (step + 1) / warmup
-    if step >= total:
-        return 0.0
-    if schedule == "constant":
-        return 1.0
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-#: Below this share of the peak learning rate, ``train`` says the sft pairs barely train.
-LOW_LR_SHARE = 0.10
-
-
-def route_lr_shares(
-    curriculum: Curriculum, is_dpo: torch.Tensor, *, warmup: int, schedule: str
-) -> dict[str, float | None]:
-    """The mean learning rate each route's pairs train at, as a share of the peak (``--lr``).
-
-    Every pair visit is weighted by :func:`lr_factor` of its step. A curriculum puts MixDPO's
-    sft pairs last, where cosine decay has fallen to almost 0: with 1000 pairs and 137 sft, the sft
-    share is about 1%, so those pairs are hardly trained (docs/results.md). None: no pair of that
-    route.
-    """
-    return _route_lr(curriculum, is_dpo, warmup=warmup, schedule=schedule)[0]
-
-
-def _route_lr(
-    curriculum: Curriculum, is_dpo: torch.Tensor, *, warmup: int, schedule: str
-) -> tuple[dict[str, float | None], dict[str, int]]:
-    """:func:`route_lr_shares`, and the pair visits of each route it averaged over."""
-    total = curriculum.total_steps
-    sums = {"dpo": [0.0, 0], "sft": [0.0, 0]}
-    for step in range(total):
-        factor = lr_factor(step, warmup=warmup, total=total, schedule=schedule)
-        index = curriculum.step_pairs(step)
-        dpo = int(is_dpo[index].sum())
-        for route, n in (("dpo", dpo), ("sft", index.numel() - dpo)):
-            sums[route][0] += factor * n
-            sums[route][1] += n
-    shares = {route: (s / n if n else None) for route, (s, n) in sums.items()}
-    return shares, {route: n for route, (_, n) in sums.items()}
-
-
-def low_lr_warning(shares: dict[str, float | None], pairs: int, schedule: str) -> str | None:
-    """One line when the sft pairs would train below :data:`LOW_LR_SHARE` of the peak rate."""
-    share = shares.get("sft")
-    if share is None or share >= LOW_LR_SHARE:
-        return None
-    return (
-        f"warning: the {pairs} sft pairs train at {share:.1%} of the peak learning rate on average "
-        f"({schedule} decay reaches them last); --lr-schedule constant trains them at the full rate"
-    )
 
 
 def check_run_dir(config: TrainConfig) -> None:
@@ -236,6 +179,7 @@ class _Run:
     objective: Objective
     peft_model: Any = None  # the PEFT wrapper when training a LoRA adapter
     eval_set: EvalSet | None = None  # the held-out pairs (--eval-every, --eval-split)
+    route_lr: RouteLr | None = None  # each route's share of the peak rate (trainers.schedule)
 
     @property
     def sharded(self) -> bool:
@@ -252,10 +196,11 @@ def _train(
 ) -> TrainResult:
     setup_started = time.perf_counter()
     run = _prepare(config, device, info, reporter, planned, eval_source)
-    optimizer, scheduler, warmup = _optimizer(run)
-    lr_shares = _lr_tail_check(run, warmup)
+    optimizer, scheduler, schedule = _optimizer(run)
+    run.route_lr = _route_lr(run, schedule)
     start_step, resumed_from = _open_run_dir(run, optimizer, scheduler)
-    run_json = _run_json(run, warmup, resumed_from, lr_shares)
+    _say_route_lr(run, schedule)
+    run_json = _run_json(run, schedule, resumed_from)
     run_json["setup_seconds"] = round(time.perf_counter() - setup_started, 3)
     tracker = _tracker(run, start_step)
     try:
@@ -281,6 +226,7 @@ def _train(
         tokens_per_s=loop.seen_tokens / seconds if seconds else 0.0,
         final=loop.metrics,
         summary=summarize(config.out / METRICS) if info.main else {},
+        lr_share=run.route_lr.shares,
     )
     if info.main:
         completed = {**run_json, "status": "completed", "result": result.to_dict()}
@@ -457,29 +403,68 @@ def _curriculum(config: TrainConfig, n_pairs: int, world_size: int) -> Curriculu
 
 
 def _optimizer(run: _Run):
-    """AdamW (with stochastic rounding under ``--precision bf16``) and the warmup-then-decay
-    schedule; and the number of warmup steps."""
-    config, curriculum = run.config, run.curriculum
-    total = curriculum.total_steps
-    warmup = math.ceil(config.warmup_ratio * total)
+    """AdamW (with stochastic rounding under ``--precision bf16``) and the learning-rate schedule
+    (:class:`trainers.schedule.Schedule`: warmup then cosine, constant, or phased)."""
+    config = run.config
+    schedule = _schedule(run)
     params = [p for p in run.module.parameters() if p.requires_grad]
     optimizer = adamw(
         params, lr=config.lr, weight_decay=config.weight_decay, precision=run.precision
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, warmup=warmup, total=total, schedule=config.lr_schedule)
-    )
-    return optimizer, scheduler, warmup
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.factor)
+    return optimizer, scheduler, schedule
 
 
-def _lr_tail_check(run: _Run, warmup: int) -> dict[str, float | None]:
-    """Each route's share of the peak learning rate; one warning line when sft's is tiny."""
-    schedule = run.config.lr_schedule
-    shares, visits = _route_lr(run.curriculum, run.pairs.is_dpo, warmup=warmup, schedule=schedule)
-    warning = low_lr_warning(shares, visits["sft"], schedule)
-    if warning:
+#: What ``train`` says when a route's pairs would barely train.
+LOW_LR_FIX = (
+    "route with --placement spread (the sft pairs spread through the curriculum), or train with "
+    "--lr-schedule phased (the sft phase gets its own warmup and decay) or constant"
+)
+
+
+def _schedule(run: _Run) -> Schedule:
+    """The run's schedule; ``phased`` finds where its sft phase starts from the split's routes."""
+    config, curriculum = run.config, run.curriculum
+    total = curriculum.total_steps if config.schedule_steps is None else config.schedule_steps
+    if total < curriculum.total_steps:
+        raise InputError(
+            f"--schedule-steps {total} is fewer than the run's {curriculum.total_steps} steps",
+            fix="drop --schedule-steps, or give at least the run's steps",
+        )
+    start = None
+    if config.lr_schedule == "phased":
+        sft = (run.split.frame["route"] == "sft").to_list()
+        try:
+            start = sft_phase_start(sft, _step_pairs(curriculum))
+        except ValueError as exc:
+            raise InputError(
+                f"--lr-schedule phased gives the sft pairs, last in the split, their own warmup "
+                f"and decay; here {exc}",
+                where=config.split_dir,
+                fix="route with --placement last, train one epoch without --shuffle, or use "
+                "--lr-schedule cosine or constant",
+            ) from None
+    return Schedule(config.lr_schedule, config.warmup_ratio, total, start)
+
+
+def _step_pairs(curriculum: Curriculum) -> list[list[int]]:
+    return [curriculum.step_pairs(s).tolist() for s in range(curriculum.total_steps)]
+
+
+def _route_lr(run: _Run, schedule: Schedule) -> RouteLr:
+    """Each route's mean share of the peak rate over the run's pair visits, and after each step."""
+    return route_lr(run.pairs.sft_mix.tolist(), _step_pairs(run.curriculum), schedule.factor)
+
+
+def _say_route_lr(run: _Run, schedule: Schedule) -> None:
+    """Each route's mean share of the peak learning rate (:func:`trainers.schedule.route_lr`) in
+    one line, and one warning per route below :data:`trainers.schedule.LOW_LR_SHARE`; said once
+    the run is accepted, so a refused run stays one line."""
+    placement = run.split.plan.get("placement")
+    where = f"{schedule.kind} schedule" + (f", sft pairs {placement}" if placement else "")
+    run.reporter.message(f"{share_line(run.route_lr)} ({where})")
+    for warning in low_lr_warnings(run.route_lr, LOW_LR_FIX):
         run.reporter.message(warning)
-    return shares
 
 
 def _open_run_dir(run: _Run, optimizer, scheduler) -> tuple[int, int | None]:
@@ -517,12 +502,7 @@ def _open_run_dir(run: _Run, optimizer, scheduler) -> tuple[int, int | None]:
     return start_step, resumed_from
 
 
-def _run_json(
-    run: _Run,
-    warmup: int,
-    resumed_from: int | None,
-    lr_shares: dict[str, float | None],
-) -> dict[str, Any]:
+def _run_json(run: _Run, schedule: Schedule, resumed_from: int | None) -> dict[str, Any]:
     """run.json while the run trains (written now; completed or failed at the end)."""
     curriculum = run.curriculum
     run_json = {
@@ -538,10 +518,11 @@ def _run_json(
         "model": describe(run.policy),
         "steps": {
             "total": curriculum.total_steps,
-            "warmup": warmup,
+            "warmup": schedule.warmup,
             "per_epoch": curriculum.steps_per_epoch,
         },
-        "lr_share": lr_shares,
+        "lr_schedule": schedule.to_json(),
+        "lr_share": run.route_lr.shares,
         "resumed_from": resumed_from,
         "identity": run.identity,
     }
@@ -638,7 +619,15 @@ def _step(run: _Run, optimizer, scheduler, params, step: int, loop: _Loop) -> di
         tokens_per_s=stats["tokens"] / seconds,
         pairs_per_s=in_step / seconds,
     )
+    metrics.update(_lr_share_metrics(run, step))
     return metrics
+
+
+def _lr_share_metrics(run: _Run, step: int) -> dict[str, float | None]:
+    """``lr_share/dpo`` and ``lr_share/sft``: each route's mean share of the peak rate over the
+    pair visits so far (at the last step, run.json's ``lr_share``)."""
+    shares = run.route_lr.running[step] if run.route_lr else {}
+    return {f"lr_share/{route}": share for route, share in shares.items()}
 
 
 def _eval_due(config: TrainConfig, step: int, total: int) -> bool:

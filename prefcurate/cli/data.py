@@ -209,8 +209,17 @@ class RouteOptions:
         float | None,
         typer.Option(
             "--soft",
-            help="Soft routing at temperature T: a weight column σ((τ − margin)/T), the SFT "
-            "share of each pair's loss (mixdpo).",
+            help="Soft routing at temperature T: a weight column σ((c − margin)/T), the SFT "
+            "share of each pair's loss, c halfway between τ and the margin below it (mixdpo).",
+            show_default=False,
+        ),
+    ] = None
+    placement: Annotated[
+        str | None,
+        typer.Option(
+            "--placement",
+            help="Where a mixdpo curriculum puts its sft pairs: last (the paper's; under cosine "
+            "decay they barely train) | spread (evenly between the dpo pairs).",
             show_default=False,
         ),
     ] = None
@@ -354,6 +363,7 @@ def _settings(ctx: typer.Context, opts: RouteOptions) -> dict:
         "drop": opts.drop or (),
         "eval_fraction": opts.eval_fraction,
         "soft": opts.soft,
+        "placement": opts.placement,
         "memory_budget": opts.memory_budget,
     }
 

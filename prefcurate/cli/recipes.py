@@ -1,4 +1,5 @@
-"""The recipe commands: ``bench mixdpo`` and ``demo`` (toy task, tiny model, gold reward)."""
+"""The recipe commands: ``bench mixdpo``, ``bench report`` and ``demo`` (toy task, tiny model,
+gold reward)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,9 @@ class BenchOptions:
     seeds: Annotated[
         int | None,
         typer.Option(
-            "--seeds", help="Seeds: pairs, noise, order, samples (default 10).", show_default=False
+            "--seeds",
+            help="Seeds: policies, held-out prompts, pairs, noise, order, samples (default 10).",
+            show_default=False,
         ),
     ] = None
     pairs: Annotated[
@@ -58,7 +61,7 @@ class BenchOptions:
     ] = Path("bench-mixdpo")
     arms: Annotated[
         str | None,
-        typer.Option("--arms", help="Comma-separated subset of the arms (default: all 18)."),
+        typer.Option("--arms", help="Comma-separated subset of the arms (default: all 22)."),
     ] = None
     quick: Annotated[
         bool,
@@ -94,17 +97,19 @@ class BenchOptions:
 @bench_app.command("mixdpo")
 @options(BenchOptions)
 def bench_mixdpo(opts: BenchOptions) -> None:
-    """Train MixDPO and its baselines from one base policy and judge them by a gold reward.
+    """Train MixDPO and its baselines and judge them by a gold reward: does routing help once
+    the routed pairs train?
 
     The toy task (sort digits) has a gold reward r*; each pair's two answers come from a mix
-    of a weak, the base and a strong policy, as UltraFeedback's come from many models.
+    of a weak, the base and a strong policy (each seed trains its own), as UltraFeedback's come
+    from many models. Labels are noisy 1-10 ratings of r* that also favour longer answers.
 
-    Labels are noisy 1-10 ratings of r* that also favour longer answers (about 12% ties).
+    Arms: oracle, sft, dpo (shuffled), dpo-curriculum, filter, MixDPO at τ 0.5/1.0/1.5 with the
+    sft pairs last (the paper's), spread, or in a phase of their own; soft routing; constant-rate
+    controls; DPO on labels without the length bias (docs/results_declared.md).
 
-    Arms: oracle, sft, dpo (shuffled), dpo-curriculum, filter, mixdpo at τ 0.5/1.0/1.5 and soft
-    routing, each under the paper's settings (β 0.01, cDPO, cosine) and a constant schedule.
-
-    Every claim: a paired difference over seeds with 95% intervals (docs/results.md).
+    Every comparison: a paired difference over seeds with 95% intervals, Holm within its
+    family, after gates that stop the comparisons they invalidate (docs/results.md).
 
     Example:
         prefcurate bench mixdpo --out bench-mixdpo
@@ -126,9 +131,48 @@ def bench_mixdpo(opts: BenchOptions) -> None:
     render(result, Console())
     paths = write_outputs(result, opts.out)
     stderr.print(
-        f"wrote {', '.join(str(p) for p in paths.values())} in {result['seconds']:.0f} s",
+        f"wrote {', '.join(str(p) for p in paths.values())} in {result['cost']['seconds']:.0f} s",
         highlight=False,
     )
+
+
+@bench_app.command("report")
+def bench_report(
+    results: Annotated[
+        Path, typer.Argument(help="A results.json written by 'prefcurate bench mixdpo'.")
+    ],
+    page: Annotated[
+        Path | None,
+        typer.Option(
+            "--page",
+            help="A markdown page whose <!-- bench:NAME --> blocks are rewritten in place "
+            "(default: results.md beside RESULTS).",
+            show_default=False,
+        ),
+    ] = None,
+    chart: Annotated[
+        Path | None,
+        typer.Option(
+            "--chart",
+            help="Where to draw the chart (default: chart.png beside RESULTS).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Rebuild the tables and the chart of a benchmark run from its results.json alone.
+
+    Every table of results.md (and of a page's marked blocks) is a function of results.json,
+    so the same file gives the same bytes.
+
+    Example:
+        prefcurate bench report bench-mixdpo/results.json
+
+        prefcurate bench report results.json --page results.md --chart chart.png
+    """
+    from prefcurate.recipes.benchreport import rebuild_files
+
+    for path in rebuild_files(results, page=page, chart_path=chart):
+        echo(f"wrote {path}")
 
 
 @app.command("demo")

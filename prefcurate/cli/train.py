@@ -51,8 +51,10 @@ TRAIN_HELP = {
     "grad_accum": "Micro-batches per optimizer step.",
     "lr": "Peak AdamW learning rate.",
     "warmup_ratio": "Share of steps of linear warmup.",
-    "lr_schedule": "After the warmup: cosine decay, or constant (keeps the curriculum's last, "
-    "hardest pairs from training at almost no learning rate).",
+    "lr_schedule": "After the warmup: cosine decay, constant, or phased (the sft pairs, last in "
+    "the curriculum, get their own warmup and decay instead of cosine's near-zero tail).",
+    "schedule_steps": "Steps the lr schedule spans (default: the run's); more stops the run "
+    "part-way, e.g. a filter baseline at MixDPO's rates.",
     "weight_decay": "AdamW weight decay.",
     "max_grad_norm": "Gradient clipping norm (0: no clipping).",
     "device": "Where to train: auto|cpu|cuda.",

@@ -32,11 +32,20 @@ batch that arrives without it, is an error, never plain DPO. Pairs are read sequ
     args = MixDPOConfig("out", beta=0.01, label_smoothing=0.1, learning_rate=5e-7)
     MixDPOTrainer(model, args=args, train_dataset=pairs, processing_class=tokenizer).train()
 
+The learning rate the routed pairs get is part of the method (docs/training.md): read in
+curriculum order the sft pairs come last, where TRL's default linear decay (like the paper's
+cosine) has almost reached 0. Before training the trainer computes each route's mean share of the
+peak rate from the schedule it will run (:mod:`trainers.schedule`, the rule ``prefcurate train``
+uses), logs it, and warns, naming the fix, when a route's pairs would train below 10% of the peak.
+``phased_schedule=True`` gives the sft phase its own warmup and cosine decay (``prefcurate train
+--lr-schedule phased``); ``prefcurate route --placement spread`` spreads the sft pairs instead.
+
 Logged (through TRL's ``log``, so TensorBoard / W&B see them): ``loss``; ``loss/dpo`` and
 ``loss/sft``, the mean loss term of each route; ``rewards/chosen``, ``rewards/rejected``,
 ``rewards/margins``, ``rewards/accuracies``, ``logps/chosen``, ``logps/rejected`` over the dpo
-pairs (TRL's names and meanings); ``pairs/dpo`` and ``pairs/sft`` per batch; ``num_tokens``.
-A window of steps with no pair of a route logs no value for that route's keys.
+pairs (TRL's names and meanings); ``pairs/dpo`` and ``pairs/sft`` per batch; ``num_tokens``;
+``lr_share/dpo`` and ``lr_share/sft``, each route's mean share of the peak learning rate over the
+pair visits so far. A window of steps with no pair of a route logs no value for that route's keys.
 
 Tested with TRL 1.16 (the ``trl`` extra pins the range).
 """
@@ -53,6 +62,7 @@ from typing import Any
 import polars as pl
 
 from prefcurate.base.errors import InputError
+from prefcurate.base.log import get_logger
 from prefcurate.base.quiet import debug_requested, quiet_dependencies
 from prefcurate.data.schema import (
     ROUTE_DPO,
@@ -76,6 +86,15 @@ with quiet_dependencies():  # TRL imports PEFT, which imports torchao: its impor
     from trl.trainer.utils import pad
 
     from trainers.objective import Objective, PairTerms
+    from trainers.schedule import (
+        RouteLr,
+        Schedule,
+        low_lr_warnings,
+        route_lr,
+        sequential_steps,
+        sft_phase_start,
+        share_line,
+    )
 
 
 def _quiet_libraries() -> None:
@@ -99,6 +118,12 @@ RANK = "rank"
 #: ``prefcurate train`` mix (TRL's ``ipo`` length-normalises log-probs, prefcurate's does not).
 SUPPORTED_LOSSES: tuple[str, ...] = ("sigmoid", "robust", "hinge")
 _FIX = "write the pairs with 'prefcurate route --export trl-mixdpo' and load mixdpo.jsonl"
+#: What MixDPOTrainer says when a route's pairs would barely train.
+LOW_LR_FIX = (
+    "route with 'prefcurate route --placement spread', or set MixDPOConfig(phased_schedule=True) "
+    "(the sft phase gets its own warmup and decay) or lr_scheduler_type='constant_with_warmup'"
+)
+_log = get_logger("integrations.trl")
 
 
 # --------------------------------------------------------------------------- config
@@ -121,6 +146,11 @@ class MixDPOConfig(DPOConfig):
     label_smoothing
         For ``loss_type="sigmoid"``: ε of conservative DPO (the paper uses 0.1); for ``"robust"``:
         the flip rate, as in TRL.
+    phased_schedule
+        Give the dpo phase and the sft phase (the sft pairs, last in the curriculum) each their own
+        linear warmup (``warmup_steps`` as a share of the phase) and cosine decay, as ``prefcurate
+        train --lr-schedule phased``; ``lr_scheduler_type`` is then not used. Needs the sft pairs
+        last and ``train_sampling_strategy="sequential"``.
     """
 
     sft_weight: float = field(
@@ -135,6 +165,14 @@ class MixDPOConfig(DPOConfig):
         metadata={
             "help": "'sequential' (default) reads pairs in rank order, MixDPO's curriculum; "
             "'random' shuffles."
+        },
+    )
+
+    phased_schedule: bool = field(
+        default=False,
+        metadata={
+            "help": "Give the sft phase (the sft pairs, last) its own warmup and cosine decay, as "
+            "'prefcurate train --lr-schedule phased'."
         },
     )
 
@@ -358,6 +396,86 @@ class MixDPOTrainer(DPOTrainer):
         # runs inside DPOTrainer.__init__, before the collator swap in our __init__
         self._use_mixdpo_collator()
         return super()._precompute_ref_logps(dataset, name, batch_size)
+
+    # ----------------------------------------------------------------- learning rate
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """TRL's scheduler (or the phased one), then each route's mean share of its peak rate:
+        logged, and a warning per route below 10% (:func:`trainers.schedule.low_lr_warnings`)."""
+        if self.lr_scheduler is None and self.args.phased_schedule:
+            schedule = self._phased(num_training_steps)
+            optimizer = optimizer if optimizer is not None else self.optimizer
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.factor)
+            self._created_lr_scheduler = True
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        self.route_lr = self._route_lr(scheduler, num_training_steps)
+        return scheduler
+
+    def _reading(self, num_training_steps: int) -> tuple[list[float], list[range]] | None:
+        """Each pair's SFT mix and the pairs of each optimizer step, read in order (None for an
+        IterableDataset, whose pairs are not known in advance)."""
+        dataset, args = self.train_dataset, self.args
+        if not isinstance(dataset, Dataset):
+            return None
+        weights = dataset[WEIGHT_COLUMN] if WEIGHT_COLUMN in dataset.column_names else None
+        mixes = [
+            sft_mix(route, None if weights is None else weights[i])
+            for i, route in enumerate(dataset[ROUTE])
+        ]
+        batch = args.per_device_train_batch_size * args.gradient_accumulation_steps
+        steps = sequential_steps(len(mixes), batch * args.world_size, num_training_steps)
+        return mixes, steps
+
+    def _phased(self, num_training_steps: int) -> Schedule:
+        """The phased schedule: the sft phase starts at the first step holding an sft pair."""
+        reading = self._reading(num_training_steps)
+        if reading is None or self.args.train_sampling_strategy != "sequential":
+            raise InputError(
+                "phased_schedule starts the sft phase where the sft pairs begin, so it needs a "
+                "datasets.Dataset read in order",
+                fix="pass a Dataset and keep train_sampling_strategy='sequential'",
+            )
+        _, steps = reading
+        sft = [route == ROUTE_SFT for route in self.train_dataset[ROUTE]]
+        try:
+            start = sft_phase_start(sft, steps)
+        except ValueError as exc:
+            raise InputError(
+                f"phased_schedule gives the sft pairs, last in the dataset, their own warmup "
+                f"and decay; here {exc}",
+                fix="route with --placement last and train one epoch, or drop phased_schedule",
+            ) from None
+        warmup = self.args.warmup_steps
+        ratio = warmup if warmup < 1 else warmup / max(1, num_training_steps)
+        return Schedule("phased", ratio, num_training_steps, start)
+
+    def _route_lr(self, scheduler, num_training_steps: int) -> RouteLr | None:
+        """Each route's share of the peak rate under ``scheduler``; said, and warned below 10%."""
+        lambdas = getattr(scheduler, "lr_lambdas", None)
+        reading = self._reading(num_training_steps)
+        if not lambdas or reading is None:
+            _log.info("the learning rate each route gets is not known in advance here")
+            return None
+        mixes, steps = reading
+        if self.args.train_sampling_strategy != "sequential":  # any position: the mean factor
+            mixes = [math.fsum(mixes) / len(mixes)] * len(mixes)
+        lr = route_lr(mixes, steps, lambdas[0])
+        scheduler_type = getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type)
+        kind = "phased" if self.args.phased_schedule else f"TRL's {scheduler_type}"
+        _log.info("%s (%s schedule)", share_line(lr), kind)
+        for warning in low_lr_warnings(lr, LOW_LR_FIX):
+            _log.warning(warning.removeprefix("warning: "))
+        return lr
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """TRL's log, with each route's mean share of the peak rate so far (``lr_share/...``)."""
+        lr = getattr(self, "route_lr", None)
+        step = self.state.global_step
+        if lr is not None and self.model.training and 0 < step <= len(lr.running):
+            for route, share in lr.running[step - 1].items():
+                if share is not None:
+                    logs[f"lr_share/{route}"] = share
+        super().log(logs, start_time)
 
     # ----------------------------------------------------------------- loss
 

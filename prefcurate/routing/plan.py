@@ -34,7 +34,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -93,6 +93,20 @@ class Order(str, Enum):
         return self.value
 
 
+class Placement(str, Enum):
+    """Where a curriculum puts the pairs routed to SFT (``route --placement``).
+
+    The learning rate a pair trains at depends on its position: under cosine decay the pairs read
+    last train at almost no rate (docs/training.md), so the placement is part of the method.
+    """
+
+    LAST = "last"  # the paper's: sorted by margin, so the small-margin (sft) pairs come last
+    SPREAD = "spread"  # the sft pairs spread evenly through the curriculum of the dpo pairs
+
+    def __str__(self) -> str:
+        return self.value
+
+
 def default_order(mode: Mode | str) -> Order:
     """The order a mode reads its pairs in when ``--order`` is not given.
 
@@ -132,7 +146,9 @@ class RoutePlan:
     keys: pl.DataFrame = field(repr=False)
     narrow: pl.DataFrame = field(repr=False)
     source: PairSource = field(repr=False)
-    soft: float | None = None  # route --soft T: a weight column, σ((τ − margin) / T)
+    soft: float | None = None  # route --soft T: a weight column, σ((c − margin) / T)
+    soft_center: float | None = None  # c: halfway between τ and the largest margin below it
+    placement: Placement | None = None  # where the sft pairs sit in a mixdpo curriculum
     preset: str | None = None  # route --preset NAME, recorded in plan.json
     seconds: float = 0.0
     strategy: str = "two-pass"
@@ -147,6 +163,14 @@ class RoutePlan:
         keys = self._keys(name)
         chunks = list(split_chunks(self.texts, keys, max(keys.height, 1)))
         return pl.concat(chunks) if chunks else self.texts.empty(keys)
+
+    def keep_texts(self, wide: pl.DataFrame | None) -> None:
+        """Hold the texts: the one pass's wide columns, or (when they fit one window) read now,
+        so that a plan of ordinary size outlives its input file."""
+        if wide is not None:
+            self._texts = Texts(self.source, total_bytes=0, preloaded=wide)
+        elif self.texts.whole:
+            self.texts.window(self.keys.get_column("_pos").head(0))
 
     @property
     def texts(self) -> Texts:
@@ -174,6 +198,8 @@ class RoutePlan:
             "drop": list(self.drop),
             "eval_fraction": self.eval_fraction,
             "soft": self.soft,
+            "soft_center": self.soft_center,
+            "placement": None if self.placement is None else str(self.placement),
             "preset": self.preset,
             "counts": self.counts,
             "outputs": outputs or {"train": "train.parquet", "eval": None},
@@ -200,6 +226,7 @@ class RoutePlan:
             + (" (largest margin first)" if self.order is Order.CURRICULUM else "")
             + (" (seeded shuffle)" if self.order is Order.RANDOM else "")
             + (f" in {self.stages} stages" if self.stages > 1 else "")
+            + (", sft pairs spread evenly" if self.placement is Placement.SPREAD else "")
         )
 
     def _keys(self, name: str) -> pl.DataFrame:
@@ -225,6 +252,7 @@ def plan_routes(
     eval_fraction: float | None = None,
     seed: int = 0,
     soft: float | None = None,
+    placement: Placement | str | None = None,
     preset: str | None = None,
     memory_budget: int | str | None = None,
 ) -> RoutePlan:
@@ -255,8 +283,15 @@ def plan_routes(
         Seeds the shuffles and the held-out choice.
     soft
         Soft routing at temperature ``T`` (``mixdpo`` only): a ``weight`` column
-        ``w = σ((τ − margin) / T)``, the SFT share of each pair's loss (the trainer mixes
-        ``w · NLL + (1 − w) · preference``). ``T = 0`` gives the hard route's 0/1 weights.
+        ``w = σ((c − margin) / T)``, the SFT share of each pair's loss (the trainer mixes
+        ``w · NLL + (1 − w) · preference``), centred at ``c`` (:func:`soft_center`, halfway
+        between τ and the largest margin below it) so that as ``T → 0`` every weight tends to the
+        hard route, a margin of exactly τ included. ``T = 0`` gives the hard route's 0/1 weights.
+    placement
+        ``mixdpo`` in curriculum order only: ``last`` (the default, the paper's: sorted by margin,
+        the sft pairs last) or ``spread`` (the dpo pairs in curriculum order with the sft pairs,
+        in their own curriculum order, spread evenly between them: the j-th of k among n pairs at
+        position ⌊(2j + 1)·n / 2k⌋), so that they train at the run's average learning rate.
     preset
         The name of the preset the flags came from (:mod:`prefcurate.routing.presets`); only
         recorded.
@@ -275,36 +310,22 @@ def plan_routes(
     mode = _enum(Mode, mode, "--mode")
     order = default_order(mode) if order is None else _enum(Order, order, "--order")
     drop = (drop,) if isinstance(drop, str) else tuple(drop)
-    threshold = None if threshold is None else float(threshold)
-    sft_fraction = None if sft_fraction is None else float(sft_fraction)
+    threshold, sft_fraction = (None if v is None else float(v) for v in (threshold, sft_fraction))
     stages = _check_args(mode, threshold, sft_fraction, order, stages, eval_fraction)
-    soft = _check_soft(soft, mode)
-    budget = default_budget() if memory_budget is None else parse_size(memory_budget)
-    one_pass = fits_one_pass(estimate_input_bytes(source.raw.paths, source.raw.format), budget)
-    wants_margin = threshold is not None or sft_fraction is not None
-    _check_margins_needed(source, order, wants_margin)
-
-    scan = source.scan_rows()
-    _check_predicates(drop, source.scan().collect_schema())
-    digest = _HashThread(source)
-    narrow, wide = _narrow(source, scan, texts=one_pass)
-    input_info = digest.result(rows=narrow.height)
-
-    reasons: dict[str, int] = {}
-    keys = _drop_matching(scan, narrow, drop, reasons)
+    soft, placement = _check_soft(soft, mode), _check_placement(placement, mode, order, stages)
+    wants_margin = _check_margins_needed(source, order, threshold, sft_fraction)
+    read = _read_narrow(source, drop, memory_budget)
+    narrow, reasons = read.narrow, {}
+    keys = _drop_matching(read.scan, narrow, drop, reasons)
     keys = _drop_unusable(keys, narrow, source, reasons)
     keys = _drop_unroutable(keys, source, mode, wants_margin, reasons)
     if sft_fraction is not None:
         threshold = threshold_for_fraction(_kept(keys).get_column("margin"), sft_fraction)
     keys = _hold_out(keys, eval_fraction, seed)
     keys = _drop_below_threshold(keys, source, mode, threshold, reasons)
-    keys = _route_and_order(keys, mode, threshold, soft, order, stages, seed)
-    counts = _counts(keys, narrow.height, reasons, threshold)
-    if soft is not None:
-        train_weights = keys.filter(pl.col("split") == "train").get_column(WEIGHT_COLUMN)
-        counts["weight_mean"] = float(train_weights.mean())
+    keys, center = _route_and_order(keys, mode, threshold, soft, (order, stages, seed, placement))
     plan = RoutePlan(
-        input=input_info,
+        input=read.input,
         layout=str(source.layout),
         mode=mode,
         threshold=threshold,
@@ -314,21 +335,43 @@ def plan_routes(
         seed=seed,
         drop=drop,
         eval_fraction=eval_fraction,
-        counts=counts,
+        counts=_counts(keys, narrow.height, reasons, threshold),
         keys=keys,
         narrow=narrow,
         source=source,
         soft=soft,
+        soft_center=center,
+        placement=placement,
         preset=preset,
-        strategy="one-pass" if one_pass else "two-pass",
-        memory_budget=budget,
+        strategy="one-pass" if read.one_pass else "two-pass",
+        memory_budget=read.budget,
     )
-    if wide is not None:
-        plan._texts = Texts(source, total_bytes=0, preloaded=wide)
-    elif plan.texts.whole:  # read the texts now: a plan of ordinary size outlives its input file
-        plan.texts.window(keys.get_column("_pos").head(0))
+    plan.keep_texts(read.wide)
     plan.seconds = time.perf_counter() - started
     return plan
+
+
+class _Read(NamedTuple):
+    scan: pl.LazyFrame
+    narrow: pl.DataFrame
+    wide: pl.DataFrame | None  # the texts, when they fit the memory budget's one pass
+    input: dict[str, Any]  # plan.json's input: path, sha256, rows, bytes, files
+    budget: int
+    one_pass: bool
+
+
+def _read_narrow(
+    source: PairSource, drop: tuple[str, ...], memory_budget: int | str | None
+) -> _Read:
+    """Check the predicates, then one pass over the input (hashed meanwhile), keeping the texts
+    when the input fits the memory budget (:func:`prefcurate.base.sizes.fits_one_pass`)."""
+    budget = default_budget() if memory_budget is None else parse_size(memory_budget)
+    one_pass = fits_one_pass(estimate_input_bytes(source.raw.paths, source.raw.format), budget)
+    scan = source.scan_rows()
+    _check_predicates(drop, source.scan().collect_schema())
+    digest = _HashThread(source)
+    narrow, wide = _narrow(source, scan, texts=one_pass)
+    return _Read(scan, narrow, wide, digest.result(rows=narrow.height), budget, one_pass)
 
 
 def _route_and_order(
@@ -336,26 +379,27 @@ def _route_and_order(
     mode: Mode,
     threshold: float | None,
     soft: float | None,
-    order: Order,
-    stages: int,
-    seed: int,
-) -> pl.DataFrame:
-    """Each kept pair's route (and soft weight), then each split's ``rank`` and ``stage``."""
+    ordering: tuple[Order, int, int, Placement | None],
+) -> tuple[pl.DataFrame, float | None]:
+    """Each kept pair's route (and soft weight, with its centre), then its rank and stage within
+    its split (``ordering``: order, stages, seed, placement)."""
     keys = keys.with_columns(_route_expr(mode, threshold).alias("route"))
+    center = None
     if soft is not None:
-        keys = keys.with_columns(
-            soft_weights(pl.col("margin"), threshold, soft).alias(WEIGHT_COLUMN)
-        )
-    return pl.concat(
-        [
-            _order(keys.filter(pl.col("split") == name), order, stages, seed)
-            for name in ("train", "eval")
-        ]
-    )
+        center = soft_center(keys.get_column("margin"), threshold)
+        weights = soft_weights(pl.col("margin"), threshold, soft, center=center)
+        keys = keys.with_columns(weights.alias(WEIGHT_COLUMN))
+    split = pl.col("split")
+    ordered = [_order(keys.filter(split == name), *ordering) for name in ("train", "eval")]
+    return pl.concat(ordered), center
 
 
-def _check_margins_needed(source: PairSource, order: Order, wants_margin: bool) -> None:
-    """τ, q and the curriculum order all read margins: refuse data without them."""
+def _check_margins_needed(
+    source: PairSource, order: Order, threshold: float | None, sft_fraction: float | None
+) -> bool:
+    """τ, q and the curriculum order all read margins: refuse data without them. Returns
+    whether the routing reads margins (τ or q given)."""
+    wants_margin = threshold is not None or sft_fraction is not None
     if wants_margin and not source.has_margins:
         raise no_margin_error(source.raw.display)
     if order is Order.CURRICULUM and not source.has_margins:
@@ -364,6 +408,7 @@ def _check_margins_needed(source: PairSource, order: Order, wants_margin: bool) 
             where=source.raw.display,
             fix="pass --order as-is or --order random, or compute margins with 'prefcurate score'",
         )
+    return wants_margin
 
 
 def _kept(keys: pl.DataFrame) -> pl.DataFrame:
@@ -516,6 +561,7 @@ def check_route_args(
     stages: int | None = None,
     eval_fraction: float | None = None,
     soft: float | None = None,
+    placement: Placement | str | None = None,
     drop: Sequence[str] | str = (),
     memory_budget: int | str | None = None,
 ) -> None:
@@ -525,8 +571,9 @@ def check_route_args(
     order = default_order(mode) if order is None else _enum(Order, order, "--order")
     threshold = None if threshold is None else float(threshold)
     sft_fraction = None if sft_fraction is None else float(sft_fraction)
-    _check_args(mode, threshold, sft_fraction, order, stages, eval_fraction)
+    stages = _check_args(mode, threshold, sft_fraction, order, stages, eval_fraction)
     _check_soft(soft, mode)
+    _check_placement(placement, mode, order, stages)
     for predicate in (drop,) if isinstance(drop, str) else drop:
         predicate_columns(predicate)
     if memory_budget is not None:
@@ -591,12 +638,60 @@ def _check_soft(soft: float | None, mode: Mode) -> float | None:
     return soft
 
 
-def soft_weights(margin: pl.Expr, threshold: float, temperature: float) -> pl.Expr:
-    """The SFT share of a pair's loss under soft routing: ``w = σ((τ − margin) / T)``.
+def _check_placement(
+    placement: Placement | str | None, mode: Mode, order: Order, stages: int
+) -> Placement | None:
+    """``last`` for a mixdpo curriculum unless ``spread`` is asked; None where it means nothing."""
+    applies = mode is Mode.MIXDPO and order is Order.CURRICULUM
+    if placement is None:
+        return Placement.LAST if applies else None
+    placement = _enum(Placement, placement, "--placement")
+    if not applies:
+        raise InputError(
+            f"--placement places the sft pairs of a mixdpo curriculum; here --mode is {mode} "
+            f"and --order {order}",
+            fix="use --mode mixdpo --order curriculum with --placement, or drop --placement",
+        )
+    if placement is Placement.SPREAD and stages > 1:
+        raise InputError(
+            "--placement spread sets every pair's position; --stages shuffles within stages",
+            fix="drop --stages, or use --placement last",
+        )
+    return placement
 
-    A pair far below τ is (almost) all SFT, one far above it (almost) all DPO, and one at τ half
-    of each. ``T = 0`` is the hard switch of MixDPO (w = 1 if margin < τ else 0); as ``T → 0``
-    the weights converge to it for every margin ≠ τ. The paper's reference code has soft
+
+def soft_center(margins: pl.Series, threshold: float) -> float:
+    """Where soft routing centres its sigmoid: halfway between τ and the largest margin below τ.
+
+    Hard routing sends a pair to sft when margin < τ (strict), so on discrete ratings any cut
+    between the largest margin below τ and τ itself routes the same pairs; the middle of that gap
+    is the cut a sigmoid must be centred on to reach the hard route as ``T → 0`` for every pair,
+    a margin of exactly τ included (centred at τ, such a pair keeps w = ½ at any T). On half-point
+    ratings at τ = 0.5 the centre is 0.25; on continuous margins it is τ, up to the gap to the
+    nearest margin. With no margin below τ it is τ minus half the smallest gap between two
+    distinct margins (minus ½ when the margins take one value).
+
+        >>> soft_center(pl.Series([0.0, 0.5, 1.0, 2.0]), 0.5), soft_center(pl.Series([1.0]), 0.5)
+        (0.25, 0.0)
+    """
+    values = margins.drop_nulls().drop_nans().unique().sort()
+    below = values.filter(values < threshold)
+    if below.len():
+        return (float(below.max()) + threshold) / 2
+    gaps = values.diff().drop_nulls()
+    gap = float(gaps.min()) if gaps.len() else 1.0
+    return threshold - gap / 2
+
+
+def soft_weights(
+    margin: pl.Expr, threshold: float, temperature: float, *, center: float | None = None
+) -> pl.Expr:
+    """The SFT share of a pair's loss under soft routing: ``w = σ((c − margin) / T)``.
+
+    ``c`` is :func:`soft_center` (default: τ itself). A pair far below the cut is (almost) all SFT,
+    one far above it (almost) all DPO. ``T = 0`` is the hard switch of MixDPO (w = 1 if margin < τ
+    else 0); as ``T → 0`` the weights converge to it for every margin on the right side of ``c``,
+    which with ``c`` from :func:`soft_center` is every margin. The paper's reference code has soft
     *label* variants instead (a σ(Δscore / T) weight on the two orientations of the DPO loss,
     loss types ``noisy-tolerant-4-3`` and ``-4-8`` in ``scripts/dpo_trainer.py`` of
     JlPang863/QualityDPO); this mixes the two objectives of MixDPO (``noisy-tolerant-4-6``)
@@ -604,7 +699,8 @@ def soft_weights(margin: pl.Expr, threshold: float, temperature: float) -> pl.Ex
     """
     if temperature == 0:
         return pl.when(margin < threshold).then(1.0).otherwise(0.0).cast(pl.Float64)
-    z = ((pl.lit(threshold) - margin) / temperature).clip(-700.0, 700.0)
+    cut = threshold if center is None else center
+    z = ((pl.lit(cut) - margin) / temperature).clip(-745.0, 745.0)
     return (1.0 / (1.0 + (-z).exp())).cast(pl.Float64)
 
 
@@ -682,7 +778,13 @@ def _largest_remainder(sizes: list[int], fraction: float, total: int) -> list[in
 # order, rank, stage
 
 
-def _order(keys: pl.DataFrame, order: Order, stages: int, seed: int) -> pl.DataFrame:
+def _order(
+    keys: pl.DataFrame,
+    order: Order,
+    stages: int,
+    seed: int,
+    placement: Placement | None = None,
+) -> pl.DataFrame:
     """Add ``rank`` (0..n-1 reading position) and ``stage``; rows come out in rank order."""
     n = keys.height
     if order is Order.AS_IS:
@@ -700,6 +802,8 @@ def _order(keys: pl.DataFrame, order: Order, stages: int, seed: int) -> pl.DataF
             nulls_last=True,
             maintain_order=True,
         )
+        if placement is Placement.SPREAD:
+            ordered = spread_sft(ordered)
     # Stage s holds curriculum positions [s*n/K, (s+1)*n/K): equal sizes within one pair.
     stage = (pl.int_range(n, dtype=pl.Int64) * stages // max(n, 1)).cast(pl.Int32)
     ordered = ordered.with_columns(stage.alias("stage"))
@@ -712,6 +816,25 @@ def _order(keys: pl.DataFrame, order: Order, stages: int, seed: int) -> pl.DataF
             .drop("_key")
         )
     return ordered.with_columns(pl.int_range(n, dtype=pl.Int64).alias("rank"))
+
+
+def spread_sft(ordered: pl.DataFrame) -> pl.DataFrame:
+    """The rows of ``ordered`` with its sft pairs spread evenly: the j-th of k sft pairs (in
+    their order) at position ⌊(2j + 1)·n / 2k⌋ of n, the dpo pairs in their order between them.
+
+    Positions are n/k ≥ 1 apart, so they are distinct, and the first and last sft pairs sit
+    half a gap from the ends: every stretch of n/k pairs holds one sft pair.
+    """
+    is_sft = ordered.get_column("route") == ROUTE_SFT
+    n, k = ordered.height, int(is_sft.sum())
+    if k in (0, n):
+        return ordered
+    slots = (2 * np.arange(k, dtype=np.int64) + 1) * n // (2 * k)
+    taken = np.zeros(n, dtype=bool)
+    taken[slots] = True
+    sft = ordered.filter(is_sft).with_columns(pl.Series("_slot", slots))
+    dpo = ordered.filter(~is_sft).with_columns(pl.Series("_slot", np.flatnonzero(~taken)))
+    return pl.concat([sft, dpo]).sort("_slot").drop("_slot")
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -767,6 +890,9 @@ def _counts(
         counts["below_threshold"] = keys.filter(pl.col("margin") < threshold).height + reasons.get(
             BELOW_THRESHOLD, 0
         )
+    if WEIGHT_COLUMN in keys.columns:
+        train_weights = keys.filter(pl.col("split") == "train").get_column(WEIGHT_COLUMN)
+        counts["weight_mean"] = float(train_weights.mean())
     return counts
 
 
@@ -816,10 +942,13 @@ __all__ = [
     "IDENTICAL",
     "Mode",
     "Order",
+    "Placement",
     "PLAN_VERSION",
     "RoutePlan",
     "default_order",
+    "soft_center",
     "soft_weights",
     "plan_routes",
+    "spread_sft",
     "seeded_keys",
 ]
