@@ -101,6 +101,9 @@ def worker(args: argparse.Namespace) -> None:
         cache_dir=Path(args.out) / "cache",
         force=True,
         gradient_checkpointing=args.checkpointing,
+        grad_accum=int(args.grad_accum),
+        lora_r=int(args.lora_r),
+        precision=args.precision,
         **SETTINGS,
     )
     import time
@@ -119,10 +122,15 @@ def worker(args: argparse.Namespace) -> None:
         train(config)
     peak, export_peak = peak_allocated(prof, split_ns=marks["export"])
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    shape = memory.model_shape(args.model, lora=config.lora)
     settings = memory.settings_for(
-        config, torch.device("cpu"), world_size=world, strategy=args.strategy
+        config,
+        torch.device("cpu"),
+        world_size=world,
+        strategy=args.strategy,
+        default_attention=shape.attention,
     )
-    planned = memory.plan(memory.model_shape(args.model), settings)
+    planned = memory.plan(shape, settings)
     rank = int(os.environ.get("RANK", "0"))
     Path(f"{args.result}.rank{rank}").write_text(
         json.dumps(
@@ -138,7 +146,14 @@ def worker(args: argparse.Namespace) -> None:
 
 def peak_allocated(prof, *, split_ns: int) -> tuple[int, int]:
     """The most CPU tensor memory live at once (the running sum of the profiler's allocation
-    events), before ``split_ns`` (training) and from it on (the final model's export)."""
+    events), before ``split_ns`` (training) and from it on (the final model's export).
+
+    Under fsdp on several processes the profiler misses the frees of some buffers that gloo's
+    collectives release (about one layer's gradients per reduce-scatter): their address is
+    handed out again while the events still hold them live. The allocator cannot give one
+    address to two live blocks, so a new block at a live address ends the old one there; without
+    that, the sum creeps up by a layer per missed free (up to 90 MiB at 20m).
+    """
     from torch._C._profiler import _EventType
 
     events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
@@ -146,10 +161,16 @@ def peak_allocated(prof, *, split_ns: int) -> tuple[int, int]:
         event = stack.pop()
         stack.extend(event.children)
         if event.typed[0] == _EventType.Allocation and event.typed[1].device.type == "cpu":
-            events.append((event.start_time_ns, event.typed[1].alloc_size))
+            alloc = event.typed[1]
+            events.append((event.start_time_ns, alloc.alloc_size, alloc.ptr))
     running = before = after = 0
-    for t, size in sorted(events):
-        running += size
+    live: dict[int, int] = {}
+    for t, size, ptr in sorted(events):
+        if size > 0:
+            running += size - live.get(ptr, 0)  # a missed free ends the old block here
+            live[ptr] = size
+        else:
+            running -= live.pop(ptr, -size)
         if t < split_ns:
             before = max(before, running)
         else:
@@ -157,12 +178,21 @@ def peak_allocated(prof, *, split_ns: int) -> tuple[int, int]:
     return before, after
 
 
-def run(shape: str, strategy: str, nproc: int, checkpointing: bool = False) -> dict:
+def run(
+    shape: str,
+    strategy: str,
+    nproc: int,
+    checkpointing: bool = False,
+    *,
+    grad_accum: int = 1,
+    lora_r: int = 0,
+    precision: str = "fp32",
+) -> dict:
     """Write the model and split, run the worker (under torchrun when ``nproc`` > 1), collect."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model = write_model(root / "model", SHAPES[shape])
-        split = write_split(root / "split", 4 * SETTINGS["batch_size"] * nproc)
+        split = write_split(root / "split", 4 * SETTINGS["batch_size"] * nproc * grad_accum)
         result = root / "result"
         argv = [
             "--worker",
@@ -176,6 +206,12 @@ def run(shape: str, strategy: str, nproc: int, checkpointing: bool = False) -> d
             strategy,
             "--result",
             str(result),
+            "--grad-accum",
+            str(grad_accum),
+            "--lora-r",
+            str(lora_r),
+            "--precision",
+            precision,
         ] + (["--checkpointing"] if checkpointing else [])
         env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
         if nproc > 1:
@@ -196,6 +232,9 @@ def run(shape: str, strategy: str, nproc: int, checkpointing: bool = False) -> d
         "strategy": strategy,
         "nproc": nproc,
         "checkpointing": checkpointing,
+        "grad_accum": grad_accum,
+        "lora_r": lora_r,
+        "precision": precision,
         "settings": SETTINGS,
         "ranks": [
             {
@@ -217,6 +256,9 @@ def main() -> None:
     parser.add_argument("--strategy", choices=("ddp", "fsdp"), default="ddp")
     parser.add_argument("--nproc", type=int, default=1)
     parser.add_argument("--checkpointing", action="store_true")
+    parser.add_argument("--grad-accum", type=int, default=1)
+    parser.add_argument("--lora-r", type=int, default=0, help="a LoRA adapter of this rank")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16-mixed", "bf16"))
     parser.add_argument("--json", type=Path, help="also write the result here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     for name in ("--model", "--split", "--out", "--result"):
@@ -225,7 +267,15 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    result = run(args.shape, args.strategy, args.nproc, args.checkpointing)
+    result = run(
+        args.shape,
+        args.strategy,
+        args.nproc,
+        args.checkpointing,
+        grad_accum=args.grad_accum,
+        lora_r=args.lora_r,
+        precision=args.precision,
+    )
     text = json.dumps(result, indent=2)
     if args.json:
         args.json.write_text(text + "\n")

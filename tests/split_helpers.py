@@ -54,10 +54,12 @@ def write_split(
     routes: list[str] | None = None,
     drop: tuple[str, ...] = (),
     soft: float | None = None,
+    placement: str | None = None,
 ) -> Path:
     """Route ``rows`` (or a data file) at ``threshold`` with prefcurate's own route library.
 
-    ``soft`` is ``route --soft T``: the split gets its weight column.
+    ``soft`` is ``route --soft T``: the split gets its weight column; ``placement`` is
+    ``route --placement``.
 
     ``routes`` then overrides the routes (in ``rows`` order) and ``drop`` removes columns, to test
     what the trainer does with a split that route would never write.
@@ -68,7 +70,11 @@ def write_split(
         data = split_dir.with_name(split_dir.name + ".jsonl")
         data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     source = open_pairs(data)
-    write_route(plan_routes(source, threshold=threshold, soft=soft), split_dir, force=True)
+    write_route(
+        plan_routes(source, threshold=threshold, soft=soft, placement=placement),
+        split_dir,
+        force=True,
+    )
     if routes is None and not drop:
         return split_dir
     train = split_dir / "train.parquet"

@@ -24,6 +24,24 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+#: What a dependency prints when it is let through (prefcurate itself prints none of these):
+#: torchao's and torch's import-time lines, Python warnings, transformers' advice, and the
+#: progress bars of transformers (loading and writing weights) and datasets (splits, maps).
+DEPENDENCY_NOISE = (
+    "Failed to load",
+    "_pytree",
+    "Warning:",
+    "warnings.warn",
+    "deprecated",
+    "Token indices sequence length",
+    "[RANK 0]",
+    "Loading weights",
+    "Writing model shards",
+    "Generating train split",
+    "examples/s",
+    "Map",
+)
+
 #: Variables that would make rich ignore the pty's real size or colour support.
 _OVERRIDES = ("COLUMNS", "LINES", "NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")
 
@@ -144,8 +162,13 @@ def run_in_terminal(
     cwd: Path | None = None,
     env: dict[str, str | None] | None = None,
     timeout: float = 300.0,
+    program: list[str] | None = None,
 ) -> TerminalRun:
-    """Run ``prefcurate ARGS`` with a pseudo-terminal of ``columns`` × ``rows`` as its tty."""
+    """Run ``prefcurate ARGS`` with a pseudo-terminal of ``columns`` × ``rows`` as its tty.
+
+    ``program`` runs something else the way a user would type it (``["python",
+    "train_mixdpo.py"]``), ``python`` being this interpreter; ARGS follow it.
+    """
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
     merged = {**os.environ, **(env or {})}  # a value of None unsets the variable
@@ -153,8 +176,12 @@ def run_in_terminal(
     child_env["TERM"] = "xterm-256color"
     child_env.setdefault("PYTHONPATH", str(Path(__file__).resolve().parent.parent))
     started = time.monotonic()
+    if program is None:
+        program = [sys.executable, "-m", "prefcurate"]
+    elif program[0] == "python":
+        program = [sys.executable, *program[1:]]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "prefcurate", *map(str, args)],
+        [*program, *map(str, args)],
         stdin=slave,
         stdout=slave,
         stderr=slave,

@@ -342,8 +342,9 @@ def test_analyze_ultrafeedback_sample(uf1k):
     assert report.rows == 1000
     assert (report.margin.ties, report.margin.negative, report.margin.max) == (111, 0, 8.0)
     routing = report.routing
-    assert (routing.sft, routing.dpo, routing.sft_share) == (110, 886, 0.110442)
+    assert (routing.sft, routing.dpo, routing.sft_share) == (110, 885, 0.110553)
     assert report.routing.identical == 4  # chosen == rejected: left out, as route drops them
+    assert report.routing.empty_chosen == 1  # the empty rejected response is routed (DPO)
     assert report.histogram.counts[:4] == [111, 193, 193, 120]  # checked facts of the sample
     assert report.lengths.chosen_longer_share == 0.552
     assert report.flags.identical == 4

@@ -14,7 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 def _run(script: str, *args: str) -> subprocess.CompletedProcess:
@@ -125,8 +129,56 @@ def test_gpu_check_cpu_smoke_runs_every_part(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
+    assert json.loads(done.stdout) == report  # one JSON object on stdout
     smoke = report["smoke"]
     assert smoke["ddp"]["tokens_per_s"] > 0 and smoke["fsdp"]["tokens_per_s"] > 0
     assert smoke["fsdp_vs_ddp_max_loss_diff"] < 1e-5  # fp32: the same step either way
+    assert smoke["flops_per_step"] == 88_080_384  # test_gpu_check_flops_by_hand
     assert report["lora"]["tokens_per_s"] > 0
-    assert report["trl"]["trl_over_prefcurate"] > 0
+    trl = report["trl"]
+    assert trl["trl_over_prefcurate"] > 0 and trl["steps_timed"] == 2  # 3 steps, 1 warm-up
+    # the same token ids and reference log-probs: TRL's first loss is prefcurate's
+    assert trl["first_loss"]["trl"] == pytest.approx(trl["first_loss"]["prefcurate"], abs=1e-5)
+
+
+def test_gpu_check_flops_by_hand():
+    """The smoke shape (hidden 64, MLP 176, 2 layers, 4 heads of 16, 2 KV heads, vocabulary
+    384), 2 pairs of prompt 8 + response 24 tokens: 4 rows of S = 32, R = 24.
+
+    * one layer's matmul weights: q and o 64·64 each, k and v 64·32 each, gate, up and down
+      64·176 each: 8192 + 4096 + 33792 = 46,080;
+    * per row: 6 · 46,080 · 2 layers · 32 tokens = 17,694,720 (every token, forward + backward);
+      causal attention 6 · 2 · 64 · 32² = 786,432; the head on the 24 response positions only,
+      6 · 64 · 384 · 24 = 3,538,944; the embedding lookup 0;
+    * 4 rows: 4 · 22,020,096 = 88,080,384 FLOPs per step.
+
+    Counting every one of the 141,632 parameters on every token (6·N·128 + attention), as the
+    check did, gives 111,919,104: 1.27 times too many, and 1.51 at Llama-3-8B's shape (11.64
+    GFLOP per token against the 7.70 computed), since the embedding is a lookup and the head
+    never sees a prompt token.
+    """
+    from gpu_check import FULL, SHAPES, SMOKE, SMOKE_SHAPE, flops_per_step, linear_parameters
+
+    assert linear_parameters(SMOKE_SHAPE) == 46_080
+    assert flops_per_step(SMOKE_SHAPE, SMOKE) == 88_080_384
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**SMOKE_SHAPE))
+    layer = model.model.layers[0]
+    linear = sum(m.weight.numel() for m in layer.modules() if isinstance(m, torch.nn.Linear))
+    assert linear == 46_080  # the config's count is the built layer's
+    old = 6 * sum(p.numel() for p in model.parameters()) * 128 + 6 * 2 * 64 * 32 * 128
+    assert old == 111_919_104
+    llama = SHAPES["llama-3-8b-shape-4-layers"]
+    tokens = 2 * FULL["pairs"] * (FULL["prompt"] + FULL["response"])
+    assert flops_per_step(llama, FULL) / tokens / 1e9 == pytest.approx(7.70, abs=0.005)
+
+
+def test_gpu_check_scores_a_device_by_its_exact_name():
+    from gpu_check import peak_tflops
+
+    assert peak_tflops("NVIDIA H100 80GB HBM3", None) == (989.4, "data sheet")
+    assert peak_tflops("NVIDIA H100 PCIe", None)[0] == 756.5  # not the SXM's 989
+    assert peak_tflops("NVIDIA H100 PCIe", 700.0) == (700.0, "--peak-tflops")
+    peak, source = peak_tflops("NVIDIA H100 something new", None)
+    assert peak is None and "--peak-tflops" in source

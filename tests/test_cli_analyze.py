@@ -28,15 +28,20 @@ CORE_KEYS = {
 
 
 def test_show_ultrafeedback_threshold_with_out(cli, uf1k, tmp_path):
-    """The issue's Show item: nested ratings found, 1000 rows, 111 ties, 110 → SFT, 886 → DPO
-    (the 4 identical pairs are left out, as route drops them)."""
+    """The issue's Show item: nested ratings found, 1000 rows, 111 ties, 110 → SFT, 884 → DPO
+    (the 4 identical pairs and the one with an empty chosen response are left out, as route drops
+    them)."""
     out = tmp_path / "report"
     result = cli("analyze", uf1k, "--threshold", "0.5", "--out", out)
     assert result.code == 0, result.err
     assert "1,000 pairs" in result.out
     assert "scores=metadata.score_chosen,metadata.score_rejected" in result.out
     assert "ties (margin = 0) 111 (11.1%)" in result.out
-    assert "110 pairs (11.0%) to SFT, 886 (89.0%) to DPO" in result.out
+    assert "110 pairs (11.1%) to SFT, 885 (88.9%) to DPO" in result.out
+    shown = " ".join(result.out.split())
+    assert (
+        "route drops 4 pairs with chosen = rejected, 1 pair with an empty chosen response" in shown
+    )
     report = json.loads((out / "report.json").read_text())
     for key, inner in CORE_KEYS.items():
         assert key in report
@@ -48,10 +53,11 @@ def test_show_ultrafeedback_threshold_with_out(cli, uf1k, tmp_path):
         "threshold": 0.5,
         "sft_fraction": None,
         "sft": 110,
-        "dpo": 886,
-        "sft_share": 0.110442,
+        "dpo": 885,
+        "sft_share": 0.110553,
         "unrouted": 0,
         "identical": 4,
+        "empty_chosen": 1,
     }
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(["report.json", "index.html", *PLOT_FILES, MANIFEST])
@@ -64,7 +70,7 @@ def test_sft_fraction_picks_the_ties(cli, uf1k):
     assert result.code == 0, result.err
     routing = json.loads(result.out)["routing"]
     assert (routing["threshold"], routing["sft_fraction"]) == (0.5, 0.12)
-    assert (routing["sft"], routing["dpo"]) == (110, 886)
+    assert (routing["sft"], routing["dpo"]) == (110, 885)
 
 
 def test_json_prints_only_json(cli, uf1k):

@@ -33,10 +33,10 @@ def test_route_ultrafeedback_at_tau_half(cli, uf1k, tmp_path):
     out = tmp_path / "uf"
     result = cli("route", uf1k, "--threshold", "0.5", "--out", out)
     assert result.code == 0, result.err
-    assert "886 dpo, 110 sft, 4 dropped (4 identical)" in result.out
+    assert "885 dpo, 110 sft, 5 dropped (4 identical, 1 empty_chosen)" in result.out
     train = pl.read_parquet(out / "train.parquet")
     routes = train.get_column("route").to_list()
-    assert (routes.count("dpo"), routes.count("sft")) == (886, 110)
+    assert (routes.count("dpo"), routes.count("sft")) == (885, 110)
     assert train.filter(pl.col("rank") == 0).get_column("margin").item() == 8.0
     by_rank = train.sort("rank").get_column("margin").to_list()
     assert all(a >= b for a, b in zip(by_rank, by_rank[1:], strict=False))
@@ -45,8 +45,9 @@ def test_route_ultrafeedback_at_tau_half(cli, uf1k, tmp_path):
     assert ranks["dpo"][1] < ranks["sft"][0]  # every sft pair after every dpo pair
     plan = json.loads((out / "plan.json").read_text())
     assert plan["mode"] == "mixdpo" and plan["threshold"] == 0.5 and plan["order"] == "curriculum"
-    assert plan["counts"]["in"] == 1000 and plan["counts"]["dropped"] == 4
+    assert plan["counts"]["in"] == 1000 and plan["counts"]["dropped"] == 5
     assert plan["counts"]["dropped_by_reason"]["identical"] == 4
+    assert plan["counts"]["dropped_by_reason"]["empty_chosen"] == 1
     assert sorted(p.name for p in out.iterdir()) == SPLIT_FILES
 
 
@@ -59,11 +60,11 @@ def test_route_plots_mark_the_split(cli, uf1k, tmp_path):
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000, name
 
 
-def test_filter_mode_writes_886_pairs_and_no_sft(cli, uf1k, tmp_path):
+def test_filter_mode_writes_885_pairs_and_no_sft(cli, uf1k, tmp_path):
     result = cli("route", uf1k, "--threshold", "0.5", "--mode", "filter", "--out", tmp_path / "f")
     assert result.code == 0, result.err
     train = pl.read_parquet(tmp_path / "f" / "train.parquet")
-    assert train.height == 886
+    assert train.height == 885
     assert train.filter(pl.col("route") == "sft").height == 0
 
 
@@ -86,7 +87,12 @@ def test_flags_reach_the_plan(cli, uf1k, tmp_path):
     assert plan["outputs"] == {
         "train": "train.parquet",
         "eval": "eval.parquet",
-        "trl": {"dpo": "dpo.jsonl", "sft": "sft.jsonl"},
+        "trl": {
+            "dpo": "dpo.jsonl",
+            "sft": "sft.jsonl",
+            "dpo_eval": "dpo_eval.jsonl",
+            "sft_eval": "sft_eval.jsonl",
+        },
     }
     counts = plan["counts"]
     held = pl.read_parquet(tmp_path / "o" / "eval.parquet")
@@ -161,8 +167,8 @@ def test_memory_budget_chooses_the_pass_not_the_bytes(cli, uf1k, tmp_path):
         (["--threshold", "0.5", "--export", "csv"], "--export must be one of trl, trl-mixdpo"),
         (["--threshold", "0.5", "--eval-fraction", "1"], "--eval-fraction"),
         (["--threshold", "0.5", "--stages", "2", "--order", "random"], "--stages"),
-        (["--threshold", "0.5", "--memory-budget", "2x"], "--memory-budget must be a size"),
-        (["--threshold", "0.5", "--memory-budget", "-1GB"], "--memory-budget must be a size"),
+        (["--threshold", "0.5", "--memory-budget", "2x"], "--text-memory must be a size"),
+        (["--threshold", "0.5", "--memory-budget", "-1GB"], "--text-memory must be a size"),
     ],
 )
 def test_bad_arguments(cli, uf1k, tmp_path, flags, says):
@@ -295,7 +301,7 @@ def test_killed_during_the_write_leaves_the_old_directory(cli, uf1k, tmp_path):
     assert not list(tmp_path.glob(".split.*"))  # the leftover is cleaned up
     plan = json.loads((out / "plan.json").read_text())
     assert plan["threshold"] == 1.0 and plan["counts"]["sft"] == 302
-    assert pl.read_parquet(out / "train.parquet").height == 996
+    assert pl.read_parquet(out / "train.parquet").height == 995
 
 
 def test_killed_first_write_leaves_no_directory(cli, uf1k, tmp_path):

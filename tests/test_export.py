@@ -38,7 +38,7 @@ def test_standard_export_loads_with_datasets_in_rank_order(uf1k, tmp_path):
 
     assert dpo.column_names == ["prompt", "chosen", "rejected"]
     assert sft.column_names == ["prompt", "completion"]
-    assert (dpo.num_rows, sft.num_rows) == (886, 110)  # no pair with chosen == rejected
+    assert (dpo.num_rows, sft.num_rows) == (885, 110)  # no identical pair, no empty chosen one
     want_dpo = train.filter(pl.col("route") == "dpo").sort("rank")
     want_sft = train.filter(pl.col("route") == "sft").sort("rank")
     assert dpo["prompt"] == want_dpo["prompt"].to_list()  # curriculum order, largest margin first
@@ -90,6 +90,44 @@ def test_implicit_prompt_transcripts_export_as_strings(hh, tmp_path):
     assert first["prompt"].startswith("\n\nHuman:") and first["prompt"].endswith("Assistant:")
     assert "Human:" not in first["chosen"]
     assert (out / "sft.jsonl").read_bytes() == b""  # no pair took the SFT route
+
+
+def test_the_eval_split_is_exported_beside_the_train_files(uf1k, tmp_path):
+    """--eval-fraction 0.1: dpo_eval.jsonl, sft_eval.jsonl and mixdpo_eval.jsonl hold exactly the
+    held-out pairs of eval.parquet, in its rank order, in the train files' formats; plan.json
+    names every file."""
+    out = tmp_path / "uf"
+    plan = plan_routes(open_pairs(uf1k), threshold=0.5, eval_fraction=0.1)
+    document = write_route(plan, out, export=["trl", "trl-mixdpo"])
+    held = pl.read_parquet(out / "eval.parquet").sort("rank")
+    dpo, sft = _load(out / "dpo_eval.jsonl", tmp_path), _load(out / "sft_eval.jsonl", tmp_path)
+    mixdpo = _load(out / "mixdpo_eval.jsonl", tmp_path)
+    assert (dpo.num_rows, sft.num_rows, mixdpo.num_rows) == (89, 11, 100)
+    assert (plan.counts["eval_dpo"], plan.counts["eval_sft"]) == (89, 11)
+    want_dpo = held.filter(pl.col("route") == "dpo")
+    assert dpo["prompt"] == want_dpo["prompt"].to_list()
+    assert dpo["rejected"] == want_dpo["rejected"].to_list()
+    assert sft["completion"] == held.filter(pl.col("route") == "sft")["chosen"].to_list()
+    assert mixdpo["pair_id"] == held["pair_id"].to_list()
+    assert mixdpo["rank"] == list(range(100))
+    train_ids = set(pl.read_parquet(out / "train.parquet")["pair_id"])
+    assert train_ids.isdisjoint(mixdpo["pair_id"])
+    assert document["outputs"]["trl"] == {
+        "dpo": "dpo.jsonl",
+        "sft": "sft.jsonl",
+        "dpo_eval": "dpo_eval.jsonl",
+        "sft_eval": "sft_eval.jsonl",
+    }
+    assert document["outputs"]["trl-mixdpo"] == {
+        "mixdpo": "mixdpo.jsonl",
+        "mixdpo_eval": "mixdpo_eval.jsonl",
+    }
+
+
+def test_a_split_without_eval_pairs_gets_no_eval_files(uf1k, tmp_path):
+    out = tmp_path / "uf"
+    write_route(plan_routes(open_pairs(uf1k), threshold=0.5), out, export="trl,trl-mixdpo")
+    assert not list(out.glob("*_eval.jsonl"))
 
 
 def test_export_from_an_existing_split_is_deterministic(uf1k, tmp_path):

@@ -12,7 +12,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 from rich.console import Console
 
 from prefcurate.base.errors import json_problem
@@ -21,7 +20,8 @@ from prefcurate.recipes.benchreport import chart_label
 from prefcurate.reporting import plots
 from prefcurate.reporting.terminal import _FittedRow
 from trainers.data import Curriculum
-from trainers.loop import LOW_LR_SHARE, low_lr_warning, route_lr_shares, summarize
+from trainers.loop import LOW_LR_FIX, summarize
+from trainers.schedule import LOW_LR_SHARE, Schedule, low_lr_warnings, route_lr
 
 # --------------------------------------------------------------------------------------------------
 # training summaries
@@ -95,32 +95,33 @@ def test_the_final_lines_name_each_route_and_the_pairs_trained(tmp_path):
 # the learning rate the sft tail gets
 
 
-def _routes(n_dpo: int, n_sft: int) -> torch.Tensor:
-    return torch.tensor([True] * n_dpo + [False] * n_sft)
+def _shares(curriculum: Curriculum, n_dpo: int, n_sft: int, schedule: str) -> dict:
+    steps = [curriculum.step_pairs(s).tolist() for s in range(curriculum.total_steps)]
+    factor = Schedule(schedule, 0.1, curriculum.total_steps).factor
+    return route_lr([0.0] * n_dpo + [1.0] * n_sft, steps, factor)
 
 
 def test_cosine_gives_a_curriculums_sft_tail_a_tiny_share_and_says_so():
     """863 dpo then 137 sft pairs, 4 per step: 250 steps, the sft pairs in the last 35 (216-250),
     where 0.5·(1 + cos(π·p)) has fallen from 0.05 to 0: about 1.7% of the peak on average."""
     curriculum = Curriculum(n_pairs=1000, global_batch=4)
-    is_dpo = _routes(863, 137)
-    shares = route_lr_shares(curriculum, is_dpo, warmup=25, schedule="cosine")
-    assert shares["sft"] < 0.03 and shares["dpo"] > 0.5
-    warning = low_lr_warning(shares, 137, "cosine")
-    assert warning is not None and "137 sft pairs" in warning
-    assert "--lr-schedule constant" in warning and f"{shares['sft']:.1%}" in warning
-    constant = route_lr_shares(curriculum, is_dpo, warmup=25, schedule="constant")
-    assert constant["sft"] == pytest.approx(1.0)
-    assert low_lr_warning(constant, 137, "constant") is None
+    lr = _shares(curriculum, 863, 137, "cosine")
+    assert lr.shares["sft"] < 0.03 and lr.shares["dpo"] > 0.5
+    (warning,) = low_lr_warnings(lr, LOW_LR_FIX)
+    assert "the sft pairs (137 pair visits)" in warning and f"{lr.shares['sft']:.1%}" in warning
+    assert "--placement spread" in warning and "--lr-schedule phased" in warning
+    constant = _shares(curriculum, 863, 137, "constant")
+    assert constant.shares["sft"] == pytest.approx(1.0)
+    assert low_lr_warnings(constant, LOW_LR_FIX) == []
 
 
 def test_shuffled_sft_pairs_get_about_half_the_peak_and_no_warning():
     curriculum = Curriculum(n_pairs=1000, global_batch=4, shuffle=True, seed=0)
-    shares = route_lr_shares(curriculum, _routes(863, 137), warmup=25, schedule="cosine")
-    assert 0.35 < shares["sft"] < 0.65 and shares["sft"] >= LOW_LR_SHARE
-    assert low_lr_warning(shares, 137, "cosine") is None
-    no_sft = route_lr_shares(curriculum, _routes(1000, 0), warmup=25, schedule="cosine")
-    assert no_sft["sft"] is None and low_lr_warning(no_sft, 0, "cosine") is None
+    lr = _shares(curriculum, 863, 137, "cosine")
+    assert 0.35 < lr.shares["sft"] < 0.65 and lr.shares["sft"] >= LOW_LR_SHARE
+    assert low_lr_warnings(lr, LOW_LR_FIX) == []
+    no_sft = _shares(curriculum, 1000, 0, "cosine")
+    assert no_sft.shares["sft"] is None and low_lr_warnings(no_sft, LOW_LR_FIX) == []
 
 
 # --------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from prefcurate.data.synth import write_synth
 from prefcurate.reporting import inspection as inspection_module
 from prefcurate.reporting.analyze import analyze, analyze_frame
 from prefcurate.reporting.inspection import inspect_source
-from prefcurate.reporting.page import render_page, script_json, write_page
+from prefcurate.reporting.page import page_data, render_page, script_json, write_page
 from prefcurate.reporting.runstats import accuracy_by_margin
 
 
@@ -109,6 +109,42 @@ def test_tau_control_gives_analyzes_counts_at_every_position(uf1k, uf_seen):
     for tau, sft, dpo in zip(t.values, t.sft, t.dpo, strict=True):
         routing = analyze_frame(seen.report.frame, layout="standard", threshold=tau).routing
         assert (sft, dpo) == (routing.sft, routing.dpo)
+
+
+def test_the_page_counts_and_tags_the_pairs_route_drops_whatever_tau(uf1k, uf_seen, tmp_path):
+    """The one rule of route (chosen = rejected, an empty chosen response) on the page: the τ
+    control's counts leave the pairs out, the routing line names them, and each listed pair
+    carries its reason, which its tag shows instead of a route. An empty rejected response is
+    routed like any pair."""
+    _, seen = uf_seen
+    data = page_data(seen)
+    assert data["dropped"] == "4 pairs with chosen = rejected, 1 pair with an empty chosen response"
+    # the τ of the paper: 995 pairs routed (1000 less 4 identical, less 1 empty chosen response)
+    index = seen.thresholds.values.index(0.5)
+    assert seen.thresholds.sft[index] + seen.thresholds.dpo[index] == 995
+    rows = [
+        ("same", "same", 7.0, 3.0),  # identical
+        ("", "a real answer", 6.0, 2.0),  # empty chosen
+        ("a real answer", "  ", 9.0, 1.0),  # empty rejected: routed
+        ("good", "bad", 8.0, 4.0),
+    ]
+    data_file = tmp_path / "pairs.jsonl"
+    data_file.write_text(
+        "".join(
+            json.dumps(
+                {"prompt": f"q{i}", "chosen": c, "rejected": r, "score_chosen": sc,
+                 "score_rejected": sr}
+            ) + "\n"
+            for i, (c, r, sc, sr) in enumerate(rows)
+        ),
+        encoding="utf-8",
+    )  # fmt: skip
+    small = inspect_source(open_pairs(data_file), threshold=0.5)
+    tags = dict(small.samples.select("chosen", "unroutable").iter_rows())
+    assert tags == {"same": "identical", "": "empty_chosen", "a real answer": None, "good": None}
+    assert page_data(small)["dropped"] == (
+        "1 pair with chosen = rejected, 1 pair with an empty chosen response"
+    )
 
 
 def test_per_source_tau_counts_match_analyzes_per_source_figures(tmp_path):

@@ -201,8 +201,12 @@ def test_moving_tau_to_half_routes_the_ties_to_sft(browser, uf_page):
     slider.send_keys(Keys.ARROW_LEFT)  # one grid step down: τ = 0.5
     assert browser.find_element("id", "tau-value").text == "τ = 0.5"
     assert set(route_tags(browser)) == {"→ DPO"}  # the listed pairs' tags follow τ
-    assert browser.find_element("id", "sft-count").text == "110 pairs (11.0%) to SFT"
-    assert browser.find_element("id", "dpo-count").text == "886 (89.0%) to DPO"
+    assert browser.find_element("id", "sft-count").text == "110 pairs (11.1%) to SFT"
+    assert browser.find_element("id", "dpo-count").text == "885 (88.9%) to DPO"
+    line = browser.find_element("id", "routing-line").text
+    assert line.endswith(
+        "; route drops 4 pairs with chosen = rejected, 1 pair with an empty chosen response"
+    )
     colors = browser.execute_script(
         "return document.getElementById('fig-histogram').data[0].marker.color.slice(0, 3)"
     )

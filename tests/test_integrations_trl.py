@@ -8,14 +8,17 @@ hidden size 128, large enough for ``MixDPOTrainer`` to share each prompt (its de
 
 from __future__ import annotations
 
+import ast
 import copy
 import json
 import math
 import os
+import re
 import shlex
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -24,6 +27,7 @@ pytest.importorskip("trl")
 
 import torch  # noqa: E402
 from split_helpers import synthetic_rows, write_split  # noqa: E402
+from terminal import DEPENDENCY_NOISE, run_in_terminal  # noqa: E402
 from test_shared_prompt import small_model  # noqa: E402
 from torch.testing import assert_close  # noqa: E402
 
@@ -172,7 +176,7 @@ def test_per_pair_losses_and_gradients_equal_prefcurate_train(
     )
     expected = objective(module, batch)
     if soft is not None:  # the weights are shares strictly between 0 and 1, not a hard switch
-        assert ((batch.sft_share > 0.01) & (batch.sft_share < 0.99)).sum() >= 5
+        assert ((batch.sft_mix > 0.01) & (batch.sft_mix < 0.99)).sum() >= 5
     ours.model.zero_grad()
     expected.loss.mean().backward()
 
@@ -197,7 +201,7 @@ def test_per_pair_losses_and_gradients_equal_prefcurate_train(
     inputs = trainer.data_collator(examples)
     n_dpo = int(pairs.is_dpo.sum())
     assert inputs["input_ids"].shape[0] == n + n_dpo  # no rejected row without a preference term
-    assert_close(inputs["sft_share"], batch.sft_share, atol=0, rtol=0)  # one rule, both engines
+    assert_close(inputs["sft_mix"], batch.sft_mix, atol=0, rtol=0)  # one rule, both engines
     model.train()
     got = trainer.pair_terms(model, inputs)
     shared = trainer._layout(model, inputs)
@@ -319,6 +323,67 @@ def test_logs_route_losses_and_rewards_under_trls_names(tmp_path):
         assert ("rewards/chosen" in record) == (d > 0)
 
 
+def _two_ties_last(tmp_path: Path, **plan: str) -> Path:
+    """40 pairs, the first two ties (margin 0, routed to sft, last in the curriculum), the rest
+    margins ≥ 1."""
+    rows = synthetic_rows(40, seed=2)
+    for i, row in enumerate(rows):
+        row["score_rejected"] = row["score_chosen"] - (0.0 if i < 2 else 1.0 + (i % 3))
+    return write_split(tmp_path / ("split-" + "-".join(plan.values())), rows, **plan)
+
+
+def test_a_starved_sft_route_is_warned_with_the_fix(tmp_path, caplog):
+    """TRL's default linear decay without warmup, 2 pairs per step: 20 steps, the factor of step
+    s is (20 − s)/20. The two sft pairs are step 19's: 1/20 = 5% of the peak; the dpo pairs
+    average steps 0–18: (20 + 19 + … + 2) / 19 / 20 = 209/380 = 55%. phased_schedule gives the
+    sft phase (step 19 alone) its own schedule: 100%, and the dpo phase cosine over 19 steps:
+    ½ + ½·(Σ cos(πs/19))/19 = ½ + 1/38 = 0.526316."""
+    split_dir = _two_ties_last(tmp_path)
+    trainer = trainer_for(split_dir, tmp_path / "linear", per_device_train_batch_size=2)
+    with caplog.at_level("INFO", logger="prefcurate"):
+        trainer.create_optimizer_and_scheduler(num_training_steps=20)
+    assert trainer.route_lr.shares == pytest.approx({"dpo": 0.55, "sft": 0.05})
+    said = "mean learning rate, as a share of the peak: dpo 55.0%, sft 5.0% (TRL's linear schedule)"
+    assert said in [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    (warning,) = warnings
+    assert warning.startswith("the sft pairs (2 pair visits) train at 5.0% of the peak")
+    assert "--placement spread" in warning and "phased_schedule=True" in warning
+    phased = trainer_for(
+        split_dir, tmp_path / "phased", per_device_train_batch_size=2, phased_schedule=True
+    )
+    caplog.clear()
+    with caplog.at_level("INFO", logger="prefcurate"):
+        phased.create_optimizer_and_scheduler(num_training_steps=20)
+    assert phased.route_lr.shares == pytest.approx({"dpo": 0.5 + 1 / 38, "sft": 1.0})
+    assert any(r.getMessage().endswith("(phased schedule)") for r in caplog.records)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_phased_schedule_needs_the_sft_pairs_last(tmp_path):
+    spread = _two_ties_last(tmp_path, placement="spread")
+    trainer = trainer_for(
+        spread, tmp_path / "t", per_device_train_batch_size=2, phased_schedule=True
+    )
+    with pytest.raises(InputError, match="phased_schedule .* holds a dpo pair"):
+        trainer.create_optimizer_and_scheduler(num_training_steps=20)
+
+
+def test_logs_each_routes_share_of_the_peak_rate_so_far(tmp_path):
+    """The running shares reach TRL's logs at every logging step and end at the run's shares."""
+    split_dir = _two_ties_last(tmp_path)
+    trainer = trainer_for(split_dir, tmp_path, per_device_train_batch_size=8)
+    trainer.train()
+    steps = [r for r in trainer.state.log_history if "loss" in r]
+    assert len(steps) == 5
+    assert [r["lr_share/dpo"] for r in steps] == pytest.approx(
+        [lr["dpo"] for lr in trainer.route_lr.running]
+    )
+    assert "lr_share/sft" not in steps[0] and steps[-1]["lr_share/sft"] == pytest.approx(
+        trainer.route_lr.shares["sft"]
+    )
+
+
 def test_a_split_without_route_is_an_error_never_plain_dpo(tmp_path):
     split_dir = write_split(tmp_path / "split", synthetic_rows(6, seed=1))
     pairs = load_pairs(split_dir).remove_columns("route")
@@ -364,6 +429,37 @@ def test_a_batch_that_lost_its_route_is_an_error(tmp_path):
     del inputs["is_dpo"]
     with pytest.raises(InputError, match="no route"):
         trainer.compute_loss(trainer.model, inputs)
+
+
+def test_load_pairs_reads_the_held_out_pairs_of_the_export(uf1k, tmp_path):
+    """load_pairs(dir, split="eval") and the export's mixdpo_eval.jsonl are the same pairs."""
+    from prefcurate.data.io import open_pairs
+    from prefcurate.routing.plan import plan_routes
+    from prefcurate.routing.writer import write_route
+
+    plan = plan_routes(open_pairs(uf1k), threshold=0.5, eval_fraction=0.1)
+    write_route(plan, tmp_path / "uf", export="trl-mixdpo")
+    held = load_pairs(tmp_path / "uf", split="eval")
+    exported = load_pairs(tmp_path / "uf" / "mixdpo_eval.jsonl")
+    assert held["pair_id"] == exported["pair_id"] and len(held) == 100
+    assert held["route"] == exported["route"] and held["rank"] == list(range(100))
+
+
+def test_the_config_picks_bf16_from_the_machine_and_raises_no_futurewarning(tmp_path):
+    """TRL defaults bf16 to True, which transformers refuses without a bf16 GPU; MixDPOConfig
+    asks the device when neither bf16 nor fp16 is given (an explicit bf16=True still asks for
+    it), and passes TRL's activation checkpointing under transformers' current name."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        args = MixDPOConfig(str(tmp_path / "o"))
+    assert args.bf16 is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    assert args.activation_checkpointing is True and args.gradient_checkpointing is True
+    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
+    off = MixDPOConfig(str(tmp_path / "o"), gradient_checkpointing=False, use_cpu=True)
+    assert off.activation_checkpointing is False and off.bf16 is False
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="bf16"):
+            MixDPOConfig(str(tmp_path / "o"), bf16=True)
 
 
 def test_a_plain_dpo_config_is_refused(tmp_path):
@@ -475,32 +571,74 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_the_trl_example_of_the_docs_runs_end_to_end(cli, uf1k, tmp_path, monkeypatch):
-    """docs/integrations.md, section TRL: its prefcurate commands on 16 real UltraFeedback pairs,
-    then its Python script on the tiny model (saved as the local model directory it names),
-    with CPU settings added; the run trains both routes and saves the model."""
+def docs_example(folder: Path, uf1k: Path, cli) -> str:
+    """docs/integrations.md, section TRL: its bash block's prefcurate commands run verbatim in
+    ``folder`` on the first 32 UltraFeedback pairs, and the tiny model saved as the local model
+    directory the script names; returns the script, verbatim."""
     doc = (Path(__file__).resolve().parent.parent / "docs" / "integrations.md").read_text()
     section = doc.split("## TRL: `MixDPOTrainer`")[1].split("\n## ")[0]
-    commands = _code_block(section, "bash")
-    script = _code_block(section, "python")
-    monkeypatch.chdir(tmp_path)
     lines = uf1k.read_text(encoding="utf-8").splitlines(keepends=True)
-    Path("ultrafeedback.jsonl").write_text("".join(lines[:16]), encoding="utf-8")
-    for line in commands.splitlines():
-        if line.startswith("prefcurate "):
-            result = cli(*shlex.split(line.split("#")[0])[1:])
-            assert result.code == 0, (line, result.err)
+    (folder / "ultrafeedback.jsonl").write_text("".join(lines[:32]), encoding="utf-8")
+    commands = [c for c in _code_block(section, "bash").splitlines() if c.startswith("prefcurate ")]
+    assert len(commands) == 2 and "python train_mixdpo.py" in _code_block(section, "bash")
+    for line in commands:
+        result = cli(*shlex.split(line.split("#")[0])[1:])
+        assert result.code == 0, (line, result.err)
     tiny = load_model("tiny", seed=0)
-    tiny.model.save_pretrained("models/Qwen2.5-0.5B-Instruct")
-    tiny.tokenizer.save_pretrained("models/Qwen2.5-0.5B-Instruct")
-    cpu = 'num_train_epochs=1, bf16=False, use_cpu=True, report_to="none", logging_steps=1,'
-    assert script.count("num_train_epochs=1,") == 1
+    tiny.model.save_pretrained(folder / "models/Qwen2.5-0.5B-Instruct")
+    tiny.tokenizer.save_pretrained(folder / "models/Qwen2.5-0.5B-Instruct")
+    return _code_block(section, "python")
+
+
+def test_the_trl_example_of_the_docs_runs_as_written(cli, uf1k, tmp_path, monkeypatch):
+    """The docs' commands and script, verbatim, on a machine without a GPU (bf16 is chosen from
+    what it has): both routes train, the held-out pairs are evaluated, the model is saved.
+    (TRL drops the pairs whose prompt alone fills max_length, 1024 byte tokens of the tiny
+    model: 7 of the 30 training pairs, none of the 2 held out.)"""
+    monkeypatch.chdir(tmp_path)
+    script = docs_example(tmp_path, uf1k, cli)
+    assert not torch.cuda.is_available()  # the case the docs' text used to fail on
     namespace: dict = {}
-    exec(compile(script.replace("num_train_epochs=1,", cpu), "integrations.md", "exec"), namespace)
-    steps = [r for r in namespace["trainer"].state.log_history if "loss" in r]
-    assert len(steps) == 2  # 16 pairs, batch 8
-    assert sum(r["pairs/sft"] for r in steps) > 0 and sum(r["pairs/dpo"] for r in steps) > 0
-    assert Path("uf-mixdpo/model.safetensors").is_file()
+    exec(compile(script, "train_mixdpo.py", "exec"), namespace)
+    trainer = namespace["trainer"]
+    assert trainer.args.bf16 is False and trainer.args.use_cpu is False
+    assert trainer.state.global_step == 3  # 23 pairs, batch 8
+    trained = trainer._metrics["train"]  # the steps' figures (logging_steps 10 > 3 steps)
+    assert sum(trained["pairs/dpo"]) > 0 and sum(trained["pairs/sft"]) > 0
+    evaluated = next(r for r in trainer.state.log_history if "eval_loss" in r)
+    assert evaluated["eval_pairs/dpo"] + evaluated["eval_pairs/sft"] == 2  # 5% of 30 held out
+    assert (tmp_path / "uf-mixdpo" / "model.safetensors").is_file()
+
+
+#: The Trainer's own progress bar, as tqdm leaves it: "100%|████| 3/3 [00:15<00:00, 5.2s/it]".
+TRAINING_BAR = re.compile(r"\s*100%\|[█ ]*\| (\d+)/\1 \[[^\]]+\]")
+
+
+def test_the_trl_example_shows_nothing_from_its_dependencies(cli, uf1k, tmp_path, monkeypatch):
+    """`python train_mixdpo.py` on a terminal, as a user runs it: the screen holds the training's
+    own output, TRL's logged metrics and the Trainer's progress bar, and nothing else (no torchao
+    import noise, no warning, no loading, split or saving bars)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train_mixdpo.py").write_text(docs_example(tmp_path, uf1k, cli), encoding="utf-8")
+    run = run_in_terminal(
+        ["train_mixdpo.py"],
+        program=["python"],
+        columns=200,
+        cwd=tmp_path,
+        # as a user's shell has it: no TQDM_DISABLE (the fixture above sets it for the rest)
+        env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent), "TQDM_DISABLE": None},
+        timeout=600,
+    ).check()
+    for sign in DEPENDENCY_NOISE:
+        assert sign not in run.screen, (sign, run.screen)
+    lines = run.screen.splitlines()
+    bars = [line for line in lines if TRAINING_BAR.fullmatch(line)]
+    assert len(bars) == 1 and TRAINING_BAR.fullmatch(bars[0]).group(1) == "3", run.screen
+    rest = "".join(line for line in lines if line not in bars)  # the dicts, wrapped at 200
+    logged = [ast.literal_eval(d) for d in re.findall(r"\{[^{}]*\}", rest)]
+    assert re.sub(r"\{[^{}]*\}", "", rest).strip() == ""  # nothing but the logged dicts
+    assert any("eval_loss" in r for r in logged) and any("train_loss" in r for r in logged)
+    assert (tmp_path / "uf-mixdpo" / "model.safetensors").is_file()
 
 
 def _code_block(markdown: str, language: str) -> str:

@@ -29,6 +29,7 @@ CONTRACT = {
     "prefcurate.base.outdir",
     "prefcurate.base.interrupt",
     "prefcurate.base.cachedir",
+    "prefcurate.base.sizes",
     "prefcurate.base.log",
     "prefcurate.scoring.spec",
 }

@@ -117,21 +117,136 @@ def test_a_run_that_will_not_fit_exits_2_before_loading(cli, split, tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.parametrize(
-    ("shape", "strategy", "nproc"),
-    [
-        ("tiny", "ddp", 1),
-        ("tiny", "fsdp", 2),
-        ("20m", "ddp", 1),
-        pytest.param("20m", "fsdp", 2, marks=pytest.mark.slow),
-        pytest.param("100m", "ddp", 1, marks=pytest.mark.slow),
-        pytest.param("100m", "fsdp", 2, marks=pytest.mark.slow),
-    ],
-)
-def test_plan_is_within_25_percent_of_the_measured_peak(shape, strategy, nproc):
+def plan_json(cli, split, model, tmp_path, *flags) -> dict:
+    result = cli(
+        "train", split, "--model", model, "--out", tmp_path / "run", "--dry-run", "--json",
+        "--device", "cuda", "--device-memory", "80", *flags,
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    return json.loads(result.out)
+
+
+def test_ddp_on_several_processes_keeps_its_gradient_buckets_for_the_whole_run(
+    cli, llama3_8b, split, tmp_path
+):
+    """DDP's gradients are views into its all-reduce buckets (gradient_as_bucket_view), which
+    live as long as the wrapper: the plan counts them during the forward pass too."""
+    one = plan_json(cli, split, llama3_8b, tmp_path, "--world-size", "1", "--strategy", "ddp")
+    two = plan_json(cli, split, llama3_8b, tmp_path, "--world-size", "2", "--strategy", "ddp")
+    b1, b2 = one["plan"]["bytes"], two["plan"]["bytes"]
+    P = 8_030_261_248
+    assert b2["gradients"] == b1["gradients"] == 4 * P
+    # one process: the gradients are freed between steps, so only the step's peak holds them
+    step = 4 * P  # the multi-tensor AdamW's temporary copy on CUDA
+    assert b1["total"] == pytest.approx(
+        b1["parameters"] + b1["optimizer"] + max(b1["activations"], 4 * P + step), rel=1e-9
+    )
+    # several: the buckets live through the forward pass, beside the activations
+    assert b2["total"] == pytest.approx(
+        b2["parameters"] + b2["optimizer"] + b2["gradients"] + max(b2["activations"], step),
+        rel=1e-9,
+    )
+    assert any("buckets" in line for line in two["plan"]["assumptions"])
+
+
+def test_docs_8_gpu_command_plans_sharded_gradients_with_grad_accum(
+    cli, llama3_8b, split, tmp_path
+):
+    """docs/training.md's 8-GPU command (--grad-accum 4): fsdp reduce-scatters every micro-batch,
+    so the accumulated gradients are a shard, 4 · P / 8 bytes, not a whole fp32 copy."""
+    payload = plan_json(
+        cli, split, llama3_8b, tmp_path, "--world-size", "8", "--strategy", "fsdp",
+        "--precision", "bf16-mixed", "--gradient-checkpointing", "--batch-size", "2",
+        "--grad-accum", "4", "--max-length", "1024",
+    )  # fmt: skip
+    b = payload["plan"]["bytes"]
+    assert b["gradients"] == 4 * 8_030_261_248 / 8
+    assert payload["plan"]["gib"]["total"] < 30  # not the ~46 GiB of unsharded accumulation
+
+
+def test_qlora_plans_the_fp32_upcast_of_embeddings_head_and_norms(cli, llama3_8b, split, tmp_path):
+    """PEFT's prepare_model_for_kbit_training upcasts every parameter that is not 4-bit to fp32:
+    Llama-3-8B's 6,979,321,856 decoder linear weights are NF4 (4.127 bits), the other
+    1,050,939,392 (embeddings, head, norms) 4 bytes, the r=16 adapter 41.9M × 4 bytes."""
+    payload = plan_json(
+        cli, split, llama3_8b, tmp_path, "--world-size", "1", "--lora-r", "16",
+        "--load-in-4bit", "--gradient-checkpointing", "--batch-size", "2", "--max-length", "1024",
+    )  # fmt: skip
+    linear = 32 * (2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336)
+    assert linear == 6_979_321_856
+    rest = 8_030_261_248 - linear
+    adapter = payload["model"]["lora_trainable"]
+    nf4 = (4 + 8 / 64 + 32 / (64 * 256)) / 8
+    expected = linear * nf4 + rest * 4 + adapter * 4
+    assert payload["plan"]["bytes"]["parameters"] == pytest.approx(expected, rel=1e-9)
+    assert any("fp32" in line for line in payload["plan"]["assumptions"])
+
+
+def test_eager_attention_plans_the_attention_probabilities(cli, split, tmp_path):
+    """Eager attention keeps each head's L×L softmax output (fp32) and its cast: for the tiny
+    model in fp32, 2 layers × 4 heads × 8 rows (batch 4) × 64² × (4 + 4) bytes = 2 MiB more."""
+    sdpa = cli("train", split, "--model", "tiny", "--out", tmp_path / "r", "--dry-run", "--json",
+               "--max-length", "64", "--attn-implementation", "sdpa")  # fmt: skip
+    eager = cli("train", split, "--model", "tiny", "--out", tmp_path / "r", "--dry-run", "--json",
+                "--max-length", "64", "--attn-implementation", "eager")  # fmt: skip
+    a, b = (json.loads(r.out)["plan"]["bytes"]["activations"] for r in (sdpa, eager))
+    assert b - a == 2 * 4 * 8 * 64 * 64 * 8
+
+
+def test_headroom_holds_back_a_share_of_the_device(cli, split, tmp_path):
+    def plan(device_gib: float, headroom: str) -> dict:
+        flags = ("--json", "--device-memory", str(device_gib), "--memory-headroom", headroom)
+        result = cli(
+            "train", split, "--model", "tiny", "--out", tmp_path / "r", "--dry-run", *flags
+        )
+        assert result.code == 0, result.err
+        return json.loads(result.out)
+
+    total = plan(1.0, "0.1")["plan"]["bytes"]["total"] / 2**30
+    device = total / 0.85  # the plan is 85% of the device
+    default = plan(device, "0.1")
+    assert default["usable_gib"] == pytest.approx(0.9 * device, abs=2e-3)
+    assert default["plan"]["fits"]  # 85% < 90%
+    half = plan(device, "0.5")
+    assert half["usable_gib"] == pytest.approx(0.5 * device, abs=2e-3)
+    assert not half["plan"]["fits"]  # 85% > 50%
+
+
+def test_dry_run_prints_what_the_plan_assumes(cli, split, tmp_path):
+    result = cli("train", split, "--model", "tiny", "--out", tmp_path / "r", "--dry-run")
+    assert result.code == 0, result.err
+    assert "assumes:" in result.out
+    assert "every pair dpo and every row at --max-length 1024" in result.out
+    assert "sdpa attention" in result.out
+    assert "10% held back (--memory-headroom)" in result.out
+
+
+#: The plan against the measured peak (benchmarks/memory_check.py): ddp on 2 processes, fsdp on
+#: 2 processes with --grad-accum 2, and LoRA (r 16, one process), at the three shapes.
+SHOW = [
+    ("tiny", "ddp", 2, 1, 0),
+    ("tiny", "fsdp", 2, 2, 0),
+    ("tiny", "ddp", 1, 1, 16),
+    ("20m", "ddp", 1, 1, 0),
+    ("20m", "ddp", 1, 1, 16),
+    *(
+        pytest.param(*case, marks=pytest.mark.slow)
+        for case in (
+            ("20m", "ddp", 2, 1, 0),
+            ("20m", "fsdp", 2, 2, 0),
+            ("100m", "ddp", 2, 1, 0),
+            ("100m", "fsdp", 2, 2, 0),
+            ("100m", "ddp", 1, 1, 16),
+        )
+    ),
+]
+
+
+@pytest.mark.parametrize(("shape", "strategy", "nproc", "grad_accum", "lora_r"), SHOW)
+def test_plan_is_within_15_percent_of_the_measured_peak(shape, strategy, nproc, grad_accum, lora_r):
     from memory_check import run
 
-    result = run(shape, strategy, nproc)
+    result = run(shape, strategy, nproc, grad_accum=grad_accum, lora_r=lora_r)
     assert len(result["ranks"]) == nproc
     for rank in result["ranks"]:
-        assert 0.75 <= rank["planned_over_measured"] <= 1.25, rank
+        assert 0.85 <= rank["planned_over_measured"] <= 1.15, rank

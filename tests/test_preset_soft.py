@@ -103,33 +103,64 @@ def test_dpo_mode_defaults_to_a_shuffle_and_says_so(cli, data, tmp_path):
 # --------------------------------------------------------------------------- soft routing
 
 
-def test_soft_weights_are_the_logistic_of_the_margin_gap(data, tmp_path):
-    """τ = 0.5, T = 0.25: margin 0 → σ(2) = 0.880797, 0.5 → ½, 1 → σ(−2) = 0.119203,
-    2 → σ(−6) = 0.002473, 3 → σ(−10) = 0.0000454."""
+def test_soft_weights_are_the_logistic_of_the_gap_to_the_centre(data, tmp_path):
+    """τ = 0.5 on half-point margins (0, 0.5, 1, 2, 3): the largest margin below τ is 0, so the
+    sigmoid is centred at c = 0.25, and with T = 0.25: margin 0 → σ(1) = 0.731059,
+    0.5 → σ(−1) = 0.268941, 1 → σ(−3) = 0.047426, 2 → σ(−7) = 0.000911, 3 → σ(−11) = 0.0000167."""
     plan = plan_routes(open_pairs(data), threshold=0.5, soft=0.25)
     write_route(plan, tmp_path / "soft")
     frame = pl.read_parquet(tmp_path / "soft" / "train.parquet")
-    expected = {0.0: 0.880797, 0.5: 0.5, 1.0: 0.119203, 2.0: 0.002473, 3.0: 0.0000454}
+    expected = {0.0: 0.731059, 0.5: 0.268941, 1.0: 0.047426, 2.0: 0.000911, 3.0: 0.0000167}
     for margin, weight in zip(frame["margin"], frame["weight"], strict=True):
         assert weight == pytest.approx(expected[margin], abs=1e-6)
     # the route column stays the hard route, for readers that ignore weights
     assert frame.filter(pl.col("margin") < 0.5)["route"].unique().to_list() == ["sft"]
     plan_json = json.loads((tmp_path / "soft" / "plan.json").read_text())
-    assert plan_json["soft"] == 0.25
+    assert (plan_json["soft"], plan_json["soft_center"]) == (0.25, 0.25)
     assert plan_json["counts"]["weight_mean"] == pytest.approx(frame["weight"].mean())
 
 
 def test_soft_weights_at_t_to_zero_are_the_hard_route(data):
+    """τ = 0.75: the centre is 0.625 (between margin 0.5 and τ); the margins nearest to it are
+    0.5 (0.125 below) and 1 (0.375 above), so no weight is further than σ(−0.125/T) from the
+    hard route's."""
     hard = plan_routes(open_pairs(data), threshold=0.75).keys.sort("pair_id")
     hard_sft = (hard["route"] == "sft").cast(pl.Float64).to_list()
     zero = plan_routes(open_pairs(data), threshold=0.75, soft=0.0).keys.sort("pair_id")
     assert zero["weight"].to_list() == hard_sft
     for temperature in (0.1, 0.01, 0.001):
-        soft = plan_routes(open_pairs(data), threshold=0.75, soft=temperature).keys
-        weights = soft.sort("pair_id")["weight"].to_list()
+        soft = plan_routes(open_pairs(data), threshold=0.75, soft=temperature)
+        assert soft.soft_center == 0.625
+        weights = soft.keys.sort("pair_id")["weight"].to_list()
         worst = max(abs(w - h) for w, h in zip(weights, hard_sft, strict=True))
-        assert worst <= 1 / (1 + math.exp(0.25 / temperature)) + 1e-12  # margins sit ≥ 0.25 off τ
-    assert worst < 1e-100
+        assert worst <= 1 / (1 + math.exp(0.125 / temperature)) + 1e-12
+    assert worst < 1e-50
+
+
+def test_soft_routing_at_t_1e_6_is_hard_routing_with_margins_exactly_at_tau(data, tmp_path):
+    """Half-point ratings, τ = 0.5: the ties (margin 0) go to sft and the pairs at exactly τ
+    (margin 0.5) to dpo under hard routing (margin < τ is strict). At T = 1e-6 soft routing
+    gives every pair the hard route's weight, those at τ included (centred at τ they would keep
+    w = ½ at any T), and the trainer's per-pair losses are the hard split's."""
+    hard = plan_routes(open_pairs(data), threshold=0.5)
+    soft = plan_routes(open_pairs(data), threshold=0.5, soft=1e-6)
+    margins = hard.keys.get_column("margin")
+    assert (margins == 0.5).sum() > 0 and (margins == 0.0).sum() > 0
+    sft = (hard.keys["route"] == "sft").cast(pl.Float64)
+    expected = dict(zip(hard.keys["pair_id"], sft, strict=True))
+    weights = dict(zip(soft.keys["pair_id"], soft.keys["weight"], strict=True))
+    assert weights == expected
+    at_tau = soft.keys.filter(pl.col("margin") == 0.5)
+    assert at_tau["weight"].to_list() == [0.0] * at_tau.height
+    assert at_tau["route"].unique().to_list() == ["dpo"]
+    write_route(hard, tmp_path / "hard")
+    write_route(soft, tmp_path / "soft")
+    loaded = load_model("tiny", seed=0)
+    module = SequenceLogps(loaded.model)
+    _, hard_terms = _terms(tmp_path / "hard", loaded, module)
+    _, soft_terms = _terms(tmp_path / "soft", loaded, module)
+    assert torch.equal(hard_terms.is_dpo, soft_terms.is_dpo)
+    assert_close(soft_terms.loss, hard_terms.loss)
 
 
 def test_soft_routing_is_refused_outside_mixdpo_and_below_zero(cli, data, tmp_path):
@@ -146,7 +177,7 @@ def test_soft_routed_losses_by_hand():
     is_dpo = torch.tensor([True, False, True])
     nll = torch.tensor([2.0, 4.0, 6.0])
     shares = torch.tensor([0.25, 1.0, 0.0], dtype=torch.float64)
-    loss = routed_pair_losses(is_dpo, torch.tensor([0.3, 0.7]), nll, sft_share=shares)
+    loss = routed_pair_losses(is_dpo, torch.tensor([0.3, 0.7]), nll, sft_mix=shares)
     assert_close(loss, torch.tensor([0.725, 4.0, 0.7]))
 
 

@@ -49,6 +49,17 @@ rated_rows = st.lists(
 )
 
 
+def _blank(text: str) -> bool:
+    """Empty or only whitespace, as Polars' strip_chars reads it (Unicode White_Space, which,
+    unlike Python's isspace, leaves the separators \x1c-\x1f)."""
+    return all(c.isspace() and c not in "\x1c\x1d\x1e\x1f" for c in text)
+
+
+def _routable(row: dict) -> bool:
+    """Route keeps a pair whose responses differ and whose chosen one is written, in any mode."""
+    return row["chosen"] != row["rejected"] and not _blank(row["chosen"])
+
+
 def _write(rows: list[dict], folder: Path, fmt: str) -> Path:
     if fmt == "jsonl":
         path = folder / "pairs.jsonl"
@@ -88,16 +99,18 @@ def test_write_then_read_round_trips(rows, fmt):
 def test_a_routed_split_reads_back_as_the_same_pairs(rows):
     """train.parquet is itself preference data: loading it gives back the pairs and margins.
 
-    (Route drops pairs with chosen = rejected; difficulty, a percentile over the input's margins,
-    is then compared only when none was dropped.)
+    (Route drops pairs with chosen = rejected or an empty chosen one; difficulty, a percentile over
+    the input's margins, is then compared only when none was dropped.)
     """
-    kept = [r for r in rows if r["chosen"] != r["rejected"]]
+    kept = [r for r in rows if _routable(r)]
     assume(kept)
     with tempfile.TemporaryDirectory() as tmp:
         source = open_pairs(_write(rows, Path(tmp), "jsonl"))
         write_route(plan_routes(source, threshold=1.0), Path(tmp) / "split")
         again = read_pairs(Path(tmp) / "split" / "train.parquet")
-        original = source.collect().filter(pl.col("chosen") != pl.col("rejected"))
+        loaded = source.collect()
+        routable = pl.Series([_routable(r) for r in loaded.iter_rows(named=True)])
+        original = loaded.filter(routable)
     columns = ["pair_id", "prompt", "chosen", "rejected", "margin"]
     columns += ["difficulty"] if len(kept) == len(rows) else []
     assert (
@@ -111,7 +124,8 @@ def test_a_routed_split_reads_back_as_the_same_pairs(rows):
 @given(rows=rated_rows, low=st.integers(0, 8), step=st.integers(0, 8))
 def test_routing_invariants(rows, low, step):
     tau_low, tau_high = low / 2, (low + step) / 2
-    n = sum(r["chosen"] != r["rejected"] for r in rows)  # route drops identical responses
+    # route drops identical responses and empty ones, whatever the mode
+    n = sum(_routable(r) for r in rows)  # route drops the rest, whatever the mode
     assume(n > 0)
     with tempfile.TemporaryDirectory() as tmp:
         source = open_pairs(_write(rows, Path(tmp), "parquet"))
@@ -122,9 +136,9 @@ def test_routing_invariants(rows, low, step):
         # every pair once; counts add up; rank is a permutation in curriculum order
         assert train.height == n == plan.counts["dpo"] + plan.counts["sft"]
         assert plan.counts["in"] == len(rows)
-        assert (
-            plan.counts["dropped"] == plan.counts["dropped_by_reason"]["identical"] == len(rows) - n
-        )
+        reasons = plan.counts["dropped_by_reason"]
+        assert plan.counts["dropped"] == reasons["identical"] + reasons["empty_chosen"]
+        assert plan.counts["dropped"] == len(rows) - n
         assert sorted(train["rank"].to_list()) == list(range(n))
         assert train["rank"].to_list() == list(range(n))  # rows are written in rank order
         margins = train["margin"].to_list()
@@ -144,7 +158,8 @@ def test_routing_invariants(rows, low, step):
 @SETTINGS
 @given(rows=rated_rows, fraction=st.floats(0.0, 1.0), seed=st.integers(0, 2**31))
 def test_sft_fraction_and_random_order_invariants(rows, fraction, seed):
-    n = sum(r["chosen"] != r["rejected"] for r in rows)  # route drops identical responses
+    # route drops identical responses and empty ones, whatever the mode
+    n = sum(_routable(r) for r in rows)  # route drops the rest, whatever the mode
     assume(n > 0)
     with tempfile.TemporaryDirectory() as tmp:
         source = open_pairs(_write(rows, Path(tmp), "jsonl"))

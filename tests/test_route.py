@@ -46,16 +46,17 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 def test_mixdpo_tau_half_routes_exactly_the_ties(uf):
     plan = plan_routes(uf, threshold=0.5)
-    assert (plan.counts["dpo"], plan.counts["sft"], plan.counts["dropped"]) == (886, 110, 4)
+    assert (plan.counts["dpo"], plan.counts["sft"], plan.counts["dropped"]) == (885, 110, 5)
     assert plan.counts["dropped_by_reason"]["identical"] == 4
+    assert plan.counts["dropped_by_reason"]["empty_chosen"] == 1
     train = plan.split("train")
     assert train.columns == list(SPLIT_COLUMNS)
-    assert train.get_column("rank").to_list() == list(range(996))
+    assert train.get_column("rank").to_list() == list(range(995))
     assert train.get_column("margin")[0] == 8.0
     margins = train.get_column("margin").to_list()
     assert all(a >= b for a, b in zip(margins, margins[1:], strict=False))
     routes = train.get_column("route").to_list()
-    assert routes == ["dpo"] * 886 + ["sft"] * 110  # every sft pair after every dpo pair
+    assert routes == ["dpo"] * 885 + ["sft"] * 110  # every sft pair after every dpo pair
     assert set(train.filter(pl.col("route") == "sft").get_column("margin")) == {0.0}
     assert set(train.get_column("stage")) == {0}
 
@@ -70,15 +71,16 @@ def test_curriculum_breaks_margin_ties_by_pair_id(uf):
 def test_filter_mode_drops_the_small_margins(uf):
     plan = plan_routes(uf, mode="filter", threshold=0.5)
     train = plan.split("train")
-    assert train.height == 886
+    assert train.height == 885
     assert set(train.get_column("route")) == {"dpo"}
     assert train.get_column("margin").min() == 0.5
     assert plan.counts["dropped_by_reason"] == {
         "identical": 4,
+        "empty_chosen": 1,
         "null_margin": 0,
         "below_threshold": 110,
     }
-    assert plan.counts["dropped"] == 114
+    assert plan.counts["dropped"] == 115
 
 
 @pytest.mark.parametrize(("mode", "route"), [("dpo", "dpo"), ("sft", "sft")])
@@ -86,15 +88,15 @@ def test_single_route_modes_need_no_threshold_and_record_one(uf, mode, route):
     plain = plan_routes(uf, mode=mode)
     assert plain.threshold is None
     assert set(plain.split().get_column("route")) == {route}
-    assert plain.counts[route] == 996  # the 4 pairs with chosen = rejected are dropped
+    assert plain.counts[route] == 995  # 4 with chosen = rejected, 1 with an empty chosen one
     recorded = plan_routes(uf, mode=mode, threshold=1.0)
     assert recorded.threshold == 1.0
-    assert recorded.counts[route] == 996  # τ is recorded, not applied
+    assert recorded.counts[route] == 995  # τ is recorded, not applied
     assert recorded.counts["below_threshold"] == 110 + 192  # identical: margins 0 and 0.5
 
 
 @pytest.mark.parametrize(
-    ("fraction", "tau", "sft"), [(0.12, 0.5, 110), (0.3, 1.0, 302), (0.5, 1.5, 495), (0, 0, 0)]
+    ("fraction", "tau", "sft"), [(0.12, 0.5, 110), (0.3, 1.0, 302), (0.5, 1.5, 494), (0, 0, 0)]
 )
 def test_sft_fraction_picks_tau_and_keeps_ties_together(uf, fraction, tau, sft):
     plan = plan_routes(uf, sft_fraction=fraction)
@@ -106,7 +108,7 @@ def test_sft_fraction_picks_tau_and_keeps_ties_together(uf, fraction, tau, sft):
 
 def test_sft_fraction_one_routes_everything(uf):
     plan = plan_routes(uf, sft_fraction=1.0)
-    assert plan.counts["sft"] == 996 and plan.threshold > 8.0
+    assert plan.counts["sft"] == 995 and plan.threshold > 8.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -114,8 +116,10 @@ def test_sft_fraction_one_routes_everything(uf):
 
 
 def _distinct(uf) -> pl.DataFrame:
-    """The input's pairs that route keeps: chosen ≠ rejected (4 of the 1000 are identical)."""
-    return uf.collect().filter(pl.col("chosen") != pl.col("rejected"))
+    """The input's pairs that route keeps: chosen ≠ rejected (4 of the 1000 are identical) and a
+    chosen response written (one is empty)."""
+    blank = pl.col("chosen").str.strip_chars().str.len_chars() == 0
+    return uf.collect().filter(pl.col("chosen") != pl.col("rejected"), ~blank)
 
 
 def test_as_is_keeps_the_input_order(uf):
@@ -131,7 +135,7 @@ def test_random_order_is_a_seeded_permutation_independent_of_file_order(uf, tmp_
     assert ids == b.get_column("pair_id").to_list()
     assert ids != c.get_column("pair_id").to_list()
     assert sorted(ids) == sorted(_distinct(uf).get_column("pair_id").to_list())
-    assert a.get_column("rank").to_list() == list(range(996))
+    assert a.get_column("rank").to_list() == list(range(995))
     # the shuffle keys on content: the same pairs listed in another order shuffle the same way
     lines = Path(uf.raw.paths[0]).read_text(encoding="utf-8").splitlines()
     random.Random(0).shuffle(lines)
@@ -144,7 +148,7 @@ def test_random_order_is_a_seeded_permutation_independent_of_file_order(uf, tmp_
 def test_stages_are_equal_contiguous_difficulty_chunks_shuffled_inside(uf):
     train = plan_routes(uf, threshold=0.5, stages=4, seed=3).split()
     sizes = train.group_by("stage").len().sort("stage").get_column("len").to_list()
-    assert sizes == [249, 249, 249, 249]
+    assert sizes == [249, 249, 249, 248]  # 995 pairs: stage s holds ranks [s·n/4, (s+1)·n/4)
     assert train.get_column("stage").to_list() == sorted(train.get_column("stage").to_list())
     bounds = train.group_by("stage").agg(
         pl.col("margin").min().alias("lo"), pl.col("margin").max().alias("hi")
@@ -210,8 +214,8 @@ def test_invalid_drop_predicate_is_one_line_with_duckdbs_message(uf, predicate, 
 def test_eval_split_is_stratified_by_difficulty_and_seeded(uf):
     plan = plan_routes(uf, threshold=0.5, eval_fraction=0.1, seed=1)
     train, held = plan.split("train"), plan.split("eval")
-    assert held.height == 100 and train.height == 896  # of the 996 pairs with chosen ≠ rejected
-    assert plan.counts["eval"] == 100 and plan.counts["dpo"] + plan.counts["sft"] == 896
+    assert held.height == 100 and train.height == 895  # of the 995 pairs route keeps
+    assert plan.counts["eval"] == 100 and plan.counts["dpo"] + plan.counts["sft"] == 895
     assert set(train.get_column("pair_id")).isdisjoint(held.get_column("pair_id"))
     assert held.get_column("rank").to_list() == list(range(100))
     decile = (pl.col("difficulty") * 10).floor().clip(0, 9).alias("decile")
@@ -294,9 +298,9 @@ def test_no_margin_data(hh):
     with pytest.raises(InputError, match="--order as-is"):
         plan_routes(source, mode="dpo", order="curriculum")
     plan = plan_routes(source, mode="dpo", order="as-is")
-    assert plan.counts["dpo"] == 2312
+    assert plan.counts["dpo"] == 2308  # 4 of the 2312 distinct pairs have an empty chosen one
     shuffled = plan_routes(source, mode="dpo")  # DPO's default order, a shuffle, needs no margin
-    assert shuffled.order.value == "random" and shuffled.counts["dpo"] == 2312
+    assert shuffled.order.value == "random" and shuffled.counts["dpo"] == 2308
 
 
 # --------------------------------------------------------------------------------------------------
@@ -331,7 +335,7 @@ def test_gather_windows_write_the_same_bytes_as_one_window(uf, tmp_path, monkeyp
         assert (tmp_path / "rg" / name).read_bytes() == (tmp_path / "windows" / name).read_bytes()
     whole = pl.read_parquet(tmp_path / "whole" / "train.parquet")
     assert whole.equals(pl.read_parquet(tmp_path / "windows" / "train.parquet"))
-    assert whole.height == 896 and whole.get_column("rank").to_list() == list(range(896))
+    assert whole.height == 895 and whole.get_column("rank").to_list() == list(range(895))
 
 
 def test_spilled_texts_write_the_bytes_of_a_second_read_and_are_removed(uf, tmp_path, monkeypatch):
@@ -403,7 +407,7 @@ def test_memory_budget_sizes():
     assert parse_size("1.5g") == 1_500_000_000
     assert parse_size("0") == 0 and parse_size(123) == 123
     for bad in ("", "2x", "-1GB", "GB"):
-        with pytest.raises(InputError, match="--memory-budget"):
+        with pytest.raises(InputError, match="--text-memory"):
             parse_size(bad)
     assert default_budget() > 0
 
@@ -444,13 +448,13 @@ def test_split_file_schema_and_row_groups(uf, tmp_path, monkeypatch):
     plan = plan_routes(uf, threshold=0.5)
     document = write_route(plan, tmp_path / "out")
     meta = pq.ParquetFile(tmp_path / "out" / "train.parquet").metadata
-    assert meta.num_row_groups == 4 and meta.num_rows == 996
+    assert meta.num_row_groups == 4 and meta.num_rows == 995
     train = pl.read_parquet(tmp_path / "out" / "train.parquet")
     assert train.columns == list(SPLIT_COLUMNS)
     assert train.schema["route"] == pl.String
     assert train.schema["rank"] == pl.Int64
     assert train.schema["stage"] == pl.Int32
-    assert train.get_column("rank").to_list() == list(range(996))  # rows in rank order
+    assert train.get_column("rank").to_list() == list(range(995))  # rows in rank order
     assert train.equals(plan.split())
     on_disk = json.loads((tmp_path / "out" / "plan.json").read_text())
     assert on_disk == document

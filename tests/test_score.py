@@ -183,7 +183,8 @@ def test_analyze_and_route_read_the_scored_file(cli, hh_scored, tmp_path):
     # the pair with identical responses carries no preference: route drops it, and counts it
     assert split.filter(pl.col("chosen") == pl.col("rejected")).height == 0
     plan = json.loads((tmp_path / "split" / "plan.json").read_text())
-    assert plan["counts"]["dropped_by_reason"]["identical"] == 1 and split.height == 300
+    reasons = plan["counts"]["dropped_by_reason"]
+    assert reasons["identical"] == 1 and reasons["empty_chosen"] == 1 and split.height == 299
     assert set(split.filter(pl.col("margin") < 0.05)["route"]) <= {"sft"}
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import typer.main
 from conftest import REPO, _shared_file
-from terminal import TerminalRun, run_in_terminal
+from terminal import DEPENDENCY_NOISE, TerminalRun, run_in_terminal
 from test_memory_plan import LLAMA3_8B
 
 from prefcurate.cli import app
@@ -62,6 +62,79 @@ def test_every_help_page_reads_whole_at_this_width(command, columns):
         assert examples, "no example"
         # the example is indented under its heading, as in every command's help
         assert lines[examples[0] + 1].startswith(" " * 5 + "prefcurate ")
+        shown_lines = {line.strip() for line in lines}
+        for example in help_examples(command):  # whole, on one line, at 80 columns too
+            assert example in shown_lines, f"{example!r} is cut at {columns} columns"
+        first = _help_paragraphs(command)[0]  # a paragraph reflows to the width, not the source's
+        if columns == 200 and len(first) < 180:
+            assert first in shown_lines, f"{first!r} is not one line at 200 columns"
+
+
+def _click_command(path: tuple[str, ...]):
+    command = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]
+    return command
+
+
+def _help_paragraphs(path: tuple[str, ...]) -> list[str]:
+    """The paragraphs of a command's help after its first line, up to the Example block."""
+    text = _click_command(path).help or ""
+    paragraphs = text.split("\n\n")[1:]
+    return [p for p in paragraphs if not p.startswith("Example")][:1] or [text.split("\n")[0]]
+
+
+def help_examples(path: tuple[str, ...]) -> list[str]:
+    """The example command lines of a command's --help."""
+    text = _click_command(path).help or ""
+    if "Example" not in text:
+        return []
+    block = text[text.index("Example") :].splitlines()[1:]
+    return [line.strip() for line in block if line.strip().startswith("prefcurate ")]
+
+
+_LEAVES = [p for p in _command_paths() if p and not hasattr(_click_command(p), "commands")]
+
+
+@pytest.mark.parametrize("command", _LEAVES, ids=" ".join)
+def test_every_help_example_uses_flags_its_command_has(command):
+    flags = {name for param in _click_command(command).params for name in param.opts}
+    examples = help_examples(command)
+    assert examples
+    for example in examples:
+        words = shlex.split(example)
+        assert words[1 : 1 + len(command)] == list(command), example
+        unknown = [w for w in words if w.startswith("-") and w.split("=")[0] not in flags]
+        assert unknown == [], f"{example}: no such flag {unknown}"
+
+
+def test_the_help_examples_run_on_small_data(tmp_path, monkeypatch):
+    """The examples of the data commands, run as written in a folder holding what they name
+    (pairs.jsonl: 400 synthetic pairs; llama-3-8b/: Llama-3-8B's config.json)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "llama-3-8b").mkdir()
+    (tmp_path / "llama-3-8b" / "config.json").write_text(json.dumps(LLAMA3_8B))
+    env = {**os.environ, "PREFCURATE_CATALOG": str(tmp_path / "catalog.duckdb")}
+
+    def run(line: str) -> None:
+        words = shlex.split(line)[1:]
+        if words[0] == "synth":
+            words += ["--n", "400"]  # the example's 100,000 pairs, smaller
+        done = subprocess.run(
+            [sys.executable, "-m", "prefcurate", *words], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, f"{line}: {done.stderr}"
+
+    run("prefcurate synth pairs.jsonl --seed 0")
+    order = ["synth", "analyze", "route", "inspect", "runs", "sql", "train"]
+    ran = []
+    for name in order:
+        for example in help_examples((name,)):
+            run(example)
+            ran.append(example)
+    assert (tmp_path / "splits" / "uf" / "plan.json").is_file()
+    assert (tmp_path / "runs" / "tiny" / "run.json").is_file()
+    assert len(ran) >= 9
 
 
 # --------------------------------------------------------------------------------------------------
@@ -209,7 +282,8 @@ def test_analyze_shows_the_figures_of_its_report(tour, wide, columns):
     routing, margin = report["routing"], report["margin"]
     assert f"{report['rows']:,} pairs" in screen
     assert f"ties (margin = 0) {margin['ties']}" in screen
-    assert (routing["sft"], routing["dpo"], routing["identical"]) == (110, 886, 4)
+    assert (routing["sft"], routing["dpo"], routing["identical"]) == (110, 885, 4)
+    assert routing["empty_chosen"] == 1
     assert f"{routing['sft']} pairs ({routing['sft_share']:.1%}) to SFT" in screen
     assert f"{routing['dpo']} ({1 - routing['sft_share']:.1%}) to DPO" in screen
     assert screen.count("layout standard") == 1
@@ -222,7 +296,7 @@ def test_route_says_what_it_wrote(tour):
     screen = " ".join(tour.screen("route").screen.split())  # the line wraps at 80 columns
     counts = json.loads((tour.dir / "splits" / "uf" / "plan.json").read_text())["counts"]
     assert f"{counts['dpo']} dpo, {counts['sft']} sft, {counts['dropped']} dropped" in screen
-    assert "(4 identical)" in screen
+    assert "(4 identical, 1 empty_chosen)" in screen
 
 
 def test_train_reports_each_route_and_the_pairs_it_trained(tour):
@@ -264,7 +338,7 @@ def test_runs_and_sql_show_what_the_tour_recorded(tour, wide):
         runs = t.screen("runs").screen
         for kind in ("analyze", "route") + (("train", "score") if t is tour else ()):
             assert re.search(rf"\b{kind}-\d{{8}}-\d{{6}}-[0-9a-f]{{6}}\b", runs), kind  # ids whole
-        assert "886 dpo, 110 sft" in " ".join(runs.split())
+        assert "885 dpo, 110 sft" in " ".join(runs.split())
         # the route run's sft count, by the catalog
         assert re.search(r"\b110\b", t.screen("sql", index=0).screen)
     ties = tour.screen("sql", index=1).screen
@@ -292,6 +366,31 @@ def test_bench_prints_plain_progress_lines_when_piped(tour):
     lines = [line for line in piped.stderr.splitlines() if line.startswith("bench mixdpo ")]
     assert lines[0].startswith("bench mixdpo 0/1 arms: base policy")
     assert lines[-1].startswith("bench mixdpo 1/1 arms") and lines[-1].endswith(" s elapsed")
+
+
+def test_score_shows_nothing_from_its_dependencies(tmp_path):
+    """score with an embedding model whose limit (512 tokens) UltraFeedback's texts pass, and the
+    tiny reference policy: on the terminal, prefcurate's summary and nothing from transformers,
+    torch or torchao (no "Loading weights" bar, no "Token indices sequence length" advice, no
+    import-time "Failed to load" lines). With --debug the same run still exits 0."""
+    lines = _shared_file("ultrafeedback_1k.jsonl").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "pairs.jsonl").write_text("\n".join(lines[:24]) + "\n", encoding="utf-8")
+    (tmp_path / "minilm").symlink_to(_minilm())
+    args = ["score", "pairs.jsonl", "--embedding", "minilm", "--reference", "tiny"]
+    run = run_in_terminal(
+        [*args, "--out", "scored.parquet", "--cache-dir", tmp_path / "cache"],
+        cwd=tmp_path,
+        env={"TQDM_DISABLE": None},
+    ).check()
+    for sign in DEPENDENCY_NOISE:
+        assert sign not in run.screen, (sign, run.screen)
+    shown = " ".join(run.screen.split())
+    assert re.fullmatch(r"24 pairs, margin = \S+; .*-> scored\.parquet", shown), run.screen
+    debug = run_in_terminal(
+        [*args, "--out", "debug.parquet", "--cache-dir", tmp_path / "cache2", "--debug"],
+        cwd=tmp_path,
+    ).check()
+    assert "24 pairs" in debug.screen
 
 
 def test_the_first_catch_synth_on_a_terminal(tmp_path):
@@ -338,5 +437,5 @@ def test_the_readme_python_snippet_runs_after_the_tour_and_again(tour):
         )
         assert done.returncode == 0, done.stderr
         lines = done.stdout.splitlines()
-        assert lines[0] == "110 886"
+        assert lines[0] == "110 885"
         assert lines[-1].split()[1] == "80"  # 20 steps of 4 pairs from the top: all dpo

@@ -161,7 +161,7 @@ def test_real_ultrafeedback_split(cli, uf1k, tmp_path):
     )
     assert result.code == 0, result.err
     run = json.loads((out / "run.json").read_text())
-    assert run["split"]["routes"] == {"dpo": 886, "sft": 110}
+    assert run["split"]["routes"] == {"dpo": 885, "sft": 110}
     tokens = run["tokens"]
     assert tokens["sft"] == 110 + tokens["identical_after_truncation"]
     rows = metrics(out)

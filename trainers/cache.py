@@ -4,8 +4,11 @@ Both are pure functions of their inputs, so a hit is safe to reuse across runs a
 
 * tokens: keyed by the split's ``train.parquet`` SHA-256, the tokenizer's fingerprint and
   ``--max-length``;
-* reference log-probs: keyed by the reference model's fingerprint (weights by content), the
-  tokens' digest (data, routes and truncation), ``--max-length`` and the precision.
+* reference log-probs: keyed by everything that changes one
+  (:func:`trainers.prepare.reference_identity`): the reference model's fingerprint (weights by
+  content), the tokenizer and chat template, the tokens' digest (data, routes and truncation),
+  ``--max-length``, the dtype the model computes in, the precision and device, the quantization,
+  the attention implementation, packing and the allowed tokens.
 
 Files are safetensors written atomically (temporary file, then ``os.replace``), in
 ``--cache-dir``, else ``$PREFCURATE_CACHE_DIR``, else ``$XDG_CACHE_HOME/prefcurate`` (by default
@@ -25,8 +28,13 @@ from safetensors.torch import save_file
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-#: Bump when tokenisation or log-prob code changes what a cached entry would contain.
-CACHE_VERSION = 1
+from prefcurate.base.errors import one_line
+from prefcurate.base.log import get_logger
+from trainers.data import TEXT_COLUMNS
+
+#: Bump when tokenisation or log-prob code changes what a cached entry would contain
+#: (2: a pair's SFT mix is stored as ``sft_mix``).
+CACHE_VERSION = 2
 
 
 def cache_key(**parts: Any) -> str:
@@ -46,16 +54,46 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     return hashlib.sha256(json.dumps(payload, default=str).encode()).hexdigest()
 
 
+#: The tensors and metadata an entry of each kind must hold; an entry without them is a miss.
+REQUIRED = {
+    "reference": (("chosen", "rejected"), ()),
+    "tokens": (
+        ("is_dpo", *(f"{n}.{part}" for n in TEXT_COLUMNS for part in ("values", "offsets"))),
+        ("pair_ids", "truncated", "identical", "chat_template"),
+    ),
+}
+
+
 def load(cache_dir: Path, kind: str, key: str) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
-    """The cached tensors and metadata of ``kind``/``key``, or None on a miss."""
+    """The cached tensors and metadata of ``kind``/``key``, or None on a miss.
+
+    A damaged entry (truncated, overwritten, missing a tensor) is a miss with a warning: it is
+    computed again and replaced, never an error.
+    """
     path = _path(cache_dir, kind, key)
     if not path.is_file():
         return None
-    with safe_open(path, framework="pt") as handle:
-        meta = json.loads((handle.metadata() or {}).get("prefcurate", "{}"))
-        if meta.get("key") != key:
-            return None
-        return {name: handle.get_tensor(name) for name in handle.keys()}, meta
+    try:
+        with safe_open(path, framework="pt") as handle:
+            meta = json.loads((handle.metadata() or {}).get("prefcurate", "{}"))
+            if not isinstance(meta, dict) or meta.get("key") != key:
+                return None
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        _damaged(path, str(exc))
+        return None
+    names, fields = REQUIRED.get(kind, ((), ()))
+    missing = [n for n in names if n not in tensors] + [f for f in fields if f not in meta]
+    if missing:
+        _damaged(path, f"no {missing[0]!r}")
+        return None
+    return tensors, meta
+
+
+def _damaged(path: Path, why: str) -> None:
+    get_logger("trainers.cache").warning(
+        "%s: damaged cache entry (%s); computing it again", path, one_line(why, 120)
+    )
 
 
 def save(

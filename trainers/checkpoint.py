@@ -17,11 +17,15 @@ newest N. Tensors are loaded back with ``weights_only=True``: a checkpoint canno
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import re
 import shutil
+import struct
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +36,8 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from prefcurate.base.errors import InputError
+from prefcurate.base.errors import InputError, one_line
+from prefcurate.base.log import get_logger
 from trainers import dist
 from trainers.dist import initialized as dist_initialized
 
@@ -125,6 +130,116 @@ def remove_partial(run_dir: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+class DamagedCheckpointError(InputError):
+    """A checkpoint file is truncated or unreadable (the message names it)."""
+
+
+def newest_intact(run_dir: Path) -> Path:
+    """The newest complete checkpoint whose files are whole (:func:`check_intact`).
+
+    A damaged newer one is skipped with one warning naming its file; with none intact, one line
+    names the newest damaged file and says how to start over.
+    """
+    damaged: list[DamagedCheckpointError] = []
+    for _, path in sorted(complete_checkpoints(run_dir), reverse=True):
+        try:
+            check_intact(path)
+        except DamagedCheckpointError as exc:
+            damaged.append(exc)
+            continue
+        for exc in damaged:
+            get_logger("trainers.checkpoint").warning("%s; resuming from %s", exc, path.name)
+        return path
+    first = damaged[0] if damaged else None
+    raise InputError(
+        f"{first.what if first else 'no complete checkpoint'}, and no older checkpoint is intact",
+        where=first.where if first else Path(run_dir) / CHECKPOINTS,
+        fix="start over with --force (it replaces the run's outputs), or restore the file",
+    )
+
+
+def check_intact(path: Path) -> None:
+    """Refuse a checkpoint with a truncated or unreadable file, before anything is loaded.
+
+    Cheap structural checks, not a second read of the weights: state.json parses; a safetensors
+    file is exactly as long as its header says; a torch file's zip directory is whole and every
+    member lies inside the file; every shard a DCP checkpoint's metadata names is long enough.
+    """
+    path = Path(path)
+    try:
+        read_state(path)
+    except InputError as exc:
+        raise DamagedCheckpointError(
+            f"damaged checkpoint file ({exc.what})", where=path / "state.json"
+        ) from exc
+    if (path / SHARDED).is_dir():
+        _check_dcp(path / SHARDED)
+    else:
+        _check_safetensors(path / "model.safetensors")
+        _check_zip(path / "optimizer.pt")
+    for name in ("scheduler.pt", *sorted(p.name for p in path.glob("rng-rank*.pt"))):
+        _check_zip(path / name)
+
+
+def _damaged(file: Path, why: str) -> DamagedCheckpointError:
+    return DamagedCheckpointError(f"damaged checkpoint file ({why})", where=file)
+
+
+def _size(file: Path) -> int:
+    try:
+        return file.stat().st_size
+    except OSError as exc:
+        raise _damaged(file, f"cannot be read: {exc.strerror or exc}") from exc
+
+
+def _check_zip(file: Path) -> None:
+    """A torch.save file: a zip archive whose directory and members are all in the file."""
+    size = _size(file)
+    try:
+        with zipfile.ZipFile(file) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise _damaged(
+            file, "empty" if size == 0 else f"{size:,} bytes, not a whole torch file"
+        ) from exc
+    for info in members:
+        if info.header_offset + 30 + len(info.filename) + info.compress_size > size:
+            raise _damaged(file, f"{info.filename} runs past the end of the file")
+
+
+def _check_safetensors(file: Path) -> None:
+    """Exactly 8 + header + data bytes, as its header says."""
+    size = _size(file)
+    try:
+        with file.open("rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length)) if 0 < length <= size - 8 else None
+    except (OSError, ValueError, struct.error) as exc:
+        raise _damaged(file, f"{size:,} bytes, no whole header") from exc
+    if not isinstance(header, dict):
+        raise _damaged(file, f"{size:,} bytes, no whole header")
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    needed = 8 + length + max(ends, default=0)
+    if size != needed:
+        raise _damaged(file, f"{size:,} bytes, its header needs {needed:,}")
+
+
+def _check_dcp(folder: Path) -> None:
+    """Every byte range a DCP checkpoint's .metadata names exists in its shard files."""
+    try:
+        metadata = dcp.FileSystemReader(str(folder)).read_metadata()
+    except Exception as exc:  # noqa: BLE001 - torch raises pickle and OS errors alike
+        raise _damaged(folder / ".metadata", one_line(exc, 100)) from exc
+    needed: dict[str, int] = {}
+    for info in metadata.storage_data.values():
+        end = info.offset + info.length
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), end)
+    for name, end in sorted(needed.items()):
+        size = _size(folder / name)
+        if size < end:
+            raise _damaged(folder / name, f"{size:,} bytes, the checkpoint needs {end:,}")
+
+
 def read_state(checkpoint: Path) -> dict[str, Any]:
     """A checkpoint's state.json; a broken one is exit 2 naming it."""
     path = Path(checkpoint) / "state.json"
@@ -159,7 +274,8 @@ def load_checkpoint(
     if (path / SHARDED).is_dir():
         model_state, optim_state = get_state_dict(root or model, optimizer)
         loaded = {"model": model_state, "optimizer": optim_state}
-        dcp.load(loaded, checkpoint_id=path / SHARDED, no_dist=not dist_initialized())
+        with _reading(path / SHARDED):
+            dcp.load(loaded, checkpoint_id=path / SHARDED, no_dist=not dist_initialized())
         set_state_dict(
             root or model,
             optimizer,
@@ -174,13 +290,30 @@ def load_checkpoint(
             fix="resume with --strategy ddp",
         )
     else:
-        load_model(model, str(path / "model.safetensors"))
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        with _reading(path / "model.safetensors"):
+            load_model(model, str(path / "model.safetensors"))
+        optimizer.load_state_dict(_load(path / "optimizer.pt"))
+    scheduler.load_state_dict(_load(path / "scheduler.pt"))
     rng_file = path / f"rng-rank{dist.info().rank}.pt"
     if rng_file.is_file():
-        set_rng_states(torch.load(rng_file, weights_only=True))
+        set_rng_states(_load(rng_file))
     return read_state(path)
+
+
+def _load(file: Path) -> Any:
+    with _reading(file):
+        return torch.load(file, weights_only=True)
+
+
+@contextlib.contextmanager
+def _reading(file: Path) -> Iterator[None]:
+    """A file whose bytes are damaged past what :func:`check_intact` sees is one line naming it."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - torch, safetensors and DCP raise their own types
+        raise _damaged(file, one_line(f"{type(exc).__name__}: {exc}", 160)) from exc
 
 
 def rng_states() -> dict[str, Any]:

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from prefcurate.base.cachedir import default_cache_dir
 from prefcurate.base.errors import InputError
+from prefcurate.base.sizes import parse_size
+from trainers.schedule import LR_SCHEDULES
 
 if TYPE_CHECKING:
     from trainers.lora import LoraSettings
@@ -25,8 +27,8 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16-mixed", "bf16")
 #: ``--attn-implementation`` values, passed to transformers.
 ATTN_IMPLEMENTATIONS: tuple[str, ...] = ("sdpa", "flash_attention_2", "eager")
 
-#: ``--lr-schedule`` values: after the linear warmup, cosine decay to 0, or the peak held constant.
-LR_SCHEDULES: tuple[str, ...] = ("cosine", "constant")
+#: ``--report-to`` values (trainers.trackers).
+REPORT_TO: tuple[str, ...] = ("none", "tensorboard", "wandb")
 
 
 @dataclass
@@ -50,7 +52,8 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 5e-7
     warmup_ratio: float = 0.1
-    lr_schedule: str = "cosine"  # cosine | constant (after the warmup)
+    lr_schedule: str = "cosine"  # cosine | constant | phased (trainers.schedule)
+    schedule_steps: int | None = None  # steps the lr schedule spans (default: the run's)
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0  # 0 disables clipping
     device: str = "auto"  # auto | cpu | cuda
@@ -71,9 +74,17 @@ class TrainConfig:
     load_in_4bit: bool = False  # QLoRA: the frozen base in 4-bit NF4 (CUDA and bitsandbytes)
     merge_lora: bool = False  # also save the merged model
     device_memory: float | None = None  # GiB per device for the memory check (default: measured)
+    # share of the device's memory held back for what the plan does not count: the CUDA
+    # context, NCCL's buffers, the allocator's fragmentation
+    memory_headroom: float = 0.1
     max_shard_size: str = "5GB"  # safetensors shard size of the final model
     seed: int = 0
     save_every: int = 0  # 0: no intermediate checkpoints
+    # evaluate the held-out pairs every N optimizer steps and at the end (0: only at the end,
+    # and only when --eval-split is given); trainers.evaluation
+    eval_every: int = 0
+    eval_split: Path | None = None  # default: SPLIT_DIR/eval.parquet
+    report_to: str = "none"  # none | tensorboard | wandb (trainers.trackers)
     save_total_limit: int = 0  # keep only the newest N checkpoints (0: all)
     resume: bool = False
     force: bool = False
@@ -88,10 +99,18 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.split_dir, self.out = Path(self.split_dir), Path(self.out)
+        self.eval_split = Path(self.eval_split) if self.eval_split else None
         self.cache_dir = Path(self.cache_dir) if self.cache_dir else default_cache_dir()
+        self.max_shard_bytes  # noqa: B018 - parsed now, not when the model is saved at the end
 
     def validate(self) -> None:
         """Refuse impossible settings with an :class:`InputError` naming the flag."""
+        self._check_loss()
+        self._check_numbers()
+        self._check_choices()
+        self._check_combinations()
+
+    def _check_loss(self) -> None:
         from trainers.losses import PREFERENCE_LOSSES
 
         if self.loss not in PREFERENCE_LOSSES:
@@ -104,6 +123,8 @@ class TrainConfig:
             )
         if not 0.0 <= self.label_smoothing < 0.5:
             raise InputError(f"--label-smoothing must be in [0, 0.5), not {self.label_smoothing}")
+
+    def _check_numbers(self) -> None:
         finite = {
             "--beta": self.beta,
             "--lr": self.lr,
@@ -113,6 +134,7 @@ class TrainConfig:
             "--warmup-ratio": self.warmup_ratio,
             "--weight-decay": self.weight_decay,
             "--max-grad-norm": self.max_grad_norm,
+            "--memory-headroom": self.memory_headroom,
         }
         for flag, value in finite.items():
             if not math.isfinite(value):
@@ -132,37 +154,34 @@ class TrainConfig:
             "--sft-weight": self.sft_weight >= 0,
             "--nll-weight": self.nll_weight >= 0,
             "--save-every": self.save_every >= 0,
+            "--eval-every": self.eval_every >= 0,
             "--max-grad-norm": self.max_grad_norm >= 0,
             "--save-total-limit": self.save_total_limit >= 0,
             "--lora-r": self.lora_r >= 0,
             "--device-memory": self.device_memory is None or self.device_memory > 0,
+            "--memory-headroom": 0.0 <= self.memory_headroom < 1.0,
         }
         for flag, ok in checks.items():
             if not ok:
                 value = getattr(self, flag[2:].replace("-", "_"))
                 raise InputError(f"{flag} {value} is out of range", fix="see prefcurate train -h")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise InputError(
-                f"unknown --lr-schedule {self.lr_schedule!r}",
-                fix=f"use {' or '.join(LR_SCHEDULES)}",
-            )
         if self.allowed_token_ids is not None and not self.allowed_token_ids:
             raise InputError("allowed_token_ids is empty", fix="pass None to allow every token")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise InputError(f"unknown --device {self.device!r}", fix="use auto, cpu or cuda")
-        if self.precision not in PRECISIONS:
-            raise InputError(
-                f"unknown --precision {self.precision!r}", fix=f"use {', '.join(PRECISIONS)}"
-            )
-        if self.strategy not in STRATEGIES:
-            raise InputError(
-                f"unknown --strategy {self.strategy!r}", fix=f"use {', '.join(STRATEGIES)}"
-            )
-        if self.attn_implementation not in (None, *ATTN_IMPLEMENTATIONS):
-            raise InputError(
-                f"unknown --attn-implementation {self.attn_implementation!r}",
-                fix=f"use {', '.join(ATTN_IMPLEMENTATIONS)}",
-            )
+
+    def _check_choices(self) -> None:
+        choices = {
+            "--lr-schedule": (self.lr_schedule, LR_SCHEDULES),
+            "--device": (self.device, ("auto", "cpu", "cuda")),
+            "--precision": (self.precision, PRECISIONS),
+            "--strategy": (self.strategy, STRATEGIES),
+            "--attn-implementation": (self.attn_implementation or "sdpa", ATTN_IMPLEMENTATIONS),
+            "--report-to": (self.report_to, REPORT_TO),
+        }
+        for flag, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise InputError(f"unknown {flag} {value!r}", fix=f"use {', '.join(allowed)}")
+
+    def _check_combinations(self) -> None:
         if self.offload and self.strategy != "fsdp":
             raise InputError("--offload needs --strategy fsdp", fix="add --strategy fsdp")
         if self.lora is not None:
@@ -182,6 +201,17 @@ class TrainConfig:
                 fix="pass a local save_pretrained directory to --ref-model",
             )
 
+    @property
+    def max_shard_bytes(self) -> int:
+        """``--max-shard-size`` in bytes, in the one vocabulary of sizes (``5GB``, ``2GiB``)."""
+        size = parse_size(self.max_shard_size, flag="--max-shard-size")
+        if size < 1:
+            raise InputError(
+                f"--max-shard-size must be more than 0, got {self.max_shard_size!r}",
+                fix="e.g. --max-shard-size 5GB",
+            )
+        return size
+
     def resume_key(self, world_size: int) -> dict[str, Any]:
         """The settings a resumed run must share with the run it continues."""
         keep = (
@@ -199,6 +229,7 @@ class TrainConfig:
             "lr",
             "warmup_ratio",
             "lr_schedule",
+            "schedule_steps",
             "weight_decay",
             "max_grad_norm",
             "seed",
@@ -249,6 +280,8 @@ class TrainResult:
     tokens_per_s: float
     final: dict[str, Any]
     summary: dict[str, Any] = field(default_factory=dict)
+    #: each route's mean share of the peak learning rate (trainers.schedule.route_lr)
+    lr_share: dict[str, float | None] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -40,7 +40,7 @@ from prefcurate.data.schema import (
     SPLIT_EXTRA_COLUMNS,
     WEIGHT_COLUMN,
     is_messages,
-    sft_share,
+    sft_mix,
     takes_preference,
 )
 from trainers.shared_prompt import SharedPrompt, share_prompts
@@ -82,14 +82,15 @@ class Split:
         }
 
 
-def read_split(split_dir: str | Path) -> Split:
-    """Read and validate ``SPLIT_DIR/train.parquet`` and ``SPLIT_DIR/plan.json``.
+def read_split(split_dir: str | Path, *, name: str = "train") -> Split:
+    """Read and validate ``SPLIT_DIR/train.parquet`` (or ``{name}.parquet``: ``eval``) and
+    ``SPLIT_DIR/plan.json``.
 
     Raises :class:`InputError` naming the file and the column (or pair) when the contract is
     broken: a missing ``route`` column is an error, never a default.
     """
     split_dir = Path(split_dir)
-    train_path = split_dir / "train.parquet"
+    train_path = split_dir / f"{name}.parquet"
     plan_path = split_dir / "plan.json"
     fix = "pass a directory written by 'prefcurate route'"
     if not split_dir.is_dir():
@@ -173,11 +174,11 @@ def _check_weights(frame: pl.DataFrame, where: Path) -> None:
         )
 
 
-def split_shares(frame: pl.DataFrame) -> list[float]:
-    """Each pair's SFT share of its loss, by the split contract's one rule (:func:`sft_share`)."""
+def split_mixes(frame: pl.DataFrame) -> list[float]:
+    """Each pair's SFT mix of its loss, by the split contract's one rule (:func:`sft_mix`)."""
     routes = frame["route"].to_list()
     weights = frame[WEIGHT_COLUMN].to_list() if WEIGHT_COLUMN in frame.columns else None
-    return [sft_share(r, None if weights is None else weights[i]) for i, r in enumerate(routes)]
+    return [sft_mix(r, None if weights is None else weights[i]) for i, r in enumerate(routes)]
 
 
 def _check_rank(frame: pl.DataFrame, where: Path) -> pl.DataFrame:
@@ -226,7 +227,7 @@ class TokenizedPairs:
     """A tokenised split, in rank order, with each pair's effective route.
 
     ``is_dpo`` marks the pairs with a preference term (they need the rejected response and
-    reference log-probs); ``sft_share`` is each pair's SFT share of its loss: 0 or 1 under the
+    reference log-probs); ``sft_mix`` is each pair's SFT mix of its loss: 0 or 1 under the
     hard route, the split's ``weight`` column under soft routing (a pair is dpo when it is < 1).
     """
 
@@ -238,11 +239,11 @@ class TokenizedPairs:
     truncated: int
     identical: int
     chat_template: bool
-    sft_share: Tensor | None = None
+    sft_mix: Tensor | None = None
 
     def __post_init__(self) -> None:
-        if self.sft_share is None:
-            self.sft_share = (~self.is_dpo).to(torch.float64)
+        if self.sft_mix is None:
+            self.sft_mix = (~self.is_dpo).to(torch.float64)
 
     def __len__(self) -> int:
         return len(self.pair_ids)
@@ -254,8 +255,8 @@ class TokenizedPairs:
             h.update(part.values.numpy().tobytes())
             h.update(part.offsets.numpy().tobytes())
         h.update(self.is_dpo.numpy().tobytes())
-        if not bool(((self.sft_share == 0) | (self.sft_share == 1)).all()):  # soft: in the key
-            h.update(self.sft_share.numpy().tobytes())
+        if not bool(((self.sft_mix == 0) | (self.sft_mix == 1)).all()):  # soft: in the key
+            h.update(self.sft_mix.numpy().tobytes())
         h.update("\n".join(self.pair_ids).encode())
         return h.hexdigest()
 
@@ -271,7 +272,7 @@ class TokenizedPairs:
 
     def to_tensors(self) -> dict[str, Tensor]:
         """Flat tensors for the on-disk token cache (pair ids travel in the metadata)."""
-        out = {"is_dpo": self.is_dpo.to(torch.uint8), "sft_share": self.sft_share}
+        out = {"is_dpo": self.is_dpo.to(torch.uint8), "sft_mix": self.sft_mix}
         for name in TEXT_COLUMNS:
             part: Ragged = getattr(self, name)
             out[f"{name}.values"] = part.values
@@ -284,7 +285,7 @@ class TokenizedPairs:
         return cls(
             pair_ids=meta["pair_ids"],
             is_dpo=tensors["is_dpo"].bool(),
-            sft_share=tensors.get("sft_share"),
+            sft_mix=tensors.get("sft_mix"),
             truncated=meta["truncated"],
             identical=meta["identical"],
             chat_template=meta["chat_template"],
@@ -321,15 +322,15 @@ def tokenize_split(
         chosens.append(c)
         rejecteds.append(r)
     p_ids, c_ids, r_ids = _encode(tokenizer, prompts, chosens, rejecteds, use_template)
-    shares = split_shares(frame)
-    is_dpo = [takes_preference(w) for w in shares]
+    mixes = split_mixes(frame)
+    is_dpo = [takes_preference(w) for w in mixes]
     truncated = identical = 0
     for i in range(len(p_ids)):
         p, c, r = truncate_pair(p_ids[i], c_ids[i], r_ids[i], max_length)
         truncated += (len(p), len(c), len(r)) != (len(p_ids[i]), len(c_ids[i]), len(r_ids[i]))
         if is_dpo[i] and c == r:
             is_dpo[i] = False
-            shares[i] = 1.0
+            mixes[i] = 1.0
             identical += 1
         p_ids[i], c_ids[i], r_ids[i] = p, c, r
     return TokenizedPairs(
@@ -338,7 +339,7 @@ def tokenize_split(
         chosen=Ragged.from_lists(c_ids),
         rejected=Ragged.from_lists(r_ids),
         is_dpo=torch.tensor(is_dpo, dtype=torch.bool),
-        sft_share=torch.tensor(shares, dtype=torch.float64),
+        sft_mix=torch.tensor(mixes, dtype=torch.float64),
         truncated=truncated,
         identical=identical,
         chat_template=use_template,
@@ -459,7 +460,7 @@ class Batch:
     index: Tensor
     ref_chosen: Tensor
     ref_rejected: Tensor
-    sft_share: Tensor | None = None  # per pair; None: 0 for dpo pairs, 1 for sft pairs
+    sft_mix: Tensor | None = None  # per pair; None: 0 for dpo pairs, 1 for sft pairs
     shared: SharedPrompt | None = None  # the one-row layout that runs each prompt once
 
     @property
@@ -513,7 +514,7 @@ def collate(
         index=index.clone(),
         ref_chosen=nan if ref_chosen is None else ref_chosen[index],
         ref_rejected=nan if ref_rejected is None else ref_rejected[index],
-        sft_share=(~is_dpo).to(torch.float64) if only_dpo else pairs.sft_share[index],
+        sft_mix=(~is_dpo).to(torch.float64) if only_dpo else pairs.sft_mix[index],
         shared=share_prompts(input_ids, attention_mask, response_mask, is_dpo)
         if shared_prompt
         else None,
@@ -530,7 +531,7 @@ class Curriculum:
     By default pairs are read sequentially in rank order (the curriculum); ``shuffle`` draws a
     fresh permutation per epoch from ``seed``. An optimizer step takes the next ``global_batch``
     pairs of the order (the last step of an epoch may take fewer); under DDP rank ``r`` of ``W``
-    takes the strided share ``r, r+W, r+2W, …`` of them, so the curriculum holds across ranks.
+    takes the strided mix ``r, r+W, r+2W, …`` of them, so the curriculum holds across ranks.
     """
 
     n_pairs: int
@@ -569,5 +570,5 @@ class Curriculum:
         self, step: int, *, rank: int, world_size: int, batch_size: int, grad_accum: int
     ) -> list[Tensor]:
         """This rank's ``grad_accum`` micro-batches of ``step`` (some may be empty at the end)."""
-        share = self.step_pairs(step)[rank::world_size]
-        return [share[m * batch_size : (m + 1) * batch_size] for m in range(grad_accum)]
+        mix = self.step_pairs(step)[rank::world_size]
+        return [mix[m * batch_size : (m + 1) * batch_size] for m in range(grad_accum)]

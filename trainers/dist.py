@@ -15,6 +15,8 @@ import torch
 import torch.distributed as tdist
 from torch import Tensor
 
+from prefcurate.base.errors import InputError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -29,11 +31,30 @@ class DistInfo:
 
 def launched() -> DistInfo:
     """The rank layout torchrun announced in the environment (rank 0 of 1 when not launched)."""
-    return DistInfo(
-        rank=int(os.environ.get("RANK", "0")),
-        world_size=int(os.environ.get("WORLD_SIZE", "1")),
-        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
-    )
+    info = DistInfo(
+        rank=_env_int("RANK", 0), world_size=_env_int("WORLD_SIZE", 1),
+        local_rank=_env_int("LOCAL_RANK", 0),
+    )  # fmt: skip
+    if info.world_size < 1 or not 0 <= info.rank < info.world_size or info.local_rank < 0:
+        raise InputError(
+            f"RANK={info.rank}, WORLD_SIZE={info.world_size}, LOCAL_RANK={info.local_rank} is "
+            "not a process layout",
+            fix="launch with torchrun, which sets them, or unset them to run one process",
+        )
+    return info
+
+
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise InputError(
+            f"{name} must be a whole number, got {text!r}",
+            fix="launch with torchrun, which sets it, or unset it to run one process",
+        ) from None
 
 
 def setup(device_type: str) -> DistInfo:

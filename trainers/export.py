@@ -48,7 +48,7 @@ def save_final(
     peft_model: Any = None,
     adapter: LoraSettings | None = None,
     merge: bool = False,
-    max_shard_size: str = "5GB",
+    max_shard_size: int | str = "5GB",
 ) -> None:
     """Write the model (or adapter, or both) from ``state_dict``; rank 0 only."""
     policy.restore_config()

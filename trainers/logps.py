@@ -19,6 +19,7 @@ bytes the task never uses, and a benchmark then measures that collapse instead o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 import torch
@@ -239,6 +240,7 @@ def reference_logps(
     pad_id: int,
     only: Tensor | None = None,
     lockstep: bool = False,
+    progress: Callable[..., None] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Summed log-probs of the chosen and rejected response of every dpo pair under ``module``.
 
@@ -247,7 +249,8 @@ def reference_logps(
     they never need a reference. ``only``: the pair indices the run will train (``--max-steps``
     short of the split); the others stay NaN, unscored. ``lockstep`` (a sharded module, whose
     every forward is a collective) makes every rank run as many batches as the busiest one, the
-    extra ones on a spare pair whose result is dropped. When the module's model shares prompts
+    extra ones on a spare pair whose result is dropped. ``progress(n, total=…)`` hears of this
+    rank's pairs as they are scored. When the module's model shares prompts
     (:func:`check_shared_prompt`), so do the batches of this pass.
     """
     info = dist.info()
@@ -265,6 +268,8 @@ def reference_logps(
     if lockstep:
         batches = int(dist.max_(torch.tensor([batches], device=dist.collective_device())))
     shared = shared_prompt.is_enabled(module.model)  # the policy's setting (loop._shared_prompt)
+    if progress is not None:
+        progress(0, total=share.numel())
     was_training = module.training
     module.eval()
     # FSDP2 gathers parameters into tensors that inference mode would forbid it to reuse
@@ -285,6 +290,8 @@ def reference_logps(
             logps = logps.float().cpu()
             chosen[index] = logps[: len(index)]
             rejected[index] = logps[len(index) :]
+            if progress is not None:
+                progress(len(index))
     module.train(was_training)
     if info.world_size > 1:
         chosen, rejected = dist.merge_shares(chosen), dist.merge_shares(rejected)

@@ -19,7 +19,6 @@ model replicated (ddp) or sharded (fsdp, :mod:`trainers.strategy`)::
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import time
@@ -36,6 +35,7 @@ from trainers import dist, lora, memory, rundir
 from trainers.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
+    newest_intact,
     read_state,
     remove_partial,
     save_checkpoint,
@@ -43,23 +43,36 @@ from trainers.checkpoint import (
 from trainers.config import TrainConfig, TrainResult
 from trainers.data import Curriculum, Split, TokenizedPairs, collate, read_split
 from trainers.device import resolve_device
+from trainers.evaluation import EvalSet, check_eval, evaluate, read_eval_split
 from trainers.export import ADAPTER_DIR, MODEL_DIR, full_state_dict, save_final
 from trainers.logps import SequenceLogps, check_allowed, check_shared_prompt
 from trainers.model import LoadedModel, check_max_length, describe, load_model
 from trainers.objective import STAT_KEYS, Objective, step_metrics
+from trainers.optim import adamw, check_bf16_optimizer
 from trainers.prepare import reference_for, tokenized_pairs
 from trainers.reporter import Reporter
 from trainers.rundir import METRICS, RUN_JSON
+from trainers.schedule import (
+    RouteLr,
+    Schedule,
+    low_lr_warnings,
+    lr_factor,
+    route_lr,
+    sft_phase_start,
+    share_line,
+)
 from trainers.strategy import (
     autocast_for,
     full_value,
     gradient_sync,
     is_sharded,
+    keeps_gradients,
     resolve_precision,
     wrap,
 )
+from trainers.trackers import Tracker, check_tracker, open_tracker, tracker_names
 
-__all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "train"]
+__all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "lr_factor", "train"]
 
 
 class NonFiniteLossError(PrefcurateError):
@@ -77,71 +90,6 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def lr_factor(step: int, *, warmup: int, total: int, schedule: str = "cosine") -> float:
-    """Multiplier of ``--lr`` at 0-based optimizer step ``step``.
-
-    1. warmup: linear from 1/warmup up to 1 over the first ``warmup`` steps;
-    2. after the last step: 0;
-    3. otherwise: cosine decay from 1 to 0, or 1 with ``schedule="constant"``.
-
-    The constant schedule exists for curriculum runs: with cosine decay the last pairs of the
-    order (MixDPO's sft pairs) are trained at almost zero learning rate.
-    """
-    if step < warmup:
-        return (step + 1) / warmup
-    if step >= total:
-        return 0.0
-    if schedule == "constant":
-        return 1.0
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-#: Below this share of the peak learning rate, ``train`` says the sft pairs barely train.
-LOW_LR_SHARE = 0.10
-
-
-def route_lr_shares(
-    curriculum: Curriculum, is_dpo: torch.Tensor, *, warmup: int, schedule: str
-) -> dict[str, float | None]:
-    """The mean learning rate each route's pairs train at, as a share of the peak (``--lr``).
-
-    Every pair visit is weighted by :func:`lr_factor` of its step. A curriculum puts MixDPO's
-    sft pairs last, where cosine decay has fallen to almost 0: with 1000 pairs and 137 sft, the sft
-    share is about 1%, so those pairs are hardly trained (docs/results.md). None: no pair of that
-    route.
-    """
-    return _route_lr(curriculum, is_dpo, warmup=warmup, schedule=schedule)[0]
-
-
-def _route_lr(
-    curriculum: Curriculum, is_dpo: torch.Tensor, *, warmup: int, schedule: str
-) -> tuple[dict[str, float | None], dict[str, int]]:
-    """:func:`route_lr_shares`, and the pair visits of each route it averaged over."""
-    total = curriculum.total_steps
-    sums = {"dpo": [0.0, 0], "sft": [0.0, 0]}
-    for step in range(total):
-        factor = lr_factor(step, warmup=warmup, total=total, schedule=schedule)
-        index = curriculum.step_pairs(step)
-        dpo = int(is_dpo[index].sum())
-        for route, n in (("dpo", dpo), ("sft", index.numel() - dpo)):
-            sums[route][0] += factor * n
-            sums[route][1] += n
-    shares = {route: (s / n if n else None) for route, (s, n) in sums.items()}
-    return shares, {route: n for route, (_, n) in sums.items()}
-
-
-def low_lr_warning(shares: dict[str, float | None], pairs: int, schedule: str) -> str | None:
-    """One line when the sft pairs would train below :data:`LOW_LR_SHARE` of the peak rate."""
-    share = shares.get("sft")
-    if share is None or share >= LOW_LR_SHARE:
-        return None
-    return (
-        f"warning: the {pairs} sft pairs train at {share:.1%} of the peak learning rate on average "
-        f"({schedule} decay reaches them last); --lr-schedule constant trains them at the full rate"
-    )
 
 
 def check_run_dir(config: TrainConfig) -> None:
@@ -173,13 +121,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     """
     config.validate()
     device = resolve_device(config.device)
-    if config.load_in_4bit:
-        lora.check_4bit(device)
-    if config.offload and device.type != "cuda":
-        raise InputError(
-            "--offload keeps FSDP shards in CPU memory while a GPU computes; it needs CUDA",
-            fix="drop --offload on the CPU (the shards are in CPU memory already)",
-        )
+    eval_source = _check_before_loading(config, device)
     check_run_dir(config)
     info = dist.launched()
     if device.type == "cuda" and info.world_size > 1:
@@ -190,10 +132,27 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
         dist.single_process_group(device.type)  # a no-op under torchrun
     reporter = reporter if (reporter is not None and info.main) else Reporter()
     try:
-        return _train(config, device, info, reporter, planned)
+        with rundir.record_ending(config.out, main=info.main):  # run.json says how it ended
+            return _train(config, device, info, reporter, planned, eval_source)
     finally:
         reporter.close()
         dist.teardown()
+
+
+def _check_before_loading(config: TrainConfig, device: torch.device) -> tuple[Path, str] | None:
+    """What the device, the installed packages and the split must offer for these settings;
+    returns where the held-out pairs are (None: no evaluation)."""
+    if config.load_in_4bit:
+        lora.check_4bit(device)
+    if config.offload and device.type != "cuda":
+        raise InputError(
+            "--offload keeps FSDP shards in CPU memory while a GPU computes; it needs CUDA",
+            fix="drop --offload on the CPU (the shards are in CPU memory already)",
+        )
+    if resolve_precision(config.precision, device) == "bf16":
+        check_bf16_optimizer()
+    check_tracker(config.report_to)
+    return check_eval(config.split_dir, config.eval_split, config.eval_every)
 
 
 @dataclass
@@ -217,7 +176,10 @@ class _Run:
     precision: str
     module: torch.nn.Module  # what the loop calls: logps, DDP-wrapped or FSDP2-sharded
     curriculum: Curriculum  # the pairs of each step
+    objective: Objective
     peft_model: Any = None  # the PEFT wrapper when training a LoRA adapter
+    eval_set: EvalSet | None = None  # the held-out pairs (--eval-every, --eval-split)
+    route_lr: RouteLr | None = None  # each route's share of the peak rate (trainers.schedule)
     unshared: str | None = "off"  # why prompts are not shared (trainers.shared_prompt); None: on
 
     @property
@@ -235,39 +197,46 @@ def _train(
     info: dist.DistInfo,
     reporter: Reporter,
     planned: memory.MemoryPlan,
+    eval_source: tuple[Path, str] | None,
 ) -> TrainResult:
     setup_started = time.perf_counter()
-    run = _prepare(config, device, info, reporter, planned)
-    curriculum, optimizer, scheduler, warmup = _optimizer(run)
-    lr_shares = _lr_tail_check(run, curriculum, warmup)
+    run = _prepare(config, device, info, reporter, planned, eval_source)
+    optimizer, scheduler, schedule = _optimizer(run)
+    run.route_lr = _route_lr(run, schedule)
     start_step, resumed_from = _open_run_dir(run, optimizer, scheduler)
-    run_json = _run_json(run, curriculum, warmup, resumed_from, lr_shares)
+    _say_route_lr(run, schedule)
+    run_json = _run_json(run, schedule, resumed_from)
     run_json["setup_seconds"] = round(time.perf_counter() - setup_started, 3)
+    tracker = _tracker(run, start_step)
     try:
-        metrics, seen_pairs, seen_tokens, train_seconds = _steps(
-            run, curriculum, optimizer, scheduler, start_step
-        )
+        loop = _steps(run, optimizer, scheduler, start_step, tracker)
     except NonFiniteLossError as exc:
         if info.main:
             _write_json(config.out / RUN_JSON, {**run_json, "status": "failed", "error": str(exc)})
         raise
+    finally:
+        tracker.close()
     model_dir = _save_model(run)
+    seconds = loop.seconds
     result = TrainResult(
         run_dir=config.out,
         model_dir=model_dir,
-        steps=curriculum.total_steps,
+        steps=run.curriculum.total_steps,
         resumed_from=resumed_from,
         world_size=info.world_size,
         device=str(device),
         pairs=run.pairs.counts(),
-        train_seconds=round(train_seconds, 3),
-        pairs_per_s=seen_pairs / train_seconds if train_seconds else 0.0,
-        tokens_per_s=seen_tokens / train_seconds if train_seconds else 0.0,
-        final=metrics,
+        train_seconds=round(seconds, 3),
+        pairs_per_s=loop.seen_pairs / seconds if seconds else 0.0,
+        tokens_per_s=loop.seen_tokens / seconds if seconds else 0.0,
+        final=loop.metrics,
         summary=summarize(config.out / METRICS) if info.main else {},
+        lr_share=run.route_lr.shares,
     )
     if info.main:
         completed = {**run_json, "status": "completed", "result": result.to_dict()}
+        if loop.last_eval is not None:
+            completed["eval"] = {**run_json.get("eval", {}), "final": loop.last_eval}
         _write_json(config.out / RUN_JSON, completed)
     return result
 
@@ -278,74 +247,59 @@ def _prepare(
     info: dist.DistInfo,
     reporter: Reporter,
     planned: memory.MemoryPlan,
+    eval_source: tuple[Path, str] | None,
 ) -> _Run:
-    """Seed, read the split in rank order, load the policy (with its LoRA adapter), tokenise
-    once, share prompts if the model can, replicate or shard it, and compute the reference
-    log-probs once, before training (the initial policy — with LoRA the base, adapter off —
-    unless --ref-model)."""
+    """Seed, read the split in rank order, load the policy, tokenise once, add the LoRA adapter,
+    share prompts if the model can, replicate or shard it, and compute the reference log-probs
+    once, before training (the initial policy — with LoRA the base, adapter off — unless
+    --ref-model); the same for the held-out pairs when the run evaluates."""
     seed_everything(config.seed)
     strategy = planned.settings.strategy
     precision = resolve_precision(config.precision, device)
     autocast = autocast_for(strategy, precision, device)
     split = read_split(config.split_dir)
-    policy = _load_policy(config, device, precision)
-    pairs = tokenized_pairs(split, policy, config)
-    if pairs.identical:
-        reporter.message(
-            f"warning: {pairs.identical} dpo pairs have identical chosen and rejected tokens after "
-            f"--max-length {config.max_length} truncation; they are trained as sft"
-        )
-    peft_model = None
-    if config.lora is not None:
-        peft_model = lora.apply_lora(
-            policy.model, config.lora, checkpointing=config.gradient_checkpointing
-        )
-        policy.model = lora.language_model(peft_model)
-    if not config.load_in_4bit:
-        policy.model.to(device)
-    logps = SequenceLogps(
-        policy.model, allowed_token_ids=config.allowed_token_ids, packed=config.packed
+    policy = _load_policy(config, device, precision, reporter)
+    pairs = _tokenized(split, policy, config, reporter, what="pairs")
+    eval_set = None
+    if eval_source is not None:
+        held_out = read_eval_split(eval_source)
+        held_pairs = _tokenized(held_out, policy, config, reporter, what="held-out pairs")
+        eval_set = EvalSet.from_split(held_out, eval_source[1], held_pairs)
+    peft_model, logps, module, unshared = _build_module(
+        config, device, info, policy, pairs, strategy=strategy, precision=precision
     )
-    logps.check_head()
-    unshared = _shared_prompt(config, logps)
-    if config.allowed_token_ids is not None:
-        check_allowed(pairs, config.allowed_token_ids, config.split_dir)
-    if config.gradient_checkpointing:
-        _activation_checkpointing(policy.model, enable=True)
-    module = wrap(logps, policy.model, strategy=strategy, world_size=info.world_size,
-                  precision=precision, offload=config.offload)  # fmt: skip
     curriculum = _curriculum(config, len(pairs), info.world_size)
-    with lora.reference_mode(peft_model):
-        ref_chosen, ref_rejected = _reference(
-            config, policy, pairs, logps, module, curriculum, (device, precision, autocast)
-        )
-    identity = {
+    run = _Run(
+        config, device, info, reporter, autocast, split, policy, pairs, logps,
+        torch.empty(0), torch.empty(0), {}, planned, precision, module, curriculum,
+        _objective(config), peft_model, eval_set, unshared=unshared,
+    )  # fmt: skip
+    _references(run)
+    run.identity = {
         "split_path": str(config.split_dir),
         "split_sha256": split.sha256,  # read_split hashed the file it read
         "model_path": str(config.model),
         "model_fingerprint": policy.fingerprint,
     }
-    return _Run(
-        config, device, info, reporter, autocast, split, policy, pairs, logps,
-        ref_chosen, ref_rejected, identity, planned, precision, module, curriculum, peft_model,
-        unshared,
-    )  # fmt: skip
+    return run
 
 
-def _load_policy(config: TrainConfig, device: torch.device, precision: str) -> LoadedModel:
-    """The policy as loaded, in the dtype its precision asks for (the frozen base of an adapter
-    needs no fp32 master copy), checked against ``--max-length``."""
+def _load_policy(
+    config: TrainConfig, device: torch.device, precision: str, reporter: Reporter
+) -> LoadedModel:
+    """The policy in the dtype its precision stores (a LoRA base needs no fp32 master)."""
     bf16_base = precision == "bf16" or (config.lora is not None and precision == "bf16-mixed")
-    policy = load_model(
-        config.model,
-        seed=config.seed,
-        trust_remote_code=config.trust_remote_code,
-        allow_pickle=config.allow_pickle,
-        dtype=torch.bfloat16 if bf16_base else torch.float32,
-        attn_implementation=config.attn_implementation,
-        quantization_config=lora.quantization_config() if config.load_in_4bit else None,
-        device_map={"": device} if config.load_in_4bit else None,
-    )
+    with reporter.phase(f"loading {config.model}"):
+        policy = load_model(
+            config.model,
+            seed=config.seed,
+            trust_remote_code=config.trust_remote_code,
+            allow_pickle=config.allow_pickle,
+            dtype=torch.bfloat16 if bf16_base else torch.float32,
+            attn_implementation=config.attn_implementation,
+            quantization_config=lora.quantization_config() if config.load_in_4bit else None,
+            device_map={"": device} if config.load_in_4bit else None,
+        )
     check_max_length(policy, config.max_length)
     return policy
 
@@ -358,28 +312,96 @@ def _shared_prompt(config: TrainConfig, logps: SequenceLogps) -> str | None:
     return check_shared_prompt(logps)
 
 
-def _reference(config, policy, pairs, logps, module, curriculum, where):
-    """The reference log-probs of the pairs the run reaches (a --max-steps run short of the
-    split needs only those), from the cache or one pass."""
-    device, precision, autocast = where
-    only = None
+def _tokenized(
+    split: Split, policy: LoadedModel, config: TrainConfig, reporter: Reporter, *, what: str
+) -> TokenizedPairs:
+    """The split's tokens (cached), with a progress bar while they are made."""
+    with reporter.phase(f"tokenizing {what}", unit="pairs") as advance:
+        pairs = tokenized_pairs(split, policy, config, progress=advance)
+    if pairs.identical:
+        reporter.message(
+            f"warning: {pairs.identical} dpo {what} have identical chosen and rejected tokens "
+            f"after --max-length {config.max_length} truncation; they are trained as sft"
+        )
+    return pairs
+
+
+def _build_module(
+    config: TrainConfig,
+    device: torch.device,
+    info: dist.DistInfo,
+    policy: LoadedModel,
+    pairs: TokenizedPairs,
+    *,
+    strategy: str,
+    precision: str,
+) -> tuple[Any, SequenceLogps, torch.nn.Module, str | None]:
+    """The LoRA adapter (if any), the log-prob module, what the loop calls (it replicated (DDP)
+    or sharded (FSDP2)), and why prompts are not shared (None: they are)."""
+    peft_model = None
+    if config.lora is not None:
+        peft_model = lora.apply_lora(
+            policy.model, config.lora, checkpointing=config.gradient_checkpointing
+        )
+        policy.model = lora.language_model(peft_model)
+    if not config.load_in_4bit:
+        policy.model.to(device)
+    logps = SequenceLogps(
+        policy.model, allowed_token_ids=config.allowed_token_ids, packed=config.packed
+    )
+    logps.check_head()
+    unshared = _shared_prompt(config, logps)  # before wrapping: it sets the attention
+    if config.allowed_token_ids is not None:
+        check_allowed(pairs, config.allowed_token_ids, config.split_dir)
+    if config.gradient_checkpointing:
+        _activation_checkpointing(policy.model, enable=True)
+    module = wrap(
+        logps,
+        policy.model,
+        strategy=strategy,
+        world_size=info.world_size,
+        precision=precision,
+        offload=config.offload,
+    )
+    return peft_model, logps, module, unshared
+
+
+def _references(run: _Run) -> None:
+    """The reference log-probs of the training pairs (and of the held-out pairs' two sides),
+    from the cache or one pass each."""
+    config = run.config
+
+    def shard(model: torch.nn.Module, root: torch.nn.Module) -> torch.nn.Module:
+        return wrap(root, model, strategy="fsdp", world_size=run.info.world_size,
+                    precision=run.precision, offload=config.offload)  # fmt: skip
+
+    # a --max-steps run short of the split needs the reference only for the pairs it reaches
+    curriculum, only = run.curriculum, None
     if curriculum.total_steps < curriculum.steps_per_epoch * config.epochs:
         steps = range(curriculum.total_steps)
         only = torch.unique(torch.cat([curriculum.step_pairs(s) for s in steps]))
+    common = {"module": run.logps, "shard": shard if run.sharded else None}
+    with lora.reference_mode(run.peft_model):
+        with run.reporter.phase("reference log-probs", unit="pairs") as advance:
+            run.ref_chosen, run.ref_rejected = reference_for(
+                run.pairs, run.policy, config, run.device, run.autocast, only=only,
+                progress=advance, **common,
+            )  # fmt: skip
+        if run.eval_set is not None:
+            with run.reporter.phase("reference log-probs, held-out", unit="pairs") as advance:
+                run.eval_set.ref_chosen, run.eval_set.ref_rejected = reference_for(
+                    run.eval_set.both_sides(), run.policy, config, run.device, run.autocast,
+                    progress=advance, **common,
+                )  # fmt: skip
 
-    def shard(model: torch.nn.Module, root: torch.nn.Module) -> torch.nn.Module:
-        return wrap(root, model, strategy="fsdp", world_size=dist.info().world_size,
-                    precision=precision, offload=config.offload)  # fmt: skip
 
-    return reference_for(
-        pairs,
-        policy,
-        config,
-        device,
-        autocast,
-        only=only,
-        module=logps,
-        shard=shard if is_sharded(module) else None,
+def _objective(config: TrainConfig) -> Objective:
+    return Objective(
+        loss=config.loss,
+        beta=config.beta,
+        label_smoothing=config.label_smoothing,
+        sft_weight=config.sft_weight,
+        nll_weight=config.nll_weight,
     )
 
 
@@ -395,26 +417,68 @@ def _curriculum(config: TrainConfig, n_pairs: int, world_size: int) -> Curriculu
 
 
 def _optimizer(run: _Run):
-    """The pair order (:class:`Curriculum`), AdamW, and the warmup-then-decay schedule."""
-    config, curriculum = run.config, run.curriculum
-    total = curriculum.total_steps
-    warmup = math.ceil(config.warmup_ratio * total)
+    """AdamW (with stochastic rounding under ``--precision bf16``) and the learning-rate schedule
+    (:class:`trainers.schedule.Schedule`: warmup then cosine, constant, or phased)."""
+    config = run.config
+    schedule = _schedule(run)
     params = [p for p in run.module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, warmup=warmup, total=total, schedule=config.lr_schedule)
+    optimizer = adamw(
+        params, lr=config.lr, weight_decay=config.weight_decay, precision=run.precision
     )
-    return curriculum, optimizer, scheduler, warmup
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.factor)
+    return optimizer, scheduler, schedule
 
 
-def _lr_tail_check(run: _Run, curriculum: Curriculum, warmup: int) -> dict[str, float | None]:
-    """Each route's share of the peak learning rate; one warning line when sft's is tiny."""
-    schedule = run.config.lr_schedule
-    shares, visits = _route_lr(curriculum, run.pairs.is_dpo, warmup=warmup, schedule=schedule)
-    warning = low_lr_warning(shares, visits["sft"], schedule)
-    if warning:
+#: What ``train`` says when a route's pairs would barely train.
+LOW_LR_FIX = (
+    "route with --placement spread (the sft pairs spread through the curriculum), or train with "
+    "--lr-schedule phased (the sft phase gets its own warmup and decay) or constant"
+)
+
+
+def _schedule(run: _Run) -> Schedule:
+    """The run's schedule; ``phased`` finds where its sft phase starts from the split's routes."""
+    config, curriculum = run.config, run.curriculum
+    total = curriculum.total_steps if config.schedule_steps is None else config.schedule_steps
+    if total < curriculum.total_steps:
+        raise InputError(
+            f"--schedule-steps {total} is fewer than the run's {curriculum.total_steps} steps",
+            fix="drop --schedule-steps, or give at least the run's steps",
+        )
+    start = None
+    if config.lr_schedule == "phased":
+        sft = (run.split.frame["route"] == "sft").to_list()
+        try:
+            start = sft_phase_start(sft, _step_pairs(curriculum))
+        except ValueError as exc:
+            raise InputError(
+                f"--lr-schedule phased gives the sft pairs, last in the split, their own warmup "
+                f"and decay; here {exc}",
+                where=config.split_dir,
+                fix="route with --placement last, train one epoch without --shuffle, or use "
+                "--lr-schedule cosine or constant",
+            ) from None
+    return Schedule(config.lr_schedule, config.warmup_ratio, total, start)
+
+
+def _step_pairs(curriculum: Curriculum) -> list[list[int]]:
+    return [curriculum.step_pairs(s).tolist() for s in range(curriculum.total_steps)]
+
+
+def _route_lr(run: _Run, schedule: Schedule) -> RouteLr:
+    """Each route's mean share of the peak rate over the run's pair visits, and after each step."""
+    return route_lr(run.pairs.sft_mix.tolist(), _step_pairs(run.curriculum), schedule.factor)
+
+
+def _say_route_lr(run: _Run, schedule: Schedule) -> None:
+    """Each route's mean share of the peak learning rate (:func:`trainers.schedule.route_lr`) in
+    one line, and one warning per route below :data:`trainers.schedule.LOW_LR_SHARE`; said once
+    the run is accepted, so a refused run stays one line."""
+    placement = run.split.plan.get("placement")
+    where = f"{schedule.kind} schedule" + (f", sft pairs {placement}" if placement else "")
+    run.reporter.message(f"{share_line(run.route_lr)} ({where})")
+    for warning in low_lr_warnings(run.route_lr, LOW_LR_FIX):
         run.reporter.message(warning)
-    return shares
 
 
 def _open_run_dir(run: _Run, optimizer, scheduler) -> tuple[int, int | None]:
@@ -423,7 +487,7 @@ def _open_run_dir(run: _Run, optimizer, scheduler) -> tuple[int, int | None]:
     config, info, out = run.config, run.info, run.config.out
     start_step, resumed_from = 0, None
     if config.resume:
-        checkpoint = latest_checkpoint(out)
+        checkpoint = newest_intact(out)  # a damaged newer one is named and skipped
         saved = read_state(checkpoint)
         rundir.check_same_run(
             saved.get("identity", {}),
@@ -452,15 +516,9 @@ def _open_run_dir(run: _Run, optimizer, scheduler) -> tuple[int, int | None]:
     return start_step, resumed_from
 
 
-def _run_json(
-    run: _Run,
-    curriculum: Curriculum,
-    warmup: int,
-    resumed_from: int | None,
-    lr_shares: dict[str, float | None],
-) -> dict[str, Any]:
+def _run_json(run: _Run, schedule: Schedule, resumed_from: int | None) -> dict[str, Any]:
     """run.json while the run trains (written now; completed or failed at the end)."""
-    total = curriculum.total_steps
+    curriculum = run.curriculum
     run_json = {
         "status": "running",
         "config": run.config.to_json(),
@@ -472,104 +530,173 @@ def _run_json(
         "split": run.split.summary(),
         "tokens": run.pairs.counts(),
         "model": describe(run.policy),
-        "steps": {"total": total, "warmup": warmup, "per_epoch": curriculum.steps_per_epoch},
-        "lr_share": lr_shares,
+        "steps": {
+            "total": curriculum.total_steps,
+            "warmup": schedule.warmup,
+            "per_epoch": curriculum.steps_per_epoch,
+        },
+        "lr_schedule": schedule.to_json(),
+        "lr_share": run.route_lr.shares,
         "shared_prompt": {"on": run.shared_prompt, "why_not": run.unshared},
         "resumed_from": resumed_from,
         "identity": run.identity,
     }
+    if run.eval_set is not None:
+        run_json["eval"] = {"every": run.config.eval_every, **run.eval_set.describe()}
     if run.info.main:
         _write_json(run.config.out / RUN_JSON, run_json)
     return run_json
 
 
-def _steps(run: _Run, curriculum: Curriculum, optimizer, scheduler, start_step: int):
-    """The training loop: per step, forward and backward each micro-batch, check the loss and
-    the gradient are finite, clip, step, log, and checkpoint every --save-every steps. Returns
-    the last step's metrics, the pairs and tokens seen, and the seconds the loop took."""
-    config, info, out = run.config, run.info, run.config.out
-    module = run.module
-    module.train()
-    objective = Objective(
-        loss=config.loss,
-        beta=config.beta,
-        label_smoothing=config.label_smoothing,
-        sft_weight=config.sft_weight,
-        nll_weight=config.nll_weight,
+def _tracker(run: _Run, start_step: int) -> Tracker:
+    """The run's ``--report-to`` tracker on rank 0; a silent one elsewhere."""
+    if not run.info.main:
+        return Tracker()
+    config = run.config
+    return open_tracker(
+        config.report_to, config.out, config=config.to_json(), first_step=start_step
     )
-    params = [p for p in module.parameters() if p.requires_grad]
-    resume_key = config.resume_key(info.world_size)
-    total = curriculum.total_steps
+
+
+@dataclass
+class _Loop:
+    """What the loop has counted so far."""
+
+    metrics: dict[str, Any]
+    last_checkpoint: Path | None
+    seen_pairs: int = 0
+    seen_tokens: int = 0
+    seconds: float = 0.0
+    last_eval: dict[str, Any] | None = None
+
+
+def _steps(run: _Run, optimizer, scheduler, start_step: int, tracker: Tracker) -> _Loop:
+    """The training loop: per step, forward and backward each micro-batch, check the loss and
+    the gradient are finite, clip, step, evaluate when due, log (metrics.jsonl, the progress
+    bar, the tracker), and checkpoint every --save-every steps."""
+    config, info, out = run.config, run.info, run.config.out
+    run.module.train()
+    params = [p for p in run.module.parameters() if p.requires_grad]
+    total = run.curriculum.total_steps
     metrics_file = (out / METRICS).open("a") if info.main else None
-    last_checkpoint = latest_checkpoint(out)
+    loop = _Loop(metrics={}, last_checkpoint=latest_checkpoint(out))
     run.reporter.start(total_steps=total, first_step=start_step)
     started = time.perf_counter()
-    seen_pairs = seen_tokens = 0
-    metrics: dict[str, Any] = {}
     try:
         for step in range(start_step, total):
-            step_started = time.perf_counter()
-            in_step = curriculum.step_pairs(step).numel()
-            sums, bad_pairs = _accumulate(run, module, objective, curriculum, step, in_step)
-            sums = dist.sum_(sums.to(dist.collective_device())).cpu()
-            stats = dict(zip(STAT_KEYS, sums.tolist(), strict=True))
-            if stats["nonfinite"]:
-                bad = [p for ids in dist.gather_objects(bad_pairs) for p in ids]
-                raise _nonfinite("loss", step + 1, bad, last_checkpoint)
-            norm = full_value(
-                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
-            )
-            if not torch.isfinite(norm):
-                step_ids = [run.pairs.pair_ids[i] for i in curriculum.step_pairs(step).tolist()]
-                raise _nonfinite("gradient", step + 1, step_ids, last_checkpoint)
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-
-            seconds = time.perf_counter() - step_started
-            seen_pairs += in_step
-            seen_tokens += int(stats["tokens"])
-            epoch, _ = curriculum.position(step)
-            metrics = {
-                "step": step + 1,
-                "epoch": epoch,
-                **step_metrics(sums, pairs_in_step=in_step),
-            }
-            metrics.update(
-                grad_norm=float(norm),
-                lr=lr,
-                tokens_per_s=stats["tokens"] / seconds,
-                pairs_per_s=in_step / seconds,
-                elapsed_s=round(time.perf_counter() - started, 3),
-            )
+            metrics = _step(run, optimizer, scheduler, params, step, loop)
+            metrics["elapsed_s"] = round(time.perf_counter() - started, 3)
+            if run.eval_set is not None and _eval_due(config, step, total):
+                loop.last_eval = _evaluate(run)
+                metrics.update(loop.last_eval)
+            loop.metrics = metrics
+            loop.seen_tokens += metrics["tokens"]
             if metrics_file is not None:
                 metrics_file.write(json.dumps(metrics) + "\n")
                 metrics_file.flush()
             run.reporter.step(metrics)
+            tracker.log(_tracked(run, metrics, loop.seen_tokens), step + 1)
             if config.save_every and (step + 1) % config.save_every == 0:
-                next_epoch, position = curriculum.position(step + 1)
-                last_checkpoint = save_checkpoint(
-                    out,
-                    step + 1,
-                    model=run.policy.model,
-                    root=run.logps,
-                    sharded=run.sharded,
-                    keep=config.save_total_limit,
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    state={
-                        "epoch": next_epoch,
-                        "position": position,
-                        "world_size": info.world_size,
-                        "config": resume_key,
-                        "identity": run.identity,
-                    },
-                )
+                loop.last_checkpoint = _checkpoint(run, optimizer, scheduler, step + 1)
     finally:
         if metrics_file is not None:
             metrics_file.close()
-    return metrics, seen_pairs, seen_tokens, time.perf_counter() - started
+    loop.seconds = time.perf_counter() - started
+    return loop
+
+
+def _step(run: _Run, optimizer, scheduler, params, step: int, loop: _Loop) -> dict[str, Any]:
+    """One optimizer step: accumulate, check, clip, step; its metrics."""
+    config, curriculum = run.config, run.curriculum
+    step_started = time.perf_counter()
+    in_step = curriculum.step_pairs(step).numel()
+    sums, bad_pairs = _accumulate(run, run.module, run.objective, curriculum, step, in_step)
+    sums = dist.sum_(sums.to(dist.collective_device())).cpu()
+    stats = dict(zip(STAT_KEYS, sums.tolist(), strict=True))
+    if stats["nonfinite"]:
+        bad = [p for ids in dist.gather_objects(bad_pairs) for p in ids]
+        raise _nonfinite("loss", step + 1, bad, loop.last_checkpoint)
+    norm = full_value(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf")))
+    if not torch.isfinite(norm):
+        step_ids = [run.pairs.pair_ids[i] for i in curriculum.step_pairs(step).tolist()]
+        raise _nonfinite("gradient", step + 1, step_ids, loop.last_checkpoint)
+    lr = float(scheduler.get_last_lr()[0])
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=not keeps_gradients(run.module))
+    seconds = time.perf_counter() - step_started
+    loop.seen_pairs += in_step
+    epoch, _ = curriculum.position(step)
+    metrics = {"step": step + 1, "epoch": epoch, **step_metrics(sums, pairs_in_step=in_step)}
+    metrics.update(
+        grad_norm=float(norm),
+        lr=lr,
+        tokens_per_s=stats["tokens"] / seconds,
+        pairs_per_s=in_step / seconds,
+    )
+    metrics.update(_lr_share_metrics(run, step))
+    return metrics
+
+
+def _lr_share_metrics(run: _Run, step: int) -> dict[str, float | None]:
+    """``lr_share/dpo`` and ``lr_share/sft``: each route's mean share of the peak rate over the
+    pair visits so far (at the last step, run.json's ``lr_share``)."""
+    shares = run.route_lr.running[step] if run.route_lr else {}
+    return {f"lr_share/{route}": share for route, share in shares.items()}
+
+
+def _eval_due(config: TrainConfig, step: int, total: int) -> bool:
+    """Every --eval-every steps, and after the last step."""
+    done = step + 1
+    return done == total or bool(config.eval_every and done % config.eval_every == 0)
+
+
+def _evaluate(run: _Run) -> dict[str, Any]:
+    """The held-out figures at the current weights (every rank takes part)."""
+    eval_set = run.eval_set
+    with run.reporter.phase("evaluating held-out pairs", unit="pairs") as advance:
+        figures = evaluate(
+            run.logps,  # unwrapped under ddp: the pass has no backward to synchronise
+            eval_set,
+            run.objective,
+            batch_size=2 * run.config.batch_size,
+            device=run.device,
+            autocast=run.autocast(),
+            pad_id=run.policy.tokenizer.pad_token_id,
+            lockstep=run.sharded,
+            progress=advance,
+        )
+    run.module.train()
+    return figures
+
+
+def _tracked(run: _Run, metrics: dict[str, Any], tokens_seen: int) -> dict[str, float]:
+    per_epoch = run.curriculum.steps_per_epoch
+    return tracker_names(metrics, steps_per_epoch=per_epoch, tokens_seen=tokens_seen)
+
+
+def _checkpoint(run: _Run, optimizer, scheduler, step: int) -> Path:
+    """``checkpoints/step-N`` with everything a resume needs (every rank takes part)."""
+    config, curriculum = run.config, run.curriculum
+    next_epoch, position = curriculum.position(step)
+    with run.reporter.phase(f"checkpoint step-{step}"):
+        return save_checkpoint(
+            config.out,
+            step,
+            model=run.policy.model,
+            root=run.logps,
+            sharded=run.sharded,
+            keep=config.save_total_limit,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            state={
+                "epoch": next_epoch,
+                "position": position,
+                "world_size": run.info.world_size,
+                "config": config.resume_key(run.info.world_size),
+                "identity": run.identity,
+            },
+        )
 
 
 def _accumulate(
@@ -620,20 +747,23 @@ def _save_model(run: _Run) -> Path:
     config = run.config
     if config.gradient_checkpointing:
         _activation_checkpointing(run.policy.model, enable=False)
-    state_dict = full_state_dict(run.logps, run.policy.model, sharded=run.sharded)
-    adapter = config.lora
-    model_dir = config.out / (MODEL_DIR if adapter is None or config.merge_lora else ADAPTER_DIR)
-    if run.info.main:
-        save_final(
-            run.policy,
-            config.out,
-            state_dict,
-            peft_model=run.peft_model,
-            adapter=adapter,
-            merge=config.merge_lora,
-            max_shard_size=config.max_shard_size,
+    with run.reporter.phase("saving the final model"):
+        state_dict = full_state_dict(run.logps, run.policy.model, sharded=run.sharded)
+        adapter = config.lora
+        model_dir = config.out / (
+            MODEL_DIR if adapter is None or config.merge_lora else ADAPTER_DIR
         )
-    dist.barrier()
+        if run.info.main:
+            save_final(
+                run.policy,
+                config.out,
+                state_dict,
+                peft_model=run.peft_model,
+                adapter=adapter,
+                merge=config.merge_lora,
+                max_shard_size=config.max_shard_bytes,
+            )
+        dist.barrier()
     return model_dir
 
 

@@ -107,14 +107,14 @@ def routed_pair_losses(
     *,
     sft_weight: float = 1.0,
     nll_weight: float = 0.0,
-    sft_share: Tensor | None = None,
+    sft_mix: Tensor | None = None,
 ) -> Tensor:
     """MixDPO's switch (arXiv:2602.00954): each pair's loss term, chosen by its route.
 
         L_i = pref_i + w_nll · NLL_i    if route_i = dpo
         L_i = w_sft · NLL_i             if route_i = sft
 
-    With soft routing (``sft_share`` = the split's ``weight`` column, s_i ∈ [0, 1]) a dpo pair
+    With soft routing (``sft_mix`` = the split's ``weight`` column, s_i ∈ [0, 1]) a dpo pair
     mixes the two:
 
         L_i = (1 − s_i) · (pref_i + w_nll · NLL_i) + s_i · w_sft · NLL_i
@@ -126,9 +126,9 @@ def routed_pair_losses(
     full_preference = chosen_nll.new_zeros(chosen_nll.shape).masked_scatter(is_dpo, preference)
     dpo_term = full_preference + nll_weight * chosen_nll
     sft_term = sft_weight * chosen_nll
-    if sft_share is not None:
-        share = sft_share.to(chosen_nll.dtype)
-        dpo_term = torch.where(share > 0, (1 - share) * dpo_term + share * sft_term, dpo_term)
+    if sft_mix is not None:
+        mix = sft_mix.to(chosen_nll.dtype)
+        dpo_term = torch.where(mix > 0, (1 - mix) * dpo_term + mix * sft_term, dpo_term)
     return torch.where(is_dpo, dpo_term, sft_term)
 
 

@@ -339,7 +339,7 @@ def read_config(path: Path, *, trust_remote_code: bool, fix: str) -> Any:
     if not (path / "config.json").is_file():
         raise InputError("not a Hugging Face model directory (no config.json)", where=path, fix=fix)
     try:
-        return AutoConfig.from_pretrained(
+        config = AutoConfig.from_pretrained(
             path, local_files_only=True, trust_remote_code=trust_remote_code
         )
     except Exception as exc:  # noqa: BLE001 - transformers validates configs with its own errors
@@ -353,6 +353,54 @@ def read_config(path: Path, *, trust_remote_code: bool, fix: str) -> Any:
         raise InputError(
             f"bad config.json: {one_line(exc, 200)}", where=path / "config.json", fix=fix
         ) from exc
+    check_sizes(config, path / "config.json")
+    return config
+
+
+#: The size fields of a decoder's config; each, when set, is a whole number of at least 1.
+SIZE_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "max_position_embeddings",
+)
+#: No config describes more parameters or layers than this: beyond, building even its shape
+#: (on the meta device) takes hours or overflows, and no machine could train it.
+MAX_PARAMETERS = 10**13
+MAX_LAYERS = 10_000
+
+
+def check_sizes(config: Any, where: Path) -> None:
+    """Refuse sizes no model has (negative, zero, fractional, astronomically large) with one line
+    naming the field, before anything is built from them (the memory plan, the model)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    fix = "fix config.json, or re-save the model with save_pretrained"
+    sizes = {}
+    for name in SIZE_FIELDS:
+        value = getattr(text, name, None)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} is {value!r}; sizes are whole numbers of 1 or more",
+                             where=where, fix=fix)  # fmt: skip
+        sizes[name] = value
+    hidden, layers = sizes.get("hidden_size", 1), sizes.get("num_hidden_layers", 1)
+    intermediate = sizes.get("intermediate_size", 4 * hidden)
+    estimate = (
+        2 * sizes.get("vocab_size", 1) * hidden + layers * (4 * hidden + 3 * intermediate) * hidden
+    )
+    if layers > MAX_LAYERS or estimate > MAX_PARAMETERS:
+        raise InputError(
+            f"this config describes {layers:,} layers and about {estimate:.1e} parameters, "
+            f"beyond any model prefcurate plans ({MAX_LAYERS:,} layers, {MAX_PARAMETERS:.0e} "
+            "parameters)",
+            where=where,
+            fix=fix,
+        )
 
 
 def _asks_for_code(path: Path) -> bool:

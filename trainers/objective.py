@@ -106,7 +106,7 @@ class Objective:
             is_dpo=batch.is_dpo,
             ref_chosen=batch.ref_chosen,
             ref_rejected=batch.ref_rejected,
-            sft_share=batch.sft_share,
+            sft_mix=batch.sft_mix,
             tokens=int(batch.attention_mask.sum()),
         )
 
@@ -118,7 +118,7 @@ class Objective:
         is_dpo: Tensor,
         ref_chosen: Tensor,
         ref_rejected: Tensor,
-        sft_share: Tensor | None = None,
+        sft_mix: Tensor | None = None,
         tokens: int = 0,
     ) -> PairTerms:
         """Each pair's loss term from one forward's summed response log-probs: the one objective.
@@ -127,8 +127,8 @@ class Objective:
         so one split gives the same per-pair losses in either engine. ``sequence_logps`` and
         ``n_tokens`` hold one row per pair's chosen response, then one per dpo pair's rejected
         response (the layout both collators build); ``ref_chosen`` / ``ref_rejected`` one entry
-        per pair (any value for pairs without a preference term); ``sft_share`` each pair's SFT
-        share (:func:`prefcurate.data.schema.sft_share`; None: 0 for dpo pairs, 1 for sft).
+        per pair (any value for pairs without a preference term); ``sft_mix`` each pair's SFT
+        mix (:func:`prefcurate.data.schema.sft_mix`; None: 0 for dpo pairs, 1 for sft).
         """
         sequence_logps = sequence_logps.float()
         pairs = is_dpo.numel()
@@ -146,7 +146,7 @@ class Objective:
             chosen_nll,
             sft_weight=self.sft_weight,
             nll_weight=self.nll_weight,
-            sft_share=sft_share,
+            sft_mix=sft_mix,
         )
         return PairTerms(
             loss=loss,

@@ -9,11 +9,16 @@ is refused naming both, so one run directory is always one run.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from prefcurate.base.errors import InputError
+import prefcurate.base.interrupt as interrupt
+from prefcurate.base.errors import InputError, MachineFault, no_space, one_line
 from prefcurate.base.log import get_logger
 from prefcurate.base.outdir import (
     MANIFEST,
@@ -30,7 +35,16 @@ RUN_JSON = "run.json"
 MODEL_DIR = "model"
 ADAPTER_DIR = "adapter"  # a LoRA run's adapter (trainers.export)
 #: What ``--force`` may delete in RUN_DIR; nothing else there is ever touched.
-RUN_OUTPUTS = ("checkpoints", MODEL_DIR, ADAPTER_DIR, METRICS, RUN_JSON, "curves.png")
+RUN_OUTPUTS = (
+    "checkpoints",
+    MODEL_DIR,
+    ADAPTER_DIR,
+    METRICS,
+    RUN_JSON,
+    "curves.png",
+    "tensorboard",  # --report-to tensorboard
+    "wandb",  # --report-to wandb
+)
 #: Everything a run directory may hold: its outputs and their temporary names.
 RUN_ENTRIES = (
     *RUN_OUTPUTS,
@@ -58,6 +72,7 @@ def check_run_dir(
             where=out,
             fix="choose a new or empty folder for --out",
         )
+    _refuse_links(out)
     existing = [name for name in RUN_OUTPUTS if (out / name).exists()]
     if existing and not resume and read_manifest(out) is None and not _legacy_run(out):
         raise InputError(
@@ -70,6 +85,23 @@ def check_run_dir(
             f"the run directory already holds {', '.join(existing)}",
             where=out,
             fix="pass --resume to continue it, --force to start over, or another --out",
+        )
+
+
+def _refuse_links(out: Path) -> None:
+    """A run never writes through a symbolic link: metrics.jsonl appended to, run.json or model/
+    replaced, a checkpoint pruned would reach the file or folder it points to."""
+    checkpoints = out / "checkpoints"
+    places = [out / name for name in RUN_OUTPUTS]
+    if checkpoints.is_dir() and not checkpoints.is_symlink():
+        places += sorted(checkpoints.iterdir())
+    links = [str(p.relative_to(out)) for p in places if p.is_symlink()]
+    if links:
+        raise InputError(
+            f"--out holds a symbolic link where the run writes ({', '.join(links[:5])}); "
+            "refusing to write through it",
+            where=out,
+            fix="replace the link with the real file or folder, or choose another --out",
         )
 
 
@@ -110,6 +142,80 @@ def check_same_run(
                 where=checkpoint,
                 fix=f"resume with the {what} the run was started with, or start a new --out",
             )
+
+
+# --------------------------------------------------------------------------------------------------
+# how a run ended
+
+
+@contextlib.contextmanager
+def record_ending(out: Path, *, main: bool) -> Iterator[None]:
+    """run.json says how the run ended, not "running" forever: "failed" with the error when the
+    block raises, "interrupted" or "terminated" when a signal ends the process (written from the
+    signal watcher, :func:`prefcurate.base.interrupt.at_stop`). Either way the partial checkpoint
+    folders go. A full disk is one line that says what was kept (:class:`MachineFault`).
+    """
+    if not main:
+        yield
+        return
+    undo = interrupt.at_stop(lambda code: _ended(out, {130: "interrupted"}.get(code, "terminated")))
+    try:
+        yield
+    except BaseException as exc:
+        full = no_space(exc) or _nearly_full(out)  # torch's zip writer says "unexpected pos"
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        error = f"{type(exc).__name__}: {one_line(exc, 300)}"
+        _ended(out, status, error=error + (" (no space left on device)" if full else ""))
+        if full:
+            raise MachineFault(_no_space_line(out)) from exc
+        raise
+    finally:
+        undo()
+
+
+def _ended(out: Path, status: str, *, error: str | None = None) -> None:
+    """Mark a run.json that still says "running" (best effort: the disk may be full)."""
+    for partial in (out / "checkpoints").glob(".step-*.tmp"):
+        shutil.rmtree(partial, ignore_errors=True)
+    try:
+        run = json.loads((out / RUN_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(run, dict) or run.get("status") != "running":
+        return
+    run["status"] = status
+    if error is not None:
+        run["error"] = error
+    with contextlib.suppress(OSError):
+        tmp = out / f".{RUN_JSON}.tmp"
+        tmp.write_text(json.dumps(run, indent=2, default=str) + "\n")
+        os.replace(tmp, out / RUN_JSON)
+
+
+def _nearly_full(out: Path) -> bool:
+    """Under 1 MiB free where the run writes: whatever a library called the failure, it is this."""
+    try:
+        stats = os.statvfs(out)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < 1 << 20
+
+
+def _no_space_line(out: Path) -> str:
+    kept = sorted(
+        (int(p.name.split("-")[1]), p.name)
+        for p in (out / "checkpoints").glob("step-*")
+        if p.name.split("-")[1].isdigit() and (p / "state.json").is_file()
+    )
+    if not kept:
+        return (
+            f"{out}: no space left on device while training; run.json says the run failed, no "
+            "checkpoint was complete (free some space, then start over with --force)"
+        )
+    return (
+        f"{out}: no space left on device while training; run.json says the run failed, "
+        f"checkpoints up to {kept[-1][1]} are kept (free some space, then continue with --resume)"
+    )
 
 
 def truncate_metrics(path: Path, step: int) -> None:

@@ -16,7 +16,9 @@ Precision (``--precision``):
 * ``bf16-mixed``: float32 master weights and optimizer state; compute in bfloat16 (autocast under
   ddp, FSDP2's :class:`~torch.distributed.fsdp.MixedPrecisionPolicy` under fsdp, which also keeps
   gradient reductions in float32);
-* ``bf16``: weights, gradients and AdamW state in bfloat16 (half the memory, less exact).
+* ``bf16``: weights, gradients and AdamW state in bfloat16 (half the memory); the optimizer is
+  torchao's AdamW with stochastic rounding (:mod:`trainers.optim`), so updates far below a
+  weight's bfloat16 spacing still move it on average.
 """
 
 from __future__ import annotations
@@ -104,7 +106,8 @@ def wrap(
     if strategy == "fsdp":
         return shard(module, model, precision=precision, offload=offload)
     if world_size > 1:
-        return DistributedDataParallel(module)
+        # gradients are views into DDP's all-reduce buckets, not a second copy beside them
+        return DistributedDataParallel(module, gradient_as_bucket_view=True)
     return module
 
 
@@ -113,13 +116,26 @@ def is_sharded(module: nn.Module) -> bool:
 
 
 def gradient_sync(module: nn.Module, *, enabled: bool) -> contextlib.AbstractContextManager:
-    """Skip the gradient reduction on all but the last micro-batch of an accumulated step."""
-    if isinstance(module, FSDPModule):
-        module.set_requires_gradient_sync(enabled)
-        return contextlib.nullcontext()
+    """Under ddp, skip the all-reduce on all but the last micro-batch of an accumulated step.
+
+    Under fsdp every micro-batch reduce-scatters: skipping it would keep each layer's full
+    unsharded gradient until the last micro-batch (the whole model's gradient in fp32 per rank,
+    as much as ddp), while reducing every time keeps only the shard.
+    """
     if isinstance(module, DistributedDataParallel) and not enabled:
         return module.no_sync()
     return contextlib.nullcontext()
+
+
+def keeps_gradients(module: nn.Module) -> bool:
+    """Whether the gradients stay allocated between steps (``zero_grad(set_to_none=False)``).
+
+    DDP's gradients are views into its bucket buffers (``gradient_as_bucket_view``), which live
+    as long as the wrapper: zeroing them in place lets every micro-batch accumulate into the
+    buckets; setting them to None would free nothing and make the next backward allocate a
+    second copy beside the buckets.
+    """
+    return isinstance(module, DistributedDataParallel)
 
 
 def full_value(tensor: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,9 @@
 - ``progress``   bars and status lines on a terminal, plain lines when piped
 - ``cachedir``   default_cache_dir: one rule for every cache
 - ``sizes``      sizes such as ``2GiB`` parsed one way, the memory budget, an input's size
+- ``duck``       DuckDB connections that never install or load an extension
+- ``log``        the library's warnings as one line each (other libraries' only with --debug)
 
-The trainer floor may import ``errors``, ``atomic``, ``outdir``, ``interrupt`` and ``cachedir``.
+The trainer floor may import ``errors``, ``atomic``, ``outdir``, ``interrupt``, ``cachedir``,
+``log`` and ``sizes`` (``--max-shard-size`` is read in the one vocabulary of sizes).
 """

@@ -14,17 +14,21 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import os
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from prefcurate.base import interrupt
+from prefcurate.base.errors import InputError
+from prefcurate.base.log import get_logger
 from prefcurate.base.outdir import (
     TEMP_MARKER,
     check_out_dir,
+    clear_own,
+    foreign_entries,
     make_temp_dir,
-    mark_temp,
     remove_stale,
     write_manifest,
 )
@@ -69,30 +73,82 @@ def atomic_dir(
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(path)
     tmp = make_temp_dir(path)  # registered for Ctrl-C before it is created
+    swapped = False
     try:
         yield tmp
         write_manifest(tmp, kind=kind)
         for child in tmp.rglob("*"):
             if child.is_file():
                 _fsync(child)
-        (tmp / TEMP_MARKER).unlink()  # the marker is of the temporary folder, not the output
-        if path.exists():
-            if _exchange(tmp, path):
-                mark_temp(tmp)
-                shutil.rmtree(tmp)
-            else:  # no atomic exchange here: the shortest possible window between two renames
-                mark_temp(path)
-                old = path.with_name(f".{path.name}.old-{os.getpid()}")
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
+        _swap_in(tmp, path)
+        swapped = True
         _fsync_dir(path.parent)
     finally:
-        if tmp.exists() and not tmp.is_symlink():
+        if not swapped and tmp.is_dir() and not tmp.is_symlink():  # the new output, unused
             shutil.rmtree(tmp, ignore_errors=True)
         interrupt.unregister(tmp)
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    """Put the complete folder ``tmp`` at ``path``; the old output is discarded, never a file
+    prefcurate did not write.
+
+    Runs as one critical section: an interrupt waits for it, so it never lands between the two
+    renames of the fallback, nor renames ``tmp`` away just before the exchange. The old folder is
+    checked again just before: a file saved into it while the command ran is named and the swap
+    refused.
+    """
+    with interrupt.critical():
+        exists = path.exists() or path.is_symlink()
+        if exists:
+            _check_still_ours(path)
+        (tmp / TEMP_MARKER).unlink()  # the marker is of the temporary folder, not the output
+        if not exists:
+            os.replace(tmp, path)
+        elif _exchange(tmp, path):
+            _discard_old(tmp, path)
+        else:  # no atomic exchange here: two renames, the first undone if the second fails
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)
+                raise
+            _discard_old(old, path)
+
+
+def _check_still_ours(path: Path) -> None:
+    foreign = foreign_entries(path) if path.is_dir() and not path.is_symlink() else [path.name]
+    if foreign:
+        raise InputError(
+            f"files prefcurate did not write appeared in --out while this command ran "
+            f"({', '.join(foreign[:5])}); left --out as it was",
+            where=path,
+            fix="move those files elsewhere, then run the command again",
+        )
+
+
+def _discard_old(old: Path, path: Path) -> None:
+    """Delete the replaced output ``old``: what its manifest lists. Anything else (saved there in
+    the instant before the swap), or anything that could not be deleted, is kept in
+    ``.NAME.kept-PID`` and named in a warning; that folder carries no marker, so no later run
+    removes it."""
+    with contextlib.suppress(OSError):
+        clear_own(old)
+    left = sorted(p.name for p in old.iterdir()) if old.is_dir() else []
+    if not left:
+        with contextlib.suppress(OSError):
+            old.rmdir()
+        return
+    kept = path.with_name(f".{path.name}.kept-{os.getpid()}")
+    os.replace(old, kept)
+    get_logger("outdir").warning(
+        "%s: %s appeared in the old output while it was replaced; kept in %s",
+        path,
+        ", ".join(left[:5]),
+        kept,
+    )
 
 
 _RENAME_EXCHANGE = 2
@@ -100,7 +156,12 @@ _AT_FDCWD = -100
 
 
 def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux renameat2); False where the system can't."""
+    """Atomically swap two paths (Linux renameat2); False where the system can't.
+
+    Only "this system has no exchange" is False (ENOSYS, EINVAL: no renameat2 or a file system
+    without RENAME_EXCHANGE); any other failure (a path that vanished) is raised, never answered
+    with the two-rename fallback.
+    """
     libc_name = ctypes.util.find_library("c")
     if not libc_name:
         return False
@@ -109,7 +170,12 @@ def _exchange(a: Path, b: Path) -> bool:
     if renameat2 is None:
         return False
     rc = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
-    return rc == 0
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
 
 
 def _fsync(path: Path) -> None:

@@ -42,6 +42,20 @@ class InputError(PrefcurateError):
         super().__init__(" ".join(msg.split()))  # one line, whatever the parts held
 
 
+class MachineFault(PrefcurateError):
+    """A fault of the machine (a full disk) told in the command's own words, which say what was
+    kept: printed as ``error: …`` without "please report"."""
+
+    def __init__(self, message: str, *, exit_code: int = 1):
+        super().__init__(" ".join(message.split()))
+        self.exit_code = exit_code
+
+
+def no_space(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it wraps) is a full disk or quota."""
+    return machine_fault(exc) is not None and machine_fault(exc)[0] == 1
+
+
 def one_line(text: object, limit: int = 300) -> str:
     """Collapse a foreign message (DuckDB, Polars, OS) to one line of at most ``limit`` chars."""
     flat = " ".join(str(text).split())

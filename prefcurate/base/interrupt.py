@@ -17,11 +17,18 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 _TEMPORARY: set[Path] = set()
 _LOCK = threading.Lock()
 _STOPPING = threading.Event()
+_FINISHED = threading.Event()
+#: Held while an output is swapped into place: stop() waits for it, so an interrupt never lands
+#: between the renames of a swap (it would leave neither the old output nor the new one).
+_CRITICAL = threading.RLock()
+#: Called by stop() before the process ends (e.g. a training run records how it ended).
+_AT_STOP: list[Callable[[int], None]] = []
 _REMOVE_FOR_S = 5.0  # how long stop() keeps removing a folder that other threads still write into
 
 
@@ -35,12 +42,53 @@ def register(path: Path) -> None:
         if not _STOPPING.is_set():
             _TEMPORARY.add(Path(path))
             return
-    threading.Event().wait()  # stop() is ending the process; create nothing more
+    _wait_for_exit()  # stop() is ending the process; create nothing more
 
 
 def unregister(path: Path) -> None:
     with _LOCK:
         _TEMPORARY.discard(Path(path))
+
+
+@contextlib.contextmanager
+def critical() -> Iterator[None]:
+    """A block an interrupt waits for (an output's swap); none begins once stop() has begun."""
+    with _CRITICAL:
+        if _STOPPING.is_set():
+            _wait_for_exit()
+        yield
+
+
+def at_stop(callback: Callable[[int], None]) -> Callable[[], None]:
+    """Run ``callback(exit_code)`` when an interrupt ends the process; returns its undo.
+
+    The callback runs on the watcher thread while the command's other threads may still run; it
+    must be quick, and its errors are ignored.
+    """
+    with _LOCK:
+        _AT_STOP.append(callback)
+
+    def undo() -> None:
+        with _LOCK, contextlib.suppress(ValueError):
+            _AT_STOP.remove(callback)
+
+    return undo
+
+
+def yield_to_stop() -> None:
+    """Block for good if an interrupt is ending the process, else return at once.
+
+    Called where the command ends, by success or by an error: once stop() has begun, what the
+    main thread sees (a file the watcher removed under it, say) is a consequence of the
+    interrupt, and the interrupt's line and exit code must win.
+    """
+    if _STOPPING.is_set():
+        _wait_for_exit()
+
+
+def _wait_for_exit() -> None:
+    """Block this thread for good: stop() is ending the process with its own exit code."""
+    threading.Event().wait()
 
 
 def install() -> None:
@@ -55,9 +103,20 @@ def install() -> None:
             signal.signal(sig, _ignore)  # the byte on the wakeup fd is what counts
     except (ValueError, OSError):  # not the main thread of the main interpreter
         return
+    threading.excepthook = _quiet_while_stopping(threading.excepthook)
     threading.Thread(
         target=_watch, args=(read_fd,), name="prefcurate-interrupt", daemon=True
     ).start()
+
+
+def _quiet_while_stopping(hook: Callable) -> Callable:
+    """A thread that fails because stop() removed its folder under it prints no traceback."""
+
+    def excepthook(args) -> None:
+        if not _STOPPING.is_set():
+            hook(args)
+
+    return excepthook
 
 
 def finish() -> None:
@@ -67,6 +126,9 @@ def finish() -> None:
     (an ignored one stays ignored), so without this a Ctrl-C in the last milliseconds would kill
     a finished run with signal 2 instead of its exit code.
     """
+    yield_to_stop()
+    with _LOCK:
+        _FINISHED.set()
     with contextlib.suppress(ValueError, OSError):  # not the main thread: nothing was installed
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
@@ -96,8 +158,16 @@ def stop(code: int = 130) -> None:
     open its next file in one), so a folder is removed again until it stays gone.
     """
     with _LOCK:
+        if _FINISHED.is_set():  # the command's work is complete: its exit code stands
+            return
         _STOPPING.set()
-        paths = sorted(_TEMPORARY, key=lambda p: len(p.parts), reverse=True)
+    with _CRITICAL:  # a swap in progress completes first; none starts after this
+        with _LOCK:
+            paths = sorted(_TEMPORARY, key=lambda p: len(p.parts), reverse=True)
+            callbacks = list(_AT_STOP)
+    for callback in callbacks:
+        with contextlib.suppress(Exception):
+            callback(code)
     deadline = time.monotonic() + _REMOVE_FOR_S
     for path in paths:
         while _remove(path) and time.monotonic() < deadline:

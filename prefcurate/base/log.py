@@ -36,7 +36,11 @@ class _OneLine(logging.Handler):
 
 
 def to_stderr(level: int = logging.WARNING) -> None:
-    """The CLI's handler for the ``prefcurate`` logger; installing it twice changes nothing."""
+    """The CLI's handler for the ``prefcurate`` logger; installing it twice changes nothing.
+
+    What other libraries say on their own is :mod:`prefcurate.base.quiet`'s business: the CLI
+    wraps each command in :func:`~prefcurate.base.quiet.quiet_dependencies`.
+    """
     logger = logging.getLogger(ROOT)
     if not any(isinstance(h, _OneLine) for h in logger.handlers):
         logger.addHandler(_OneLine())

@@ -13,6 +13,7 @@ log shows the run is alive, as ``train`` does.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -150,12 +151,66 @@ def losses(metrics: dict[str, Any]) -> str:
     return " ".join(parts) or f"{metrics['loss']:.4f}"
 
 
+#: A phase shorter than this leaves no line behind; a piped one longer prints a heartbeat.
+PHASE_QUIET_S = 3.0
+#: Seconds between a piped phase's heartbeat lines.
+PHASE_HEARTBEAT_S = 5.0
+
+
+class _Phase:
+    """A one-off phase of a run (tokenising, the reference pass, …): a live bar on a terminal,
+    a heartbeat line every few seconds when piped, and one line at the end if it took long."""
+
+    def __init__(self, console: Console, name: str, total: int | None, unit: str):
+        self.console, self.name, self.total, self.unit = console, name, total, unit
+        self.done = 0
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def advance(self, n: int, total: int | None = None) -> None:
+        self.done += n
+        if total is not None:
+            self.total = total
+
+    def text(self) -> str:
+        count = f"{self.done:,}/{self.total:,}" if self.total else f"{self.done:,}"
+        shown = f" {count} {self.unit}".rstrip() if (self.total or self.done) else ""
+        return f"{self.name}{shown}; {time.monotonic() - self.started:,.0f} s elapsed"
+
+    def heartbeat(self) -> None:
+        """Print :meth:`text` every few seconds (piped output) until the phase ends."""
+
+        def beat() -> None:
+            wait = PHASE_QUIET_S
+            while not self._stop.wait(wait):
+                self.console.print(self.text(), highlight=False, markup=False, soft_wrap=True)
+                wait = PHASE_HEARTBEAT_S
+
+        self._thread = threading.Thread(target=beat, daemon=True)
+        self._thread.start()
+
+    def finish(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        seconds = time.monotonic() - self.started
+        if seconds >= PHASE_QUIET_S:
+            count = f" {self.done:,} {self.unit}".rstrip() if self.done else ""
+            self.console.print(
+                f"{self.name}:{count} in {seconds:,.1f} s",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
+
+
 class RichReporter:
     """A training run's progress bar with loss and ETA on stderr; notices print above it.
 
     Implements :class:`trainers.reporter.Reporter`'s events (``start``, ``step``, ``message``,
-    ``close``). When stderr is not a terminal (a log file, CI) it prints one plain line every
-    tenth of the run instead.
+    ``phase``, ``close``). When stderr is not a terminal (a log file, CI) it prints one plain line
+    every tenth of the run instead, and a heartbeat line every few seconds of a long phase.
     """
 
     def __init__(self, console: Console | None = None):
@@ -166,36 +221,68 @@ class RichReporter:
         self.started = 0.0
         self.first_step = 0
 
-    def start(self, *, total_steps: int, first_step: int) -> None:
-        self.total, self.first_step, self.started = total_steps, first_step, time.monotonic()
-        if not self.console.is_terminal:
-            return
-        self.progress = Progress(
-            TextColumn("[bold]train[/]"),
+    def _bar(self, *, transient: bool) -> Progress:
+        """The live display: a task per row (the training steps, a phase)."""
+        return Progress(
+            TextColumn("[bold]{task.description}[/]"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"),
-            TextColumn("acc {task.fields[acc]}"),
+            TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
             console=self.console,
+            transient=transient,
         )
+
+    def start(self, *, total_steps: int, first_step: int) -> None:
+        self.total, self.first_step, self.started = total_steps, first_step, time.monotonic()
+        if not self.console.is_terminal:
+            return
+        self.progress = self._bar(transient=False)
         self.task = self.progress.add_task(
-            "train", total=total_steps, completed=first_step, loss="-", acc="-"
+            "train", total=total_steps, completed=first_step, info="loss - acc -"
         )
         self.progress.start()
+
+    @contextlib.contextmanager
+    def phase(self, name: str, total: int | None = None, unit: str = "") -> Iterator[Callable]:
+        """A bar (terminal) or heartbeat lines (piped) while a one-off phase runs."""
+        state = _Phase(self.console, name, total, unit)
+        if not self.console.is_terminal:
+            state.heartbeat()
+            try:
+                yield state.advance
+            finally:
+                state.finish()
+            return
+        live = self.progress
+        display = live or self._bar(transient=True)
+        task = display.add_task(name, total=total, info=unit)
+
+        def advance(n: int, total: int | None = None) -> None:
+            state.advance(n, total)
+            display.update(task, advance=n, total=state.total)
+
+        if live is None:
+            display.start()
+        try:
+            yield advance
+        finally:
+            display.refresh()  # its last state, before the row goes
+            display.remove_task(task)
+            if live is None:
+                display.stop()
+            state.finish()
 
     def step(self, metrics: dict[str, Any]) -> None:
         acc = metrics.get("rewards/accuracies")
         if self.progress is None:
             self._log_line(metrics, acc)
             return
+        shown = "-" if acc is None else f"{acc:.2f}"
         self.progress.update(
-            self.task,
-            completed=metrics["step"],
-            loss=losses(metrics),
-            acc="-" if acc is None else f"{acc:.2f}",
+            self.task, completed=metrics["step"], info=f"loss {losses(metrics)} acc {shown}"
         )
 
     def _log_line(self, metrics: dict[str, Any], acc: float | None) -> None:
@@ -205,7 +292,14 @@ class RichReporter:
         done = step - self.first_step
         eta = (time.monotonic() - self.started) / done * (self.total - step) if done else 0.0
         shown = "" if acc is None else f" acc {acc:.2f}"
-        self.message(f"train {step}/{self.total} loss {losses(metrics)}{shown} eta {eta:.0f}s")
+        evaluated = ""
+        if metrics.get("eval/loss") is not None:
+            evaluated = f" | eval loss {metrics['eval/loss']:.4f}"
+            if metrics.get("eval/rewards/accuracies") is not None:
+                evaluated += f" acc {metrics['eval/rewards/accuracies']:.2f}"
+        self.message(
+            f"train {step}/{self.total} loss {losses(metrics)}{shown}{evaluated} eta {eta:.0f}s"
+        )
 
     def message(self, text: str) -> None:
         self.console.print(text, highlight=False, markup=False, soft_wrap=True)

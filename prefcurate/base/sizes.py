@@ -1,9 +1,11 @@
-"""How much memory ``route`` may take for the input, and how much the input would take.
+"""Sizes in one vocabulary (``4GB``, ``512MiB``), and how much of an input ``route`` holds at once.
 
+:func:`parse_size` reads every size flag (``route --text-memory``, ``train --max-shard-size``).
 ``route`` reads an input in one pass (texts and plan together) when the one pass's peak memory,
-about :data:`ONE_PASS_PEAK` times the input's in-memory size, fits the budget; a larger input is
-read twice: a narrow pass for the plan, then the texts a window of ranks at a time, so the table is
-never held whole. Both strategies write the same bytes.
+about :data:`ONE_PASS_PEAK` times the input's in-memory size, fits ``--text-memory``; a larger
+input is read twice: a narrow pass for the plan, then the texts a window of ranks at a time, so the
+table is never held whole. Both strategies write the same bytes. The budget is for the texts held
+at once, not a cap on the process: the narrow pass itself reads, hashes and checks every row.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]i?)?b?\s*$", re.I)
 
 
-def parse_size(text: str | int, *, flag: str = "--memory-budget") -> int:
+def parse_size(text: str | int, *, flag: str = "--text-memory") -> int:
     """Bytes from ``text``: a number with an optional unit (``4GB``, ``512MiB``, ``1.5G``)."""
     if isinstance(text, int):
         value = text

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import secrets
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,7 @@ from typing import Any
 
 import duckdb
 
+from prefcurate.base import duck, interrupt
 from prefcurate.base.errors import InputError, one_line
 from prefcurate.catalog.store import attach
 
@@ -47,18 +51,24 @@ def sandbox() -> Iterator[duckdb.DuckDBPyConnection]:
 
     DuckDB keeps its temporary directory readable when external access is off, and for an
     in-memory database that is ``.tmp/`` under the working directory. Here it is a private, empty
-    directory of this process, removed afterwards, so a query sees no file through it.
+    directory of this process, removed afterwards (on Ctrl-C too: it is registered with
+    :mod:`prefcurate.base.interrupt` before it is made), so a query sees no file through it.
     """
     import shutil
     import tempfile
 
-    private = tempfile.mkdtemp(prefix="prefcurate-sql-")
-    con = duckdb.connect(":memory:", config={"temp_directory": private})
+    private = Path(tempfile.gettempdir()) / f"prefcurate-sql-{os.getpid()}-{secrets.token_hex(6)}"
+    interrupt.register(private)
     try:
-        yield con
+        private.mkdir(mode=0o700)
+        con = duck.connect(":memory:", temp_directory=str(private))
+        try:
+            yield con
+        finally:
+            con.close()
     finally:
-        con.close()
         shutil.rmtree(private, ignore_errors=True)
+        interrupt.unregister(private)
 
 
 def lock_down(con: duckdb.DuckDBPyConnection) -> None:
@@ -133,12 +143,22 @@ def _statements(sql: str) -> list:
             raise _sql_error(exc) from exc
 
 
+#: ``prefcurate sql``'s limits unless told otherwise: a query that runs longer, needs more memory
+#: (or as much spilled to its private temporary folder) or returns more rows is stopped.
+TIME_LIMIT_S = 60.0
+MEMORY_LIMIT = 2_000_000_000
+MAX_ROWS = 1_000_000
+
+
 def query(
     sql: str,
     *,
     catalog: str | Path | None = None,
     pairs: Any = None,
     timeout: float | None = None,
+    time_limit: float = TIME_LIMIT_S,
+    memory_limit: int = MEMORY_LIMIT,
+    max_rows: int = MAX_ROWS,
 ) -> QueryResult:
     """Run one read-only SQL statement over the catalog's tables and, if given, view ``pairs``.
 
@@ -146,7 +166,9 @@ def query(
     read-only (its tables resolve without a prefix); then external access is switched off and the
     configuration locked, with DuckDB's temporary directory a private empty one, so the query can
     reach no other file. Only one SELECT, or EXPLAIN of one SELECT, runs
-    (:func:`read_only_statement`).
+    (:func:`read_only_statement`). It is stopped, one line, when it runs longer than
+    ``time_limit`` seconds, needs more than ``memory_limit`` bytes (in memory, or spilled), or
+    returns more than ``max_rows`` rows; ``timeout`` is how long to wait for a locked catalog.
     """
     read_only_statement(sql)
     with sandbox() as con:
@@ -154,14 +176,42 @@ def query(
             con.register("pairs", pairs)
         if attach(con, catalog, timeout=timeout):
             con.execute("SET search_path = 'memory.main,catalog.main'")
+        con.execute(f"SET memory_limit = '{int(memory_limit)}B'")
+        con.execute(f"SET max_temp_directory_size = '{int(memory_limit)}B'")
         lock_down(con)
+        timer = threading.Timer(time_limit, con.interrupt)
+        timer.start()
         try:
-            result = con.execute(sql)
-            columns = [d[0] for d in result.description] if result.description else []
-            types = [str(d[1]) for d in result.description] if result.description else []
-            rows = result.fetchall() if result.description else []
-        except duckdb.Error as exc:
-            raise _sql_error(exc) from exc
+            return _run(con, sql, max_rows)
+        except duckdb.InterruptException as exc:
+            raise InputError(
+                f"the query ran longer than --time-limit {time_limit:g} s and was stopped",
+                fix="narrow the query (a recursive CTE needs a bound), or raise --time-limit",
+            ) from exc
+        except duckdb.OutOfMemoryException as exc:
+            raise InputError(
+                f"the query needed more than --memory-limit {memory_limit:,} bytes and was stopped",
+                fix="narrow or aggregate the query, or raise --memory-limit",
+            ) from exc
+        finally:
+            timer.cancel()
+
+
+def _run(con: duckdb.DuckDBPyConnection, sql: str, max_rows: int) -> QueryResult:
+    try:
+        result = con.execute(sql)
+        columns = [d[0] for d in result.description] if result.description else []
+        types = [str(d[1]) for d in result.description] if result.description else []
+        rows = result.fetchmany(max_rows + 1) if result.description else []
+    except (duckdb.InterruptException, duckdb.OutOfMemoryException):
+        raise
+    except duckdb.Error as exc:
+        raise _sql_error(exc) from exc
+    if len(rows) > max_rows:
+        raise InputError(
+            f"the query returns more than {max_rows:,} rows",
+            fix="add a LIMIT, or aggregate (count, group by)",
+        )
     return QueryResult(columns, types, rows)
 
 

@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -33,6 +34,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from prefcurate.base import duck
 from prefcurate.base.errors import InputError, one_line
 from prefcurate.base.log import get_logger
 from prefcurate.data.sources import content_hash
@@ -128,11 +130,12 @@ def connect(
                 where=where.parent,
                 fix="pass --catalog PATH or set PREFCURATE_CATALOG",
             ) from exc
+    _refuse_foreign(where)
     limit = _timeout(timeout)
     deadline = time.monotonic() + limit
     with _flock(where, exclusive=not read_only, deadline=deadline, limit=limit):
         con = _with_retry(
-            lambda: duckdb.connect(str(where), read_only=read_only), where, deadline, limit
+            lambda: duck.connect(str(where), read_only=read_only), where, deadline, limit
         )
         try:
             if read_only:
@@ -140,6 +143,8 @@ def connect(
             else:
                 _migrate(con, where)
             yield con
+        except duckdb.Error as exc:  # a damaged file may fail on any statement, not only at open
+            raise _translate(exc, where, limit) from exc
         finally:
             con.close()
 
@@ -181,7 +186,7 @@ def _flock(where: Path, *, exclusive: bool, deadline: float, limit: float) -> It
         return
     lock_path = where.with_name(where.name + ".lock")
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except OSError:
         yield
         return
@@ -213,31 +218,35 @@ def _with_retry(call, where: Path, deadline: float, limit: float):
         try:
             return call()
         except duckdb.Error as exc:
-            locked = "lock" in str(exc).lower()
-            if locked and time.monotonic() < deadline:
+            if _is_locked(exc) and time.monotonic() < deadline:
                 time.sleep(
                     min(delay, max(0.0, deadline - time.monotonic())) * random.uniform(1, 1.5)
                 )
                 delay = min(delay * 1.6, 0.5)
                 continue
-            if locked:
-                raise InputError(
-                    f"the catalog stayed locked by another process for {limit:g} s",
-                    where=where,
-                    fix=f"retry when it finishes, raise {TIMEOUT_ENV}, or pass --catalog PATH",
-                ) from exc
-            if _is_corrupt(exc):
-                raise CorruptCatalogError(
-                    f"the catalog is unreadable: {one_line(exc, 200)}",
-                    where=where,
-                    fix=f"move it aside (mv {where} {where}.broken); the next analyze, route or "
-                    "train starts a new one; or pass --catalog PATH",
-                ) from exc
-            raise InputError(
-                f"cannot open the catalog: {one_line(exc, 200)}",
-                where=where,
-                fix="pass --catalog PATH to use another file",
-            ) from exc
+            raise _translate(exc, where, limit) from exc
+
+
+def _translate(exc: duckdb.Error, where: Path, limit: float) -> InputError:
+    """One line for a DuckDB failure on the catalog: locked, damaged, or unusable."""
+    if _is_locked(exc):
+        return InputError(
+            f"the catalog stayed locked by another process for {limit:g} s",
+            where=where,
+            fix=f"retry when it finishes, raise {TIMEOUT_ENV}, or pass --catalog PATH",
+        )
+    if _is_corrupt(exc):
+        return CorruptCatalogError(
+            f"the catalog is unreadable: {one_line(exc, 200)}",
+            where=where,
+            fix=f"move it aside (mv {where} {where}.broken); the next analyze, route or "
+            "train starts a new one; or pass --catalog PATH",
+        )
+    return InputError(
+        f"cannot use the catalog: {one_line(exc, 200)}",
+        where=where,
+        fix="pass --catalog PATH to use another file",
+    )
 
 
 def _timeout(timeout: float | None) -> float:
@@ -266,47 +275,116 @@ def env_timeout() -> float:
     return value
 
 
-#: Suffixes of data files: a --catalog named like this is a mistake, not a database.
+#: Suffixes of data files: a new --catalog named like this is a mistake, not a database.
 _DATA_SUFFIXES = (".csv", ".tsv", ".parquet", ".json", ".jsonl", ".arrow", ".txt", ".gz", ".zst")
+#: The first bytes of files a --catalog may be mistaken for, and what they are.
+_MAGIC = (
+    (b"SQLite format 3\x00", "a SQLite database"),
+    (b"PAR1", "a Parquet file"),
+    (b"ARROW1", "an Arrow file"),
+    (b"\x1f\x8b", "a gzip file"),
+    (b"PK\x03\x04", "a zip file"),
+)
+_FIX = "pass --catalog PATH.duckdb for a catalog of its own, or --catalog off to record nothing"
 
 
 def check_catalog(path: str | Path | None = None) -> Path | None:
     """Check the catalog settings before a command does any work; return the file (or None).
 
-    A ``--catalog`` that names a data file (.csv, .parquet, ...) or an existing file that is
-    not a DuckDB database and does not end in .duckdb/.db is an :class:`InputError` (exit 2),
-    never a silently dropped record. So is an invalid ``PREFCURATE_CATALOG_TIMEOUT``.
+    A file is judged by its content, never by its name: an existing file must be a DuckDB
+    database (or an empty or damaged one, moved aside when a run is recorded) that is a
+    prefcurate catalog or holds no table; anything else (a SQLite database, a text file, a
+    DuckDB database of the user's with tables of its own) is an :class:`InputError` (exit 2) and
+    is never opened by DuckDB, written or moved. A new file named like data (.csv, .parquet ...)
+    is refused too, and so is an invalid ``PREFCURATE_CATALOG_TIMEOUT``.
     """
     where = catalog_path(path)
     if where is None:
         return None
     env_timeout()
-    fix = "pass --catalog PATH.duckdb, or --catalog off to record nothing"
-    if where.suffix.lower() in _DATA_SUFFIXES:
-        raise InputError(
-            f"the catalog must be a DuckDB file, not a {where.suffix} file", where=where, fix=fix
-        )
-    if where.is_dir():
-        raise InputError("the catalog is a directory", where=where, fix=fix)
-    if where.is_file() and where.suffix.lower() not in (".duckdb", ".db", ".ddb"):
-        if not _looks_like_duckdb(where):
-            raise InputError("this file is not a DuckDB database", where=where, fix=fix)
+    if not where.exists() and not where.is_symlink():
+        if where.suffix.lower() in _DATA_SUFFIXES:
+            raise InputError(
+                f"the catalog must be a DuckDB file, not a {where.suffix} file",
+                where=where,
+                fix=_FIX,
+            )
+        return where
+    _refuse_foreign(where)
+    _refuse_other_database(where)
     return where
 
 
-def _looks_like_duckdb(path: Path) -> bool:
+def _refuse_foreign(where: Path) -> None:
+    """Refuse a --catalog that exists and is not a DuckDB file (nor empty): judged by content."""
+    if not where.exists() and not where.is_symlink():
+        return
+    if where.is_dir():
+        raise InputError("the catalog is a directory", where=where, fix=_FIX)
+    if not where.is_file():
+        raise InputError("the catalog is not a regular file", where=where, fix=_FIX)
+    what = _content(where)
+    if what is not None:
+        raise InputError(f"this file is not a DuckDB database ({what})", where=where, fix=_FIX)
+
+
+def _content(path: Path) -> str | None:
+    """None for a DuckDB database (or an empty or unreadable file), else what the file is."""
     try:
         with path.open("rb") as fh:
-            head = fh.read(16)
+            head = fh.read(64)
     except OSError:
-        return True  # unreadable: reported when it is opened
-    return len(head) == 0 or head[8:12] == b"DUCK"
+        return None  # unreadable: reported when it is opened
+    if not head or head[8:12] == b"DUCK":
+        return None
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return what
+    return "it starts with text" if head[:16].isascii() else "its first bytes are not DuckDB's"
+
+
+def _refuse_other_database(where: Path) -> None:
+    """A DuckDB database with tables but no prefcurate schema is the user's, not a catalog."""
+    try:
+        con = duck.connect(str(where), read_only=True)
+    except duckdb.Error:
+        return  # damaged, or locked by a writer: decided when a run is recorded
+    try:
+        tables = [t for (t,) in con.execute(_TABLES).fetchall()]
+        version = _version(con) if "meta" in tables else 0
+    except duckdb.Error:
+        return
+    finally:
+        con.close()
+    if tables and version == 0:
+        shown = ", ".join(tables[:5]) + (" ..." if len(tables) > 5 else "")
+        raise InputError(
+            f"this DuckDB database is not a prefcurate catalog (its tables: {shown})",
+            where=where,
+            fix=_FIX,
+        )
+
+
+#: The tables and views of the database a connection opened (a user's database has some).
+_TABLES = (
+    "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+    "UNION SELECT view_name FROM duckdb_views() "
+    "WHERE database_name = current_database() AND NOT internal ORDER BY 1"
+)
+
+
+def _is_locked(exc: BaseException) -> bool:
+    """DuckDB's file lock is held by another process ("Could not set lock", "Conflicting lock").
+
+    The word, not the letters: a damaged file's "checksum ... in block at location N" is no lock.
+    """
+    return re.search(r"\block(ed)?\b", str(exc), re.IGNORECASE) is not None
 
 
 def _is_corrupt(exc: BaseException) -> bool:
     """A DuckDB error that says the file is damaged, not that it is locked or busy."""
     text = str(exc).lower()
-    if "lock" in text:
+    if _is_locked(exc):
         return False
     return any(
         phrase in text
@@ -364,6 +442,8 @@ def _migrate(con: duckdb.DuckDBPyConnection, where: Path) -> None:
     version = _check_version(con, where)
     if version == SCHEMA_VERSION:
         return
+    if version == 0 and con.execute(_TABLES).fetchall():
+        raise InputError("this DuckDB database is not a prefcurate catalog", where=where, fix=_FIX)
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute("CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
@@ -424,8 +504,6 @@ def record_run(
     moved aside (:func:`move_aside`), ``on_recover`` (default: a logged warning) is told where,
     and the run is recorded in a new one: a broken catalog costs a record's history, never a run.
     """
-    from prefcurate import __version__
-
     finished_at = finished_at or _utcnow()
     started_at = started_at or finished_at
     run_id = run_id or new_run_id(kind, started_at)
@@ -441,29 +519,9 @@ def record_run(
         _json(params or {}),
         _json(figures or {}),
         _json(outputs or {}),
-        __version__,
+        _prefcurate_version(),
     ]
-    input_rows = [
-        [
-            run_id,
-            str(item["path"]),
-            str(Path(item["path"]).resolve()) if item.get("path") else None,
-            item.get("sha256"),
-            item.get("bytes"),
-            item.get("files"),
-            item.get("rows"),
-        ]
-        for item in inputs
-    ]
-    metric_rows = [
-        [
-            run_id,
-            m.get("step"),
-            str(m["name"]),
-            None if m.get("value") is None else float(m["value"]),
-        ]
-        for m in metrics
-    ]
+    input_rows, metric_rows = _input_rows(run_id, inputs), _metric_rows(run_id, metrics)
     try:
         _insert(path, timeout, run_row, input_rows, metric_rows)
     except CorruptCatalogError as exc:
@@ -477,6 +535,39 @@ def record_run(
         )
         _insert(path, timeout, run_row, input_rows, metric_rows)
     return run_id
+
+
+def _prefcurate_version() -> str:
+    from prefcurate import __version__
+
+    return __version__
+
+
+def _input_rows(run_id: str, inputs: Iterable[Mapping[str, Any]]) -> list[list[Any]]:
+    return [
+        [
+            run_id,
+            str(item["path"]),
+            str(Path(item["path"]).resolve()) if item.get("path") else None,
+            item.get("sha256"),
+            item.get("bytes"),
+            item.get("files"),
+            item.get("rows"),
+        ]
+        for item in inputs
+    ]
+
+
+def _metric_rows(run_id: str, metrics: Iterable[Mapping[str, Any]]) -> list[list[Any]]:
+    return [
+        [
+            run_id,
+            m.get("step"),
+            str(m["name"]),
+            None if m.get("value") is None else float(m["value"]),
+        ]
+        for m in metrics
+    ]
 
 
 def _warn(message: str) -> None:

@@ -20,11 +20,26 @@ import sys
 
 import typer
 
-from prefcurate.base.errors import InputError, PrefcurateError, machine_fault, one_line
+from prefcurate.base.errors import (
+    InputError,
+    MachineFault,
+    PrefcurateError,
+    machine_fault,
+    one_line,
+)
 from prefcurate.cli import catalog, data, page, recipes, score, train  # noqa: F401 - registers
-from prefcurate.cli.common import STATE, _ClickException, _UsageError, app, show_traceback
+from prefcurate.cli.common import (
+    STATE,
+    _ClickException,
+    _UsageError,
+    app,
+    reflow_all_help,
+    show_traceback,
+)
 
 __all__ = ["app", "main", "run"]
+
+reflow_all_help(app)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,57 +47,60 @@ def main(argv: list[str] | None = None) -> int:
 
     The exit code depends on what went wrong, never on ``--debug``: 2 for the user's input or
     arguments, 1 for an internal error, 130 for an interrupt. ``--debug`` only adds the traceback,
-    printed before the one-line message.
+    printed before the one-line message, and lets the dependencies' own warnings and progress
+    bars through (:func:`prefcurate.base.quiet.quiet_dependencies` keeps them off otherwise).
     """
+    from prefcurate.base import interrupt
     from prefcurate.base.log import to_stderr
+    from prefcurate.base.quiet import quiet_dependencies
 
-    to_stderr()  # the library's logged warnings: one line each on stderr
     args = list(sys.argv[1:] if argv is None else argv)
     STATE.argv = args
     # --debug works before or after the command name: take it out before Typer parses.
     debug = "--debug" in args or os.environ.get("PREFCURATE_DEBUG", "") not in ("", "0")
     args = [a for a in args if a != "--debug"]
     STATE.debug = debug
+    to_stderr()  # prefcurate's warnings, one line each
     try:
-        result = app(args=args, prog_name="prefcurate", standalone_mode=False)
+        with quiet_dependencies(enabled=not debug, env=True):
+            result = app(args=args, prog_name="prefcurate", standalone_mode=False)
         return int(result or 0)
     except typer.Exit as exc:
         return exc.exit_code
-    except typer.Abort:
-        print("aborted", file=sys.stderr)
-        return 130
-    except _UsageError as exc:
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the edge where every failure becomes one line
+        interrupt.yield_to_stop()  # an interrupt in progress: its line and exit code win
         show_traceback()
+        code, line = _one_line_for(exc)
+        print(line, file=sys.stderr)
+        return code
+
+
+def _one_line_for(exc: BaseException) -> tuple[int, str]:
+    """(exit code, the one line) for a failure that reached the edge."""
+    if isinstance(exc, typer.Abort) and isinstance(exc.__context__, EOFError):
+        exc = exc.__context__  # click turns any EOFError into Abort: a truncated file, not Ctrl-C
+    if isinstance(exc, typer.Abort):
+        return 130, "aborted"
+    if isinstance(exc, _UsageError):
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
-        print(f"error: {one_line(exc.format_message())}{hint}", file=sys.stderr)
-        return 2
-    except _ClickException as exc:
-        show_traceback()
-        print(f"error: {one_line(exc.format_message())}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        show_traceback()
-        print("interrupted", file=sys.stderr)
-        return 130
-    except PrefcurateError as exc:
-        show_traceback()
-        if isinstance(exc, InputError):
-            print(f"error: {exc}", file=sys.stderr)
-        else:
-            print(f"error: {one_line(exc)} (please report)", file=sys.stderr)
-        return exc.exit_code
-    except Exception as exc:  # noqa: BLE001 - the edge where every failure becomes one line
-        show_traceback()
-        fault = machine_fault(exc)
-        if fault is not None:
-            print(fault[1], file=sys.stderr)
-            return fault[0]
-        print(
-            f"internal error: {type(exc).__name__}: {one_line(exc)} "
-            "(please report at the prefcurate issue tracker; rerun with --debug for the traceback)",
-            file=sys.stderr,
-        )
-        return 1
+        return 2, f"error: {one_line(exc.format_message())}{hint}"
+    if isinstance(exc, _ClickException):
+        return 2, f"error: {one_line(exc.format_message())}"
+    if isinstance(exc, KeyboardInterrupt):
+        return 130, "interrupted"
+    if isinstance(exc, InputError | MachineFault):
+        return exc.exit_code, f"error: {exc}"
+    if isinstance(exc, PrefcurateError):
+        return exc.exit_code, f"error: {one_line(exc)} (please report)"
+    fault = machine_fault(exc)
+    if fault is not None:
+        return fault
+    return 1, (
+        f"internal error: {type(exc).__name__}: {one_line(exc)} "
+        "(please report at the prefcurate issue tracker; rerun with --debug for the traceback)"
+    )
 
 
 def run() -> None:

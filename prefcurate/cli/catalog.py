@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Annotated
 
@@ -97,33 +98,50 @@ def _print_runs_as_blocks(rows: list[list[str]], *, title: str) -> None:
 @app.command()
 @column_options
 def sql(
-    query: Annotated[str, typer.Argument(help="One read-only SQL statement.", show_default=False)],
+    query: Annotated[
+        str,
+        typer.Argument(metavar="QUERY", help="One read-only SQL statement.", show_default=False),
+    ],
     data: Annotated[
         str | None,
         typer.Option("--data", help="Preference data to expose as the view 'pairs'."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array of objects.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV with a header row.")] = False,
+    time_limit: Annotated[
+        float,
+        typer.Option("--time-limit", help="Stop the query after this many seconds.", min=0.001),
+    ] = 60.0,
+    memory_limit: Annotated[
+        str,
+        typer.Option("--memory-limit", help="Stop the query when it needs more memory than this."),
+    ] = "2GB",
     catalog: CatalogOpt = None,
     columns: Columns = DEFAULT_COLUMNS,
 ) -> None:
     """Run read-only SQL over the catalog (runs, inputs, metrics) and, with --data, view 'pairs'.
 
-    The query reads the catalog and the data, nothing else: writes and file access fail.
+    The query reads the catalog and the data, nothing else: writes and file access fail. It is
+    stopped after --time-limit seconds (60), above --memory-limit (2GB, spilling included) or
+    beyond 1,000,000 result rows.
 
     Example:
-        prefcurate sql "select count(*) from pairs where margin < 0.5" --data pairs.jsonl
+        prefcurate sql "select count(*) from pairs" --data pairs.jsonl
         prefcurate sql "select kind, count(*) from runs group by kind" --json
     """
     import csv
     import json
 
     from prefcurate.base.progress import status
+    from prefcurate.base.sizes import parse_size
     from prefcurate.catalog import sql
     from prefcurate.catalog import store as cat
 
     if as_json and as_csv:
         raise InputError("--json and --csv both given", fix="pass one")
+    if not math.isfinite(time_limit):
+        raise InputError(f"--time-limit must be a number of seconds, got {time_limit}")
+    memory = parse_size(memory_limit, flag="--memory-limit")
     cat.check_catalog(catalog)
     sql.read_only_statement(query)  # before the data is read
     pairs = None
@@ -131,7 +149,9 @@ def sql(
         with status("reading the data"):
             frame = columns.open(data).collect()
             pairs = frame.to_arrow()
-    result = sql.query(query, catalog=catalog, pairs=pairs)
+    result = sql.query(
+        query, catalog=catalog, pairs=pairs, time_limit=time_limit, memory_limit=memory
+    )
     if as_json:
         print(json.dumps(result.records(), ensure_ascii=False, default=str))
     elif as_csv:

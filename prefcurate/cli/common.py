@@ -1,17 +1,22 @@
 """What every command shares: the Typer app, shared options, the catalog record, tables.
 
-Options used by several commands are declared once here. The eight column options (``--prompt``,
-``--chosen``, ...) come as one decorator, :func:`column_options`, that adds them to a command and
-hands it one :class:`Columns` value, as sqlite-utils' ``@output_options`` does.
+A command declares its flags as a small frozen dataclass and reads them as one value:
+:func:`options` adds every field of the dataclass to the command (as sqlite-utils'
+``@output_options`` does for a group), so a command's body is a few library calls, not a page of
+signature. The eight column options (``--prompt``, ``--chosen``, ...) are one such dataclass,
+:class:`Columns`, shared by every command that reads data; ``--catalog`` and the record every run
+leaves in it are :func:`recorded`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import MISSING, dataclass, fields
+from datetime import datetime, timezone
 from typing import Annotated, Any, get_type_hints
 
 import typer
@@ -95,7 +100,10 @@ def _root(
 # options shared by several commands
 
 DataArg = Annotated[
-    str, typer.Argument(help="Preference data: a file, directory or glob.", show_default=False)
+    str,
+    typer.Argument(
+        metavar="DATA", help="Preference data: a file, directory or glob.", show_default=False
+    ),
 ]
 
 _COLUMNS = "Columns (override detection)"
@@ -164,14 +172,27 @@ class Columns:
 DEFAULT_COLUMNS = Columns()
 
 
-def column_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Add the :class:`Columns` flags to ``command``, which takes them as one ``columns`` value."""
-    hints = get_type_hints(Columns, include_extras=True)
+def options(cls: type, name: str = "opts") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add a flag per field of the dataclass ``cls`` to a command, which takes them as one value.
+
+    Each field is ``Annotated[type, typer.Option(...)]`` with its default: the flag, its help and
+    its default are written once, in the dataclass. The command's parameter ``name`` receives the
+    built ``cls``; the flags are listed in ``--help`` in field order.
+    """
+    hints = get_type_hints(cls, include_extras=True)
     added = [
         inspect.Parameter(f.name, KEYWORD, default=f.default, annotation=hints[f.name])
-        for f in fields(Columns)
+        for f in fields(cls)
     ]
-    return _with_value(command, "columns", added, Columns)
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        return _with_value(command, name, added, cls)
+
+    return decorate
+
+
+#: Add the :class:`Columns` flags to a command, which takes them as one ``columns`` value.
+column_options = options(Columns, "columns")
 
 
 def config_options(
@@ -182,8 +203,7 @@ def config_options(
 
     Each default is read from the dataclass, never restated: ``--beta`` shows and uses
     ``TrainConfig.beta``. A field without a default is a required flag; ``argument`` names the
-    field given as the positional argument; a bool is a plain ``--flag``, or ``--flag/--no-flag``
-    when it is on by default.
+    field given as the positional argument; a bool is ``--flag/--no-flag``.
     """
     hints = get_type_hints(config_class)
     added = []
@@ -192,10 +212,12 @@ def config_options(
             continue
         flag = "--" + f.name.replace("_", "-")
         if f.name == argument:
-            declared = typer.Argument(help=helps[f.name], show_default=False)
-        elif f.default is True:  # a bool that is on by default is turned off by --no-flag
+            declared = typer.Argument(
+                metavar=f.name.upper(), help=helps[f.name], show_default=False
+            )
+        elif hints[f.name] is bool:  # --flag/--no-flag: a flag can undo a config file's true
             declared = typer.Option(f"{flag}/--no-{flag[2:]}", help=helps[f.name])
-        else:  # one name: a bool is a plain --flag, as before
+        else:
             declared = typer.Option(flag, help=helps[f.name])
         default = inspect.Parameter.empty if f.default is MISSING else f.default
         annotation = Annotated[hints[f.name], declared]
@@ -266,11 +288,12 @@ CatalogOpt = Annotated[
 
 
 def explicit_flags(ctx: typer.Context, **values: object) -> dict[str, object]:
-    """The subset of ``values`` the user typed (not left at their defaults): they beat a preset."""
+    """The subset of ``values`` the user set (typed, or in a ``--config`` file; not left at
+    their defaults): they beat a preset."""
 
     def typed(name: str) -> bool:
         source = ctx.get_parameter_source(name)
-        return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+        return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT", "DEFAULT_MAP")
 
     return {k: v for k, v in values.items() if typed(k)}
 
@@ -282,52 +305,52 @@ def resolve_preset(command: str, preset: str | None, explicit: dict[str, object]
     return resolve(command, preset, explicit)
 
 
-def check_catalog(catalog: str | None) -> None:
-    """Refuse a --catalog that is not a DuckDB file, or a bad timeout, before any work."""
+@dataclass
+class RunRecord:
+    """What a command will leave in the catalog once its outputs are written (see
+    :func:`recorded`); :meth:`record` fills it in."""
+
+    kind: str
+    catalog: str | None
+    started_at: datetime
+    fields: dict[str, Any] | None = None
+
+    def record(self, **fields: Any) -> None:
+        """The run's ``inputs``, ``params``, ``figures``, ``outputs``, ``summary``, ``metrics``."""
+        self.fields = fields
+
+
+@contextlib.contextmanager
+def recorded(kind: str, catalog: str | None) -> Iterator[RunRecord]:
+    """The catalog ritual of analyze, route, score and train, once.
+
+    On entry: the start time, and a wrong ``--catalog`` (or timeout) refused before any work. On
+    a normal exit, the run is recorded if the body called :meth:`RunRecord.record` (a process
+    that is not rank 0 does not). A catalog that cannot be recorded into (locked for too long,
+    unwritable) costs a warning line on stderr, never the run's result; ``catalog='off'`` records
+    nothing; a failed command records nothing.
+    """
     from prefcurate.catalog import store as cat
 
+    run = RunRecord(kind, catalog, datetime.now(timezone.utc))  # noqa: UP017
     cat.check_catalog(catalog)
+    yield run
+    if run.fields is not None and cat.catalog_path(catalog) is not None:
+        _record(run)
 
 
-def record_run(
-    kind: str,
-    *,
-    catalog: str | None,
-    inputs: list[dict] | tuple = (),
-    params: dict | None = None,
-    figures: dict | None = None,
-    outputs: dict | None = None,
-    summary: str | None = None,
-    command: str | None = None,
-    started_at=None,
-    metrics=(),
-    status: str = "ok",
-) -> str | None:
-    """Record a finished run in the catalog and return its id.
-
-    Called by analyze, route and train after their outputs are written. A catalog that cannot be
-    recorded into (locked for too long, unwritable) costs a warning line on stderr, never the
-    run's result: the command still succeeds. ``catalog='off'`` records nothing.
-    """
+def _record(run: RunRecord) -> str | None:
     import shlex
 
     from prefcurate.catalog import store as cat
 
-    if cat.catalog_path(catalog) is None:
-        return None
     try:
         return cat.record_run(
-            kind,
-            inputs=inputs,
-            params=params,
-            figures=figures,
-            outputs=outputs,
-            summary=summary,
-            command=command or shlex.join(["prefcurate", *STATE.argv]),
-            started_at=started_at,
-            metrics=metrics,
-            status=status,
-            path=catalog,
+            run.kind,
+            command=shlex.join(["prefcurate", *STATE.argv]),
+            started_at=run.started_at,
+            path=run.catalog,
+            **run.fields,
         )
     except InputError as exc:
         print(f"warning: run not recorded in the catalog: {exc}", file=sys.stderr)
@@ -336,6 +359,31 @@ def record_run(
 
 # --------------------------------------------------------------------------------------------------
 # tables
+
+
+def reflow_help(doc: str) -> str:
+    """A command's docstring as ``--help`` shows it: each paragraph one line, which the terminal
+    wraps to its width (hard-wrapped source lines re-wrap raggedly at 80 columns), and every
+    line of an ``Example:`` block kept whole, one command per line."""
+    out = []
+    examples = False
+    for paragraph in inspect.cleandoc(doc).split("\n\n"):
+        lines = paragraph.splitlines()
+        examples = examples or lines[0].startswith("Example")
+        if examples:  # the Example block runs to the end: its lines stay as they are
+            out.append("\n".join(lines))
+        else:
+            out.append(" ".join(line.strip() for line in lines))
+    return "\n\n".join(out)
+
+
+def reflow_all_help(typer_app: typer.Typer) -> None:
+    """Set every command's help (and its sub-apps') from :func:`reflow_help` of its docstring."""
+    for info in typer_app.registered_commands:
+        if info.help is None and info.callback is not None and info.callback.__doc__:
+            info.help = reflow_help(info.callback.__doc__)
+    for group in typer_app.registered_groups:
+        reflow_all_help(group.typer_instance)
 
 
 def show_traceback() -> None:

@@ -23,6 +23,7 @@ def inspect_command(
     data: Annotated[
         str,
         typer.Argument(
+            metavar="DATA",
             help="Preference data (file, directory or glob), a SPLIT_DIR or a RUN_DIR.",
             show_default=False,
         ),
@@ -52,7 +53,7 @@ def inspect_command(
     The page opens from disk with no network. What each part answers: docs/inspect.md.
 
     Example:
-        prefcurate inspect ../shared/data/ultrafeedback_1k.jsonl --threshold 0.5 --out uf.html
+        prefcurate inspect pairs.jsonl --threshold 0.5 --out uf.html
     """
     import time
 

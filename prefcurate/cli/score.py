@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -17,26 +18,26 @@ from prefcurate.cli.common import (
     DataArg,
     ForceOpt,
     app,
-    check_catalog,
     column_options,
     echo,
-    record_run,
+    options,
+    recorded,
 )
 
 _MODELS = "Models (at least one)"
 _BATCHING = "Batching, device, cache"
 
 
-@app.command()
-@column_options
-def score(
-    data: DataArg,
+@dataclass(frozen=True)
+class ScoreOptions:
+    """``prefcurate score``'s flags (the columns come as :class:`Columns`)."""
+
     out: Annotated[
         Path | None,
         typer.Option(
             "--out", "-o", help="Output .parquet file (written atomically).", show_default=False
         ),
-    ] = None,
+    ] = None
     reward_model: Annotated[
         str | None,
         typer.Option(
@@ -45,7 +46,7 @@ def score(
             "margin_rm = r(prompt, chosen) − r(prompt, rejected).",
             rich_help_panel=_MODELS,
         ),
-    ] = None,
+    ] = None
     reference: Annotated[
         str | None,
         typer.Option(
@@ -53,7 +54,7 @@ def score(
             help="Causal LM dir: margin_ref = mean token log-prob of chosen − of rejected.",
             rich_help_panel=_MODELS,
         ),
-    ] = None,
+    ] = None
     embedding: Annotated[
         str | None,
         typer.Option(
@@ -61,7 +62,7 @@ def score(
             help="Sentence encoder dir: embed_distance = 1 − cos(chosen, rejected), in [0, 2].",
             rich_help_panel=_MODELS,
         ),
-    ] = None,
+    ] = None
     as_margin: Annotated[
         str | None,
         typer.Option(
@@ -70,11 +71,11 @@ def score(
             "embed_distance (default: the first of margin_rm, margin_ref, embed_distance made).",
             show_default=False,
         ),
-    ] = None,
+    ] = None
     batch_size: Annotated[
         int | None,
         typer.Option("--batch-size", help="Texts per batch, at most.", rich_help_panel=_BATCHING),
-    ] = None,
+    ] = None
     max_tokens_per_batch: Annotated[
         int | None,
         typer.Option(
@@ -82,7 +83,7 @@ def score(
             help="Padded tokens per batch, at most (default 16384 when --batch-size is not given).",
             rich_help_panel=_BATCHING,
         ),
-    ] = None,
+    ] = None
     max_length: Annotated[
         int | None,
         typer.Option(
@@ -90,21 +91,21 @@ def score(
             help="Tokens per text, at most (default: the model's limit); longer ones are cut.",
             rich_help_panel=_BATCHING,
         ),
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto|cpu|cuda.", rich_help_panel=_BATCHING)] = "auto",
+    ] = None
+    device: Annotated[str, typer.Option(help="auto|cpu|cuda.", rich_help_panel=_BATCHING)] = "auto"
     precision: Annotated[
         str,
         typer.Option(
             help="auto|bf16|fp32; auto: bf16 on CUDA, fp32 on the CPU.", rich_help_panel=_BATCHING
         ),
-    ] = "auto",
+    ] = "auto"
     cache_dir: Annotated[
         Path | None,
         typer.Option(
             help="Score cache root (default: $PREFCURATE_CACHE_DIR or ~/.cache/prefcurate).",
             rich_help_panel=_BATCHING,
         ),
-    ] = None,
+    ] = None
     cache: Annotated[
         Path | None,
         typer.Option(
@@ -112,18 +113,27 @@ def score(
             help="A cache directory of its own, bound to these models (instead of --cache-dir).",
             rich_help_panel=_BATCHING,
         ),
-    ] = None,
+    ] = None
     trust_remote_code: Annotated[
         bool, typer.Option("--trust-remote-code", help="Allow a model directory's own code.")
-    ] = False,
-    allow_pickle: AllowPickleOpt = False,
-    force: ForceOpt = False,
+    ] = False
+    allow_pickle: AllowPickleOpt = False
+    force: ForceOpt = False
     as_json: Annotated[
         bool, typer.Option("--json", help="Print what was done as JSON to stdout.")
-    ] = False,
-    catalog: CatalogOpt = None,
-    columns: Columns = DEFAULT_COLUMNS,
-) -> None:
+    ] = False
+    catalog: CatalogOpt = None
+
+    def scoring(self) -> dict[str, Any]:
+        """The keywords of :func:`prefcurate.recipes.score.score_pairs` these flags set."""
+        skip = ("out", "force", "as_json", "catalog")
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+
+
+@app.command()
+@options(ScoreOptions)
+@column_options
+def score(data: DataArg, opts: ScoreOptions, columns: Columns = DEFAULT_COLUMNS) -> None:
     """Give every pair a margin from a reward model, a reference policy or an embedding model.
 
     For data without ratings: OUT keeps the input's columns, adds the score columns and sets
@@ -133,55 +143,38 @@ def score(
     missing. Under torchrun the batches are shared out across processes. See docs/score.md.
 
     Example:
-        prefcurate score pairs.jsonl --embedding models/all-MiniLM-L6-v2 --out scored.parquet
+        prefcurate score pairs.jsonl --embedding minilm/ --out scored.parquet
     """
     import json
-    from datetime import datetime, timezone
 
     from prefcurate.base.progress import bars
     from prefcurate.recipes.score import score_pairs
     from prefcurate.scoring.scores import check_output, write_scores
 
-    started_at = datetime.now(timezone.utc)  # noqa: UP017
-    check_catalog(catalog)  # a wrong --catalog or timeout fails before any work
-    if out is None:
-        raise InputError("--out is required", fix="pass --out OUT.parquet")
-    rank0 = os.environ.get("RANK", "0") == "0"
-    check_output(out, force=force, inputs=[data])  # before reading: fail fast, write nothing
-    pairs = columns.open(data)
-    with bars(unit="pairs") as update:
-        result = score_pairs(
-            pairs,
-            reward_model=reward_model,
-            reference=reference,
-            embedding=embedding,
-            as_margin=as_margin,
-            batch_size=batch_size,
-            max_tokens_per_batch=max_tokens_per_batch,
-            max_length=max_length,
-            device=device,
-            precision=precision,
-            cache_dir=cache_dir,
-            cache=cache,
-            trust_remote_code=trust_remote_code,
-            allow_pickle=allow_pickle,
-            progress=lambda kind, done, total: update(f"scoring ({kind})", done / 2, total / 2),
+    with recorded("score", opts.catalog) as run:
+        if opts.out is None:
+            raise InputError("--out is required", fix="pass --out OUT.parquet")
+        check_output(opts.out, force=opts.force, inputs=[data])  # fail fast, write nothing
+        pairs = columns.open(data)
+        with bars(unit="pairs") as update:
+            result = score_pairs(
+                pairs,
+                **opts.scoring(),
+                progress=lambda kind, done, total: update(f"scoring ({kind})", done / 2, total / 2),
+            )
+        if os.environ.get("RANK", "0") != "0":
+            return
+        write_scores(result, opts.out, force=opts.force)
+        document = result.to_dict()
+        shown = ("pairs", "as_margin", "margin", "runs", "world_size")
+        run.record(
+            inputs=[result.input],
+            params=result.params(),
+            figures={k: document[k] for k in shown},
+            outputs={"file": str(opts.out.resolve())},
+            summary=result.summary(),
         )
-    if not rank0:
-        return
-    write_scores(result, out, force=force)
-    document = result.to_dict()
-    record_run(
-        "score",
-        catalog=catalog,
-        inputs=[result.input],
-        params=result.params(),
-        figures={k: document[k] for k in ("pairs", "as_margin", "margin", "runs", "world_size")},
-        outputs={"file": str(out.resolve())},
-        summary=result.summary(),
-        started_at=started_at,
-    )
-    if as_json:
+    if opts.as_json:
         print(json.dumps(document, indent=2))
     else:
-        echo(f"{result.summary()} -> {out}")
+        echo(f"{result.summary()} -> {opts.out}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated
 
@@ -20,23 +19,25 @@ from prefcurate.cli.common import (
     ALLOW_PICKLE_HELP,
     CatalogOpt,
     app,
-    check_catalog,
     config_options,
     echo,
     explicit_flags,
-    record_run,
+    recorded,
     resolve_preset,
     show_traceback,
 )
+from prefcurate.cli.configfile import EXTRA_SETTINGS, EXTRAS, ConfigFileOpt
 from prefcurate.routing.presets import PRESETS
 from trainers.config import TrainConfig
 
 #: The help of each ``prefcurate train`` flag, by TrainConfig field (in the order shown).
 TRAIN_HELP = {
     "split_dir": "A split directory written by 'prefcurate route'.",
-    "model": "A local save_pretrained directory, or 'tiny'.",
+    "model": "A local save_pretrained directory, a Hugging Face name already in the local "
+    "Hugging Face cache (owner/name), or 'tiny'.",
     "out": "The run directory to write.",
-    "ref_model": "Reference model directory (default: the initial policy).",
+    "ref_model": "Reference model directory or cached Hugging Face name (default: the initial "
+    "policy).",
     "loss": "Preference loss of dpo pairs: sigmoid|ipo|hinge|robust.",
     "beta": "β, the DPO inverse temperature.",
     "label_smoothing": "ε of conservative (sigmoid) or robust DPO; MixDPO uses 0.1.",
@@ -50,13 +51,15 @@ TRAIN_HELP = {
     "grad_accum": "Micro-batches per optimizer step.",
     "lr": "Peak AdamW learning rate.",
     "warmup_ratio": "Share of steps of linear warmup.",
-    "lr_schedule": "After the warmup: cosine decay, or constant (keeps the curriculum's last, "
-    "hardest pairs from training at almost no learning rate).",
+    "lr_schedule": "After the warmup: cosine decay, constant, or phased (the sft pairs, last in "
+    "the curriculum, get their own warmup and decay instead of cosine's near-zero tail).",
+    "schedule_steps": "Steps the lr schedule spans (default: the run's); more stops the run "
+    "part-way, e.g. a filter baseline at MixDPO's rates.",
     "weight_decay": "AdamW weight decay.",
     "max_grad_norm": "Gradient clipping norm (0: no clipping).",
     "device": "Where to train: auto|cpu|cuda.",
-    "precision": "auto|fp32|bf16-mixed|bf16 (pure bf16 weights and AdamW state); auto: "
-    "bf16-mixed on CUDA, fp32 on the CPU.",
+    "precision": "auto|fp32|bf16-mixed|bf16 (bf16 weights and AdamW state, stochastic "
+    "rounding: half the memory); auto: bf16-mixed on CUDA, fp32 on the CPU.",
     "gradient_checkpointing": "Recompute each decoder layer's activations.",
     "strategy": "auto|ddp|fsdp: replicate the model on every process, or shard it (FSDP2); "
     "auto: ddp unless the memory plan says a replica does not fit.",
@@ -72,10 +75,17 @@ TRAIN_HELP = {
     "load_in_4bit": "QLoRA: the frozen base in 4-bit (CUDA and bitsandbytes).",
     "merge_lora": "Also save the adapter merged into the model.",
     "device_memory": "GiB per device to plan against (default: the device's own).",
+    "memory_headroom": "Share of the device's memory held back for what the plan does not "
+    "count (CUDA context, NCCL buffers, fragmentation).",
     "max_shard_size": "Largest safetensors file of the final model.",
     "save_total_limit": "Keep only the newest N checkpoints (0: all).",
     "seed": "Seed of the shuffle, the tiny model and torch.",
     "save_every": "Checkpoint every N optimizer steps (0: only the final model).",
+    "eval_every": "Evaluate the held-out pairs every N steps and at the end: loss by route, "
+    "reward accuracy and margin by margin bin (0: only at the end with --eval-split).",
+    "eval_split": "Held-out pairs: a split directory (its eval.parquet, else train.parquet) or "
+    "one of its .parquet files (default: SPLIT_DIR/eval.parquet).",
+    "report_to": "none|tensorboard|wandb: also log every step there, with TRL's metric names.",
     "resume": "Continue from the newest complete checkpoint.",
     "force": "Start over in a run directory that has outputs.",
     "cache_dir": "Token and reference log-prob cache (default: ~/.cache/prefcurate).",
@@ -88,11 +98,18 @@ TRAIN_HELP = {
 PRESET_FIELDS = tuple(dict.fromkeys(key for r in PRESETS.values() for key in r["train"]))
 
 
+#: TrainConfig fields without a flag that a --config file may set.
+EXTRA_SETTINGS["train"] = tuple(
+    f.name for f in dataclasses.fields(TrainConfig) if f.name not in TRAIN_HELP
+)
+
+
 @app.command()
 @config_options(TrainConfig, TRAIN_HELP, argument="split_dir")
 def train(
     ctx: typer.Context,
     config: TrainConfig,
+    config_file: ConfigFileOpt = None,
     catalog: CatalogOpt = None,
     dry_run: Annotated[
         bool,
@@ -114,14 +131,17 @@ def train(
 
     --preset paper trains with the paper's settings (run.json records the preset).
 
-    Example:
-        prefcurate train splits/uf --model tiny --out runs/tiny --max-length 256 --lr 1e-3
+    --config FILE.yaml reads the settings from a file (flags typed here win); a run's run.json
+    replays it.
 
-        prefcurate train splits/uf --model llama3-8b --out runs/8b --dry-run --world-size 8
+    Example:
+        prefcurate train splits/uf --model tiny --out runs/tiny --lr 1e-3
+
+        prefcurate train splits/uf --model llama-3-8b/ --out runs/8b --dry-run
+
+        prefcurate train --config runs/tiny/run.json --out runs/tiny-again
     """
-    if config.preset is not None:
-        typed = explicit_flags(ctx, **{k: getattr(config, k) for k in PRESET_FIELDS})
-        config = dataclasses.replace(config, **resolve_preset("train", config.preset, typed))
+    config = _local_models(_resolved(ctx, config))
     if dry_run:
         from trainers.memory import dry_run as plan_run
 
@@ -131,32 +151,47 @@ def train(
 
     from prefcurate.base.outdir import out_lock
     from prefcurate.base.progress import RichReporter
-    from prefcurate.data.runs import read_metrics
     from trainers.loop import NonFiniteLossError
     from trainers.loop import train as run_training
 
-    started_at = datetime.now(timezone.utc)  # noqa: UP017
-    check_catalog(catalog)  # a wrong --catalog or timeout fails before any work
     rank0 = os.environ.get("RANK", "0") == "0"
     lock = out_lock(config.out) if rank0 else contextlib.nullcontext()
-    try:
-        with lock:  # one run per directory: a second writer exits 2 naming the first one's PID
-            result = run_training(config, reporter=RichReporter())
-    except NonFiniteLossError as exc:  # the user's run diverged: say so, not "please report"
-        show_traceback()
-        print(f"error: {exc}", file=sys.stderr)
-        raise typer.Exit(exc.exit_code) from None
-    if not rank0:
-        return
-    record_run(
-        "train",
-        catalog=catalog,
+    with recorded("train", catalog) as run:
+        try:
+            with lock:  # one run per directory: a second writer exits 2 naming the first's PID
+                result = run_training(config, reporter=RichReporter())
+        except NonFiniteLossError as exc:  # the user's run diverged: say so, not "please report"
+            show_traceback()
+            print(f"error: {exc}", file=sys.stderr)
+            raise typer.Exit(exc.exit_code) from None
+        if not rank0:
+            return
+        _record(run, config, result)
+    echo(train_summary(result))
+
+
+def _resolved(ctx: typer.Context, config: TrainConfig) -> TrainConfig:
+    """``config`` with the --config file's settings that have no flag, then --preset's settings
+    under the flags the user typed."""
+    extras = ctx.meta.get(EXTRAS)
+    if extras:
+        config = dataclasses.replace(config, **extras)
+    if config.preset is not None:
+        typed = explicit_flags(ctx, **{k: getattr(config, k) for k in PRESET_FIELDS})
+        config = dataclasses.replace(config, **resolve_preset("train", config.preset, typed))
+    return config
+
+
+def _record(run, config: TrainConfig, result) -> None:
+    """What the catalog keeps of a finished run: its split, settings, figures and curves."""
+    from prefcurate.data.runs import read_metrics
+
+    run.record(
         inputs=[{"path": str(config.split_dir), "rows": result.pairs["pairs"]}],
         params=dataclasses.asdict(config),
         figures=result.to_dict(),
         outputs={"dir": str(result.run_dir), "model": str(result.model_dir)},
         summary=f"{result.steps} steps on {config.split_dir}: {_trained(result.summary)}",
-        started_at=started_at,
         metrics=[
             {"step": row["step"], "name": name, "value": value}
             for row in read_metrics(result.run_dir)
@@ -164,7 +199,20 @@ def train(
             if name != "step" and isinstance(value, int | float)
         ],
     )
-    echo(train_summary(result))
+
+
+def _local_models(config: TrainConfig) -> TrainConfig:
+    """``--model`` / ``--ref-model`` given as Hugging Face names (``owner/name``) point at their
+    snapshots in the local Hugging Face cache; a name not there is one line with the
+    ``hf download`` command (prefcurate.base.hub)."""
+    from prefcurate.base.hub import MODEL, resolve_hub
+
+    found = {
+        field: resolve_hub(getattr(config, field), repo_type=MODEL, flag=flag)
+        for field, flag in (("model", "--model"), ("ref_model", "--ref-model"))
+        if getattr(config, field)
+    }
+    return dataclasses.replace(config, **{k: str(v) for k, v in found.items() if v is not None})
 
 
 def _trained(summary: dict) -> str:
@@ -207,7 +255,11 @@ def train_summary(result) -> str:
 def plot(
     run_dirs: Annotated[
         list[Path],
-        typer.Argument(help="One or more run directories (curves overlay).", show_default=False),
+        typer.Argument(
+            metavar="RUN_DIR...",
+            help="One or more run directories (curves overlay).",
+            show_default=False,
+        ),
     ],
     out: Annotated[
         Path | None, typer.Option("--out", help="PNG to write (default: RUN_DIR/curves.png).")

@@ -7,6 +7,7 @@ before it is swapped in, so a split and its figures appear together or not at al
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ def route_dir(
     out_dir: str | Path,
     *,
     force: bool = False,
-    export: str | None = None,
+    export: str | Sequence[str] | None = None,
     plots: bool = True,
 ) -> dict[str, Any]:
     """Write the split of ``plan`` into the new folder ``out_dir`` (atomically); return plan.json.

@@ -26,11 +26,18 @@ import polars as pl
 import polars_hash as plh
 
 from prefcurate.base.errors import InputError, json_problem, one_line
-from prefcurate.data import layouts
+from prefcurate.data import jsoncheck, layouts
 from prefcurate.data.layouts import ISSUE, ROW, Detected
-from prefcurate.data.margins import difficulty_expr, margin_expr
+from prefcurate.data.margins import LIMIT, beyond_limit, difficulty_expr, margin_expr
 from prefcurate.data.schema import CANONICAL_COLUMNS, Binarize, ColumnMap, Layout
-from prefcurate.data.sources import SCHEMA_ROWS, RawSource, frame_source, open_binary, resolve
+from prefcurate.data.sources import (
+    SCHEMA_ROWS,
+    RawSource,
+    fields_of,
+    frame_source,
+    open_binary,
+    resolve,
+)
 
 #: The canonical columns plus the per-pair flag of implicit/conversational histories that differ.
 PAIR_COLUMNS: tuple[str, ...] = (*CANONICAL_COLUMNS, "history_mismatch")
@@ -97,13 +104,15 @@ class PairSource:
             keep_input=keep_input and self.layout is not Layout.MULTI_COMPLETION,
         )
         frame = frame.with_columns(margin_expr(self.detected.margin is not None))
-        overflow = pl.col("margin").is_infinite()  # finite scores whose difference is not
+        margin = pl.col("margin")  # finite scores whose difference is not, or beyond the limit
+        what = "the margin (score_chosen − score_rejected)"
         frame = frame.with_columns(
             pl.coalesce(
                 pl.col(ISSUE),
-                pl.when(overflow).then(
-                    pl.lit("the margin (score_chosen − score_rejected) is infinite")
-                ),
+                pl.when(margin.is_infinite())
+                .then(pl.lit(f"{what} is infinite"))
+                .when(beyond_limit(margin))
+                .then(pl.format(f"{what} is {{}}, beyond ±{LIMIT:g}", margin)),
             ).alias(ISSUE)
         )
         pair_id = pair_id_expr(self.layout is Layout.CONVERSATIONAL)
@@ -181,7 +190,7 @@ def open_pairs(
     if not schema:
         raise InputError("no columns in the data", where=raw.display, fix="pass a file of pairs")
     if raw.format == "jsonl":
-        check_jsonl_types(raw, list(schema))
+        check_jsonl_types(raw, schema)
     sample = _guard(raw, lambda: lazy.head(_SAMPLE_ROWS).collect())
     detected = layouts.detect(schema, columns, where=raw.display, sample=sample)
     return PairSource(raw, detected, Binarize(binarize), seed)
@@ -287,51 +296,27 @@ def diagnose_jsonl(paths: tuple[Path, ...], *, limit: int | None = None) -> Inpu
     return None
 
 
-def check_jsonl_types(raw: RawSource, columns: list[str]) -> None:
-    """Refuse a column whose JSON type changes anywhere in the input (every line of every file).
+def check_jsonl_types(raw: RawSource, schema: pl.Schema | dict) -> None:
+    """Refuse a field whose JSON type changes, or an object that holds a key twice, anywhere in the
+    input (every line of every file, nested fields and list elements included).
 
-    Polars infers a column's type from the first rows and turns a later number, list or object
-    into text without a word. When the input is longer than the window already checked line by
-    line, DuckDB's JSON reader streams every line once more (C++, in parallel, never holding the
-    file) and lists the JSON types each column takes; only when a column holds two kinds is the
-    input read line by line in Python to name the file, line and column.
+    When the input is longer than the window already checked line by line, one streaming pass
+    (:func:`prefcurate.data.jsoncheck.scan_kinds`) lists the kinds each field of ``schema``
+    takes and whether an object repeats a key; only when it finds something (or cannot read the
+    input) is every line read in Python to name the file, line and field.
     """
-    import duckdb
-
-    if not columns or _head_covers_all(raw.paths):
+    if not schema or _head_covers_all(raw.paths):
         return
-    files = [str(p) for p in raw.paths]
-    paths = [_sql_str("/" + c.replace("~", "~0").replace("/", "~1")) for c in columns]
-    sql = (
-        f"SELECT list(DISTINCT json_type(json, [{', '.join(paths)}])) "
-        f"FROM read_ndjson_objects({_sql_list(files)}, compression = 'auto', "
-        "maximum_object_size = 2147483647)"
-    )
-    combos = None
-    try:
-        con = duckdb.connect(":memory:")
-        try:
-            con.execute("SET enable_progress_bar = false")
-            combos = con.execute(sql).fetchone()[0]
-        finally:
-            con.close()
-    except duckdb.Error:
-        pass  # DuckDB could not read it (a byte-order mark...): check line by line
-    if combos is not None:
-        kinds: list[set[str]] = [set() for _ in columns]
-        for combo in combos:
-            for i, kind in enumerate(combo or []):
-                if kind is not None and kind != "NULL":
-                    kinds[i].add(_NUMBER_TYPES.get(kind, kind))
-        if all(len(k) <= 1 for k in kinds):
-            return
+    found = jsoncheck.scan_kinds(raw.paths, jsoncheck.locations(schema))
+    if found is not None and all(len(k) <= 1 for k in found[0].values()) and not found[1]:
+        return
     located = diagnose_jsonl(raw.paths)
     if located is not None:
         raise located
-
-
-#: DuckDB's JSON number types, one kind as in :func:`_json_kind`'s type check.
-_NUMBER_TYPES = {"BIGINT": "number", "UBIGINT": "number", "DOUBLE": "number", "HUGEINT": "number"}
+    if found is not None and found[1]:  # seen by DuckDB, not named line by line: never silent
+        raise InputError(
+            "an object holds a key twice", where=raw.display, fix="keep one of the two values"
+        )
 
 
 def _head_covers_all(paths: tuple[Path, ...]) -> bool:
@@ -473,7 +458,7 @@ def _line_problem(
             f"column {constant[0]!r} is {constant[1]}, which is not valid JSON",
             "write null for a missing score, or drop the row",
         )
-    for key, value in row.items():
+    for key, value in fields_of(row):
         kind = _json_kind(value)
         if kind == "null":
             continue

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from prefcurate.base.errors import InputError
+from prefcurate.data.margins import LIMIT, beyond_limit
 from prefcurate.data.schema import (
     MESSAGE_DTYPE,
     SCORE_DTYPE,
@@ -56,6 +57,14 @@ RATING_LIST_NAMES = ("ratings", "scores", "rewards")
 
 #: Assistant-turn markers of implicit-prompt transcripts, tried in this order.
 ASSISTANT_MARKERS = ("\n\nAssistant:", "<|im_start|>assistant\n", "[/INST]", "### Response:")
+#: For each assistant marker, the user marker of the same transcript style and the end-of-turn
+#: tokens its turns may end with: what :func:`transcript_turns` splits a transcript by.
+TURN_MARKERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "\n\nAssistant:": ("\n\nHuman:", ()),
+    "<|im_start|>assistant\n": ("<|im_start|>user\n", ("<|im_end|>",)),
+    "[/INST]": ("[INST]", ("</s>", "<s>")),
+    "### Response:": ("### Instruction:", ()),
+}
 
 #: Internal columns that travel with the canonical frame until it is validated.
 ROW = "_row"
@@ -205,37 +214,40 @@ def detect(schema: pl.Schema, columns: ColumnMap, *, where: str, sample: pl.Data
         )
 
     score_chosen, score_rejected = _score_columns(schema, columns, where)
+    layout, marker = _pair_layout(schema, prompt, chosen, rejected, where=where, sample=sample)
+    return Detected(
+        layout, prompt, chosen, rejected, score_chosen, score_rejected, margin, source, marker
+    )
+
+
+def _pair_layout(
+    schema: pl.Schema, prompt, chosen: str, rejected: str, *, where: str, sample: pl.DataFrame
+) -> tuple[Layout, str | None]:
+    """The layout of a file with chosen and rejected columns, and an implicit transcript's
+    assistant marker; a column of another type is an :class:`InputError` naming it."""
     c_type, r_type = field_dtype(schema, chosen), field_dtype(schema, rejected)
     p_type = field_dtype(schema, prompt) if prompt else None
     if is_messages(c_type) and is_messages(r_type):
         if prompt and not (_is_text(p_type) or is_messages(p_type)):
             raise _bad_type(prompt, p_type, where)
-        layout, marker = Layout.CONVERSATIONAL, None
-    elif _is_text(c_type) and _is_text(r_type):
-        if prompt is not None and not _is_text(p_type):
-            raise _bad_type(prompt, p_type, where)
-        layout = Layout.STANDARD if prompt else Layout.IMPLICIT
-        marker = _pick_marker(sample, chosen) if layout is Layout.IMPLICIT else None
-        if layout is Layout.IMPLICIT and marker is None:
-            raise InputError(
-                "cannot detect the layout: no prompt column, and the transcripts have no "
-                "assistant marker such as '\\n\\nAssistant:'",
-                where=where,
-                fix="pass --prompt with the column that holds the prompt",
-            )
-    else:
-        bad, dtype = (
-            (chosen, c_type)
-            if not (_is_text(c_type) or is_messages(c_type))
-            else (
-                rejected,
-                r_type,
-            )
-        )
+        return Layout.CONVERSATIONAL, None
+    if not (_is_text(c_type) and _is_text(r_type)):
+        text_like = _is_text(c_type) or is_messages(c_type)
+        bad, dtype = (rejected, r_type) if text_like else (chosen, c_type)
         raise _bad_type(bad, dtype, where)
-    return Detected(
-        layout, prompt, chosen, rejected, score_chosen, score_rejected, margin, source, marker
-    )
+    if prompt is not None:
+        if not _is_text(p_type):
+            raise _bad_type(prompt, p_type, where)
+        return Layout.STANDARD, None
+    marker = _pick_marker(sample, chosen)
+    if marker is None:
+        raise InputError(
+            "cannot detect the layout: no prompt column, and the transcripts have no "
+            "assistant marker such as '\\n\\nAssistant:'",
+            where=where,
+            fix="pass --prompt with the column that holds the prompt",
+        )
+    return Layout.IMPLICIT, marker
 
 
 def _bad_type(column: str, dtype: pl.DataType | None, where: str) -> InputError:
@@ -411,6 +423,8 @@ def _score(schema: pl.Schema, path: str | None, name: str) -> tuple[pl.Expr, pl.
         .then(pl.lit(f"{path} is NaN"))
         .when(value.is_infinite())
         .then(pl.lit(f"{path} is infinite"))
+        .when(beyond_limit(value))
+        .then(pl.format(f"{path} is {{}}, beyond ±{LIMIT:g}", value))
     )
     return value, issue
 
@@ -434,6 +448,52 @@ def _split_transcripts(
     rejected = pl.when(r_prompt.is_null()).then(r).otherwise(r_resp)
     mismatch = r_prompt.fill_null("") != prompt
     return prompt, chosen, rejected, mismatch
+
+
+def transcript_turns(
+    prompt: str, responses: tuple[str, ...] = ()
+) -> tuple[list[dict[str, str]], list[str]] | None:
+    """An implicit-prompt transcript as turns: ``(messages, responses)``, or None.
+
+    ``prompt`` is what :func:`_split_transcripts` keeps as the prompt, the history up to and
+    including the last assistant marker (``"\\n\\nHuman: Hi\\n\\nAssistant:"``); it becomes
+    ``[{"role": "user", "content": "Hi"}, ...]``, user and assistant turns alternating and ending
+    with the user, each turn's text stripped of blanks and end-of-turn tokens
+    (:data:`TURN_MARKERS`). ``responses`` (the chosen and rejected texts after the marker) are
+    cleaned the same way. None when the prompt does not end with a known assistant marker, holds
+    text before its first turn, or its turns do not alternate: the caller keeps it whole.
+    """
+    import re
+
+    marker = next((m for m in ASSISTANT_MARKERS if prompt.endswith(m)), None)
+    if marker is None:
+        return None
+    user, ends = TURN_MARKERS[marker]
+    parts = re.split(f"({re.escape(user)}|{re.escape(marker)})", prompt)
+    if parts[0].strip():
+        return None
+    roles = ["user" if tag == user else "assistant" for tag in parts[1::2]]
+    texts = [_turn_text(text, ends) for text in parts[2::2]]
+    if roles[-1] != "assistant" or texts[-1]:
+        return None
+    roles, texts = roles[:-1], texts[:-1]
+    alternating = ["user" if i % 2 == 0 else "assistant" for i in range(len(roles))]
+    if len(roles) % 2 == 0 or roles != alternating:  # user first, user last
+        return None
+    messages = [{"role": r, "content": t} for r, t in zip(roles, texts, strict=True)]
+    return messages, [_turn_text(text, ends) for text in responses]
+
+
+def _turn_text(text: str, ends: tuple[str, ...]) -> str:
+    """A turn's text without surrounding blanks and trailing end-of-turn tokens."""
+    text = text.strip()
+    trimmed = True
+    while trimmed:
+        trimmed = False
+        for end in ends:
+            if text.endswith(end):
+                text, trimmed = text[: -len(end)].strip(), True
+    return text
 
 
 def _regex_escape(text: str) -> str:
@@ -487,25 +547,7 @@ def _binarized(
     raw: pl.LazyFrame, schema: pl.Schema, found: Detected, binarize: Binarize, seed: int
 ) -> pl.LazyFrame:
     """Turn rows of rated completions into pairs (see :class:`~prefcurate.data.schema.Binarize`)."""
-    prompt = field_expr(schema, found.prompt) if found.prompt else pl.lit("")
-    if found.completion_text:
-        items = pl.col(found.completions)
-        text = items.list.eval(pl.element().struct.field(found.completion_text))
-        rating = items.list.eval(pl.element().struct.field(found.completion_rating))
-    else:
-        text, rating = pl.col(found.completions), pl.col(found.completion_rating)
-    long = (
-        raw.select(
-            pl.col(ROW),
-            prompt.cast(pl.String).alias("prompt"),
-            _source(schema, found.source),
-            text.alias("_text"),
-            rating.cast(pl.List(SCORE_DTYPE)).alias("_rating"),
-        )
-        .explode("_text", "_rating")
-        .with_columns(pl.int_range(pl.len()).over(ROW).alias("_i"))
-        .filter(pl.col("_text").is_not_null() & pl.col("_rating").is_finite())
-    )
+    long = _completions(raw, schema, found)
     ranked = long.sort(ROW, "_rating", "_i", descending=[False, True, False])
     best = ranked.group_by(ROW, maintain_order=True).first()
     chosen_side = (
@@ -552,6 +594,30 @@ def _binarized(
         "source",
         pl.lit(False).alias("history_mismatch"),
         pl.lit(None, dtype=pl.String).alias(ISSUE),
+    )
+
+
+def _completions(raw: pl.LazyFrame, schema: pl.Schema, found: Detected) -> pl.LazyFrame:
+    """One row per rated completion: the row it came from, its prompt and source, its text,
+    rating and index among the row's completions (unrated or empty ones left out)."""
+    prompt = field_expr(schema, found.prompt) if found.prompt else pl.lit("")
+    if found.completion_text:
+        items = pl.col(found.completions)
+        text = items.list.eval(pl.element().struct.field(found.completion_text))
+        rating = items.list.eval(pl.element().struct.field(found.completion_rating))
+    else:
+        text, rating = pl.col(found.completions), pl.col(found.completion_rating)
+    return (
+        raw.select(
+            pl.col(ROW),
+            prompt.cast(pl.String).alias("prompt"),
+            _source(schema, found.source),
+            text.alias("_text"),
+            rating.cast(pl.List(SCORE_DTYPE)).alias("_rating"),
+        )
+        .explode("_text", "_rating")
+        .with_columns(pl.int_range(pl.len()).over(ROW).alias("_i"))
+        .filter(pl.col("_text").is_not_null() & pl.col("_rating").is_finite())
     )
 
 

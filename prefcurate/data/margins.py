@@ -19,6 +19,16 @@ import polars as pl
 
 from prefcurate.base.errors import InputError
 
+#: The largest magnitude of a score, a margin or τ. Any difference of two such values (a span of
+#: margins, the width of a histogram, a margin's distance to τ) is then a finite 64-bit float, so
+#: no figure ever divides by an overflow; a value beyond it is refused where it is read.
+LIMIT = 1e300
+
+
+def beyond_limit(value: pl.Expr) -> pl.Expr:
+    """Whether a finite ``value`` is larger in magnitude than :data:`LIMIT`."""
+    return value.is_finite() & (value.abs() > LIMIT)
+
 
 def margin_expr(has_input_margin: bool) -> pl.Expr:
     """The margin: the input's own margin column if it has one, else the score difference."""
@@ -62,9 +72,9 @@ def threshold_for_fraction(margins: pl.Series, fraction: float) -> float:
 
 
 def check_threshold(threshold: float) -> None:
-    if not math.isfinite(threshold):
+    if not math.isfinite(threshold) or abs(threshold) > LIMIT:
         raise InputError(
-            f"--threshold must be a finite number, got {threshold}",
+            f"--threshold must be a finite number within ±{LIMIT:g}, got {threshold}",
             fix="for UltraFeedback ratings τ = 0.5 routes exactly the ties",
         )
 

@@ -2,8 +2,9 @@
 
 analyze, inspect and route each read a dataset once, keeping these columns (lengths, flags, the
 margin, a prompt hash) instead of the texts, and decide everything else on that frame. The rule of
-which pairs route may route (:func:`routable_pairs`) lives here too, so analyze's preview and the
-routes agree.
+which pairs route drops whatever the mode and τ (:func:`unroutable_reason`: chosen = rejected, or
+an empty chosen response) lives here too, so route, analyze's preview, the inspect page and every
+export agree.
 """
 
 from __future__ import annotations
@@ -69,13 +70,62 @@ def narrow_exprs(conversational: bool) -> list[pl.Expr]:
     ]
 
 
-def routable_pairs(df: pl.DataFrame) -> pl.DataFrame:
-    """The pairs route would route: those with chosen ≠ rejected (route drops the rest).
+#: chosen == rejected: no preference to learn (the DPO loss of such a pair is constant, so its
+#: gradient is zero), and the two ratings of one text disagree (UltraFeedback has margins of 1.5),
+#: so its margin cannot place it in the curriculum either.
+IDENTICAL = "identical"
+#: the chosen response is empty (or only whitespace): whatever its route, the pair would teach the
+#: model to answer nothing, as the preferred side of DPO or as the SFT target. An empty *rejected*
+#: response is a real answer, and a bad one (a generation that stopped at once, rated low): its
+#: pair teaches "anything over nothing" as DPO, and only its chosen response as SFT, so route
+#: keeps it (analyze still flags it: ``flags.empty_rejected``; ``--drop`` removes such pairs).
+EMPTY_CHOSEN = "empty_chosen"
+#: What route drops in every mode, whatever τ, in the order tested: a pair counts under the first
+#: reason that holds. These are keys of plan.json's ``counts.dropped_by_reason``.
+UNROUTABLE: tuple[str, ...] = (IDENTICAL, EMPTY_CHOSEN)
+#: Each reason as people read it (terminal, page, export READMEs).
+UNROUTABLE_LABELS = {IDENTICAL: "chosen = rejected", EMPTY_CHOSEN: "an empty chosen response"}
 
-    When every rated pair is identical, route refuses the data; the figures then count all pairs
+
+def unroutable_reason() -> pl.Expr:
+    """Over :data:`NARROW_COLUMNS`: why route drops the pair whatever its margin, else null.
+
+    One of :data:`UNROUTABLE` (the first that holds); ``null`` for a pair route may route.
+    """
+    return (
+        pl.when(pl.col("identical"))
+        .then(pl.lit(IDENTICAL))
+        .when(pl.col("empty_chosen"))
+        .then(pl.lit(EMPTY_CHOSEN))
+        .otherwise(pl.lit(None, dtype=pl.String))
+        .alias("unroutable")
+    )
+
+
+def unroutable_counts(df: pl.DataFrame) -> dict[str, int]:
+    """How many pairs of the narrow frame ``df`` route drops for each of :data:`UNROUTABLE`."""
+    if "identical" not in df.columns:
+        return dict.fromkeys(UNROUTABLE, 0)
+    reasons = df.select(unroutable_reason()).to_series()
+    return {reason: int((reasons == reason).sum()) for reason in UNROUTABLE}
+
+
+def describe_unroutable(counts: dict[str, int]) -> str:
+    """``"4 pairs with chosen = rejected, 1 pair with an empty chosen response"`` (counted ones)."""
+    return ", ".join(
+        f"{n:,} pair{'' if n == 1 else 's'} with {UNROUTABLE_LABELS[reason]}"
+        for reason, n in counts.items()
+        if n and reason in UNROUTABLE_LABELS
+    )
+
+
+def routable_pairs(df: pl.DataFrame) -> pl.DataFrame:
+    """The pairs route would route: those :func:`unroutable_reason` keeps (route drops the rest).
+
+    When every rated pair is unroutable, route refuses the data; the figures then count all pairs
     rather than none.
     """
     if "identical" not in df.columns:
         return df
-    kept = df.filter(~pl.col("identical"))
+    kept = df.filter(unroutable_reason().is_null())
     return kept if kept.get_column("margin").drop_nulls().len() > 0 else df

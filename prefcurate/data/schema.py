@@ -28,7 +28,7 @@ CANONICAL_COLUMNS: tuple[str, ...] = (
 
 #: Columns a routed split adds to the canonical ones; the trainer refuses a split without them.
 SPLIT_EXTRA_COLUMNS: tuple[str, ...] = ("route", "rank", "stage")
-#: Optional column of a soft-routed split (``route --soft T``): the SFT share of the pair's loss.
+#: Optional column of a soft-routed split (``route --soft T``): the pair's SFT mix (below).
 WEIGHT_COLUMN = "weight"
 
 #: The two routes a pair can take: a preference loss, or SFT on the chosen response.
@@ -37,34 +37,33 @@ ROUTE_SFT = "sft"
 ROUTES: tuple[str, ...] = (ROUTE_DPO, ROUTE_SFT)
 
 
-
-def sft_share(route: str, weight: float | None = None) -> float:
-    """The share of a pair's loss that is SFT on the chosen response, from the split's columns.
+def sft_mix(route: str, weight: float | None = None) -> float:
+    """A pair's SFT mix: the part of its loss that is SFT on the chosen response, in [0, 1].
 
     The one reading of ``route`` and ``weight`` that every engine uses (``prefcurate train``,
-    MixDPOTrainer, the exports): a soft-routed split's ``weight`` is the share itself, whatever the
-    pair's hard route; without it a dpo pair is 0 and an sft pair 1. A pair whose share is below 1
+    MixDPOTrainer, the exports): a soft-routed split's ``weight`` is the mix itself, whatever the
+    pair's hard route; without it a dpo pair is 0 and an sft pair 1. A pair whose mix is below 1
     takes a preference term (:func:`takes_preference`). Raises ``ValueError`` for a route that is
     not one of :data:`ROUTES` or a weight outside [0, 1].
 
-        >>> sft_share("dpo"), sft_share("sft"), sft_share("sft", 0.25)
+        >>> sft_mix("dpo"), sft_mix("sft"), sft_mix("sft", 0.25)
         (0.0, 1.0, 0.25)
     """
     if weight is not None:
-        share = float(weight)
-        if not 0.0 <= share <= 1.0:  # NaN fails too
+        mix = float(weight)
+        if not 0.0 <= mix <= 1.0:  # NaN fails too
             msg = f"a pair's {WEIGHT_COLUMN} must be in [0, 1], not {weight!r}"
             raise ValueError(msg)
-        return share
+        return mix
     if route not in ROUTES:
         msg = f"route {route!r} is not one of {', '.join(ROUTES)}"
         raise ValueError(msg)
     return 0.0 if route == ROUTE_DPO else 1.0
 
 
-def takes_preference(share: float) -> bool:
-    """Whether a pair with this SFT share has a preference term (and so needs its rejected side)."""
-    return share < 1.0
+def takes_preference(mix: float) -> bool:
+    """Whether a pair with this SFT mix has a preference term (and so needs its rejected side)."""
+    return mix < 1.0
 
 
 #: Chat messages, as stored for conversational data.

@@ -1,16 +1,16 @@
 """Find the files behind a DATA argument and read them as one raw Polars LazyFrame.
 
-A DATA argument is a file, a directory or a glob. Directories are understood the way users lay data
-out: a `datasets` ``save_to_disk`` folder, a Hugging Face style repository with sharded
-``data/train-*.parquet`` files, or a folder of files of one format. What comes out is the data
-exactly as stored (no renaming, no layout logic); :mod:`prefcurate.data.layouts` turns it into
-pairs.
+A DATA argument is a file, a directory, a glob, or the name of a Hugging Face dataset already in
+the local Hugging Face cache (``owner/name``: its snapshot folder is read; nothing is fetched).
+Directories are understood the way users lay data out: a `datasets` ``save_to_disk`` folder, a
+Hugging Face style repository with sharded ``data/train-*.parquet`` files, or a folder of files
+of one format. What comes out is the data exactly as stored (no renaming, no layout logic);
+:mod:`prefcurate.data.layouts` turns it into pairs.
 """
 
 from __future__ import annotations
 
 import errno
-import glob as globlib
 import gzip
 import hashlib
 import io
@@ -22,6 +22,8 @@ from pathlib import Path
 import polars as pl
 
 from prefcurate.base.errors import InputError, json_problem, one_line
+from prefcurate.base.hub import DATASET, resolve_hub
+from prefcurate.base.outdir import expand_glob
 
 #: File formats by suffix. Compressed JSONL keeps its inner suffix: ``x.jsonl.gz`` is jsonl.
 _SUFFIX_FORMAT = {
@@ -35,7 +37,6 @@ _SUFFIX_FORMAT = {
     ".arrow": "arrow",
 }
 _COMPRESSIONS = (".gz", ".zst")
-_GLOB_CHARS = set("*?[")
 
 #: Rows a schema is inferred from (JSONL, CSV); prefcurate.data.io checks the same rows' types.
 SCHEMA_ROWS = 1000
@@ -172,10 +173,14 @@ def content_hash(paths: tuple[Path, ...] | list[Path]) -> tuple[str, int]:
 
 
 def resolve(spec: str | Path, *, split: str | None = None) -> RawSource:
-    """Find the files behind ``spec`` and their format; every failure is an :class:`InputError`."""
+    """Find the files behind ``spec`` and their format; every failure is an :class:`InputError`.
+
+    A Hugging Face dataset name (``owner/name``, not an existing path) is read from its snapshot
+    in the local Hugging Face cache, like a folder (:func:`prefcurate.base.hub.resolve_hub`).
+    """
     text = str(spec)
-    if any(c in _GLOB_CHARS for c in text) and not Path(text).exists():
-        matches = sorted(Path(p) for p in globlib.glob(text, recursive=True))
+    matches = expand_glob(text)
+    if matches is not None:
         files = [p for p in matches if p.is_file()]
         if not files:
             raise InputError(
@@ -183,6 +188,9 @@ def resolve(spec: str | Path, *, split: str | None = None) -> RawSource:
             )
         return RawSource(text, tuple(files), _common_format(files, text))
 
+    snapshot = resolve_hub(text, repo_type=DATASET, flag="")  # owner/name: the HF cache
+    if snapshot is not None:
+        return _resolve_dir(snapshot, text, split)
     path = Path(text)
     _check_exists(path)
     if path.is_dir():
@@ -399,7 +407,7 @@ def _known_format(p: Path) -> bool:
 def _read_json_array(path: Path) -> pl.LazyFrame:
     with _open_text(path) as fh:
         try:
-            rows = json.load(fh)
+            rows = json.load(fh, object_pairs_hook=_keep_repeats)
         except json.JSONDecodeError as exc:
             raise InputError(
                 f"not valid JSON: {json_problem(exc)}",
@@ -418,6 +426,7 @@ def _read_json_array(path: Path) -> pl.LazyFrame:
         )
     if not rows:
         raise InputError("the JSON array is empty", where=path, fix="pass a file that holds pairs")
+    _check_repeats(rows, path)
     _check_row_types(rows, path)
     try:
         return pl.DataFrame(rows, infer_schema_length=None).lazy()
@@ -426,13 +435,14 @@ def _read_json_array(path: Path) -> pl.LazyFrame:
 
 
 def _check_row_types(rows: list[dict], path: Path) -> None:
-    """A key whose JSON type changes between objects of the array is refused, naming the row.
+    """A field whose JSON type changes between objects of the array is refused, naming the row
+    and the field (nested ones as ``metadata.score_chosen``, list elements as ``chosen[].content``).
 
     (Building the frame would turn the odd value into text.) Integers and floats are one kind.
     """
     seen: dict[str, tuple[str, int]] = {}
     for number, row in enumerate(rows, start=1):
-        for key, value in row.items():
+        for key, value in fields_of(row):
             kind = _kind(value)
             if kind is None:
                 continue
@@ -443,6 +453,71 @@ def _check_row_types(rows: list[dict], path: Path) -> None:
                     where=f"{path}, row {number}",
                     fix="make the column's type consistent",
                 )
+
+
+#: How deep the type checks follow nested objects and lists (a reader's schema stops too).
+TYPED_DEPTH = 8
+
+
+def fields_of(row: dict, prefix: str = "", depth: int = 0):
+    """(dotted name, value) of every field of ``row``, nested objects and list elements too
+    (``metadata.score_chosen``, ``chosen[].content``), as deep as a reader would type them."""
+    for key, value in row.items():
+        name = f"{prefix}{key}"
+        yield name, value
+        if depth >= TYPED_DEPTH:
+            continue
+        if isinstance(value, dict):
+            yield from fields_of(value, f"{name}.", depth + 1)
+        elif isinstance(value, list):
+            for item in value:
+                yield f"{name}[]", item
+                if isinstance(item, dict):
+                    yield from fields_of(item, f"{name}[].", depth + 1)
+
+
+class _Repeated(dict):
+    """A JSON object that held a key twice; ``repeated`` names the key."""
+
+    repeated: str = ""
+
+
+def _keep_repeats(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """``json``'s object hook that remembers a repeated key instead of keeping one value."""
+    out: dict[str, object] = {}
+    repeated = None
+    for key, value in pairs:
+        if key in out and repeated is None:
+            repeated = key
+        out[key] = value
+    if repeated is None:
+        return out
+    marked = _Repeated(out)
+    marked.repeated = repeated
+    return marked
+
+
+def _check_repeats(rows: list[dict], path: Path) -> None:
+    """JSON allows a key twice in one object and readers silently keep one value; refused."""
+    for number, row in enumerate(rows, start=1):
+        found = _repeat_in(row)
+        if found is not None:
+            raise InputError(
+                f"key {found!r} appears twice in one object",
+                where=f"{path}, row {number}",
+                fix="keep one of the two values",
+            )
+
+
+def _repeat_in(value: object) -> str | None:
+    if isinstance(value, _Repeated):
+        return value.repeated
+    children = value.values() if isinstance(value, dict) else value
+    for child in children if isinstance(value, dict | list) else ():
+        found = _repeat_in(child)
+        if found is not None:
+            return found
+    return None
 
 
 def _kind(value: object) -> str | None:

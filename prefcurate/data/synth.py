@@ -249,6 +249,30 @@ def _chunk(corpus: _Corpus, rng: np.random.Generator, flaw_rate: float) -> pa.Ta
     prompt_a = corpus.spans(rng, np.maximum(half, 1))
     prompt_b = corpus.spans(rng, np.maximum(half, 1), sentence=False)
 
+    columns = (prompt_a, prompt_b, chosen, rejected, score_chosen, score_rejected, source)
+    _plant_flaws(rng, flaw_rate, *columns)
+
+    return pa.table(
+        [
+            corpus.strings(prompt_a, prompt_b),
+            corpus.strings(chosen),
+            corpus.strings(rejected),
+            pa.array(score_chosen, pa.float64()),
+            pa.array(score_rejected, pa.float64()),
+            pa.DictionaryArray.from_arrays(
+                pa.array(source.astype(np.int32)), pa.array(names)
+            ).dictionary_decode(),
+        ],
+        schema=SCHEMA,
+    )
+
+
+def _plant_flaws(
+    rng, flaw_rate, prompt_a, prompt_b, chosen, rejected, score_chosen, score_rejected, source
+) -> None:
+    """Each flaw on a ``flaw_rate`` share of the rows, in place: inverted labels, identical
+    responses, a duplicated prompt, a duplicated pair (the draws' order keeps the bytes stable)."""
+    m = source.size
     flaws = rng.random((4, m)) < flaw_rate
     earlier = (rng.random((2, m)) * np.arange(m)).astype(np.int64)  # a uniform row j < i
     flaws[2:, 0] = False  # row 0 has no earlier row
@@ -268,20 +292,6 @@ def _chunk(corpus: _Corpus, rng: np.random.Generator, flaw_rate: float) -> pa.Ta
         j = earlier[1, i]
         for arr in (prompt_a, prompt_b, chosen, rejected, score_chosen, score_rejected, source):
             arr[i] = arr[j]
-
-    return pa.table(
-        [
-            corpus.strings(prompt_a, prompt_b),
-            corpus.strings(chosen),
-            corpus.strings(rejected),
-            pa.array(score_chosen, pa.float64()),
-            pa.array(score_rejected, pa.float64()),
-            pa.DictionaryArray.from_arrays(
-                pa.array(source.astype(np.int32)), pa.array(names)
-            ).dictionary_decode(),
-        ],
-        schema=SCHEMA,
-    )
 
 
 def _ratings(rng: np.random.Generator, fail_p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,7 @@ checkpointing, ``report_to`` and TRL's checkpoints all stay as they are. Per pai
 
 ``nll_weight`` adds that NLL to every dpo pair's term (DPO+NLL), and a soft-routed split's
 ``weight`` column (``route --soft T``) mixes the two terms per pair, exactly as ``prefcurate
-train`` does: both engines read the split by one rule (:func:`prefcurate.data.schema.sft_share`)
+train`` does: both engines read the split by one rule (:func:`prefcurate.data.schema.sft_mix`)
 and compute the loss with one function (:meth:`trainers.objective.Objective.terms`).
 The batch loss is the mean over pairs. The route travels with each pair through TRL's dataset
 preparation and the collator (TRL drops columns it does not know; the paper's own code once lost
@@ -32,11 +32,20 @@ batch that arrives without it, is an error, never plain DPO. Pairs are read sequ
     args = MixDPOConfig("out", beta=0.01, label_smoothing=0.1, learning_rate=5e-7)
     MixDPOTrainer(model, args=args, train_dataset=pairs, processing_class=tokenizer).train()
 
+The learning rate the routed pairs get is part of the method (docs/training.md): read in
+curriculum order the sft pairs come last, where TRL's default linear decay (like the paper's
+cosine) has almost reached 0. Before training the trainer computes each route's mean share of the
+peak rate from the schedule it will run (:mod:`trainers.schedule`, the rule ``prefcurate train``
+uses), logs it, and warns, naming the fix, when a route's pairs would train below 10% of the peak.
+``phased_schedule=True`` gives the sft phase its own warmup and cosine decay (``prefcurate train
+--lr-schedule phased``); ``prefcurate route --placement spread`` spreads the sft pairs instead.
+
 Logged (through TRL's ``log``, so TensorBoard / W&B see them): ``loss``; ``loss/dpo`` and
 ``loss/sft``, the mean loss term of each route; ``rewards/chosen``, ``rewards/rejected``,
 ``rewards/margins``, ``rewards/accuracies``, ``logps/chosen``, ``logps/rejected`` over the dpo
-pairs (TRL's names and meanings); ``pairs/dpo`` and ``pairs/sft`` per batch; ``num_tokens``.
-A window of steps with no pair of a route logs no value for that route's keys.
+pairs (TRL's names and meanings); ``pairs/dpo`` and ``pairs/sft`` per batch; ``num_tokens``;
+``lr_share/dpo`` and ``lr_share/sft``, each route's mean share of the peak learning rate over the
+pair visits so far. A window of steps with no pair of a route logs no value for that route's keys.
 
 Tested with TRL 1.16 (the ``trl`` extra pins the range).
 """
@@ -52,38 +61,75 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import torch
-from accelerate.utils import is_peft_model
-from datasets import Dataset, IterableDataset
-from torch import Tensor
-from transformers.data.data_collator import DataCollatorMixin
-from trl import DPOConfig, DPOTrainer
-from trl.models.utils import disable_gradient_checkpointing
-from trl.trainer.dpo_trainer import DataCollatorForPreference
-from trl.trainer.utils import pad, use_adapter
 
 from prefcurate.base.errors import InputError
 from prefcurate.base.log import get_logger
+from prefcurate.base.quiet import debug_requested, quiet_dependencies
 from prefcurate.data.schema import (
     ROUTE_DPO,
     ROUTE_SFT,
     ROUTES,
     WEIGHT_COLUMN,
-    sft_share,
+    sft_mix,
     takes_preference,
 )
-from trainers import shared_prompt
-from trainers.logps import SequenceLogps, check_shared_prompt
-from trainers.objective import Objective, PairTerms
-from trainers.shared_prompt import SharedPrompt, share_prompts
+
+with quiet_dependencies():  # TRL imports PEFT, which imports torchao: its import noise stays off
+    import datasets
+    import torch
+    from accelerate.utils import is_peft_model
+    from datasets import Dataset, IterableDataset
+    from torch import Tensor
+    from transformers.data.data_collator import DataCollatorMixin
+    from transformers.utils import is_torch_bf16_gpu_available
+    from transformers.utils import logging as hf_logging
+    from trl import DPOConfig, DPOTrainer
+    from trl.models.utils import disable_gradient_checkpointing
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+    from trl.trainer.utils import pad, use_adapter
+
+    from trainers import shared_prompt
+    from trainers.logps import SequenceLogps, check_shared_prompt
+    from trainers.objective import Objective, PairTerms
+    from trainers.schedule import (
+        RouteLr,
+        Schedule,
+        low_lr_warnings,
+        route_lr,
+        sequential_steps,
+        sft_phase_start,
+        share_line,
+    )
+    from trainers.shared_prompt import SharedPrompt, share_prompts
+
+
+def _quiet_libraries() -> None:
+    """The libraries' own progress bars off for this process: transformers' "Loading weights"
+    and "Writing model shards", datasets' split and map bars (and datasets' log lines below
+    errors). The Trainer's progress bar (tqdm, shown unless ``disable_tqdm``, which transformers
+    derives from its log level: left as it is) and the metrics TRL logs stay: they are the
+    training's own output. ``PREFCURATE_DEBUG=1`` leaves everything on."""
+    if debug_requested():
+        return
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+
+
+_quiet_libraries()
 
 ROUTE = "route"
 RANK = "rank"
 #: The ``loss_type`` values MixDPOTrainer routes (one at a time): those whose formula TRL and
-#: ``prefcurate train`` share (TRL's ``ipo`` length-normalises log-probs, prefcurate's does not).
+#: ``prefcurate train`` mix (TRL's ``ipo`` length-normalises log-probs, prefcurate's does not).
 SUPPORTED_LOSSES: tuple[str, ...] = ("sigmoid", "robust", "hinge")
 _log = get_logger("integrations.trl")
 _FIX = "write the pairs with 'prefcurate route --export trl-mixdpo' and load mixdpo.jsonl"
+#: What MixDPOTrainer says when a route's pairs would barely train.
+LOW_LR_FIX = (
+    "route with 'prefcurate route --placement spread', or set MixDPOConfig(phased_schedule=True) "
+    "(the sft phase gets its own warmup and decay) or lr_scheduler_type='constant_with_warmup'"
+)
 
 
 # --------------------------------------------------------------------------- config
@@ -111,6 +157,11 @@ class MixDPOConfig(DPOConfig):
     label_smoothing
         For ``loss_type="sigmoid"``: ε of conservative DPO (the paper uses 0.1); for ``"robust"``:
         the flip rate, as in TRL.
+    phased_schedule
+        Give the dpo phase and the sft phase (the sft pairs, last in the curriculum) each their own
+        linear warmup (``warmup_steps`` as a share of the phase) and cosine decay, as ``prefcurate
+        train --lr-schedule phased``; ``lr_scheduler_type`` is then not used. Needs the sft pairs
+        last and ``train_sampling_strategy="sequential"``.
     """
 
     sft_weight: float = field(
@@ -135,7 +186,16 @@ class MixDPOConfig(DPOConfig):
         },
     )
 
+    phased_schedule: bool = field(
+        default=False,
+        metadata={
+            "help": "Give the sft phase (the sft pairs, last) its own warmup and cosine decay, as "
+            "'prefcurate train --lr-schedule phased'."
+        },
+    )
+
     def __post_init__(self) -> None:
+        self._choose_precision()
         super().__post_init__()
         if len(self.loss_type) != 1 or self.loss_type[0] not in SUPPORTED_LOSSES:
             msg = (
@@ -161,6 +221,25 @@ class MixDPOConfig(DPOConfig):
                 msg = f"{name} must be a finite number >= 0, not {value}"
                 raise ValueError(msg)
 
+    def _choose_precision(self) -> None:
+        """bf16 where the machine has it, when neither ``bf16`` nor ``fp16`` is given.
+
+        TRL defaults ``bf16`` to True, which transformers refuses on a machine without a bf16
+        GPU ("Your setup doesn't support bf16/gpu"): the same script then fails on a laptop and
+        runs on a GPU. Here an unset ``bf16`` follows transformers' own test of the device; an
+        explicit ``bf16=True`` still asks for it. TRL's default activation checkpointing is passed
+        under transformers' current name, so it raises no FutureWarning about the old one.
+        """
+        if self.bf16 is None and not self.fp16:
+            self.bf16 = not self.use_cpu and is_torch_bf16_gpu_available()
+        for old, new in (
+            ("gradient_checkpointing", "activation_checkpointing"),
+            ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"),
+        ):
+            if hasattr(self, new) and getattr(self, new) is None:
+                setattr(self, new, getattr(self, old))
+                setattr(self, old, None)
+
 
 # --------------------------------------------------------------------------- collator
 
@@ -172,8 +251,8 @@ class DataCollatorForMixDPO(DataCollatorMixin):
     Rows ``0..P-1`` are the chosen sequences of the ``P`` pairs, rows ``P..`` the rejected
     sequences of the dpo pairs, in pair order; an sft pair contributes no rejected row. Besides
     TRL's ``input_ids``, ``attention_mask`` and ``completion_mask`` the batch carries
-    ``sft_share`` (each pair's SFT share, from ``route`` and ``weight`` by
-    :func:`prefcurate.data.schema.sft_share`) and ``is_dpo`` (the pairs with a preference term),
+    ``sft_mix`` (each pair's SFT mix, from ``route`` and ``weight`` by
+    :func:`prefcurate.data.schema.sft_mix`) and ``is_dpo`` (the pairs with a preference term),
     ``rank`` when the pairs have one, and the precomputed reference log-probs when present (NaN for
     pairs without a preference term). Truncation is TRL's: per sequence, to
     ``max_length``, keeping the start.
@@ -186,8 +265,8 @@ class DataCollatorForMixDPO(DataCollatorMixin):
     return_tensors: str = "pt"
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        shares = [pair_share(example) for example in examples]
-        is_dpo = [takes_preference(share) for share in shares]
+        mixes = [pair_mix(example) for example in examples]
+        is_dpo = [takes_preference(mix) for mix in mixes]
         rows = [(e["prompt_ids"], e["chosen_ids"]) for e in examples]
         rows += [
             (e["prompt_ids"], e["rejected_ids"])
@@ -215,7 +294,7 @@ class DataCollatorForMixDPO(DataCollatorMixin):
             "attention_mask": padded([[1] * len(i) for i in ids], 0),
             "completion_mask": padded(masks, 0),
             "is_dpo": torch.tensor(is_dpo, dtype=torch.bool),
-            "sft_share": torch.tensor(shares, dtype=torch.float64),
+            "sft_mix": torch.tensor(mixes, dtype=torch.float64),
         }
         if RANK in examples[0]:
             out[RANK] = torch.tensor([int(e[RANK]) for e in examples], dtype=torch.long)
@@ -226,15 +305,15 @@ class DataCollatorForMixDPO(DataCollatorMixin):
         return out
 
 
-def pair_share(example: Mapping[str, Any]) -> float:
-    """A pair's SFT share from its ``route`` and ``weight``; no route, or a bad one, is an error."""
+def pair_mix(example: Mapping[str, Any]) -> float:
+    """A pair's SFT mix from its ``route`` and ``weight``; no route, or a bad one, is an error."""
     if ROUTE not in example:
         raise InputError(
             f"a pair reached the collator without its {ROUTE!r} column",
             fix="keep the route column (MixDPOTrainer adds it to the signature columns)",
         )
     try:
-        return sft_share(example[ROUTE], example.get(WEIGHT_COLUMN))
+        return sft_mix(example[ROUTE], example.get(WEIGHT_COLUMN))
     except ValueError as exc:
         raise InputError(str(exc), fix=_FIX) from None
 
@@ -281,16 +360,17 @@ class MixDPOTrainer(DPOTrainer):
             ref_model = copy.deepcopy(model)
         if eval_dataset is not None:
             eval_dataset = routed_dataset(eval_dataset, "eval_dataset")
-        super().__init__(
-            model,
-            ref_model=ref_model,
-            args=args,
-            data_collator=data_collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            **kwargs,
-        )
+        with quiet_dependencies():  # TRL's dataset preparation: its warnings stay off
+            super().__init__(
+                model,
+                ref_model=ref_model,
+                args=args,
+                data_collator=data_collator,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                **kwargs,
+            )
         if self._is_vision_dataset:
             raise InputError("MixDPOTrainer trains text pairs; this dataset has images")
         self._use_mixdpo_collator()
@@ -302,6 +382,17 @@ class MixDPOTrainer(DPOTrainer):
             sft_weight=args.sft_weight,
             nll_weight=args.nll_weight,
         )
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """TRL's ``train``, without its dependencies' warnings on the screen (the progress bar
+        and the logged metrics stay; ``PREFCURATE_DEBUG=1`` lets the warnings through)."""
+        with quiet_dependencies():
+            return super().train(*args, **kwargs)
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> Any:
+        """TRL's ``evaluate``, quiet like :meth:`train`."""
+        with quiet_dependencies():
+            return super().evaluate(*args, **kwargs)
 
     # ----------------------------------------------------------------- data
 
@@ -326,6 +417,86 @@ class MixDPOTrainer(DPOTrainer):
         # runs inside DPOTrainer.__init__, before the collator swap in our __init__
         self._use_mixdpo_collator()
         return super()._precompute_ref_logps(dataset, name, batch_size)
+
+    # ----------------------------------------------------------------- learning rate
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """TRL's scheduler (or the phased one), then each route's mean share of its peak rate:
+        logged, and a warning per route below 10% (:func:`trainers.schedule.low_lr_warnings`)."""
+        if self.lr_scheduler is None and self.args.phased_schedule:
+            schedule = self._phased(num_training_steps)
+            optimizer = optimizer if optimizer is not None else self.optimizer
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.factor)
+            self._created_lr_scheduler = True
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        self.route_lr = self._route_lr(scheduler, num_training_steps)
+        return scheduler
+
+    def _reading(self, num_training_steps: int) -> tuple[list[float], list[range]] | None:
+        """Each pair's SFT mix and the pairs of each optimizer step, read in order (None for an
+        IterableDataset, whose pairs are not known in advance)."""
+        dataset, args = self.train_dataset, self.args
+        if not isinstance(dataset, Dataset):
+            return None
+        weights = dataset[WEIGHT_COLUMN] if WEIGHT_COLUMN in dataset.column_names else None
+        mixes = [
+            sft_mix(route, None if weights is None else weights[i])
+            for i, route in enumerate(dataset[ROUTE])
+        ]
+        batch = args.per_device_train_batch_size * args.gradient_accumulation_steps
+        steps = sequential_steps(len(mixes), batch * args.world_size, num_training_steps)
+        return mixes, steps
+
+    def _phased(self, num_training_steps: int) -> Schedule:
+        """The phased schedule: the sft phase starts at the first step holding an sft pair."""
+        reading = self._reading(num_training_steps)
+        if reading is None or self.args.train_sampling_strategy != "sequential":
+            raise InputError(
+                "phased_schedule starts the sft phase where the sft pairs begin, so it needs a "
+                "datasets.Dataset read in order",
+                fix="pass a Dataset and keep train_sampling_strategy='sequential'",
+            )
+        _, steps = reading
+        sft = [route == ROUTE_SFT for route in self.train_dataset[ROUTE]]
+        try:
+            start = sft_phase_start(sft, steps)
+        except ValueError as exc:
+            raise InputError(
+                f"phased_schedule gives the sft pairs, last in the dataset, their own warmup "
+                f"and decay; here {exc}",
+                fix="route with --placement last and train one epoch, or drop phased_schedule",
+            ) from None
+        warmup = self.args.warmup_steps
+        ratio = warmup if warmup < 1 else warmup / max(1, num_training_steps)
+        return Schedule("phased", ratio, num_training_steps, start)
+
+    def _route_lr(self, scheduler, num_training_steps: int) -> RouteLr | None:
+        """Each route's share of the peak rate under ``scheduler``; said, and warned below 10%."""
+        lambdas = getattr(scheduler, "lr_lambdas", None)
+        reading = self._reading(num_training_steps)
+        if not lambdas or reading is None:
+            _log.info("the learning rate each route gets is not known in advance here")
+            return None
+        mixes, steps = reading
+        if self.args.train_sampling_strategy != "sequential":  # any position: the mean factor
+            mixes = [math.fsum(mixes) / len(mixes)] * len(mixes)
+        lr = route_lr(mixes, steps, lambdas[0])
+        scheduler_type = getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type)
+        kind = "phased" if self.args.phased_schedule else f"TRL's {scheduler_type}"
+        _log.info("%s (%s schedule)", share_line(lr), kind)
+        for warning in low_lr_warnings(lr, LOW_LR_FIX):
+            _log.warning(warning.removeprefix("warning: "))
+        return lr
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """TRL's log, with each route's mean share of the peak rate so far (``lr_share/...``)."""
+        lr = getattr(self, "route_lr", None)
+        step = self.state.global_step
+        if lr is not None and self.model.training and 0 < step <= len(lr.running):
+            for route, share in lr.running[step - 1].items():
+                if share is not None:
+                    logs[f"lr_share/{route}"] = share
+        super().log(logs, start_time)
 
     # ----------------------------------------------------------------- loss
 
@@ -386,7 +557,7 @@ class MixDPOTrainer(DPOTrainer):
             is_dpo=is_dpo,
             ref_chosen=ref_chosen.float(),
             ref_rejected=ref_rejected.float(),
-            sft_share=inputs.get("sft_share"),
+            sft_mix=inputs.get("sft_mix"),
             tokens=int(inputs["attention_mask"].sum()),
         )
         return terms, outputs
@@ -428,7 +599,7 @@ class MixDPOTrainer(DPOTrainer):
     def _shares_prompts(self, model) -> bool:
         """Whether ``model`` (the policy, the reference, or either wrapped) shares prompts. The
         first call switches the policy and the reference model on, each when it can, and logs
-        why not otherwise (the reasons stay in ``shared_prompt_off``)."""
+        (INFO) why not otherwise (the reasons stay in ``shared_prompt_off``)."""
         if not self.args.shared_prompt:
             return False
         if self.shared_prompt_off is None:
@@ -438,7 +609,8 @@ class MixDPOTrainer(DPOTrainer):
                     reason = _enable_shared_prompt(candidate)
                     if reason is not None:
                         self.shared_prompt_off[name] = reason
-                        _log.warning("%s computes each prompt once per response: %s", name, reason)
+                        # not a warning: the losses are the same, only the speed differs
+                        _log.info("%s computes each prompt once per response: %s", name, reason)
         return shared_prompt.is_enabled(_causal_lm(self.accelerator.unwrap_model(model)))
 
     def _reference_context(self) -> contextlib.ExitStack:
@@ -558,7 +730,7 @@ def routed_dataset(dataset: Any, name: str = "dataset") -> Any:
         first = next(iter(dataset))
         if ROUTE not in first:
             raise InputError(f"{name} has no {ROUTE!r} column", fix=_FIX)
-        pair_share(first)
+        pair_mix(first)
         return dataset
     if not isinstance(dataset, Dataset):
         raise InputError(

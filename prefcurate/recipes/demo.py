@@ -17,8 +17,10 @@ on stderr; the closing summary says where everything is.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,11 @@ class DemoResult:
     figures: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
+    def add(self, name: str, path: Path) -> Path:
+        """Record an artefact; return its path."""
+        self.artefacts[name] = path
+        return path
+
     def summary(self) -> str:
         f = self.figures
         lines = [
@@ -54,8 +61,9 @@ class DemoResult:
         return "\n".join(lines)
 
 
-#: What the demo writes into its folder (and the temporary siblings of its atomic parts).
-DEMO_ENTRIES = ("data", "report", "split", "run", "eval.json", "README.md", ".*.tmp-*", ".*.lock")
+#: What the demo writes into its folder, by name (the temporary siblings of its atomic parts
+#: carry prefcurate's marker, which proves them prefcurate's).
+DEMO_ENTRIES = ("data", "report", "split", "run", "eval.json", "README.md")
 
 
 def run_demo(
@@ -70,85 +78,115 @@ def run_demo(
     quiet: bool = False,
 ) -> DemoResult:
     """Run the demo into ``out``; see the module docstring. Returns paths and figures."""
-    import torch
-
     from prefcurate.base.outdir import open_dir
-    from prefcurate.base.progress import stderr
-    from prefcurate.recipes.bench import EVAL_SEED, BenchConfig, Environment, make_pairs, pair_stats
+    from prefcurate.recipes.bench import BenchConfig, Environment, make_pairs
 
     out = open_dir(out, force=force, kind="demo", entries=DEMO_ENTRIES)
     started = time.perf_counter()
+    config = BenchConfig(
+        out=out,
+        seeds=1,
+        pairs=pairs,
+        eval_prompts=eval_prompts,
+        cache_dir=cache_dir,
+        base=base or BaseConfig(),
+    )
     result = DemoResult(out)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny model is far faster single-threaded
-
-    def done(phase: str, t0: float) -> None:
-        if not quiet:
-            stderr.print(f"[green]✓[/] {phase} ({time.perf_counter() - t0:.1f} s)")
-
-    try:
-        config = BenchConfig(
-            out=out,
-            seeds=1,
-            pairs=pairs,
-            eval_prompts=eval_prompts,
-            cache_dir=cache_dir,
-            base=base or BaseConfig(),
-        )
-        t0 = time.perf_counter()
-        with _status("three policies: SFT of the tiny model (cached after the first run)", quiet):
+    phase = _Phases(quiet)
+    with _one_thread():  # the tiny model is far faster single-threaded
+        with phase(
+            "base policy", "three policies: SFT of the tiny model (cached after the first run)"
+        ):
             env = Environment.build(config)
-        done("base policy", t0)
-        from trainers.model import load_model
-
-        base = load_model(str(env.base_dir))
-        t0 = time.perf_counter()
-        with _status(f"sampling and labelling {pairs} pairs", quiet):
+        with phase("pairs", f"sampling and labelling {pairs} pairs"):
             rows = make_pairs(config, env, seed)
-        data = out / "data" / "pairs.jsonl"
-        data.parent.mkdir()
-        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        result.artefacts["pairs"] = data
-        done("pairs", t0)
+            data = result.add("pairs", _write_pairs(out / "data" / "pairs.jsonl", rows))
+        with phase("analyze"):
+            report_dir = _analyze(data, out / "report", quiet)
+            result.add("analyze report", report_dir / "report.json")
+            result.add("analyze plots", report_dir)
+        with phase("route", f"route: MixDPO at τ = {THRESHOLD}, curriculum order"):
+            plan = _route(data, out / "split", seed)
+            result.add("split", out / "split" / "train.parquet")
+            result.add("routing plan", out / "split" / "plan.json")
+        with phase("train"):
+            run = _train(config, env, out / "split", out / "run", seed, quiet)
+            result.add("model", run.model_dir)
+            result.add("metrics", run.run_dir / "metrics.jsonl")
+            result.add("training curves", run.run_dir / "curves.png")
+            page = _inspect_run(run.run_dir, report_dir / "index.html")
+        with phase("evaluate", f"judging MixDPO and the base policy on {eval_prompts} prompts"):
+            evaluation = _evaluate(config, env, run.model_dir, seed)
+            result.add("evaluation", _write_json(out / "eval.json", evaluation))
+    result.figures = _figures(rows, plan, env, evaluation)
+    result.seconds = time.perf_counter() - started
+    readme = out / "README.md"
+    result.artefacts = {"inspect page": page, "summary": readme, **result.artefacts}
+    readme.write_text(_readme(result))
+    return result
 
-        t0 = time.perf_counter()
-        report_dir = _analyze(data, out / "report", quiet)
-        result.artefacts["analyze report"] = report_dir / "report.json"
-        result.artefacts["analyze plots"] = report_dir
-        done("analyze", t0)
 
-        t0 = time.perf_counter()
-        plan = _route(data, out / "split", seed, quiet)
-        result.artefacts["split"] = out / "split" / "train.parquet"
-        result.artefacts["routing plan"] = out / "split" / "plan.json"
-        done("route", t0)
+class _Phases:
+    """``with phase(name, status):`` — a spinner with ``status`` while it runs, then
+    ``✓ name (N s)`` on stderr (nothing when ``quiet``)."""
 
-        t0 = time.perf_counter()
-        run = _train(config, env, out / "split", out / "run", seed, quiet)
-        result.artefacts["model"] = run.model_dir
-        result.artefacts["metrics"] = run.run_dir / "metrics.jsonl"
-        result.artefacts["training curves"] = run.run_dir / "curves.png"
-        result.artefacts["inspect page"] = _inspect_run(run.run_dir, report_dir / "index.html")
-        done("train", t0)
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
 
-        t0 = time.perf_counter()
-        with _status(f"judging MixDPO and the base policy on {eval_prompts} prompts", quiet):
-            base_samples = env.sample(config, base, env.eval_prompts, seed=EVAL_SEED + seed)
-            policy = load_model(str(run.model_dir))
-            samples = env.sample(config, policy, env.eval_prompts, seed=EVAL_SEED + seed)
-            base_texts = [s.text for s in base_samples]
-            evaluation = {
-                "base": env.judge(base_samples, base_texts),
-                "mixdpo": env.judge(samples, base_texts),
-            }
-        (out / "eval.json").write_text(json.dumps(evaluation, indent=2) + "\n")
-        result.artefacts["evaluation"] = out / "eval.json"
-        done("evaluate", t0)
+    @contextlib.contextmanager
+    def __call__(self, name: str, status: str | None = None) -> Iterator[None]:
+        from prefcurate.base.progress import stderr
+
+        started = time.perf_counter()
+        with _status(status, self.quiet) if status else contextlib.nullcontext():
+            yield
+        if not self.quiet:
+            stderr.print(f"[green]✓[/] {name} ({time.perf_counter() - started:.1f} s)")
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
     finally:
         torch.set_num_threads(threads)
 
+
+def _write_pairs(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir()
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _write_json(path: Path, value: Any) -> Path:
+    path.write_text(json.dumps(value, indent=2) + "\n")
+    return path
+
+
+def _evaluate(config, env, model_dir: Path, seed: int) -> dict[str, Any]:
+    """The base policy and the trained model, sampled on the held-out prompts, judged by r*."""
+    from prefcurate.recipes.bench import EVAL_SEED
+    from trainers.model import load_model
+
+    base = load_model(str(env.base_dir))
+    base_samples = env.sample(config, base, env.eval_prompts, seed=EVAL_SEED + seed)
+    samples = env.sample(
+        config, load_model(str(model_dir)), env.eval_prompts, seed=EVAL_SEED + seed
+    )
+    base_texts = [s.text for s in base_samples]
+    return {"base": env.judge(base_samples, base_texts), "mixdpo": env.judge(samples, base_texts)}
+
+
+def _figures(rows: list[dict], plan, env, evaluation: dict[str, Any]) -> dict[str, Any]:
+    from prefcurate.recipes.bench import pair_stats
+
     stats = pair_stats(rows)
-    result.figures = {
+    mixdpo = evaluation["mixdpo"]
+    return {
         "pairs": len(rows),
         "tie_share": stats["tie_share"],
         "inverted_share": stats["inverted_share"],
@@ -156,17 +194,11 @@ def run_demo(
         "sft": plan.counts["sft"],
         "eval_prompts": len(env.eval_prompts),
         "base_gold": evaluation["base"]["gold"],
-        "mixdpo_gold": evaluation["mixdpo"]["gold"],
-        "win_rate": evaluation["mixdpo"]["win_rate"],
-        "lc_win_rate": evaluation["mixdpo"]["lc_win_rate"],
-        "invalid": evaluation["mixdpo"]["invalid"],
+        "mixdpo_gold": mixdpo["gold"],
+        "win_rate": mixdpo["win_rate"],
+        "lc_win_rate": mixdpo["lc_win_rate"],
+        "invalid": mixdpo["invalid"],
     }
-    result.seconds = time.perf_counter() - started
-    readme = out / "README.md"
-    page = result.artefacts.pop("inspect page")
-    result.artefacts = {"inspect page": page, "summary": readme, **result.artefacts}
-    readme.write_text(_readme(result))
-    return result
 
 
 def _lc(value: float | None) -> str:
@@ -176,8 +208,6 @@ def _lc(value: float | None) -> str:
 
 
 def _status(message: str, quiet: bool):
-    import contextlib
-
     from prefcurate.base.progress import status
 
     return contextlib.nullcontext() if quiet else status(message)
@@ -211,11 +241,10 @@ def _inspect_run(run_dir: Path, page: Path) -> Path:
     return page
 
 
-def _route(data: Path, split: Path, seed: int, quiet: bool):
+def _route(data: Path, split: Path, seed: int):
     from prefcurate.recipes.pipeline import route_file
 
-    with _status(f"route: MixDPO at τ = {THRESHOLD}, curriculum order", quiet):
-        return route_file(data, split, plots=True, mode="mixdpo", threshold=THRESHOLD, seed=seed)
+    return route_file(data, split, plots=True, mode="mixdpo", threshold=THRESHOLD, seed=seed)
 
 
 def _train(config, env, split: Path, run_dir: Path, seed: int, quiet: bool):

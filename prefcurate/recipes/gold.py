@@ -14,7 +14,9 @@ Three figures per policy, on the same held-out prompts:
 
 ``invalid`` is the share of responses that are not valid task answers (a non-digit, empty, or no
 EOS within the budget). With the alphabet restriction it measures only missing EOS and empty
-answers; without it, the junk bytes a collapsing DPO run emits.
+answers; without it, the junk bytes a collapsing DPO run emits. ``length`` is the mean length of
+every response in characters, ``length_valid`` that of the valid ones only (an answer cut off
+for want of an EOS is as long as the budget allows, so it lengthens the first but not the second).
 """
 
 from __future__ import annotations
@@ -114,6 +116,7 @@ def evaluate(
     prefs = preferences(prompts, responses, base)
     done = finished if finished is not None else [True] * len(responses)
     invalid = [not (toytask.is_valid(r) and f) for r, f in zip(responses, done, strict=True)]
+    valid_lengths = [len(r) for r, bad in zip(responses, invalid, strict=True) if not bad]
     return {
         "gold": statistics.fmean(rewards),
         "win_rate": 100 * (statistics.fmean(prefs) - 1.0),
@@ -123,6 +126,7 @@ def evaluate(
         "invalid": statistics.fmean(invalid),
         "perfect": statistics.fmean(r == 1.0 for r in rewards),
         "length": statistics.fmean(len(r) for r in responses),
+        "length_valid": statistics.fmean(valid_lengths) if valid_lengths else None,
         "n": len(prompts),
     }
 

@@ -26,6 +26,7 @@ from typing import Any
 import polars as pl
 
 from prefcurate.base.errors import InputError
+from prefcurate.base.hub import MODEL, resolve_hub
 from prefcurate.data.io import PairSource
 from prefcurate.scoring.cache import memo_key, recall_identity, remember_identity
 from prefcurate.scoring.scores import (
@@ -43,6 +44,9 @@ from prefcurate.scoring.scores import (
     texts_for,
 )
 from prefcurate.scoring.spec import EMBEDDING, FLAGS, REFERENCE, REWARD, ModelIdentity
+
+#: Padded tokens per batch when neither --batch-size nor --max-tokens-per-batch is given.
+DEFAULT_MAX_TOKENS = 16_384
 
 
 def score_pairs(
@@ -77,40 +81,15 @@ def score_pairs(
     """
     models = {REWARD: reward_model, REFERENCE: reference, EMBEDDING: embedding}
     models = {kind: str(spec) for kind, spec in models.items() if spec is not None}
-    as_margin = check_args(
-        models,
-        as_margin,
-        sizes={
-            "--batch-size": (batch_size, 1),
-            "--max-tokens-per-batch": (max_tokens_per_batch, 1),
-            "--max-length": (max_length, 2),
-        },
-        device=device,
-        precision=precision,
-        cache=cache,
-        cache_dir=cache_dir,
-    )
-    settings = {
-        "reward_model": reward_model,
-        "reference": reference,
-        "embedding": embedding,
-        "batch_size": batch_size,
-        "max_tokens_per_batch": max_tokens_per_batch,
-        "max_length": max_length,
-        "device": device,
-        "precision": precision,
-    }
-    if batch_size is None and max_tokens_per_batch is None:
-        max_tokens_per_batch = 16_384
-    request = {
-        "device": device,
-        "precision": precision,
-        "max_length": max_length,
-        "trust_remote_code": trust_remote_code,
-        "allow_pickle": allow_pickle,
-    }
+    sizes = {"batch_size": batch_size, "max_tokens_per_batch": max_tokens_per_batch,
+             "max_length": max_length}  # fmt: skip
+    as_margin = _check(models, as_margin, sizes, device, precision, cache, cache_dir)
+    request = {"device": device, "precision": precision, "max_length": max_length,
+               "trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}  # fmt: skip
     identities = _identities(models, request, cache_root(cache_dir, cache) / "identities")
     frame, input_figures = read_scoring_frame(source)
+    if batch_size is None and max_tokens_per_batch is None:
+        max_tokens_per_batch = DEFAULT_MAX_TOKENS
     options = _Options(
         trust_remote_code=trust_remote_code,
         allow_pickle=allow_pickle,
@@ -131,12 +110,29 @@ def score_pairs(
         layout=str(source.layout),
         world_size=world_size,
         pairs=frame.height,
-        settings=settings,
+        settings={
+            "reward_model": reward_model,
+            "reference": reference,
+            "embedding": embedding,
+            **sizes,
+            "device": device,
+            "precision": precision,
+        },  # fmt: skip
     )
     if main:
         result.frame = assemble(frame, values, as_margin)
         result.margin = margin_figures(result.frame["margin"])
     return result
+
+
+def _check(models, as_margin, sizes, device, precision, cache, cache_dir) -> str:
+    """Every flag checked before any data is read; returns the score column that is the margin."""
+    minimum = {"batch_size": 1, "max_tokens_per_batch": 1, "max_length": 2}
+    flags = {"--" + k.replace("_", "-"): (v, minimum[k]) for k, v in sizes.items()}
+    return check_args(
+        models, as_margin, sizes=flags, device=device, precision=precision, cache=cache,
+        cache_dir=cache_dir,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -156,9 +152,11 @@ def _identities(
     models: dict[str, str], request: dict[str, Any], memo_root: Path
 ) -> dict[str, ModelIdentity]:
     """Each model's identity: remembered from an earlier run on the same files, else inspected
-    (which imports torch and transformers and hashes the weights)."""
+    (which imports torch and transformers and hashes the weights). A Hugging Face name
+    (``owner/name``) is its snapshot in the local Hugging Face cache (prefcurate.base.hub)."""
     identities = {}
     for kind, spec in models.items():
+        spec = str(resolve_hub(spec, repo_type=MODEL, flag=FLAGS[kind]) or spec)
         key = memo_key(kind, spec, request)
         known = recall_identity(memo_root, key)
         if known is not None:

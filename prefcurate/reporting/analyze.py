@@ -41,7 +41,13 @@ import polars as pl
 from prefcurate.base.errors import InputError
 from prefcurate.data import margins as margin_defs
 from prefcurate.data.io import pair_id_expr
-from prefcurate.data.narrow import NARROW_COLUMNS, narrow_exprs, routable_pairs
+from prefcurate.data.narrow import (
+    NARROW_COLUMNS,
+    narrow_exprs,
+    routable_pairs,
+    unroutable_counts,
+    unroutable_reason,
+)
 
 if TYPE_CHECKING:
     from prefcurate.data.io import PairSource
@@ -57,6 +63,10 @@ QUANTILES: dict[str, float] = {"p05": 0.05, "p25": 0.25, "median": 0.5, "p75": 0
 MAX_BINS = 40
 
 _GRID_STEPS = (1.0, 0.5, 0.25)  # rating scales whose margins sit on a grid
+#: A rating grid spans at most this many steps: beyond it (one outlier margin of 1e7 on a 0.5
+#: grid) the margins are binned as continuous ones, so nothing drawn or listed per grid value
+#: grows with a value instead of with the data.
+MAX_GRID_STEPS = 1000
 
 
 # --------------------------------------------------------------------------------------------------
@@ -110,8 +120,9 @@ class Histogram:
 class Routing:
     """What ``margin < threshold → SFT, else DPO`` does to these pairs, as ``route`` does it.
 
-    ``identical`` pairs (chosen == rejected) are left out, as route drops them: they carry no
-    preference whatever their margin. ``unrouted``: pairs without a margin.
+    The pairs route drops whatever their margin (:data:`prefcurate.data.narrow.UNROUTABLE`) are
+    left out and counted: ``identical`` (chosen == rejected) and ``empty_chosen`` (an empty
+    chosen response). ``unrouted``: pairs without a margin.
     """
 
     threshold: float
@@ -121,6 +132,7 @@ class Routing:
     sft_share: float | None
     unrouted: int
     identical: int = 0
+    empty_chosen: int = 0
 
 
 @dataclass(frozen=True)
@@ -334,7 +346,7 @@ def analyze_frame(
     if (threshold is not None or sft_fraction is not None) and margin_values.len() == 0:
         raise margin_defs.no_margin_error()
     if sft_fraction is not None:
-        # over the pairs route would route: those with chosen ≠ rejected (route drops the rest)
+        # over the pairs route would route (route drops the unroutable ones whatever τ)
         routable = routable_pairs(df).get_column("margin")
         threshold = margin_defs.threshold_for_fraction(routable, sft_fraction)
 
@@ -387,12 +399,11 @@ def margin_stats(df: pl.DataFrame) -> MarginStats:
 def routing(df: pl.DataFrame, threshold: float, sft_fraction: float | None = None) -> Routing:
     margin_defs.check_threshold(threshold)
     m = pl.col("margin")
-    same = pl.col("identical") if "identical" in df.columns else pl.lit(False)
+    kept = _routable_expr(df)
     row = df.select(
-        ((m < threshold) & ~same).sum().alias("sft"),
-        ((m >= threshold) & ~same).sum().alias("dpo"),
-        (m.is_null() & ~same).sum().alias("unrouted"),
-        same.sum().alias("identical"),
+        ((m < threshold) & kept).sum().alias("sft"),
+        ((m >= threshold) & kept).sum().alias("dpo"),
+        (m.is_null() & kept).sum().alias("unrouted"),
     ).row(0, named=True)
     sft, dpo = int(row["sft"]), int(row["dpo"])
     return Routing(
@@ -402,8 +413,13 @@ def routing(df: pl.DataFrame, threshold: float, sft_fraction: float | None = Non
         dpo=dpo,
         sft_share=_ratio(sft, sft + dpo),
         unrouted=int(row["unrouted"]),
-        identical=int(row["identical"] or 0),
+        **unroutable_counts(df),
     )
+
+
+def _routable_expr(df: pl.DataFrame) -> pl.Expr:
+    """True for the pairs route may route (:func:`prefcurate.data.narrow.unroutable_reason`)."""
+    return unroutable_reason().is_null() if "identical" in df.columns else pl.lit(True)
 
 
 def length_stats(df: pl.DataFrame) -> Lengths:
@@ -430,6 +446,7 @@ def _pearson(df: pl.DataFrame) -> float | None:
     x = pairs.get_column("margin").to_numpy().astype(np.float64)
     y = (pairs.get_column("chosen_chars") - pairs.get_column("rejected_chars")).to_numpy()
     x, y = x - x.mean(), y.astype(np.float64) - y.mean()
+    x, y = x / (np.abs(x).max() or 1.0), y / (np.abs(y).max() or 1.0)  # no overflow at 1e300
     denom = math.sqrt(float(x @ x) * float(y @ y))
     return float(x @ y) / denom if denom > 0 else None
 
@@ -461,11 +478,11 @@ def source_stats(df: pl.DataFrame, threshold: float | None) -> list[SourceStats]
         m.count().alias("count"),
         (m == 0).sum().alias("ties"),
     ]
-    if threshold is not None:  # identical pairs are routed nowhere, as in :func:`routing`
-        same = pl.col("identical") if "identical" in df.columns else pl.lit(False)
+    if threshold is not None:  # unroutable pairs are routed nowhere, as in :func:`routing`
+        kept = _routable_expr(df)
         aggs += [
-            ((m < threshold) & ~same).sum().alias("sft"),
-            ((m >= threshold) & ~same).sum().alias("dpo"),
+            ((m < threshold) & kept).sum().alias("sft"),
+            ((m >= threshold) & kept).sum().alias("dpo"),
         ]
     groups = (
         df.group_by("source")
@@ -523,7 +540,7 @@ def histogram(
             cut = None
     start = anchor + math.floor((lo - anchor) / width) * width
     n = math.floor((hi - start) / width) + 1
-    edges = np.round(start + width * np.arange(n + 1), 10)
+    edges = np.array([round(float(e), 10) for e in start + width * np.arange(n + 1)])
     counts = np.histogram(values, bins=edges)[0]  # edges[-1] > hi, so every bin is [a, b)
     return Histogram(
         edges=[float(e) for e in edges],
@@ -535,7 +552,10 @@ def histogram(
 
 
 def _grid_step(values: np.ndarray) -> float | None:
+    lo, hi = float(values.min()), float(values.max())
     for step in _GRID_STEPS:
+        if (hi - lo) / step > MAX_GRID_STEPS or max(abs(lo), abs(hi)) / step > 2**52:
+            return None  # too many steps, or values so large that every float is a multiple
         scaled = values / step
         if np.all(np.abs(scaled - np.round(scaled)) < 1e-9 * np.maximum(1.0, np.abs(scaled))):
             return step

@@ -13,10 +13,34 @@ from typing import Any
 from prefcurate.reporting.analyze import Histogram, Report
 from prefcurate.reporting.palette import DPO_COLOR, MARGIN_LABEL, NEUTRAL_COLOR, SFT_COLOR
 
+#: The fields of a trace that carry values, which may come from the data (a source's name).
+_DATA_FIELDS = ("x", "y", "text", "hovertext", "name", "customdata")
+
 
 def _fig(figure) -> dict[str, Any]:
-    """A validated ``go.Figure`` as JSON-native data (numbers only, no NaN)."""
-    return json.loads(figure.to_json())
+    """A validated ``go.Figure`` as JSON-native data (numbers only, no NaN); every string among
+    the traces' values is plain text (:func:`plain_text`), never Plotly markup."""
+    data = json.loads(figure.to_json())
+    for trace in data.get("data", []):
+        for key in _DATA_FIELDS:
+            if key in trace:
+                trace[key] = _plain(trace[key])
+    return data
+
+
+def plain_text(text: str) -> str:
+    """``text`` as Plotly shows it verbatim: Plotly reads labels as a small HTML (``<a href>``
+    becomes a live link, ``<br>`` a line break), so ``&``, ``<`` and ``>`` are written as
+    entities, which it turns back into the characters on screen."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, str):
+        return plain_text(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _layout(**kwargs) -> dict[str, Any]:
@@ -142,7 +166,8 @@ def sources_figure(rows: list[dict[str, Any]] | None) -> dict[str, Any] | None:
 
 
 def curves_figure(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Three panels over the steps: loss per route, reward accuracy, pairs per route."""
+    """Three panels over the steps: loss per route, reward accuracy, pairs per route; with the
+    held-out pairs' evaluations (``train --eval-every``) as dashed lines through markers."""
     from plotly.subplots import make_subplots
 
     steps = [r["step"] for r in rows]
@@ -153,42 +178,24 @@ def curves_figure(rows: list[dict[str, Any]]) -> dict[str, Any]:
     fig = make_subplots(
         rows=1,
         cols=3,
-        subplot_titles=(
-            "loss by route",
-            "reward accuracy (DPO pairs)",
-            "pairs per step by route",
-        ),
+        subplot_titles=("loss by route", "reward accuracy (DPO pairs)", "pairs per step by route"),
     )
-    fig.add_scatter(
-        x=steps, y=series("loss/dpo"), name="loss/dpo", line={"color": DPO_COLOR}, row=1, col=1
+    lines = (
+        ("loss/dpo", "loss/dpo", {"color": DPO_COLOR}, 1),
+        ("loss/sft", "loss/sft (NLL)", {"color": SFT_COLOR}, 1),
+        ("rewards/accuracies", "rewards/accuracies", {"color": DPO_COLOR, "dash": "dot"}, 2),
     )
-    fig.add_scatter(
-        x=steps,
-        y=series("loss/sft"),
-        name="loss/sft (NLL)",
-        line={"color": SFT_COLOR},
-        row=1,
-        col=1,
-    )
-    fig.add_scatter(
-        x=steps,
-        y=series("rewards/accuracies"),
-        name="rewards/accuracies",
-        line={"color": DPO_COLOR, "dash": "dot"},
-        row=1,
-        col=2,
-    )
+    for key, name, line, col in lines:
+        fig.add_scatter(x=steps, y=series(key), name=name, line=line, row=1, col=col)
+        evals = [(r["step"], r[f"eval/{key}"]) for r in rows if r.get(f"eval/{key}") is not None]
+        if evals:
+            x, y = zip(*evals, strict=True)
+            fig.add_scatter(x=x, y=y, name=f"eval/{key}", mode="lines+markers", row=1, col=col,
+                            line={**line, "dash": "dash"})  # fmt: skip
     fig.add_hline(y=0.5, line={"color": "grey", "dash": "dash", "width": 1}, row=1, col=2)
     for key, color in (("pairs/dpo", DPO_COLOR), ("pairs/sft", SFT_COLOR)):
-        fig.add_scatter(
-            x=steps,
-            y=series(key),
-            name=key,
-            stackgroup="pairs",
-            line={"color": color, "width": 0.5},
-            row=1,
-            col=3,
-        )
+        fig.add_scatter(x=steps, y=series(key), name=key, stackgroup="pairs",
+                        line={"color": color, "width": 0.5}, row=1, col=3)  # fmt: skip
     for col in (1, 2, 3):
         fig.update_xaxes(title_text="step", row=1, col=col)
     fig.update_layout(
@@ -197,6 +204,35 @@ def curves_figure(rows: list[dict[str, Any]]) -> dict[str, Any]:
         margin={"l": 50, "r": 20, "t": 50, "b": 50},
         legend={"orientation": "h", "y": -0.25},
         title={"text": "training curves by route", "x": 0},
+    )
+    return json.loads(fig.to_json())
+
+
+def eval_figure(rows: list[dict[str, Any]], step: int) -> dict[str, Any]:
+    """The held-out pairs' reward accuracy and mean reward margin per margin bin, at ``step``
+    (``eval/by_margin`` of metrics.jsonl: every pair of a bin, sft-routed ones included)."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=("reward accuracy", "mean reward margin (β·h)")
+    )
+    labels = [r["bin"] for r in rows]
+    colors = [DPO_COLOR if r["dpo"] else SFT_COLOR for r in rows]
+    hover = [[r["pairs"], r["dpo"], r["pairs"] - r["dpo"]] for r in rows]
+    template = "margin %{x}: %{y:.3f}<br>%{customdata[0]} pairs (%{customdata[1]} dpo, "
+    template += "%{customdata[2]} sft)<extra></extra>"
+    for col, key in ((1, "rewards/accuracies"), (2, "rewards/margins")):
+        fig.add_bar(x=labels, y=[r[key] for r in rows], marker={"color": colors},
+                    customdata=hover, hovertemplate=template, showlegend=False,
+                    row=1, col=col)  # fmt: skip
+        fig.update_xaxes(title_text="margin", type="category", row=1, col=col)
+    fig.add_hline(y=0.5, line={"color": "grey", "dash": "dash", "width": 1}, row=1, col=1)
+    fig.update_yaxes(range=[0, 1], row=1, col=1)
+    fig.update_layout(
+        template="plotly_white",
+        height=360,
+        margin={"l": 50, "r": 20, "t": 60, "b": 50},
+        title={"text": f"held-out pairs per margin bin, evaluated at step {step}", "x": 0},
     )
     return json.loads(fig.to_json())
 

@@ -40,7 +40,12 @@ from prefcurate.data import margins as margin_defs
 from prefcurate.data.io import _guard
 from prefcurate.data.layouts import ISSUE, ROW
 from prefcurate.data.margins import check_routing_args
-from prefcurate.data.narrow import NARROW_COLUMNS, narrow_exprs, routable_pairs
+from prefcurate.data.narrow import (
+    NARROW_COLUMNS,
+    narrow_exprs,
+    routable_pairs,
+    unroutable_reason,
+)
 from prefcurate.reporting.analyze import Histogram, Report, _nice_width, report_of_source
 
 if TYPE_CHECKING:
@@ -54,6 +59,8 @@ TEXT_LIMIT = 4000
 MAX_STRATA = 4096
 #: Threshold positions of the τ control for continuous margins (about this many).
 TAU_STEPS = 200
+#: The most τ positions the control ever has (its table is this long, times the sources).
+MAX_TAU_POSITIONS = 2000
 
 _KEY = "_key"
 _STRATUM = "_stratum"
@@ -312,6 +319,7 @@ def _final_samples(
             "empty_rejected",
             "history_mismatch",
             "duplicate",
+            unroutable_reason(),
         )
     )
 
@@ -325,8 +333,9 @@ def thresholds(
 ) -> Thresholds | None:
     """The τ positions of the control and, at each, ``margin < τ`` counted like analyze does.
 
-    As in :func:`prefcurate.reporting.analyze.routing`, identical pairs (chosen == rejected) are
-    left out of both counts: route drops them, whatever their margin.
+    As in :func:`prefcurate.reporting.analyze.routing`, the pairs route drops whatever their margin
+    (chosen == rejected, an empty chosen response:
+    :func:`prefcurate.data.narrow.unroutable_reason`) are left out of both counts.
     """
     everything, narrow = narrow, routable_pairs(narrow)
     margins = narrow.get_column("margin").drop_nulls().to_numpy().astype(np.float64)
@@ -339,13 +348,9 @@ def thresholds(
         step = hist.grid
     else:
         step = _nice_width((hi - lo) / TAU_STEPS) if hi > lo else 1.0
-    first, last = math.floor(lo / step), math.ceil(hi / step) + 1
-    values = {round(i * step, 10) for i in range(first, last + 1)}
     if initial is None and lo < 0.5 <= hi + step:
         initial = 0.5  # the paper's main setting
-    if initial is not None:
-        values.add(float(initial))
-    grid = np.array(sorted(values), dtype=np.float64)
+    grid = tau_positions(ordered, step, initial)
     sft = np.searchsorted(ordered, grid, side="left")  # pairs with margin < τ
     by_source: dict[str, list[int]] = {}
     rows_by_source: dict[str, int] = {}
@@ -363,6 +368,30 @@ def thresholds(
         rows_by_source=rows_by_source,
         initial=None if initial is None else float(initial),
     )
+
+
+def tau_positions(ordered: np.ndarray, step: float, initial: float | None) -> np.ndarray:
+    """The τ positions of the page's control: multiples of ``step`` from below the smallest
+    margin to above the largest, at most :data:`MAX_TAU_POSITIONS` of them whatever the values.
+
+    When the multiples between the margins are more than that (a few pairs far from the rest),
+    only those where the SFT count changes are kept (the multiple just above each distinct
+    margin, and the first one), evenly thinned by rank if they are still too many.
+    """
+    lo, hi = float(ordered[0]), float(ordered[-1])
+    first, last = math.floor(lo / step), math.ceil(hi / step) + 1
+    if last - first < MAX_TAU_POSITIONS:
+        values = {round(i * step, 10) for i in range(first, last + 1)}
+    else:
+        above = np.floor(np.unique(ordered) / step) * step + step
+        values = {round(float(v), 10) for v in (first * step, *above)}
+        if len(values) > MAX_TAU_POSITIONS:
+            kept = sorted(values)
+            picks = np.linspace(0, len(kept) - 1, MAX_TAU_POSITIONS).round().astype(int)
+            values = {kept[i] for i in picks}
+    if initial is not None:
+        values.add(float(initial))
+    return np.array(sorted(values), dtype=np.float64)
 
 
 def _margins_by_source(narrow: pl.DataFrame) -> dict[str | None, np.ndarray]:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from prefcurate.base.atomic import atomic_file
+from prefcurate.data.narrow import UNROUTABLE_LABELS, describe_unroutable, unroutable_counts
 from prefcurate.reporting.analyze import Histogram, Report
 from prefcurate.reporting.figures import (
     histogram_figure,
@@ -113,6 +114,10 @@ def page_data(inspection: Inspection, *, run: dict[str, Any] | None = None) -> d
     return {
         "histogram": None if hist is None else _hist_dict(hist),
         "null_margins": report.margin.null,
+        "dropped": describe_unroutable(unroutable_counts(report.frame))
+        if report.frame is not None
+        else "",
+        "dropped_labels": UNROUTABLE_LABELS,
         "thresholds": None
         if t is None
         else {
@@ -246,7 +251,8 @@ def _routing_section(inspection: Inspection) -> str:
         '<p id="routing-line" class="routing"></p>'
         '<div class="bar" id="share-bar"><div id="share-sft"></div><div id="share-dpo"></div></div>'
         '<p class="dim">A pair goes to SFT when its margin is strictly below τ (analyze\'s '
-        "definition); pairs without a margin are not routed.</p>"
+        "definition); pairs without a margin are not routed, and route drops the pairs with "
+        "chosen = rejected or an empty chosen response whatever τ.</p>"
         f"{source_table}</section>"
     )
 

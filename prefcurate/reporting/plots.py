@@ -23,6 +23,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from prefcurate.data.narrow import describe_unroutable, unroutable_counts
 from prefcurate.reporting.analyze import Histogram, Report
 from prefcurate.reporting.analyze import histogram as make_histogram
 from prefcurate.reporting.palette import (
@@ -85,7 +86,7 @@ def write_plots(
                 out / f"{prefix}margin_hist.png",
                 threshold=threshold,
                 negative=report.margin.negative,
-                identical=report.flags.identical if threshold is not None else 0,
+                dropped=unroutable_counts(frame) if threshold is not None else None,
             )
         )
         done(margin_cdf(margins, out / f"{prefix}margin_cdf.png", threshold=threshold))
@@ -119,12 +120,13 @@ def margin_histogram(
     *,
     threshold: float | None = None,
     negative: int | None = None,
-    identical: int = 0,
+    dropped: dict[str, int] | None = None,
 ) -> Path:
     """Bars of ``hist`` (from :func:`prefcurate.reporting.analyze.histogram`), SFT bins in orange.
 
     ``negative`` (the count of negative margins) is named in the subtitle, since a few label
-    inversions are invisible as bars next to hundreds of thousands of pairs.
+    inversions are invisible as bars next to hundreds of thousands of pairs; ``dropped`` (the
+    pairs route drops whatever τ, by reason) too.
     """
     edges = np.asarray(hist.edges)
     counts = np.asarray(hist.counts)
@@ -137,44 +139,12 @@ def margin_histogram(
     discrete = hist.grid is not None and np.allclose(width, hist.grid)
     bar_width = width * (0.7 if discrete else 1.0)
     fig, ax = _figure()
-    if threshold is not None and hist.cut is not None:
-        sft = edges[1:] <= hist.cut + 1e-9
-        colors = np.where(sft, SFT_COLOR, DPO_COLOR)
-        n_sft = int(counts[sft].sum())
-        tau = _fmt(threshold)
-        _mark_cut(ax, threshold, zorder=1.5 if discrete else 4)
-        ax.legend(
-            handles=[
-                Patch(color=SFT_COLOR, label=f"SFT (margin < {tau}): {n_sft:,}"),
-                Patch(color=DPO_COLOR, label=f"DPO (margin ≥ {tau}): {total - n_sft:,}"),
-            ],
-            loc="upper right",
-            frameon=False,
-        )
-        subtitle = f"τ = {_fmt(threshold)}: {n_sft:,} pairs ({_pct(n_sft, total)}) have margin < τ"
-        if identical:
-            subtitle += f"; route drops the {identical:,} with chosen = rejected"
-    else:
-        colors = np.full(counts.size, NEUTRAL_COLOR)
-        subtitle = f"bins of {_fmt(hist.width)}" + (
-            f", centred on the {_fmt(hist.grid)} rating grid" if hist.grid else ""
-        )
+    colors, subtitle = _route_colors(ax, hist, threshold, dropped, discrete=discrete)
     ax.bar(
         centres, counts, width=bar_width, color=colors, edgecolor="white", linewidth=0.6, zorder=2
     )
     if counts.size <= 30:
-        for x, c in zip(centres, counts, strict=True):
-            if c:
-                ax.annotate(
-                    f"{c:,}",
-                    (x, c),
-                    xytext=(0, 2),
-                    textcoords="offset points",
-                    ha="center",
-                    va="bottom",
-                    fontsize=7,
-                    color="#333333",
-                )
+        _label_bars(ax, centres, counts)
     if hist.grid is not None:
         _grid_ticks(ax, edges, hist.grid)
     ax.set_xlim(edges[0], edges[-1])
@@ -186,6 +156,52 @@ def margin_histogram(
     ax.set_ylabel("pairs")
     _title(ax, f"Margin histogram — {total:,} pairs", subtitle)
     return _save(fig, path)
+
+
+def _route_colors(
+    ax, hist: Histogram, threshold, dropped: dict[str, int] | None, *, discrete: bool
+):
+    """Each bar's colour (SFT bins orange, DPO blue, or neutral without τ), the legend and τ's
+    line on ``ax``, and the subtitle that says what was cut."""
+    edges, counts = np.asarray(hist.edges), np.asarray(hist.counts)
+    if threshold is None or hist.cut is None:
+        subtitle = f"bins of {_fmt(hist.width)}" + (
+            f", centred on the {_fmt(hist.grid)} rating grid" if hist.grid else ""
+        )
+        return np.full(counts.size, NEUTRAL_COLOR), subtitle
+    total = int(counts.sum())
+    sft = edges[1:] <= hist.cut + 1e-9
+    n_sft = int(counts[sft].sum())
+    tau = _fmt(threshold)
+    _mark_cut(ax, threshold, zorder=1.5 if discrete else 4)
+    ax.legend(
+        handles=[
+            Patch(color=SFT_COLOR, label=f"SFT (margin < {tau}): {n_sft:,}"),
+            Patch(color=DPO_COLOR, label=f"DPO (margin ≥ {tau}): {total - n_sft:,}"),
+        ],
+        loc="upper right",
+        frameon=False,
+    )
+    subtitle = f"τ = {_fmt(threshold)}: {n_sft:,} pairs ({_pct(n_sft, total)}) have margin < τ"
+    if dropped and any(dropped.values()):
+        subtitle += f"; route drops {describe_unroutable(dropped)}"
+    return np.where(sft, SFT_COLOR, DPO_COLOR), subtitle
+
+
+def _label_bars(ax, centres: np.ndarray, counts: np.ndarray) -> None:
+    """Each non-empty bar's count above it (few bars only)."""
+    for x, c in zip(centres, counts, strict=True):
+        if c:
+            ax.annotate(
+                f"{c:,}",
+                (x, c),
+                xytext=(0, 2),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                color="#333333",
+            )
 
 
 def margin_cdf(margins: np.ndarray, path: str | Path, *, threshold: float | None = None) -> Path:
@@ -253,29 +269,7 @@ def margin_vs_length(
     fig, ax = _figure()
     if threshold is not None:
         _mark_cut(ax, threshold)
-    if n <= SCATTER_MAX_POINTS:
-        jitter = 0.0
-        if grid is not None:
-            # to the right only: a column of points starts at its value, so the pairs at τ
-            # (DPO) stay right of τ's line and the values below τ (SFT) stay left of it
-            jitter = np.random.default_rng(0).uniform(0.0, 0.4, n) * grid
-        colors = (
-            NEUTRAL_COLOR if threshold is None else np.where(x < threshold, SFT_COLOR, DPO_COLOR)
-        )
-        size = 6 if n > 2_000 else 16  # a few points are drawn larger, to be seen
-        ax.scatter(x + jitter, y, s=size, c=colors, alpha=0.45, linewidths=0, rasterized=False)
-    else:
-        x_edges = _x_edges(x, grid)
-        y_edges = np.linspace(y_lo, y_hi, 61)
-        counts, _, _ = np.histogram2d(x, y, bins=[x_edges, y_edges])
-        mesh = ax.pcolormesh(
-            x_edges,
-            y_edges,
-            np.ma.masked_equal(counts.T, 0),
-            cmap="viridis",
-            norm=LogNorm(vmin=1, vmax=max(1.0, counts.max())),
-        )
-        fig.colorbar(mesh, ax=ax, label="pairs", pad=0.01)
+    _pairs_layer(fig, ax, x, y, (y_lo, y_hi), threshold=threshold, grid=grid)
     centres, medians = _medians_by_margin(x, y, grid)
     ax.plot(
         centres,
@@ -302,6 +296,35 @@ def margin_vs_length(
 
 #: A log length axis only pays when lengths span at least this ratio (max / min, ignoring 0).
 LOG_LENGTH_RATIO = 50
+
+
+def _pairs_layer(fig, ax, x, y, y_range, *, threshold, grid) -> None:
+    """The pairs themselves: points (jittered on a rating grid), or a 2-D histogram with a log
+    colour scale beyond :data:`SCATTER_MAX_POINTS`."""
+    n = x.size
+    if n <= SCATTER_MAX_POINTS:
+        jitter = 0.0
+        if grid is not None:
+            # to the right only: a column of points starts at its value, so the pairs at τ
+            # (DPO) stay right of τ's line and the values below τ (SFT) stay left of it
+            jitter = np.random.default_rng(0).uniform(0.0, 0.4, n) * grid
+        colors = (
+            NEUTRAL_COLOR if threshold is None else np.where(x < threshold, SFT_COLOR, DPO_COLOR)
+        )
+        size = 6 if n > 2_000 else 16  # a few points are drawn larger, to be seen
+        ax.scatter(x + jitter, y, s=size, c=colors, alpha=0.45, linewidths=0, rasterized=False)
+    else:
+        x_edges = _x_edges(x, grid)
+        y_edges = np.linspace(*y_range, 61)
+        counts, _, _ = np.histogram2d(x, y, bins=[x_edges, y_edges])
+        mesh = ax.pcolormesh(
+            x_edges,
+            y_edges,
+            np.ma.masked_equal(counts.T, 0),
+            cmap="viridis",
+            norm=LogNorm(vmin=1, vmax=max(1.0, counts.max())),
+        )
+        fig.colorbar(mesh, ax=ax, label="pairs", pad=0.01)
 
 
 def lengths(chosen_chars: np.ndarray, rejected_chars: np.ndarray, path: str | Path) -> Path:

@@ -39,6 +39,14 @@ PANELS: tuple[tuple[str, str], ...] = (
 UNSMOOTHED = frozenset({"lr"})
 #: Panels whose title carries the last-window mean of run.json's summary.
 SUMMARISED = ("loss/dpo", "loss/sft", "rewards/accuracies")
+#: The held-out figure drawn over each training panel (``train --eval-every``).
+EVAL_OF = {
+    "loss/dpo": "eval/loss/dpo",
+    "loss/sft": "eval/loss/sft",
+    "rewards/accuracies": "eval/rewards/accuracies",
+    "rewards/margins": "eval/rewards/margins",
+    "logps/chosen": "eval/logps/chosen",
+}
 
 
 def moving_average(values: Sequence[float], window: int) -> list[float]:
@@ -78,13 +86,14 @@ def segments(
 def plot_runs(runs: Sequence[RunCurves], out: str | Path, *, smooth: int | None = None) -> Path:
     """Draw every panel of :data:`PANELS` for each run into one PNG at ``out``.
 
-    ``smooth`` is the moving-average window in steps (default: 1/20 of the longest run).
+    ``smooth`` is the moving-average window in steps (default: 1/20 of the longest run). A run
+    that evaluated held-out pairs (``train --eval-every``) has its evaluations drawn over the
+    panels they share with training (:data:`EVAL_OF`), as dashed lines through round markers.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # the backend must be chosen first
-    from matplotlib.ticker import MaxNLocator
 
     runs = [(run.name, run.metrics, run.summary) for run in runs]
     window = smooth or max(1, max(len(rows) for _, rows, _ in runs) // 20)
@@ -92,45 +101,9 @@ def plot_runs(runs: Sequence[RunCurves], out: str | Path, *, smooth: int | None 
     fig, axes = plt.subplots(2, 4, figsize=(18, 7.5), constrained_layout=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (key, title) in zip(axes.flat, PANELS, strict=True):
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        ends = []
-        for color, (name, rows, summary) in zip(colors, runs, strict=False):
-            if key == "pairs":  # the mix of routes over the run (a shuffle mixes every step)
-                steps = [r["step"] for r in rows]
-                for route, style in (("dpo", "-"), ("sft", "--")):
-                    counts = [r.get(f"pairs/{route}") or 0 for r in rows]
-                    if window > 1:
-                        counts = moving_average(counts, window)
-                    ax.step(steps, counts, where="mid", color=color, linestyle=style, label=name)
-                continue
-            if key in SUMMARISED and summary.get(f"{key}:last") is not None:
-                ends.append(f"{summary[f'{key}:last']:.3f}")
-            for steps, values in segments(rows, key, max_gap=window):
-                marker = "o" if len(steps) == 1 else None
-                if key in UNSMOOTHED or window == 1:
-                    ax.plot(steps, values, color=color, marker=marker, label=name)
-                    continue
-                ax.plot(steps, values, color=color, alpha=0.25, linewidth=0.8, marker=marker)
-                ax.plot(steps, moving_average(values, window), color=color, label=name)
-        if key == "lr" and len(runs) == 1:  # where the sft pairs train, and at what rate
-            sft_steps = [r["step"] for r in runs[0][1] if r.get("pairs/sft")]
-            if sft_steps:
-                ax.axvspan(min(sft_steps) - 0.5, max(sft_steps) + 0.5, color="tab:orange",
-                           alpha=0.15, label="steps with sft pairs")  # fmt: skip
-                ax.legend(fontsize=8)
-        ax.set_xlim(0.5, last_step + 0.5)
-        ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))  # whole steps, readable
-        if not ax.has_data():
-            empty = {"loss/sft": "no sft pair in this run", "loss/dpo": "no dpo pair in this run"}
-            ax.text(0.5, 0.5, empty.get(key, "no value logged"), ha="center", va="center",
-                    transform=ax.transAxes, color="grey")  # fmt: skip
-        if ends:
-            title += f"\nmean of the last 10% of its steps: {', '.join(ends)}"
-        ax.set_title(title, fontsize=10)
-        if key == "rewards/accuracies":
-            ax.axhline(0.5, color="grey", linestyle="--", linewidth=0.8)
-    if len(runs) > 1:
+        _panel(ax, key, title, runs, window=window, colors=colors, last_step=last_step)
+    evaluated = any(r.get("eval/loss") is not None for _, rows, _ in runs for r in rows)
+    if len(runs) > 1 or evaluated:
         handles, labels = axes.flat[1].get_legend_handles_labels()
         unique = dict(zip(labels, handles, strict=True))
         axes.flat[1].legend(unique.values(), unique.keys(), fontsize=8)
@@ -139,9 +112,64 @@ def plot_runs(runs: Sequence[RunCurves], out: str | Path, *, smooth: int | None 
         if window == 1
         else f"faint: each step; solid: moving average over {window} steps"
     )
+    if evaluated:
+        smoothing += "; dashed with dots: held-out pairs (eval)"
     fig.suptitle(f"training curves — {smoothing}", fontsize=11)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def _panel(ax, key: str, title: str, runs, *, window: int, colors, last_step: int) -> None:
+    """One panel: each run's curve of ``key`` (raw and smoothed), its evaluations, the title."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    ends = []
+    for color, (name, rows, summary) in zip(colors, runs, strict=False):
+        if key == "pairs":  # the mix of routes over the run (a shuffle mixes every step)
+            _pairs(ax, rows, window=window, color=color, name=name)
+            continue
+        if key in SUMMARISED and summary.get(f"{key}:last") is not None:
+            ends.append(f"{summary[f'{key}:last']:.3f}")
+        for steps, values in segments(rows, key, max_gap=window):
+            marker = "o" if len(steps) == 1 else None
+            if key in UNSMOOTHED or window == 1:
+                ax.plot(steps, values, color=color, marker=marker, label=name)
+                continue
+            ax.plot(steps, values, color=color, alpha=0.25, linewidth=0.8, marker=marker)
+            ax.plot(steps, moving_average(values, window), color=color, label=name)
+        if key in EVAL_OF:
+            evals = [(r["step"], r[EVAL_OF[key]]) for r in rows if r.get(EVAL_OF[key]) is not None]
+            if evals:
+                ax.plot(*zip(*evals, strict=True), color=color, linestyle="--", marker="o",
+                        markersize=4, label=f"{name} (eval)")  # fmt: skip
+    if key == "lr" and len(runs) == 1:  # where the sft pairs train, and at what rate
+        sft_steps = [r["step"] for r in runs[0][1] if r.get("pairs/sft")]
+        if sft_steps:
+            ax.axvspan(min(sft_steps) - 0.5, max(sft_steps) + 0.5, color="tab:orange",
+                       alpha=0.15, label="steps with sft pairs")  # fmt: skip
+            ax.legend(fontsize=8)
+    ax.set_xlim(0.5, last_step + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))  # whole steps, readable
+    if not ax.has_data():
+        empty = {"loss/sft": "no sft pair in this run", "loss/dpo": "no dpo pair in this run"}
+        ax.text(0.5, 0.5, empty.get(key, "no value logged"), ha="center", va="center",
+                transform=ax.transAxes, color="grey")  # fmt: skip
+    if ends:
+        title += f"\nmean of the last 10% of its steps: {', '.join(ends)}"
+    ax.set_title(title, fontsize=10)
+    if key == "rewards/accuracies":
+        ax.axhline(0.5, color="grey", linestyle="--", linewidth=0.8)
+
+
+def _pairs(ax, rows, *, window: int, color, name: str) -> None:
+    steps = [r["step"] for r in rows]
+    for route, style in (("dpo", "-"), ("sft", "--")):
+        counts = [r.get(f"pairs/{route}") or 0 for r in rows]
+        if window > 1:
+            counts = moving_average(counts, window)
+        ax.step(steps, counts, where="mid", color=color, linestyle=style, label=name)

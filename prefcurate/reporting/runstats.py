@@ -29,7 +29,7 @@ import polars as pl
 
 from prefcurate.data.runs import RunView
 from prefcurate.reporting.analyze import Histogram
-from prefcurate.reporting.figures import accuracy_figure, curves_figure
+from prefcurate.reporting.figures import accuracy_figure, curves_figure, eval_figure
 
 
 def accuracy_by_margin(
@@ -124,12 +124,31 @@ def run_figures(
                 "to the bins of those pairs (steps that straddled two bins share theirs: "
                 f"{mixed} bin-steps)."
             )
+    held_out = last_evaluation(view)
+    if held_out is not None:
+        figures["eval"] = eval_figure(held_out[BY_MARGIN], held_out["step"])
+        pairs = sum(r["pairs"] for r in held_out[BY_MARGIN])
+        notes.append(
+            f"Held-out pairs ({pairs:,}, {view.info.get('eval', {}).get('path', 'eval.parquet')}), "
+            f"evaluated at step {held_out['step']}: reward accuracy and mean reward margin per "
+            "margin bin over every pair of the bin, sft-routed ones included (orange bars hold "
+            "only sft pairs); the dashed curves above are the evaluations over the run."
+        )
     return {
         "name": view.name,
         "summary": view.summary(),
         "notes": notes,
         "figures": figures,
         "accuracy_by_margin": accuracy,
+        "eval_by_margin": None if held_out is None else held_out[BY_MARGIN],
     }
 
 
+#: Where ``train --eval-every`` puts the per-margin-bin figures in a metrics row.
+BY_MARGIN = "eval/by_margin"
+
+
+def last_evaluation(view: RunView) -> dict[str, Any] | None:
+    """The last metrics row that holds an evaluation of the held-out pairs, or None."""
+    rows = [r for r in view.metrics if r.get(BY_MARGIN)]
+    return rows[-1] if rows else None

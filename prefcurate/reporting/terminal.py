@@ -15,7 +15,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from prefcurate.reporting.analyze import Histogram, Report
+from prefcurate.data.narrow import EMPTY_CHOSEN, IDENTICAL, describe_unroutable
+from prefcurate.reporting.analyze import Histogram, Report, Routing
 
 SFT_STYLE = "dark_orange"
 DPO_STYLE = "steel_blue"
@@ -174,10 +175,14 @@ def _routing(report: Report) -> RenderableType:
         ", ",
         (f"{r.dpo:,} ({_share(r.dpo, routed)}) to DPO", f"bold {DPO_STYLE}"),
         (f"; {r.unrouted:,} without a margin are not routed" if r.unrouted else ""),
-        (f"; {_pairs(r.identical)} with chosen = rejected dropped" if r.identical else ""),
+        (f"; route drops {_dropped(r)}" if r.identical or r.empty_chosen else ""),
         "\n         order: mixdpo reads largest margin first; dpo, a seeded shuffle",
     )
     return line
+
+
+def _dropped(r: Routing) -> str:
+    return describe_unroutable({IDENTICAL: r.identical, EMPTY_CHOSEN: r.empty_chosen})
 
 
 def _lengths(report: Report) -> RenderableType:

@@ -34,23 +34,26 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
 
 from prefcurate.base.errors import InputError
 from prefcurate.base.sizes import default_budget, estimate_input_bytes, fits_one_pass, parse_size
-from prefcurate.catalog.sql import duckdb_message
-from prefcurate.data.io import PAIR_COLUMNS, PairSource
+from prefcurate.data.io import PairSource
 from prefcurate.data.layouts import ISSUE, ROW
 from prefcurate.data.margins import (
+    LIMIT,
     check_routing_args,
     difficulty_expr,
     no_margin_error,
     threshold_for_fraction,
 )
+from prefcurate.data.narrow import EMPTY_CHOSEN, IDENTICAL, UNROUTABLE, unroutable_reason
 from prefcurate.data.schema import ROUTE_DPO, ROUTE_SFT, WEIGHT_COLUMN
+from prefcurate.routing.drop import check_predicates as _check_predicates
+from prefcurate.routing.drop import matches, predicate_columns
 from prefcurate.routing.texts import WIDE_COLUMNS, Spill, Texts, split_chunks
 
 #: plan.json format version; bump when a key changes meaning.
@@ -61,10 +64,8 @@ EVAL_STRATA = 10
 
 #: Reasons a pair is dropped, as keys of plan.json ``counts.dropped_by_reason``.
 NULL_MARGIN = "null_margin"
-#: chosen == rejected: no preference to learn (the DPO loss of such a pair is constant, so its
-#: gradient is zero), and the two ratings of one text disagree (UltraFeedback has margins of 1.5),
-#: so its margin cannot place it in the curriculum either. Dropped in every mode, counted here.
-IDENTICAL = "identical"
+#: IDENTICAL and EMPTY_CHOSEN (:data:`prefcurate.data.narrow.UNROUTABLE`) are dropped in every
+#: mode, whatever τ, by the rule analyze's preview and the inspect page count with.
 BELOW_THRESHOLD = "below_threshold"
 DROP_PREFIX = "drop: "
 
@@ -87,6 +88,20 @@ class Order(str, Enum):
     CURRICULUM = "curriculum"  # margin descending (easiest first), ties by pair_id
     RANDOM = "random"  # a seeded shuffle
     AS_IS = "as-is"  # input order
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Placement(str, Enum):
+    """Where a curriculum puts the pairs routed to SFT (``route --placement``).
+
+    The learning rate a pair trains at depends on its position: under cosine decay the pairs read
+    last train at almost no rate (docs/training.md), so the placement is part of the method.
+    """
+
+    LAST = "last"  # the paper's: sorted by margin, so the small-margin (sft) pairs come last
+    SPREAD = "spread"  # the sft pairs spread evenly through the curriculum of the dpo pairs
 
     def __str__(self) -> str:
         return self.value
@@ -131,7 +146,9 @@ class RoutePlan:
     keys: pl.DataFrame = field(repr=False)
     narrow: pl.DataFrame = field(repr=False)
     source: PairSource = field(repr=False)
-    soft: float | None = None  # route --soft T: a weight column, σ((τ − margin) / T)
+    soft: float | None = None  # route --soft T: a weight column, σ((c − margin) / T)
+    soft_center: float | None = None  # c: halfway between τ and the largest margin below it
+    placement: Placement | None = None  # where the sft pairs sit in a mixdpo curriculum
     preset: str | None = None  # route --preset NAME, recorded in plan.json
     seconds: float = 0.0
     strategy: str = "two-pass"
@@ -146,6 +163,21 @@ class RoutePlan:
         keys = self._keys(name)
         chunks = list(split_chunks(self.texts, keys, max(keys.height, 1)))
         return pl.concat(chunks) if chunks else self.texts.empty(keys)
+
+    def keep_texts(self, wide: pl.DataFrame | None, spilled: Spill | None = None) -> None:
+        """Hold the texts: the one pass's wide columns, or the two-pass plan's spill file, or
+        (when they fit one window) read now, so that a plan of ordinary size outlives its input
+        file."""
+        if wide is not None:
+            self._texts = Texts(self.source, total_bytes=0, preloaded=wide)
+            return
+        if spilled is not None:
+            total = int(self.narrow["_bytes"].sum())
+            self._texts = Texts(
+                self.source, total_bytes=total, window_bytes=self.memory_budget, spilled=spilled
+            )
+        if self.texts.whole:
+            self.texts.window(self.keys.get_column("_pos").head(0))
 
     @property
     def texts(self) -> Texts:
@@ -173,6 +205,8 @@ class RoutePlan:
             "drop": list(self.drop),
             "eval_fraction": self.eval_fraction,
             "soft": self.soft,
+            "soft_center": self.soft_center,
+            "placement": None if self.placement is None else str(self.placement),
             "preset": self.preset,
             "counts": self.counts,
             "outputs": outputs or {"train": "train.parquet", "eval": None},
@@ -199,6 +233,7 @@ class RoutePlan:
             + (" (largest margin first)" if self.order is Order.CURRICULUM else "")
             + (" (seeded shuffle)" if self.order is Order.RANDOM else "")
             + (f" in {self.stages} stages" if self.stages > 1 else "")
+            + (", sft pairs spread evenly" if self.placement is Placement.SPREAD else "")
         )
 
     def _keys(self, name: str) -> pl.DataFrame:
@@ -224,6 +259,7 @@ def plan_routes(
     eval_fraction: float | None = None,
     seed: int = 0,
     soft: float | None = None,
+    placement: Placement | str | None = None,
     preset: str | None = None,
     memory_budget: int | str | None = None,
 ) -> RoutePlan:
@@ -254,8 +290,15 @@ def plan_routes(
         Seeds the shuffles and the held-out choice.
     soft
         Soft routing at temperature ``T`` (``mixdpo`` only): a ``weight`` column
-        ``w = σ((τ − margin) / T)``, the SFT share of each pair's loss (the trainer mixes
-        ``w · NLL + (1 − w) · preference``). ``T = 0`` gives the hard route's 0/1 weights.
+        ``w = σ((c − margin) / T)``, the SFT share of each pair's loss (the trainer mixes
+        ``w · NLL + (1 − w) · preference``), centred at ``c`` (:func:`soft_center`, halfway
+        between τ and the largest margin below it) so that as ``T → 0`` every weight tends to the
+        hard route, a margin of exactly τ included. ``T = 0`` gives the hard route's 0/1 weights.
+    placement
+        ``mixdpo`` in curriculum order only: ``last`` (the default, the paper's: sorted by margin,
+        the sft pairs last) or ``spread`` (the dpo pairs in curriculum order with the sft pairs,
+        in their own curriculum order, spread evenly between them: the j-th of k among n pairs at
+        position ⌊(2j + 1)·n / 2k⌋), so that they train at the run's average learning rate.
     preset
         The name of the preset the flags came from (:mod:`prefcurate.routing.presets`); only
         recorded.
@@ -274,35 +317,22 @@ def plan_routes(
     mode = _enum(Mode, mode, "--mode")
     order = default_order(mode) if order is None else _enum(Order, order, "--order")
     drop = (drop,) if isinstance(drop, str) else tuple(drop)
-    threshold = None if threshold is None else float(threshold)
-    sft_fraction = None if sft_fraction is None else float(sft_fraction)
+    threshold, sft_fraction = (None if v is None else float(v) for v in (threshold, sft_fraction))
     stages = _check_args(mode, threshold, sft_fraction, order, stages, eval_fraction)
-    soft = _check_soft(soft, mode)
-    budget = default_budget() if memory_budget is None else parse_size(memory_budget)
-    estimate = estimate_input_bytes(source.raw.paths, source.raw.format)
-    one_pass = fits_one_pass(estimate, budget)
-    wants_margin = threshold is not None or sft_fraction is not None
-    _check_margins_needed(source, order, wants_margin)
-
-    scan = source.scan_rows()
-    _check_predicates(drop, source.scan().collect_schema())
-    digest = _HashThread(source)
-    spill = None if one_pass else _spill_for(estimate)
-    narrow, wide = _narrow(source, scan, texts=one_pass, spill=spill)
-    input_info = digest.result(rows=narrow.height)
-
-    reasons: dict[str, int] = {}
-    keys = _drop_matching(scan, narrow, drop, reasons)
-    keys = _drop_identical(keys, narrow, source, reasons)
+    soft, placement = _check_soft(soft, mode), _check_placement(placement, mode, order, stages)
+    wants_margin = _check_margins_needed(source, order, threshold, sft_fraction)
+    read = _read_narrow(source, drop, memory_budget)
+    narrow, reasons = read.narrow, {}
+    keys = _drop_matching(read.scan, narrow, drop, reasons)
+    keys = _drop_unusable(keys, narrow, source, reasons)
     keys = _drop_unroutable(keys, source, mode, wants_margin, reasons)
     if sft_fraction is not None:
         threshold = threshold_for_fraction(_kept(keys).get_column("margin"), sft_fraction)
     keys = _hold_out(keys, eval_fraction, seed)
     keys = _drop_below_threshold(keys, source, mode, threshold, reasons)
-    keys = _routed(keys, mode, threshold, soft, (order, stages, seed))
-    counts = _counts(keys, narrow.height, reasons, threshold)
+    keys, center = _route_and_order(keys, mode, threshold, soft, (order, stages, seed, placement))
     plan = RoutePlan(
-        input=input_info,
+        input=read.input,
         layout=str(source.layout),
         mode=mode,
         threshold=threshold,
@@ -312,45 +342,67 @@ def plan_routes(
         seed=seed,
         drop=drop,
         eval_fraction=eval_fraction,
-        counts=counts,
+        counts=_counts(keys, narrow.height, reasons, threshold),
         keys=keys,
         narrow=narrow,
         source=source,
         soft=soft,
+        soft_center=center,
+        placement=placement,
         preset=preset,
-        strategy="one-pass" if one_pass else "two-pass",
-        memory_budget=budget,
+        strategy="one-pass" if read.one_pass else "two-pass",
+        memory_budget=read.budget,
     )
-    total = 0 if wide is not None else int(narrow["_bytes"].sum())
-    plan._texts = Texts(
-        source, total_bytes=total, window_bytes=budget, preloaded=wide, spilled=spill
-    )
-    if wide is None and plan.texts.whole:  # read now: a plan of ordinary size outlives its input
-        plan.texts.window(keys.get_column("_pos").head(0))
+    plan.keep_texts(read.wide, read.spill)
     plan.seconds = time.perf_counter() - started
     return plan
 
 
-def _routed(
+class _Read(NamedTuple):
+    scan: pl.LazyFrame
+    narrow: pl.DataFrame
+    wide: pl.DataFrame | None  # the texts, when they fit the memory budget's one pass
+    input: dict[str, Any]  # plan.json's input: path, sha256, rows, bytes, files
+    budget: int
+    one_pass: bool
+    spill: Spill | None  # the two-pass plan's texts, written during the narrow pass
+
+
+def _read_narrow(
+    source: PairSource, drop: tuple[str, ...], memory_budget: int | str | None
+) -> _Read:
+    """Check the predicates, then one pass over the input (hashed meanwhile), keeping the texts
+    when the input fits the memory budget (:func:`prefcurate.base.sizes.fits_one_pass`)."""
+    budget = default_budget() if memory_budget is None else parse_size(memory_budget)
+    estimate = estimate_input_bytes(source.raw.paths, source.raw.format)
+    one_pass = fits_one_pass(estimate, budget)
+    scan = source.scan_rows()
+    _check_predicates(drop, source.scan().collect_schema())
+    digest = _HashThread(source)
+    spill = None if one_pass else _spill_for(estimate)
+    narrow, wide = _narrow(source, scan, texts=one_pass, spill=spill)
+    info = digest.result(rows=narrow.height)
+    return _Read(scan, narrow, wide, info, budget, one_pass, spill)
+
+
+def _route_and_order(
     keys: pl.DataFrame,
     mode: Mode,
     threshold: float | None,
     soft: float | None,
-    ordering: tuple[Order, int, int],
-) -> pl.DataFrame:
-    """Each kept pair's route (and soft weight), then each split's rank and stage."""
+    ordering: tuple[Order, int, int, Placement | None],
+) -> tuple[pl.DataFrame, float | None]:
+    """Each kept pair's route (and soft weight, with its centre), then its rank and stage within
+    its split (``ordering``: order, stages, seed, placement)."""
     keys = keys.with_columns(_route_expr(mode, threshold).alias("route"))
+    center = None
     if soft is not None:
-        keys = keys.with_columns(
-            soft_weights(pl.col("margin"), threshold, soft).alias(WEIGHT_COLUMN)
-        )
-    order, stages, seed = ordering
-    return pl.concat(
-        [
-            _order(keys.filter(pl.col("split") == name), order, stages, seed)
-            for name in ("train", "eval")
-        ]
-    )
+        center = soft_center(keys.get_column("margin"), threshold)
+        weights = soft_weights(pl.col("margin"), threshold, soft, center=center)
+        keys = keys.with_columns(weights.alias(WEIGHT_COLUMN))
+    split = pl.col("split")
+    ordered = [_order(keys.filter(split == name), *ordering) for name in ("train", "eval")]
+    return pl.concat(ordered), center
 
 
 def _spill_for(estimate: int) -> Spill | None:
@@ -365,8 +417,12 @@ def _spill_for(estimate: int) -> Spill | None:
     return Spill()
 
 
-def _check_margins_needed(source: PairSource, order: Order, wants_margin: bool) -> None:
-    """τ, q and the curriculum order all read margins: refuse data without them."""
+def _check_margins_needed(
+    source: PairSource, order: Order, threshold: float | None, sft_fraction: float | None
+) -> bool:
+    """τ, q and the curriculum order all read margins: refuse data without them. Returns
+    whether the routing reads margins (τ or q given)."""
+    wants_margin = threshold is not None or sft_fraction is not None
     if wants_margin and not source.has_margins:
         raise no_margin_error(source.raw.display)
     if order is Order.CURRICULUM and not source.has_margins:
@@ -375,6 +431,7 @@ def _check_margins_needed(source: PairSource, order: Order, wants_margin: bool) 
             where=source.raw.display,
             fix="pass --order as-is or --order random, or compute margins with 'prefcurate score'",
         )
+    return wants_margin
 
 
 def _kept(keys: pl.DataFrame) -> pl.DataFrame:
@@ -389,7 +446,7 @@ def _drop_matching(
         pl.lit(None, dtype=pl.String).alias("_drop")
     )
     for predicate in drop:
-        matched = _predicate_matches(_predicate_frame(scan, narrow, predicate), predicate)
+        matched = matches(_predicate_frame(scan, narrow, predicate), predicate)
         newly = keys.get_column("_drop").is_null() & keys.get_column("_pos").is_in(
             matched.implode()
         )
@@ -398,13 +455,16 @@ def _drop_matching(
     return keys
 
 
-def _drop_identical(
+def _drop_unusable(
     keys: pl.DataFrame, narrow: pl.DataFrame, source: PairSource, reasons: dict[str, int]
 ) -> pl.DataFrame:
-    """Mark the pairs whose chosen equals rejected (:data:`IDENTICAL`), in every mode."""
-    same = keys.get_column("_drop").is_null() & narrow.get_column("identical")
-    reasons[IDENTICAL] = int(same.sum())
-    keys = _mark(keys, same, IDENTICAL)
+    """Mark the pairs :func:`~prefcurate.data.narrow.unroutable_reason` drops (chosen = rejected,
+    an empty chosen response), in every mode, each counted under its reason."""
+    why = narrow.select(unroutable_reason()).to_series()
+    for reason in UNROUTABLE:
+        hit = keys.get_column("_drop").is_null() & (why == reason)
+        reasons[reason] = int(hit.sum())
+        keys = _mark(keys, hit, reason)
     if _kept(keys).height == 0:  # before the margin check: its message would mislead
         raise _nothing_left(source, reasons)
     return keys
@@ -515,13 +575,41 @@ _WIDE_PREFIX = "_wide_"
 
 def _predicate_frame(scan: pl.LazyFrame, narrow: pl.DataFrame, predicate: str) -> pl.DataFrame:
     """The columns ``predicate`` mentions, a row per input pair; texts are read only if named."""
-    used = [c for c in _PREDICATE_COLUMNS if _mentions(predicate, c)]
+    used = predicate_columns(predicate)
     have = [c for c in used if c in narrow.columns and c not in ("source", "history_mismatch")]
     read = [c for c in used if c not in have]
     frame = narrow.select("_pos", *have)
     if read:
         frame = frame.hstack(scan.select(read).collect(engine="streaming"))
     return frame
+
+
+def check_route_args(
+    *,
+    mode: Mode | str = Mode.MIXDPO,
+    threshold: float | None = None,
+    sft_fraction: float | None = None,
+    order: Order | str | None = None,
+    stages: int | None = None,
+    eval_fraction: float | None = None,
+    soft: float | None = None,
+    placement: Placement | str | None = None,
+    drop: Sequence[str] | str = (),
+    memory_budget: int | str | None = None,
+) -> None:
+    """Every argument of :func:`plan_routes` that can be checked without the data, checked now:
+    the command line calls this before it opens anything, so a wrong flag costs nothing."""
+    mode = _enum(Mode, mode, "--mode")
+    order = default_order(mode) if order is None else _enum(Order, order, "--order")
+    threshold = None if threshold is None else float(threshold)
+    sft_fraction = None if sft_fraction is None else float(sft_fraction)
+    stages = _check_args(mode, threshold, sft_fraction, order, stages, eval_fraction)
+    _check_soft(soft, mode)
+    _check_placement(placement, mode, order, stages)
+    for predicate in (drop,) if isinstance(drop, str) else drop:
+        predicate_columns(predicate)
+    if memory_budget is not None:
+        parse_size(memory_budget)
 
 
 def _enum(kind: type[Enum], value: Enum | str, flag: str):
@@ -567,9 +655,11 @@ def _check_soft(soft: float | None, mode: Mode) -> float | None:
     if soft is None:
         return None
     soft = float(soft)
-    if not (math.isfinite(soft) and soft >= 0):
+    # (τ − margin) / T is computed as a product with 1/T: below 1/LIMIT that reciprocal
+    # overflows, and a pair at τ would get 0 · ∞ = NaN as its weight.
+    if not (math.isfinite(soft) and (soft == 0 or 1 / LIMIT <= soft <= LIMIT)):
         raise InputError(
-            f"--soft must be a temperature ≥ 0, got {soft}",
+            f"--soft must be 0 or a temperature from {1 / LIMIT:g} to {LIMIT:g}, got {soft:g}",
             fix="e.g. --soft 0.25 (0 gives the hard route's 0/1 weights)",
         )
     if mode is not Mode.MIXDPO:
@@ -580,12 +670,60 @@ def _check_soft(soft: float | None, mode: Mode) -> float | None:
     return soft
 
 
-def soft_weights(margin: pl.Expr, threshold: float, temperature: float) -> pl.Expr:
-    """The SFT share of a pair's loss under soft routing: ``w = σ((τ − margin) / T)``.
+def _check_placement(
+    placement: Placement | str | None, mode: Mode, order: Order, stages: int
+) -> Placement | None:
+    """``last`` for a mixdpo curriculum unless ``spread`` is asked; None where it means nothing."""
+    applies = mode is Mode.MIXDPO and order is Order.CURRICULUM
+    if placement is None:
+        return Placement.LAST if applies else None
+    placement = _enum(Placement, placement, "--placement")
+    if not applies:
+        raise InputError(
+            f"--placement places the sft pairs of a mixdpo curriculum; here --mode is {mode} "
+            f"and --order {order}",
+            fix="use --mode mixdpo --order curriculum with --placement, or drop --placement",
+        )
+    if placement is Placement.SPREAD and stages > 1:
+        raise InputError(
+            "--placement spread sets every pair's position; --stages shuffles within stages",
+            fix="drop --stages, or use --placement last",
+        )
+    return placement
 
-    A pair far below τ is (almost) all SFT, one far above it (almost) all DPO, and one at τ half
-    of each. ``T = 0`` is the hard switch of MixDPO (w = 1 if margin < τ else 0); as ``T → 0``
-    the weights converge to it for every margin ≠ τ. The paper's reference code has soft
+
+def soft_center(margins: pl.Series, threshold: float) -> float:
+    """Where soft routing centres its sigmoid: halfway between τ and the largest margin below τ.
+
+    Hard routing sends a pair to sft when margin < τ (strict), so on discrete ratings any cut
+    between the largest margin below τ and τ itself routes the same pairs; the middle of that gap
+    is the cut a sigmoid must be centred on to reach the hard route as ``T → 0`` for every pair,
+    a margin of exactly τ included (centred at τ, such a pair keeps w = ½ at any T). On half-point
+    ratings at τ = 0.5 the centre is 0.25; on continuous margins it is τ, up to the gap to the
+    nearest margin. With no margin below τ it is τ minus half the smallest gap between two
+    distinct margins (minus ½ when the margins take one value).
+
+        >>> soft_center(pl.Series([0.0, 0.5, 1.0, 2.0]), 0.5), soft_center(pl.Series([1.0]), 0.5)
+        (0.25, 0.0)
+    """
+    values = margins.drop_nulls().drop_nans().unique().sort()
+    below = values.filter(values < threshold)
+    if below.len():
+        return (float(below.max()) + threshold) / 2
+    gaps = values.diff().drop_nulls()
+    gap = float(gaps.min()) if gaps.len() else 1.0
+    return threshold - gap / 2
+
+
+def soft_weights(
+    margin: pl.Expr, threshold: float, temperature: float, *, center: float | None = None
+) -> pl.Expr:
+    """The SFT share of a pair's loss under soft routing: ``w = σ((c − margin) / T)``.
+
+    ``c`` is :func:`soft_center` (default: τ itself). A pair far below the cut is (almost) all SFT,
+    one far above it (almost) all DPO. ``T = 0`` is the hard switch of MixDPO (w = 1 if margin < τ
+    else 0); as ``T → 0`` the weights converge to it for every margin on the right side of ``c``,
+    which with ``c`` from :func:`soft_center` is every margin. The paper's reference code has soft
     *label* variants instead (a σ(Δscore / T) weight on the two orientations of the DPO loss,
     loss types ``noisy-tolerant-4-3`` and ``-4-8`` in ``scripts/dpo_trainer.py`` of
     JlPang863/QualityDPO); this mixes the two objectives of MixDPO (``noisy-tolerant-4-6``)
@@ -593,7 +731,8 @@ def soft_weights(margin: pl.Expr, threshold: float, temperature: float) -> pl.Ex
     """
     if temperature == 0:
         return pl.when(margin < threshold).then(1.0).otherwise(0.0).cast(pl.Float64)
-    z = ((pl.lit(threshold) - margin) / temperature).clip(-700.0, 700.0)
+    cut = threshold if center is None else center
+    z = ((pl.lit(cut) - margin) / temperature).clip(-745.0, 745.0)
     return (1.0 / (1.0 + (-z).exp())).cast(pl.Float64)
 
 
@@ -602,7 +741,8 @@ def _nothing_left(source: PairSource, reasons: dict[str, int]) -> InputError:
     return InputError(
         f"no pairs left to route ({why} dropped)",
         where=source.raw.display,
-        fix="loosen the --drop predicates, or check the data (identical: chosen = rejected)",
+        fix="loosen the --drop predicates, or check the data (identical: chosen = rejected; "
+        "empty_chosen: an empty chosen response)",
     )
 
 
@@ -610,108 +750,6 @@ def _mark(keys: pl.DataFrame, mask: pl.Series, reason: str) -> pl.DataFrame:
     return keys.with_columns(
         pl.when(mask).then(pl.lit(reason)).otherwise(pl.col("_drop")).alias("_drop")
     )
-
-
-# --------------------------------------------------------------------------------------------------
-# --drop predicates (DuckDB SQL over the canonical columns)
-
-_PREDICATE_COLUMNS = (*PAIR_COLUMNS,)
-
-
-def _check_predicates(predicates: tuple[str, ...], schema: pl.Schema) -> None:
-    """Fail on a bad predicate before any data is read: parse it, run it over an empty frame."""
-    if not predicates:
-        return
-    empty = pl.DataFrame(schema={c: schema[c] for c in _PREDICATE_COLUMNS})
-    for predicate in predicates:
-        check_predicate(predicate)
-        _predicate_matches(empty, predicate, columns=_PREDICATE_COLUMNS)
-
-
-def check_predicate(predicate: str) -> None:
-    """Refuse a ``--drop`` predicate that is not one expression (DuckDB's own tokenizer and parser).
-
-    The predicate is spliced into ``... WHERE (<predicate>)``; text that closes that parenthesis,
-    ends the statement, comments out the rest or holds a subquery could make it something else,
-    so it is refused, and the whole must parse as exactly one SELECT.
-    """
-    import duckdb
-
-    from prefcurate.catalog.sql import sandbox, sql_words
-
-    fix = "a DuckDB SQL condition over the columns, e.g. 'chosen = rejected OR margin < 0'"
-    if not predicate.strip():
-        raise InputError("--drop predicate is empty", fix="e.g. --drop 'chosen = rejected'")
-    try:
-        words = sql_words(predicate)
-    except duckdb.Error as exc:
-        raise InputError(f"invalid --drop predicate {predicate!r}: {duckdb_message(exc)}") from exc
-    depth = 0
-    for _, text, kind in words:
-        problem = None
-        if kind == "comment":
-            problem = "a comment"
-        elif kind == "keyword" and text.upper() in ("SELECT", "FROM", "WITH", "TABLE"):
-            problem = f"a subquery ({text.upper()})"
-        elif kind == "operator":
-            if ";" in text:
-                problem = "';' (one expression, not statements)"
-            for char in text:
-                depth += (char == "(") - (char == ")")
-                if depth < 0:
-                    problem = "a ')' that closes more than it opened"
-        if problem:
-            raise InputError(f"--drop predicate {predicate!r} holds {problem}", fix=fix)
-    if depth != 0:
-        raise InputError(f"--drop predicate {predicate!r} has unbalanced parentheses", fix=fix)
-    with sandbox() as con:
-        try:
-            statements = con.extract_statements(f"SELECT _pos FROM pairs WHERE ({predicate})")
-        except duckdb.Error as exc:
-            raise InputError(
-                f"invalid --drop predicate {predicate!r}: {duckdb_message(exc)}", fix=fix
-            ) from exc
-    if len(statements) != 1 or statements[0].type.name != "SELECT":
-        raise InputError(f"--drop predicate {predicate!r} is not one expression", fix=fix)
-
-
-def _predicate_matches(
-    frame: pl.DataFrame, predicate: str, *, columns: Sequence[str] | None = None
-) -> pl.Series:
-    """Positions (row numbers of ``frame``) of the pairs ``predicate`` is true for.
-
-    Only the columns the predicate mentions are handed to DuckDB (unless ``columns`` says which),
-    so a predicate on ``margin`` never copies the text columns. The connection is the locked-down
-    sandbox of ``prefcurate sql``: no file is reachable from a predicate.
-    """
-    import duckdb
-
-    from prefcurate.catalog.sql import lock_down, sandbox
-
-    check_predicate(predicate)
-    used = columns or [c for c in _PREDICATE_COLUMNS if _mentions(predicate, c)]
-    table = frame.select(pl.int_range(frame.height, dtype=pl.Int64).alias("_pos"), *used).to_arrow()
-    with sandbox() as con:
-        con.register("pairs", table)
-        lock_down(con)
-        sql = f"SELECT _pos FROM pairs WHERE coalesce(CAST(({predicate}) AS BOOLEAN), false)"
-        try:
-            result = con.execute(sql).fetchnumpy()["_pos"]
-        except duckdb.Error as exc:
-            raise InputError(
-                f"invalid --drop predicate {predicate!r}: {duckdb_message(exc)}",
-                fix="a DuckDB SQL condition over the columns "
-                + ", ".join(_PREDICATE_COLUMNS)
-                + ", e.g. 'chosen = rejected OR margin < 0'",
-            ) from exc
-    return pl.Series("_pos", np.asarray(result), dtype=pl.Int64)
-
-
-def _mentions(predicate: str, column: str) -> bool:
-    """Whether ``column`` may be referenced (a superset is harmless: it only loads more)."""
-    import re
-
-    return re.search(rf"(?<![A-Za-z0-9_]){column}(?![A-Za-z0-9_])", predicate, re.I) is not None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -772,7 +810,13 @@ def _largest_remainder(sizes: list[int], fraction: float, total: int) -> list[in
 # order, rank, stage
 
 
-def _order(keys: pl.DataFrame, order: Order, stages: int, seed: int) -> pl.DataFrame:
+def _order(
+    keys: pl.DataFrame,
+    order: Order,
+    stages: int,
+    seed: int,
+    placement: Placement | None = None,
+) -> pl.DataFrame:
     """Add ``rank`` (0..n-1 reading position) and ``stage``; rows come out in rank order."""
     n = keys.height
     if order is Order.AS_IS:
@@ -790,6 +834,8 @@ def _order(keys: pl.DataFrame, order: Order, stages: int, seed: int) -> pl.DataF
             nulls_last=True,
             maintain_order=True,
         )
+        if placement is Placement.SPREAD:
+            ordered = spread_sft(ordered)
     # Stage s holds curriculum positions [s*n/K, (s+1)*n/K): equal sizes within one pair.
     stage = (pl.int_range(n, dtype=pl.Int64) * stages // max(n, 1)).cast(pl.Int32)
     ordered = ordered.with_columns(stage.alias("stage"))
@@ -802,6 +848,25 @@ def _order(keys: pl.DataFrame, order: Order, stages: int, seed: int) -> pl.DataF
             .drop("_key")
         )
     return ordered.with_columns(pl.int_range(n, dtype=pl.Int64).alias("rank"))
+
+
+def spread_sft(ordered: pl.DataFrame) -> pl.DataFrame:
+    """The rows of ``ordered`` with its sft pairs spread evenly: the j-th of k sft pairs (in
+    their order) at position ⌊(2j + 1)·n / 2k⌋ of n, the dpo pairs in their order between them.
+
+    Positions are n/k ≥ 1 apart, so they are distinct, and the first and last sft pairs sit
+    half a gap from the ends: every stretch of n/k pairs holds one sft pair.
+    """
+    is_sft = ordered.get_column("route") == ROUTE_SFT
+    n, k = ordered.height, int(is_sft.sum())
+    if k in (0, n):
+        return ordered
+    slots = (2 * np.arange(k, dtype=np.int64) + 1) * n // (2 * k)
+    taken = np.zeros(n, dtype=bool)
+    taken[slots] = True
+    sft = ordered.filter(is_sft).with_columns(pl.Series("_slot", slots))
+    dpo = ordered.filter(~is_sft).with_columns(pl.Series("_slot", np.flatnonzero(~taken)))
+    return pl.concat([sft, dpo]).sort("_slot").drop("_slot")
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -905,12 +970,17 @@ def _fmt(value: float | None) -> str:
 
 
 __all__ = [
+    "EMPTY_CHOSEN",
+    "IDENTICAL",
     "Mode",
     "Order",
+    "Placement",
     "PLAN_VERSION",
     "RoutePlan",
     "default_order",
+    "soft_center",
     "soft_weights",
     "plan_routes",
+    "spread_sft",
     "seeded_keys",
 ]

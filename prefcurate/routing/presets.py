@@ -24,22 +24,46 @@ functions take plain arguments; :func:`resolve` is how the command line merges t
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from prefcurate.base.errors import InputError
 
+
+@dataclass(frozen=True)
+class PaperSettings:
+    """MixDPO's main setting (arXiv 2602.00954, section 4), each constant written once: the
+    preset, the benchmark, the exports' commands and the TRL example all read them here."""
+
+    threshold: float = 0.5  # τ on UltraFeedback's margins: exactly the ties go to SFT
+    loss: str = "sigmoid"
+    beta: float = 0.01
+    label_smoothing: float = 0.1  # conservative DPO's ε
+    lr: float = 1e-6
+    warmup_ratio: float = 0.1
+    lr_schedule: str = "cosine"
+    epochs: int = 1
+
+    def words(self) -> dict[str, str]:
+        """Each constant as text, for the commands an export's README writes (``{beta}``...)."""
+        return {name: f"{getattr(self, name):g}" if isinstance(getattr(self, name), float)
+                else str(getattr(self, name)) for name in self.__dataclass_fields__}  # fmt: skip
+
+
+PAPER = PaperSettings()
+
 #: preset name → command → settings (keyword names of plan_routes / TrainConfig).
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {
-        "route": {"mode": "mixdpo", "threshold": 0.5, "order": "curriculum"},
+        "route": {"mode": "mixdpo", "threshold": PAPER.threshold, "order": "curriculum"},
         "train": {
-            "loss": "sigmoid",
-            "beta": 0.01,
-            "label_smoothing": 0.1,
-            "lr": 1e-6,
-            "warmup_ratio": 0.1,
-            "lr_schedule": "cosine",
-            "epochs": 1,
+            "loss": PAPER.loss,
+            "beta": PAPER.beta,
+            "label_smoothing": PAPER.label_smoothing,
+            "lr": PAPER.lr,
+            "warmup_ratio": PAPER.warmup_ratio,
+            "lr_schedule": PAPER.lr_schedule,
+            "epochs": PAPER.epochs,
             "shuffle": False,
         },
     },

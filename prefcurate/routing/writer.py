@@ -9,13 +9,14 @@ plan gives byte-identical files, whatever the window size or the number of threa
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from prefcurate.base.atomic import atomic_dir
+from prefcurate.routing.exports.common import SplitFiles
 from prefcurate.routing.exports.registry import check_export, export_split
 from prefcurate.routing.plan import RoutePlan
 from prefcurate.routing.texts import split_chunks
@@ -31,38 +32,51 @@ PARQUET_OPTIONS: dict[str, Any] = {
     "maintain_order": True,
 }
 
+
 def write_route(
     plan: RoutePlan,
     out_dir: str | Path,
     *,
     force: bool = False,
-    export: str | None = None,
+    export: str | Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Write train.parquet (+ eval.parquet, an engine's files) and plan.json into ``out_dir``.
+    """Write train.parquet (+ eval.parquet, engines' files) and plan.json into ``out_dir``.
 
     The directory appears atomically: a killed run leaves the old ``out_dir`` or the new complete
     one, never a mix; an existing ``out_dir`` needs ``force``. The same plan gives byte-identical
-    Parquet files. ``export`` adds the files of one of
+    Parquet files. ``export`` adds the files of one or several of
     :data:`~prefcurate.routing.exports.registry.EXPORTS` (``'trl'``: dpo.jsonl / sft.jsonl;
-    ``'trl-mixdpo'``: mixdpo.jsonl; ``'llamafactory'`` / ``'openrlhf'``: a folder for that tool).
-    Returns the plan.json it wrote. Figures are not drawn here: ``prefcurate route`` adds them
-    (:func:`prefcurate.commands.route.route_dir`).
+    ``'trl-mixdpo'``: mixdpo.jsonl; ``'llamafactory'`` / ``'openrlhf'``: a folder for that tool;
+    ``'trl,openrlhf'`` or ``['trl', 'openrlhf']``: both), each with its eval files when the plan
+    holds pairs out. Returns the plan.json it wrote. Figures are not drawn here: ``prefcurate
+    route`` adds them (:func:`prefcurate.commands.route.route_dir`).
     """
     check_export(export, weighted=plan.soft is not None)
     with atomic_dir(Path(out_dir), force=force, kind="route") as tmp:
         return write_split_files(plan, tmp, export=export)
 
 
-def write_split_files(plan: RoutePlan, directory: Path, *, export: str | None = None) -> dict:
-    """The split's files and plan.json, written into ``directory`` (the caller makes it atomic)."""
+def write_split_files(
+    plan: RoutePlan, directory: Path, *, export: str | Sequence[str] | None = None
+) -> dict:
+    """The split's files and plan.json, written into ``directory`` (the caller makes it atomic).
+
+    plan.json's ``outputs`` names every file: ``train``, ``eval`` and, per exported engine, its
+    files by name relative to ``directory`` (``{"trl": {"dpo": "dpo.jsonl", ...}}``).
+    """
     outputs: dict[str, Any] = {"train": "train.parquet", "eval": None}
     write_split(plan, "train", directory / "train.parquet")
     if plan.eval_fraction is not None:
         write_split(plan, "eval", directory / "eval.parquet")
         outputs["eval"] = "eval.parquet"
-    if export is not None:
-        files = export_split(export, directory / "train.parquet", directory)
-        outputs[export] = {name: str(path.relative_to(directory)) for name, path in files.items()}
+    if export:
+        split = SplitFiles(
+            directory / "train.parquet",
+            directory / outputs["eval"] if outputs["eval"] else None,
+            plan.layout,
+        )
+        for name, files in export_split(export, split, directory).items():
+            outputs[name] = {key: str(path.relative_to(directory)) for key, path in files.items()}
     document = plan.to_json(outputs)
     (directory / "plan.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     return document

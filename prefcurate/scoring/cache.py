@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from prefcurate.base.errors import InputError
+from prefcurate.base.errors import InputError, one_line
+from prefcurate.base.log import get_logger
 from prefcurate.scoring.spec import SCORE_VERSION, ModelIdentity, sha256_of
 
 STORE_FORMAT = 1
@@ -119,8 +120,11 @@ class ScoreStore:
         """
         path = Path(path)
         meta_path = path / STORE_JSON
-        if meta_path.is_file():
-            meta = _read_meta(meta_path)
+        meta = _read_meta(meta_path) if meta_path.is_file() else None
+        if meta_path.is_file() and meta is None:  # damaged: its parts are of no known model
+            parts = sorted(path.glob("part-*.parquet"))
+            _set_aside([meta_path, *parts], path, f"a damaged {STORE_JSON}")
+        if meta is not None:
             if meta.get("key") != key:
                 raise _mismatch(path, meta, binding, flag, model)
             return cls(path, key, int(meta["width"]), meta["dtype"])
@@ -152,25 +156,38 @@ class ScoreStore:
         return sorted(self.path.glob("part-*.parquet")) if self.path.is_dir() else []
 
     def lookup(self, items: pl.Series) -> pl.DataFrame:
-        """The cached rows of ``items`` (hashes), one per item, in no particular order."""
+        """The cached rows of ``items`` (hashes), one per item, in no particular order.
+
+        A damaged part (truncated, overwritten) is a cache miss for its texts, never an error:
+        it is set aside (:meth:`_set_aside`) with a warning, and its texts are scored again.
+        """
         wanted = pl.DataFrame({"item": items}).lazy()
         for attempt in range(3):  # a concurrent compaction may remove a part under our feet
             parts = self.parts()
             if not parts:
                 return self._empty()
             try:
-                found = (
-                    pl.scan_parquet(parts)
-                    .join(wanted, on="item", how="semi")
-                    .unique("item", keep="first", maintain_order=False)
-                    .collect()
-                )
-                return found
-            except (OSError, pl.exceptions.ComputeError):
-                if attempt == 2:
-                    raise
+                return _semi_join(parts, wanted)
+            except FileNotFoundError:
                 time.sleep(0.1)
+            except (OSError, pl.exceptions.PolarsError):
+                if not self._set_aside_damaged(parts) and attempt == 2:
+                    raise
         return self._empty()
+
+    def _set_aside_damaged(self, parts: list[Path]) -> list[Path]:
+        """Read each part alone; move the ones that fail into ``.damaged/``; return them."""
+        damaged = []
+        for part in parts:
+            try:
+                pl.scan_parquet(part).select(pl.len()).collect()
+                pl.read_parquet(part, columns=list(self.schema()))
+            except FileNotFoundError:
+                continue
+            except (OSError, pl.exceptions.PolarsError) as exc:
+                damaged.append(part)
+                _set_aside([part], self.path, f"a damaged cache part ({one_line(exc, 120)})")
+        return damaged
 
     def _empty(self) -> pl.DataFrame:
         return pl.DataFrame(schema=self.schema())
@@ -257,18 +274,52 @@ class Writer:
         self.buffer, self.buffered, self.last_flush = [], 0, time.monotonic()
 
 
-def _read_meta(path: Path) -> dict[str, Any]:
+def _read_meta(path: Path) -> dict[str, Any] | None:
+    """A store's store.json; None when it is damaged (truncated, not JSON, fields missing): its
+    parts are then of no known model, and :meth:`ScoreStore.open` sets them aside."""
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError):
+        return None
+    except OSError as exc:
         raise InputError(
             f"unreadable score cache: {exc}", where=path, fix="delete the cache directory"
         ) from exc
-    if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:
+    if isinstance(meta, dict) and meta.get("format") not in (None, STORE_FORMAT):
         raise InputError(
             "score cache of an unknown format", where=path, fix="delete the cache directory"
         )
-    return meta
+    well_formed = (
+        isinstance(meta, dict)
+        and isinstance(meta.get("key"), str)
+        and isinstance(meta.get("width"), int)
+        and meta.get("dtype") in ("float32", "float64")
+    )
+    return meta if well_formed else None
+
+
+def _semi_join(parts: list[Path], wanted: pl.LazyFrame) -> pl.DataFrame:
+    return (
+        pl.scan_parquet(parts)
+        .join(wanted, on="item", how="semi")
+        .unique("item", keep="first", maintain_order=False)
+        .collect()
+    )
+
+
+def _set_aside(paths: list[Path], store: Path, what: str) -> None:
+    """Move damaged files of the cache into ``store/.damaged/`` (never deleted), with a warning."""
+    aside = store / ".damaged" / str(time.time_ns())
+    aside.mkdir(parents=True, exist_ok=True)
+    moved = 0
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(path, aside / path.name)
+            moved += 1
+    if moved:
+        get_logger("scoring.cache").warning(
+            "%s: %s; moved it to %s and scoring its texts again", paths[0], what, aside
+        )
 
 
 def _mismatch(

@@ -144,6 +144,49 @@ def _late_type_change(value: object, name: str) -> Callable[[Path], Path]:
     return make
 
 
+def _late_line(name: str, odd: str, *, nested: bool = False) -> Callable[[Path], Path]:
+    """1,100 good lines with the raw line ``odd`` at line 1,051 (nested: scores under metadata,
+    or texts as messages when ``odd`` holds a message list)."""
+
+    def good(i: int) -> dict:
+        plain = row(i)
+        if nested:
+            scores = {k: plain.pop(k) for k in ("score_chosen", "score_rejected")}
+            plain["metadata"] = scores
+        if '"role"' in odd:
+            for key in ("prompt", "chosen", "rejected"):
+                plain[key] = [{"role": "user" if key == "prompt" else "assistant",
+                               "content": plain[key]}]  # fmt: skip
+        return plain
+
+    def make(folder: Path) -> Path:
+        lines = [json.dumps(good(i)) for i in range(1100)]
+        lines[1050] = odd
+        path = folder / name
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    return make
+
+
+_PAIR = '"prompt": "q", "chosen": "a", "rejected": "b"'
+_MESSAGES = (
+    '"prompt": [{"role": "user", "content": "q"}], '
+    '"rejected": [{"role": "assistant", "content": "b"}]'
+)
+
+
+def _repeated_key_in_second_file(folder: Path) -> Path:
+    data = folder / "keyshards"
+    data.mkdir()
+    (data / "a.jsonl").write_text(jsonl(GOOD))
+    (data / "b.jsonl").write_text(
+        jsonl([row(10)]) + "{" + _PAIR + ', "score_chosen": 8, "score_rejected": 6, '
+        '"score_rejected": 9}\n'
+    )
+    return data
+
+
 def _type_change_in_second_file(folder: Path) -> Path:
     data = folder / "shards"
     data.mkdir()
@@ -371,6 +414,90 @@ CASES: list[Case] = [
         _text("mixed.json", json.dumps([row(0), row(1), row(2, chosen=3)])),
         "column 'chosen' holds a number here but a string in row 1",
         line=3,
+    ),
+    Case(
+        "duplicated key after line 1,000",
+        _late_line(
+            "late-dup.jsonl",
+            "{" + _PAIR + ', "score_chosen": 8, "score_rejected": 6, "score_chosen": 1}',
+        ),
+        "key 'score_chosen' appears twice in one object",
+        line=1051,
+    ),
+    Case(
+        "duplicated nested key after line 1,000",
+        _late_line(
+            "late-nested-dup.jsonl",
+            "{" + _PAIR + ', "metadata": {"score_chosen": 8, "score_rejected": 6, '
+            '"score_chosen": 1}}',
+            nested=True,
+        ),
+        "key 'score_chosen' appears twice in one object",
+        line=1051,
+    ),
+    Case(
+        "duplicated key in a message after line 1,000",
+        _late_line(
+            "late-message-dup.jsonl",
+            "{" + _MESSAGES + ', "chosen": [{"role": "assistant", "content": "good", '
+            '"content": "evil"}], "score_chosen": 8, "score_rejected": 6}',
+        ),
+        "key 'content' appears twice in one object",
+        line=1051,
+    ),
+    Case(
+        "duplicated key in the second file of a directory",
+        _repeated_key_in_second_file,
+        "key 'score_rejected' appears twice in one object",
+        line=2,
+    ),
+    Case(
+        "duplicated key in a JSON array",
+        _text(
+            "dup.json",
+            "[" + json.dumps(row(0)) + ", {" + _PAIR + ', "score_chosen": 8, "score_rejected": 6,'
+            ' "score_chosen": 1}]',
+        ),
+        "key 'score_chosen' appears twice in one object",
+        line=2,
+    ),
+    Case(
+        "duplicated nested key in a JSON array",
+        _text(
+            "nested-dup.json",
+            "[" + json.dumps(row(0)) + ", {" + _PAIR + ', "metadata": {"score": 8, "score": 1}}]',
+        ),
+        "key 'score' appears twice in one object",
+        line=2,
+    ),
+    Case(
+        "type change in a nested score after row 1,000",
+        _late_line(
+            "late-nested.jsonl",
+            "{" + _PAIR + ', "metadata": {"score_chosen": "high", "score_rejected": 6}}',
+            nested=True,
+        ),
+        "column 'metadata.score_chosen' holds a string here but a number on line 1",
+        line=1051,
+    ),
+    Case(
+        "type change inside a list of messages after row 1,000",
+        _late_line(
+            "late-messages.jsonl",
+            "{" + _MESSAGES + ', "chosen": [{"role": "assistant", "content": 5}], '
+            '"score_chosen": 8, "score_rejected": 6}',
+        ),
+        "column 'chosen[].content' holds an integer here but a string on line 1",
+        line=1051,
+    ),
+    Case(
+        "nested type change inside a JSON array",
+        _text(
+            "nested-types.json",
+            json.dumps([{**row(0), "metadata": {"n": 1}}, {**row(1), "metadata": {"n": "x"}}]),
+        ),
+        "column 'metadata.n' holds a string here but a number in row 1",
+        line=2,
     ),
     Case(
         "scores whose margin overflows",

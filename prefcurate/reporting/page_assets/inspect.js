@@ -66,8 +66,10 @@
   // the pair's route at the current τ, on its tag (updated when τ moves)
   function setRouteTag(node, margin) {
     var tag = node.querySelector(".route");
-    var r = routeOf(margin);
-    tag.textContent = r ? "→ " + r.toUpperCase() : "not routed";
+    var dropped = node.getAttribute("data-dropped");
+    var r = dropped ? null : routeOf(margin);
+    tag.textContent = dropped ? "dropped: " + data.dropped_labels[dropped]
+                              : r ? "→ " + r.toUpperCase() : "not routed";
     tag.className = "route" + (r ? " route-" + r : "");
   }
 
@@ -91,6 +93,9 @@
     line.appendChild(b);
     if (data.null_margins) {
       line.appendChild(document.createTextNode("; " + num(data.null_margins) + " without a margin are not routed"));
+    }
+    if (data.dropped) {
+      line.appendChild(document.createTextNode("; route drops " + data.dropped));
     }
     document.getElementById("share-sft").style.width = pct(sft, routed) === "–" ? "0" : (100 * sft / routed) + "%";
     document.getElementById("share-dpo").style.width = pct(dpo, routed) === "–" ? "0" : (100 * dpo / routed) + "%";
@@ -168,6 +173,7 @@
     var node = el("article", "pair");
     node.setAttribute("data-margin", margin === null ? "" : String(margin));
     node.setAttribute("data-bin", String(row[cols.bin]));
+    if (row[cols.unroutable]) node.setAttribute("data-dropped", row[cols.unroutable]);
     var head = el("div", "pair-head");
     head.appendChild(el("span", "margin", "margin " + (margin === null ? "none" : fmt(margin))));
     head.appendChild(el("span", "route"));

@@ -7,14 +7,19 @@ clear pairs (largest margin first), then SFT on the chosen responses of the ambi
 
 * ``dpo.jsonl`` → dataset ``mixdpo_dpo`` (``ranking: true``), the dpo pairs in rank order;
 * ``sft.jsonl`` → dataset ``mixdpo_sft``, the sft pairs in rank order, chosen response only;
-* ``dataset_info.json`` with both entries, and ``README.md`` with the two commands.
+* with held-out pairs (``route --eval-fraction``), ``dpo_eval.jsonl`` → ``mixdpo_dpo_eval`` and
+  ``sft_eval.jsonl`` → ``mixdpo_sft_eval``, each stage's ``--eval_dataset``;
+* ``dataset_info.json`` with every entry, and ``README.md`` with the two commands.
 
-String pairs use the *alpaca* format (``instruction``, ``input``, ``chosen``/``rejected`` or
-``output``). Conversations use the *sharegpt* format with OpenAI-style tags (``role``/
-``content``): ``messages`` holds the prompt (an optional first system message, then user and
-assistant turns alternating, ending with the user), and ``chosen``/``rejected`` one assistant
-message each — LLaMA-Factory's converter skips any other shape with only a warning, so such a
-pair is refused here instead (naming the pair), and nothing is written.
+Standard string pairs use the *alpaca* format (``instruction``, ``input``, ``chosen``/
+``rejected`` or ``output``): LLaMA-Factory's ``--template`` wraps the instruction as the user's
+turn. Conversations, and implicit-prompt transcripts (HH-RLHF's ``"\\n\\nHuman: … \\n\\n
+Assistant:"``, split into their turns by :func:`~prefcurate.routing.exports.common.as_messages`),
+use the *sharegpt* format with OpenAI-style tags (``role``/``content``): ``messages`` holds the
+prompt (an optional first system message, then user and assistant turns alternating, ending with
+the user), and ``chosen``/``rejected`` one assistant message each — LLaMA-Factory's converter
+skips any other shape with only a warning, so such a pair is refused here instead (naming the
+pair), and nothing is written.
 """
 
 from __future__ import annotations
@@ -26,8 +31,17 @@ from typing import Any
 import polars as pl
 
 from prefcurate.base.errors import InputError
-from prefcurate.data.schema import ROUTE_DPO, ROUTE_SFT
-from prefcurate.routing.exports.common import DPO_FILE, SFT_FILE, mixdpo_frame
+from prefcurate.data.schema import ROUTE_DPO, ROUTE_SFT, Layout
+from prefcurate.routing.exports.common import (
+    SplitFiles,
+    as_messages,
+    eval_name,
+    is_conversational,
+    per_split,
+    warn_kept_whole,
+    write_jsonl,
+)
+from prefcurate.routing.presets import PAPER
 
 DPO_NAME, SFT_NAME = "mixdpo_dpo", "mixdpo_sft"
 INFO_FILE = "dataset_info.json"
@@ -41,92 +55,79 @@ OPENAI_TAGS = {
 }
 
 
-def export_llamafactory(split: str | Path, out_dir: str | Path) -> dict[str, Path]:
-    """Write dpo.jsonl, sft.jsonl, dataset_info.json and README.md into ``out_dir``.
+def export_llamafactory(split: SplitFiles | str | Path, out_dir: str | Path) -> dict[str, Path]:
+    """Write dpo.jsonl, sft.jsonl (+ their ``_eval`` twins), dataset_info.json and README.md.
 
-    ``split`` is a routed train.parquet. Returns the written paths by name. Raises
-    :class:`~prefcurate.base.errors.InputError` for a conversation LLaMA-Factory would skip.
+    ``split`` is a split folder, its train.parquet, or a
+    :class:`~prefcurate.routing.exports.common.SplitFiles`. Returns the written paths by name.
+    Raises :class:`~prefcurate.base.errors.InputError` for a conversation LLaMA-Factory would skip.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pairs = mixdpo_frame(pl.scan_parquet(split), where=split)
-    conversational = isinstance(pairs.collect_schema()["chosen"], pl.List)
-    if conversational:
-        check_conversations(pairs, where=split)
-        dpo, sft, info = _sharegpt(pairs)
-    else:
-        dpo, sft, info = _alpaca(pairs)
-    files = {
-        "dpo": out_dir / DPO_FILE,
-        "sft": out_dir / SFT_FILE,
-        "dataset_info": out_dir / INFO_FILE,
-        "readme": out_dir / "README.md",
-    }
-    # one query plan: the split is read and sorted once for both files and the counts
-    *_, counts = pl.collect_all(
-        [
-            dpo.sink_ndjson(files["dpo"], maintain_order=True, lazy=True),
-            sft.sink_ndjson(files["sft"], maintain_order=True, lazy=True),
-            pairs.group_by("route").len(),
-        ]
-    )
+    split = SplitFiles.of(split)
+    sharegpt = split.layout == str(Layout.IMPLICIT) or is_conversational(split.pairs()[""])
+    kept_whole: list[str] = []
+
+    def stages(pairs: pl.LazyFrame) -> dict[str, pl.LazyFrame]:
+        if not sharegpt:
+            return _alpaca(pairs)
+        turns = as_messages(pairs, split.layout, kept_whole)
+        check_conversations(turns, where=split.train)
+        return _sharegpt(turns)
+
+    written = write_jsonl(out_dir, per_split(split, stages))
+    warn_kept_whole(kept_whole, "llamafactory")
+    names = [name for name in written if name in DATASETS]
+    info = {DATASETS[name]: dataset_entry(name, sharegpt) for name in names}
+    files = {name: path for name, (path, _) in written.items()}
+    files["dataset_info"] = out_dir / INFO_FILE
     files["dataset_info"].write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    n = dict(zip(counts["route"].to_list(), counts["len"].to_list(), strict=True))
-    readme = _README.format(
-        dpo=n.get(ROUTE_DPO, 0),
-        sft=n.get(ROUTE_SFT, 0),
-        format="sharegpt" if conversational else "alpaca",
-    )
-    files["readme"].write_text(readme, encoding="utf-8")
+    files["readme"] = out_dir / "README.md"
+    rows = {name: n for name, (_, n) in written.items()}
+    files["readme"].write_text(_readme(rows, "sharegpt" if sharegpt else "alpaca"), "utf-8")
     return files
 
 
-def dataset_info(conversational: bool) -> dict[str, Any]:
-    """The dataset_info.json entries of the two datasets (LLaMA-Factory's data/README.md)."""
-    if not conversational:
-        return {
-            DPO_NAME: {
-                "file_name": DPO_FILE,
-                "ranking": True,
-                "columns": {
-                    "prompt": "instruction",
-                    "query": "input",
-                    "chosen": "chosen",
-                    "rejected": "rejected",
-                },
-            },
-            SFT_NAME: {
-                "file_name": SFT_FILE,
-                "columns": {"prompt": "instruction", "query": "input", "response": "output"},
-            },
-        }
-    return {
-        DPO_NAME: {
-            "file_name": DPO_FILE,
-            "formatting": "sharegpt",
-            "ranking": True,
-            "columns": {"messages": "messages", "chosen": "chosen", "rejected": "rejected"},
-            "tags": dict(OPENAI_TAGS),
-        },
-        SFT_NAME: {
-            "file_name": SFT_FILE,
-            "formatting": "sharegpt",
-            "columns": {"messages": "messages"},
-            "tags": dict(OPENAI_TAGS),
-        },
-    }
+#: The files of the export (``dpo``: dpo.jsonl, ...) → the dataset names dataset_info.json gives.
+DATASETS = {
+    "dpo": DPO_NAME,
+    "sft": SFT_NAME,
+    "dpo_eval": eval_name(DPO_NAME),
+    "sft_eval": eval_name(SFT_NAME),
+}
 
 
-def _alpaca(pairs: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame, dict[str, Any]]:
+def dataset_entry(name: str, sharegpt: bool) -> dict[str, Any]:
+    """The dataset_info.json entry of the export's file ``name`` (``dpo``, ``sft_eval``, ...):
+    its file, format and columns, as LLaMA-Factory's data/README.md describes them."""
+    ranking = name.startswith("dpo")
+    entry: dict[str, Any] = {"file_name": f"{name}.jsonl"}
+    if sharegpt:
+        entry["formatting"] = "sharegpt"
+    if ranking:
+        entry["ranking"] = True
+    if sharegpt:
+        entry["columns"] = (
+            {"messages": "messages", "chosen": "chosen", "rejected": "rejected"}
+            if ranking
+            else {"messages": "messages"}
+        )
+        entry["tags"] = dict(OPENAI_TAGS)
+    else:
+        answer = {"chosen": "chosen", "rejected": "rejected"} if ranking else {"response": "output"}
+        entry["columns"] = {"prompt": "instruction", "query": "input", **answer}
+    return entry
+
+
+def _alpaca(pairs: pl.LazyFrame) -> dict[str, pl.LazyFrame]:
     common = [pl.col("prompt").alias("instruction"), pl.lit("").alias("input")]
     dpo = pairs.filter(pl.col("route") == ROUTE_DPO).select(*common, "chosen", "rejected")
     sft = pairs.filter(pl.col("route") == ROUTE_SFT).select(
         *common, pl.col("chosen").alias("output")
     )
-    return dpo, sft, dataset_info(False)
+    return {"dpo": dpo, "sft": sft}
 
 
-def _sharegpt(pairs: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame, dict[str, Any]]:
+def _sharegpt(pairs: pl.LazyFrame) -> dict[str, pl.LazyFrame]:
     messages = pl.col("prompt").alias("messages")
     dpo = pairs.filter(pl.col("route") == ROUTE_DPO).select(
         messages,
@@ -136,7 +137,7 @@ def _sharegpt(pairs: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame, dict[str
     sft = pairs.filter(pl.col("route") == ROUTE_SFT).select(
         pl.concat_list("prompt", "chosen").alias("messages")
     )
-    return dpo, sft, dataset_info(True)
+    return {"dpo": dpo, "sft": sft}
 
 
 def check_conversations(pairs: pl.LazyFrame, *, where: object) -> None:
@@ -177,31 +178,51 @@ def _prompt_problem(roles: list[str]) -> str | None:
     return None
 
 
+def _readme(rows: dict[str, int], data_format: str) -> str:
+    held = "dpo_eval" in rows
+    table = "".join(
+        f"| `{DATASETS[name]}` | {name}.jsonl | {rows[name]} | {_USE[name]} |\n"
+        for name in DATASETS
+        if name in rows
+    )
+    evals = " \\\n  --eval_dataset {} --eval_strategy epoch --per_device_eval_batch_size 8"
+    stage1 = evals.format(eval_name(DPO_NAME)) if held else ""
+    stage2 = evals.format(eval_name(SFT_NAME)) if held else ""
+    return _README.format(
+        format=data_format, table=table, stage1=stage1, stage2=stage2, **PAPER.words()
+    )
+
+
+_USE = {
+    "dpo": "`--stage dpo` (preference pairs, `ranking: true`)",
+    "sft": "`--stage sft` (the chosen response of each ambiguous pair)",
+    "dpo_eval": "`--eval_dataset` of the dpo stage (held-out pairs routed to dpo)",
+    "sft_eval": "`--eval_dataset` of the sft stage (held-out pairs routed to sft)",
+}
+
 _README = """\
 # MixDPO for LLaMA-Factory
 
-Written by `prefcurate route --export llamafactory`. Two datasets ({format} format), each in
+Written by `prefcurate route --export llamafactory`. Datasets in {format} format, each in
 curriculum order (largest margin first):
 
 | dataset | file | pairs | train with |
 |---|---|---|---|
-| `mixdpo_dpo` | dpo.jsonl | {dpo} | `--stage dpo` (preference pairs, `ranking: true`) |
-| `mixdpo_sft` | sft.jsonl | {sft} | `--stage sft` (the chosen response of each ambiguous pair) |
-
+{table}
 LLaMA-Factory trains one objective per run, so it cannot route per pair: run the two stages in
 this order, the second starting from the first one's model. Keep the order with
 `--disable_shuffling true` (LLaMA-Factory shuffles otherwise).
 
 ```bash
-# stage 1: DPO on the clear pairs (the paper's cDPO: beta 0.01, label smoothing 0.1)
+# stage 1: DPO on the clear pairs (the paper's cDPO: beta {beta}, label smoothing {label_smoothing})
 llamafactory-cli train --stage dpo --do_train true --model_name_or_path BASE_MODEL \\
-  --dataset_dir THIS_FOLDER --dataset mixdpo_dpo --template TEMPLATE \\
-  --pref_loss sigmoid --pref_beta 0.01 --dpo_label_smoothing 0.1 \\
-  --disable_shuffling true --num_train_epochs 1 --output_dir stage1-dpo
+  --dataset_dir THIS_FOLDER --dataset mixdpo_dpo --template TEMPLATE{stage1} \\
+  --pref_loss {loss} --pref_beta {beta} --dpo_label_smoothing {label_smoothing} \\
+  --disable_shuffling true --num_train_epochs {epochs} --output_dir stage1-dpo
 # stage 2: SFT on the chosen responses of the ambiguous pairs
 llamafactory-cli train --stage sft --do_train true --model_name_or_path stage1-dpo \\
-  --dataset_dir THIS_FOLDER --dataset mixdpo_sft --template TEMPLATE \\
-  --disable_shuffling true --num_train_epochs 1 --output_dir stage2-sft
+  --dataset_dir THIS_FOLDER --dataset mixdpo_sft --template TEMPLATE{stage2} \\
+  --disable_shuffling true --num_train_epochs {epochs} --output_dir stage2-sft
 ```
 
 What differs from MixDPO: the two routes are trained one after the other instead of mixed in one
