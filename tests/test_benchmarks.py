@@ -46,6 +46,8 @@ def test_data_benchmark_smoke(tmp_path):
         assert r["runs"] == 2 and len(r["wall_s_each"]) == 2
         assert r["wall_s_min"] <= r["wall_s"] <= r["wall_s_max"]
         assert abs(r["wall_s"] - sum(r["wall_s_each"]) / 2) <= 1e-3
+        # the load average before and after every run, so each figure carries its load
+        assert len(r["load_each"]) == 2 and all(len(pair) == 2 for pair in r["load_each"])
     # every tool routed the same 2,000 pairs the same way (the script refuses to report otherwise)
     assert figures["pairs"] == 2000
     # the rows written: the pairs less the few synth plants with chosen = rejected
@@ -62,6 +64,7 @@ def test_data_benchmark_smoke(tmp_path):
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| prefcurate route --threshold 0.5 | " in done.stdout
     assert "median (min–max) of 2 runs" in done.stdout
+    assert "load average (1 min) before → after each route run: " in done.stdout
 
 
 def test_train_benchmark_smoke_agrees_with_trl(uf1k, tmp_path):
