@@ -80,6 +80,13 @@ LABELS = {
     "prefcurate_unshared": "prefcurate train --no-shared-prompt",
     "prefcurate": "prefcurate train (defaults: shared prompt)",
 }
+#: The chart's tick labels: short enough to sit side by side under four bars.
+SHORT = {
+    "trl": "TRL\nreference\nevery step",
+    "trl_precomputed": "TRL\nprecomputed\nreference",
+    "prefcurate_unshared": "prefcurate\n--no-shared-\nprompt",
+    "prefcurate": "prefcurate\n(shared\nprompt)",
+}
 LOSS_TOL = 1e-4
 LOGPS_RTOL = 1e-4
 TIMINGS = ("wall_s", "cpu_s", "train_s", "loop_s", "rss_gb")
@@ -388,7 +395,9 @@ def chart(figures: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     r, names = figures["results"], figures["variants"]
-    labels = [LABELS[n].replace(", ", ",\n").replace(" (", "\n(") for n in names]
+    from matplotlib.ticker import MaxNLocator
+
+    labels = [SHORT[n] for n in names]
     colours = {"trl": "#a0aec0", "trl_precomputed": "#718096", "prefcurate_unshared": "#63b3ed",
                "prefcurate": "#2b6cb0"}  # fmt: skip
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
@@ -410,6 +419,7 @@ def chart(figures: dict, path: Path) -> None:
         steps = range(1, len(r[n]["loss"]) + 1)
         style = "--" if n.startswith("prefcurate") else "-"
         axes[2].plot(steps, r[n]["loss"], style, color=colours[n], label=LABELS[n], linewidth=2)
+    axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[2].set_xlabel("step")
     axes[2].set_ylabel("loss")
     axes[2].legend(fontsize=6)
