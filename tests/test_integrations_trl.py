@@ -37,6 +37,7 @@ from prefcurate.integrations.trl import (  # noqa: E402
     MixDPOTrainer,
     load_pairs,
 )
+from prefcurate.routing.presets import PAPER
 from trainers.data import collate, read_split, tokenize_split  # noqa: E402
 from trainers.logps import SequenceLogps, reference_logps  # noqa: E402
 from trainers.model import load_model  # noqa: E402
@@ -602,6 +603,7 @@ def test_the_trl_example_of_the_docs_runs_as_written(cli, uf1k, tmp_path, monkey
     exec(compile(script, "train_mixdpo.py", "exec"), namespace)
     trainer = namespace["trainer"]
     assert trainer.args.bf16 is False and trainer.args.use_cpu is False
+    assert (trainer.args.beta, trainer.args.label_smoothing) == (PAPER.beta, PAPER.label_smoothing)
     assert trainer.state.global_step == 3  # 23 pairs, batch 8
     trained = trainer._metrics["train"]  # the steps' figures (logging_steps 10 > 3 steps)
     assert sum(trained["pairs/dpo"]) > 0 and sum(trained["pairs/sft"]) > 0

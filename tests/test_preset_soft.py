@@ -167,7 +167,7 @@ def test_soft_routing_is_refused_outside_mixdpo_and_below_zero(cli, data, tmp_pa
     bad = cli("route", data, "--mode", "dpo", "--soft", "0.2", "--out", tmp_path / "a")
     assert bad.code == 2 and "--soft mixes" in bad.err
     bad = cli("route", data, "--threshold", "0.5", "--soft", "-1", "--out", tmp_path / "b")
-    assert bad.code == 2 and "--soft must be a temperature" in bad.err
+    assert bad.code == 2 and "--soft must be 0 or a temperature" in bad.err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 

@@ -475,7 +475,10 @@ def _say_route_lr(run: _Run, schedule: Schedule) -> None:
     one line, and one warning per route below :data:`trainers.schedule.LOW_LR_SHARE`; said once
     the run is accepted, so a refused run stays one line."""
     placement = run.split.plan.get("placement")
-    where = f"{schedule.kind} schedule" + (f", sft pairs {placement}" if placement else "")
+    has_sft = run.route_lr.shares.get("sft") is not None
+    where = f"{schedule.kind} schedule" + (
+        f", sft pairs {placement}" if placement and has_sft else ""
+    )
     run.reporter.message(f"{share_line(run.route_lr)} ({where})")
     for warning in low_lr_warnings(run.route_lr, LOW_LR_FIX):
         run.reporter.message(warning)

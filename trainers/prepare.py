@@ -171,6 +171,33 @@ def reference_identity(
 SEPARATE_REFERENCE = {"dtype": "torch.float32", "quantization": None, "attention": "default"}
 
 
+def _reference_module(
+    ref_path: Path | None,
+    policy: LoadedModel,
+    config: TrainConfig,
+    device: torch.device,
+    module: SequenceLogps | None,
+    shard: Callable[[nn.Module, nn.Module], nn.Module] | None,
+) -> tuple[SequenceLogps, LoadedModel | None]:
+    """The module that scores the reference: ``--ref-model`` loaded (and sharded like the
+    policy), else the policy's own; returns the loaded reference too, so the caller frees it."""
+    if ref_path is None:
+        if module is None:
+            module = SequenceLogps(policy.model, allowed_token_ids=config.allowed_token_ids)
+        return module, None
+    ref = load_reference(
+        str(ref_path),
+        policy,
+        trust_remote_code=config.trust_remote_code,
+        allow_pickle=config.allow_pickle,
+    )
+    model = ref.model.to(device)
+    module = SequenceLogps(model, allowed_token_ids=config.allowed_token_ids, packed=config.packed)
+    if shard is not None:
+        module = shard(model, module)
+    return module, ref
+
+
 def reference_for(
     pairs: TokenizedPairs,
     policy: LoadedModel,
@@ -205,22 +232,7 @@ def reference_for(
     hits = dist.sum_(torch.tensor([int(hit is not None)], device=dist.collective_device()))
     if int(hits) == dist.info().world_size:
         return hit[0]["chosen"], hit[0]["rejected"]
-    ref = None
-    if ref_path is not None:
-        ref = load_reference(
-            str(ref_path),
-            policy,
-            trust_remote_code=config.trust_remote_code,
-            allow_pickle=config.allow_pickle,
-        )
-        model = ref.model.to(device)
-        module = SequenceLogps(
-            model, allowed_token_ids=config.allowed_token_ids, packed=config.packed
-        )
-        if shard is not None:
-            module = shard(model, module)
-    elif module is None:
-        module = SequenceLogps(policy.model, allowed_token_ids=config.allowed_token_ids)
+    module, ref = _reference_module(ref_path, policy, config, device, module, shard)
     chosen, rejected = reference_logps(
         module,
         pairs,

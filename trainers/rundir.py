@@ -162,6 +162,9 @@ def record_ending(out: Path, *, main: bool) -> Iterator[None]:
     try:
         yield
     except BaseException as exc:
+        # a signal's watcher removes the partial checkpoint the block may be writing: the error
+        # that causes is the interrupt's, and the watcher writes "interrupted" and ends the process
+        interrupt.yield_to_stop()
         full = no_space(exc) or _nearly_full(out)  # torch's zip writer says "unexpected pos"
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         error = f"{type(exc).__name__}: {one_line(exc, 300)}"

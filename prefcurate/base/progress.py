@@ -302,7 +302,9 @@ class RichReporter:
         )
 
     def message(self, text: str) -> None:
-        self.console.print(text, highlight=False, markup=False, soft_wrap=True)
+        # a terminal shows the line wrapped at words; a pipe or a log file keeps it one line
+        wrap = self.console.is_terminal
+        self.console.print(text, highlight=False, markup=False, soft_wrap=not wrap)
 
     def close(self) -> None:
         if self.progress is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,7 +33,8 @@ DEPENDENCY_LOGGERS: tuple[str, ...] = (
     "accelerate",
     "huggingface_hub",
     "torchao",
-    "torch",
+    "torch.utils._pytree",
+    "torch.distributed.elastic",
 )
 #: Warnings raised from these modules (``warnings.warn`` in their code) are ignored while quiet.
 DEPENDENCY_MODULES = (
@@ -68,7 +70,10 @@ def quiet_dependencies(*, enabled: bool = True, env: bool = False) -> Iterator[N
     if not enabled or debug_requested():
         yield
         return
-    loggers = [logging.getLogger(name) for name in DEPENDENCY_LOGGERS]
+    # torch sets its own loggers' levels when it is imported (from TORCH_LOGS, which ``env``
+    # sets): only a torch imported before the block has its level lowered here, and restored.
+    names = (*DEPENDENCY_LOGGERS, *(["torch"] if "torch" in sys.modules else []))
+    loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
     added = {k: v for k, v in QUIET_ENV.items() if env and k not in os.environ}
     root, null = logging.getLogger(), logging.NullHandler()

@@ -26,10 +26,11 @@ batch that arrives without it, is an error, never plain DPO. Pairs are read sequ
 
     from datasets import load_dataset
     from prefcurate.integrations.trl import MixDPOConfig, MixDPOTrainer
+    from prefcurate.routing.presets import PAPER  # the paper's cDPO: β 0.01, ε 0.1
 
     # written by: prefcurate route data.jsonl --threshold 0.5 --out split --export trl-mixdpo
     pairs = load_dataset("json", data_files="split/mixdpo.jsonl", split="train")
-    args = MixDPOConfig("out", beta=0.01, label_smoothing=0.1, learning_rate=5e-7)
+    args = MixDPOConfig("out", beta=PAPER.beta, label_smoothing=PAPER.label_smoothing)
     MixDPOTrainer(model, args=args, train_dataset=pairs, processing_class=tokenizer).train()
 
 The learning rate the routed pairs get is part of the method (docs/training.md): read in

@@ -43,6 +43,9 @@ LENGTH_HEADER: tuple[str, ...] = (
     "claim", "a − b", "metric", "Δ chars", "95% CI (t)", "95% CI (bootstrap)", "p", "p (Holm)",
     "verdict",
 )  # fmt: skip
+#: The comparison tables' columns on a terminal under 140 columns (results.md has them all).
+NARROW_COMPARISON: tuple[str, ...] = ("claim", "Δ r*", "95% CI (t)", "p (Holm)", "verdict")
+NARROW_LENGTH: tuple[str, ...] = ("claim", "Δ chars", "95% CI (t)", "p (Holm)", "verdict")
 
 
 def _cell(row: dict[str, Any], key: str, scale: float, digits: int) -> str:
@@ -262,22 +265,31 @@ def render(result: dict[str, Any], console=None) -> None:
     arms = table_rows(result)
     if seeds == 1:  # "± 0.000" of one seed says nothing, and wraps every cell at 80 columns
         arms = [[c.split(" ± ")[0] for c in cells] for cells in arms]
-    header = list(HEADER)
-    if console.width < 140:  # a narrow terminal: r*, LC, invalid, the routed share and its rate
-        keep = [HEADER.index(h) for h in NARROW_HEADER]
-        header, arms = list(NARROW_HEADER), [[cells[i] for i in keep] for cells in arms]
+    narrow = console.width < 140  # r*, LC, invalid, the routed share and its rate; Δ, CI, verdict
     title = f"prefcurate bench mixdpo — {seeds} seed(s), mean ± 95% CI half-width over seeds"
-    _print_table(console, title, header, arms, keep=1)
+    _print_table(console, title, *_columns(HEADER, arms, NARROW_HEADER if narrow else None), keep=1)
     for line in gate_lines(result):
         console.print(line, highlight=False)
     for family in ("primary", "exploratory"):
         rows = comparison_rows(result, family)
         if rows:
             title = f"{family} comparisons: a − b per seed, 95% intervals, Holm within the family"
-            _print_table(console, title, COMPARISON_HEADER, rows, keep=2)
+            shown = _columns(COMPARISON_HEADER, rows, NARROW_COMPARISON if narrow else None)
+            _print_table(console, title, *shown, keep=0 if narrow else 2)
     if length_rows(result):
-        _print_table(console, "length comparisons", LENGTH_HEADER, length_rows(result), keep=2)
+        shown = _columns(LENGTH_HEADER, length_rows(result), NARROW_LENGTH if narrow else None)
+        _print_table(console, "length comparisons", *shown, keep=0 if narrow else 2)
     console.print(f"run: {cost_line(result)}", highlight=False)
+
+
+def _columns(
+    header: tuple[str, ...], rows: list[list[str]], only: tuple[str, ...] | None
+) -> tuple[list[str], list[list[str]]]:
+    """``header`` and ``rows`` cut to the columns ``only`` names (all of them when None)."""
+    if only is None:
+        return list(header), rows
+    keep = [header.index(h) for h in only]
+    return list(only), [[cells[i] for i in keep] for cells in rows]
 
 
 def _print_table(console, title: str, header, rows: list[list[str]], *, keep: int) -> None:
@@ -285,7 +297,8 @@ def _print_table(console, title: str, header, rows: list[list[str]], *, keep: in
 
     table = Table(title=title, title_justify="left")
     for i, name in enumerate(header):  # the first ``keep`` columns (names) are never cut
-        table.add_column(name, no_wrap=i < keep, justify="left" if i < keep else "right")
+        left = i < max(keep, 1)  # names read from the left, figures from the right
+        table.add_column(name, no_wrap=i < keep, justify="left" if left else "right")
     for cells in rows:
         table.add_row(*cells)
     console.print(table)

@@ -90,15 +90,10 @@ def score_pairs(
     frame, input_figures = read_scoring_frame(source)
     if batch_size is None and max_tokens_per_batch is None:
         max_tokens_per_batch = DEFAULT_MAX_TOKENS
-    options = _Options(
-        trust_remote_code=trust_remote_code,
-        allow_pickle=allow_pickle,
-        batch_size=batch_size,
-        max_tokens=max_tokens_per_batch,
-        batch_order=batch_order,
-        flush_every=flush_every,
-        progress=progress,
-    )
+    options = _Options(trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+                       batch_size=batch_size, max_tokens=max_tokens_per_batch,
+                       batch_order=batch_order, flush_every=flush_every,
+                       progress=progress)  # fmt: skip
     runs, values, world_size, main = _score_all(
         frame, identities, cache_dir=cache_dir, cache=cache, options=options
     )

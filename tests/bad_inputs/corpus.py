@@ -500,9 +500,9 @@ CASES: list[Case] = [
         line=2,
     ),
     Case(
-        "scores whose margin overflows",
+        "scores so large their margin would overflow",
         _text("overflow.jsonl", jsonl([*GOOD, row(9, score_chosen=1e308, score_rejected=-1e308)])),
-        "the margin (score_chosen − score_rejected) is infinite",
+        "score_chosen is 1e+308, beyond ±1e+300",
         line=9,
     ),
     Case(
