@@ -63,6 +63,7 @@ def steps(paths: dict) -> dict:
     from trainers.objective import Objective
 
     policy = load_model(str(paths["model"]))
+    policy.model.train()  # as in the loop: activation checkpointing recomputes only in training
     pairs = tokenize_split(read_split(paths["split"]), policy.tokenizer, max_length=512)
     pad = policy.tokenizer.pad_token_id
     ordinary, shared = SequenceLogps(policy.model), SequenceLogps(policy.model)
