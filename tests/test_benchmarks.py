@@ -46,6 +46,8 @@ def test_data_benchmark_smoke(tmp_path):
         assert r["runs"] == 2 and len(r["wall_s_each"]) == 2
         assert r["wall_s_min"] <= r["wall_s"] <= r["wall_s_max"]
         assert abs(r["wall_s"] - sum(r["wall_s_each"]) / 2) <= 1e-3
+        # the load average before and after every run, so each figure carries its load
+        assert len(r["load_each"]) == 2 and all(len(pair) == 2 for pair in r["load_each"])
     # every tool routed the same 2,000 pairs the same way (the script refuses to report otherwise)
     assert figures["pairs"] == 2000
     # the rows written: the pairs less the few synth plants with chosen = rejected
@@ -54,36 +56,54 @@ def test_data_benchmark_smoke(tmp_path):
     assert results["route"]["sft"] == results["analyze"]["sft"]
     assert results["arrow_size"]["arrow_bytes"] > 0
     assert set(figures["ratios"]["goals"]) == {
-        "route <= 1.5x floor",
-        "route <= 1.0x pandas",
+        "route <= 1.25x floor",
+        "route <= 0.6x pandas",
         "route peak RSS <= Arrow size",
     }
     assert len(figures["ratios"]["each_run"]) == 2
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| prefcurate route --threshold 0.5 | " in done.stdout
     assert "median (min–max) of 2 runs" in done.stdout
+    assert "load average (1 min) before → after each route run: " in done.stdout
 
 
 def test_train_benchmark_smoke_agrees_with_trl(uf1k, tmp_path):
-    out = tmp_path / "train.json"
-    done = _run("train_bench.py", "--data", str(uf1k), "--json", str(out))
+    out, chart = tmp_path / "train.json", tmp_path / "train.png"
+    done = _run("train_bench.py", "--data", str(uf1k), "--json", str(out), "--chart", str(chart))
     figures = json.loads(out.read_text())
     results = figures["results"]
-    assert set(results) == {"trl", "prefcurate_dpo", "prefcurate_mixdpo"}
-    assert results["trl"]["pairs"] == results["prefcurate_dpo"]["pairs"] == 8
-    assert results["prefcurate_dpo"]["dpo"] == 8 >= results["prefcurate_mixdpo"]["dpo"]
-    agreement = figures["agreement"]
-    # the first step: the same loss (ln 2: policy = reference) and the same log-probs
-    assert agreement["first_step_agrees"], agreement
-    assert math.isclose(agreement["first_loss"]["trl"], math.log(2), abs_tol=1e-6)
-    assert agreement["first_loss_abs_diff"] <= 1e-4
-    assert agreement["first_logps_rel_diff"] <= 1e-4
-    assert agreement["first_logps_chosen"]["trl"] < -100  # summed over a response's tokens
+    assert set(results) == {"trl", "trl_precomputed", "prefcurate_unshared", "prefcurate"}
+    assert all(res["pairs"] == 8 for res in results.values())
+    # every trainer against TRL's default: step 1 has the same loss (ln 2: policy = reference)
+    # and the same summed log-probs, so the same token ids went through the same model
+    assert set(figures["agreement"]) == {"trl_precomputed", "prefcurate_unshared", "prefcurate"}
+    for name, agreement in figures["agreement"].items():
+        assert agreement["first_step_agrees"], (name, agreement)
+        assert agreement["losses_agree"], (name, agreement)
+        assert math.isclose(agreement["first_loss"]["trl"], math.log(2), abs_tol=1e-6)
+        assert agreement["first_logps_rel_diff"] <= 1e-4
+        assert agreement["first_logps_chosen"]["trl"] < -100  # summed over a response's tokens
+    # the shared prompt computes each prompt once: fewer distinct tokens than sequence tokens
+    tokens = figures["tokens"]
+    assert 0 < tokens["distinct_tokens"] < tokens["sequence_tokens"]
     for res in results.values():
-        assert res["pairs_per_s"] > 0 and res["train_pairs_per_s"] > 0 and res["rss_gb"] > 0
+        assert res["training_pairs_per_s"] > 0 and res["loop_tokens_per_s"] > 0
+        assert res["rss_gb"] > 0 and len(res["load_runs"]) == 1
         assert len(res["train_s_runs"]) == figures["repeats"] == 1  # --smoke: one run each
-    assert figures["threads"] == 2  # both trainers pinned to the same torch thread count
-    assert "first-step loss: prefcurate 0.693147, TRL 0.693147" in done.stdout
+    assert set(figures["ratios"]) == {
+        f"{ours}/{trl}"
+        for ours in ("prefcurate", "prefcurate_unshared")
+        for trl in ("trl", "trl_precomputed")
+    }
+    assert figures["threads"] == 2  # every trainer pinned to the same torch thread count
+    assert figures["model"]["name"] == "tiny"
+    # the tiny model is below the size where sharing the prompt pays: the default keeps it off
+    why_not = "hidden size 64: below 128 sharing is slower than not"
+    assert results["prefcurate"]["shared_prompt"] == {"on": False, "why_not": why_not}
+    assert results["prefcurate_unshared"]["shared_prompt"]["why_not"] == "--no-shared-prompt"
+    assert "| prefcurate train (defaults: shared prompt) | " in done.stdout
+    assert f"prefcurate's defaults kept the ordinary batch here: {why_not}" in done.stdout
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_gpu_check_without_cuda_is_exit_2_in_one_line():

@@ -2,7 +2,8 @@
 
 The tiny Llama (trainers.model) is trained both ways on the same split; the equality test holds
 the tokens, the per-pair loss terms and every parameter's gradient of ``MixDPOTrainer`` to
-prefcurate's own trainer within 1e-5 on a batch that mixes dpo and sft pairs.
+prefcurate's own trainer within 1e-5 on a batch that mixes dpo and sft pairs, with a Llama of
+hidden size 128, large enough for ``MixDPOTrainer`` to share each prompt (its default).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ pytest.importorskip("trl")
 import torch  # noqa: E402
 from split_helpers import synthetic_rows, write_split  # noqa: E402
 from terminal import DEPENDENCY_NOISE, run_in_terminal  # noqa: E402
+from test_shared_prompt import small_model  # noqa: E402
 from torch.testing import assert_close  # noqa: E402
 
 from prefcurate.base.errors import InputError  # noqa: E402
@@ -85,10 +87,25 @@ CHAT_TEMPLATE = (
 )
 
 
+@pytest.fixture(scope="module")
+def small_model_dir(tmp_path_factory) -> Path:
+    """A random Llama large enough to share prompts (trainers.shared_prompt.MIN_HIDDEN_SIZE)."""
+    directory = tmp_path_factory.mktemp("small") / "model"
+    small_model().save_pretrained(directory)
+    load_model("tiny").tokenizer.save_pretrained(directory)
+    return directory
+
+
 def trainer_for(
-    split_dir: Path, tmp_path: Path, *, ref: bool = True, chat_template=None, **overrides
+    split_dir: Path,
+    tmp_path: Path,
+    *,
+    ref: bool = True,
+    chat_template=None,
+    model: str = "tiny",
+    **overrides,
 ):
-    loaded = load_model("tiny", seed=0)
+    loaded = load_model(model, seed=0)
     loaded.tokenizer.chat_template = chat_template
     return MixDPOTrainer(
         loaded.model,
@@ -107,16 +124,21 @@ def trainer_for(
         ("standard", "soft"),
         ("conversational", "soft"),
         ("standard", "nll"),
+        ("standard", "unshared"),
     ],
 )
-def test_per_pair_losses_and_gradients_equal_prefcurate_train(tmp_path, layout, variant):
+def test_per_pair_losses_and_gradients_equal_prefcurate_train(
+    tmp_path, small_model_dir, layout, variant
+):
     """One mixed batch (6 dpo + 4 sft pairs), cDPO with β = 0.1, ε = 0.1, at a policy that has
     moved away from its reference (one SGD step on the policy only, so the DPO terms are not all
     log 2): the same tokens, the same 10 loss terms and the same gradient of their mean for
     every parameter, within 1e-5. Conversations go through a chat template on both sides.
+    MixDPOTrainer shares each prompt (its default; the policy's and the reference's forwards),
+    prefcurate's objective here runs the ordinary batch.
 
     ``soft``: the split of ``route --soft 0.5`` (every pair mixes its two terms by its weight);
-    ``nll``: DPO+NLL, ``nll_weight`` 0.1 on both sides."""
+    ``nll``: DPO+NLL, ``nll_weight`` 0.1 on both sides; ``unshared``: ``shared_prompt=False``."""
     conversational = layout == "conversational"
     template = CHAT_TEMPLATE if conversational else None
     rows = synthetic_rows(10, seed=3, conversational=conversational)
@@ -126,7 +148,7 @@ def test_per_pair_losses_and_gradients_equal_prefcurate_train(tmp_path, layout, 
     n = len(ROUTES)
 
     # prefcurate train's path: read → tokenise → reference pass → collate → objective
-    ours = load_model("tiny", seed=0)
+    ours = load_model(str(small_model_dir))
     ours.tokenizer.chat_template = template
     split = read_split(split_dir)
     assert split.conversational == conversational
@@ -166,6 +188,8 @@ def test_per_pair_losses_and_gradients_equal_prefcurate_train(tmp_path, layout, 
         chat_template=template,
         gradient_checkpointing=False,
         nll_weight=nll_weight,
+        shared_prompt=variant != "unshared",
+        model=str(small_model_dir),
     )
     model = trainer.model
     _nudge(model, moved)
@@ -181,6 +205,11 @@ def test_per_pair_losses_and_gradients_equal_prefcurate_train(tmp_path, layout, 
     assert_close(inputs["sft_mix"], batch.sft_mix, atol=0, rtol=0)  # one rule, both engines
     model.train()
     got = trainer.pair_terms(model, inputs)
+    shared = trainer._layout(model, inputs)
+    assert (shared is None) == (variant == "unshared")
+    if shared is not None:  # both models share prompts, and the batch computes fewer positions
+        assert trainer.shared_prompt_off == {}
+        assert shared.tokens < inputs["input_ids"].numel()
     model.zero_grad()
     got.loss.mean().backward()
 
@@ -195,6 +224,27 @@ def test_per_pair_losses_and_gradients_equal_prefcurate_train(tmp_path, layout, 
     theirs = dict(model.named_parameters())
     for name, param in ours.model.named_parameters():
         assert_close(theirs[name].grad, param.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_precomputed_reference_is_the_same_with_the_prompt_shared(tmp_path, small_model_dir):
+    """``precompute_ref_log_probs=True``: the reference pass before training gives each dpo
+    pair's log-probs within 1e-5 (of their size: fp32 sums of about 170) of the unshared pass,
+    and NaN for sft pairs, which need none."""
+    split_dir = write_split(tmp_path / "split", synthetic_rows(10, seed=3), routes=ROUTES)
+    columns = {}
+    for shared in (True, False):
+        trainer = trainer_for(split_dir, tmp_path / str(shared), ref=False,
+                              precompute_ref_log_probs=True, shared_prompt=shared,
+                              model=str(small_model_dir))  # fmt: skip
+        assert trainer.shared_prompt_off == ({} if shared else None)
+        data = trainer.train_dataset
+        columns[shared] = [
+            torch.tensor(data[k]) for k in ("ref_chosen_logps", "ref_rejected_logps")
+        ]
+    dpo = torch.tensor([route == "dpo" for route in trainer.train_dataset["route"]])
+    for got, want in zip(columns[True], columns[False], strict=True):
+        assert want[dpo].isfinite().all() and want[~dpo].isnan().all()
+        assert_close(got, want, atol=1e-5, rtol=1e-5, equal_nan=True)
 
 
 def _nudge(model: torch.nn.Module, grads: dict[str, torch.Tensor] | None = None):

@@ -338,6 +338,36 @@ def test_gather_windows_write_the_same_bytes_as_one_window(uf, tmp_path, monkeyp
     assert whole.height == 895 and whole.get_column("rank").to_list() == list(range(895))
 
 
+def test_spilled_texts_write_the_bytes_of_a_second_read_and_are_removed(uf, tmp_path, monkeypatch):
+    """Two passes, three gather windows: the texts spilled to $TMPDIR by the plan's pass give the
+    same files as reading the input again, and the spill file goes with the plan."""
+    import gc
+    import tempfile
+
+    from prefcurate.routing import plan as planning
+
+    spill_dir = tmp_path / "tmp"
+    spill_dir.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spill_dir))
+    text = int(plan_routes(uf, threshold=0.5).keys.get_column("_bytes").sum())
+    monkeypatch.setattr(texts, "GATHER_WINDOW_BYTES", text // 3)
+    args = {"threshold": 0.5, "eval_fraction": 0.1, "stages": 3, "seed": 5, "memory_budget": 0}
+    spilled = plan_routes(uf, **args)
+    assert spilled.strategy == "two-pass" and not spilled.texts.whole
+    assert [f.suffix for f in spill_dir.iterdir()] == [".arrow"]  # the texts, uncompressed
+    write_route(spilled, tmp_path / "spilled")
+    del spilled
+    gc.collect()
+    assert list(spill_dir.iterdir()) == []
+    monkeypatch.setattr(planning, "_spill_for", lambda estimate: None)  # read the input again
+    again = plan_routes(uf, **args)
+    assert again.texts.spilled is None and not list(spill_dir.iterdir())
+    write_route(again, tmp_path / "again")
+    for name in ("train.parquet", "eval.parquet", "plan.json"):
+        spilled_bytes = (tmp_path / "spilled" / name).read_bytes()
+        assert spilled_bytes == (tmp_path / "again" / name).read_bytes(), name
+
+
 @pytest.mark.parametrize("conversational", [False, True])
 def test_one_pass_and_two_pass_write_the_same_bytes(uf1k, tmp_path, monkeypatch, conversational):
     """An input that fits the memory budget is read once, a larger one twice: same files."""

@@ -65,6 +65,8 @@ class TrainConfig:
     offload: bool = False  # fsdp: parameters, gradients and AdamW state in CPU memory
     attn_implementation: str | None = None  # sdpa | flash_attention_2 | eager (transformers)
     packed: bool = False  # one padding-free row per micro-batch (same per-pair losses)
+    # each pair's prompt computed once, read by both responses (trainers.shared_prompt)
+    shared_prompt: bool = True
     lora_r: int = 0  # 0: full fine-tuning; > 0: a LoRA adapter of this rank (trainers.lora)
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0

@@ -43,6 +43,7 @@ from prefcurate.data.schema import (
     sft_mix,
     takes_preference,
 )
+from trainers.shared_prompt import SharedPrompt, share_prompts
 
 #: Columns the trainer reads; a split without any of them is refused.
 REQUIRED_COLUMNS: tuple[str, ...] = (
@@ -460,6 +461,7 @@ class Batch:
     ref_chosen: Tensor
     ref_rejected: Tensor
     sft_mix: Tensor | None = None  # per pair; None: 0 for dpo pairs, 1 for sft pairs
+    shared: SharedPrompt | None = None  # the one-row layout that runs each prompt once
 
     @property
     def pairs(self) -> int:
@@ -477,11 +479,14 @@ def collate(
     ref_chosen: Tensor | None = None,
     ref_rejected: Tensor | None = None,
     only_dpo: bool = False,
+    shared_prompt: bool = False,
 ) -> Batch:
     """Build a right-padded batch of the pairs ``index``, padded to its own longest sequence.
 
     sft pairs contribute only their chosen sequence; dpo pairs their chosen and rejected.
-    ``only_dpo`` treats every pair as dpo (the reference pass).
+    ``only_dpo`` treats every pair as dpo (the reference pass). ``shared_prompt`` adds the layout
+    that runs each prompt once and drops the padding (:mod:`trainers.shared_prompt`), when it
+    saves enough to be worth it.
     """
     is_dpo = torch.ones(len(index), dtype=torch.bool) if only_dpo else pairs.is_dpo[index]
     rows: list[tuple[Tensor, Tensor]] = [(pairs.prompt[i], pairs.chosen[i]) for i in index.tolist()]
@@ -510,6 +515,9 @@ def collate(
         ref_chosen=nan if ref_chosen is None else ref_chosen[index],
         ref_rejected=nan if ref_rejected is None else ref_rejected[index],
         sft_mix=(~is_dpo).to(torch.float64) if only_dpo else pairs.sft_mix[index],
+        shared=share_prompts(input_ids, attention_mask, response_mask, is_dpo)
+        if shared_prompt
+        else None,
     )
 
 

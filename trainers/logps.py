@@ -28,8 +28,9 @@ from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 
 from prefcurate.base.errors import InputError
-from trainers import dist
+from trainers import dist, shared_prompt
 from trainers.data import TokenizedPairs, collate
+from trainers.shared_prompt import SharedPrompt
 
 #: At most this many logits (2**26 fp32 = 256 MiB) exist at once: 512 tokens of a 128k vocabulary.
 CHUNK_ELEMENTS = 2**26
@@ -58,26 +59,48 @@ class SequenceLogps(nn.Module):
             self.allowed = torch.tensor(sorted(set(allowed_token_ids)), dtype=torch.int64)
 
     def forward(
-        self, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        response_mask: Tensor,
+        shared: SharedPrompt | None = None,
     ) -> tuple[Tensor, Tensor]:
+        """Per row: the summed log-probs of its response tokens, and their count.
+
+        ``shared``: the batch's shared-prompt layout (:mod:`trainers.shared_prompt`); the model
+        then runs on that one row, and the result is the same.
+        """
+        # position t predicts token t+1: a response token's log-prob comes from the position before
+        targets = response_mask[:, 1:]
+        if shared is not None:
+            hidden = self._shared_hidden(shared)
+            states = hidden[shared.rows[:, :-1][targets]]
+        else:
+            states = self._hidden(input_ids, attention_mask)[:, :-1][targets]
+        labels = input_ids[:, 1:][targets]
+        token_logps = self._token_logps(states, labels)
+        per_token = torch.zeros(targets.shape, dtype=token_logps.dtype, device=states.device)
+        per_token = per_token.masked_scatter(targets, token_logps)
+        return per_token.sum(-1), targets.sum(-1)
+
+    def _hidden(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         # A right-padded batch needs no mask: causal attention already hides the padding, which
         # only ever follows a row's real tokens, and padded positions are never read. Without a
         # mask the attention takes its causal fast path (no per-batch mask tensor to build).
         if self.packed:
-            hidden = self._packed_hidden(input_ids, attention_mask)
-        else:
-            mask = None if is_right_padded(attention_mask) else attention_mask.long()
-            hidden = self.model.get_decoder()(
-                input_ids=input_ids, attention_mask=mask, use_cache=False
-            ).last_hidden_state
-        # position t predicts token t+1: a response token's log-prob comes from the position before
-        targets = response_mask[:, 1:]
-        states = hidden[:, :-1][targets]
-        labels = input_ids[:, 1:][targets]
-        token_logps = self._token_logps(states, labels)
-        per_token = torch.zeros(targets.shape, dtype=token_logps.dtype, device=hidden.device)
-        per_token = per_token.masked_scatter(targets, token_logps)
-        return per_token.sum(-1), targets.sum(-1)
+            return self._packed_hidden(input_ids, attention_mask)
+        mask = None if is_right_padded(attention_mask) else attention_mask.long()
+        return self.model.get_decoder()(
+            input_ids=input_ids, attention_mask=mask, use_cache=False
+        ).last_hidden_state
+
+    def _shared_hidden(self, shared: SharedPrompt) -> Tensor:
+        """Hidden states of the shared layout's one row (``T × hidden``)."""
+        if not shared_prompt.is_enabled(self.model):  # sdpa would ignore the layout: say so
+            msg = "a shared-prompt batch needs trainers.shared_prompt.enable(model) first"
+            raise RuntimeError(msg)
+        decoder = self.model.get_decoder()
+        return decoder(**shared.model_inputs(), use_cache=False).last_hidden_state[0]
 
     def _packed_hidden(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Hidden states of the rows run as one padding-free sequence, put back in row shape."""
@@ -151,6 +174,41 @@ class SequenceLogps(nn.Module):
             )
 
 
+@torch.no_grad()
+def check_shared_prompt(module: SequenceLogps) -> str | None:
+    """Switch ``module``'s model to the shared prompt and check it on a probe pair.
+
+    Returns why the model keeps the ordinary batch (:func:`trainers.shared_prompt.unsupported`,
+    an attention argument it cannot honour, or a probe whose log-probs differ), else None.
+    """
+    model = module.model
+    reason = shared_prompt.enable(model)
+    if reason is not None:
+        return reason
+    pool = module.allowed.tolist() if module.allowed is not None else range(model.config.vocab_size)
+    token = [pool[(7 * i + 3) % len(pool)] for i in range(12)]
+    ids = torch.tensor([token[:9], token[:5] + token[9:12] + token[:1]], device=model.device)
+    attention = torch.ones_like(ids, dtype=torch.bool)
+    attention[0, 8:] = False  # prompt of 5, chosen of 3 (then padding), rejected of 4
+    response = attention.clone()
+    response[:, :5] = False
+    layout = shared_prompt.share_prompts(
+        ids, attention, response, torch.tensor([True], device=ids.device), max_share=1.0
+    )
+    try:
+        plain = module(ids, attention, response)[0]
+        shared = module(ids, attention, response, shared=layout)[0]
+    except shared_prompt.SharedPromptUnsupported as exc:
+        reason = str(exc)
+    else:  # rounding differs with the matmul shapes: more so in 16 bits than in 32
+        tolerance = 1e-3 if model.dtype in (torch.float32, torch.float64) else 3e-2
+        if not torch.allclose(shared.float(), plain.float(), rtol=tolerance, atol=tolerance):
+            reason = "a probe pair's log-probs differ with the prompt shared"
+    if reason is not None:
+        shared_prompt.disable(model)
+    return reason
+
+
 def check_allowed(pairs: TokenizedPairs, allowed_token_ids: list[int], where: object) -> None:
     """Refuse a split whose responses use a token outside ``allowed_token_ids`` (log-prob −inf)."""
     allowed = torch.tensor(sorted(set(allowed_token_ids)), dtype=torch.int64)
@@ -192,7 +250,8 @@ def reference_logps(
     short of the split); the others stay NaN, unscored. ``lockstep`` (a sharded module, whose
     every forward is a collective) makes every rank run as many batches as the busiest one, the
     extra ones on a spare pair whose result is dropped. ``progress(n, total=…)`` hears of this
-    rank's pairs as they are scored.
+    rank's pairs as they are scored. When the module's model shares prompts
+    (:func:`check_shared_prompt`), so do the batches of this pass.
     """
     info = dist.info()
     dpo_index = pairs.is_dpo.nonzero().squeeze(1)
@@ -208,6 +267,7 @@ def reference_logps(
     batches = -(-share.numel() // batch_size)
     if lockstep:
         batches = int(dist.max_(torch.tensor([batches], device=dist.collective_device())))
+    shared = shared_prompt.is_enabled(module.model)  # the policy's setting (loop._shared_prompt)
     if progress is not None:
         progress(0, total=share.numel())
     was_training = module.training
@@ -219,9 +279,12 @@ def reference_logps(
             spare = index.numel() == 0
             if spare:
                 index = dpo_index[:1] if dpo_index.numel() else torch.tensor([0])
-            batch = collate(pairs, index, pad_id=pad_id, only_dpo=True).to(device)
+            batch = collate(pairs, index, pad_id=pad_id, only_dpo=True, shared_prompt=shared)
+            batch = batch.to(device)
             with autocast:
-                logps, _ = module(batch.input_ids, batch.attention_mask, batch.response_mask)
+                logps, _ = module(
+                    batch.input_ids, batch.attention_mask, batch.response_mask, shared=batch.shared
+                )
             if spare:
                 continue
             logps = logps.float().cpu()

@@ -45,7 +45,7 @@ from trainers.data import Curriculum, Split, TokenizedPairs, collate, read_split
 from trainers.device import resolve_device
 from trainers.evaluation import EvalSet, check_eval, evaluate, read_eval_split
 from trainers.export import ADAPTER_DIR, MODEL_DIR, full_state_dict, save_final
-from trainers.logps import SequenceLogps, check_allowed
+from trainers.logps import SequenceLogps, check_allowed, check_shared_prompt
 from trainers.model import LoadedModel, check_max_length, describe, load_model
 from trainers.objective import STAT_KEYS, Objective, step_metrics
 from trainers.optim import adamw, check_bf16_optimizer
@@ -180,6 +180,11 @@ class _Run:
     peft_model: Any = None  # the PEFT wrapper when training a LoRA adapter
     eval_set: EvalSet | None = None  # the held-out pairs (--eval-every, --eval-split)
     route_lr: RouteLr | None = None  # each route's share of the peak rate (trainers.schedule)
+    unshared: str | None = "off"  # why prompts are not shared (trainers.shared_prompt); None: on
+
+    @property
+    def shared_prompt(self) -> bool:
+        return self.unshared is None
 
     @property
     def sharded(self) -> bool:
@@ -245,9 +250,9 @@ def _prepare(
     eval_source: tuple[Path, str] | None,
 ) -> _Run:
     """Seed, read the split in rank order, load the policy, tokenise once, add the LoRA adapter,
-    replicate or shard it, and compute the reference log-probs once, before training (the
-    initial policy — with LoRA the base, adapter off — unless --ref-model); the same for the
-    held-out pairs when the run evaluates."""
+    share prompts if the model can, replicate or shard it, and compute the reference log-probs
+    once, before training (the initial policy — with LoRA the base, adapter off — unless
+    --ref-model); the same for the held-out pairs when the run evaluates."""
     seed_everything(config.seed)
     strategy = planned.settings.strategy
     precision = resolve_precision(config.precision, device)
@@ -260,14 +265,14 @@ def _prepare(
         held_out = read_eval_split(eval_source)
         held_pairs = _tokenized(held_out, policy, config, reporter, what="held-out pairs")
         eval_set = EvalSet.from_split(held_out, eval_source[1], held_pairs)
-    peft_model, logps, module = _build_module(
+    peft_model, logps, module, unshared = _build_module(
         config, device, info, policy, pairs, strategy=strategy, precision=precision
     )
     curriculum = _curriculum(config, len(pairs), info.world_size)
     run = _Run(
         config, device, info, reporter, autocast, split, policy, pairs, logps,
         torch.empty(0), torch.empty(0), {}, planned, precision, module, curriculum,
-        _objective(config), peft_model, eval_set,
+        _objective(config), peft_model, eval_set, unshared=unshared,
     )  # fmt: skip
     _references(run)
     run.identity = {
@@ -299,6 +304,14 @@ def _load_policy(
     return policy
 
 
+def _shared_prompt(config: TrainConfig, logps: SequenceLogps) -> str | None:
+    """Share each pair's prompt between its two sequences (the default) when the model can and
+    it is faster: None when on, else why not (run.json records it; the losses are the same)."""
+    if not config.shared_prompt:
+        return "--no-shared-prompt"
+    return check_shared_prompt(logps)
+
+
 def _tokenized(
     split: Split, policy: LoadedModel, config: TrainConfig, reporter: Reporter, *, what: str
 ) -> TokenizedPairs:
@@ -322,9 +335,9 @@ def _build_module(
     *,
     strategy: str,
     precision: str,
-) -> tuple[Any, SequenceLogps, torch.nn.Module]:
-    """The LoRA adapter (if any), the log-prob module, and what the loop calls: it replicated
-    (DDP) or sharded (FSDP2)."""
+) -> tuple[Any, SequenceLogps, torch.nn.Module, str | None]:
+    """The LoRA adapter (if any), the log-prob module, what the loop calls (it replicated (DDP)
+    or sharded (FSDP2)), and why prompts are not shared (None: they are)."""
     peft_model = None
     if config.lora is not None:
         peft_model = lora.apply_lora(
@@ -337,6 +350,7 @@ def _build_module(
         policy.model, allowed_token_ids=config.allowed_token_ids, packed=config.packed
     )
     logps.check_head()
+    unshared = _shared_prompt(config, logps)  # before wrapping: it sets the attention
     if config.allowed_token_ids is not None:
         check_allowed(pairs, config.allowed_token_ids, config.split_dir)
     if config.gradient_checkpointing:
@@ -349,7 +363,7 @@ def _build_module(
         precision=precision,
         offload=config.offload,
     )
-    return peft_model, logps, module
+    return peft_model, logps, module, unshared
 
 
 def _references(run: _Run) -> None:
@@ -526,6 +540,7 @@ def _run_json(run: _Run, schedule: Schedule, resumed_from: int | None) -> dict[s
         },
         "lr_schedule": schedule.to_json(),
         "lr_share": run.route_lr.shares,
+        "shared_prompt": {"on": run.shared_prompt, "why_not": run.unshared},
         "resumed_from": resumed_from,
         "identity": run.identity,
     }
@@ -715,6 +730,7 @@ def _accumulate(
             pad_id=run.policy.tokenizer.pad_token_id,
             ref_chosen=run.ref_chosen,
             ref_rejected=run.ref_rejected,
+            shared_prompt=run.shared_prompt,
         ).to(run.device)
         with gradient_sync(module, enabled=last):
             with run.autocast():

@@ -97,7 +97,9 @@ class Objective:
 
     def __call__(self, logps: nn.Module, batch: Batch) -> PairTerms:
         """Forward every sequence of ``batch`` once and return each pair's loss term."""
-        sequence_logps, n_tokens = logps(batch.input_ids, batch.attention_mask, batch.response_mask)
+        sequence_logps, n_tokens = logps(
+            batch.input_ids, batch.attention_mask, batch.response_mask, shared=batch.shared
+        )
         return self.terms(
             sequence_logps,
             n_tokens,

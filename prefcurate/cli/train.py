@@ -66,6 +66,8 @@ TRAIN_HELP = {
     "offload": "fsdp on CUDA: keep parameters and AdamW state in CPU RAM.",
     "attn_implementation": "sdpa|flash_attention_2|eager, passed to transformers.",
     "packed": "Padding-free micro-batches (same per-pair losses).",
+    "shared_prompt": "Compute each pair's prompt once, both responses attending to it (same "
+    "losses; on unless the model cannot, see run.json).",
     "lora_r": "Train a LoRA adapter of this rank instead of every weight (0: full).",
     "lora_alpha": "LoRA scale numerator (alpha / r).",
     "lora_dropout": "Dropout on the LoRA input.",

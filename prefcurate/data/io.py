@@ -18,6 +18,7 @@ import gzip
 import json
 import math
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,17 +123,27 @@ class PairSource:
         return frame.select(*columns, *extra, ROW, ISSUE)
 
     def collect(
-        self, frame: pl.LazyFrame | None = None, *, keep_row: bool = False, streaming: bool = False
+        self,
+        frame: pl.LazyFrame | None = None,
+        *,
+        keep_row: bool = False,
+        streaming: bool = False,
+        each_batch: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
     ) -> pl.DataFrame:
         """Materialise ``frame`` (default: :meth:`scan`) once, validated.
 
         Raises :class:`InputError` naming the file, line/row and column of the first bad row.
         ``frame`` must keep the ``_issue`` and ``_row`` columns of :meth:`scan`. ``streaming``
         runs Polars' streaming engine: a narrow result of wide rows is then computed in batches.
+        ``each_batch`` sees each streamed batch, in order, and returns what of it to keep (route
+        writes the texts to disk this way while it keeps the narrow columns).
         """
         frame = self.scan() if frame is None else frame
         engine = "streaming" if streaming else "auto"
-        df = _guard(self.raw, lambda: frame.collect(engine=engine))
+        if each_batch is None:
+            df = _guard(self.raw, lambda: frame.collect(engine=engine))
+        else:
+            df = _guard(self.raw, lambda: _collect_each(frame, each_batch))
         if ISSUE in df.columns:
             bad = df.filter(pl.col(ISSUE).is_not_null())
             if bad.height:
@@ -216,6 +227,14 @@ def pair_id_expr(conversational: bool) -> pl.Expr:
 
 # --------------------------------------------------------------------------------------------------
 # locating problems
+
+
+def _collect_each(
+    frame: pl.LazyFrame, each_batch: Callable[[pl.DataFrame], pl.DataFrame]
+) -> pl.DataFrame:
+    """``frame`` streamed batch by batch through ``each_batch``; what it keeps, concatenated."""
+    kept = [each_batch(batch) for batch in frame.collect_batches()]
+    return pl.concat(kept) if kept else each_batch(frame.head(0).collect())
 
 
 def _guard(raw: RawSource, call):

@@ -53,6 +53,7 @@ Tested with TRL 1.16 (the ``trl`` extra pins the range).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Mapping
@@ -77,15 +78,19 @@ from prefcurate.data.schema import (
 with quiet_dependencies():  # TRL imports PEFT, which imports torchao: its import noise stays off
     import datasets
     import torch
+    from accelerate.utils import is_peft_model
     from datasets import Dataset, IterableDataset
     from torch import Tensor
     from transformers.data.data_collator import DataCollatorMixin
     from transformers.utils import is_torch_bf16_gpu_available
     from transformers.utils import logging as hf_logging
     from trl import DPOConfig, DPOTrainer
+    from trl.models.utils import disable_gradient_checkpointing
     from trl.trainer.dpo_trainer import DataCollatorForPreference
-    from trl.trainer.utils import pad
+    from trl.trainer.utils import pad, use_adapter
 
+    from trainers import shared_prompt
+    from trainers.logps import SequenceLogps, check_shared_prompt
     from trainers.objective import Objective, PairTerms
     from trainers.schedule import (
         RouteLr,
@@ -96,6 +101,7 @@ with quiet_dependencies():  # TRL imports PEFT, which imports torchao: its impor
         sft_phase_start,
         share_line,
     )
+    from trainers.shared_prompt import SharedPrompt, share_prompts
 
 
 def _quiet_libraries() -> None:
@@ -118,13 +124,13 @@ RANK = "rank"
 #: The ``loss_type`` values MixDPOTrainer routes (one at a time): those whose formula TRL and
 #: ``prefcurate train`` mix (TRL's ``ipo`` length-normalises log-probs, prefcurate's does not).
 SUPPORTED_LOSSES: tuple[str, ...] = ("sigmoid", "robust", "hinge")
+_log = get_logger("integrations.trl")
 _FIX = "write the pairs with 'prefcurate route --export trl-mixdpo' and load mixdpo.jsonl"
 #: What MixDPOTrainer says when a route's pairs would barely train.
 LOW_LR_FIX = (
     "route with 'prefcurate route --placement spread', or set MixDPOConfig(phased_schedule=True) "
     "(the sft phase gets its own warmup and decay) or lr_scheduler_type='constant_with_warmup'"
 )
-_log = get_logger("integrations.trl")
 
 
 # --------------------------------------------------------------------------- config
@@ -141,6 +147,11 @@ class MixDPOConfig(DPOConfig):
     nll_weight
         Weight of the chosen response's length-normalised NLL added to every dpo pair's term
         (DPO+NLL; 0 in the paper), as ``prefcurate train --nll-weight``.
+    shared_prompt
+        Compute each pair's prompt once, its chosen and rejected responses both attending to it
+        (:mod:`trainers.shared_prompt`): the same losses with the prompt's share of the compute
+        gone. On by default; the policy or reference keeps the ordinary batch when its attention
+        cannot (``trainer.shared_prompt_off`` says why).
     train_sampling_strategy
         ``"sequential"`` (the default here) reads the pairs in the dataset's ``rank`` order, the
         curriculum; ``"random"`` shuffles, as plain TRL does by default.
@@ -160,6 +171,13 @@ class MixDPOConfig(DPOConfig):
     nll_weight: float = field(
         default=0.0,
         metadata={"help": "Weight of the chosen NLL added to each dpo pair's loss (DPO+NLL)."},
+    )
+    shared_prompt: bool = field(
+        default=True,
+        metadata={
+            "help": "Compute each pair's prompt once, both responses attending to it (the same "
+            "losses); off by itself where the model cannot."
+        },
     )
     train_sampling_strategy: str = field(
         default="sequential",
@@ -335,6 +353,9 @@ class MixDPOTrainer(DPOTrainer):
                 fix="build the arguments with prefcurate.integrations.trl.MixDPOConfig",
             )
         train_dataset = routed_dataset(train_dataset, "train_dataset")
+        #: why the policy or reference model computes each prompt once per response (by name);
+        #: None until the first forward decides (trainers.shared_prompt)
+        self.shared_prompt_off: dict[str, str] | None = None
         if ref_model is None and _needs_reference_copy(model, args, kwargs):
             # TRL reloads the reference from the model's path; a model built in memory has none
             ref_model = copy.deepcopy(model)
@@ -501,7 +522,12 @@ class MixDPOTrainer(DPOTrainer):
         else:
             rows = torch.zeros(2, dtype=torch.long, device=device)
         sub = {k: inputs[k][rows] for k in ("input_ids", "attention_mask", "completion_mask")}
-        ref_chosen, ref_rejected = super().compute_ref_log_probs(model, sub)
+        sub["is_dpo"] = torch.ones(rows.numel() // 2, dtype=torch.bool, device=device)
+        if self._layout(model, sub) is None:
+            ref_chosen, ref_rejected = super().compute_ref_log_probs(model, sub)
+        else:  # TRL's reference forward, on the shared-prompt row
+            with self._reference_context():
+                ref_chosen, ref_rejected = self._sequence_logps(model, sub)[0].chunk(2)
         if n_dpo:
             chosen[is_dpo] = ref_chosen.float()
             rejected[is_dpo] = ref_rejected.float()
@@ -519,20 +545,7 @@ class MixDPOTrainer(DPOTrainer):
     def _forward(self, model, inputs: dict[str, Any]) -> tuple[PairTerms, Any]:
         """:meth:`pair_terms` and the model's outputs (their aux loss, for ``compute_loss``)."""
         is_dpo = _is_dpo(inputs)
-        completion_mask = inputs["completion_mask"]
-        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
-        model_kwargs = {
-            "input_ids": inputs["input_ids"],
-            "attention_mask": inputs["attention_mask"],
-            "use_cache": False,
-        }
-        if self.aux_loss_enabled:
-            model_kwargs["output_router_logits"] = True
-        outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
-        shift_mask = completion_mask[:, 1:]
-        # prompt-learning PEFT prepends virtual tokens; keep the positions of the real tokens
-        per_token = outputs.log_probs[:, -shift_mask.size(1) :].float()
-        logps = (per_token * shift_mask).sum(dim=1)
+        logps, n_tokens, outputs = self._sequence_logps(model, inputs)
         if self.precompute_ref_logps:
             ref_chosen = inputs["ref_chosen_logps"].float()
             ref_rejected = inputs["ref_rejected_logps"].float()
@@ -541,7 +554,7 @@ class MixDPOTrainer(DPOTrainer):
             ref_chosen, ref_rejected = self.compute_ref_log_probs(reference, inputs)
         terms = self.objective.terms(
             logps,
-            shift_mask.sum(dim=1),
+            n_tokens,
             is_dpo=is_dpo,
             ref_chosen=ref_chosen.float(),
             ref_rejected=ref_rejected.float(),
@@ -549,6 +562,72 @@ class MixDPOTrainer(DPOTrainer):
             tokens=int(inputs["attention_mask"].sum()),
         )
         return terms, outputs
+
+    def _sequence_logps(self, model, inputs: dict[str, Any]) -> tuple[Tensor, Tensor, Any]:
+        """Each row's summed response log-probs and response tokens, from one forward through
+        TRL's fused head, on the shared-prompt row when the model shares prompts."""
+        completion_mask = inputs["completion_mask"]
+        model_kwargs: dict[str, Any] = {"use_cache": False}
+        if self.aux_loss_enabled:
+            model_kwargs["output_router_logits"] = True
+        shared = self._layout(model, inputs)
+        if shared is not None:
+            labels = shared.labels(completion_mask)
+            outputs = model(**shared.model_inputs(), **model_kwargs, labels=labels,
+                            fused_lm_head=True)  # fmt: skip
+            logps, n_tokens = shared.per_sequence(outputs.log_probs[0].float(), labels[0])
+            return logps, n_tokens, outputs
+        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                        **model_kwargs, labels=labels, fused_lm_head=True)  # fmt: skip
+        shift_mask = completion_mask[:, 1:]
+        # prompt-learning PEFT prepends virtual tokens; keep the positions of the real tokens
+        per_token = outputs.log_probs[:, -shift_mask.size(1) :].float()
+        return (per_token * shift_mask).sum(dim=1), shift_mask.sum(dim=1), outputs
+
+    # ----------------------------------------------------------------- shared prompt
+
+    def _layout(self, model, inputs: dict[str, Any]) -> SharedPrompt | None:
+        """The batch's shared-prompt layout (trainers.shared_prompt) when ``model`` shares
+        prompts and the batch gains from it; None: the ordinary batch."""
+        if not self._shares_prompts(model):
+            return None
+        return share_prompts(
+            inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"],
+            _is_dpo(inputs),
+        )  # fmt: skip
+
+    def _shares_prompts(self, model) -> bool:
+        """Whether ``model`` (the policy, the reference, or either wrapped) shares prompts. The
+        first call switches the policy and the reference model on, each when it can, and logs
+        (INFO) why not otherwise (the reasons stay in ``shared_prompt_off``)."""
+        if not self.args.shared_prompt:
+            return False
+        if self.shared_prompt_off is None:
+            self.shared_prompt_off = {}
+            for name, candidate in (("model", self.model), ("ref_model", self.ref_model)):
+                if candidate is not None:
+                    reason = _enable_shared_prompt(candidate)
+                    if reason is not None:
+                        self.shared_prompt_off[name] = reason
+                        # not a warning: the losses are the same, only the speed differs
+                        _log.info("%s computes each prompt once per response: %s", name, reason)
+        return shared_prompt.is_enabled(_causal_lm(self.accelerator.unwrap_model(model)))
+
+    def _reference_context(self) -> contextlib.ExitStack:
+        """What TRL's reference forward runs under: no gradients, no activation checkpointing,
+        the reference adapter (a PEFT policy without a reference model), autocast."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.no_grad())
+        stack.enter_context(
+            disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs)
+        )
+        if self.ref_model is None and is_peft_model(self.model):
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            adapter = "ref" if "ref" in unwrapped.peft_config else None
+            stack.enter_context(use_adapter(unwrapped, adapter_name=adapter))
+        stack.enter_context(self.accelerator.autocast())
+        return stack
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         terms, outputs = self._forward(model, inputs)
@@ -611,6 +690,18 @@ def _needs_reference_copy(model: Any, args: MixDPOConfig, kwargs: dict[str, Any]
     if args.precompute_ref_log_probs or getattr(model, "peft_config", None):
         return False
     return not str(getattr(model.config, "_name_or_path", "") or "")
+
+
+def _causal_lm(model: Any) -> Any:
+    """The transformers model under a PEFT wrapper (the one whose attention is switched)."""
+    return model.get_base_model() if is_peft_model(model) else model
+
+
+def _enable_shared_prompt(model: Any) -> str | None:
+    """Switch ``model`` to the shared prompt when it can; why not, otherwise."""
+    if is_peft_model(model) and model.active_peft_config.is_prompt_learning:
+        return "prompt-learning PEFT adds virtual tokens before every sequence"
+    return check_shared_prompt(SequenceLogps(_causal_lm(model)))
 
 
 def _is_dpo(inputs: Mapping[str, Any]) -> Tensor:

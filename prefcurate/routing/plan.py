@@ -54,7 +54,7 @@ from prefcurate.data.narrow import EMPTY_CHOSEN, IDENTICAL, UNROUTABLE, unroutab
 from prefcurate.data.schema import ROUTE_DPO, ROUTE_SFT, WEIGHT_COLUMN
 from prefcurate.routing.drop import check_predicates as _check_predicates
 from prefcurate.routing.drop import matches, predicate_columns
-from prefcurate.routing.texts import WIDE_COLUMNS, Texts, split_chunks
+from prefcurate.routing.texts import WIDE_COLUMNS, Spill, Texts, split_chunks
 
 #: plan.json format version; bump when a key changes meaning.
 PLAN_VERSION = 1
@@ -164,12 +164,19 @@ class RoutePlan:
         chunks = list(split_chunks(self.texts, keys, max(keys.height, 1)))
         return pl.concat(chunks) if chunks else self.texts.empty(keys)
 
-    def keep_texts(self, wide: pl.DataFrame | None) -> None:
-        """Hold the texts: the one pass's wide columns, or (when they fit one window) read now,
-        so that a plan of ordinary size outlives its input file."""
+    def keep_texts(self, wide: pl.DataFrame | None, spilled: Spill | None = None) -> None:
+        """Hold the texts: the one pass's wide columns, or the two-pass plan's spill file, or
+        (when they fit one window) read now, so that a plan of ordinary size outlives its input
+        file."""
         if wide is not None:
             self._texts = Texts(self.source, total_bytes=0, preloaded=wide)
-        elif self.texts.whole:
+            return
+        if spilled is not None:
+            total = int(self.narrow["_bytes"].sum())
+            self._texts = Texts(
+                self.source, total_bytes=total, window_bytes=self.memory_budget, spilled=spilled
+            )
+        if self.texts.whole:
             self.texts.window(self.keys.get_column("_pos").head(0))
 
     @property
@@ -346,7 +353,7 @@ def plan_routes(
         strategy="one-pass" if read.one_pass else "two-pass",
         memory_budget=read.budget,
     )
-    plan.keep_texts(read.wide)
+    plan.keep_texts(read.wide, read.spill)
     plan.seconds = time.perf_counter() - started
     return plan
 
@@ -358,6 +365,7 @@ class _Read(NamedTuple):
     input: dict[str, Any]  # plan.json's input: path, sha256, rows, bytes, files
     budget: int
     one_pass: bool
+    spill: Spill | None  # the two-pass plan's texts, written during the narrow pass
 
 
 def _read_narrow(
@@ -366,12 +374,15 @@ def _read_narrow(
     """Check the predicates, then one pass over the input (hashed meanwhile), keeping the texts
     when the input fits the memory budget (:func:`prefcurate.base.sizes.fits_one_pass`)."""
     budget = default_budget() if memory_budget is None else parse_size(memory_budget)
-    one_pass = fits_one_pass(estimate_input_bytes(source.raw.paths, source.raw.format), budget)
+    estimate = estimate_input_bytes(source.raw.paths, source.raw.format)
+    one_pass = fits_one_pass(estimate, budget)
     scan = source.scan_rows()
     _check_predicates(drop, source.scan().collect_schema())
     digest = _HashThread(source)
-    narrow, wide = _narrow(source, scan, texts=one_pass)
-    return _Read(scan, narrow, wide, digest.result(rows=narrow.height), budget, one_pass)
+    spill = None if one_pass else _spill_for(estimate)
+    narrow, wide = _narrow(source, scan, texts=one_pass, spill=spill)
+    info = digest.result(rows=narrow.height)
+    return _Read(scan, narrow, wide, info, budget, one_pass, spill)
 
 
 def _route_and_order(
@@ -392,6 +403,18 @@ def _route_and_order(
     split = pl.col("split")
     ordered = [_order(keys.filter(split == name), *ordering) for name in ("train", "eval")]
     return pl.concat(ordered), center
+
+
+def _spill_for(estimate: int) -> Spill | None:
+    """A spill file for the texts (:class:`~prefcurate.routing.texts.Spill`), when the
+    temporary directory has room for them (the input's estimated in-memory size, and half as
+    much again to spare); else None, and the texts are read from the input again."""
+    import shutil
+    import tempfile
+
+    if shutil.disk_usage(tempfile.gettempdir()).free < 1.5 * estimate:
+        return None
+    return Spill()
 
 
 def _check_margins_needed(
@@ -502,10 +525,11 @@ def _route_expr(mode: Mode, threshold: float | None) -> pl.Expr:
 
 
 def _narrow(
-    source: PairSource, scan: pl.LazyFrame, *, texts: bool = False
+    source: PairSource, scan: pl.LazyFrame, *, texts: bool = False, spill: Spill | None = None
 ) -> tuple[pl.DataFrame, pl.DataFrame | None]:
     """One streaming pass over the input: the plan's frame, validated; with ``texts``, the wide
-    columns too (the one-pass strategy), else no text is kept.
+    columns too (the one-pass strategy); with ``spill``, the wide columns go to that file as
+    they stream past (the two-pass strategy reads them back from it); else no text is kept.
 
     The plan's columns: ``_pos`` (canonical row), the analyze columns (pair_id, margin, lengths,
     flags), ``difficulty`` (computed here, on the small frame) and ``_bytes`` (the pair's text
@@ -525,15 +549,23 @@ def _narrow(
         pl.col("_pos").cast(pl.Int64),
         *narrow_exprs(conversational),
         pl.sum_horizontal(e.fill_null(0).cast(pl.Int64) for e in text_bytes).alias("_bytes"),
-        *(pl.col(c).alias(_WIDE_PREFIX + c) for c in (WIDE_COLUMNS if texts else ())),
+        *(pl.col(c).alias(_WIDE_PREFIX + c) for c in (WIDE_COLUMNS if texts or spill else ())),
         ROW,
         ISSUE,
     )
-    frame = source.collect(lazy, streaming=True)
+    names = [_WIDE_PREFIX + c for c in WIDE_COLUMNS]
+    renamed = dict(zip(names, WIDE_COLUMNS, strict=True))
+
+    def spilled(batch: pl.DataFrame) -> pl.DataFrame:
+        spill.write(batch.select(names).rename(renamed))
+        return batch.drop(names)
+
+    frame = source.collect(lazy, streaming=True, each_batch=spilled if spill else None)
+    if spill is not None:
+        spill.close()
     wide = None
     if texts:
-        names = [_WIDE_PREFIX + c for c in WIDE_COLUMNS]
-        wide = frame.select(names).rename(dict(zip(names, WIDE_COLUMNS, strict=True)))
+        wide = frame.select(names).rename(renamed)
         frame = frame.drop(names)
     return frame.with_columns(difficulty_expr()), wide
 
@@ -890,7 +922,7 @@ def _counts(
         counts["below_threshold"] = keys.filter(pl.col("margin") < threshold).height + reasons.get(
             BELOW_THRESHOLD, 0
         )
-    if WEIGHT_COLUMN in keys.columns:
+    if WEIGHT_COLUMN in keys.columns:  # route --soft T
         train_weights = keys.filter(pl.col("split") == "train").get_column(WEIGHT_COLUMN)
         counts["weight_mean"] = float(train_weights.mean())
     return counts

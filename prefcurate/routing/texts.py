@@ -1,18 +1,25 @@
 """Gathering a split's rows: the input's texts read back a window of ranks at a time.
 
-The plan's pass keeps only narrow columns; the texts of the routed pairs are read again here (or
+The plan's pass keeps only narrow columns; the texts of the routed pairs are read back here (or
 kept from that pass, when the input fits the memory budget) and assembled beside the plan's keys
-in rank order. Peak memory is one window of text plus the plan's narrow frame, and the rows come
-out the same whatever the window size.
+in rank order. They are read back from the :class:`Spill` that pass wrote (an uncompressed Arrow
+file), or, without one, from the input itself. Peak memory is one window of text plus the plan's
+narrow frame, and the rows come out the same whatever the window size or the source.
 """
 
 from __future__ import annotations
 
 import math
+import mmap
+import os
+import tempfile
+import weakref
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from prefcurate.data.io import PAIR_COLUMNS, PairSource
 from prefcurate.data.schema import WEIGHT_COLUMN
@@ -57,11 +64,91 @@ def _window_rows(pair_bytes: pl.Series, chunk: int, window_bytes: int) -> int:
     return max(chunk, math.ceil(per_window / chunk) * chunk)
 
 
+class Spill:
+    """The input's wide columns, written by the plan's pass to an uncompressed Arrow IPC file.
+
+    Read back a window at a time, each window copies its rows out of a memory map of the file
+    (served from the operating system's page cache), where reading the input again decompresses,
+    decodes and normalises every text of the input once per window. The pages of each record
+    batch leave the process's memory once its rows are copied, so the map adds nothing to the
+    peak. The file lives in the temporary directory (``$TMPDIR``) and is removed with the plan.
+    """
+
+    def __init__(self, directory: str | Path | None = None):
+        handle, name = tempfile.mkstemp(prefix="prefcurate-texts-", suffix=".arrow", dir=directory)
+        os.close(handle)
+        self.path = Path(name)
+        self._writer: pa.ipc.RecordBatchFileWriter | None = None
+        self.count = 0  # rows written
+        self._finalizer = weakref.finalize(self, self.path.unlink, missing_ok=True)
+
+    def write(self, batch: pl.DataFrame) -> None:
+        """Append ``batch`` (rows in input order, the columns :data:`WIDE_COLUMNS`)."""
+        table = batch.to_arrow(compat_level=pl.CompatLevel.oldest())
+        if self._writer is None:
+            self._writer = pa.ipc.new_file(str(self.path), table.schema)
+        self._writer.write_table(table)
+        self.count += table.num_rows
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+    def remove(self) -> None:
+        self._finalizer()
+
+    def rows(self, positions: np.ndarray) -> pl.DataFrame:
+        """The spilled rows at ``positions`` (input rows, ascending), in that order."""
+        with open(self.path, "rb") as handle:
+            view = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            table = _take_rows(view, positions)
+        finally:
+            view.close()
+        return pl.from_arrow(table, rechunk=False)
+
+
+def _take_rows(view: mmap.mmap, positions: np.ndarray) -> pa.Table:
+    """Copy the rows at ``positions`` out of the IPC file mapped at ``view``, batch by batch."""
+    whole = pa.py_buffer(view)
+    reader = pa.ipc.open_file(whole)
+    parts, start = [], 0
+    for i in range(reader.num_record_batches):
+        batch = reader.get_batch(i)
+        end = start + batch.num_rows
+        low, high = np.searchsorted(positions, [start, end])
+        if high > low:
+            parts.append(batch.take(pa.array(positions[low:high] - start)))
+        _release(view, batch, whole.address)
+        del batch
+        start = end
+    return pa.Table.from_batches(parts, schema=reader.schema)
+
+
+def _release(view: mmap.mmap, batch: pa.RecordBatch, base: int) -> None:
+    """Drop the pages of ``batch`` (a zero-copy slice of ``view``) from this process's memory;
+    the page cache keeps them. Only that batch's byte range is walked."""
+    if not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    spans = [
+        (buf.address - base, buf.address - base + buf.size)
+        for column in batch.columns
+        for buf in column.buffers()
+        if buf is not None and buf.size
+    ]
+    if not spans:
+        return
+    first = min(s for s, _ in spans) // mmap.PAGESIZE * mmap.PAGESIZE
+    last = max(e for _, e in spans)
+    view.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+
 class Texts:
     """The input's wide columns (texts, scores, source), read a window of positions at a time.
 
     When the whole input's text fits one window it is read once and kept for every split;
     ``preloaded`` is that whole read when the plan's pass already made it (the one-pass strategy).
+    ``spilled``: the :class:`Spill` of the plan's pass, read instead of the input.
     """
 
     def __init__(
@@ -71,6 +158,7 @@ class Texts:
         total_bytes: int,
         window_bytes: int | None = None,
         preloaded: pl.DataFrame | None = None,
+        spilled: Spill | None = None,
     ):
         self.source = source
         self.lazy = (
@@ -85,17 +173,29 @@ class Texts:
         #: the whole input's text fits one window: read it once, keep it for every split
         self.whole = preloaded is not None or total_bytes <= self.window_bytes
         self._all: pl.DataFrame | None = preloaded
+        self.spilled = spilled
 
     def window(self, positions: pl.Series) -> tuple[pl.DataFrame, np.ndarray]:
         """The rows at ``positions`` (any order): a frame, and each position's row in it."""
         wanted = positions.to_numpy()
         if self.whole:
             if self._all is None:
-                self._all = self._read(self.lazy)
+                self._all = self._read_all()
             return self._all, wanted
         ordered = np.sort(wanted)
-        frame = self._read(self.lazy.filter(pl.col("_pos").is_in(pl.Series(ordered).implode())))
+        if self.spilled is not None:
+            frame = self.spilled.rows(ordered)
+        else:
+            frame = self._read(self.lazy.filter(pl.col("_pos").is_in(pl.Series(ordered).implode())))
         return frame, np.searchsorted(ordered, wanted)
+
+    def _read_all(self) -> pl.DataFrame:
+        if self.spilled is None:
+            return self._read(self.lazy)
+        frame = self.spilled.rows(np.arange(self.spilled.count))
+        self.spilled.remove()  # every row is in memory now
+        self.spilled = None
+        return frame
 
     def empty(self, keys: pl.DataFrame) -> pl.DataFrame:
         wide = self._all.head(0) if self._all is not None else self.lazy.head(0).collect()
