@@ -36,6 +36,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+import prefcurate.base.interrupt as interrupt
 from prefcurate.base.errors import InputError, one_line
 from prefcurate.base.log import get_logger
 from trainers import dist
@@ -69,6 +70,9 @@ def save_checkpoint(
     checkpoints = Path(run_dir) / CHECKPOINTS
     final = checkpoints / f"step-{step}"
     tmp = checkpoints / f".step-{step}.tmp"
+    # registered before it exists: once a signal is ending the process no checkpoint begins,
+    # and one in progress is removed, never left half-written
+    interrupt.register(tmp)
     if info.main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -91,6 +95,7 @@ def save_checkpoint(
         os.replace(tmp, final)
         if keep:
             prune(run_dir, keep)
+    interrupt.unregister(tmp)
     dist.barrier()
     return final
 
