@@ -7,7 +7,7 @@ copies, the input's SHA-256 (plan.json's identity), the pair_id hash, Python (im
 glue), the rest (Polars' encoding and decoding, Arrow). Linux with ``perf`` only. Run from the
 repository root::
 
-    python benchmarks/route_profile.py /tmp/synth-1000000.parquet --json route_profile.json
+    python benchmarks/route_profile.py synth-1000000.parquet --json route_profile.json
 """
 
 from __future__ import annotations
