@@ -24,7 +24,7 @@ functions take plain arguments; :func:`resolve` is how the command line merges t
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from prefcurate.base.errors import InputError
@@ -46,8 +46,8 @@ class PaperSettings:
 
     def words(self) -> dict[str, str]:
         """Each constant as text, for the commands an export's README writes (``{beta}``...)."""
-        return {name: f"{getattr(self, name):g}" if isinstance(getattr(self, name), float)
-                else str(getattr(self, name)) for name in self.__dataclass_fields__}  # fmt: skip
+        values = asdict(self)
+        return {k: f"{v:g}" if isinstance(v, float) else str(v) for k, v in values.items()}
 
 
 PAPER = PaperSettings()
